@@ -1,0 +1,197 @@
+"""`sentinel`: one entry point, one verb per job. Run `sentinel VERB --help`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from crypto_sentinel import __version__
+from crypto_sentinel.config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("crypto_sentinel")
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    overrides = {
+        "products": getattr(args, "products", None),
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
+        "lake_dir": getattr(args, "lake", None),
+        "data_dir": getattr(args, "data_dir", None),
+        **extra,
+    }
+    settings = load_settings(**overrides)
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    return settings
+
+
+def _add_common(p: argparse.ArgumentParser, api: bool = True) -> None:
+    p.add_argument(
+        "--products", help="comma-separated product ids (default BTC-USD,ETH-USD,SOL-USD)"
+    )
+    p.add_argument("--lake", type=Path, help="lake folder (default <data dir>/lake)")
+    p.add_argument("--data-dir", type=Path, help="data folder (default .sentinel)")
+    if api:
+        p.add_argument("--host", help="API bind address (default 127.0.0.1)")
+        p.add_argument("--port", type=int, help="API port (default 8000)")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+
+    settings = _settings(
+        args,
+        source=args.source,
+        simulator_rate=args.rate,
+        simulator_seed=args.seed,
+        replay_speed=args.speed,
+    )
+    asyncio.run(_run_pipeline(settings, with_api=True))
+    return 0
+
+
+async def _run_pipeline(settings: Settings, with_api: bool) -> None:
+    from crypto_sentinel.runtime import Pipeline
+
+    await Pipeline(settings).run(with_api=with_api)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"sentinel replay: no such file: {path}", file=sys.stderr)
+        return 2
+    settings = _settings(
+        args, source=f"replay:{path}", replay_speed=args.speed, replay_exchange=args.exchange
+    )
+    asyncio.run(_run_pipeline(settings, with_api=args.serve))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from crypto_sentinel.runtime import serve_lake
+
+    settings = _settings(args)
+    asyncio.run(serve_lake(settings, args.exchange))
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from crypto_sentinel.simulator import SimulatorServer, write_recording
+
+    settings = _settings(args, simulator_rate=args.rate, simulator_seed=args.seed)
+    if args.record:
+        count = write_recording(
+            Path(args.record),
+            settings.products,
+            args.count,
+            seed=settings.simulator_seed,
+            rate=settings.simulator_rate,
+        )
+        print(f"wrote {count} trades to {args.record}")
+        return 0
+    server = SimulatorServer(
+        products=settings.products,
+        rate=settings.simulator_rate,
+        seed=settings.simulator_seed,
+        host=args.bind,
+        port=args.sim_port,
+        max_trades=args.max_trades,
+    )
+    log.info("simulated Coinbase exchange on ws://%s:%d", args.bind, args.sim_port)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(server.run_forever())
+    return 0
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from crypto_sentinel.sources.coinbase import CoinbaseSource
+    from crypto_sentinel.sources.record import record
+
+    settings = _settings(args)
+    url = args.url or settings.coinbase_ws_url
+    source = CoinbaseSource(settings.products, url)
+    written = asyncio.run(record(source, Path(args.out), args.duration, args.max_frames))
+    print(f"recorded {written} frames from {url} to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sentinel",
+        description="Crypto Sentinel: exchange feeds -> Delta Lake -> JSON API.",
+    )
+    parser.add_argument("--version", action="version", version=f"sentinel {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    p = verbs.add_parser("up", help="run the whole pipeline in one process (source, engine, API)")
+    p.add_argument(
+        "--source", help="coinbase (default; falls back to the simulator) | simulator | replay:PATH"
+    )
+    p.add_argument("--rate", type=float, help="simulator trades/s (default 20)")
+    p.add_argument("--seed", type=int, help="simulator seed (default 1)")
+    p.add_argument("--speed", help="replay speed: a factor like 10, or max")
+    _add_common(p)
+    p.set_defaults(func=cmd_up)
+
+    p = verbs.add_parser("serve", help="serve the API over an existing lake (no ingestion)")
+    p.add_argument("--exchange", help="exchange name in the lake (default from --source settings)")
+    _add_common(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = verbs.add_parser("simulate", help="run a local Coinbase-compatible exchange (WS + REST)")
+    p.add_argument("--bind", default="127.0.0.1", help="address (default 127.0.0.1)")
+    p.add_argument("--sim-port", type=int, default=8765, help="port (default 8765)")
+    p.add_argument("--rate", type=float, help="trades/s across products, 1..50000 (default 20)")
+    p.add_argument("--seed", type=int, help="random seed (default 1)")
+    p.add_argument("--max-trades", type=int, help="stop emitting after this many trades")
+    p.add_argument("--record", metavar="FILE", help="write COUNT trades to an NDJSON file and exit")
+    p.add_argument("--count", type=int, default=1_000_000, help="trades for --record")
+    _add_common(p, api=False)
+    p.set_defaults(func=cmd_simulate)
+
+    p = verbs.add_parser("replay", help="play a recorded NDJSON file into the lake")
+    p.add_argument("file", help="NDJSON recording (sentinel record output or bare frames)")
+    p.add_argument("--speed", default="max", help="N x recorded speed, or max (default)")
+    p.add_argument("--exchange", default="coinbase", help="exchange name for the lake")
+    p.add_argument("--serve", action="store_true", help="keep the API running after the replay")
+    _add_common(p)
+    p.set_defaults(func=cmd_replay)
+
+    p = verbs.add_parser("record", help="record live frames to NDJSON with receive times")
+    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--url", help="WebSocket URL (default Coinbase; a simulator URL works too)")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    _add_common(p, api=False)
+    p.set_defaults(func=cmd_record)
+
+    try:
+        from crypto_sentinel.ops import kafka
+    except ImportError:
+        pass
+    else:
+        kafka.add_cli(verbs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"sentinel: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""One validated settings object: env `SENTINEL_*`, an optional `sentinel.toml`, then CLI flags.
+
+Bad values stop start-up with a message naming the setting, never a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+PRODUCT_RE = re.compile(r"^[A-Z0-9]{1,12}-[A-Z0-9]{1,12}$")
+SOURCE_KINDS = ("coinbase", "simulator", "replay:PATH")
+
+
+class ConfigError(ValueError):
+    """Settings could not be loaded; the message is meant for the user as is."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SENTINEL_", toml_file="sentinel.toml", extra="forbid", validate_default=True
+    )
+
+    source: str = Field("coinbase", description="coinbase | simulator | replay:PATH")
+    products: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["BTC-USD", "ETH-USD", "SOL-USD"]
+    )
+    coinbase_ws_url: str = "wss://ws-feed.exchange.coinbase.com"
+    coinbase_rest_url: str = "https://api.exchange.coinbase.com"
+    connect_timeout: float = Field(5.0, gt=0, le=120)
+    fallback_to_simulator: bool = True
+
+    data_dir: Path = Path(".sentinel")
+    lake_dir: Path | None = None
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+    batch_interval_ms: int = Field(250, ge=10, le=60_000)
+    batch_max_frames: int = Field(50_000, ge=1, le=1_000_000)
+    bus_capacity: int = Field(20_000, ge=1, le=10_000_000)
+    app_id: str = Field("sentinel-embedded", min_length=1, max_length=200)
+
+    simulator_rate: float = Field(20.0, ge=1, le=50_000)
+    simulator_seed: int = 1
+    replay_speed: str = "max"
+    replay_exchange: str = "coinbase"
+
+    hot_trades_per_product: int = Field(1000, ge=50, le=1_000_000)
+    log_level: str = "INFO"
+
+    @field_validator("products", mode="before")
+    @classmethod
+    def _split_products(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [p for p in value.replace(" ", "").split(",") if p]
+        return value
+
+    @field_validator("products")
+    @classmethod
+    def _check_products(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one product is required, e.g. BTC-USD")
+        bad = [p for p in value if not PRODUCT_RE.match(p)]
+        if bad:
+            raise ValueError(f"not a product id (expected BASE-QUOTE like BTC-USD): {bad}")
+        return list(dict.fromkeys(value))
+
+    @field_validator("source")
+    @classmethod
+    def _check_source(cls, value: str) -> str:
+        if value in ("coinbase", "simulator"):
+            return value
+        if value.startswith("replay:") and len(value) > len("replay:"):
+            return value
+        raise ValueError(f"unknown source {value!r}; use one of {', '.join(SOURCE_KINDS)}")
+
+    @field_validator("replay_speed")
+    @classmethod
+    def _check_speed(cls, value: str) -> str:
+        if value == "max":
+            return value
+        try:
+            speed = float(value)
+        except ValueError:
+            raise ValueError("replay speed must be a number > 0 or 'max'") from None
+        if speed <= 0:
+            raise ValueError("replay speed must be a number > 0 or 'max'")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("log level must be DEBUG, INFO, WARNING or ERROR")
+        return level
+
+    @property
+    def exchange(self) -> str:
+        """Lake name of the configured source's data (simulated data never says coinbase)."""
+        if self.source.startswith("replay:"):
+            return self.replay_exchange
+        return self.source
+
+    @property
+    def lake_path(self) -> Path:
+        return (self.lake_dir or self.data_dir / "lake").resolve()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings (flags > env > sentinel.toml > defaults) or raise ConfigError."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**clean)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"sentinel.toml is not valid TOML: {exc}") from None
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "settings"
+            env = f"SENTINEL_{name.upper()}"
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown setting (check the spelling)"
+            lines.append(f"  {name} (env {env}): {msg}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None

@@ -1,0 +1,241 @@
+"""The embedded stream engine: decode each frame as it arrives, cut micro-batches, commit.
+
+Per frame (on the event loop): decode and validate, drop duplicates, update candles and tell
+listeners (hot state, push) at once. Per batch (in a writer thread, one at a time): commit
+to Delta with the batch version as app transaction. While one batch commits the next one
+fills, so commits overlap with decoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from crypto_sentinel import metrics
+from crypto_sentinel.bus.memory import MemoryBus
+from crypto_sentinel.engine.candles import Candle, CandleKey, minute_start
+from crypto_sentinel.engine.dedupe import IdRanges
+from crypto_sentinel.lake.query import LakeReader
+from crypto_sentinel.lake.writer import Batch, CommitResult, LakeWriter
+from crypto_sentinel.model import Heartbeat, RawFrame, Rejected, Ticker, Trade
+from crypto_sentinel.sources.coinbase_codec import FrameError, decode
+
+log = logging.getLogger(__name__)
+
+#: Candles older than this (behind the newest trade of the product) leave memory; a late
+#: trade for them is merged with the stored row instead.
+CANDLE_HORIZON = timedelta(hours=2)
+
+Listener = Callable[[Trade | Ticker | Candle], None]
+
+
+@dataclass
+class EngineStats:
+    frames: int = 0
+    trades: int = 0
+    duplicates: int = 0
+    tickers: int = 0
+    quarantined: int = 0
+    batches: int = 0
+    last_commit_seconds: float = 0.0
+
+
+@dataclass
+class CommitRecord:
+    """Timing of one committed batch, kept for benchmarks (receipt -> committed)."""
+
+    committed_ns: int
+    recv_ns: list[int]
+
+
+class Engine:
+    def __init__(self, writer: LakeWriter, batch_interval: float, batch_max_frames: int) -> None:
+        self.writer = writer
+        self.batch_interval = batch_interval
+        self.batch_max_frames = batch_max_frames
+        self.listeners: list[Listener] = []
+        self.stats = EngineStats()
+        self.commit_log: deque[CommitRecord] = deque(maxlen=100_000)
+        self.next_version = writer.last_version + 1
+        self._trade_ids: dict[tuple[str, str], IdRanges] = {}
+        self._ticker_marks: dict[tuple[str, str], tuple[int, datetime]] = {}
+        self._book: dict[CandleKey, Candle] = {}  # complete candles, in memory
+        self._partial: dict[CandleKey, Candle] = {}  # minutes whose stored row is unknown
+        self._dirty: set[CandleKey] = set()
+        self._newest_minute: dict[tuple[str, str], datetime] = {}
+        self._pending = Batch(version=0)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-writer")
+
+    def load_state(self, reader: LakeReader) -> None:
+        """Learn what the lake already holds so replays and reconnects never duplicate rows."""
+        for key, ranges in reader.trade_id_ranges().items():
+            ids = self._trade_ids.setdefault(key, IdRanges())
+            for lo, hi in ranges:
+                ids.add_range(lo, hi)
+        self._ticker_marks.update(reader.ticker_high_water())
+        log.info(
+            "engine state loaded: %d products, next batch version %d",
+            len(self._trade_ids),
+            self.next_version,
+        )
+
+    def last_trade_id(self, exchange: str, product_id: str) -> int | None:
+        ids = self._trade_ids.get((exchange, product_id))
+        return ids.max if ids else None
+
+    # --- per frame -----------------------------------------------------------------------
+
+    def process(self, frame: RawFrame) -> None:
+        pending = self._pending
+        pending.frames.append(frame)
+        self.stats.frames += 1
+        try:
+            record = decode(frame)
+        except FrameError as exc:
+            pending.rejected.append(Rejected(frame, str(exc)))
+            self.stats.quarantined += 1
+            metrics.QUARANTINED.labels(frame.exchange).inc()
+            return
+        if isinstance(record, Trade):
+            self._accept_trade(record)
+        elif isinstance(record, Ticker):
+            self._accept_ticker(record)
+        elif isinstance(record, Heartbeat) or record is None:
+            pass
+
+    def _accept_trade(self, trade: Trade) -> None:
+        key = (trade.exchange, trade.product_id)
+        ids = self._trade_ids.get(key)
+        if ids is None:
+            ids = self._trade_ids[key] = IdRanges()
+        if not ids.add(trade.trade_id):
+            self.stats.duplicates += 1
+            metrics.DUPLICATES.labels(trade.exchange).inc()
+            return
+        self._pending.trades.append(trade)
+        self.stats.trades += 1
+        candle = self._add_to_candle(trade)
+        for listener in self.listeners:
+            listener(trade)
+            listener(candle)
+
+    def _add_to_candle(self, trade: Trade) -> Candle:
+        start = minute_start(trade.time)
+        key = (trade.exchange, trade.product_id, start)
+        candle = self._book.get(key)
+        if candle is not None:
+            candle.add(trade)
+            self._dirty.add(key)
+            return candle
+        newest = self._newest_minute.get(key[:2])
+        if newest is None or start > newest:
+            self._newest_minute[key[:2]] = start
+        partial = self._partial.get(key)
+        if partial is None:
+            partial = self._partial[key] = Candle.from_trade(trade, start)
+        else:
+            partial.add(trade)
+        return partial
+
+    def _accept_ticker(self, ticker: Ticker) -> None:
+        key = (ticker.exchange, ticker.product_id)
+        mark = self._ticker_marks.get(key)
+        if mark is not None and ticker.sequence <= mark[0] and ticker.time <= mark[1]:
+            return  # already stored, or older than what we have
+        self._ticker_marks[key] = (ticker.sequence, ticker.time)
+        self._pending.tickers.append(ticker)
+        self.stats.tickers += 1
+        for listener in self.listeners:
+            listener(ticker)
+
+    # --- per batch -----------------------------------------------------------------------
+
+    def cut(self) -> Batch | None:
+        """Close the current batch (None if there is nothing to write)."""
+        batch = self._pending
+        if not (batch.frames or self._dirty or self._partial):
+            return None
+        batch.version = self.next_version
+        self.next_version += 1
+        batch.candles = [replace(self._book[k]) for k in self._dirty]
+        batch.partial_candles = list(self._partial.values())
+        self._dirty = set()
+        self._partial = {}
+        self._pending = Batch(version=0)
+        return batch
+
+    def committed(self, batch: Batch, result: CommitResult) -> None:
+        """Adopt the lake's view of merged candles and keep the in-memory book bounded."""
+        for merged in result.merged_candles:
+            late = self._partial.pop(merged.key, None)
+            if late is not None:  # trades for this minute arrived while it was committing
+                merged.merge(late)
+                self._dirty.add(merged.key)
+            self._book[merged.key] = merged
+        self._evict()
+        now = time.time_ns()
+        self.stats.batches += 1
+        self.stats.last_commit_seconds = result.seconds
+        metrics.BATCHES.inc()
+        metrics.COMMIT_SECONDS.observe(result.seconds)
+        if batch.frames:
+            metrics.FRAME_TO_LAKE_SECONDS.observe((now - batch.frames[0].recv_ns) / 1e9)
+            self.commit_log.append(CommitRecord(now, [f.recv_ns for f in batch.frames]))
+
+    def _evict(self) -> None:
+        stale = [
+            key
+            for key in self._book
+            if key not in self._dirty and key[2] < self._newest_minute[key[:2]] - CANDLE_HORIZON
+        ]
+        for key in stale:
+            del self._book[key]
+
+    async def commit(self, batch: Batch) -> None:
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self._executor, self.writer.commit, batch)
+        self.committed(batch, result)
+
+    # --- the loop ------------------------------------------------------------------------
+
+    async def run(self, bus: MemoryBus, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set and the bus is drained, then commit what is left."""
+        writing: asyncio.Task[None] | None = None
+        deadline = time.monotonic() + self.batch_interval
+        while True:
+            timeout = max(0.0, deadline - time.monotonic())
+            frames = await bus.take(self.batch_max_frames, min(timeout, 0.05))
+            for frame in frames:
+                self.process(frame)
+            metrics.BUS_DEPTH.set(bus.depth())
+            if writing is not None and writing.done():
+                writing.result()  # surface writer errors
+                writing = None
+            draining = stop.is_set() and bus.depth() == 0 and not frames
+            full = len(self._pending.frames) >= self.batch_max_frames
+            if time.monotonic() >= deadline or full or draining:
+                if writing is not None and (full or draining):
+                    await writing
+                    writing = None
+                if writing is None:
+                    batch = self.cut()
+                    if batch is not None:
+                        writing = asyncio.create_task(self.commit(batch))
+                    deadline = time.monotonic() + self.batch_interval
+            if draining and writing is None and self.cut_is_empty():
+                return
+            if draining and writing is not None:
+                await writing
+                writing = None
+
+    def cut_is_empty(self) -> bool:
+        return not (self._pending.frames or self._dirty or self._partial)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)

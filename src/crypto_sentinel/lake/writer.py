@@ -1,0 +1,255 @@
+"""Exactly-once micro-batch commits into the Delta tables.
+
+Every commit carries a Delta app transaction `(app_id, version)`. Before writing a table the
+writer compares the batch version with the table's recorded version and skips tables that
+already hold the batch, so a restarted or retried writer never writes a batch twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
+
+from crypto_sentinel.engine.candles import Candle
+from crypto_sentinel.lake import tables as T
+from crypto_sentinel.model import RawFrame, Rejected, Ticker, Trade
+
+log = logging.getLogger(__name__)
+
+WRITER_PROPERTIES = WriterProperties(compression="ZSTD")
+RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass
+class Batch:
+    """Everything one micro-batch commits, already decoded and deduplicated."""
+
+    version: int
+    frames: list[RawFrame] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    trades: list[Trade] = field(default_factory=list)
+    tickers: list[Ticker] = field(default_factory=list)
+    candles: list[Candle] = field(default_factory=list)  # complete candles to upsert
+    partial_candles: list[Candle] = field(default_factory=list)  # to combine with the lake's row
+
+
+@dataclass
+class CommitResult:
+    version: int
+    merged_candles: list[Candle]  # partial candles after combining with the lake
+    seconds: float
+
+
+class LakeWriter:
+    def __init__(self, lake: Path, app_id: str) -> None:
+        self.lake = lake
+        self.app_id = app_id
+        self.tables: dict[str, DeltaTable] = T.ensure_tables(lake)
+        self.versions = {
+            name: (dt.transaction_version(app_id) or 0) for name, dt in self.tables.items()
+        }
+
+    @property
+    def last_version(self) -> int:
+        """Highest batch version any table holds; the next batch must use a larger one."""
+        return max(self.versions.values(), default=0)
+
+    def commit(self, batch: Batch) -> CommitResult:
+        started = time.perf_counter()
+        merged = self._with_retry(self._merge_partials, batch)
+        candles = batch.candles + merged
+        writes: list[tuple[T.TableSpec, pa.Table | None]] = [
+            (T.BRONZE, bronze_table(batch.frames) if batch.frames else None),
+            (T.QUARANTINE, quarantine_table(batch.rejected) if batch.rejected else None),
+            (T.TRADES, trades_table(batch.trades) if batch.trades else None),
+            (T.TICKERS, tickers_table(batch.tickers) if batch.tickers else None),
+        ]
+        for spec, data in writes:
+            if data is not None:
+                self._with_retry(self._append, spec, data, batch.version)
+        if candles:
+            self._with_retry(self._upsert_candles, candles_table(candles), batch.version)
+        for name in self.versions:
+            self.versions[name] = max(self.versions[name], batch.version)
+        return CommitResult(batch.version, merged, time.perf_counter() - started)
+
+    def _with_retry(self, fn: Any, *args: Any) -> Any:
+        """Storage hiccups and commit conflicts are retried; the batch is never dropped."""
+        for attempt, delay in enumerate((*RETRY_DELAYS, None)):
+            try:
+                return fn(*args)
+            except Exception as exc:
+                if delay is None:
+                    raise
+                log.warning("lake write failed (attempt %d), retrying: %s", attempt + 1, exc)
+                time.sleep(delay)
+                for dt in self.tables.values():
+                    dt.update_incremental()
+        raise AssertionError("unreachable")
+
+    def _commit_props(self, version: int) -> CommitProperties:
+        return CommitProperties(app_transactions=[Transaction(self.app_id, version)])
+
+    def _already_has(self, spec: T.TableSpec, version: int) -> bool:
+        dt = self.tables[spec.name]
+        recorded = dt.transaction_version(self.app_id) or 0
+        return recorded >= version
+
+    def _append(self, spec: T.TableSpec, data: pa.Table, version: int) -> None:
+        if self._already_has(spec, version):
+            return
+        write_deltalake(
+            self.tables[spec.name],
+            data,
+            mode="append",
+            partition_by=list(spec.partition_by),
+            writer_properties=WRITER_PROPERTIES,
+            commit_properties=self._commit_props(version),
+        )
+
+    def _upsert_candles(self, data: pa.Table, version: int) -> None:
+        if self._already_has(T.CANDLES_1M, version):
+            return
+        dt = self.tables[T.CANDLES_1M.name]
+        dates = sorted({d.isoformat() for d in data.column("date").to_pylist()})
+        in_dates = ", ".join(f"'{d}'" for d in dates)  # dates come from our own rows
+        predicate = (
+            f"t.date IN ({in_dates}) AND t.exchange = s.exchange"
+            " AND t.product_id = s.product_id AND t.start = s.start"
+        )
+        (
+            dt.merge(
+                data,
+                predicate=predicate,
+                source_alias="s",
+                target_alias="t",
+                writer_properties=WRITER_PROPERTIES,
+                commit_properties=self._commit_props(version),
+            )
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute()
+        )
+
+    def _merge_partials(self, batch: Batch) -> list[Candle]:
+        """Fold partial candles into the candle rows already stored for their minutes."""
+        if not batch.partial_candles:
+            return []
+        stored = read_candles(
+            self.tables[T.CANDLES_1M.name], [c.key for c in batch.partial_candles]
+        )
+        merged = []
+        for partial in batch.partial_candles:
+            candle = dataclasses.replace(partial)
+            existing = stored.get(partial.key)
+            if existing is not None:
+                candle.merge(existing)
+            merged.append(candle)
+        return merged
+
+
+def read_candles(
+    dt: DeltaTable, keys: Sequence[tuple[str, str, datetime]]
+) -> dict[tuple[str, str, datetime], Candle]:
+    """Stored candles for the given keys, reading only their date partitions."""
+    dt.update_incremental()
+    dates = sorted({k[2].date() for k in keys})
+    wanted = set(keys)
+    table = dt.to_pyarrow_table(partitions=[("date", "in", [d.isoformat() for d in dates])])
+    found = {}
+    for row in table.to_pylist():
+        key = (row["exchange"], row["product_id"], row["start"])
+        if key in wanted:
+            found[key] = Candle.from_row(row)
+    return found
+
+
+def _timestamps_us(ns_values: list[int]) -> pa.Array:
+    return pa.array([ns // 1000 for ns in ns_values], pa.int64()).cast(T.UTC_TS)
+
+
+def _dates(ts: pa.Array) -> pa.Array:
+    return pc.cast(ts, pa.date32())
+
+
+def bronze_table(frames: Sequence[RawFrame]) -> pa.Table:
+    recv = _timestamps_us([f.recv_ns for f in frames])
+    return pa.table(
+        {
+            "source": pa.array([f.exchange for f in frames], pa.string()),
+            "conn_id": pa.array([f.conn_id for f in frames], pa.string()),
+            "recv_seq": pa.array([f.recv_seq for f in frames], pa.int64()),
+            "recv_time": recv,
+            "frame": pa.array([f.text for f in frames], pa.string()),
+            "date": _dates(recv),
+        },
+        schema=T.BRONZE.schema,
+    )
+
+
+def quarantine_table(rejected: Sequence[Rejected]) -> pa.Table:
+    recv = _timestamps_us([r.frame.recv_ns for r in rejected])
+    return pa.table(
+        {
+            "source": [r.frame.exchange for r in rejected],
+            "conn_id": [r.frame.conn_id for r in rejected],
+            "recv_seq": pa.array([r.frame.recv_seq for r in rejected], pa.int64()),
+            "recv_time": recv,
+            "frame": [r.frame.text for r in rejected],
+            "reason": [r.reason for r in rejected],
+            "date": _dates(recv),
+        },
+        schema=T.QUARANTINE.schema,
+    )
+
+
+def trades_table(trades: Sequence[Trade]) -> pa.Table:
+    times = pa.array([t.time for t in trades], T.UTC_TS)
+    return pa.table(
+        {
+            "exchange": [t.exchange for t in trades],
+            "product_id": [t.product_id for t in trades],
+            "trade_id": pa.array([t.trade_id for t in trades], pa.int64()),
+            "price": pa.array([t.price for t in trades], T.PRICE),
+            "size": pa.array([t.size for t in trades], T.PRICE),
+            "side": [t.side for t in trades],
+            "time": times,
+            "recv_time": _timestamps_us([t.recv_ns for t in trades]),
+            "sequence": pa.array([t.sequence for t in trades], pa.int64()),
+            "maker_order_id": pa.array([t.maker_order_id for t in trades], pa.string()),
+            "taker_order_id": pa.array([t.taker_order_id for t in trades], pa.string()),
+            "conn_id": [t.conn_id for t in trades],
+            "date": _dates(times),
+        },
+        schema=T.TRADES.schema,
+    )
+
+
+def tickers_table(tickers: Sequence[Ticker]) -> pa.Table:
+    times = pa.array([t.time for t in tickers], T.UTC_TS)
+    columns: dict[str, Any] = {}
+    for name in T.TICKERS.schema.names:
+        if name == "time":
+            columns[name] = times
+        elif name == "recv_time":
+            columns[name] = _timestamps_us([t.recv_ns for t in tickers])
+        elif name == "date":
+            columns[name] = _dates(times)
+        else:
+            typ = T.TICKERS.schema.field(name).type
+            columns[name] = pa.array([getattr(t, name) for t in tickers], typ)
+    return pa.table(columns, schema=T.TICKERS.schema)
+
+
+def candles_table(candles: Sequence[Candle]) -> pa.Table:
+    return pa.Table.from_pylist([c.to_row() for c in candles], schema=T.CANDLES_1M.schema)

@@ -1,0 +1,35 @@
+"""Prometheus metrics shared by the pipeline and the API (one registry per process)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+FRAMES = Counter("sentinel_frames_total", "Frames received", ["exchange"])
+TRADES = Counter("sentinel_trades_total", "Trades accepted into silver", ["exchange"])
+DUPLICATES = Counter(
+    "sentinel_duplicate_trades_total", "Trades dropped as duplicates", ["exchange"]
+)
+QUARANTINED = Counter(
+    "sentinel_quarantined_frames_total", "Frames sent to quarantine", ["exchange"]
+)
+GAPS = Counter("sentinel_trade_id_gaps_total", "Trade-id gaps detected", ["exchange", "product_id"])
+MISSING = Counter("sentinel_missing_trades_total", "Trade ids missing in gaps", ["exchange"])
+RECONNECTS = Counter("sentinel_reconnects_total", "Source reconnects", ["exchange"])
+BATCHES = Counter("sentinel_batches_total", "Micro-batches committed")
+COMMIT_SECONDS = Histogram(
+    "sentinel_commit_seconds",
+    "Duration of one micro-batch commit",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+FRAME_TO_LAKE_SECONDS = Histogram(
+    "sentinel_frame_to_lake_seconds",
+    "Frame receipt to committed in Delta (per batch, oldest frame)",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+BUS_DEPTH = Gauge("sentinel_bus_depth", "Frames waiting in the bus")
+API_SECONDS = Histogram(
+    "sentinel_api_request_seconds",
+    "API request duration",
+    ["route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)

@@ -1,0 +1,1 @@
+"""Operational helpers: install and run the infrastructure the pipeline needs on one machine."""

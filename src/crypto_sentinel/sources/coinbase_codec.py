@@ -1,0 +1,206 @@
+"""Decode and validate Coinbase Exchange WebSocket frames into normalised records.
+
+Kept apart from the connection code so the engine can decode frames that came through
+Kafka or a replay file exactly as the live source does.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import msgspec
+
+from crypto_sentinel.config import PRODUCT_RE
+from crypto_sentinel.model import SCALE, Heartbeat, RawFrame, Ticker, Trade, utc_from_ns
+
+#: A trade stamped this far after we received it is not plausible.
+MAX_CLOCK_SKEW = timedelta(hours=1)
+MAX_INTEGER_DIGITS = 16
+TAKER_SIDE = {"buy": "sell", "sell": "buy"}
+
+
+class FrameError(ValueError):
+    """The frame cannot be used; the message is the quarantine reason."""
+
+
+class _Match(msgspec.Struct, tag_field="type", tag="match", kw_only=True):
+    trade_id: int
+    side: str
+    size: Decimal
+    price: Decimal
+    product_id: str
+    time: datetime
+    sequence: int | None = None
+    maker_order_id: str | None = None
+    taker_order_id: str | None = None
+
+
+class _LastMatch(_Match, tag="last_match", kw_only=True):
+    pass
+
+
+class _Ticker(msgspec.Struct, tag_field="type", tag="ticker", kw_only=True):
+    product_id: str
+    sequence: int
+    price: Decimal
+    time: datetime
+    open_24h: Decimal | None = None
+    volume_24h: Decimal | None = None
+    low_24h: Decimal | None = None
+    high_24h: Decimal | None = None
+    volume_30d: Decimal | None = None
+    best_bid: Decimal | None = None
+    best_ask: Decimal | None = None
+    best_bid_size: Decimal | None = None
+    best_ask_size: Decimal | None = None
+    side: str | None = None
+    trade_id: int | None = None
+    last_size: Decimal | None = None
+
+
+class _Heartbeat(msgspec.Struct, tag_field="type", tag="heartbeat", kw_only=True):
+    product_id: str
+    last_trade_id: int
+    sequence: int
+    time: datetime
+
+
+class _Subscriptions(msgspec.Struct, tag_field="type", tag="subscriptions", kw_only=True):
+    channels: list[msgspec.Raw] = []
+
+
+class _Error(msgspec.Struct, tag_field="type", tag="error", kw_only=True):
+    message: str = ""
+    reason: str = ""
+
+
+class _Envelope(msgspec.Struct):
+    type: str
+
+
+_Message = _Match | _LastMatch | _Ticker | _Heartbeat | _Subscriptions | _Error
+_decoder = msgspec.json.Decoder(_Message)
+_envelope = msgspec.json.Decoder(_Envelope)
+
+Decoded = Trade | Ticker | Heartbeat | None
+
+
+def decode(frame: RawFrame) -> Decoded:
+    """Turn one frame into a record; None for control frames; FrameError if unusable."""
+    try:
+        msg = _decoder.decode(frame.text)
+    except msgspec.DecodeError as exc:
+        raise FrameError(_explain(frame.text, exc)) from None
+    if isinstance(msg, _Match):
+        return _trade(frame, msg)
+    if isinstance(msg, _Ticker):
+        return _ticker(frame, msg)
+    if isinstance(msg, _Heartbeat):
+        _check_product(msg.product_id)
+        return Heartbeat(frame.exchange, msg.product_id, msg.last_trade_id, msg.sequence, msg.time)
+    if isinstance(msg, _Error):
+        raise FrameError(f"exchange error: {msg.message} {msg.reason}".strip())
+    return None
+
+
+def _explain(text: str, exc: msgspec.DecodeError) -> str:
+    """Say whether the frame was not JSON, of an unknown type, or had a bad field."""
+    try:
+        kind = _envelope.decode(text).type
+    except msgspec.DecodeError:
+        try:
+            msgspec.json.decode(text)
+        except msgspec.DecodeError:
+            return f"invalid JSON: {exc}"
+        return "not a message object with a string 'type'"
+    if kind not in _KNOWN_TYPES:
+        return f"unknown message type {kind!r}"
+    return f"bad {kind} message: {exc}"
+
+
+_KNOWN_TYPES = {"match", "last_match", "ticker", "heartbeat", "subscriptions", "error"}
+
+
+def _trade(frame: RawFrame, msg: _Match) -> Trade:
+    _check_product(msg.product_id)
+    if msg.side not in TAKER_SIDE:
+        raise FrameError(f"side must be 'buy' or 'sell', got {msg.side!r}")
+    if msg.trade_id <= 0:
+        raise FrameError(f"trade_id must be positive, got {msg.trade_id}")
+    _check_amount("price", msg.price)
+    _check_amount("size", msg.size)
+    _check_time(frame, msg.time)
+    return Trade(
+        exchange=frame.exchange,
+        product_id=msg.product_id,
+        trade_id=msg.trade_id,
+        price=msg.price,
+        size=msg.size,
+        side=TAKER_SIDE[msg.side],  # Coinbase reports the maker's side
+        time=msg.time,
+        recv_ns=frame.recv_ns,
+        sequence=msg.sequence,
+        maker_order_id=msg.maker_order_id,
+        taker_order_id=msg.taker_order_id,
+        conn_id=frame.conn_id,
+    )
+
+
+def _ticker(frame: RawFrame, msg: _Ticker) -> Ticker:
+    _check_product(msg.product_id)
+    _check_amount("price", msg.price)
+    for name in ("best_bid", "best_ask", "best_bid_size", "best_ask_size", "last_size"):
+        value = getattr(msg, name)
+        if value is not None:
+            _check_amount(name, value, allow_zero=True)
+    for name in ("open_24h", "high_24h", "low_24h", "volume_24h", "volume_30d"):
+        value = getattr(msg, name)
+        if value is not None:
+            _check_amount(name, value, allow_zero=True)
+    _check_time(frame, msg.time)
+    return Ticker(
+        exchange=frame.exchange,
+        product_id=msg.product_id,
+        sequence=msg.sequence,
+        price=msg.price,
+        best_bid=msg.best_bid,
+        best_ask=msg.best_ask,
+        best_bid_size=msg.best_bid_size,
+        best_ask_size=msg.best_ask_size,
+        open_24h=msg.open_24h,
+        high_24h=msg.high_24h,
+        low_24h=msg.low_24h,
+        volume_24h=msg.volume_24h,
+        volume_30d=msg.volume_30d,
+        side=msg.side,
+        last_size=msg.last_size,
+        trade_id=msg.trade_id,
+        time=msg.time,
+        recv_ns=frame.recv_ns,
+    )
+
+
+def _check_product(product_id: str) -> None:
+    if not PRODUCT_RE.match(product_id):
+        raise FrameError(f"invalid product_id {product_id!r}")
+
+
+def _check_amount(name: str, value: Decimal, allow_zero: bool = False) -> None:
+    if not value.is_finite():
+        raise FrameError(f"{name} is not a finite number: {value}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise FrameError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    _sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)
+    if exponent < -SCALE:
+        raise FrameError(f"{name} has more than {SCALE} decimal places: {value}")
+    if len(digits) + exponent > MAX_INTEGER_DIGITS:
+        raise FrameError(f"{name} is absurdly large: {value}")
+
+
+def _check_time(frame: RawFrame, time: datetime) -> None:
+    if time.tzinfo is None:
+        raise FrameError("time has no timezone (expected UTC with Z)")
+    if time - utc_from_ns(frame.recv_ns) > MAX_CLOCK_SKEW:
+        raise FrameError(f"time {time.isoformat()} is far in the future of its receipt")
