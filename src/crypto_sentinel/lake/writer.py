@@ -165,7 +165,7 @@ def read_candles(
     dt.update_incremental()
     dates = sorted({k[2].date() for k in keys})
     wanted = set(keys)
-    table = dt.to_pyarrow_table(partitions=[("date", "in", [d.isoformat() for d in dates])])
+    table = dt.to_pyarrow_table(filters=[("date", "in", [d.isoformat() for d in dates])])
     found = {}
     for row in table.to_pylist():
         key = (row["exchange"], row["product_id"], row["start"])

@@ -240,8 +240,8 @@ class _Book:
         self.high = 0
         self.low = 0
         self.vol24 = 0
-        self.stats_key: tuple[int, int, int, int] = (-1, -1, -1, -1)
-        self.stats_str = ""
+        self.stats_key: tuple[int, int, int] = (-1, -1, -1)
+        self.stats_str = ("", "")
 
     def roll(self, hour: int, price: int, size: int) -> None:
         """Fold a trade into the rolling 24 h window (hourly buckets)."""
@@ -270,20 +270,18 @@ class _Book:
         self.vol_total += size
 
     def stats_text(self) -> str:
-        """``open_24h .. high_24h`` fields as JSON text, re-rendered only when they change."""
+        """``open_24h .. high_24h`` fields as JSON text; prices re-rendered only on change."""
         b = self.buckets
-        key = (b[0][1], self.vol24, self.low, self.high) if b else (self.price, 0, 0, 0)
+        key = (b[0][1], self.low, self.high) if b else (self.price, self.price, self.price)
         if key != self.stats_key:
-            o, v, lo, hi = key
-            if not b:
-                lo = hi = o
             d = self.pdec
             self.stats_key = key
             self.stats_str = (
-                f'"open_24h":"{_normal(o, d)}","volume_24h":"{_fixed(v, 8)}",'
-                f'"low_24h":"{_normal(lo, d)}","high_24h":"{_normal(hi, d)}"'
+                _normal(key[0], d),
+                f'"low_24h":"{_normal(key[1], d)}","high_24h":"{_normal(key[2], d)}"',
             )
-        return self.stats_str
+        open_, low_high = self.stats_str
+        return f'"open_24h":"{open_}","volume_24h":"{_fixed(self.vol24, 8)}",{low_high}'
 
 
 def _usd(currency: str) -> float:

@@ -1,0 +1,83 @@
+"""Candle maths: OHLCV, buy/sell volume, exact VWAP, order-independent merging."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from crypto_sentinel.engine.candles import Candle, minute_start
+from crypto_sentinel.model import Trade
+
+T0 = datetime(2026, 1, 2, 3, 4, 0, tzinfo=UTC)
+
+
+def trade(i: int, price: str, size: str, side: str, seconds: float) -> Trade:
+    return Trade(
+        "coinbase", "BTC-USD", i, Decimal(price), Decimal(size), side,
+        T0 + timedelta(seconds=seconds), 0,
+    )  # fmt: skip
+
+
+TRADES = [
+    trade(1, "100.10", "0.5", "buy", 1),
+    trade(2, "101.25", "0.25", "sell", 10),
+    trade(3, "99.99", "1.123456789012", "buy", 30),
+    trade(4, "100.00", "0.000000000001", "sell", 59.999999),
+]
+
+
+def build(trades: list[Trade]) -> Candle:
+    candle = Candle.from_trade(trades[0], minute_start(trades[0].time))
+    for t in trades[1:]:
+        candle.add(t)
+    return candle
+
+
+def test_ohlcv_and_vwap_are_exact() -> None:
+    c = build(TRADES)
+    assert (c.open, c.high, c.low, c.close) == (
+        Decimal("100.10"), Decimal("101.25"), Decimal("99.99"), Decimal("100.00"),
+    )  # fmt: skip
+    assert c.volume == Decimal("1.873456789013")
+    assert c.buy_volume == Decimal("1.623456789012")
+    assert c.sell_volume == Decimal("0.250000000001")
+    quote = sum((t.price * t.size for t in TRADES), Decimal(0))
+    assert c.quote_volume == quote  # 24 decimal places, no rounding
+    assert c.vwap == (quote / c.volume).quantize(Decimal("1e-12"))
+    assert c.trade_count == 4
+    assert (c.first_trade_id, c.last_trade_id) == (1, 4)
+    assert c.start == T0
+
+
+def test_arrival_order_does_not_matter() -> None:
+    expected = dataclasses.asdict(build(TRADES))
+    for order in itertools.permutations(TRADES):
+        assert dataclasses.asdict(build(list(order))) == expected
+
+
+def test_merging_partials_equals_one_pass() -> None:
+    rng = random.Random(7)
+    trades = [
+        trade(i, f"{rng.uniform(90, 110):.2f}", f"{rng.uniform(0.001, 2):.8f}",
+              rng.choice(["buy", "sell"]), i * 0.5)
+        for i in range(1, 100)
+    ]  # fmt: skip
+    whole = build(trades)
+    left, right = build(trades[::2]), build(trades[1::2])
+    right.merge(left)
+    assert dataclasses.asdict(right) == dataclasses.asdict(whole)
+
+
+def test_bucket_is_exchange_time_minute() -> None:
+    t = datetime(2026, 1, 2, 3, 4, 59, 999999, tzinfo=UTC)
+    assert minute_start(t) == T0
+
+
+def test_row_round_trip() -> None:
+    c = build(TRADES)
+    row = c.to_row()
+    assert row["vwap"] == c.vwap and row["date"] == T0.date()
+    assert dataclasses.asdict(Candle.from_row(row)) == dataclasses.asdict(c)

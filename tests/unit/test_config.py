@@ -1,0 +1,73 @@
+"""Settings: defaults, env and sentinel.toml, and clear messages for bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from crypto_sentinel.config import ConfigError, load_settings
+
+
+def test_defaults() -> None:
+    s = load_settings()
+    assert s.products == ["BTC-USD", "ETH-USD", "SOL-USD"]
+    assert s.source == "coinbase" and s.batch_interval_ms == 250 and s.port == 8000
+
+
+def test_env_overrides_and_comma_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SENTINEL_PRODUCTS", "BTC-USD, ETH-EUR")
+    monkeypatch.setenv("SENTINEL_PORT", "9001")
+    s = load_settings()
+    assert s.products == ["BTC-USD", "ETH-EUR"] and s.port == 9001
+
+
+def test_toml_file_and_flags_win(tmp_path: Path) -> None:
+    (tmp_path / "sentinel.toml").write_text('source = "simulator"\nport = 8100\n')
+    s = load_settings(port=8200)
+    assert s.source == "simulator" and s.port == 8200
+    assert s.exchange == "simulator"
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "message"),
+    [
+        ("SENTINEL_PRODUCTS", "btc-usd", "not a product id"),
+        ("SENTINEL_BATCH_INTERVAL_MS", "fast", "valid integer"),
+        ("SENTINEL_BATCH_INTERVAL_MS", "0", "greater than or equal to 10"),
+        ("SENTINEL_SOURCE", "kraken", "unknown source 'kraken'"),
+        ("SENTINEL_PORT", "70000", "less than or equal to 65535"),
+        ("SENTINEL_REPLAY_SPEED", "-2", "replay speed"),
+    ],
+)
+def test_bad_values_name_the_setting(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    text = str(err.value)
+    assert env in text and message in text
+
+
+def test_corrupt_toml_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "sentinel.toml").write_text("source = [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings()
+
+
+def test_unknown_key_in_toml(tmp_path: Path) -> None:
+    (tmp_path / "sentinel.toml").write_text("prots = 1\n")
+    with pytest.raises(ConfigError, match="unknown setting"):
+        load_settings()
+
+
+def test_cli_reports_bad_config_without_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from crypto_sentinel.cli import main
+
+    monkeypatch.setenv("SENTINEL_PORT", "nope")
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "SENTINEL_PORT" in err and "Traceback" not in err
