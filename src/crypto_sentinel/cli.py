@@ -123,6 +123,23 @@ def cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    try:
+        from bench import ingest
+    except ImportError:
+        print("sentinel bench: run from a source checkout (the bench/ folder)", file=sys.stderr)
+        return 2
+    result = ingest.main(args.trades, Path(args.workdir), args.port)
+    out = Path(args.workdir) / f"ingest-{result['date'][:19].replace(':', '')}.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    print(ingest.markdown(result))
+    print(f"saved {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sentinel",
@@ -172,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     _add_common(p, api=False)
     p.set_defaults(func=cmd_record)
+
+    p = verbs.add_parser("bench", help="measure the pipeline (see docs/benchmarks.md)")
+    p.add_argument("what", choices=["ingest"], nargs="?", default="ingest")
+    p.add_argument("--trades", type=int, default=1_000_000, help="simulated trades to replay")
+    p.add_argument("--workdir", default="bench/results", help="recordings, lakes and results")
+    p.add_argument("--port", type=int, default=8090, help="API port during the run")
+    p.set_defaults(func=cmd_bench)
 
     try:
         from crypto_sentinel.ops import kafka

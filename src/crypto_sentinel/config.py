@@ -48,12 +48,13 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
 
     batch_interval_ms: int = Field(250, ge=10, le=60_000)
-    batch_max_frames: int = Field(50_000, ge=1, le=1_000_000)
-    bus_capacity: int = Field(20_000, ge=1, le=10_000_000)
+    batch_max_frames: int = Field(20_000, ge=1, le=1_000_000)
+    bus_capacity: int = Field(5_000, ge=1, le=10_000_000)
     app_id: str = Field("sentinel-embedded", min_length=1, max_length=200)
 
     simulator_rate: float = Field(20.0, ge=1, le=50_000)
     simulator_seed: int = 1
+    simulator_max_trades: int | None = Field(None, ge=1)
     replay_speed: str = "max"
     replay_exchange: str = "coinbase"
 

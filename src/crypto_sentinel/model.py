@@ -49,23 +49,28 @@ class Trade(msgspec.Struct):
 
 
 class Ticker(msgspec.Struct):
-    """Best bid/ask and 24 h statistics as the exchange reports them."""
+    """Best bid/ask and 24 h statistics as the exchange reports them.
+
+    Amounts stay the exchange's exact decimal text (validated); the lake stores them as
+    decimals. Converting a dozen fields per ticker to `Decimal` here would cost more than the
+    rest of the pipeline and nothing downstream computes with them.
+    """
 
     exchange: str
     product_id: str
     sequence: int
-    price: Decimal
-    best_bid: Decimal | None
-    best_ask: Decimal | None
-    best_bid_size: Decimal | None
-    best_ask_size: Decimal | None
-    open_24h: Decimal | None
-    high_24h: Decimal | None
-    low_24h: Decimal | None
-    volume_24h: Decimal | None
-    volume_30d: Decimal | None
+    price: str
+    best_bid: str | None
+    best_ask: str | None
+    best_bid_size: str | None
+    best_ask_size: str | None
+    open_24h: str | None
+    high_24h: str | None
+    low_24h: str | None
+    volume_24h: str | None
+    volume_30d: str | None
     side: str | None  # taker side of the last trade
-    last_size: Decimal | None
+    last_size: str | None
     trade_id: int | None
     time: datetime
     recv_ns: int

@@ -95,7 +95,10 @@ class Pipeline:
 
         s = self.settings
         self.simulator = SimulatorServer(
-            products=s.products, rate=s.simulator_rate, seed=s.simulator_seed
+            products=s.products,
+            rate=s.simulator_rate,
+            seed=s.simulator_seed,
+            max_trades=s.simulator_max_trades,
         )
         await self.simulator.start()
         log.warning(

@@ -72,7 +72,7 @@ def test_every_recorded_frame_decodes_and_sides_agree_with_ticker() -> None:
     assert len(both) >= 20
     for key in both:
         assert trades[key].side == tickers[key].side
-        assert trades[key].price == tickers[key].price
+        assert trades[key].price == Decimal(tickers[key].price)
 
 
 def test_heartbeat() -> None:
@@ -100,7 +100,9 @@ def test_heartbeat() -> None:
         (orjson.dumps({k: v for k, v in MATCH.items() if k != "price"}).decode(), "price"),
         (orjson.dumps({**MATCH, "size": "0"}).decode(), "size must be > 0"),
         (orjson.dumps({**MATCH, "price": "-1"}).decode(), "price must be > 0"),
-        (orjson.dumps({**MATCH, "price": "NaN"}).decode(), "finite"),
+        (orjson.dumps({**MATCH, "price": "NaN"}).decode(), "not a plain non-negative decimal"),
+        (orjson.dumps({**MATCH, "size": "1e5"}).decode(), "not a plain non-negative decimal"),
+        (orjson.dumps({**MATCH, "price": 5}).decode(), "Expected `str`, got `int`"),
         (orjson.dumps({**MATCH, "price": "1.0000000000001"}).decode(), "decimal places"),
         (orjson.dumps({**MATCH, "side": "up"}).decode(), "side must be"),
         (orjson.dumps({**MATCH, "product_id": "btc usd"}).decode(), "invalid product_id"),

@@ -71,8 +71,28 @@ class Candle:
         return EXACT.divide(self.quote_volume, self.volume).quantize(QUANTUM, context=EXACT)
 
     def add(self, trade: Trade) -> None:
-        """Fold one trade in; order of arrival does not matter."""
-        self.merge(Candle.from_trade(trade, self.start))
+        """Fold one trade in; order of arrival does not matter. (The hot path: no temporaries.)"""
+        price, size = trade.price, trade.size
+        order = (trade.time, trade.trade_id)
+        if order < (self.first_trade_time, self.first_trade_id):
+            self.open, self.first_trade_time, self.first_trade_id = (
+                price,
+                trade.time,
+                trade.trade_id,
+            )
+        if order > (self.last_trade_time, self.last_trade_id):
+            self.close, self.last_trade_time, self.last_trade_id = price, trade.time, trade.trade_id
+        if price > self.high:
+            self.high = price
+        elif price < self.low:
+            self.low = price
+        self.volume = EXACT.add(self.volume, size)
+        if trade.side == "buy":
+            self.buy_volume = EXACT.add(self.buy_volume, size)
+        else:
+            self.sell_volume = EXACT.add(self.sell_volume, size)
+        self.quote_volume = EXACT.add(self.quote_volume, EXACT.multiply(price, size))
+        self.trade_count += 1
 
     def merge(self, other: Candle) -> None:
         """Combine with another partial candle of the same bucket (associative, commutative)."""

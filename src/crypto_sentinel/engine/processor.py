@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 #: trade for them is merged with the stored row instead.
 CANDLE_HORIZON = timedelta(hours=2)
 
+#: Called for every accepted trade and ticker, and for every new candle object (candles then
+#: change in place as trades arrive).
 Listener = Callable[[Trade | Ticker | Candle], None]
 
 
@@ -51,7 +54,7 @@ class CommitRecord:
     """Timing of one committed batch, kept for benchmarks (receipt -> committed)."""
 
     committed_ns: int
-    recv_ns: list[int]
+    recv_ns: array[int]
 
 
 class Engine:
@@ -120,28 +123,28 @@ class Engine:
             return
         self._pending.trades.append(trade)
         self.stats.trades += 1
-        candle = self._add_to_candle(trade)
         for listener in self.listeners:
             listener(trade)
-            listener(candle)
+        self._add_to_candle(trade)
 
-    def _add_to_candle(self, trade: Trade) -> Candle:
+    def _add_to_candle(self, trade: Trade) -> None:
         start = minute_start(trade.time)
         key = (trade.exchange, trade.product_id, start)
         candle = self._book.get(key)
         if candle is not None:
             candle.add(trade)
             self._dirty.add(key)
-            return candle
+            return
+        partial = self._partial.get(key)
+        if partial is not None:
+            partial.add(trade)
+            return
         newest = self._newest_minute.get(key[:2])
         if newest is None or start > newest:
             self._newest_minute[key[:2]] = start
-        partial = self._partial.get(key)
-        if partial is None:
-            partial = self._partial[key] = Candle.from_trade(trade, start)
-        else:
-            partial.add(trade)
-        return partial
+        partial = self._partial[key] = Candle.from_trade(trade, start)
+        for listener in self.listeners:  # candles change in place; announce new ones only
+            listener(partial)
 
     def _accept_ticker(self, ticker: Ticker) -> None:
         key = (ticker.exchange, ticker.product_id)
@@ -178,6 +181,8 @@ class Engine:
                 merged.merge(late)
                 self._dirty.add(merged.key)
             self._book[merged.key] = merged
+            for listener in self.listeners:
+                listener(merged)
         self._evict()
         now = time.time_ns()
         self.stats.batches += 1
@@ -186,7 +191,8 @@ class Engine:
         metrics.COMMIT_SECONDS.observe(result.seconds)
         if batch.frames:
             metrics.FRAME_TO_LAKE_SECONDS.observe((now - batch.frames[0].recv_ns) / 1e9)
-            self.commit_log.append(CommitRecord(now, [f.recv_ns for f in batch.frames]))
+            recv = array("q", [f.recv_ns for f in batch.frames])
+            self.commit_log.append(CommitRecord(now, recv))
 
     def _evict(self) -> None:
         stale = [

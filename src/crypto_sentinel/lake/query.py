@@ -48,7 +48,7 @@ class LakeReader:
             return dt.file_uris()
         if not dates:
             return []
-        return dt.file_uris(partition_filters=[("date", "in", [d.isoformat() for d in dates])])
+        return dt.file_uris(file_pruning_predicate=[("date", "in", [d.isoformat() for d in dates])])
 
     def query(
         self,

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
@@ -174,8 +175,15 @@ def read_candles(
     return found
 
 
-def _timestamps_us(ns_values: list[int]) -> pa.Array:
-    return pa.array([ns // 1000 for ns in ns_values], pa.int64()).cast(T.UTC_TS)
+def _columns(records: Sequence[msgspec.Struct]) -> dict[str, tuple[Any, ...]]:
+    """Transpose records into columns in one pass (not one Python loop per column)."""
+    names = type(records[0]).__struct_fields__
+    rows = map(msgspec.structs.astuple, records)
+    return dict(zip(names, zip(*rows, strict=True), strict=True))
+
+
+def _timestamps_us(ns_values: Sequence[int]) -> pa.Array:
+    return pc.divide(pa.array(ns_values, pa.int64()), 1000).cast(T.UTC_TS)
 
 
 def _dates(ts: pa.Array) -> pa.Array:
@@ -183,14 +191,15 @@ def _dates(ts: pa.Array) -> pa.Array:
 
 
 def bronze_table(frames: Sequence[RawFrame]) -> pa.Table:
-    recv = _timestamps_us([f.recv_ns for f in frames])
+    c = _columns(frames)
+    recv = _timestamps_us(c["recv_ns"])
     return pa.table(
         {
-            "source": pa.array([f.exchange for f in frames], pa.string()),
-            "conn_id": pa.array([f.conn_id for f in frames], pa.string()),
-            "recv_seq": pa.array([f.recv_seq for f in frames], pa.int64()),
+            "source": pa.array(c["exchange"], pa.string()),
+            "conn_id": pa.array(c["conn_id"], pa.string()),
+            "recv_seq": pa.array(c["recv_seq"], pa.int64()),
             "recv_time": recv,
-            "frame": pa.array([f.text for f in frames], pa.string()),
+            "frame": pa.array(c["text"], pa.string()),
             "date": _dates(recv),
         },
         schema=T.BRONZE.schema,
@@ -214,21 +223,22 @@ def quarantine_table(rejected: Sequence[Rejected]) -> pa.Table:
 
 
 def trades_table(trades: Sequence[Trade]) -> pa.Table:
-    times = pa.array([t.time for t in trades], T.UTC_TS)
+    v = _columns(trades)
+    times = pa.array(v["time"], T.UTC_TS)
     return pa.table(
         {
-            "exchange": [t.exchange for t in trades],
-            "product_id": [t.product_id for t in trades],
-            "trade_id": pa.array([t.trade_id for t in trades], pa.int64()),
-            "price": pa.array([t.price for t in trades], T.PRICE),
-            "size": pa.array([t.size for t in trades], T.PRICE),
-            "side": [t.side for t in trades],
+            "exchange": pa.array(v["exchange"], pa.string()),
+            "product_id": pa.array(v["product_id"], pa.string()),
+            "trade_id": pa.array(v["trade_id"], pa.int64()),
+            "price": pa.array(v["price"], T.PRICE),
+            "size": pa.array(v["size"], T.PRICE),
+            "side": pa.array(v["side"], pa.string()),
             "time": times,
-            "recv_time": _timestamps_us([t.recv_ns for t in trades]),
-            "sequence": pa.array([t.sequence for t in trades], pa.int64()),
-            "maker_order_id": pa.array([t.maker_order_id for t in trades], pa.string()),
-            "taker_order_id": pa.array([t.taker_order_id for t in trades], pa.string()),
-            "conn_id": [t.conn_id for t in trades],
+            "recv_time": _timestamps_us(v["recv_ns"]),
+            "sequence": pa.array(v["sequence"], pa.int64()),
+            "maker_order_id": pa.array(v["maker_order_id"], pa.string()),
+            "taker_order_id": pa.array(v["taker_order_id"], pa.string()),
+            "conn_id": pa.array(v["conn_id"], pa.string()),
             "date": _dates(times),
         },
         schema=T.TRADES.schema,
@@ -236,18 +246,22 @@ def trades_table(trades: Sequence[Trade]) -> pa.Table:
 
 
 def tickers_table(tickers: Sequence[Ticker]) -> pa.Table:
-    times = pa.array([t.time for t in tickers], T.UTC_TS)
+    values = _columns(tickers)
+    times = pa.array(values["time"], T.UTC_TS)
     columns: dict[str, Any] = {}
     for name in T.TICKERS.schema.names:
         if name == "time":
             columns[name] = times
         elif name == "recv_time":
-            columns[name] = _timestamps_us([t.recv_ns for t in tickers])
+            columns[name] = _timestamps_us(values["recv_ns"])
         elif name == "date":
             columns[name] = _dates(times)
         else:
             typ = T.TICKERS.schema.field(name).type
-            columns[name] = pa.array([getattr(t, name) for t in tickers], typ)
+            if pa.types.is_decimal(typ):  # exact decimal text -> decimal, vectorised
+                columns[name] = pc.cast(pa.array(values[name], pa.string()), typ)
+            else:
+                columns[name] = pa.array(values[name], typ)
     return pa.table(columns, schema=T.TICKERS.schema)
 
 

@@ -755,14 +755,17 @@ def start(
 
 
 def _wait_ready(cluster: _Cluster, d: Path, procs: list[BrokerProcess], timeout: float) -> None:
-    """Ready = every node is registered and unfenced in the cluster metadata clients see."""
-    from confluent_kafka import KafkaException
+    """Block until clients can use the cluster right away, or raise with the logs' tails.
+
+    Ready means every node is registered and unfenced in the metadata, internal topics have
+    leaders, and (on restarts) every consumer-offsets partition's group coordinator has loaded:
+    otherwise the first commit or offset fetch fails with NOT_COORDINATOR.
+    """
     from confluent_kafka.admin import AdminClient
 
     deadline = time.monotonic() + timeout
-    expected = {p.node for p in procs}
     admin: AdminClient | None = None
-    seen: set[int] = set()
+    reason = "listeners not accepting connections"
     while True:
         dead = [p for p in procs if not p.alive]
         if dead:
@@ -779,21 +782,75 @@ def _wait_ready(cluster: _Cluster, d: Path, procs: list[BrokerProcess], timeout:
             }
             admin = AdminClient(conf)
         if admin is not None:
-            remaining = deadline - time.monotonic()
-            try:
-                md = admin.list_topics(timeout=max(0.5, min(3.0, remaining)))
-                seen = set(md.brokers)
-            except KafkaException:
-                seen = set()
-            if expected <= seen:
+            wait = max(0.5, min(3.0, deadline - time.monotonic()))
+            not_ready = _not_ready_reason(admin, {p.node for p in procs}, wait)
+            if not_ready is None:
                 return
+            reason = not_ready
         if time.monotonic() >= deadline:
-            waiting = sorted(expected - seen)
             raise KafkaOpsError(
-                f"Kafka node(s) {waiting} not ready on {cluster.bootstrap()} after {timeout:.0f}s "
-                f"(registered brokers: {sorted(seen)})\n" + _node_tails(d, waiting)
+                f"Kafka cluster on {cluster.bootstrap()} not ready after {timeout:.0f}s: {reason}\n"
+                + _node_tails(d, [p.node for p in procs])
             )
         time.sleep(0.2)
+
+
+def _not_ready_reason(admin: Any, expected: set[int], timeout: float) -> str | None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    try:
+        md = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        return f"metadata request failed: {exc}"
+    missing = expected - set(md.brokers)
+    if missing:
+        return f"node(s) {sorted(missing)} not registered (registered: {sorted(md.brokers)})"
+    for name, topic in md.topics.items():
+        if name.startswith("__") and (
+            topic.error is not None or any(p.leader < 0 for p in topic.partitions.values())
+        ):
+            return f"internal topic {name} has partitions without a leader"
+    offsets = md.topics.get("__consumer_offsets")
+    if offsets is None:
+        return None  # fresh cluster: created (and loaded) on the first consumer group use
+    retry = {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+    }
+    futures = admin.describe_consumer_groups(
+        _probe_groups(len(offsets.partitions)), request_timeout=timeout
+    )
+    for future in futures.values():
+        try:
+            future.result()
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.code() in retry:
+                return f"group coordinators still loading ({err.name()})"
+    return None
+
+
+def _probe_groups(partitions: int) -> list[str]:
+    """One group id per consumer-offsets partition, using the broker's group->partition hash.
+
+    Kafka maps a group to ``abs(java_hash(group_id)) % partitions``; describing one unknown
+    group per partition asks every coordinator whether it has finished loading.
+    """
+    found: dict[int, str] = {}
+    k = 0
+    while len(found) < partitions:
+        group = f"sentinel-ready-probe-{k}"
+        h = 0
+        for ch in group:
+            h = (31 * h + ord(ch)) & 0xFFFFFFFF
+        if h >= 1 << 31:
+            h -= 1 << 32
+        found.setdefault((0 if h == -(1 << 31) else abs(h)) % partitions, group)
+        k += 1
+    return [found[i] for i in range(partitions)]
 
 
 def _exit_code(pid: int) -> int | None:

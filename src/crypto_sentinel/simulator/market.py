@@ -232,6 +232,8 @@ class _Book:
             round(max(open_, self.price) * (1 + span / 2)),
             max(1, round(min(open_, self.price) * (1 - span / 2))),
             vol,
+            rng.randrange(23),  # hour of yesterday's high
+            rng.randrange(23),  # hour of yesterday's low
         )
         self.vol30_base = vol * rng.randint(25, 35)
         self.vol_total = 0
@@ -243,12 +245,29 @@ class _Book:
         self.stats_key: tuple[int, int, int] = (-1, -1, -1)
         self.stats_str = ("", "")
 
+    def _seed(self, hour: int, price: int) -> None:
+        """Spread the synthetic previous day over 23 hourly buckets ending before ``hour``.
+
+        Hourly opens move linearly from the drawn open to the first price, so the stats roll
+        off gradually instead of jumping when the first simulated hour ends.
+        """
+        o0, pre_high, pre_low, vol, k_high, k_low = self.pre
+        n = 23
+        for j in range(n):
+            o = o0 + (price - o0) * j // n
+            nxt = o0 + (price - o0) * (j + 1) // n
+            hi, lo = max(o, nxt), min(o, nxt)
+            if j == k_high:
+                hi = max(hi, pre_high)
+            if j == k_low:
+                lo = min(lo, pre_low)
+            self.buckets.append([hour - n + j, o, hi, max(1, lo), vol // 24])
+
     def roll(self, hour: int, price: int, size: int) -> None:
         """Fold a trade into the rolling 24 h window (hourly buckets)."""
         b = self.buckets
         if not b:
-            o, h, lo, v = self.pre
-            b.append([hour - 23, o, h, lo, v])
+            self._seed(hour, price)
         if b[-1][0] != hour:
             b.append([hour, price, price, price, 0])
             while b[0][0] <= hour - 24:

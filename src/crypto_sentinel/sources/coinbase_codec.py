@@ -6,16 +6,16 @@ Kafka or a replay file exactly as the live source does.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 
 import msgspec
 
 from crypto_sentinel.config import PRODUCT_RE
-from crypto_sentinel.model import SCALE, Heartbeat, RawFrame, Ticker, Trade, utc_from_ns
+from crypto_sentinel.model import SCALE, Heartbeat, RawFrame, Ticker, Trade
 
 #: A trade stamped this far after we received it is not plausible.
-MAX_CLOCK_SKEW = timedelta(hours=1)
+MAX_SKEW_SECONDS = 3600.0
 MAX_INTEGER_DIGITS = 16
 TAKER_SIDE = {"buy": "sell", "sell": "buy"}
 
@@ -27,8 +27,8 @@ class FrameError(ValueError):
 class _Match(msgspec.Struct, tag_field="type", tag="match", kw_only=True):
     trade_id: int
     side: str
-    size: Decimal
-    price: Decimal
+    size: str
+    price: str
     product_id: str
     time: datetime
     sequence: int | None = None
@@ -43,20 +43,20 @@ class _LastMatch(_Match, tag="last_match", kw_only=True):
 class _Ticker(msgspec.Struct, tag_field="type", tag="ticker", kw_only=True):
     product_id: str
     sequence: int
-    price: Decimal
+    price: str
     time: datetime
-    open_24h: Decimal | None = None
-    volume_24h: Decimal | None = None
-    low_24h: Decimal | None = None
-    high_24h: Decimal | None = None
-    volume_30d: Decimal | None = None
-    best_bid: Decimal | None = None
-    best_ask: Decimal | None = None
-    best_bid_size: Decimal | None = None
-    best_ask_size: Decimal | None = None
+    open_24h: str | None = None
+    volume_24h: str | None = None
+    low_24h: str | None = None
+    high_24h: str | None = None
+    volume_30d: str | None = None
+    best_bid: str | None = None
+    best_ask: str | None = None
+    best_bid_size: str | None = None
+    best_ask_size: str | None = None
     side: str | None = None
     trade_id: int | None = None
-    last_size: Decimal | None = None
+    last_size: str | None = None
 
 
 class _Heartbeat(msgspec.Struct, tag_field="type", tag="heartbeat", kw_only=True):
@@ -135,8 +135,8 @@ def _trade(frame: RawFrame, msg: _Match) -> Trade:
         exchange=frame.exchange,
         product_id=msg.product_id,
         trade_id=msg.trade_id,
-        price=msg.price,
-        size=msg.size,
+        price=Decimal(msg.price),
+        size=Decimal(msg.size),
         side=TAKER_SIDE[msg.side],  # Coinbase reports the maker's side
         time=msg.time,
         recv_ns=frame.recv_ns,
@@ -186,21 +186,23 @@ def _check_product(product_id: str) -> None:
         raise FrameError(f"invalid product_id {product_id!r}")
 
 
-def _check_amount(name: str, value: Decimal, allow_zero: bool = False) -> None:
-    if not value.is_finite():
-        raise FrameError(f"{name} is not a finite number: {value}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise FrameError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-    _sign, digits, exponent = value.as_tuple()
-    assert isinstance(exponent, int)
-    if exponent < -SCALE:
-        raise FrameError(f"{name} has more than {SCALE} decimal places: {value}")
-    if len(digits) + exponent > MAX_INTEGER_DIGITS:
-        raise FrameError(f"{name} is absurdly large: {value}")
+def _check_amount(name: str, text: str, allow_zero: bool = False) -> None:
+    """Validate exact decimal text as sent ("0.00001305") on the string: cheap and exact."""
+    whole, dot, frac = text.partition(".")
+    if not whole.isdigit() or (dot and not frac.isdigit()) or not whole.isascii():
+        if text.startswith("-") and not allow_zero:
+            raise FrameError(f"{name} must be > 0, got {text}")
+        raise FrameError(f"{name} is not a plain non-negative decimal: {text!r}")
+    if len(frac) > SCALE:
+        raise FrameError(f"{name} has more than {SCALE} decimal places: {text}")
+    if len(whole.lstrip("0")) > MAX_INTEGER_DIGITS:
+        raise FrameError(f"{name} is absurdly large: {text}")
+    if not allow_zero and not (whole.strip("0") or frac.strip("0")):
+        raise FrameError(f"{name} must be > 0, got {text}")
 
 
 def _check_time(frame: RawFrame, time: datetime) -> None:
     if time.tzinfo is None:
         raise FrameError("time has no timezone (expected UTC with Z)")
-    if time - utc_from_ns(frame.recv_ns) > MAX_CLOCK_SKEW:
+    if time.timestamp() - frame.recv_ns / 1e9 > MAX_SKEW_SECONDS:
         raise FrameError(f"time {time.isoformat()} is far in the future of its receipt")

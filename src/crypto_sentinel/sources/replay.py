@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 
 from crypto_sentinel.model import RawFrame
-from crypto_sentinel.sources.base import GapTracker, Publish, SourceStatus, new_conn_id
+from crypto_sentinel.sources.base import Publish, SourceStatus, new_conn_id
 
 
 def parse_line(line: str) -> tuple[float | None, str]:
@@ -35,7 +35,6 @@ class ReplaySource:
         self.path = path
         self.speed = speed  # None: as fast as possible
         self.status = SourceStatus(kind="replay", exchange=exchange, url=str(path))
-        self.gaps = GapTracker(self.status)
         self.done = asyncio.Event()
 
     async def run(self, publish: Publish) -> None:
@@ -58,7 +57,6 @@ class ReplaySource:
                         await asyncio.sleep(wait)
                 seq += 1
                 now = time.time_ns()
-                self.gaps.observe(text)
                 await publish(RawFrame(self.status.exchange, conn_id, seq, now, text))
                 self.status.frames = seq
                 self.status.last_frame_ns = now

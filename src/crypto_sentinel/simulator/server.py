@@ -1,0 +1,471 @@
+"""A local Coinbase Exchange: ws-feed (``/``) and the public REST trades API on one port.
+
+Built on the ``websockets`` server: WebSocket clients are handled as usual and plain
+HTTP GETs are answered from ``process_request``, so one listener serves both.
+
+Hot path: each trade's frames are rendered once, wrapped into a WebSocket text frame
+once, and the same bytes are appended to every subscriber's batch; each batch goes out
+with one ``transport.writelines`` per connection. A client that cannot keep up makes
+its transport buffer grow; past ``send_buffer_limit`` it is disconnected with
+``ErrSlowConsume`` (Coinbase's documented reason) instead of stalling the clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
+from typing import Protocol
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from crypto_sentinel.simulator.market import Market, SimTrade
+from crypto_sentinel.simulator.protocol import (
+    ProtocolError,
+    Subscriptions,
+    parse_client_message,
+)
+
+__all__ = ["DEFAULT_PRODUCTS", "FrameHook", "Session", "SimulatorServer", "ws_text_frame"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PRODUCTS = ("BTC-USD", "ETH-USD", "SOL-USD")
+MAX_RATE = 50_000.0
+REST_MAX_LIMIT = 1000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MIN_SLEEP = 0.002  # batch period floor: high rates go out in ~2 ms batches
+_MAX_LAG = 1.0  # seconds of backlog the clock catches up on before it re-anchors
+
+
+def ws_text_frame(payload: bytes) -> bytes:
+    """Wrap a UTF-8 payload in one unmasked, final WebSocket text frame (RFC 6455 5.2)."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+
+
+class Session:
+    """One WebSocket client: its subscriptions and the frames batched for it."""
+
+    __slots__ = ("closed", "id", "pending", "subs", "subscribed", "ws")
+
+    def __init__(self, session_id: int, ws: ServerConnection) -> None:
+        self.id = session_id
+        self.ws = ws
+        self.subs = Subscriptions()
+        self.pending: list[bytes] = []
+        self.subscribed = False  # has had at least one successful subscribe
+        self.closed = False
+
+    @property
+    def peer(self) -> object:
+        return self.ws.remote_address
+
+
+class FrameHook(Protocol):
+    """Fault-injection seam: every outbound frame of every session passes through it.
+
+    Return the frames to send instead (none to drop, several to duplicate, altered text
+    to corrupt; bytes are sent verbatim as a text frame's payload). Not used yet.
+    """
+
+    def outbound(self, session: Session, frame: str) -> Iterable[str | bytes]: ...
+
+
+class SimulatorServer:
+    """Serve a seeded ``Market`` over the Coinbase Exchange WebSocket and REST protocols."""
+
+    def __init__(
+        self,
+        products: Sequence[str] = DEFAULT_PRODUCTS,
+        rate: float = 10.0,
+        seed: int = 1,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        start_trade_id: int | None = None,
+        max_trades: int | None = None,
+        *,
+        subscribe_timeout: float = 5.0,
+        send_buffer_limit: int = 8 * 2**20,
+        heartbeat_interval: float = 1.0,
+        faults: FrameHook | None = None,
+    ) -> None:
+        if not 1.0 <= rate <= MAX_RATE:
+            raise ValueError(f"rate must be between 1 and {MAX_RATE:.0f} trades/s, got {rate}")
+        if max_trades is not None and max_trades < 0:
+            raise ValueError("max_trades must be >= 0")
+        self.market = Market(list(products), seed=seed, start_trade_id=start_trade_id)
+        self.rate = float(rate)
+        self.host = host
+        self.port = port
+        self.max_trades = max_trades
+        self.subscribe_timeout = subscribe_timeout
+        self.send_buffer_limit = send_buffer_limit
+        self.heartbeat_interval = heartbeat_interval
+        self.faults = faults
+        self.slow_disconnects = 0
+        self._emitted = 0
+        self._done = asyncio.Event()
+        self._ids = itertools.count(1)
+        self._sessions: dict[int, Session] = {}
+        # product -> sessions subscribed, per channel; rebuilt on every (un)subscribe.
+        self._match_subs: dict[str, list[Session]] = {}
+        self._ticker_subs: dict[str, list[Session]] = {}
+        self._heartbeat_subs: dict[str, list[Session]] = {}
+        self._server: Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def done(self) -> bool:
+        """True once ``max_trades`` trades have been emitted (heartbeats go on)."""
+        return self.max_trades is not None and self._emitted >= self.max_trades
+
+    @property
+    def emitted_count(self) -> int:
+        return self._emitted
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._sessions)
+
+    async def wait_done(self) -> None:
+        """Wait until ``max_trades`` trades have been emitted (never returns without it)."""
+        await self._done.wait()
+
+    async def start(self) -> None:
+        """Bind (port 0 picks a free one) and start the trade clock; returns once listening."""
+        if self._server is not None:
+            raise RuntimeError("server already started")
+        self._server = await serve(
+            self._handle,
+            self.host,
+            self.port,
+            process_request=self._process_request,
+            compression=None,  # frames are pre-built uncompressed
+            close_timeout=2,
+            max_size=2**16,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._tasks = [
+            asyncio.create_task(self._run_clock(), name="simulator-clock"),
+            asyncio.create_task(self._run_heartbeats(), name="simulator-heartbeats"),
+        ]
+        log.info("simulator listening on %s (%s trades/s)", self.ws_url, self.rate)
+
+    async def stop(self) -> None:
+        """Stop the clock and close every connection (close code 1001)."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def run_forever(self) -> None:
+        """Start, then serve until cancelled (the ``sentinel simulate`` verb)."""
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+    async def __aenter__(self) -> SimulatorServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------ trade clock
+
+    async def _run_clock(self) -> None:
+        """Emit ``rate`` trades per second of wall time, in batches, until ``max_trades``."""
+        loop = asyncio.get_running_loop()
+        rate = self.rate
+        t0 = loop.time()
+        wall0_us = time.time_ns() // 1000
+        n = 0  # trades due before index n have been emitted
+        limit = self.max_trades
+        try:
+            while limit is None or n < limit:
+                now = loop.time()
+                if now - t0 - n / rate > _MAX_LAG:
+                    # The loop stalled: forget the backlog rather than burst it out.
+                    skipped = int((now - t0) * rate) - n
+                    t0 += skipped / rate
+                    wall0_us += int(skipped * 1e6 / rate)
+                    log.warning("simulator clock fell behind; skipped %d trade slots", skipped)
+                due = int((now - t0) * rate) + 1
+                if limit is not None:
+                    due = min(due, limit)
+                if due > n:
+                    self._emit(n, due, wall0_us)
+                    n = due
+                await asyncio.sleep(max(_MIN_SLEEP, t0 + n / rate - loop.time()))
+            self._done.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("simulator clock crashed")
+            raise
+
+    def _emit(self, first: int, end: int, wall0_us: int) -> None:
+        """Generate trades ``first..end-1`` and send them to their subscribers."""
+        market = self.market
+        per_us = 1e6 / self.rate
+        dirty: dict[int, Session] = {}
+        match_subs, ticker_subs = self._match_subs, self._ticker_subs
+        for i in range(first, end):
+            when = _EPOCH + timedelta(microseconds=wall0_us + int(i * per_us))
+            trade = market.next_trade(when)
+            self._emitted += 1
+            subs = match_subs.get(trade.product_id)
+            if subs:
+                self._fan_out(subs, market.match_frame(trade), dirty)
+            subs = ticker_subs.get(trade.product_id)
+            if subs:
+                self._fan_out(subs, market.ticker_frame(trade), dirty)
+        for session in dirty.values():
+            self._flush(session)
+
+    def _fan_out(self, sessions: list[Session], text: str, dirty: dict[int, Session]) -> None:
+        if self.faults is None:
+            frame = ws_text_frame(text.encode())
+            for s in sessions:
+                s.pending.append(frame)
+                dirty[s.id] = s
+        else:
+            for s in sessions:
+                self._queue(s, text)
+                dirty[s.id] = s
+
+    def _queue(self, session: Session, text: str) -> None:
+        if self.faults is None:
+            session.pending.append(ws_text_frame(text.encode()))
+            return
+        for out in self.faults.outbound(session, text):
+            payload = out.encode() if isinstance(out, str) else out
+            session.pending.append(ws_text_frame(payload))
+
+    def _flush(self, session: Session) -> None:
+        """Write a session's batch in one call; disconnect it if its backlog is too big."""
+        frames, session.pending = session.pending, []
+        ws = session.ws
+        if session.closed or not frames or ws.protocol.state is not State.OPEN:
+            return
+        transport = ws.transport
+        transport.writelines(frames)
+        if transport.get_write_buffer_size() > self.send_buffer_limit:
+            self._drop_slow(session)
+
+    def _drop_slow(self, session: Session) -> None:
+        self.slow_disconnects += 1
+        log.warning("closing slow consumer #%d %s", session.id, session.peer)
+        self._forget(session)
+        task = asyncio.create_task(self._close(session, 1008, "ErrSlowConsume"))
+        self._background.add(task)  # keep a reference until it finishes
+        task.add_done_callback(self._background.discard)
+
+    @staticmethod
+    async def _close(session: Session, code: int, reason: str) -> None:
+        """Close handshake, bounded: a client that does not read gets the socket aborted."""
+        try:
+            await asyncio.wait_for(session.ws.close(code, reason), timeout=2.0)
+        except TimeoutError:
+            session.ws.transport.abort()
+
+    async def _run_heartbeats(self) -> None:
+        """Every interval, one heartbeat per subscribed product to each subscriber."""
+        loop = asyncio.get_running_loop()
+        interval = self.heartbeat_interval
+        next_at = loop.time() + interval
+        while True:
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            next_at += interval
+            now = datetime.now(UTC)
+            dirty: dict[int, Session] = {}
+            for product, subs in self._heartbeat_subs.items():
+                if subs:
+                    self._fan_out(subs, self.market.heartbeat_frame(product, now), dirty)
+            for session in dirty.values():
+                self._flush(session)
+
+    # ------------------------------------------------------------------ WebSocket
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        session = Session(next(self._ids), ws)
+        self._sessions[session.id] = session
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.subscribe_timeout
+        try:
+            while True:
+                if session.subscribed:
+                    raw = await ws.recv()
+                else:
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            raw = await ws.recv()
+                    except TimeoutError:
+                        # Coinbase drops connections that do not subscribe within 5 s.
+                        self._forget(session)
+                        await self._close(session, 1008, "subscribe timeout")
+                        return
+                self._on_message(session, raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._forget(session)
+
+    def _on_message(self, session: Session, raw: str | bytes) -> None:
+        """Apply one client message; acks and snapshots go out before any live frame."""
+        try:
+            req = parse_client_message(raw, self.market.specs)
+        except ProtocolError as exc:
+            self._send(session, [exc.frame])
+            return
+        if req.type == "subscribe":
+            added = session.subs.subscribe(req.channels)
+            session.subscribed = True
+            frames = [session.subs.ack_frame()]
+            market = self.market
+            new_ticker = set(added.get("ticker", ()))
+            new_matches = set(added.get("matches", ()))
+            for product in market.products:
+                last: SimTrade | None = market.last_trade(product)
+                if last is None:
+                    continue
+                # Real order for a product: the ticker snapshot, then last_match.
+                if product in new_ticker:
+                    frames.append(market.ticker_frame(last))
+                if product in new_matches:
+                    frames.append(market.match_frame(last, "last_match"))
+        else:
+            session.subs.unsubscribe(req.channels)
+            frames = [session.subs.ack_frame()]
+        self._reindex()
+        self._send(session, frames)
+
+    def _send(self, session: Session, frames: list[str]) -> None:
+        for text in frames:
+            self._queue(session, text)
+        self._flush(session)
+
+    def _forget(self, session: Session) -> None:
+        if session.closed:
+            return
+        session.closed = True
+        self._sessions.pop(session.id, None)
+        self._reindex()
+
+    def _reindex(self) -> None:
+        index: dict[str, dict[str, list[Session]]] = {
+            "matches": {},
+            "ticker": {},
+            "heartbeat": {},
+        }
+        for s in self._sessions.values():
+            if s.closed:
+                continue
+            for channel, products in s.subs.channels.items():
+                for product in products:
+                    index[channel].setdefault(product, []).append(s)
+        self._match_subs = index["matches"]
+        self._ticker_subs = index["ticker"]
+        self._heartbeat_subs = index["heartbeat"]
+
+    # ------------------------------------------------------------------ REST
+
+    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        """Route a request: WebSocket upgrades on ``/`` go on, everything else is REST."""
+        upgrade = request.headers.get("Upgrade", "")
+        url = urlsplit(request.path)
+        if "websocket" in upgrade.lower():
+            return None if url.path == "/" else _json(conn, 404, {"message": "NotFound"})
+        return self._rest(conn, url.path, parse_qs(url.query, keep_blank_values=True))
+
+    def _rest(self, conn: ServerConnection, path: str, query: dict[str, list[str]]) -> Response:
+        parts = [p for p in path.split("/") if p]
+        market = self.market
+        if parts == ["products"]:
+            return _json(conn, 200, [market.specs[p].rest() for p in market.products])
+        if len(parts) >= 2 and parts[0] == "products":
+            product = parts[1]
+            if product not in market.specs:
+                return _json(conn, 404, {"message": "NotFound"})
+            if len(parts) == 2:
+                return _json(conn, 200, market.specs[product].rest())
+            if len(parts) == 3 and parts[2] == "trades":
+                return self._trades(conn, product, query)
+        return _json(conn, 404, {"message": "NotFound"})
+
+    def _trades(
+        self, conn: ServerConnection, product: str, query: dict[str, list[str]]
+    ) -> Response:
+        """``GET /products/{id}/trades``: newest first, cursor-paginated by trade_id."""
+        try:
+            limit = _int_param(query, "limit", REST_MAX_LIMIT)
+            before = _int_param(query, "before", None)
+            after = _int_param(query, "after", None)
+        except ValueError as exc:
+            return _json(conn, 400, {"message": str(exc)})
+        assert limit is not None
+        if not 1 <= limit <= REST_MAX_LIMIT:
+            return _json(conn, 400, {"message": f"limit must be between 1 and {REST_MAX_LIMIT}"})
+        page = self.market.trades_page(product, limit, before=before, after=after)
+        headers = {}
+        if page:
+            headers = {"CB-BEFORE": str(page[0].trade_id), "CB-AFTER": str(page[-1].trade_id)}
+        return _json(conn, 200, [self.market.rest_trade(t) for t in page], headers)
+
+
+def _int_param(query: dict[str, list[str]], name: str, default: int | None) -> int | None:
+    values = query.get(name)
+    if not values:
+        return default
+    value = values[-1]
+    if not (value.isascii() and value.isdigit()):
+        raise ValueError(f"invalid {name}: {value!r} is not a positive integer")
+    return int(value)
+
+
+def _json(
+    conn: ServerConnection,
+    status: int,
+    body: object,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    response = conn.respond(HTTPStatus(status), orjson.dumps(body).decode())
+    del response.headers["Content-Type"]
+    response.headers["Content-Type"] = "application/json; charset=utf-8"
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
