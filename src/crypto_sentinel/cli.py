@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -123,19 +124,30 @@ def cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Benchmarks live in the repo's bench/ folder; each module has main(trades, workdir, port)
+#: returning a JSON-able dict and markdown(result) rendering rows for docs/benchmarks.md.
+BENCHMARKS = ("ingest", "api", "lake")
+
+#: Modules that add their own verbs with add_cli(verbs).
+VERB_MODULES = ("crypto_sentinel.ops.kafka", "crypto_sentinel.lake.maintenance")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
     try:
-        from bench import ingest
-    except ImportError:
-        print("sentinel bench: run from a source checkout (the bench/ folder)", file=sys.stderr)
+        module = importlib.import_module(f"bench.{args.what}")
+    except ModuleNotFoundError:
+        print(f"sentinel bench: bench/{args.what}.py not found (run from a source checkout)",
+              file=sys.stderr)  # fmt: skip
         return 2
-    result = ingest.main(args.trades, Path(args.workdir), args.port)
-    out = Path(args.workdir) / f"ingest-{result['date'][:19].replace(':', '')}.json"
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    result = module.main(args.trades, workdir, args.port)
+    out = workdir / f"{args.what}-{result['date'][:19].replace(':', '')}.json"
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
-    print(ingest.markdown(result))
+    print(module.markdown(result))
     print(f"saved {out}")
     return 0
 
@@ -191,18 +203,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_record)
 
     p = verbs.add_parser("bench", help="measure the pipeline (see docs/benchmarks.md)")
-    p.add_argument("what", choices=["ingest"], nargs="?", default="ingest")
+    p.add_argument("what", choices=BENCHMARKS, nargs="?", default="ingest")
     p.add_argument("--trades", type=int, default=1_000_000, help="simulated trades to replay")
     p.add_argument("--workdir", default="bench/results", help="recordings, lakes and results")
     p.add_argument("--port", type=int, default=8090, help="API port during the run")
     p.set_defaults(func=cmd_bench)
 
-    try:
-        from crypto_sentinel.ops import kafka
-    except ImportError:
-        pass
-    else:
-        kafka.add_cli(verbs)
+    for name in VERB_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.add_cli(verbs)
     return parser
 
 

@@ -27,6 +27,7 @@ import importlib.resources
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -66,6 +67,7 @@ _MARKER = ".sentinel-install.json"
 _MAVEN_TIMEOUT_S = 900.0
 _FORMAT_TIMEOUT_S = 120.0
 _TAIL_LINES = 40
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # Maven 3.8 emits resets even with -B
 # Candidate main classes, newest location first, so an older/newer 4.x still works.
 _BROKER_MAINS = ("kafka.Kafka",)
 _STORAGE_MAINS = ("org.apache.kafka.tools.StorageTool", "kafka.tools.StorageTool")
@@ -343,7 +345,7 @@ def install(data_dir: Path, version: str = DEFAULT_KAFKA_VERSION, quiet: bool = 
 
 
 def _last_lines(text: str, lines: int = _TAIL_LINES) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:]) or "(no output)"
+    return "\n".join(_ANSI.sub("", text).strip().splitlines()[-lines:]) or "(no output)"
 
 
 def _verify_classpath(libs: Path, version: str, mvn_output: str) -> dict[str, Any]:

@@ -12,9 +12,10 @@ import math
 import random
 import re
 import time as _time
+from array import array
 from collections import deque
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 __all__ = [
@@ -30,6 +31,8 @@ HISTORY_LIMIT = 1_000_000
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PRODUCT_RE = re.compile(r"^[A-Z0-9]{1,16}-[A-Z0-9]{1,16}$")
+_MICROSECOND = timedelta(microseconds=1)
+_MASK64 = (1 << 64) - 1
 _SIZE_SCALE = 10**8  # every simulated product trades in base increments of 0.00000001
 
 # Rough USD value of a unit of each currency: gives sensible start prices for any pair.
@@ -171,18 +174,76 @@ class ProductSpec:
         }
 
 
+class _Columns:
+    """Retained trades of one product as parallel typed arrays.
+
+    About 65 bytes a trade instead of ~500 for ``SimTrade`` objects, so keeping a million
+    trades per product stays affordable; ``SimTrade`` objects are rebuilt on demand.
+    """
+
+    __slots__ = (
+        "first_id",
+        "maker_hi",
+        "maker_lo",
+        "price",
+        "seq",
+        "side",
+        "size",
+        "taker_hi",
+        "taker_lo",
+        "time_us",
+    )
+
+    def __init__(self, first_id: int) -> None:
+        self.first_id = first_id  # trade_id of index 0
+        self.price = array("q")
+        self.size = array("q")
+        self.time_us = array("q")
+        self.seq = array("q")
+        self.side = array("b")  # 0 = maker buy, 1 = maker sell
+        self.maker_hi = array("Q")
+        self.maker_lo = array("Q")
+        self.taker_hi = array("Q")
+        self.taker_lo = array("Q")
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    def _arrays(self) -> tuple[array[int], ...]:
+        return (
+            self.price,
+            self.size,
+            self.time_us,
+            self.seq,
+            self.side,
+            self.maker_hi,
+            self.maker_lo,
+            self.taker_hi,
+            self.taker_lo,
+        )
+
+    def trim(self, limit: int) -> None:
+        """Keep the last ``limit`` rows; called rarely (in chunks) so it stays O(1) amortised."""
+        drop = len(self) - limit
+        if drop > 0:
+            for column in self._arrays():
+                del column[:drop]
+            self.first_id += drop
+
+
 class _Book:
     """Mutable per-product state: price walk, id/sequence counters, stats, history."""
 
     __slots__ = (
         "anchor",
         "buckets",
+        "cols",
         "high",
-        "history",
+        "index",
         "kappa",
         "last",
-        "last_maker_id",
-        "last_taker_id",
+        "last_maker_bits",
+        "last_taker_bits",
         "low",
         "mu",
         "next_trade_id",
@@ -217,9 +278,10 @@ class _Book:
         # also never goes back in sequence; the offset makes products differ.
         self.sequence = start_trade_id + rng.randrange(1, 1000)
         self.last: SimTrade | None = None
-        self.last_maker_id = ""
-        self.last_taker_id = ""
-        self.history: list[SimTrade] = []
+        self.last_maker_bits = 0
+        self.last_taker_bits = 0
+        self.cols = _Columns(start_trade_id)
+        self.index = 0  # position in the market's product list (set by Market)
         # Synthetic "yesterday" so the first ticker already carries plausible 24 h stats;
         # it is drawn now (not lazily) to keep the random stream independent of timing.
         drift = rng.uniform(-0.04, 0.04)
@@ -342,7 +404,9 @@ class Market:
         self.specs = {p: ProductSpec.for_id(p) for p in products}
         self._books = {p: _Book(self.specs[p], self._rng, start_trade_id) for p in products}
         self._order = [self._books[p] for p in products]
-        self._emitted: list[SimTrade] = []
+        for index, book in enumerate(self._order):
+            book.index = index
+        self._log = array("H")  # index into self._order of every retained emitted trade
         self._count = 0
         self._last_time = _EPOCH
 
@@ -378,8 +442,8 @@ class Market:
             # The same taker sweeps another resting order at the same level.
             price = book.price
             maker_side = last.maker_side
-            taker_id = book.last_taker_id
-            maker_id = _uuid4(rng.getrandbits(128))
+            taker_bits = book.last_taker_bits
+            maker_bits = rng.getrandbits(128)
         else:
             old = book.price
             step = rng.gauss(0.0, book.sigma) - book.kappa * (math.log(old) - book.anchor)
@@ -391,12 +455,12 @@ class Market:
                 maker_side = "buy"
             else:
                 maker_side = "buy" if side_draw < 0.5 else "sell"
-            taker_id = _uuid4(rng.getrandbits(128))
+            taker_bits = rng.getrandbits(128)
             # Large resting orders get filled in several pieces over time.
             if last is not None and maker_side == last.maker_side and rng.random() < 0.2:
-                maker_id = book.last_maker_id
+                maker_bits = book.last_maker_bits
             else:
-                maker_id = _uuid4(rng.getrandbits(128))
+                maker_bits = rng.getrandbits(128)
         size_units = max(1, min(int(math.exp(rng.gauss(book.mu, 1.3))), 10**16))
         book.sequence += 1 + int(rng.random() * 20)
 
@@ -408,39 +472,81 @@ class Market:
             maker_side,
             now,
             book.sequence,
-            maker_id,
-            taker_id,
+            _uuid4(maker_bits),
+            _uuid4(taker_bits),
         )
         book.next_trade_id += 1
         book.price = price
         book.last = trade
-        book.last_maker_id = maker_id
-        book.last_taker_id = taker_id
+        book.last_maker_bits = maker_bits
+        book.last_taker_bits = taker_bits
         book.roll(now.toordinal() * 24 + now.hour, price, size_units)
         self._count += 1
         limit = self.history_limit
         if limit:
-            self._append(book.history, trade, limit)
-            self._append(self._emitted, trade, limit)
+            c = book.cols
+            c.price.append(price)
+            c.size.append(size_units)
+            c.time_us.append((now - _EPOCH) // _MICROSECOND)
+            c.seq.append(book.sequence)
+            c.side.append(maker_side == "sell")
+            c.maker_hi.append(maker_bits >> 64)
+            c.maker_lo.append(maker_bits & _MASK64)
+            c.taker_hi.append(taker_bits >> 64)
+            c.taker_lo.append(taker_bits & _MASK64)
+            self._log.append(book.index)
+            # Trim in chunks so that bounding the history stays amortised O(1).
+            slack = limit + max(limit // 8, 1)
+            if len(c) > slack:
+                c.trim(limit)
+            if len(self._log) > slack:
+                del self._log[: len(self._log) - limit]
         return trade
 
-    @staticmethod
-    def _append(items: list[SimTrade], trade: SimTrade, limit: int) -> None:
-        items.append(trade)
-        # Trim in chunks so that bounding the history stays amortised O(1).
-        if len(items) > limit + max(limit // 8, 1):
-            del items[: len(items) - limit]
+    def _rebuild(self, book: _Book, i: int) -> SimTrade:
+        """The ``SimTrade`` stored at row ``i`` of a product's columns."""
+        c = book.cols
+        return SimTrade(
+            book.spec.id,
+            c.first_id + i,
+            _normal(c.price[i], book.pdec),
+            _normal(c.size[i], 8),
+            "sell" if c.side[i] else "buy",
+            _EPOCH + timedelta(microseconds=c.time_us[i]),
+            c.seq[i],
+            _uuid4(c.maker_hi[i] << 64 | c.maker_lo[i]),
+            _uuid4(c.taker_hi[i] << 64 | c.taker_lo[i]),
+        )
+
+    def _rows(self, book: _Book) -> tuple[int, int]:
+        """Row range of the retained (at most ``history_limit``) trades of a product."""
+        n = len(book.cols)
+        return max(0, n - self.history_limit), n
 
     # ------------------------------------------------------------------ queries
 
     def history(self, product_id: str) -> list[SimTrade]:
-        """All retained trades of one product, oldest first (the last ``history_limit``)."""
-        h = self._books[product_id].history
-        return h[-self.history_limit :] if self.history_limit else []
+        """All retained trades of one product, oldest first (the last ``history_limit``).
+
+        Rebuilt from compact storage on each call: cheap for a page, seconds for a million.
+        """
+        book = self._books[product_id]
+        lo, hi = self._rows(book)
+        return [self._rebuild(book, i) for i in range(lo, hi)]
 
     def emitted(self) -> list[SimTrade]:
         """All retained trades in emission order (the last ``history_limit``)."""
-        return self._emitted[-self.history_limit :] if self.history_limit else []
+        log = self._log[-self.history_limit :] if self.history_limit else array("H")
+        # The log's entries for a product are that product's newest trades, in order.
+        row = [len(b.cols) for b in self._order]
+        for index in log:
+            row[index] -= 1
+        out = []
+        for index in log:
+            book = self._order[index]
+            out.append(self._rebuild(book, row[index]))
+            row[index] += 1
+        return out
 
     def last_trade(self, product_id: str) -> SimTrade | None:
         """Most recent trade of a product, kept even when history is disabled."""
@@ -461,12 +567,10 @@ class Market:
 
         Ids are contiguous per product, so the page is a slice found by arithmetic.
         """
-        h = self._books[product_id].history
-        lo_all = max(0, len(h) - self.history_limit) if self.history_limit else len(h)
-        if lo_all >= len(h):
-            return []
-        first = h[0].trade_id
-        lo, hi = lo_all, len(h)
+        book = self._books[product_id]
+        lo_all, hi = self._rows(book)
+        first = book.cols.first_id
+        lo = lo_all
         if after is not None:
             hi = min(hi, max(lo_all, after - first))
         if before is not None:
@@ -477,9 +581,7 @@ class Market:
             hi = min(hi, lo + limit)  # walking forward: the trades just newer than the cursor
         else:
             lo = max(lo, hi - limit)
-        page = h[lo:hi]
-        page.reverse()
-        return page
+        return [self._rebuild(book, i) for i in range(hi - 1, lo - 1, -1)]
 
     # ------------------------------------------------------------------ frames
 
