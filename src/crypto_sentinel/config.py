@@ -130,6 +130,24 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
+    # --- serving layer (issue 7): API, hot state and live push ------------------------------
+    api_cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"],
+        description="origins allowed to GET the API from a browser (comma separated; * = any)",
+    )
+    api_hot_minutes: int = Field(1500, ge=60, le=20_160)  # 1-minute candles kept in memory
+    api_warmup_seconds: float = Field(30.0, gt=0, le=3600)  # budget to rebuild hot state
+    api_stream_queue: int = Field(2000, ge=10, le=1_000_000)  # messages per push client
+    api_stream_max_clients: int = Field(1000, ge=1, le=100_000)
+    api_heartbeat_seconds: float = Field(5.0, gt=0, le=300)  # push heartbeat interval
+
+    @field_validator("api_cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [o for o in value.replace(" ", "").split(",") if o]
+        return value
+
 
 def load_settings(**overrides: Any) -> Settings:
     """Build settings (flags > env > sentinel.toml > defaults) or raise ConfigError."""

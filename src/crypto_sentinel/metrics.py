@@ -33,3 +33,30 @@ API_SECONDS = Histogram(
     ["route"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
+
+# --- serving layer: hot state, live push, API ------------------------------------------------
+API_RESPONSES = Counter(
+    "sentinel_api_responses_total", "API responses by route and status", ["route", "status"]
+)
+INGEST_RATE = Gauge("sentinel_ingest_trades_per_second", "Trades accepted per second (last second)")
+CONSUMER_LAG = Histogram(
+    "sentinel_consumer_lag_seconds",
+    "Frame receipt to processed into hot state (sampled: 1 trade in 16)",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+)
+WARMUP_SECONDS = Gauge("sentinel_hot_state_warmup_seconds", "Time spent rebuilding hot state")
+PUSH_CLIENTS = Gauge("sentinel_push_clients", "Connected live-push clients", ["transport"])
+PUSH_MESSAGES = Counter("sentinel_push_messages_total", "Messages pushed", ["transport"])
+PUSH_CONFLATED = Counter(
+    "sentinel_push_conflated_total", "Ticker/candle updates replaced by a newer one before send"
+)
+PUSH_DROPPED = Counter(
+    "sentinel_push_dropped_clients_total",
+    "Push clients dropped for reading too slowly",
+    ["transport"],
+)
+PUSH_LATENCY = Histogram(
+    "sentinel_push_latency_seconds",
+    "Frame receipt to trade message handed to the client socket (sampled per send batch)",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)

@@ -124,22 +124,25 @@ class Pipeline:
         source_task = asyncio.create_task(self.source.run(self.bus.publish), name="source")
         if isinstance(self.source, CoinbaseSource) and self.source.status.kind == "coinbase":
             source_task = await self._fallback_if_unreachable(self.source, source_task)
-        engine_task = asyncio.create_task(self.engine.run(self.bus, self.stop_event), name="engine")
+        source_stopped = asyncio.Event()  # the engine drains the bus once this is set
+        engine_task = asyncio.create_task(self.engine.run(self.bus, source_stopped), name="engine")
         stop_wait = asyncio.create_task(self.stop_event.wait())
         done, _ = await asyncio.wait(
             {source_task, engine_task, stop_wait}, return_when=asyncio.FIRST_COMPLETED
         )
-        if source_task in done and source_task.exception() is None:
+        if source_task in done:
+            source_task.result()  # a source that fails for good is fatal: raise it
             log.info("source finished (%s frames)", self.source.status.frames)
             if not self.settings.source.startswith("replay:") or not with_api:
                 self.stop_event.set()
-        if engine_task in done:
+        await asyncio.wait({stop_wait, engine_task}, return_when=asyncio.FIRST_COMPLETED)
+        if engine_task.done():
             engine_task.result()  # an engine failure is fatal: raise it
-        await self.stop_event.wait()
         log.info("stopping: draining the bus and committing the last batch")
         source_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await source_task
+        source_stopped.set()
         await engine_task
         self.engine.close()
         if self.server is not None:

@@ -16,7 +16,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from crypto_sentinel.simulator import SimTrade, SimulatorServer
+from crypto_sentinel.simulator import Session, SimTrade, SimulatorServer
 from tests.conftest import COINBASE_DATA
 
 PRODUCTS = ["BTC-USD", "ETH-USD", "SOL-USD"]
@@ -351,3 +351,48 @@ async def test_slow_consumer_is_disconnected_without_stalling_others() -> None:
             await asyncio.wait_for(reader, 3)
         ids = [f["trade_id"] for f in received if f["type"] == "match"]
         assert len(ids) > 50 and ids == list(range(ids[0], ids[0] + len(ids)))
+
+
+class DuplicateMatches:
+    """A fault hook: sees every outbound frame and sends each match twice."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def outbound(self, session: Session, frame: str) -> list[str]:
+        self.seen.append(frame)
+        return [frame, frame] if frame.startswith('{"type":"match"') else [frame]
+
+
+async def test_every_outbound_frame_passes_the_fault_hook() -> None:
+    hook = DuplicateMatches()
+    async with (
+        SimulatorServer(["BTC-USD"], rate=200, start_trade_id=1, faults=hook) as server,
+        websockets.connect(server.ws_url) as ws,
+    ):
+        await ws.send(subscribe(["matches", "heartbeat"], ["BTC-USD"]))
+        frames = await recv_for(ws, 1.2)
+    assert frames[0]["type"] == "subscriptions"
+    once = [f for i, f in enumerate(frames) if not (f["type"] == "match" and f == frames[i - 1])]
+    seen = [json.loads(f) for f in hook.seen]
+    assert seen[: len(once)] == once  # the hook saw exactly what was sent, in order
+    matches = [f["trade_id"] for f in frames if f["type"] == "match"]
+    if len(matches) % 2:
+        matches.pop()  # the window closed between a match and its duplicate
+    assert len(matches) > 20 and matches[::2] == matches[1::2]
+    assert any(f["type"] == "heartbeat" for f in frames)
+
+
+async def test_run_forever_serves_until_cancelled() -> None:
+    server = SimulatorServer(["ETH-USD"], rate=100, start_trade_id=1)
+    task = asyncio.create_task(server.run_forever())
+    await until(lambda: server.port != 0 and server.emitted_count > 0)
+    async with httpx.AsyncClient(base_url=server.rest_url) as http:
+        resp = await http.get("/products/ETH-USD/trades", params={"limit": 1})
+        assert resp.status_code == 200 and len(resp.json()) == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    with pytest.raises(httpx.ConnectError):
+        async with httpx.AsyncClient(base_url=server.rest_url) as http:
+            await http.get("/products")

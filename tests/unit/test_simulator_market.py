@@ -12,6 +12,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
 
 from crypto_sentinel.simulator import Market, SimTrade, write_recording
 from crypto_sentinel.simulator.protocol import (
@@ -20,6 +22,7 @@ from crypto_sentinel.simulator.protocol import (
     error_frame,
     parse_client_message,
 )
+from crypto_sentinel.simulator.server import ws_text_frame
 from tests.conftest import COINBASE_DATA
 
 PRODUCTS = ["BTC-USD", "ETH-USD", "SOL-USD"]
@@ -434,3 +437,23 @@ def test_write_recording_is_reproducible(tmp_path: Path) -> None:
     write_recording(b, ["BTC-USD", "ETH-USD"], 500, seed=8, start_trade_id=1)
     assert a.read_bytes() == b.read_bytes()
     assert not list(tmp_path.glob("*.tmp"))
+
+
+# --------------------------------------------------------------------------- wire frames
+
+
+@pytest.mark.parametrize("n", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_prebuilt_websocket_frames_parse_as_single_text_frames(n: int) -> None:
+    """The server writes pre-built frames straight to the socket; a standard parser must
+    read them back as one final, unmasked text frame with the same payload."""
+    payload = bytes(range(48, 58)) * (n // 10) + b"7" * (n % 10)
+    reader = StreamReader()
+    reader.feed_data(ws_text_frame(payload) + ws_text_frame(b"next"))
+    parsed = []
+    for _ in range(2):
+        parser = Frame.parse(reader.read_exact, mask=False)
+        with pytest.raises(StopIteration) as done:
+            next(parser)
+        parsed.append(done.value.value)
+    assert (parsed[0].opcode, parsed[0].fin, parsed[0].data) == (Opcode.TEXT, True, payload)
+    assert parsed[1].data == b"next"

@@ -133,6 +133,7 @@ class LakeWriter:
                 data,
                 predicate=predicate,
                 source_alias="s",
+                streamed_exec=False,  # the source is small; streaming it from Python gains nothing
                 target_alias="t",
                 writer_properties=WRITER_PROPERTIES,
                 commit_properties=self._commit_props(version),

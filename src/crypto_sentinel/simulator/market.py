@@ -572,7 +572,7 @@ class Market:
         first = book.cols.first_id
         lo = lo_all
         if after is not None:
-            hi = min(hi, max(lo_all, after - first))
+            hi = min(hi, max(lo_all, after - first + 1))
         if before is not None:
             lo = max(lo, min(hi, before - first + 1))
         if lo >= hi:

@@ -95,7 +95,10 @@ class CoinbaseSource:
             log.info("connected to %s (%s), conn %s", self.url, self.status.exchange, conn_id)
             seq = 0
             while True:
-                text = await asyncio.wait_for(ws.recv(), self.idle_timeout)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that races with a frame arriving, and the source would never stop.
+                async with asyncio.timeout(self.idle_timeout):
+                    text = await ws.recv()
                 if isinstance(text, bytes):
                     text = text.decode("utf-8", errors="replace")
                 now = time.time_ns()
