@@ -58,6 +58,15 @@ class Settings(BaseSettings):
     replay_speed: str = "max"
     replay_exchange: str = "coinbase"
 
+    bus: str = Field("memory", pattern="^(memory|kafka)$", description="memory | kafka")
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_topic_prefix: str = Field("sentinel.raw.", pattern=r"^[A-Za-z0-9._-]+$")
+    kafka_partitions: int = Field(6, ge=1, le=1000)
+    kafka_replication: int = Field(1, ge=1, le=10)
+    kafka_min_insync: int = Field(1, ge=1, le=10)
+    kafka_retention_hours: float = Field(168, gt=0)
+    kafka_group: str = Field("sentinel-process", min_length=1)
+
     hot_trades_per_product: int = Field(1000, ge=50, le=1_000_000)
     log_level: str = "INFO"
 

@@ -29,6 +29,8 @@ class RawFrame(msgspec.Struct, frozen=True):
     recv_seq: int  # position of the frame within its connection
     recv_ns: int  # receive time, unix nanoseconds
     text: str
+    partition: int = -1  # position in the durable log (Kafka), -1 for the in-process bus
+    offset: int = -1
 
 
 class Trade(msgspec.Struct):

@@ -1,55 +1,242 @@
-"""Hot state: recent trades, current tickers and recent candles in memory, fed by the engine.
+"""Hot state: recent trades, current tickers and recent 1-minute candles in memory.
 
 The API's hot path reads only this, so `/latest` costs microseconds and never touches disk.
+It is fed by the engine's listener on the event loop thread and read on that thread too, so
+it needs no locks. Every structure says from where on it is complete (`TradeRing.complete_from`,
+`MinuteBook.since`); older requests go to the lake, so memory and lake are never mixed up.
+
+Candles are built here from the accepted trades (one `Candle.add` per trade) instead of
+taking the engine's candle objects: the engine announces a minute's partial candles and
+later the merged one, so following those would briefly show a partial minute.
 """
 
 from __future__ import annotations
 
+import bisect
 import time
-from collections import OrderedDict, deque
-from dataclasses import dataclass
-from datetime import datetime
+from collections import deque
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
 
-from crypto_sentinel.engine.candles import Candle
+from crypto_sentinel import metrics
+from crypto_sentinel.engine.candles import Candle, minute_start
 from crypto_sentinel.model import Ticker, Trade
 
-RECENT_CANDLES = 24 * 60  # one day of 1-minute candles per product
+MINUTE = timedelta(minutes=1)
+Pair = tuple[str, str]  # exchange, product_id
 
 
 @dataclass(slots=True)
 class SeenTrade:
     trade: Trade
     processed_ns: int
+    item: dict[str, Any] | None = None  # rendered `/latest` entry, built on first request
+
+
+def _trade_id(seen: SeenTrade) -> int:
+    return seen.trade.trade_id
+
+
+class TradeRing(deque[SeenTrade]):
+    """The newest trades of one product in trade-id order.
+
+    Invariant: it holds every accepted trade with `trade_id >= complete_from`, so a page of
+    trades below a cursor can be answered from memory down to `complete_from` and the rest
+    from the lake without skipping or repeating a trade.
+    """
+
+    def __init__(self, maxlen: int, complete_from: int) -> None:
+        super().__init__(maxlen=maxlen)
+        self.complete_from = complete_from
+
+    def add(self, seen: SeenTrade) -> None:
+        trade_id = seen.trade.trade_id
+        if trade_id < self.complete_from:
+            return  # older than what memory covers: the lake has (or will have) it
+        if not self or trade_id > self[-1].trade.trade_id:
+            if len(self) == self.maxlen:
+                self.complete_from = self[1].trade.trade_id
+            self.append(seen)
+            return
+        at = bisect.bisect_left(self, trade_id, key=_trade_id)  # a backfilled trade
+        if at < len(self) and self[at].trade.trade_id == trade_id:
+            return
+        if len(self) == self.maxlen:
+            if at == 0:
+                return
+            self.popleft()
+            at -= 1
+            self.complete_from = self[0].trade.trade_id
+        self.insert(at, seen)
+
+    def below(self, before: int | None, limit: int) -> list[SeenTrade]:
+        """Up to `limit` trades with trade_id < before, newest first."""
+        end = len(self) if before is None else bisect.bisect_left(self, before, key=_trade_id)
+        return [self[i] for i in range(end - 1, max(end - limit, 0) - 1, -1)]
+
+
+class MinuteBook:
+    """1-minute candles of one (exchange, product): complete for every minute >= `since`.
+
+    `since` None means complete for all time (the lake held nothing for the product). Old
+    minutes leave once they are `keep` minutes behind the newest. Merged spans of minutes
+    are cached; `history` changes whenever a minute other than the newest changes, which
+    invalidates the cache.
+    """
+
+    def __init__(self, since: datetime | None, keep: int) -> None:
+        self.since = since
+        self.keep = keep
+        self.minutes: dict[datetime, Candle] = {}
+        self.newest: datetime | None = None
+        self.history = 0
+        self._spans: dict[tuple[datetime, datetime], tuple[int, Candle | None]] = {}
+        self.rendered: dict[tuple[int, datetime], tuple[int, bool, dict[str, Any]]] = {}
+
+    def covers(self, start: datetime) -> bool:
+        return self.since is None or start >= self.since
+
+    def load(self, candle: Candle) -> None:
+        """A stored minute from the lake (warm-up)."""
+        self.minutes[candle.start] = candle
+        if self.newest is None or candle.start > self.newest:
+            self.newest = candle.start
+
+    def add(self, trade: Trade) -> None:
+        start = minute_start(trade.time)
+        if self.since is not None and start < self.since:
+            return
+        candle = self.minutes.get(start)
+        if candle is None:
+            self.minutes[start] = Candle.from_trade(trade, start)
+            if self.newest is None or start > self.newest:
+                self.newest = start
+                self._evict()
+            else:
+                self.history += 1
+        else:
+            candle.add(trade)
+            if start != self.newest:
+                self.history += 1
+
+    def _evict(self) -> None:
+        assert self.newest is not None
+        cutoff = self.newest - (self.keep - 1) * MINUTE
+        if self.since is not None and self.since >= cutoff:
+            return
+        self.since = cutoff
+        for start in [m for m in self.minutes if m < cutoff]:
+            del self.minutes[start]
+        self.history += 1
+        self.rendered = {k: v for k, v in self.rendered.items() if k[1] >= cutoff}
+
+    def span(self, lo: datetime, hi: datetime) -> Candle | None:
+        """All trades of minutes in [lo, hi) as one candle (None if none); do not mutate it."""
+        newest = self.newest
+        if newest is None or hi <= lo:
+            return None
+        if hi <= newest or lo > newest:
+            return self._closed(lo, hi)
+        closed = self._closed(lo, newest) if lo < newest else None
+        current = self.minutes.get(newest)
+        if closed is None:
+            return current
+        if current is None:
+            return closed
+        merged = replace(closed)
+        merged.merge(current)
+        return merged
+
+    def _closed(self, lo: datetime, hi: datetime) -> Candle | None:
+        """A span without the forming minute: cached until an older minute changes."""
+        key = (lo, hi)
+        hit = self._spans.get(key)
+        if hit is not None and hit[0] == self.history:
+            return hit[1]
+        merged: Candle | None = None
+        count = int((hi - lo) / MINUTE)
+        if count <= len(self.minutes):
+            found = (self.minutes.get(lo + i * MINUTE) for i in range(count))
+            parts = [c for c in found if c is not None]
+        else:
+            parts = [c for m, c in self.minutes.items() if lo <= m < hi]
+        for part in parts:
+            if merged is None:
+                merged = replace(part, start=lo)
+            else:
+                merged.merge(part)
+        if len(self._spans) > 4096:
+            self._spans.clear()
+        self._spans[key] = (self.history, merged)
+        return merged
 
 
 class HotState:
-    def __init__(self, trades_per_product: int = 1000, latest_size: int = 50) -> None:
+    """Recent market state of every (exchange, product) the engine has seen."""
+
+    def __init__(
+        self, trades_per_product: int = 1000, latest_size: int = 50, hot_minutes: int = 1500
+    ) -> None:
         self.trades_per_product = trades_per_product
+        self.hot_minutes = hot_minutes
         self.latest: deque[SeenTrade] = deque(maxlen=latest_size)
-        self.trades: dict[tuple[str, str], deque[SeenTrade]] = {}
-        self.tickers: dict[tuple[str, str], Ticker] = {}
-        self.candles: dict[tuple[str, str], OrderedDict[datetime, Candle]] = {}
+        self.trades: dict[Pair, TradeRing] = {}
+        self.tickers: dict[Pair, Ticker] = {}
+        self.candles: dict[Pair, MinuteBook] = {}
+        #: What the lake held at warm-up: highest trade id and newest trade time per pair.
+        #: None until a warm-up ran; then memory knows where the lake ends.
+        self.lake_marks: dict[Pair, tuple[int, datetime]] | None = None
+        self.lake_pairs: set[Pair] = set()
+        self.warm = False
+        self.accepted = 0
+
+    # --- the engine listener -------------------------------------------------------------
 
     def on_event(self, event: Trade | Ticker | Candle) -> None:
-        """Engine listener."""
+        """Engine listener (candle events are ignored: candles are built from trades)."""
         if isinstance(event, Trade):
-            seen = SeenTrade(event, time.time_ns())
+            now = time.time_ns()
+            seen = SeenTrade(event, now)
             self.latest.append(seen)
             key = (event.exchange, event.product_id)
             ring = self.trades.get(key)
             if ring is None:
-                ring = self.trades[key] = deque(maxlen=self.trades_per_product)
-            ring.append(seen)
+                ring = self.trades[key] = TradeRing(self.trades_per_product, self._floor(event))
+            ring.add(seen)
+            book = self.candles.get(key)
+            if book is None:
+                book = self.candles[key] = MinuteBook(self._since(event), self.hot_minutes)
+            book.add(event)
+            self.accepted += 1
+            if not self.accepted & 15:
+                metrics.CONSUMER_LAG.observe((now - event.recv_ns) / 1e9)
         elif isinstance(event, Ticker):
             self.tickers[(event.exchange, event.product_id)] = event
-        else:
-            book = self.candles.setdefault((event.exchange, event.product_id), OrderedDict())
-            if event.start not in book:
-                book[event.start] = event
-                if len(book) > RECENT_CANDLES:
-                    book.popitem(last=False)
-            else:
-                book[event.start] = event
+
+    def _floor(self, first: Trade) -> int:
+        """`complete_from` of a ring that warm-up did not fill."""
+        if self.lake_marks is None:  # lake unknown: only what streams from now on
+            return first.trade_id
+        mark = self.lake_marks.get((first.exchange, first.product_id))
+        return 0 if mark is None else mark[0] + 1
+
+    def _since(self, first: Trade) -> datetime | None:
+        """`since` of a minute book that warm-up did not fill."""
+        if self.lake_marks is None:
+            return minute_start(first.time) + MINUTE
+        mark = self.lake_marks.get((first.exchange, first.product_id))
+        return None if mark is None else minute_start(mark[1]) + MINUTE
+
+    # --- reads ---------------------------------------------------------------------------
 
     def recent_trades(self, exchange: str, product_id: str) -> deque[SeenTrade]:
         return self.trades.get((exchange, product_id), deque())
+
+    def pairs(self) -> set[Pair]:
+        """Every (exchange, product) memory or the lake (as of warm-up) knows."""
+        return set(self.trades) | set(self.tickers) | set(self.candles) | self.lake_pairs
+
+    def last_trade(self, exchange: str, product_id: str) -> Trade | None:
+        ring = self.trades.get((exchange, product_id))
+        return ring[-1].trade if ring else None

@@ -14,20 +14,30 @@ import time
 from array import array
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from crypto_sentinel import metrics
-from crypto_sentinel.bus.memory import MemoryBus
 from crypto_sentinel.engine.candles import Candle, CandleKey, minute_start
 from crypto_sentinel.engine.dedupe import IdRanges
+from crypto_sentinel.engine.repair import repair_candles
 from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.lake.writer import Batch, CommitResult, LakeWriter
 from crypto_sentinel.model import Heartbeat, RawFrame, Rejected, Ticker, Trade
 from crypto_sentinel.sources.coinbase_codec import FrameError, decode
 
 log = logging.getLogger(__name__)
+
+
+class FrameSource(Protocol):
+    """What the engine reads from: the in-process bus or a Kafka consumer."""
+
+    async def take(self, max_frames: int, timeout: float) -> list[RawFrame]: ...
+
+    def depth(self) -> int: ...
+
 
 #: Candles older than this (behind the newest trade of the product) leave memory; a late
 #: trade for them is merged with the stored row instead.
@@ -74,6 +84,8 @@ class Engine:
         self._newest_minute: dict[tuple[str, str], datetime] = {}
         self._pending = Batch(version=0)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-writer")
+        self._inflight: Future[CommitResult] | None = None
+        self.on_commit: list[Callable[[Batch], None]] = []
 
     def load_state(self, reader: LakeReader) -> None:
         """Learn what the lake already holds so replays and reconnects never duplicate rows."""
@@ -82,6 +94,7 @@ class Engine:
             for lo, hi in ranges:
                 ids.add_range(lo, hi)
         self._ticker_marks.update(reader.ticker_high_water())
+        repair_candles(self.writer, reader)
         log.info(
             "engine state loaded: %d products, next batch version %d",
             len(self._trade_ids),
@@ -97,6 +110,8 @@ class Engine:
     def process(self, frame: RawFrame) -> None:
         pending = self._pending
         pending.frames.append(frame)
+        if frame.offset >= 0:
+            pending.positions[(frame.exchange, frame.partition)] = frame.offset
         self.stats.frames += 1
         try:
             record = decode(frame)
@@ -204,13 +219,36 @@ class Engine:
             del self._book[key]
 
     async def commit(self, batch: Batch) -> None:
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._executor, self.writer.commit, batch)
+        self._inflight = self._executor.submit(self.writer.commit, batch)
+        result = await asyncio.wrap_future(self._inflight)
         self.committed(batch, result)
+        for hook in self.on_commit:
+            hook(batch)
+
+    def flush_now(self) -> None:
+        """Commit everything pending before returning (blocking; used when Kafka partitions
+        are about to move to another processor, so it never re-reads uncommitted work)."""
+        if self._inflight is not None:
+            self._inflight.result()
+        batch = self.cut()
+        if batch is not None:
+            result = self._executor.submit(self.writer.commit, batch).result()
+            self.committed(batch, result)
+            for hook in self.on_commit:
+                hook(batch)
+
+    def forget(self, reader: LakeReader) -> None:
+        """Drop per-product state and relearn it from the lake (after a Kafka rebalance,
+        another processor may have written these products meanwhile)."""
+        self._trade_ids.clear()
+        self._ticker_marks.clear()
+        self._book.clear()
+        self._newest_minute.clear()
+        self.load_state(reader)
 
     # --- the loop ------------------------------------------------------------------------
 
-    async def run(self, bus: MemoryBus, stop: asyncio.Event) -> None:
+    async def run(self, bus: FrameSource, stop: asyncio.Event) -> None:
         """Consume until `stop` is set and the bus is drained, then commit what is left."""
         writing: asyncio.Task[None] | None = None
         deadline = time.monotonic() + self.batch_interval

@@ -146,3 +146,169 @@ class LakeReader:
             T.TRADES, "SELECT DISTINCT exchange FROM t WHERE product_id = ?", [product_id]
         )
         return [r["exchange"] for r in rows]
+
+    # --- serving layer: hot-state warm-up and API history (issue 7) --------------------------
+
+    def partition_dates(self, spec: T.TableSpec) -> list[date]:
+        """Date partitions the table holds, oldest first (from the Delta log, no file listing)."""
+        dt = self._table(spec)
+        if dt is None:
+            return []
+        with self._lock:
+            parts = dt.partitions()
+        return sorted({date.fromisoformat(p["date"]) for p in parts if p.get("date")})
+
+    def newest_dates(self, spec: T.TableSpec, days: int) -> list[date]:
+        """The newest date partition and those up to `days - 1` days before it."""
+        dates = self.partition_dates(spec)
+        if not dates:
+            return []
+        return [d for d in dates if (dates[-1] - d).days < days]
+
+    def trade_marks(self) -> dict[tuple[str, str], tuple[int, datetime]]:
+        """Highest trade id and newest trade time per (exchange, product) in the lake."""
+        rows = self.query(
+            T.TRADES,
+            "SELECT exchange, product_id, max(trade_id) AS hi, max(time) AS newest"
+            " FROM t GROUP BY exchange, product_id",
+        )
+        return {(r["exchange"], r["product_id"]): (r["hi"], r["newest"]) for r in rows}
+
+    def newest_trades_per_product(
+        self, per_product: int, dates: Sequence[date]
+    ) -> list[dict[str, Any]]:
+        """The `per_product` highest trade ids of every (exchange, product) within `dates`."""
+        return self.query(
+            T.TRADES,
+            "SELECT * EXCLUDE (rn) FROM (SELECT *, row_number() OVER ("
+            " PARTITION BY exchange, product_id ORDER BY trade_id DESC) AS rn FROM t)"
+            " WHERE rn <= ? ORDER BY exchange, product_id, trade_id",
+            [per_product],
+            dates=dates,
+        )
+
+    def candles_since(self, since: dict[tuple[str, str], datetime]) -> list[dict[str, Any]]:
+        """1-minute candles of each (exchange, product) from its own `since` minute on."""
+        if not since:
+            return []
+        first = min(since.values()).date()
+        dates = [d for d in self.partition_dates(T.CANDLES_1M) if d >= first]
+        keys = list(since)
+        return self.query(
+            T.CANDLES_1M,
+            "SELECT t.* EXCLUDE (date) FROM t JOIN (SELECT unnest(?::VARCHAR[]) AS exchange,"
+            " unnest(?::VARCHAR[]) AS product_id, unnest(?::TIMESTAMPTZ[]) AS since) AS w"
+            " ON t.exchange = w.exchange AND t.product_id = w.product_id"
+            " WHERE t.start >= w.since ORDER BY t.start",
+            [[k[0] for k in keys], [k[1] for k in keys], [since[k] for k in keys]],
+            dates=dates,
+        )
+
+    def newest_tickers(self, dates: Sequence[date]) -> list[dict[str, Any]]:
+        """The newest ticker of every (exchange, product) within `dates`."""
+        return self.query(
+            T.TICKERS,
+            "SELECT * EXCLUDE (rn) FROM (SELECT *, row_number() OVER ("
+            " PARTITION BY exchange, product_id ORDER BY time DESC, sequence DESC) AS rn FROM t)"
+            " WHERE rn = 1",
+            dates=dates,
+        )
+
+    def products(self) -> list[tuple[str, str]]:
+        """Every (exchange, product) with trades in the lake."""
+        rows = self.query(T.TRADES, "SELECT DISTINCT exchange, product_id FROM t")
+        return [(r["exchange"], r["product_id"]) for r in rows]
+
+    def newest_trades(
+        self, exchange: str, product_id: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """Newest trades (optionally of one product), reading the two newest date partitions."""
+        return self.query(
+            T.TRADES,
+            "SELECT * FROM t WHERE exchange = ? AND (? IS NULL OR product_id = ?)"
+            " ORDER BY time DESC, trade_id DESC LIMIT ?",
+            [exchange, product_id, product_id, limit],
+            dates=self.newest_dates(T.TRADES, 2),
+        )
+
+    def newest_ticker(self, exchange: str, product_id: str) -> dict[str, Any] | None:
+        rows = self.query(
+            T.TICKERS,
+            "SELECT * FROM t WHERE exchange = ? AND product_id = ?"
+            " ORDER BY time DESC, sequence DESC LIMIT 1",
+            [exchange, product_id],
+            dates=self.newest_dates(T.TICKERS, 2),
+        )
+        return rows[0] if rows else None
+
+    def candle_buckets(
+        self,
+        exchange: str,
+        product_id: str,
+        start: datetime,
+        end: datetime,
+        granularity: int,
+    ) -> list[dict[str, Any]]:
+        """Candles of `granularity` seconds combined from the 1-minute rows in [start, end).
+
+        Buckets are aligned to multiples of the granularity since the Unix epoch (UTC), as
+        the exchanges align them; each row has a `bucket` column.
+        """
+        days = (end - timedelta(microseconds=1)).date() - start.date()
+        dates = [start.date() + timedelta(days=i) for i in range(days.days + 1)]
+        return self.query(
+            T.CANDLES_1M,
+            "SELECT exchange, product_id,"
+            " to_timestamp((epoch(start)::BIGINT // ?) * ?) AS bucket,"
+            + _CANDLE_AGGREGATES
+            + " FROM t WHERE exchange = ? AND product_id = ? AND start >= ? AND start < ?"
+            " GROUP BY ALL ORDER BY bucket DESC",
+            [granularity, granularity, exchange, product_id, start, end],
+            dates=dates,
+        )
+
+    def newest_minutes(self, exchange: str) -> dict[str, datetime]:
+        """Newest 1-minute candle start per product of `exchange` (two newest date partitions)."""
+        rows = self.query(
+            T.CANDLES_1M,
+            "SELECT product_id, max(start) AS newest FROM t WHERE exchange = ? GROUP BY ALL",
+            [exchange],
+            dates=self.newest_dates(T.CANDLES_1M, 2),
+        )
+        return {r["product_id"]: r["newest"] for r in rows}
+
+    def candle_spans(
+        self, exchange: str, windows: dict[str, tuple[datetime, datetime]]
+    ) -> list[dict[str, Any]]:
+        """One candle per product combining its 1-minute rows in [start, end) of its window."""
+        if not windows:
+            return []
+        first = min(w[0] for w in windows.values()).date()
+        last = max(w[1] for w in windows.values()).date()
+        dates = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+        names = list(windows)
+        return self.query(
+            T.CANDLES_1M,
+            "SELECT t.exchange, t.product_id, min(t.start) AS bucket,"
+            + _CANDLE_AGGREGATES
+            + " FROM t JOIN (SELECT unnest(?::VARCHAR[]) AS product_id,"
+            " unnest(?::TIMESTAMPTZ[]) AS lo, unnest(?::TIMESTAMPTZ[]) AS hi) AS w"
+            " ON t.product_id = w.product_id"
+            " WHERE t.exchange = ? AND t.start >= w.lo AND t.start < w.hi GROUP BY ALL",
+            [names, [windows[n][0] for n in names], [windows[n][1] for n in names], exchange],
+            dates=dates,
+        )
+
+
+#: Combining 1-minute candle rows into one candle. Each row is one minute, so first and last
+#: trade times never tie between rows and pick open, close and the trade ids exactly.
+_CANDLE_AGGREGATES = """
+    arg_min(open, first_trade_time) AS open, max(high) AS high, min(low) AS low,
+    arg_max(close, last_trade_time) AS close, sum(volume) AS volume,
+    sum(buy_volume) AS buy_volume, sum(sell_volume) AS sell_volume,
+    sum(quote_volume) AS quote_volume, sum(trade_count)::BIGINT AS trade_count,
+    arg_min(first_trade_id, first_trade_time) AS first_trade_id,
+    min(first_trade_time) AS first_trade_time,
+    arg_max(last_trade_id, last_trade_time) AS last_trade_id,
+    max(last_trade_time) AS last_trade_time
+"""

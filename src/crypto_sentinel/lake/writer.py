@@ -42,6 +42,8 @@ class Batch:
     tickers: list[Ticker] = field(default_factory=list)
     candles: list[Candle] = field(default_factory=list)  # complete candles to upsert
     partial_candles: list[Candle] = field(default_factory=list)  # to combine with the lake's row
+    #: Durable-log positions the batch covers: (exchange, partition) -> last offset.
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 @dataclass
@@ -51,7 +53,13 @@ class CommitResult:
     seconds: float
 
 
+Txns = dict[str, int]  # Delta app transactions of one batch: app_id -> version
+
+
 class LakeWriter:
+    """Commits batches; the embedded engine versions batches with one app id, the Kafka
+    processor with one app id per (group, topic, partition) whose version is the offset."""
+
     def __init__(self, lake: Path, app_id: str) -> None:
         self.lake = lake
         self.app_id = app_id
@@ -65,21 +73,36 @@ class LakeWriter:
         """Highest batch version any table holds; the next batch must use a larger one."""
         return max(self.versions.values(), default=0)
 
+    def partition_app_id(self, exchange: str, partition: int) -> str:
+        return f"{self.app_id}:{exchange}:{partition}"
+
+    def log_position(self, exchange: str, partition: int) -> int | None:
+        """Last durable-log offset fully committed: bronze is written last in every batch."""
+        dt = self.tables[T.BRONZE.name]
+        dt.update_incremental()
+        return dt.transaction_version(self.partition_app_id(exchange, partition))
+
+    def transactions(self, batch: Batch) -> Txns:
+        if batch.positions:
+            return {self.partition_app_id(ex, p): off for (ex, p), off in batch.positions.items()}
+        return {self.app_id: batch.version}
+
     def commit(self, batch: Batch) -> CommitResult:
+        """Write every table; bronze last, so a batch whose bronze rows exist is complete."""
         started = time.perf_counter()
+        txns = self.transactions(batch)
         merged = self._with_retry(self._merge_partials, batch)
         candles = batch.candles + merged
-        writes: list[tuple[T.TableSpec, pa.Table | None]] = [
-            (T.BRONZE, bronze_table(batch.frames) if batch.frames else None),
-            (T.QUARANTINE, quarantine_table(batch.rejected) if batch.rejected else None),
-            (T.TRADES, trades_table(batch.trades) if batch.trades else None),
-            (T.TICKERS, tickers_table(batch.tickers) if batch.tickers else None),
-        ]
-        for spec, data in writes:
-            if data is not None:
-                self._with_retry(self._append, spec, data, batch.version)
+        if batch.rejected:
+            self._with_retry(self._append, T.QUARANTINE, batch.rejected, quarantine_table, txns)
+        if batch.trades:
+            self._with_retry(self._append, T.TRADES, batch.trades, trades_table, txns)
+        if batch.tickers:
+            self._with_retry(self._append, T.TICKERS, batch.tickers, tickers_table, txns)
         if candles:
-            self._with_retry(self._upsert_candles, candles_table(candles), batch.version)
+            self._with_retry(self._upsert_candles, candles_table(candles), txns)
+        if batch.frames:
+            self._with_retry(self._append, T.BRONZE, batch.frames, bronze_table, txns)
         for name in self.versions:
             self.versions[name] = max(self.versions[name], batch.version)
         return CommitResult(batch.version, merged, time.perf_counter() - started)
@@ -98,28 +121,45 @@ class LakeWriter:
                     dt.update_incremental()
         raise AssertionError("unreachable")
 
-    def _commit_props(self, version: int) -> CommitProperties:
-        return CommitProperties(app_transactions=[Transaction(self.app_id, version)])
-
-    def _already_has(self, spec: T.TableSpec, version: int) -> bool:
+    def _recorded(self, spec: T.TableSpec, txns: Txns) -> dict[str, int]:
         dt = self.tables[spec.name]
-        recorded = dt.transaction_version(self.app_id) or 0
-        return recorded >= version
+        versions = {app: dt.transaction_version(app) for app in txns}
+        return {app: -1 if v is None else v for app, v in versions.items()}
 
-    def _append(self, spec: T.TableSpec, data: pa.Table, version: int) -> None:
-        if self._already_has(spec, version):
-            return
+    def _append(self, spec: T.TableSpec, rows: list[Any], build: Any, txns: Txns) -> None:
+        recorded = self._recorded(spec, txns)
+        if all(recorded[app] >= version for app, version in txns.items()):
+            return  # this table already holds the batch
+        if any(recorded[app] >= 0 for app in txns) and spec in (T.BRONZE, T.QUARANTINE):
+            rows = [r for r in rows if not self._holds(r, recorded)]  # a replayed log range
+            if not rows:
+                return
         write_deltalake(
             self.tables[spec.name],
-            data,
+            build(rows),
             mode="append",
             partition_by=list(spec.partition_by),
             writer_properties=WRITER_PROPERTIES,
-            commit_properties=self._commit_props(version),
+            commit_properties=CommitProperties(
+                app_transactions=[Transaction(app, v) for app, v in txns.items()]
+            ),
         )
 
-    def _upsert_candles(self, data: pa.Table, version: int) -> None:
-        if self._already_has(T.CANDLES_1M, version):
+    def _holds(self, row: RawFrame | Rejected, recorded: dict[str, int]) -> bool:
+        frame = row.frame if isinstance(row, Rejected) else row
+        if frame.offset < 0:
+            return False
+        app = self.partition_app_id(frame.exchange, frame.partition)
+        return frame.offset <= recorded.get(app, -1)
+
+    def upsert_candles(self, candles: Sequence[Candle]) -> None:
+        """Write complete candles outside any batch (repairs, rebuilds)."""
+        if candles:
+            self._with_retry(self._upsert_candles, candles_table(candles), {})
+
+    def _upsert_candles(self, data: pa.Table, txns: Txns) -> None:
+        recorded = self._recorded(T.CANDLES_1M, txns)
+        if txns and all(recorded[app] >= version for app, version in txns.items()):
             return
         dt = self.tables[T.CANDLES_1M.name]
         dates = sorted({d.isoformat() for d in data.column("date").to_pylist()})
@@ -136,7 +176,9 @@ class LakeWriter:
                 streamed_exec=False,  # the source is small; streaming it from Python gains nothing
                 target_alias="t",
                 writer_properties=WRITER_PROPERTIES,
-                commit_properties=self._commit_props(version),
+                commit_properties=CommitProperties(
+                    app_transactions=[Transaction(app, v) for app, v in txns.items()] or None
+                ),
             )
             .when_matched_update_all()
             .when_not_matched_insert_all()

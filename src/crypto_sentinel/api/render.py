@@ -1,0 +1,238 @@
+"""JSON shapes of trades, tickers and candles, shared by the REST routes and the live push.
+
+Prices and sizes leave as exact decimal strings, times as ISO-8601 UTC with microseconds and
+a Z. These helpers run on the hot path for every response item, so they avoid generic
+formatting machinery.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from crypto_sentinel.engine.candles import Candle
+from crypto_sentinel.model import EXACT, Ticker, Trade, format_decimal
+
+
+def iso(value: datetime) -> str:
+    """`2024-01-01T00:00:00.000000Z` (the exchange's style), for aware datetimes."""
+    if value.utcoffset():
+        value = value.astimezone(UTC)
+    return (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:"
+        f"{value.minute:02d}:{value.second:02d}.{value.microsecond:06d}Z"
+    )
+
+
+def iso_ns(ns: int) -> str:
+    """Unix nanoseconds as `iso` text (exact to the microsecond, no float rounding)."""
+    whole = datetime.fromtimestamp(ns // 1_000_000_000, UTC)
+    return iso(whole.replace(microsecond=ns // 1000 % 1_000_000))
+
+
+def dec(value: Decimal | str | None) -> str | None:
+    """Exact decimal text without exponent or trailing zeros; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = Decimal(value)
+    return format_decimal(value)
+
+
+def trade_item(trade: Trade) -> dict[str, Any]:
+    return {
+        "trade_id": trade.trade_id,
+        "price": format_decimal(trade.price),
+        "size": format_decimal(trade.size),
+        "side": trade.side,
+        "time": iso(trade.time),
+        "exchange": trade.exchange,
+    }
+
+
+def trade_row_item(row: dict[str, Any]) -> dict[str, Any]:
+    """A silver.trades row (from DuckDB) in the same shape as `trade_item`."""
+    return {
+        "trade_id": row["trade_id"],
+        "price": format_decimal(row["price"]),
+        "size": format_decimal(row["size"]),
+        "side": row["side"],
+        "time": iso(row["time"]),
+        "exchange": row["exchange"],
+    }
+
+
+def latest_item(trade: Trade, processed_ns: int) -> dict[str, Any]:
+    """One `/latest` entry: the seed's fields first, then ours."""
+    return {
+        "symbol": trade.product_id,
+        "price": format_decimal(trade.price),
+        "side": trade.side,
+        "timestamp": iso(trade.time),
+        "processing_time": iso_ns(processed_ns),
+        "size": format_decimal(trade.size),
+        "trade_id": trade.trade_id,
+        "exchange": trade.exchange,
+        "recv_time": iso_ns(trade.recv_ns),
+    }
+
+
+def latest_row_item(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "symbol": row["product_id"],
+        "price": format_decimal(row["price"]),
+        "side": row["side"],
+        "timestamp": iso(row["time"]),
+        "processing_time": iso(row["recv_time"]),
+        "size": format_decimal(row["size"]),
+        "trade_id": row["trade_id"],
+        "exchange": row["exchange"],
+        "recv_time": iso(row["recv_time"]),
+    }
+
+
+def push_trade(trade: Trade) -> dict[str, Any]:
+    """A trade on the live push: the REST shape plus product and receive time."""
+    item = trade_item(trade)
+    item["type"] = "trade"
+    item["product_id"] = trade.product_id
+    item["recv_time"] = iso_ns(trade.recv_ns)
+    return item
+
+
+def candle_item(candle: Candle, granularity: int, forming: bool) -> dict[str, Any]:
+    return {
+        "start": iso(candle.start),
+        "open": format_decimal(candle.open),
+        "high": format_decimal(candle.high),
+        "low": format_decimal(candle.low),
+        "close": format_decimal(candle.close),
+        "volume": format_decimal(candle.volume),
+        "buy_volume": format_decimal(candle.buy_volume),
+        "sell_volume": format_decimal(candle.sell_volume),
+        "quote_volume": format_decimal(candle.quote_volume),
+        "vwap": format_decimal(candle.vwap),
+        "trade_count": candle.trade_count,
+        "first_trade_id": candle.first_trade_id,
+        "last_trade_id": candle.last_trade_id,
+        "first_trade_time": iso(candle.first_trade_time),
+        "last_trade_time": iso(candle.last_trade_time),
+        "granularity": granularity,
+        "forming": forming,
+    }
+
+
+def ticker_item(ticker: Ticker) -> dict[str, Any]:
+    return {
+        "product_id": ticker.product_id,
+        "exchange": ticker.exchange,
+        "price": dec(ticker.price),
+        "size": dec(ticker.last_size),
+        "side": ticker.side,
+        "trade_id": ticker.trade_id,
+        "time": iso(ticker.time),
+        "best_bid": dec(ticker.best_bid),
+        "best_bid_size": dec(ticker.best_bid_size),
+        "best_ask": dec(ticker.best_ask),
+        "best_ask_size": dec(ticker.best_ask_size),
+        "open_24h": dec(ticker.open_24h),
+        "high_24h": dec(ticker.high_24h),
+        "low_24h": dec(ticker.low_24h),
+        "volume_24h": dec(ticker.volume_24h),
+        "volume_30d": dec(ticker.volume_30d),
+        "sequence": ticker.sequence,
+        "source": "ticker",
+    }
+
+
+def ticker_row_item(row: dict[str, Any]) -> dict[str, Any]:
+    """A silver.tickers row in the shape of `ticker_item`."""
+    names = ("best_bid", "best_bid_size", "best_ask", "best_ask_size", "open_24h", "high_24h")
+    item: dict[str, Any] = {
+        "product_id": row["product_id"],
+        "exchange": row["exchange"],
+        "price": dec(row["price"]),
+        "size": dec(row["last_size"]),
+        "side": row["side"],
+        "trade_id": row["trade_id"],
+        "time": iso(row["time"]),
+    }
+    for name in names:
+        item[name] = dec(row[name])
+    item["low_24h"] = dec(row["low_24h"])
+    item["volume_24h"] = dec(row["volume_24h"])
+    item["volume_30d"] = dec(row["volume_30d"])
+    item["sequence"] = row["sequence"]
+    item["source"] = "ticker"
+    return item
+
+
+def ticker_from_trade(product_id: str, item: dict[str, Any]) -> dict[str, Any]:
+    """No ticker seen yet: the last trade is the best we know (no book fields)."""
+    return {
+        "product_id": product_id,
+        "exchange": item["exchange"],
+        "price": item["price"],
+        "size": item["size"],
+        "side": item["side"],
+        "trade_id": item["trade_id"],
+        "time": item["time"],
+        "best_bid": None,
+        "best_bid_size": None,
+        "best_ask": None,
+        "best_ask_size": None,
+        "open_24h": None,
+        "high_24h": None,
+        "low_24h": None,
+        "volume_24h": None,
+        "volume_30d": None,
+        "sequence": None,
+        "source": "trade",
+    }
+
+
+def stats_item(
+    product_id: str,
+    exchange: str,
+    window: Candle | None,
+    last: tuple[Decimal, datetime] | None,
+    window_start: datetime | None = None,
+    window_end: datetime | None = None,
+) -> dict[str, Any]:
+    """24 h statistics: open/high/low/volume of the window and the change to the last price."""
+    last_price = last[0] if last else (window.close if window else None)
+    item: dict[str, Any] = {
+        "product_id": product_id,
+        "exchange": exchange,
+        "last": dec(last_price),
+        "last_trade_time": iso(last[1]) if last else None,
+        "open_24h": None,
+        "high_24h": None,
+        "low_24h": None,
+        "volume_24h": "0",
+        "quote_volume_24h": "0",
+        "vwap_24h": None,
+        "trade_count_24h": 0,
+        "change_24h": None,
+        "change_24h_percent": None,
+        "window_start": iso(window_start) if window_start else None,
+        "window_end": iso(window_end) if window_end else None,
+    }
+    if window is None:
+        return item
+    close = last_price if last_price is not None else window.close
+    change = EXACT.subtract(close, window.open)
+    percent = EXACT.divide(EXACT.multiply(change, Decimal(100)), window.open)
+    item.update(
+        open_24h=format_decimal(window.open),
+        high_24h=format_decimal(window.high),
+        low_24h=format_decimal(window.low),
+        volume_24h=format_decimal(window.volume),
+        quote_volume_24h=format_decimal(window.quote_volume),
+        vwap_24h=format_decimal(window.vwap),
+        trade_count_24h=window.trade_count,
+        change_24h=format_decimal(change),
+        change_24h_percent=format_decimal(percent.quantize(Decimal("0.0001"), context=EXACT)),
+    )
+    return item

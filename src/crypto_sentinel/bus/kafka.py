@@ -1,0 +1,252 @@
+"""Apache Kafka as the durable log between ingest and processing (confluent-kafka).
+
+Topic layout: one raw-frames topic per exchange, `<prefix><exchange>` (default
+`sentinel.raw.coinbase`), 6 partitions by default, key = product id so every product's frames
+stay in order in one partition, value = the frame text exactly as received, headers =
+conn_id, recv_seq and recv_ns. Retention defaults to 7 days: the lake's bronze table is the
+long-term copy, Kafka is the buffer that lets processing restart and catch up.
+
+Offsets are not trusted to Kafka: the processor seeks to the offsets recorded in Delta
+(see `crypto_sentinel.distributed`) and commits to Kafka only so lag is visible to tools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import TopicPartition as KafkaPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from crypto_sentinel.config import Settings
+from crypto_sentinel.model import RawFrame
+
+log = logging.getLogger(__name__)
+
+CONTROL_KEY = b"_control"  # frames without a product: subscriptions acks, errors
+_PRODUCT = re.compile(r'"product_id":\s*"([^"]{1,40})"')
+
+
+def topic_name(settings: Settings, exchange: str) -> str:
+    return f"{settings.kafka_topic_prefix}{exchange}"
+
+
+def exchange_of(settings: Settings, topic: str) -> str:
+    return topic.removeprefix(settings.kafka_topic_prefix)
+
+
+def frame_key(text: str) -> bytes:
+    """The product id, found without parsing the whole frame."""
+    match = _PRODUCT.search(text)
+    return match.group(1).encode() if match else CONTROL_KEY
+
+
+def ensure_topics(settings: Settings, exchanges: list[str], timeout: float = 30) -> None:
+    """Create the raw-frame topics with the configured layout if they do not exist."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    config = {
+        "retention.ms": str(int(settings.kafka_retention_hours * 3600 * 1000)),
+        "min.insync.replicas": str(settings.kafka_min_insync),
+        "compression.type": "producer",
+    }
+    wanted = [
+        NewTopic(
+            topic_name(settings, ex),
+            num_partitions=settings.kafka_partitions,
+            replication_factor=settings.kafka_replication,
+            config=config,
+        )
+        for ex in exchanges
+    ]
+    for topic, future in admin.create_topics(wanted, request_timeout=timeout).items():
+        try:
+            future.result(timeout)
+            log.info("created topic %s", topic)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+
+
+class KafkaPublisher:
+    """Idempotent producer (acks=all): librdkafka buffers and retries through broker outages;
+    `publish` waits while its buffer is full, so a long outage slows the source, never loses."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.delivered = 0
+        self.failed = 0
+        self.outage = False
+        self.last_error = ""
+        self._producer = Producer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "enable.idempotence": True,
+                "acks": "all",
+                "compression.type": "zstd",
+                "linger.ms": 5,
+                "queue.buffering.max.messages": 200_000,
+                "message.timeout.ms": 0,  # never give up on a frame: retry until delivered
+                "error_cb": self._on_error,
+            }
+        )
+
+    def _on_error(self, err: KafkaError) -> None:
+        self.last_error = str(err)
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            self.outage = True
+        log.warning("kafka producer: %s", err)
+
+    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
+        if err is None:
+            self.delivered += 1
+            self.outage = False
+        else:
+            self.failed += 1
+            self.last_error = str(err)
+            log.error("kafka delivery failed: %s", err)
+
+    async def publish(self, frame: RawFrame) -> None:
+        headers: list[tuple[str, str | bytes | None]] = [
+            ("conn_id", frame.conn_id.encode()),
+            ("recv_seq", str(frame.recv_seq).encode()),
+            ("recv_ns", str(frame.recv_ns).encode()),
+        ]
+        while True:
+            try:
+                self._producer.produce(
+                    topic_name(self.settings, frame.exchange),
+                    key=frame_key(frame.text),
+                    value=frame.text.encode(),
+                    headers=headers,
+                    timestamp=frame.recv_ns // 1_000_000,
+                    on_delivery=self._on_delivery,
+                )
+                break
+            except BufferError:  # buffer full (e.g. broker down): wait, deliver, retry
+                self._producer.poll(0)
+                await asyncio.sleep(0.05)
+        self._producer.poll(0)
+
+    async def run_delivery_reports(self) -> None:
+        """Serve delivery callbacks while the source is quiet."""
+        while True:
+            self._producer.poll(0)
+            await asyncio.sleep(0.1)
+
+    def flush(self, timeout: float = 30) -> int:
+        return int(self._producer.flush(timeout))
+
+    def pending(self) -> int:
+        return len(self._producer)
+
+
+def _header(headers: list[tuple[str, bytes]] | None, name: str) -> bytes | None:
+    for key, value in headers or ():
+        if key == name:
+            return value
+    return None
+
+
+class KafkaFrames:
+    """Consumer-group reader with the in-process bus's interface (`take`, `depth`).
+
+    `position(exchange, partition)` says where the lake is for that partition (the last
+    offset committed in Delta, or None); on every assignment the consumer seeks there, not
+    to Kafka's committed offset. `before_revoke` lets the engine flush before partitions move.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        position: Callable[[str, int], int | None],
+        before_revoke: Callable[[], None] = lambda: None,
+        after_assign: Callable[[], None] = lambda: None,
+        group: str | None = None,
+        from_end: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.position = position
+        self.before_revoke = before_revoke
+        self.after_assign = after_assign
+        self.from_end = from_end
+        self.assigned: list[tuple[str, int]] = []
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": group or settings.kafka_group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "latest" if from_end else "earliest",
+                "session.timeout.ms": 10_000,
+                "heartbeat.interval.ms": 1_000,
+                "topic.metadata.refresh.interval.ms": 5_000,
+            }
+        )
+        pattern = "^" + re.escape(settings.kafka_topic_prefix) + ".*"
+        self._consumer.subscribe([pattern], on_assign=self._on_assign, on_revoke=self._on_revoke)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
+        if not self.from_end:
+            for tp in partitions:
+                done = self.position(exchange_of(self.settings, tp.topic), tp.partition)
+                tp.offset = OFFSET_BEGINNING if done is None else done + 1
+        self.assigned = [(tp.topic, tp.partition) for tp in partitions]
+        log.info("assigned %s", [(tp.topic, tp.partition, tp.offset) for tp in partitions])
+        consumer.assign(partitions)
+        self.after_assign()
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
+        log.info("revoking %s", [(tp.topic, tp.partition) for tp in partitions])
+        self.before_revoke()
+        self.assigned = []
+
+    def depth(self) -> int:
+        return 0
+
+    async def take(self, max_frames: int, timeout: float) -> list[RawFrame]:
+        deadline = time.monotonic() + timeout
+        while True:
+            messages = self._consumer.consume(num_messages=min(max_frames, 5000), timeout=0)
+            frames = [f for f in map(self._frame, messages) if f is not None]
+            if frames or time.monotonic() >= deadline:
+                return frames
+            await asyncio.sleep(min(0.005, max(0.0, deadline - time.monotonic())))
+
+    def _frame(self, msg: Any) -> RawFrame | None:
+        if msg.error():
+            if msg.error().code() != KafkaError._PARTITION_EOF:
+                log.warning("kafka consumer: %s", msg.error())
+            return None
+        headers = msg.headers()
+        recv_ns = _header(headers, "recv_ns")
+        recv_seq = _header(headers, "recv_seq")
+        conn_id = _header(headers, "conn_id")
+        value = msg.value() or b""
+        return RawFrame(
+            exchange=exchange_of(self.settings, msg.topic()),
+            conn_id=conn_id.decode() if conn_id else f"kafka-{msg.partition()}",
+            recv_seq=int(recv_seq) if recv_seq else msg.offset(),
+            recv_ns=int(recv_ns) if recv_ns else msg.timestamp()[1] * 1_000_000,
+            text=value.decode("utf-8", errors="replace"),
+            partition=msg.partition(),
+            offset=msg.offset(),
+        )
+
+    def commit(self, positions: dict[tuple[str, int], int]) -> None:
+        """Tell Kafka how far we are (for lag monitoring only; Delta is the truth)."""
+        offsets = [
+            KafkaPartition(topic_name(self.settings, ex), part, off + 1)
+            for (ex, part), off in positions.items()
+        ]
+        if offsets:
+            try:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+            except KafkaException as exc:
+                log.debug("offset commit skipped: %s", exc)
+
+    def close(self) -> None:
+        self._consumer.close()
