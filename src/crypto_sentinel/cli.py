@@ -24,6 +24,8 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
         "port": getattr(args, "port", None),
         "lake_dir": getattr(args, "lake", None),
         "data_dir": getattr(args, "data_dir", None),
+        "bus": getattr(args, "bus", None),
+        "kafka_bootstrap": getattr(args, "kafka_bootstrap", None),
         **extra,
     }
     settings = load_settings(**overrides)
@@ -32,6 +34,22 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
     return settings
+
+
+def _add_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--source", help="coinbase (default; falls back to the simulator) | simulator | replay:PATH"
+    )
+    p.add_argument("--rate", type=float, help="simulator trades/s (default 20)")
+    p.add_argument("--seed", type=int, help="simulator seed (default 1)")
+    p.add_argument("--speed", help="replay speed: a factor like 10, or max")
+    p.add_argument("--simulator-url", help="with --source simulator: a running `sentinel simulate`")
+
+
+def _add_kafka(p: argparse.ArgumentParser, choose: bool = True) -> None:
+    if choose:
+        p.add_argument("--bus", choices=["memory", "kafka"], help="in-process (default) or Kafka")
+    p.add_argument("--kafka-bootstrap", help="Kafka bootstrap servers (default 127.0.0.1:9092)")
 
 
 def _add_common(p: argparse.ArgumentParser, api: bool = True) -> None:
@@ -45,23 +63,40 @@ def _add_common(p: argparse.ArgumentParser, api: bool = True) -> None:
         p.add_argument("--port", type=int, help="API port (default 8000)")
 
 
-def cmd_up(args: argparse.Namespace) -> int:
+def _source_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "source": args.source,
+        "simulator_rate": args.rate,
+        "simulator_seed": args.seed,
+        "replay_speed": args.speed,
+        "simulator_url": args.simulator_url,
+    }
 
-    settings = _settings(
-        args,
-        source=args.source,
-        simulator_rate=args.rate,
-        simulator_seed=args.seed,
-        replay_speed=args.speed,
-    )
+
+def cmd_up(args: argparse.Namespace) -> int:
+    settings = _settings(args, **_source_settings(args))
     asyncio.run(_run_pipeline(settings, with_api=True))
     return 0
 
 
-async def _run_pipeline(settings: Settings, with_api: bool) -> None:
+def cmd_ingest(args: argparse.Namespace) -> int:
+    settings = _settings(args, bus="kafka", **_source_settings(args))
+    asyncio.run(_run_pipeline(settings, with_api=False, process=False))
+    return 0
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    settings = _settings(args, bus="kafka", kafka_group=args.group)
+    asyncio.run(_run_pipeline(settings, with_api=False, ingest=False))
+    return 0
+
+
+async def _run_pipeline(
+    settings: Settings, with_api: bool, ingest: bool = True, process: bool = True
+) -> None:
     from crypto_sentinel.runtime import Pipeline
 
-    await Pipeline(settings).run(with_api=with_api)
+    await Pipeline(settings, ingest=ingest, process=process).run(with_api=with_api)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -161,17 +196,26 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     p = verbs.add_parser("up", help="run the whole pipeline in one process (source, engine, API)")
-    p.add_argument(
-        "--source", help="coinbase (default; falls back to the simulator) | simulator | replay:PATH"
-    )
-    p.add_argument("--rate", type=float, help="simulator trades/s (default 20)")
-    p.add_argument("--seed", type=int, help="simulator seed (default 1)")
-    p.add_argument("--speed", help="replay speed: a factor like 10, or max")
+    _add_source(p)
+    _add_kafka(p)
     _add_common(p)
     p.set_defaults(func=cmd_up)
 
-    p = verbs.add_parser("serve", help="serve the API over an existing lake (no ingestion)")
+    p = verbs.add_parser("ingest", help="distributed: source -> Kafka (no lake, no API)")
+    _add_source(p)
+    _add_kafka(p, choose=False)
+    _add_common(p, api=False)
+    p.set_defaults(func=cmd_ingest)
+
+    p = verbs.add_parser("process", help="distributed: Kafka consumer group -> engine -> Delta")
+    p.add_argument("--group", help="consumer group (default sentinel-process)")
+    _add_kafka(p, choose=False)
+    _add_common(p, api=False)
+    p.set_defaults(func=cmd_process)
+
+    p = verbs.add_parser("serve", help="API over the lake (and the Kafka tail with --bus kafka)")
     p.add_argument("--exchange", help="exchange name in the lake (default from --source settings)")
+    _add_kafka(p)
     _add_common(p)
     p.set_defaults(func=cmd_serve)
 

@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     simulator_rate: float = Field(20.0, ge=1, le=50_000)
     simulator_seed: int = 1
     simulator_max_trades: int | None = Field(None, ge=1)
+    simulator_url: str | None = Field(None, description="use a running `sentinel simulate`")
     replay_speed: str = "max"
     replay_exchange: str = "coinbase"
 
@@ -156,6 +157,21 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = [o for o in value.replace(" ", "").split(",") if o]
         return value
+
+    # --- lake maintenance (issue 9): compaction, retention, vacuum, checkpoints ------------------
+    # Run in-process by `sentinel up` and on demand by `sentinel maintain ...`.
+    maintenance_enabled: bool = True  # run the scheduler inside the pipeline
+    maintenance_interval_s: float = Field(60.0, ge=1, le=86_400)  # seconds between passes
+    maintenance_target_file_mb: int = Field(128, ge=1, le=4096)  # compaction target file size
+    maintenance_max_files_per_partition: int = Field(32, ge=2, le=100_000)  # compact above this
+    maintenance_zorder: bool = False  # z-order closed (past) partitions by product and time
+    maintenance_vacuum_safety_hours: int = Field(1, ge=0, le=8760)  # keep replaced files this long
+    maintenance_checkpoint_interval: int = Field(100, ge=1, le=100_000)  # commits per checkpoint
+    maintenance_log_retention_minutes: int = Field(60, ge=1, le=525_600)  # Delta log kept
+    retention_bronze_days: int = Field(7, ge=0, le=36_500)  # 0 = keep forever
+    retention_quarantine_days: int = Field(0, ge=0, le=36_500)
+    retention_silver_days: int = Field(0, ge=0, le=36_500)
+    retention_gold_days: int = Field(0, ge=0, le=36_500)
 
 
 def load_settings(**overrides: Any) -> Settings:

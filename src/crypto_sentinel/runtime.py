@@ -1,7 +1,9 @@
-"""Wire source -> bus -> engine -> lake and the API into one process (`sentinel up`).
+"""Wire source -> bus -> engine -> lake and the API into processes.
 
-Also runs the API alone over a lake (`sentinel serve`). Shutdown is orderly: the source
-stops, the engine drains the bus and commits, then the API stops.
+Roles: ingest (source -> bus), process (bus -> engine -> Delta) and the API. `sentinel up`
+runs all three in one process over the in-process bus (or Kafka with `--bus kafka`);
+`sentinel ingest`, `sentinel process` and `sentinel serve` run one role each around Kafka.
+Shutdown is orderly: the source stops, the engine drains and commits, then the API stops.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 import logging
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,12 +22,16 @@ import uvicorn
 
 from crypto_sentinel.api.app import create_app
 from crypto_sentinel.api.state import HotState
+from crypto_sentinel.api.stream import Hub
+from crypto_sentinel.api.warmup import warm_up
+from crypto_sentinel.bus.kafka import KafkaFrames, KafkaPublisher, ensure_topics
 from crypto_sentinel.bus.memory import MemoryBus
 from crypto_sentinel.config import Settings
-from crypto_sentinel.engine.processor import Engine
+from crypto_sentinel.engine.hotfeed import HotFeed
+from crypto_sentinel.engine.processor import Engine, FrameSource
 from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.lake.writer import LakeWriter
-from crypto_sentinel.sources.base import Source
+from crypto_sentinel.sources.base import Publish, Source
 from crypto_sentinel.sources.coinbase import CoinbaseSource
 from crypto_sentinel.sources.replay import ReplaySource
 
@@ -40,37 +47,60 @@ class _Server(uvicorn.Server):
 
 
 class Pipeline:
-    """One process: a source, the embedded engine, hot state and the API."""
+    """One process running any of the roles: ingest, process, and (in `run`) the API."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, ingest: bool = True, process: bool = True) -> None:
         self.settings = settings
+        self.ingest = ingest
+        self.process = process
+        self.kafka = settings.bus == "kafka"
         self.lake = settings.lake_path
-        self.writer = LakeWriter(self.lake, settings.app_id)
+        # Over Kafka, one app id per (group, topic, partition) records offsets in Delta.
+        app_id = settings.kafka_group if self.kafka else settings.app_id
+        self.writer = LakeWriter(self.lake, app_id)
         self.reader = LakeReader(self.lake)
         self.engine = Engine(
             self.writer, settings.batch_interval_ms / 1000, settings.batch_max_frames
         )
         self.bus = MemoryBus(settings.bus_capacity)
-        self.state = HotState(settings.hot_trades_per_product)
+        self.state = HotState(settings.hot_trades_per_product, hot_minutes=settings.api_hot_minutes)
         self.engine.listeners.append(self.state.on_event)
         self.source: Source | None = None
         self.simulator: Any = None
         self.stop_event = asyncio.Event()
         self.started = time.time()
         self.server: _Server | None = None
+        self.publisher: KafkaPublisher | None = None
+        self.consumer: KafkaFrames | None = None
 
     # --- status for /health and /ready ----------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         src = self.source.status.as_dict() if self.source else None
-        return {
+        status: dict[str, Any] = {
             "source": src,
             "engine": {**self.engine.stats.__dict__, "bus_depth": self.bus.depth()},
             "lake": str(self.lake),
+            "bus": self.settings.bus,
             "uptime_seconds": round(time.time() - self.started, 3),
         }
+        if self.publisher is not None:
+            status["kafka_producer"] = {
+                "outage": self.publisher.outage,
+                "delivered": self.publisher.delivered,
+                "pending": self.publisher.pending(),
+                "last_error": self.publisher.last_error,
+            }
+        if self.consumer is not None:
+            status["kafka_consumer"] = {"assigned": self.consumer.assigned}
+        return status
 
     def ready(self) -> bool:
+        """Live data is flowing: the source is connected and the log (if any) accepts it."""
+        if self.publisher is not None and self.publisher.outage:
+            return False
+        if not self.ingest:
+            return True
         if self.source is None:
             return False
         st = self.source.status
@@ -85,6 +115,11 @@ class Pipeline:
             speed = None if s.replay_speed == "max" else float(s.replay_speed)
             path = s.source.removeprefix("replay:")
             return ReplaySource(Path(path), exchange=s.replay_exchange, speed=speed)
+        if s.source == "simulator" and s.simulator_url:
+            log.warning("SIMULATED DATA from %s, stored as exchange 'simulator'", s.simulator_url)
+            return CoinbaseSource(
+                s.products, s.simulator_url, exchange="simulator", kind="simulator"
+            )
         if s.source == "simulator":
             return await self._start_simulator()
         live = CoinbaseSource(s.products, s.coinbase_ws_url)
@@ -99,6 +134,7 @@ class Pipeline:
             rate=s.simulator_rate,
             seed=s.simulator_seed,
             max_trades=s.simulator_max_trades,
+            wait_for_subscriber=True,
         )
         await self.simulator.start()
         log.warning(
@@ -112,7 +148,8 @@ class Pipeline:
         )
 
     async def run(self, with_api: bool = True, install_signals: bool = True) -> None:
-        self.engine.load_state(self.reader)
+        if self.process:
+            self.engine.load_state(self.reader)
         if install_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -120,41 +157,83 @@ class Pipeline:
         tasks: list[asyncio.Task[Any]] = []
         if with_api:
             tasks.append(asyncio.create_task(self._serve_api(), name="api"))
-        self.source = await self.choose_source()
-        source_task = asyncio.create_task(self.source.run(self.bus.publish), name="source")
-        if isinstance(self.source, CoinbaseSource) and self.source.status.kind == "coinbase":
-            source_task = await self._fallback_if_unreachable(self.source, source_task)
-        source_stopped = asyncio.Event()  # the engine drains the bus once this is set
-        engine_task = asyncio.create_task(self.engine.run(self.bus, source_stopped), name="engine")
-        stop_wait = asyncio.create_task(self.stop_event.wait())
-        done, _ = await asyncio.wait(
-            {source_task, engine_task, stop_wait}, return_when=asyncio.FIRST_COMPLETED
-        )
-        if source_task in done:
+        waiting: set[asyncio.Task[Any]] = {asyncio.create_task(self.stop_event.wait())}
+        source_task = await self._start_ingest(tasks) if self.ingest else None
+        if source_task is not None:
+            waiting.add(source_task)
+        input_done = asyncio.Event()  # the engine drains and returns once this is set
+        engine_task = None
+        if self.process:
+            engine_task = asyncio.create_task(
+                self.engine.run(self._engine_input(), input_done), name="engine"
+            )
+            waiting.add(engine_task)
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if source_task is not None and source_task in done and self.source is not None:
             source_task.result()  # a source that fails for good is fatal: raise it
             log.info("source finished (%s frames)", self.source.status.frames)
             if not self.settings.source.startswith("replay:") or not with_api:
                 self.stop_event.set()
-        await asyncio.wait({stop_wait, engine_task}, return_when=asyncio.FIRST_COMPLETED)
-        if engine_task.done():
+        ends = {t for t in waiting if t is not source_task}
+        await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+        if engine_task is not None and engine_task.done():
             engine_task.result()  # an engine failure is fatal: raise it
-        log.info("stopping: draining the bus and committing the last batch")
-        source_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await source_task
-        source_stopped.set()
-        await engine_task
+        log.info("stopping: draining and committing what was received")
+        if source_task is not None:
+            source_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await source_task
+        if self.publisher is not None:
+            left = await asyncio.to_thread(self.publisher.flush, 30)
+            if left:
+                log.error("%d frames not yet delivered to Kafka at shutdown", left)
+        input_done.set()
+        if engine_task is not None:
+            await engine_task
+        if self.consumer is not None:
+            self.consumer.close()
         self.engine.close()
         if self.server is not None:
             self.server.should_exit = True
         for task in tasks:
-            await task
+            if task.get_name() == "kafka-delivery":
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self.simulator is not None:
             await self.simulator.stop()
         log.info("stopped: %s", self.engine.stats)
 
+    async def _start_ingest(self, tasks: list[asyncio.Task[Any]]) -> asyncio.Task[None]:
+        publish = self.bus.publish
+        if self.kafka:
+            self.publisher = KafkaPublisher(self.settings)
+            publish = self.publisher.publish
+            tasks.append(
+                asyncio.create_task(self.publisher.run_delivery_reports(), name="kafka-delivery")
+            )
+        self.source = await self.choose_source()
+        if self.kafka:
+            await asyncio.to_thread(ensure_topics, self.settings, [self.source.status.exchange])
+        source_task = asyncio.create_task(self.source.run(publish), name="source")
+        if isinstance(self.source, CoinbaseSource) and self.source.status.kind == "coinbase":
+            source_task = await self._fallback_if_unreachable(self.source, source_task, publish)
+        return source_task
+
+    def _engine_input(self) -> FrameSource:
+        if not self.kafka:
+            return self.bus
+        self.consumer = consumer = KafkaFrames(
+            self.settings,
+            position=self.writer.log_position,
+            before_revoke=self.engine.flush_now,
+            after_assign=lambda: self.engine.forget(self.reader),
+        )
+        self.engine.on_commit.append(lambda batch: consumer.commit(batch.positions))
+        return consumer
+
     async def _fallback_if_unreachable(
-        self, live: CoinbaseSource, task: asyncio.Task[None]
+        self, live: CoinbaseSource, task: asyncio.Task[None], publish: Publish
     ) -> asyncio.Task[None]:
         timeout = self.settings.connect_timeout
         try:
@@ -176,23 +255,36 @@ class Pipeline:
             live.status.last_error or "no answer",
         )
         self.source = await self._start_simulator()
-        return asyncio.create_task(self.source.run(self.bus.publish), name="source")
+        if self.kafka:
+            await asyncio.to_thread(ensure_topics, self.settings, [self.source.status.exchange])
+        return asyncio.create_task(self.source.run(publish), name="source")
 
     async def _serve_api(self) -> None:
+        s = self.settings
+        # Rebuild hot state from the lake before the first frame reaches it (this task is
+        # started before the engine's; warm-up is synchronous, so nothing interleaves). If
+        # frames were processed already, memory keeps its conservative start instead.
+        if self.process and self.engine.stats.frames == 0:
+            warm_up(self.state, self.reader, s.api_warmup_seconds)
+        hub = Hub(s.api_stream_queue, s.api_stream_max_clients, s.api_heartbeat_seconds)
+        self.engine.listeners.append(hub.on_event)  # after hot state: push reads it
         app = create_app(
             self.state,
             self.reader,
             default_exchange=self._exchange_name,
-            products=self.settings.products,
+            products=s.products,
             status=self.status,
             ready=self.ready,
+            hub=hub,
+            cors_origins=s.api_cors_origins,
         )
         config = uvicorn.Config(
             app,
-            host=self.settings.host,
-            port=self.settings.port,
+            host=s.host,
+            port=s.port,
             log_level="warning",
             lifespan="off",
+            ws_max_size=64 * 1024,
         )
         self.server = _Server(config)
         log.info("API on http://%s:%d", self.settings.host, self.settings.port)
@@ -205,13 +297,41 @@ class Pipeline:
 async def serve_lake(settings: Settings, exchange: str | None) -> None:
     """API only, over what the lake holds (history; no live stream)."""
     reader = LakeReader(settings.lake_path)
+    state = HotState(settings.hot_trades_per_product, hot_minutes=settings.api_hot_minutes)
+    hub = Hub(settings.api_stream_queue, settings.api_stream_max_clients,
+              settings.api_heartbeat_seconds)  # fmt: skip
+
+    def on_event(event: Any) -> None:  # hot state first: push reads it
+        state.on_event(event)
+        hub.on_event(event)
+
+    feed_task = None
+    if settings.bus == "kafka":  # live data from the log's tail, history from the lake
+        consumer = KafkaFrames(
+            settings,
+            position=lambda _exchange, _partition: None,
+            group=f"{settings.kafka_group}-serve-{uuid.uuid4().hex[:8]}",
+            from_end=True,
+        )
+        feed_task = asyncio.create_task(HotFeed(on_event).run(consumer, asyncio.Event()))
     app = create_app(
-        HotState(settings.hot_trades_per_product),
+        state,
         reader,
         default_exchange=lambda: exchange or settings.exchange,
         products=settings.products,
         status=lambda: {"source": None, "lake": str(settings.lake_path)},
         ready=lambda: True,
+        hub=hub,
+        cors_origins=settings.api_cors_origins,
     )
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning")
-    await uvicorn.Server(config).serve()
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level="warning", ws_max_size=64 * 1024
+    )
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        if feed_task is not None:
+            feed_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feed_task
+            consumer.close()

@@ -270,7 +270,7 @@ async def test_rest_products_and_trade_pagination_walk_the_whole_history() -> No
         # Older pages with `after` until the beginning.
         seen: list[int] = []
         params: dict[str, int] = {"limit": 300}
-        while True:
+        for _ in range(len(all_ids) // 300 + 2):
             resp = await http.get("/products/BTC-USD/trades", params=params)
             assert resp.status_code == 200
             page = [t["trade_id"] for t in resp.json()]
@@ -282,12 +282,14 @@ async def test_rest_products_and_trade_pagination_walk_the_whole_history() -> No
             assert resp.headers["cb-after"] == str(page[-1])
             seen += page
             params = {"limit": 300, "after": int(resp.headers["cb-after"])}
+        else:
+            pytest.fail("paging with `after` did not reach the oldest trade")
         assert seen == all_ids[::-1]
 
         # Newer pages with `before`, starting below the oldest trade.
         forward: list[int] = []
         params = {"limit": 250, "before": 0}
-        while True:
+        for _ in range(len(all_ids) // 250 + 2):
             resp = await http.get("/products/BTC-USD/trades", params=params)
             page = [t["trade_id"] for t in resp.json()]
             if not page:
@@ -295,6 +297,8 @@ async def test_rest_products_and_trade_pagination_walk_the_whole_history() -> No
             assert page == sorted(page, reverse=True) and len(page) <= 250
             forward += page[::-1]
             params = {"limit": 250, "before": int(resp.headers["cb-before"])}
+        else:
+            pytest.fail("paging with `before` did not reach the newest trade")
         assert forward == all_ids
 
         resp = await http.get("/products/FOO-USD/trades")
@@ -396,3 +400,26 @@ async def test_run_forever_serves_until_cancelled() -> None:
     with pytest.raises(httpx.ConnectError):
         async with httpx.AsyncClient(base_url=server.rest_url) as http:
             await http.get("/products")
+
+
+async def test_restart_keeps_port_and_continues_ids() -> None:
+    """Stopping and starting the same server models an exchange outage for reconnect tests."""
+    server = SimulatorServer(["BTC-USD"], rate=300, start_trade_id=1)
+    await server.start()
+    try:
+        port = server.port
+        await until(lambda: server.emitted_count >= 20)
+        await server.stop()
+        last = server.market.last_trade("BTC-USD")
+        assert last is not None
+        await asyncio.sleep(0.2)
+        assert server.market.last_trade("BTC-USD") == last  # no trades while down
+        await server.start()
+        assert server.port == port
+        async with websockets.connect(server.ws_url) as ws:
+            await ws.send(subscribe(["matches"], ["BTC-USD"]))
+            await recv(ws)
+            ids = [(await recv(ws))["trade_id"] for _ in range(10)]
+        assert ids[0] >= last.trade_id and ids == list(range(ids[0], ids[0] + 10))
+    finally:
+        await server.stop()

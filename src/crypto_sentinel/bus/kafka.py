@@ -212,9 +212,12 @@ class KafkaFrames:
         while True:
             messages = self._consumer.consume(num_messages=min(max_frames, 5000), timeout=0)
             frames = [f for f in map(self._frame, messages) if f is not None]
-            if frames or time.monotonic() >= deadline:
+            if frames:
                 return frames
-            await asyncio.sleep(min(0.005, max(0.0, deadline - time.monotonic())))
+            # Always yield to the event loop, even with timeout 0, or the caller spins.
+            await asyncio.sleep(min(0.005, max(0.001, deadline - time.monotonic())))
+            if time.monotonic() >= deadline:
+                return []
 
     def _frame(self, msg: Any) -> RawFrame | None:
         if msg.error():

@@ -1,9 +1,9 @@
 """Deterministic trade generator that renders frames exactly like Coinbase Exchange.
 
-Everything random comes from one seeded ``random.Random`` consumed only inside
-``next_trade``, so a seed and a start id fix every trade (ids, prices, sizes, sides,
-order ids) no matter how fast or slow the caller asks for them. Wall-clock time only
-affects the ``time`` field and the rolling 24 h ticker statistics.
+Everything random comes from one seeded ``random.Random``, drawn from only at
+construction and inside ``next_trade``, so a seed and a start id fix every trade (ids,
+prices, sizes, sides, order ids) no matter how fast or slow the caller asks for them.
+Wall-clock time only affects the ``time`` field and the rolling 24 h ticker statistics.
 """
 
 from __future__ import annotations
@@ -572,7 +572,7 @@ class Market:
         first = book.cols.first_id
         lo = lo_all
         if after is not None:
-            hi = min(hi, max(lo_all, after - first + 1))
+            hi = min(hi, max(lo_all, after - first))
         if before is not None:
             lo = max(lo, min(hi, before - first + 1))
         if lo >= hi:

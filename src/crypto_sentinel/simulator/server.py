@@ -103,6 +103,7 @@ class SimulatorServer:
         send_buffer_limit: int = 8 * 2**20,
         heartbeat_interval: float = 1.0,
         faults: FrameHook | None = None,
+        wait_for_subscriber: bool = False,
     ) -> None:
         if not 1.0 <= rate <= MAX_RATE:
             raise ValueError(f"rate must be between 1 and {MAX_RATE:.0f} trades/s, got {rate}")
@@ -117,6 +118,10 @@ class SimulatorServer:
         self.send_buffer_limit = send_buffer_limit
         self.heartbeat_interval = heartbeat_interval
         self.faults = faults
+        # A built-in simulator that exists only to feed one pipeline starts its clock when
+        # that pipeline subscribes, so no trade is emitted to nobody.
+        self.wait_for_subscriber = wait_for_subscriber
+        self._subscribed = asyncio.Event()
         self.slow_disconnects = 0
         self._emitted = 0
         self._done = asyncio.Event()
@@ -209,11 +214,13 @@ class SimulatorServer:
 
     async def _run_clock(self) -> None:
         """Emit ``rate`` trades per second of wall time, in batches, until ``max_trades``."""
+        if self.wait_for_subscriber:
+            await self._subscribed.wait()
         loop = asyncio.get_running_loop()
         rate = self.rate
-        t0 = loop.time()
-        wall0_us = time.time_ns() // 1000
-        n = 0  # trades due before index n have been emitted
+        n = self._emitted  # trades before index n are out (non-zero after a restart)
+        t0 = loop.time() - n / rate
+        wall0_us = time.time_ns() // 1000 - int(n * 1e6 / rate)
         limit = self.max_trades
         try:
             while limit is None or n < limit:
@@ -232,8 +239,6 @@ class SimulatorServer:
                     n = due
                 await asyncio.sleep(max(_MIN_SLEEP, t0 + n / rate - loop.time()))
             self._done.set()
-        except asyncio.CancelledError:
-            raise
         except Exception:
             log.exception("simulator clock crashed")
             raise
@@ -399,6 +404,8 @@ class SimulatorServer:
                 for product in products:
                     index[channel].setdefault(product, []).append(s)
         self._match_subs = index["matches"]
+        if self._match_subs:
+            self._subscribed.set()
         self._ticker_subs = index["ticker"]
         self._heartbeat_subs = index["heartbeat"]
 
