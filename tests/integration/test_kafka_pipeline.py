@@ -1,0 +1,277 @@
+"""Distributed mode against a real Apache Kafka broker (KRaft, started by the test):
+simulator -> `sentinel ingest` -> Kafka -> `sentinel process` -> Delta must be exact, also
+with two processors, a processor killed with SIGKILL, a broker restart and a lost replica."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+from deltalake import DeltaTable
+
+from crypto_sentinel.lake import tables as T
+from crypto_sentinel.ops import kafka
+from crypto_sentinel.simulator import SimulatorServer
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+PRODUCTS = ["BTC-USD", "ETH-USD", "SOL-USD"]
+
+
+def _free_pair() -> int:
+    """A port whose neighbour is free too (broker + controller listeners)."""
+    for _ in range(50):
+        port = free_port()
+        try:
+            import socket
+
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair")
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    data = tmp_path_factory.mktemp("kafka")
+    port = _free_pair()
+    kafka.start(data, nodes=1, port=port, timeout=90)
+    try:
+        yield data, f"127.0.0.1:{port}"
+    finally:
+        kafka.stop(data)
+
+
+class Cluster:
+    """Processes of one distributed pipeline, with their own topics, group and lake."""
+
+    def __init__(self, tmp: Path, bootstrap: str, sim: SimulatorServer, **env: str) -> None:
+        self.tmp = tmp
+        self.lake = tmp / "lake"
+        tag = uuid.uuid4().hex[:8]
+        self.env = {
+            **os.environ,
+            "SENTINEL_KAFKA_BOOTSTRAP": bootstrap,
+            "SENTINEL_KAFKA_TOPIC_PREFIX": f"t{tag}.",
+            "SENTINEL_KAFKA_GROUP": f"g{tag}",
+            "SENTINEL_LAKE_DIR": str(self.lake),
+            "SENTINEL_PRODUCTS": ",".join(PRODUCTS),
+            "SENTINEL_BATCH_INTERVAL_MS": "100",
+            **env,
+        }
+        self.sim = sim
+        self.procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        log = self.tmp / f"{args[0]}-{len(self.procs)}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "crypto_sentinel.cli", *args],
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            env=self.env,
+        )
+        self.procs.append((proc, log))
+        return proc
+
+    def ingest(self) -> subprocess.Popen[bytes]:
+        return self.start("ingest", "--source", "simulator", "--simulator-url", self.sim.ws_url)
+
+    def process(self) -> subprocess.Popen[bytes]:
+        return self.start("process")
+
+    def log_of(self, proc: subprocess.Popen[bytes]) -> str:
+        return next(p for q, p in self.procs if q is proc).read_text(errors="replace")
+
+    def silver(self) -> dict[tuple[str, int], tuple[Decimal, Decimal]]:
+        path = T.TRADES.path(self.lake)
+        if not DeltaTable.is_deltatable(str(path)):
+            return {}
+        rows = DeltaTable(str(path)).to_pyarrow_table().to_pylist()
+        out = {(r["product_id"], r["trade_id"]): (r["price"], r["size"]) for r in rows}
+        assert len(out) == len(rows), "duplicate trades in silver"
+        return out
+
+    async def wait_rows(self, n: int, timeout: float) -> None:
+        for _ in range(int(timeout / 0.5)):
+            if len(self.silver()) >= n:
+                return
+            await asyncio.sleep(0.5)
+        raise AssertionError(f"silver has {len(self.silver())} of {n} trades\n" + self.logs())
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for _, p in self.procs
+        )
+
+    def stop_all(self) -> None:
+        for proc, _ in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, _ in self.procs:
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def assert_exact(self) -> None:
+        emitted = {
+            (t.product_id, t.trade_id): (Decimal(t.price), Decimal(t.size))
+            for t in self.sim.market.emitted()
+        }
+        stored = self.silver()
+        missing = emitted.keys() - stored.keys()
+        extra = stored.keys() - emitted.keys()
+        assert not missing and not extra, (len(missing), len(extra), self.logs())
+        assert stored == emitted
+
+
+async def run_simulator(rate: float, trades: int, seed: int) -> SimulatorServer:
+    sim = SimulatorServer(
+        products=PRODUCTS, rate=rate, seed=seed, max_trades=trades, wait_for_subscriber=True
+    )
+    await sim.start()
+    return sim
+
+
+async def test_ingest_kafka_process_is_exact(broker: tuple[Path, str], tmp_path: Path) -> None:
+    sim = await run_simulator(1000, 5000, seed=11)
+    cluster = Cluster(tmp_path, broker[1], sim)
+    try:
+        cluster.process()
+        cluster.ingest()
+        await asyncio.wait_for(sim.wait_done(), 60)
+        await cluster.wait_rows(5000, 90)
+    finally:
+        cluster.stop_all()
+        await sim.stop()
+    cluster.assert_exact()
+
+
+async def test_two_processors_share_six_partitions(
+    broker: tuple[Path, str], tmp_path: Path
+) -> None:
+    sim = await run_simulator(1000, 6000, seed=12)
+    cluster = Cluster(tmp_path, broker[1], sim)
+    try:
+        first, second = cluster.process(), cluster.process()
+        cluster.ingest()
+        await asyncio.wait_for(sim.wait_done(), 60)
+        await cluster.wait_rows(6000, 90)
+    finally:
+        cluster.stop_all()
+        await sim.stop()
+    cluster.assert_exact()
+    for proc in (first, second):  # both members really owned partitions
+        assert "assigned [('t" in cluster.log_of(proc), cluster.logs()
+
+
+async def test_processor_killed_with_sigkill_and_restarted(
+    broker: tuple[Path, str], tmp_path: Path
+) -> None:
+    sim = await run_simulator(1000, 10_000, seed=13)
+    cluster = Cluster(tmp_path, broker[1], sim)
+    try:
+        victim = cluster.process()
+        cluster.ingest()
+        await cluster.wait_rows(1500, 60)
+        victim.send_signal(signal.SIGKILL)  # mid-stream, possibly mid-commit
+        victim.wait()
+        await asyncio.sleep(1)
+        cluster.process()
+        await asyncio.wait_for(sim.wait_done(), 60)
+        await cluster.wait_rows(10_000, 90)
+    finally:
+        cluster.stop_all()
+        await sim.stop()
+    cluster.assert_exact()
+
+
+async def test_broker_restart_during_ingest(broker: tuple[Path, str], tmp_path: Path) -> None:
+    data, bootstrap = broker
+    sim = await run_simulator(500, 8000, seed=14)
+    cluster = Cluster(tmp_path, bootstrap, sim)
+    port = free_port()
+    try:
+        up = cluster.start(
+            "up", "--bus", "kafka", "--source", "simulator", "--simulator-url", sim.ws_url,
+            "--port", str(port),
+        )  # fmt: skip
+        await cluster.wait_rows(1000, 60)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            assert (await client.get("/ready")).status_code == 200
+            await asyncio.to_thread(kafka.stop, data)
+            saw_outage = False
+            for _ in range(60):  # /ready must report the outage
+                await asyncio.sleep(0.5)
+                if (await client.get("/ready")).status_code == 503:
+                    saw_outage = True
+                    break
+            assert up.poll() is None, cluster.logs()  # nothing crashed
+            await asyncio.to_thread(kafka.start, data, timeout=90)
+            for _ in range(120):
+                await asyncio.sleep(0.5)
+                if (await client.get("/ready")).status_code == 200:
+                    break
+            else:
+                raise AssertionError("not ready after the broker came back\n" + cluster.logs())
+        assert saw_outage, cluster.logs()
+        await asyncio.wait_for(sim.wait_done(), 90)
+        await cluster.wait_rows(8000, 120)
+    finally:
+        cluster.stop_all()
+        await sim.stop()
+    cluster.assert_exact()
+
+
+@pytest.fixture
+def three_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    data = tmp_path_factory.mktemp("kafka3")
+    port = free_port()
+    for _ in range(20):  # three broker ports and three controller ports in a row
+        try:
+            import socket
+
+            for p in range(port, port + 6):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            break
+        except OSError:
+            port = free_port()
+    kafka.start(data, nodes=3, port=port, timeout=120)
+    try:
+        yield data, kafka.bootstrap_servers(data)
+    finally:
+        kafka.stop(data)
+
+
+async def test_three_node_cluster_survives_losing_a_broker(
+    three_nodes: tuple[Path, str], tmp_path: Path
+) -> None:
+    data, bootstrap = three_nodes
+    sim = await run_simulator(800, 8000, seed=15)
+    cluster = Cluster(
+        tmp_path, bootstrap, sim, SENTINEL_KAFKA_REPLICATION="3", SENTINEL_KAFKA_MIN_INSYNC="2"
+    )
+    try:
+        cluster.process()
+        cluster.ingest()
+        await cluster.wait_rows(1500, 90)
+        await asyncio.to_thread(kafka.kill, data, 1)  # SIGKILL one broker mid-stream
+        await asyncio.wait_for(sim.wait_done(), 90)
+        await cluster.wait_rows(8000, 150)
+    finally:
+        cluster.stop_all()
+        await sim.stop()
+    cluster.assert_exact()
