@@ -146,17 +146,32 @@ async def run_simulator(rate: float, trades: int, seed: int) -> SimulatorServer:
 
 
 async def test_ingest_kafka_process_is_exact(broker: tuple[Path, str], tmp_path: Path) -> None:
-    sim = await run_simulator(1000, 5000, seed=11)
+    """Also a `serve` replica: its hot state tails Kafka, its history comes from the lake."""
+    sim = await run_simulator(1000, 10_000, seed=11)
     cluster = Cluster(tmp_path, broker[1], sim)
+    port = free_port()
     try:
+        cluster.start("serve", "--bus", "kafka", "--port", str(port))
         cluster.process()
         cluster.ingest()
+        live: list[dict] = []
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            while not sim.done and not live:
+                await asyncio.sleep(0.5)
+                try:
+                    r = await client.get("/latest", params={"exchange": "simulator"})
+                except httpx.TransportError:
+                    continue
+                live = [t for t in r.json()["data"] if t["processing_time"] != t["recv_time"]]
         await asyncio.wait_for(sim.wait_done(), 60)
-        await cluster.wait_rows(5000, 90)
+        await cluster.wait_rows(10_000, 90)
     finally:
         cluster.stop_all()
         await sim.stop()
     cluster.assert_exact()
+    assert live, "the serve replica never showed a trade from the Kafka tail"
+    emitted = {(t.product_id, t.trade_id) for t in sim.market.emitted()}
+    assert {(t["symbol"], t["trade_id"]) for t in live} <= emitted
 
 
 async def test_two_processors_share_six_partitions(
