@@ -218,12 +218,21 @@ class Engine:
         for key in stale:
             del self._book[key]
 
+    def submit(self, batch: Batch) -> asyncio.Task[None]:
+        """Hand the batch to the writer thread now (not when a task first runs), so that
+        `flush_now` always sees it in flight; the task adopts the result when it lands."""
+        future = self._inflight = self._executor.submit(self.writer.commit, batch)
+
+        async def finish() -> None:
+            result = await asyncio.wrap_future(future)
+            self.committed(batch, result)
+            for hook in self.on_commit:
+                hook(batch)
+
+        return asyncio.create_task(finish())
+
     async def commit(self, batch: Batch) -> None:
-        self._inflight = self._executor.submit(self.writer.commit, batch)
-        result = await asyncio.wrap_future(self._inflight)
-        self.committed(batch, result)
-        for hook in self.on_commit:
-            hook(batch)
+        await self.submit(batch)
 
     def flush_now(self) -> None:
         """Commit everything pending before returning (blocking; used when Kafka partitions
@@ -270,7 +279,7 @@ class Engine:
                 if writing is None:
                     batch = self.cut()
                     if batch is not None:
-                        writing = asyncio.create_task(self.commit(batch))
+                        writing = self.submit(batch)
                     deadline = time.monotonic() + self.batch_interval
             if draining and writing is None and self.cut_is_empty():
                 return
