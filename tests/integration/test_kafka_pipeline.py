@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -27,28 +28,26 @@ pytestmark = pytest.mark.integration
 PRODUCTS = ["BTC-USD", "ETH-USD", "SOL-USD"]
 
 
-def _free_pair() -> int:
-    """A port whose neighbour is free too (broker + controller listeners)."""
+def free_port_run(count: int) -> int:
+    """A free port followed by count - 1 free neighbours (broker and controller listeners)."""
     for _ in range(50):
         port = free_port()
         try:
-            import socket
-
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
-            return port
+            for p in range(port, port + count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", p))
         except OSError:
             continue
-    raise RuntimeError("no free port pair")
+        return port
+    raise RuntimeError(f"no run of {count} free ports")
 
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     data = tmp_path_factory.mktemp("kafka")
-    port = _free_pair()
-    kafka.start(data, nodes=1, port=port, timeout=90)
+    kafka.start(data, nodes=1, port=free_port_run(2), timeout=90)
     try:
-        yield data, f"127.0.0.1:{port}"
+        yield data, kafka.bootstrap_servers(data)
     finally:
         kafka.stop(data)
 
@@ -253,18 +252,7 @@ async def test_broker_restart_during_ingest(broker: tuple[Path, str], tmp_path: 
 @pytest.fixture
 def three_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     data = tmp_path_factory.mktemp("kafka3")
-    port = free_port()
-    for _ in range(20):  # three broker ports and three controller ports in a row
-        try:
-            import socket
-
-            for p in range(port, port + 6):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-            break
-        except OSError:
-            port = free_port()
-    kafka.start(data, nodes=3, port=port, timeout=120)
+    kafka.start(data, nodes=3, port=free_port_run(6), timeout=120)
     try:
         yield data, kafka.bootstrap_servers(data)
     finally:
