@@ -145,7 +145,7 @@ class Settings(BaseSettings):
         default_factory=lambda: ["*"],
         description="origins allowed to GET the API from a browser (comma separated; * = any)",
     )
-    api_hot_minutes: int = Field(1500, ge=60, le=20_160)  # 1-minute candles kept in memory
+    api_hot_minutes: int = Field(1510, ge=60, le=20_160)  # 1-min candles in memory (300 x 5m)
     api_warmup_seconds: float = Field(30.0, gt=0, le=3600)  # budget to rebuild hot state
     api_stream_queue: int = Field(2000, ge=10, le=1_000_000)  # messages per push client
     api_stream_max_clients: int = Field(1000, ge=1, le=100_000)
@@ -167,7 +167,7 @@ class Settings(BaseSettings):
     maintenance_zorder: bool = False  # z-order closed (past) partitions by product and time
     maintenance_vacuum_safety_hours: int = Field(1, ge=0, le=8760)  # keep replaced files this long
     maintenance_checkpoint_interval: int = Field(100, ge=1, le=100_000)  # commits per checkpoint
-    maintenance_log_retention_minutes: int = Field(60, ge=1, le=525_600)  # Delta log kept
+    maintenance_log_retention_minutes: int = Field(2, ge=1, le=525_600)  # short: commits list it
     retention_bronze_days: int = Field(7, ge=0, le=36_500)  # 0 = keep forever
     retention_quarantine_days: int = Field(0, ge=0, le=36_500)
     retention_silver_days: int = Field(0, ge=0, le=36_500)

@@ -29,6 +29,7 @@ from crypto_sentinel.bus.memory import MemoryBus
 from crypto_sentinel.config import Settings
 from crypto_sentinel.engine.hotfeed import HotFeed
 from crypto_sentinel.engine.processor import Engine, FrameSource
+from crypto_sentinel.lake.maintenance import run_maintenance_forever
 from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.lake.writer import LakeWriter
 from crypto_sentinel.sources.base import Publish, Source
@@ -157,6 +158,9 @@ class Pipeline:
         tasks: list[asyncio.Task[Any]] = []
         if with_api:
             tasks.append(asyncio.create_task(self._serve_api(), name="api"))
+        if self.process:  # the lake maintains itself: compaction, retention, checkpoints
+            maintain = run_maintenance_forever(self.settings, self.lake, self.stop_event)
+            tasks.append(asyncio.create_task(maintain, name="maintenance"))
         waiting: set[asyncio.Task[Any]] = {asyncio.create_task(self.stop_event.wait())}
         source_task = await self._start_ingest(tasks) if self.ingest else None
         if source_task is not None:

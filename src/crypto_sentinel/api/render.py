@@ -94,11 +94,12 @@ def latest_row_item(row: dict[str, Any]) -> dict[str, Any]:
 
 def push_trade(trade: Trade) -> dict[str, Any]:
     """A trade on the live push: the REST shape plus product and receive time."""
-    item = trade_item(trade)
-    item["type"] = "trade"
-    item["product_id"] = trade.product_id
-    item["recv_time"] = iso_ns(trade.recv_ns)
-    return item
+    return {
+        "type": "trade",
+        "product_id": trade.product_id,
+        **trade_item(trade),
+        "recv_time": iso_ns(trade.recv_ns),
+    }
 
 
 def candle_item(candle: Candle, granularity: int, forming: bool) -> dict[str, Any]:

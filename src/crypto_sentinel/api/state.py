@@ -32,6 +32,7 @@ class SeenTrade:
     trade: Trade
     processed_ns: int
     item: dict[str, Any] | None = None  # rendered `/latest` entry, built on first request
+    rest: dict[str, Any] | None = None  # rendered `/v1/.../trades` entry, likewise
 
 
 def _trade_id(seen: SeenTrade) -> int:
@@ -176,7 +177,7 @@ class HotState:
     """Recent market state of every (exchange, product) the engine has seen."""
 
     def __init__(
-        self, trades_per_product: int = 1000, latest_size: int = 50, hot_minutes: int = 1500
+        self, trades_per_product: int = 1000, latest_size: int = 50, hot_minutes: int = 1510
     ) -> None:
         self.trades_per_product = trades_per_product
         self.hot_minutes = hot_minutes
@@ -190,6 +191,8 @@ class HotState:
         self.lake_pairs: set[Pair] = set()
         self.warm = False
         self.accepted = 0
+        self._second = 0  # unix second being counted for the ingest-rate gauge
+        self._in_second = 0
 
     # --- the engine listener -------------------------------------------------------------
 
@@ -211,6 +214,11 @@ class HotState:
             self.accepted += 1
             if not self.accepted & 15:
                 metrics.CONSUMER_LAG.observe((now - event.recv_ns) / 1e9)
+            second = now // 1_000_000_000
+            if second != self._second:
+                metrics.INGEST_RATE.set(self._in_second if second == self._second + 1 else 0)
+                self._second, self._in_second = second, 0
+            self._in_second += 1
         elif isinstance(event, Ticker):
             self.tickers[(event.exchange, event.product_id)] = event
 
@@ -227,6 +235,11 @@ class HotState:
             return minute_start(first.time) + MINUTE
         mark = self.lake_marks.get((first.exchange, first.product_id))
         return None if mark is None else minute_start(mark[1]) + MINUTE
+
+    def refresh_rate(self) -> None:
+        """Zero the ingest-rate gauge when trades stopped (it is set only as they arrive)."""
+        if time.time_ns() // 1_000_000_000 > self._second + 1:
+            metrics.INGEST_RATE.set(0)
 
     # --- reads ---------------------------------------------------------------------------
 

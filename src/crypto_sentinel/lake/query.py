@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 from deltalake import DeltaTable
 
 from crypto_sentinel.lake import tables as T
@@ -26,6 +27,7 @@ class LakeReader:
         self._db = duckdb.connect(":memory:")
         self._lock = threading.Lock()
         self._tables: dict[str, DeltaTable] = {}
+        self._actions: dict[str, tuple[int, pa.Table]] = {}  # add actions per table version
 
     def _table(self, spec: T.TableSpec) -> DeltaTable | None:
         dt = self._tables.get(spec.name)
@@ -36,7 +38,10 @@ class LakeReader:
             dt = self._tables[spec.name] = DeltaTable(path)
         else:
             with self._lock:
-                dt.update_incremental()
+                try:
+                    dt.update_incremental()
+                except OSError:  # log trimmed under us (maintenance): reopen at the checkpoint
+                    dt = self._tables[spec.name] = DeltaTable(path)
         return dt
 
     def files(self, spec: T.TableSpec, dates: Sequence[date] | None = None) -> list[str]:
@@ -108,37 +113,54 @@ class LakeReader:
     def trades(
         self, exchange: str, product_id: str, before: int | None, limit: int
     ) -> list[dict[str, Any]]:
-        """Newest-first trades with trade_id < before."""
-        return self.query(
+        """Newest-first trades with trade_id < before (newest files first, see newest_rows).
+
+        Relies on trade ids rising with trade time within a product, as exchanges assign them.
+        """
+        return self.newest_rows(
             T.TRADES,
             "SELECT * FROM t WHERE exchange = ? AND product_id = ? AND trade_id < ?"
             " ORDER BY trade_id DESC LIMIT ?",
             [exchange, product_id, before if before is not None else 2**62, limit],
+            limit,
+            partitions=[("exchange", "=", exchange)],
         )
 
     def latest_trades(self, exchanges: Sequence[str], limit: int) -> list[dict[str, Any]]:
-        """Newest trades, reading only the newest date partitions."""
-        today = datetime.now().astimezone().date()
-        dates = [today - timedelta(days=i) for i in range(2)]
-        return self.query(
+        """Newest trades, reading only the newest files (see newest_rows)."""
+        if not exchanges:
+            return []
+        return self.newest_rows(
             T.TRADES,
             "SELECT * FROM t WHERE list_contains(?, exchange) ORDER BY time DESC, trade_id DESC"
             " LIMIT ?",
             [list(exchanges), limit],
-            dates=dates,
+            limit,
+            partitions=[("exchange", "in", list(exchanges))],
         )
 
     def candles(
         self, exchange: str, product_id: str, start: datetime, end: datetime, limit: int
     ) -> list[dict[str, Any]]:
+        """Candles in [start, end): date partitions, then min/max of `start` prune files."""
         days = (end.date() - start.date()).days
-        dates = [start.date() + timedelta(days=i) for i in range(days + 1)]
-        return self.query(
-            T.CANDLES_1M,
+        dates = [(start.date() + timedelta(days=i)).isoformat() for i in range(days + 1)]
+        dt = self._table(T.CANDLES_1M)
+        if dt is None:
+            return []
+        with self._lock:
+            files = dt.file_uris(
+                file_pruning_predicate=[
+                    ("date", "in", dates),
+                    ("start", ">=", start),
+                    ("start", "<", end),
+                ]
+            )
+        return self._run(
+            files,
             "SELECT * FROM t WHERE exchange = ? AND product_id = ? AND start >= ? AND start < ?"
             " ORDER BY start DESC LIMIT ?",
             [exchange, product_id, start, end, limit],
-            dates=dates,
         )
 
     def exchanges_with_product(self, product_id: str) -> list[str]:
@@ -167,12 +189,19 @@ class LakeReader:
 
     def trade_marks(self) -> dict[tuple[str, str], tuple[int, datetime]]:
         """Highest trade id and newest trade time per (exchange, product) in the lake."""
+        return {k: (v[1], v[3]) for k, v in self.trade_extents().items()}
+
+    def trade_extents(self) -> dict[tuple[str, str], tuple[int, int, datetime, datetime]]:
+        """Lowest and highest trade id, oldest and newest trade time per (exchange, product)."""
         rows = self.query(
             T.TRADES,
-            "SELECT exchange, product_id, max(trade_id) AS hi, max(time) AS newest"
-            " FROM t GROUP BY exchange, product_id",
+            "SELECT exchange, product_id, min(trade_id) AS lo, max(trade_id) AS hi,"
+            " min(time) AS oldest, max(time) AS newest FROM t GROUP BY exchange, product_id",
         )
-        return {(r["exchange"], r["product_id"]): (r["hi"], r["newest"]) for r in rows}
+        return {
+            (r["exchange"], r["product_id"]): (r["lo"], r["hi"], r["oldest"], r["newest"])
+            for r in rows
+        }
 
     def newest_trades_per_product(
         self, per_product: int, dates: Sequence[date]
@@ -231,13 +260,22 @@ class LakeReader:
             dates=self.newest_dates(T.TRADES, 2),
         )
 
-    def newest_ticker(self, exchange: str, product_id: str) -> dict[str, Any] | None:
+    def newest_ticker(
+        self, exchange: str, product_id: str, since: datetime | None = None
+    ) -> dict[str, Any] | None:
+        """The product's newest ticker: the two newest date partitions, or only rows from
+        `since` on (Parquet min/max statistics on `time` then skip most files)."""
+        if since is None:
+            dates, bound = self.newest_dates(T.TICKERS, 2), datetime(1970, 1, 1)
+        else:
+            dates = [d for d in self.partition_dates(T.TICKERS) if d >= since.date()]
+            bound = since
         rows = self.query(
             T.TICKERS,
-            "SELECT * FROM t WHERE exchange = ? AND product_id = ?"
+            "SELECT * FROM t WHERE exchange = ? AND product_id = ? AND time >= ?"
             " ORDER BY time DESC, sequence DESC LIMIT 1",
-            [exchange, product_id],
-            dates=self.newest_dates(T.TICKERS, 2),
+            [exchange, product_id, bound],
+            dates=dates,
         )
         return rows[0] if rows else None
 
@@ -256,13 +294,22 @@ class LakeReader:
         """
         days = (end - timedelta(microseconds=1)).date() - start.date()
         dates = [start.date() + timedelta(days=i) for i in range(days.days + 1)]
+        where = " FROM t WHERE exchange = ? AND product_id = ? AND start >= ? AND start < ?"
+        if granularity == 60:  # the rows themselves: no grouping
+            return self.query(
+                T.CANDLES_1M,
+                "SELECT exchange, product_id, start AS bucket," + _CANDLE_COLUMNS + where
+                + " ORDER BY start DESC",
+                [exchange, product_id, start, end],
+                dates=dates,
+            )  # fmt: skip
         return self.query(
             T.CANDLES_1M,
             "SELECT exchange, product_id,"
             " to_timestamp((epoch(start)::BIGINT // ?) * ?) AS bucket,"
             + _CANDLE_AGGREGATES
-            + " FROM t WHERE exchange = ? AND product_id = ? AND start >= ? AND start < ?"
-            " GROUP BY ALL ORDER BY bucket DESC",
+            + where
+            + " GROUP BY ALL ORDER BY bucket DESC",
             [granularity, granularity, exchange, product_id, start, end],
             dates=dates,
         )
@@ -299,16 +346,134 @@ class LakeReader:
             dates=dates,
         )
 
+    # --- recent rows by file statistics (issue 9): cost follows the answer, not the lake -----
+
+    def newest_rows(
+        self,
+        spec: T.TableSpec,
+        sql: str,
+        params: Sequence[Any],
+        limit: int,
+        *,
+        column: str = "time",
+        partitions: Sequence[tuple[str, str, Any]] = (),
+    ) -> list[dict[str, Any]]:
+        """Run `sql` - at most `limit` rows, newest first by `column` - over the newest files.
+
+        The table `t` that `sql` sees holds only rows with `column >= bound`. The bound comes
+        from the Delta log's per-file statistics: the files with the newest max(`column`) that
+        together hold `limit` rows set it to their smallest min(`column`), and only files
+        whose max reaches it are read (then row groups are skipped by the same filter). If
+        `sql`'s own filters leave fewer than `limit` rows, the bound widens (twice the rows)
+        until the answer is complete or every file is read. `partitions` are (column, "=" or
+        "in", value) filters on partition columns.
+        """
+        dt = self._table(spec)
+        if dt is None or limit <= 0:
+            return []
+        actions = self._add_actions(spec, dt)
+        budget = limit
+        while True:
+            bound = _lower_bound(actions, column, partitions, budget)
+            where: list[tuple[str, str, Any]] = [*partitions]
+            if bound is not None:
+                where.append((column, ">=", bound))
+            with self._lock:
+                files = dt.file_uris(file_pruning_predicate=where or None)
+            rows = self._run(files, sql, params, (column, bound) if bound is not None else None)
+            if len(rows) >= limit or bound is None:
+                return rows
+            budget *= 2
+
+    def _add_actions(self, spec: T.TableSpec, dt: DeltaTable) -> pa.Table:
+        """The snapshot's live files with rows and min/max stats, cached per table version."""
+        with self._lock:
+            version = dt.version()
+            cached = self._actions.get(spec.name)
+            if cached is not None and cached[0] == version:
+                return cached[1]
+            actions = pa.table(dt.get_add_actions(flatten=True))
+            self._actions[spec.name] = (version, actions)
+            return actions
+
+    def _run(
+        self,
+        files: list[str],
+        sql: str,
+        params: Sequence[Any],
+        bound: tuple[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """`sql` over the given files as `t`, optionally only rows with column >= bound."""
+        if not files:
+            return []
+        head = (
+            "WITH t AS (SELECT * FROM read_parquet(?, hive_partitioning = true,"
+            " union_by_name = true)"
+        )
+        args: list[Any] = [files]
+        if bound is not None:
+            head += f" WHERE {bound[0]} >= ?"  # column names come from our code, not requests
+            args.append(bound[1])
+        cur = self._db.cursor()
+        try:
+            cur.execute("SET TimeZone = 'UTC'")
+            rel = cur.execute(head + ") " + sql, [*args, *params])
+            names = [d[0] for d in rel.description or []]
+            return [dict(zip(names, row, strict=True)) for row in rel.fetchall()]
+        finally:
+            cur.close()
+
+
+#: 1-minute candle rows in the shape of `_CANDLE_AGGREGATES` (amounts as text).
+_CANDLE_COLUMNS = """
+    open::VARCHAR AS open, high::VARCHAR AS high, low::VARCHAR AS low,
+    close::VARCHAR AS close, volume::VARCHAR AS volume, buy_volume::VARCHAR AS buy_volume,
+    sell_volume::VARCHAR AS sell_volume, quote_volume::VARCHAR AS quote_volume, trade_count,
+    first_trade_id, first_trade_time, last_trade_id, last_trade_time
+"""
 
 #: Combining 1-minute candle rows into one candle. Each row is one minute, so first and last
-#: trade times never tie between rows and pick open, close and the trade ids exactly.
+#: trade times never tie between rows and pick open, close and the trade ids exactly. Amounts
+#: come back as exact decimal text: building Decimals from text is several times cheaper than
+#: DuckDB's conversion of DECIMAL values to Python.
 _CANDLE_AGGREGATES = """
-    arg_min(open, first_trade_time) AS open, max(high) AS high, min(low) AS low,
-    arg_max(close, last_trade_time) AS close, sum(volume) AS volume,
-    sum(buy_volume) AS buy_volume, sum(sell_volume) AS sell_volume,
-    sum(quote_volume) AS quote_volume, sum(trade_count)::BIGINT AS trade_count,
+    arg_min(open, first_trade_time)::VARCHAR AS open, max(high)::VARCHAR AS high,
+    min(low)::VARCHAR AS low, arg_max(close, last_trade_time)::VARCHAR AS close,
+    sum(volume)::VARCHAR AS volume, sum(buy_volume)::VARCHAR AS buy_volume,
+    sum(sell_volume)::VARCHAR AS sell_volume, sum(quote_volume)::VARCHAR AS quote_volume,
+    sum(trade_count)::BIGINT AS trade_count,
     arg_min(first_trade_id, first_trade_time) AS first_trade_id,
     min(first_trade_time) AS first_trade_time,
     arg_max(last_trade_id, last_trade_time) AS last_trade_id,
     max(last_trade_time) AS last_trade_time
 """
+
+
+def _lower_bound(
+    actions: pa.Table, column: str, partitions: Sequence[tuple[str, str, Any]], rows: int
+) -> Any | None:
+    """Smallest min(`column`) over the newest files (by max) that hold `rows` rows; None when
+    those are all the files or a file lacks statistics (then everything must be read)."""
+    if actions.num_rows == 0:
+        return None
+    keep = [True] * actions.num_rows
+    for name, op, value in partitions:
+        wanted = set(value) if op == "in" else {value}
+        values = actions.column(f"partition.{name}").to_pylist()
+        keep = [k and v in wanted for k, v in zip(keep, values, strict=True)]
+    if f"max.{column}" not in actions.column_names:
+        return None
+    highs = actions.column(f"max.{column}").to_pylist()
+    lows = actions.column(f"min.{column}").to_pylist()
+    counts = actions.column("num_records").to_pylist()
+    files = [i for i, k in enumerate(keep) if k]
+    if any(highs[i] is None or lows[i] is None for i in files):
+        return None
+    files.sort(key=lambda i: highs[i], reverse=True)
+    seen, bound = 0, None
+    for n, i in enumerate(files):
+        seen += counts[i] or 0
+        bound = lows[i] if bound is None else min(bound, lows[i])
+        if seen >= rows:
+            return bound if n + 1 < len(files) else None
+    return None

@@ -1,0 +1,200 @@
+"""Candles of every granularity from 1-minute candles: hot minutes from memory, older from the lake.
+
+A page covers buckets aligned to multiples of the granularity since the Unix epoch (UTC).
+The minutes of a page split at one instant, `cut`: before it the lake answers (DuckDB sums the
+1-minute rows per bucket), from it on memory does (`MinuteBook.span`). A bucket that
+straddles the cut is merged from both parts; `Candle.merge` is exact, so the result equals a
+recomputation from the trades.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from crypto_sentinel.api.state import MINUTE, HotState, MinuteBook
+from crypto_sentinel.engine.candles import Candle
+from crypto_sentinel.lake.query import LakeReader
+
+GRANULARITIES = (60, 300, 900, 3600, 21600, 86400)
+MAX_CANDLES = 300
+DAY = timedelta(days=1)
+
+
+class WindowError(ValueError):
+    """A request window the API refuses (the message names the parameter)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def floor_time(value: datetime, granularity: int) -> datetime:
+    seconds = int(value.timestamp())
+    return datetime.fromtimestamp(seconds - seconds % granularity, UTC)
+
+
+def ceil_time(value: datetime, granularity: int) -> datetime:
+    floor = floor_time(value, granularity)
+    return floor if floor == value else floor + timedelta(seconds=granularity)
+
+
+def page_window(
+    granularity: int, start: datetime | None, end: datetime | None, now: datetime
+) -> tuple[datetime, datetime]:
+    """[first bucket start, end of last bucket) of a page; at most MAX_CANDLES buckets."""
+    step = timedelta(seconds=granularity)
+    if start is None and end is None:
+        hi = floor_time(now, granularity) + step
+        return hi - MAX_CANDLES * step, hi
+    if start is None:
+        assert end is not None
+        hi = ceil_time(utc(end), granularity)
+        return hi - MAX_CANDLES * step, hi
+    lo = floor_time(utc(start), granularity)
+    hi = lo + MAX_CANDLES * step if end is None else ceil_time(utc(end), granularity)
+    if hi <= lo:
+        raise WindowError("start", "start must be before end")
+    if (hi - lo) / step > MAX_CANDLES:
+        raise WindowError(
+            "end",
+            f"at most {MAX_CANDLES} candles per request: with granularity {granularity} the"
+            f" window may span {MAX_CANDLES * granularity} seconds",
+        )
+    return lo, hi
+
+
+class CandleService:
+    """Assembles candle pages from hot state and the lake."""
+
+    def __init__(self, state: HotState, reader: LakeReader) -> None:
+        self.state = state
+        self.reader = reader
+        self._lake_parts: dict[tuple[Any, ...], Candle | None] = {}
+
+    def book(self, exchange: str, product_id: str) -> MinuteBook | None:
+        return self.state.candles.get((exchange, product_id))
+
+    @staticmethod
+    def cut(book: MinuteBook | None, lo: datetime, hi: datetime) -> datetime:
+        """Where memory takes over from the lake within [lo, hi)."""
+        if book is None:
+            return hi
+        if book.since is None:
+            return lo
+        return min(max(book.since, lo), hi)
+
+    def hot(
+        self, book: MinuteBook, granularity: int, cut: datetime, hi: datetime
+    ) -> dict[datetime, Candle]:
+        """Buckets from memory for minutes in [cut, hi) (call on the event loop)."""
+        out: dict[datetime, Candle] = {}
+        if book.newest is None or cut >= hi:
+            return out
+        top = min(hi, book.newest + MINUTE)
+        if granularity == 60:
+            minutes = book.minutes
+            if (top - cut) // MINUTE <= len(minutes):
+                m = cut
+                while m < top:
+                    candle = minutes.get(m)
+                    if candle is not None:
+                        out[m] = candle
+                    m += MINUTE
+            else:
+                out = {m: c for m, c in minutes.items() if cut <= m < top}
+            return out
+        step = timedelta(seconds=granularity)
+        bucket = floor_time(cut, granularity)
+        while bucket < top:
+            candle = book.span(max(bucket, cut), bucket + step)
+            if candle is not None:
+                if candle.start != bucket:
+                    candle = replace(candle, start=bucket)
+                out[bucket] = candle
+            bucket += step
+        return out
+
+    def lake(
+        self, exchange: str, product_id: str, granularity: int, lo: datetime, cut: datetime
+    ) -> dict[datetime, Candle]:
+        """Buckets from the lake for minutes in [lo, cut) (blocking: call in a thread)."""
+        if cut <= lo:
+            return {}
+        rows = self.reader.candle_buckets(exchange, product_id, lo, cut, granularity)
+        return {utc(r["bucket"]): candle_from_aggregate(r) for r in rows}
+
+    @staticmethod
+    def combine(
+        hot: dict[datetime, Candle], lake: dict[datetime, Candle]
+    ) -> list[tuple[Candle, bool]]:
+        """Newest first; the flag says whether the candle is memory's own object (cacheable)."""
+        out: list[tuple[Candle, bool]] = []
+        for start in sorted(hot.keys() | lake.keys(), reverse=True):
+            mem, old = hot.get(start), lake.get(start)
+            if mem is not None and old is not None:
+                both = replace(old)
+                both.merge(mem)
+                out.append((both, False))
+            elif mem is not None:
+                out.append((mem, True))
+            elif old is not None:
+                out.append((old, False))
+        return out
+
+    def lake_part(
+        self, exchange: str, product_id: str, granularity: int, bucket: datetime, cut: datetime
+    ) -> Candle | None:
+        """The lake's share of one straddling bucket, cached (live push asks for it often)."""
+        key = (exchange, product_id, granularity, bucket, cut)
+        if key not in self._lake_parts:
+            if len(self._lake_parts) > 1024:
+                self._lake_parts.clear()
+            found = self.lake(exchange, product_id, granularity, bucket, cut)
+            self._lake_parts[key] = found.get(bucket)
+        return self._lake_parts[key]
+
+    # --- 24 hour statistics ------------------------------------------------------------
+
+    @staticmethod
+    def day_window(book: MinuteBook | None) -> tuple[datetime, datetime] | None:
+        """The 24 h up to and including the newest minute memory has for the product."""
+        if book is None or book.newest is None:
+            return None
+        hi = book.newest + MINUTE
+        return hi - DAY, hi
+
+    def lake_spans(
+        self, exchange: str, windows: dict[str, tuple[datetime, datetime]]
+    ) -> dict[str, Candle]:
+        """One combined candle per product over its window (blocking: call in a thread)."""
+        rows = self.reader.candle_spans(exchange, windows)
+        return {r["product_id"]: candle_from_aggregate(r) for r in rows}
+
+
+def candle_from_aggregate(row: dict[str, Any]) -> Candle:
+    """A candle from a DuckDB aggregate of 1-minute rows (amounts as exact decimal text)."""
+    return Candle(
+        exchange=row["exchange"],
+        product_id=row["product_id"],
+        start=utc(row["bucket"]),
+        open=Decimal(row["open"]),
+        high=Decimal(row["high"]),
+        low=Decimal(row["low"]),
+        close=Decimal(row["close"]),
+        volume=Decimal(row["volume"]),
+        buy_volume=Decimal(row["buy_volume"]),
+        sell_volume=Decimal(row["sell_volume"]),
+        quote_volume=Decimal(row["quote_volume"]),
+        trade_count=row["trade_count"],
+        first_trade_id=row["first_trade_id"],
+        last_trade_id=row["last_trade_id"],
+        first_trade_time=row["first_trade_time"],
+        last_trade_time=row["last_trade_time"],
+    )

@@ -1,0 +1,91 @@
+"""What every route needs: hot state, the lake reader, the push hub, and which products exist.
+
+Hot-state reads run on the event loop (the engine writes there too, so no locks); lake reads
+go to a worker thread so a slow DuckDB query never stalls the stream or other requests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, TypeVar
+
+from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from crypto_sentinel.api.candles import CandleService
+from crypto_sentinel.api.state import HotState
+from crypto_sentinel.api.stream import Hub
+from crypto_sentinel.lake.query import LakeReader
+
+T = TypeVar("T")
+
+#: How long the lake's product list is trusted before it is read again (at most once per TTL,
+#: however many unknown products are asked for).
+CATALOG_TTL = 60.0
+
+
+def not_found(message: str) -> NoReturn:
+    raise HTTPException(404, message)
+
+
+def bad_parameter(name: str, message: str) -> NoReturn:
+    raise RequestValidationError([{"loc": ("query", name), "msg": message, "type": "value_error"}])
+
+
+@dataclass
+class ApiContext:
+    state: HotState
+    reader: LakeReader
+    hub: Hub
+    default_exchange: Callable[[], str]
+    products: list[str]
+    status: Callable[[], dict[str, Any]]
+    ready: Callable[[], bool]
+    candles: CandleService = field(init=False)
+    _lake_pairs: set[tuple[str, str]] = field(default_factory=set, init=False)
+    _lake_checked: float = field(default=float("-inf"), init=False)
+
+    def __post_init__(self) -> None:
+        self.candles = CandleService(self.state, self.reader)
+
+    def exchange(self, given: str | None) -> str:
+        return given or self.default_exchange()
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await run_in_threadpool(fn, *args)
+
+    async def lake_pairs(self) -> set[tuple[str, str]]:
+        """(exchange, product) pairs with trades in the lake, re-read at most once per TTL.
+
+        After a warm-up hot state already knows them (and learns new ones from the stream).
+        """
+        if self.state.warm:
+            return self.state.lake_pairs
+        now = time.monotonic()
+        if now - self._lake_checked > CATALOG_TTL:
+            self._lake_checked = now
+            self._lake_pairs = set(await self.in_thread(self.reader.products))
+        return self._lake_pairs
+
+    async def is_known(self, product_id: str) -> bool:
+        if product_id in self.products:
+            return True
+        if any(p == product_id for _, p in self.state.pairs()):
+            return True
+        return any(p == product_id for _, p in await self.lake_pairs())
+
+    async def check_product(self, product_id: str) -> None:
+        if not await self.is_known(product_id):
+            not_found(f"unknown product {product_id!r}")
+
+    async def product_ids(self, exchange: str) -> list[str]:
+        """Configured products first, then any other product memory or the lake has."""
+        seen = dict.fromkeys(self.products)
+        pairs = self.state.pairs() | await self.lake_pairs()
+        for ex, product in sorted(pairs):
+            if ex == exchange:
+                seen.setdefault(product)
+        return list(seen)

@@ -1,0 +1,245 @@
+"""`/v1/products...`: products with 24 h stats, ticker, trades and candles.
+
+Memory answers what it covers; the lake (in a worker thread) answers the rest of a request.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from enum import IntEnum
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from crypto_sentinel.api.candles import DAY, CandleService, WindowError, page_window
+from crypto_sentinel.api.context import ApiContext, bad_parameter, not_found
+from crypto_sentinel.api.render import (
+    candle_item,
+    iso,
+    stats_item,
+    ticker_from_trade,
+    ticker_item,
+    ticker_row_item,
+    trade_item,
+    trade_row_item,
+)
+from crypto_sentinel.api.responses import JSONResponse
+from crypto_sentinel.api.routes.latest import ExchangeParam
+from crypto_sentinel.api.schemas import CandlesPage, Products, Stats, TickerOut, TradesPage, errors
+from crypto_sentinel.api.state import MINUTE
+from crypto_sentinel.engine.candles import Candle
+
+#: A time as ISO 8601 (2024-01-01T00:00:00Z) or Unix seconds.
+Instant = datetime | float
+
+
+def instant(value: Instant | None) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromtimestamp(value, UTC)
+
+
+class Granularity(IntEnum):
+    """Candle sizes in seconds, as the exchanges offer them."""
+
+    ONE_MINUTE = 60
+    FIVE_MINUTES = 300
+    FIFTEEN_MINUTES = 900
+    ONE_HOUR = 3600
+    SIX_HOURS = 21600
+    ONE_DAY = 86400
+
+
+def router(ctx: ApiContext) -> APIRouter:
+    api = APIRouter(prefix="/v1")
+    state = ctx.state
+
+    @api.get(
+        "/products",
+        summary="Products with last price and 24 h open, high, low, volume and change",
+        response_class=JSONResponse,
+        responses={200: {"model": Products}, **errors(422)},
+    )
+    async def products(exchange: ExchangeParam = None) -> JSONResponse:
+        ex = ctx.exchange(exchange)
+        ids = await ctx.product_ids(ex)
+        items = await day_stats(ex, ids)
+        for item in items:
+            base, _, quote = item["product_id"].partition("-")
+            item["base_currency"], item["quote_currency"] = base, quote
+        return JSONResponse({"data": items, "exchange": ex})
+
+    @api.get(
+        "/products/{product_id}/stats",
+        summary="24 h statistics up to the last trade",
+        response_class=JSONResponse,
+        responses={200: {"model": Stats}, **errors(404, 422)},
+    )
+    async def stats(product_id: str, exchange: ExchangeParam = None) -> JSONResponse:
+        ex = ctx.exchange(exchange)
+        await ctx.check_product(product_id)
+        return JSONResponse((await day_stats(ex, [product_id]))[0])
+
+    @api.get(
+        "/products/{product_id}/ticker",
+        summary="Current ticker: last trade, best bid and ask",
+        response_class=JSONResponse,
+        responses={200: {"model": TickerOut}, **errors(404, 422)},
+    )
+    async def ticker(product_id: str, exchange: ExchangeParam = None) -> JSONResponse:
+        ex = ctx.exchange(exchange)
+        await ctx.check_product(product_id)
+        key = (ex, product_id)
+        current = state.tickers.get(key)
+        last = state.last_trade(ex, product_id)
+        if current is not None and (last is None or current.time >= last.time):
+            return JSONResponse(ticker_item(current))
+        if last is not None:
+            return JSONResponse(ticker_from_trade(product_id, trade_item(last)))
+        row = await ctx.in_thread(ctx.reader.newest_ticker, ex, product_id)
+        if row is not None:
+            return JSONResponse(ticker_row_item(row))
+        rows = await ctx.in_thread(ctx.reader.newest_trades, ex, product_id, 1)
+        if rows:
+            return JSONResponse(ticker_from_trade(product_id, trade_row_item(rows[0])))
+        not_found(f"no market data yet for {product_id!r} on {ex!r}")
+
+    @api.get(
+        "/products/{product_id}/trades",
+        summary="Trades, newest first; page with the trade_id cursor `before`",
+        response_class=JSONResponse,
+        responses={200: {"model": TradesPage}, **errors(404, 422)},
+    )
+    async def trades(
+        product_id: str,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        before: Annotated[
+            int | None, Query(ge=1, le=2**62, description="trade_id cursor (exclusive)")
+        ] = None,
+        exchange: ExchangeParam = None,
+    ) -> JSONResponse:
+        ex = ctx.exchange(exchange)
+        await ctx.check_product(product_id)
+        ring = state.trades.get((ex, product_id))
+        items: list[dict[str, Any]] = []
+        lake_before = before
+        if ring:
+            for seen in ring.below(before, limit):
+                if seen.rest is None:
+                    seen.rest = trade_item(seen.trade)
+                items.append(seen.rest)
+            floor = ring.complete_from
+            lake_before = floor if before is None else min(before, floor)
+        if len(items) < limit:
+            rows = await ctx.in_thread(
+                ctx.reader.trades, ex, product_id, lake_before, limit - len(items)
+            )
+            items += [trade_row_item(r) for r in rows]
+        headers = {}
+        if items:
+            headers = {
+                "CB-BEFORE": str(items[0]["trade_id"]),
+                "CB-AFTER": str(items[-1]["trade_id"]),
+            }
+        next_before = items[-1]["trade_id"] if len(items) == limit else None
+        body = {"data": items, "next_before": next_before, "product_id": product_id}
+        return JSONResponse(body, headers=headers)
+
+    @api.get(
+        "/products/{product_id}/candles",
+        summary="OHLCV candles, newest first; at most 300 per request",
+        response_class=JSONResponse,
+        responses={200: {"model": CandlesPage}, **errors(404, 422)},
+    )
+    async def candles(
+        product_id: str,
+        granularity: Annotated[
+            Granularity, Query(description="bucket size in seconds")
+        ] = Granularity.ONE_MINUTE,
+        start: Annotated[Instant | None, Query(description="default: end - 300 buckets")] = None,
+        end: Annotated[Instant | None, Query(description="default: now")] = None,
+        exchange: ExchangeParam = None,
+    ) -> JSONResponse:
+        ex = ctx.exchange(exchange)
+        await ctx.check_product(product_id)
+        now = datetime.now(UTC)
+        g = int(granularity)
+        try:
+            lo, hi = page_window(g, instant(start), instant(end), now)
+        except WindowError as exc:
+            bad_parameter(exc.field, str(exc))
+        except (OverflowError, OSError, ValueError):
+            bad_parameter("start", "date out of range")
+        service = ctx.candles
+        book = service.book(ex, product_id)
+        cut = CandleService.cut(book, lo, hi)
+        hot = service.hot(book, g, cut, hi) if book is not None else {}
+        lake = {}
+        if cut > lo:
+            lake = await ctx.in_thread(service.lake, ex, product_id, g, lo, cut)
+        step = timedelta(seconds=g)
+        items = []
+        for candle, own in CandleService.combine(hot, lake):
+            forming = candle.start <= now < candle.start + step
+            if own and book is not None:
+                key = (g, candle.start)
+                hit = book.rendered.get(key)
+                if hit is None or hit[0] != candle.trade_count or hit[1] != forming:
+                    hit = (candle.trade_count, forming, candle_item(candle, g, forming))
+                    book.rendered[key] = hit
+                items.append(hit[2])
+            else:
+                items.append(candle_item(candle, g, forming))
+        body = {
+            "data": items,
+            "granularity": g,
+            "product_id": product_id,
+            "exchange": ex,
+            "start": iso(lo),
+            "end": iso(hi),
+        }
+        return JSONResponse(body)
+
+    async def day_stats(exchange: str, product_ids: list[str]) -> list[dict[str, Any]]:
+        """24 h stats per product: memory where it covers the window, else (partly) the lake."""
+        found: dict[str, tuple[Candle | None, datetime, datetime]] = {}
+        lake_windows: dict[str, tuple[datetime, datetime]] = {}
+        unknown: list[str] = []
+        for product in product_ids:
+            book = ctx.candles.book(exchange, product)
+            window = CandleService.day_window(book)
+            if book is None or window is None:
+                unknown.append(product)
+                continue
+            lo, hi = window
+            if book.covers(lo):
+                found[product] = (book.span(lo, hi), lo, hi)
+            else:
+                assert book.since is not None
+                found[product] = (book.span(book.since, hi), lo, hi)
+                lake_windows[product] = (lo, book.since)
+        if unknown:
+            newest = await ctx.in_thread(ctx.reader.newest_minutes, exchange)
+            for product in unknown:
+                if product in newest:
+                    hi = newest[product] + MINUTE
+                    found[product] = (None, hi - DAY, hi)
+                    lake_windows[product] = (hi - DAY, hi)
+        if lake_windows:
+            spans = await ctx.in_thread(ctx.candles.lake_spans, exchange, lake_windows)
+            for product, old in spans.items():
+                mem, lo, hi = found[product]
+                if mem is not None:
+                    old.merge(mem)
+                found[product] = (old, lo, hi)
+        out = []
+        for product in product_ids:
+            last_trade = state.last_trade(exchange, product)
+            last = (last_trade.price, last_trade.time) if last_trade else None
+            span, start, end = found.get(product, (None, None, None))
+            if last is None and span is not None:
+                last = (span.close, span.last_trade_time)
+            out.append(stats_item(product, exchange, span, last, start, end))
+        return out
+
+    return api

@@ -1,0 +1,86 @@
+"""`/health` (is it working, and if not why), `/ready` (serve live data?) and `/metrics`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from crypto_sentinel.api.context import ApiContext
+from crypto_sentinel.api.responses import JSONResponse
+from crypto_sentinel.api.schemas import Health, Ready
+
+#: A connected source with no frame for this long is reported (quiet markets still send
+#: heartbeats every second on Coinbase).
+STALE_SECONDS = 30.0
+
+
+def health_reasons(status: dict[str, Any]) -> list[str]:
+    reasons = []
+    src = status.get("source")
+    if isinstance(src, dict) and not src.get("finished"):
+        if not src.get("connected"):
+            error = src.get("last_error") or "no connection yet"
+            reasons.append(f"source not connected: {error}")
+        else:
+            age = src.get("last_frame_age_seconds")
+            if age is not None and age > STALE_SECONDS:
+                reasons.append(f"no frame for {age:.0f} s")
+    return reasons
+
+
+def router(ctx: ApiContext) -> APIRouter:
+    api = APIRouter()
+
+    @api.get(
+        "/health",
+        summary="Liveness, and what the pipeline is doing",
+        response_class=JSONResponse,
+        responses={200: {"model": Health}},
+    )
+    async def health() -> JSONResponse:
+        status = ctx.status()
+        reasons = health_reasons(status)
+        state = ctx.state
+        body = {
+            "status": "degraded" if reasons else "ok",
+            "reasons": reasons,
+            **status,
+            "hot_state": {
+                "warm": state.warm,
+                "products": len(state.trades),
+                "trades": sum(len(r) for r in state.trades.values()),
+                "minutes": sum(len(b.minutes) for b in state.candles.values()),
+                "tickers": len(state.tickers),
+            },
+            "push": {"clients": len(ctx.hub.clients), "dropped": ctx.hub.dropped},
+        }
+        return JSONResponse(body)
+
+    @api.get(
+        "/ready",
+        summary="200 when live data is being served, 503 otherwise",
+        response_class=JSONResponse,
+        responses={200: {"model": Ready}, 503: {"model": Ready, "description": "not ready"}},
+    )
+    async def ready() -> JSONResponse:
+        reasons = []
+        if not ctx.ready():
+            reasons.append("source not live yet")
+            reasons += health_reasons(ctx.status())
+        ok = not reasons
+        return JSONResponse({"ready": ok, "reasons": reasons}, status_code=200 if ok else 503)
+
+    @api.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
+    )
+    def prometheus() -> Response:
+        ctx.state.refresh_rate()
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return api

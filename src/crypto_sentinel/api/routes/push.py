@@ -1,0 +1,293 @@
+"""Live push: WebSocket `/v1/stream` and Server-Sent Events `/v1/stream/sse`.
+
+WebSocket protocol (JSON text frames):
+  client: {"type": "subscribe" | "unsubscribe", "product_ids": [...], "channels": [...],
+           "exchange": optional}    channels: trades, ticker, candles:<granularity>
+          {"type": "ping"}
+  server: {"type": "subscriptions", "channels": [{"name", "exchange", "product_ids"}]}
+          {"type": "trade" | "ticker" | "candle", "product_id", ...}   (REST shapes)
+          {"type": "heartbeat", "time", "sequence"}   at least every heartbeat interval
+          {"type": "pong"} | {"type": "error", "message"}
+A subscribe to ticker or candles sends the current value at once. Trades are never
+conflated; a client that falls `api_stream_queue` trade messages behind is sent an error and
+closed (code 1013). Tickers and candles are conflated: a slow reader gets the newest value.
+SSE carries the same messages as events named by their type, for the products and channels
+given in the query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query, WebSocket
+from starlette.exceptions import HTTPException
+from starlette.responses import StreamingResponse
+from starlette.websockets import WebSocketDisconnect
+
+from crypto_sentinel.api.candles import CandleService, floor_time
+from crypto_sentinel.api.context import ApiContext, bad_parameter, not_found
+from crypto_sentinel.api.render import candle_item
+from crypto_sentinel.api.routes.latest import ExchangeParam
+from crypto_sentinel.api.schemas import errors
+from crypto_sentinel.api.stream import CHANNELS, CandleRef, Client, Hub, Key, observe_push
+
+MAX_SUBSCRIPTIONS = 200
+MAX_MESSAGE = 64 * 1024
+CLOSE_TRY_AGAIN = 1013  # slow consumer, or too many clients
+
+
+class ProtocolError(ValueError):
+    pass
+
+
+def _error(message: str) -> bytes:
+    return orjson.dumps({"type": "error", "message": message})
+
+
+def router(ctx: ApiContext) -> APIRouter:
+    api = APIRouter(prefix="/v1")
+    hub = ctx.hub
+    rendered: dict[tuple[Any, ...], tuple[int, bool, bytes]] = {}
+
+    async def keys_for(
+        product_ids: list[str], channels: list[str], exchange: str | None
+    ) -> set[Key]:
+        bad = [c for c in channels if c not in CHANNELS]
+        if bad:
+            raise ProtocolError(f"unknown channel(s) {bad}; use {', '.join(CHANNELS)}")
+        for product in product_ids:
+            if not await ctx.is_known(product):
+                raise LookupError(f"unknown product {product!r}")
+        ex = ctx.exchange(exchange)
+        return {(ex, p, c) for p in product_ids for c in channels}
+
+    def snapshot(client: Client, keys: set[Key]) -> None:
+        """Current ticker and forming candles right after subscribing."""
+        for ex, product, channel in keys:
+            if channel == "ticker":
+                current = ctx.state.tickers.get((ex, product))
+                if current is not None:
+                    client.put((ex, product, channel), Hub.ticker_message(current))
+            elif channel.startswith("candles:"):
+                book = ctx.candles.book(ex, product)
+                if book is not None and book.newest is not None:
+                    g = int(channel.partition(":")[2])
+                    ref = CandleRef(ex, product, g, floor_time(book.newest, g))
+                    client.put(ref, ref)
+
+    def subscriptions(client: Client) -> bytes:
+        groups: dict[tuple[str, str], list[str]] = {}
+        for ex, product, channel in sorted(client.subs):
+            groups.setdefault((channel, ex), []).append(product)
+        channels = [
+            {"name": name, "exchange": ex, "product_ids": products}
+            for (name, ex), products in sorted(groups.items())
+        ]
+        return orjson.dumps({"type": "subscriptions", "channels": channels})
+
+    async def candle_message(ref: CandleRef) -> bytes | None:
+        service = ctx.candles
+        book = service.book(ref.exchange, ref.product_id)
+        if book is None:
+            return None
+        g, lo = ref.granularity, ref.start
+        hi = lo + timedelta(seconds=g)
+        cut = CandleService.cut(book, lo, hi)
+        candle = service.hot(book, g, cut, hi).get(lo)
+        if cut > lo:
+            old = await ctx.in_thread(service.lake_part, ref.exchange, ref.product_id, g, lo, cut)
+            if old is not None:
+                merged = replace(old)
+                if candle is not None:
+                    merged.merge(candle)
+                candle = merged
+        if candle is None:
+            return None
+        forming = lo <= datetime.now(UTC) < hi
+        key = (ref.exchange, ref.product_id, g, lo)
+        hit = rendered.get(key)
+        if hit is None or hit[0] != candle.trade_count or hit[1] != forming:
+            item = {
+                "type": "candle",
+                "product_id": ref.product_id,
+                "exchange": ref.exchange,
+                **candle_item(candle, g, forming),
+            }
+            if len(rendered) > 10_000:
+                rendered.clear()
+            hit = rendered[key] = (candle.trade_count, forming, orjson.dumps(item))
+        return hit[2]
+
+    async def outgoing(client: Client) -> AsyncIterator[bytes]:
+        """Messages for one client as they come, heartbeats, and a last error if dropped."""
+        beat_at = time.monotonic() + hub.heartbeat
+        beats = 0
+        while True:
+            await client.wait(max(0.0, beat_at - time.monotonic()))
+            if client.dropped:
+                yield _error("slow consumer: fell too far behind and was disconnected")
+                return
+            out, oldest = client.take()
+            sent = 0
+            for item in out:
+                data = item if isinstance(item, bytes) else await candle_message(item)
+                if data is not None:
+                    yield data
+                    sent += 1
+            if sent:
+                observe_push(client.transport, sent, oldest)
+            if time.monotonic() >= beat_at:
+                beats += 1
+                yield Hub.heartbeat_message(beats)
+                beat_at = time.monotonic() + hub.heartbeat
+
+    async def handle(client: Client, text: str) -> None:
+        """One client message; replies go through the client's queue (in order)."""
+        if len(text) > MAX_MESSAGE:
+            client.push(_error("message too large"))
+            return
+        try:
+            msg = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            client.push(_error("not JSON"))
+            return
+        kind = msg.get("type") if isinstance(msg, dict) else None
+        if kind == "ping":
+            client.push(b'{"type":"pong"}')
+            return
+        if kind not in ("subscribe", "unsubscribe"):
+            client.push(_error("type must be subscribe, unsubscribe or ping"))
+            return
+        products, channels, exchange = (
+            msg.get("product_ids"), msg.get("channels"), msg.get("exchange")
+        )  # fmt: skip
+        if not _strings(products) or not _strings(channels):
+            client.push(_error("product_ids and channels must be non-empty lists of strings"))
+            return
+        if exchange is not None and (not isinstance(exchange, str) or len(exchange) > 40):
+            client.push(_error("exchange must be a string of at most 40 characters"))
+            return
+        try:
+            keys = await keys_for(products, channels, exchange)
+        except (ProtocolError, LookupError) as exc:
+            client.push(_error(str(exc)))
+            return
+        if kind == "subscribe":
+            if len(client.subs | keys) > MAX_SUBSCRIPTIONS:
+                client.push(_error(f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection"))
+                return
+            new = keys - client.subs
+            hub.subscribe(client, keys)
+            client.push(subscriptions(client))
+            snapshot(client, new)
+        else:
+            hub.unsubscribe(client, keys)
+            client.push(subscriptions(client))
+
+    @api.websocket("/stream")
+    async def stream(ws: WebSocket) -> None:
+        await ws.accept()
+        client = hub.connect("websocket")
+        if client is None:
+            await ws.close(CLOSE_TRY_AGAIN, "too many stream clients")
+            return
+
+        async def receive() -> None:
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                text = message.get("text")
+                if text is None:
+                    text = (message.get("bytes") or b"").decode("utf-8", "replace")
+                await handle(client, text)
+
+        async def send() -> None:
+            async for data in outgoing(client):
+                await ws.send_text(data.decode())
+            await ws.close(CLOSE_TRY_AGAIN, "slow consumer")
+
+        tasks = {asyncio.create_task(receive()), asyncio.create_task(send())}
+        try:
+            _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, Exception):
+                    await task
+        finally:
+            hub.disconnect(client)
+
+    @api.get(
+        "/stream/sse",
+        summary="Server-Sent Events: trades, tickers and candles as they happen",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "description": "an endless text/event-stream; events named by message type",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            **errors(404, 422, 503),
+        },
+    )
+    async def sse(
+        product_ids: Annotated[
+            str, Query(max_length=2000, description="comma separated, e.g. BTC-USD,ETH-USD")
+        ],
+        channels: Annotated[
+            str, Query(max_length=2000, description="comma separated: trades, ticker, candles:60")
+        ] = "trades,ticker",
+        exchange: ExchangeParam = None,
+    ) -> StreamingResponse:
+        products = [p for p in product_ids.split(",") if p]
+        wanted = [c for c in channels.split(",") if c]
+        if not products:
+            bad_parameter("product_ids", "at least one product id")
+        if not wanted:
+            bad_parameter("channels", "at least one channel")
+        try:
+            keys = await keys_for(products, wanted, exchange)
+        except ProtocolError as exc:
+            bad_parameter("channels", str(exc))
+        except LookupError as exc:
+            not_found(str(exc))
+        if len(keys) > MAX_SUBSCRIPTIONS:
+            bad_parameter("product_ids", f"at most {MAX_SUBSCRIPTIONS} subscriptions")
+        client = hub.connect("sse")
+        if client is None:
+            raise HTTPException(503, "too many stream clients")
+        hub.subscribe(client, keys)
+        client.push(subscriptions(client))
+        snapshot(client, keys)
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                yield b"retry: 2000\n\n"
+                async for data in outgoing(client):
+                    name = data[9 : data.index(b'"', 9)]  # every message starts {"type":"
+                    yield b"event: " + name + b"\ndata: " + data + b"\n\n"
+            finally:
+                hub.disconnect(client)
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    return api
+
+
+def _strings(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and 0 < len(value) <= MAX_SUBSCRIPTIONS
+        and all(isinstance(v, str) and 0 < len(v) <= 40 for v in value)
+    )

@@ -1,0 +1,154 @@
+"""Response shapes for the OpenAPI document.
+
+Routes build their JSON by hand on the hot path (no per-request model validation); these
+models only describe it, and the schemathesis test checks that every response matches.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field
+
+Dec = Annotated[
+    str,
+    Field(pattern=r"^-?[0-9]+(\.[0-9]+)?$", description="exact decimal", examples=["65000.12"]),
+]
+Time = Annotated[str, Field(description="ISO-8601 UTC", examples=["2024-01-01T00:00:00.000000Z"])]
+
+
+class FieldProblem(BaseModel):
+    field: str
+    message: str
+
+
+class Error(BaseModel):
+    error: str
+    status: int
+    detail: list[FieldProblem] | None = None
+
+
+class LatestItem(BaseModel):
+    symbol: str
+    price: Dec
+    side: str
+    timestamp: Time
+    processing_time: Time
+    size: Dec
+    trade_id: int
+    exchange: str
+    recv_time: Time
+
+
+class Latest(BaseModel):
+    data: list[LatestItem]
+
+
+class TradeItem(BaseModel):
+    trade_id: int
+    price: Dec
+    size: Dec
+    side: str = Field(description="taker (aggressor) side: buy or sell")
+    time: Time
+    exchange: str
+
+
+class TradesPage(BaseModel):
+    data: list[TradeItem] = Field(description="newest first")
+    next_before: int | None = Field(description="cursor for the next (older) page; null: last")
+    product_id: str
+
+
+class CandleItem(BaseModel):
+    start: Time
+    open: Dec
+    high: Dec
+    low: Dec
+    close: Dec
+    volume: Dec
+    buy_volume: Dec
+    sell_volume: Dec
+    quote_volume: Dec
+    vwap: Dec
+    trade_count: int
+    first_trade_id: int
+    last_trade_id: int
+    first_trade_time: Time
+    last_trade_time: Time
+    granularity: int
+    forming: bool = Field(description="the bucket is still open (it contains now)")
+
+
+class CandlesPage(BaseModel):
+    data: list[CandleItem] = Field(description="newest first; buckets without trades omitted")
+    granularity: int
+    product_id: str
+    exchange: str
+    start: Time = Field(description="start of the first bucket of the window")
+    end: Time = Field(description="end of the last bucket of the window (exclusive)")
+
+
+class TickerOut(BaseModel):
+    product_id: str
+    exchange: str
+    price: Dec
+    size: Dec | None
+    side: str | None
+    trade_id: int | None
+    time: Time
+    best_bid: Dec | None
+    best_bid_size: Dec | None
+    best_ask: Dec | None
+    best_ask_size: Dec | None
+    open_24h: Dec | None = Field(description="as reported by the exchange")
+    high_24h: Dec | None
+    low_24h: Dec | None
+    volume_24h: Dec | None
+    volume_30d: Dec | None
+    sequence: int | None
+    source: str = Field(description="ticker, or trade when no ticker was seen")
+
+
+class Stats(BaseModel):
+    product_id: str
+    exchange: str
+    last: Dec | None
+    last_trade_time: Time | None
+    open_24h: Dec | None
+    high_24h: Dec | None
+    low_24h: Dec | None
+    volume_24h: Dec
+    quote_volume_24h: Dec
+    vwap_24h: Dec | None
+    trade_count_24h: int
+    change_24h: Dec | None
+    change_24h_percent: Dec | None
+    window_start: Time | None = Field(description="24 h up to the product's last trade")
+    window_end: Time | None
+
+
+class Product(Stats):
+    base_currency: str
+    quote_currency: str
+
+
+class Products(BaseModel):
+    data: list[Product]
+    exchange: str
+
+
+class Health(BaseModel):
+    status: str = Field(description="ok, or degraded with reasons")
+    reasons: list[str]
+    model_config = {"extra": "allow"}
+
+
+class Ready(BaseModel):
+    ready: bool
+    reasons: list[str]
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for error statuses (all share the `Error` body)."""
+    text = {404: "unknown product or no data", 422: "invalid parameters", 503: "not ready"}
+    return {code: {"model": Error, "description": text.get(code, "error")} for code in codes}

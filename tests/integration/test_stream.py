@@ -1,0 +1,364 @@
+"""Live push over real sockets: the simulator streams into the pipeline, clients subscribe over
+WebSocket (`websockets`) or SSE (httpx), and what they receive is checked against what the
+simulator emitted and what the lake stored."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from crypto_sentinel.api.stream import Hub
+from crypto_sentinel.config import load_settings
+from crypto_sentinel.lake import tables as T
+from crypto_sentinel.runtime import Pipeline
+from tests.conftest import free_port, read_table
+
+PRODUCTS = ["BTC-USD", "ETH-USD", "SOL-USD"]
+
+
+async def live(lake: Path, **overrides: Any) -> AsyncIterator[Pipeline]:
+    options = {"simulator_rate": 500, "simulator_seed": 5, "api_heartbeat_seconds": 0.2,
+               **overrides}  # fmt: skip
+    settings = load_settings(
+        source="simulator", lake_dir=lake, port=free_port(), products=",".join(PRODUCTS),
+        batch_interval_ms=100, **options,
+    )  # fmt: skip
+    pipeline = Pipeline(settings)
+    task = asyncio.create_task(pipeline.run(with_api=True, install_signals=False))
+    async with httpx.AsyncClient(base_url=base(pipeline)) as client:
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            if task.done():
+                task.result()
+            try:
+                if (await client.get("/ready")).status_code == 200:
+                    break
+            except httpx.TransportError:
+                continue
+        else:
+            raise AssertionError("pipeline did not become ready")
+    try:
+        yield pipeline
+    finally:
+        pipeline.stop_event.set()
+        await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture
+async def pipeline(lake: Path) -> AsyncIterator[Pipeline]:
+    async for p in live(lake):
+        yield p
+
+
+def base(pipeline: Pipeline) -> str:
+    return f"http://127.0.0.1:{pipeline.settings.port}"
+
+
+def ws_url(pipeline: Pipeline) -> str:
+    return f"ws://127.0.0.1:{pipeline.settings.port}/v1/stream"
+
+
+async def send(ws: ClientConnection, **message: Any) -> None:
+    await ws.send(json.dumps(message))
+
+
+async def receive(ws: ClientConnection, timeout: float = 10) -> dict:
+    return dict(json.loads(await asyncio.wait_for(ws.recv(), timeout)))
+
+
+async def next_of(ws: ClientConnection, kind: str) -> dict:
+    while True:
+        msg = await receive(ws)
+        if msg["type"] == kind:
+            return msg
+
+
+async def test_trades_are_pushed_complete_and_exact(pipeline: Pipeline, lake: Path) -> None:
+    async with connect(ws_url(pipeline)) as ws:
+        await send(ws, type="subscribe", product_ids=["BTC-USD"], channels=["trades"])
+        ack = await receive(ws)
+        assert ack == {"type": "subscriptions", "channels": [
+            {"name": "trades", "exchange": "simulator", "product_ids": ["BTC-USD"]}]}  # fmt: skip
+        trades = []
+        while len(trades) < 150:
+            msg = await receive(ws)
+            assert msg["type"] in ("trade", "heartbeat")
+            if msg["type"] == "trade":
+                trades.append(msg)
+    assert {t["product_id"] for t in trades} == {"BTC-USD"}
+    ids = [t["trade_id"] for t in trades]
+    assert ids == list(range(ids[0], ids[0] + len(ids))), "contiguous: none lost or reordered"
+    emitted = {t.trade_id: t for t in pipeline.simulator.market.emitted()
+               if t.product_id == "BTC-USD"}  # fmt: skip
+    for t in trades:
+        assert Decimal(t["price"]) == Decimal(emitted[t["trade_id"]].price)
+        assert Decimal(t["size"]) == Decimal(emitted[t["trade_id"]].size)
+        assert t["exchange"] == "simulator" and t["recv_time"].endswith("Z")
+    await asyncio.sleep(0.5)  # committed
+    stored = {(r["product_id"], r["trade_id"]): r for r in read_table(lake, T.TRADES).to_pylist()}
+    for t in trades:
+        row = stored[("BTC-USD", t["trade_id"])]
+        assert (Decimal(t["price"]), Decimal(t["size"]), t["side"]) == (
+            row["price"], row["size"], row["side"])  # fmt: skip
+
+
+async def test_ticker_snapshot_then_updates(pipeline: Pipeline) -> None:
+    async with connect(ws_url(pipeline)) as ws:
+        await send(ws, type="subscribe", product_ids=["ETH-USD"], channels=["ticker"])
+        assert (await receive(ws))["type"] == "subscriptions"
+        first = await next_of(ws, "ticker")  # the snapshot, sent at once
+        later = await next_of(ws, "ticker")
+    assert first["product_id"] == later["product_id"] == "ETH-USD"
+    assert later["sequence"] > first["sequence"]
+    for t in (first, later):
+        assert Decimal(t["best_bid"]) <= Decimal(t["best_ask"]) and t["source"] == "ticker"
+
+
+async def test_candle_updates_end_equal_to_rest_and_lake(lake: Path) -> None:
+    """After the simulator stops, the last pushed candle of each bucket is the final one."""
+    async for pipeline in live(lake, simulator_rate=1000, simulator_max_trades=3000):
+        channels = ["candles:60", "candles:3600"]
+        async with connect(ws_url(pipeline)) as ws:
+            await send(ws, type="subscribe", product_ids=["SOL-USD"], channels=channels)
+            last: dict[tuple[int, str], dict] = {}
+            counts: dict[tuple[int, str], int] = {}
+            quiet = 0
+            while quiet < 3:  # three heartbeats in a row: the stream has ended
+                msg = await receive(ws)
+                if msg["type"] == "candle":
+                    key = (msg["granularity"], msg["start"])
+                    assert msg["trade_count"] >= counts.get(key, 0), "updates only grow"
+                    counts[key] = msg["trade_count"]
+                    last[key] = msg
+                    quiet = 0
+                elif msg["type"] == "heartbeat" and pipeline.simulator.done:
+                    quiet += 1
+        assert {g for g, _ in last} == {60, 3600}
+        await asyncio.sleep(0.5)  # committed
+        async with httpx.AsyncClient(base_url=base(pipeline)) as client:
+            for (g, start), pushed in last.items():
+                begin = datetime.fromisoformat(start.replace("Z", "+00:00"))
+                end = begin + timedelta(seconds=g)
+                params = {"granularity": g, "start": begin.isoformat(), "end": end.isoformat()}
+                r = await client.get("/v1/products/SOL-USD/candles", params=params)
+                (rest,) = [c for c in r.json()["data"] if c["start"] == start]
+                assert {k: v for k, v in pushed.items() if k not in ("type", "product_id",
+                        "exchange", "forming")} == {k: v for k, v in rest.items()
+                                                    if k != "forming"}  # fmt: skip
+        stored = [r for r in read_table(lake, T.CANDLES_1M).to_pylist()
+                  if r["product_id"] == "SOL-USD"]  # fmt: skip
+        minutes = {(60, r["start"].strftime("%Y-%m-%dT%H:%M:%S.%fZ")): r for r in stored}
+        for key, pushed in last.items():
+            if key[0] == 60:
+                row = minutes[key]
+                assert pushed["trade_count"] == row["trade_count"]
+                assert Decimal(pushed["close"]) == row["close"]
+                assert Decimal(pushed["volume"]) == row["volume"]
+
+
+async def test_protocol_errors_ping_and_unsubscribe(pipeline: Pipeline) -> None:
+    async with connect(ws_url(pipeline)) as ws:
+        await send(ws, type="ping")
+        assert (await next_of(ws, "pong")) == {"type": "pong"}
+        await ws.send("not json")
+        assert (await next_of(ws, "error"))["message"] == "not JSON"
+        await send(ws, type="subscribe", product_ids=["BTC-USD"], channels=["candles:7"])
+        assert "unknown channel" in (await next_of(ws, "error"))["message"]
+        await send(ws, type="subscribe", product_ids=["NOPE-USD"], channels=["trades"])
+        assert "unknown product" in (await next_of(ws, "error"))["message"]
+        await send(ws, type="subscribe", product_ids="BTC-USD", channels=["trades"])
+        assert "lists of strings" in (await next_of(ws, "error"))["message"]
+        await send(ws, type="dance")
+        assert "subscribe, unsubscribe or ping" in (await next_of(ws, "error"))["message"]
+        await send(ws, type="subscribe", product_ids=["BTC-USD", "ETH-USD"], channels=["trades"])
+        await next_of(ws, "trade")
+        await send(ws, type="unsubscribe", product_ids=["BTC-USD"], channels=["trades"])
+        ack = await next_of(ws, "subscriptions")
+        while ack["channels"][0]["product_ids"] != ["ETH-USD"]:
+            ack = await next_of(ws, "subscriptions")
+        products = set()
+        beats = 0
+        while beats < 3:
+            msg = await receive(ws)
+            beats += msg["type"] == "heartbeat"
+            if msg["type"] == "trade":
+                products.add(msg["product_id"])
+        assert products == {"ETH-USD"}
+        await send(ws, type="unsubscribe", product_ids=["ETH-USD"], channels=["trades"])
+        assert (await next_of(ws, "subscriptions"))["channels"] == []
+        assert pipeline.engine.stats.trades > 0
+
+
+async def test_heartbeats_without_subscriptions(pipeline: Pipeline) -> None:
+    async with connect(ws_url(pipeline)) as ws:
+        beats = [await receive(ws), await receive(ws), await receive(ws)]
+    assert [b["type"] for b in beats] == ["heartbeat"] * 3
+    assert [b["sequence"] for b in beats] == [1, 2, 3]  # counted per connection
+
+
+async def test_server_sent_events(pipeline: Pipeline) -> None:
+    params = {"product_ids": "BTC-USD,SOL-USD", "channels": "trades,candles:300"}
+    events: list[tuple[str, dict]] = []
+    async with (
+        httpx.AsyncClient(base_url=base(pipeline), timeout=10) as client,
+        client.stream("GET", "/v1/stream/sse", params=params) as r,
+    ):
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        name = ""
+        async for line in r.aiter_lines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line.removeprefix("data: "))))
+            if sum(n == "trade" for n, _ in events) >= 40 and any(
+                n == "heartbeat" for n, _ in events
+            ):
+                break  # fmt: skip
+    assert events[0][0] == "subscriptions"
+    assert all(name == data["type"] for name, data in events)
+    trades = [d for n, d in events if n == "trade"]
+    assert {t["product_id"] for t in trades} <= {"BTC-USD", "SOL-USD"}
+    for product in ("BTC-USD", "SOL-USD"):
+        ids = [t["trade_id"] for t in trades if t["product_id"] == product]
+        assert ids == sorted(ids)
+    candles = [d for n, d in events if n == "candle"]
+    assert candles and all(c["granularity"] == 300 and c["forming"] for c in candles)
+    for _ in range(50):  # the server notices the client left and forgets it
+        if not any(c.transport == "sse" for c in hub_of(pipeline).clients):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("SSE client still registered after disconnect")
+
+
+def hub_of(pipeline: Pipeline) -> Hub:
+    assert pipeline.server is not None
+    return pipeline.server.config.app.state.ctx.hub  # type: ignore[no-any-return]
+
+
+@contextlib.asynccontextmanager
+async def sentinel_up(lake: Path, **env: str) -> AsyncIterator[str]:
+    """`sentinel up` in its own process (so the test's clients do not share its CPU)."""
+    port = free_port()
+    settings = {"SOURCE": "simulator", "LAKE_DIR": str(lake), "PORT": str(port),
+                "PRODUCTS": ",".join(PRODUCTS), "LOG_LEVEL": "WARNING", **env}  # fmt: skip
+    environ = {**os.environ, **{f"SENTINEL_{k}": v for k, v in settings.items()}}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "crypto_sentinel.cli", "up", env=environ,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=url) as client:
+            for _ in range(300):
+                assert proc.returncode is None, "sentinel up exited"
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get("/ready")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("sentinel up did not become ready")
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err.decode()
+
+
+async def test_slow_client_is_dropped_and_never_slows_the_pipeline(lake: Path) -> None:
+    """A client that stops reading fills the kernel's socket buffers (up to 4 MB on
+    loopback, so no compression here), then its 1000-message queue, and is dropped; a
+    client that reads goes on being served and the pipeline takes every trade."""
+    total = 24_000
+    async with sentinel_up(
+        lake, SIMULATOR_RATE="3000", SIMULATOR_MAX_TRADES=str(total), API_STREAM_QUEUE="1000",
+        API_HEARTBEAT_SECONDS="0.2",
+    ) as url, httpx.AsyncClient(base_url=url) as http:  # fmt: skip
+        ws = url.replace("http", "ws") + "/v1/stream"
+        sub = json.dumps({"type": "subscribe", "product_ids": PRODUCTS, "channels": ["trades"]})
+        slow_sock = socket.socket()
+        slow_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow_sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        async with (
+            connect(ws, sock=slow_sock, max_queue=1, compression=None) as slow,
+            connect(ws) as reader,
+        ):
+            await slow.send(sub)  # and then it stops reading
+            await reader.send(sub)
+            health: dict = {}
+            received = 0
+            while not health.get("push", {}).get("dropped"):
+                for _ in range(200):
+                    received += (await receive(reader))["type"] == "trade"
+                health = (await http.get("/health")).json()
+                assert health["source"]["frames"] < 3 * total, "the slow client was not dropped"
+            assert health["push"] == {"clients": 2, "dropped": 1} or health["push"] == {
+                "clients": 1, "dropped": 1}  # fmt: skip
+            after_drop = 0
+            while after_drop < 300:  # the reader is still served
+                after_drop += (await receive(reader))["type"] == "trade"
+            # the slow reader finally reads: what was buffered, then the error and a close
+            last: dict = {}
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    last = json.loads(await asyncio.wait_for(slow.recv(), 10))
+            assert last["type"] == "error" and "slow consumer" in last["message"]
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+        for _ in range(300):
+            health = (await http.get("/health")).json()
+            if health["engine"]["trades"] == total:
+                break
+            await asyncio.sleep(0.1)
+        assert health["engine"]["trades"] == total  # the pipeline took every trade
+        assert health["push"]["dropped"] == 1
+        metrics = (await http.get("/metrics")).text
+        assert 'sentinel_push_dropped_clients_total{transport="websocket"} 1.0' in metrics
+
+
+async def test_rest_flags_the_forming_candle_and_sees_live_trades(pipeline: Pipeline) -> None:
+    async with httpx.AsyncClient(base_url=base(pipeline)) as client:
+        await asyncio.sleep(0.5)
+        for g in (3600, 86400):
+            r = await client.get("/v1/products/BTC-USD/candles", params={"granularity": g})
+            data = r.json()["data"]
+            assert data[0]["forming"] is True and data[0]["trade_count"] > 0
+            assert all(c["forming"] is False for c in data[1:])
+        newest = (await client.get("/latest", params={"symbol": "BTC-USD", "limit": 1})).json()
+        trade_id = newest["data"][0]["trade_id"]
+        page = (await client.get("/v1/products/BTC-USD/trades", params={"limit": 5})).json()
+        assert page["data"][0]["trade_id"] >= trade_id
+        ticker = (await client.get("/v1/products/BTC-USD/ticker")).json()
+        assert ticker["source"] == "ticker" and ticker["trade_id"] >= trade_id
+
+
+async def test_client_limit_is_enforced(lake: Path) -> None:
+    async for pipeline in live(lake, api_stream_max_clients=1):
+        async with connect(ws_url(pipeline)) as first:
+            assert (await receive(first))["type"] == "heartbeat"
+            async with connect(ws_url(pipeline)) as second:
+                with pytest.raises(ConnectionClosed) as closed:
+                    await receive(second)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+                assert closed.value.rcvd.reason == "too many stream clients"
+            async with httpx.AsyncClient(base_url=base(pipeline)) as client:
+                r = await client.get("/v1/stream/sse", params={"product_ids": "BTC-USD"})
+                assert r.status_code == 503
+                assert r.json() == {"error": "too many stream clients", "status": 503}
+            await send(first, type="ping")
+            assert (await next_of(first, "pong")) == {"type": "pong"}
