@@ -250,7 +250,7 @@ def read_benchmark(lakes: dict[str, Path], say: Any) -> dict[str, dict[str, Any]
     before = measure_reads(lakes)
     seconds = {}
     for name, lake in lakes.items():
-        say(f"  {lake.name}: compacting today's partition")
+        say(f"  {lake.name}: compacting every partition to one file")
         started = time.perf_counter()
         Maintainer(lake, Policy()).compact(T.TRADES, max_files=1)
         seconds[name] = round(time.perf_counter() - started, 2)

@@ -199,7 +199,7 @@ async def test_processor_killed_with_sigkill_and_restarted(
     try:
         victim = cluster.process()
         cluster.ingest()
-        await cluster.wait_rows(1500, 60)
+        await cluster.wait_rows(1500, 120)
         victim.send_signal(signal.SIGKILL)  # mid-stream, possibly mid-commit
         victim.wait()
         await asyncio.sleep(1)
@@ -222,7 +222,7 @@ async def test_broker_restart_during_ingest(broker: tuple[Path, str], tmp_path: 
             "up", "--bus", "kafka", "--source", "simulator", "--simulator-url", sim.ws_url,
             "--port", str(port),
         )  # fmt: skip
-        await cluster.wait_rows(1000, 60)
+        await cluster.wait_rows(1000, 120)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             assert (await client.get("/ready")).status_code == 200
             await asyncio.to_thread(kafka.stop, data)

@@ -210,6 +210,8 @@ def read_candles(
     dates = sorted({k[2].date() for k in keys})
     wanted = set(keys)
     table = dt.to_pyarrow_table(filters=[("date", "in", [d.isoformat() for d in dates])])
+    starts = pa.array(sorted({k[2] for k in keys}), T.UTC_TS)
+    table = table.filter(pc.is_in(table["start"], value_set=starts))  # in Arrow, not Python
     found = {}
     for row in table.to_pylist():
         key = (row["exchange"], row["product_id"], row["start"])
