@@ -152,11 +152,17 @@ def ensure_tables(lake: Path) -> dict[str, DeltaTable]:
     tables = {}
     for spec in ALL_TABLES:
         path = spec.path(lake)
-        if DeltaTable.is_deltatable(str(path)):
-            tables[spec.name] = DeltaTable(str(path))
-        else:
+        if not DeltaTable.is_deltatable(str(path)):
             path.mkdir(parents=True, exist_ok=True)
-            tables[spec.name] = DeltaTable.create(
-                str(path), schema=spec.schema, partition_by=list(spec.partition_by), name=spec.name
-            )
+            try:
+                DeltaTable.create(
+                    str(path),
+                    schema=spec.schema,
+                    partition_by=list(spec.partition_by),
+                    name=spec.name,
+                )
+            except Exception:  # another process created it at the same moment: use theirs
+                if not DeltaTable.is_deltatable(str(path)):
+                    raise
+        tables[spec.name] = DeltaTable(str(path))
     return tables
