@@ -155,7 +155,9 @@ async def test_ingest_kafka_process_is_exact(broker: tuple[Path, str], tmp_path:
         cluster.ingest()
         live: list[dict] = []
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            while not sim.done and not live:
+            for _ in range(120):  # bounded: at most a minute
+                if sim.done or live:
+                    break
                 await asyncio.sleep(0.5)
                 try:
                     r = await client.get("/latest", params={"exchange": "simulator"})
