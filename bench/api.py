@@ -37,6 +37,8 @@ from typing import Any
 
 import httpx
 
+from bench.ingest import percentiles  # one definition of the percentiles we report
+
 PRODUCTS = ["BTC-USD", "ETH-USD", "SOL-USD"]
 LIVE_RATE = 200  # live simulator trades/s while measuring
 LATEST_RATE = 1000  # requests/s for the /latest target
@@ -47,18 +49,6 @@ DAY_REPEATS_LAKE = 30
 
 
 # --- numbers ---------------------------------------------------------------------------
-
-
-def percentiles(values_ns: list[int]) -> dict[str, float]:
-    """Nearest-rank percentiles in milliseconds."""
-    if not values_ns:
-        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan"), "n": 0}
-    ordered = sorted(values_ns)
-
-    def rank(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6, 3)
-
-    return {"p50_ms": rank(0.50), "p99_ms": rank(0.99), "max_ms": rank(1.0), "n": len(ordered)}
 
 
 # --- a small HTTP/1.1 load generator ----------------------------------------------------
