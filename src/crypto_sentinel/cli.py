@@ -13,6 +13,7 @@ from typing import Any
 
 from crypto_sentinel import __version__
 from crypto_sentinel.config import ConfigError, Settings, load_settings
+from crypto_sentinel.eventloop import run_event_loop
 
 log = logging.getLogger("crypto_sentinel")
 
@@ -75,19 +76,19 @@ def _source_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_up(args: argparse.Namespace) -> int:
     settings = _settings(args, **_source_settings(args))
-    asyncio.run(_run_pipeline(settings, with_api=True))
+    run_event_loop(_run_pipeline(settings, with_api=True))
     return 0
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     settings = _settings(args, bus="kafka", **_source_settings(args))
-    asyncio.run(_run_pipeline(settings, with_api=False, process=False))
+    run_event_loop(_run_pipeline(settings, with_api=False, process=False))
     return 0
 
 
 def cmd_process(args: argparse.Namespace) -> int:
     settings = _settings(args, bus="kafka", kafka_group=args.group)
-    asyncio.run(_run_pipeline(settings, with_api=False, ingest=False))
+    run_event_loop(_run_pipeline(settings, with_api=False, ingest=False))
     return 0
 
 
@@ -107,7 +108,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     settings = _settings(
         args, source=f"replay:{path}", replay_speed=args.speed, replay_exchange=args.exchange
     )
-    asyncio.run(_run_pipeline(settings, with_api=args.serve))
+    run_event_loop(_run_pipeline(settings, with_api=args.serve))
     return 0
 
 
@@ -115,7 +116,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from crypto_sentinel.runtime import serve_lake
 
     settings = _settings(args)
-    asyncio.run(serve_lake(settings, args.exchange))
+    run_event_loop(serve_lake(settings, args.exchange))
     return 0
 
 
@@ -143,7 +144,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     )
     log.info("simulated Coinbase exchange on ws://%s:%d", args.bind, args.sim_port)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(server.run_forever())
+        run_event_loop(server.run_forever())
     return 0
 
 
