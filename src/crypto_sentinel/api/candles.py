@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from crypto_sentinel.api.render import candle_items
 from crypto_sentinel.api.state import MINUTE, HotState, MinuteBook
 from crypto_sentinel.engine.candles import Candle
 from crypto_sentinel.lake.query import LakeReader
@@ -128,25 +129,16 @@ class CandleService:
         if cut <= lo:
             return {}
         rows = self.reader.candle_buckets(exchange, product_id, lo, cut, granularity)
-        return {utc(r["bucket"]): candle_from_aggregate(r) for r in rows}
+        return {utc(r["bucket"]): candle_from_aggregate(r) for r in rows.to_pylist()}
 
-    @staticmethod
-    def combine(
-        hot: dict[datetime, Candle], lake: dict[datetime, Candle]
-    ) -> list[tuple[Candle, bool]]:
-        """Newest first; the flag says whether the candle is memory's own object (cacheable)."""
-        out: list[tuple[Candle, bool]] = []
-        for start in sorted(hot.keys() | lake.keys(), reverse=True):
-            mem, old = hot.get(start), lake.get(start)
-            if mem is not None and old is not None:
-                both = replace(old)
-                both.merge(mem)
-                out.append((both, False))
-            elif mem is not None:
-                out.append((mem, True))
-            elif old is not None:
-                out.append((old, False))
-        return out
+    def lake_items(
+        self, exchange: str, product_id: str, granularity: int, lo: datetime, cut: datetime
+    ) -> dict[datetime, dict[str, Any]]:
+        """`lake`, already rendered (`candle_items`), not forming (blocking: call in a thread)."""
+        if cut <= lo:
+            return {}
+        rows = self.reader.candle_buckets(exchange, product_id, lo, cut, granularity)
+        return candle_items(rows, granularity)
 
     def lake_part(
         self, exchange: str, product_id: str, granularity: int, bucket: datetime, cut: datetime
@@ -179,7 +171,7 @@ class CandleService:
 
 
 def candle_from_aggregate(row: dict[str, Any]) -> Candle:
-    """A candle from a DuckDB aggregate of 1-minute rows (amounts as exact decimal text)."""
+    """A candle from an aggregate of 1-minute rows (amounts as decimals or exact text)."""
     return Candle(
         exchange=row["exchange"],
         product_id=row["product_id"],

@@ -11,8 +11,11 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from crypto_sentinel.engine.candles import Candle
-from crypto_sentinel.model import EXACT, Ticker, Trade, format_decimal
+from crypto_sentinel.model import EXACT, QUANTUM, Ticker, Trade, format_decimal
 
 
 def iso(value: datetime) -> str:
@@ -122,6 +125,60 @@ def candle_item(candle: Candle, granularity: int, forming: bool) -> dict[str, An
         "granularity": granularity,
         "forming": forming,
     }
+
+
+#: Amount columns of a candle, in `candle_item` order.
+_AMOUNTS = (
+    "open", "high", "low", "close", "volume", "buy_volume", "sell_volume", "quote_volume",
+)  # fmt: skip
+
+
+def candle_items(table: pa.Table, granularity: int) -> dict[datetime, dict[str, Any]]:
+    """`candle_item`s (not forming) of a table of candles, by start; whole columns at once.
+
+    The API's history pages come from the lake as Arrow: formatting each column in Arrow
+    (decimal text without trailing zeros, ISO times) and building the dicts last costs a
+    fraction of converting every value to a Python object and formatting it one by one.
+    `vwap` is the one division, done exactly as `Candle.vwap` does it.
+    """
+    if table.num_rows == 0:
+        return {}
+    text: dict[str, list[Any]] = {}
+    for name in _AMOUNTS:
+        digits = pc.utf8_rtrim(pc.cast(table[name], pa.string()), characters="0")
+        text[name] = pc.utf8_rtrim(digits, characters=".").to_pylist()
+    for name, column in (("start", "bucket"), ("first_trade_time", "first_trade_time"),
+                         ("last_trade_time", "last_trade_time")):  # fmt: skip
+        times = pc.cast(table[column], pa.timestamp("us", tz="UTC"))
+        text[name] = pc.strftime(times, "%Y-%m-%dT%H:%M:%SZ").to_pylist()  # %S has the µs
+    starts = pc.cast(table["bucket"], pa.timestamp("us", tz="UTC")).to_pylist()
+    counts = table["trade_count"].to_pylist()
+    first_ids = table["first_trade_id"].to_pylist()
+    last_ids = table["last_trade_id"].to_pylist()
+    out: dict[datetime, dict[str, Any]] = {}
+    for i, start in enumerate(starts):
+        volume, quote = text["volume"][i], text["quote_volume"][i]
+        vwap = EXACT.divide(Decimal(quote), Decimal(volume)).quantize(QUANTUM, context=EXACT)
+        out[start] = {
+            "start": text["start"][i],
+            "open": text["open"][i],
+            "high": text["high"][i],
+            "low": text["low"][i],
+            "close": text["close"][i],
+            "volume": volume,
+            "buy_volume": text["buy_volume"][i],
+            "sell_volume": text["sell_volume"][i],
+            "quote_volume": quote,
+            "vwap": format_decimal(vwap),
+            "trade_count": counts[i],
+            "first_trade_id": first_ids[i],
+            "last_trade_id": last_ids[i],
+            "first_trade_time": text["first_trade_time"][i],
+            "last_trade_time": text["last_trade_time"][i],
+            "granularity": granularity,
+            "forming": False,
+        }
+    return out
 
 
 def ticker_item(ticker: Ticker) -> dict[str, Any]:

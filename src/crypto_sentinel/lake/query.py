@@ -7,6 +7,7 @@ merges are never double counted. Every query is parameterised.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -14,9 +15,19 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import DeltaTable
 
 from crypto_sentinel.lake import tables as T
+from crypto_sentinel.lake.filecache import FileCache
+
+#: Candle history pages may read the table as of up to this many seconds ago: checking the
+#: Delta log for a new version costs more than answering a page from memory, and a writer
+#: commits only every few hundred milliseconds anyway (the API's hot state covers the newest
+#: minutes in any case).
+CANDLE_HISTORY_MAX_AGE = 0.25
+#: Rows of `gold.candles_1m` kept decoded in memory: ~115 days of three products' minutes.
+CANDLE_CACHE_ROWS = 500_000
 
 
 class LakeReader:
@@ -28,15 +39,20 @@ class LakeReader:
         self._lock = threading.Lock()
         self._tables: dict[str, DeltaTable] = {}
         self._actions: dict[str, tuple[int, pa.Table]] = {}  # add actions per table version
+        self._candle_files = FileCache(CANDLE_CACHE_ROWS)
+        self._updated: dict[str, float] = {}  # monotonic time of each table's last refresh
 
-    def _table(self, spec: T.TableSpec) -> DeltaTable | None:
+    def _table(self, spec: T.TableSpec, max_age: float = 0.0) -> DeltaTable | None:
+        """The table at its newest version, or at one read at most `max_age` seconds ago."""
         dt = self._tables.get(spec.name)
         path = str(spec.path(self.lake))
         if dt is None:
             if not DeltaTable.is_deltatable(path):
                 return None
             dt = self._tables[spec.name] = DeltaTable(path)
-        else:
+            self._updated[spec.name] = time.monotonic()
+        elif time.monotonic() - self._updated.get(spec.name, 0.0) >= max_age:
+            self._updated[spec.name] = time.monotonic()
             with self._lock:
                 try:
                     dt.update_incremental()
@@ -44,9 +60,11 @@ class LakeReader:
                     dt = self._tables[spec.name] = DeltaTable(path)
         return dt
 
-    def files(self, spec: T.TableSpec, dates: Sequence[date] | None = None) -> list[str]:
+    def files(
+        self, spec: T.TableSpec, dates: Sequence[date] | None = None, max_age: float = 0.0
+    ) -> list[str]:
         """Live data files of the table, pruned to the given date partitions."""
-        dt = self._table(spec)
+        dt = self._table(spec, max_age)
         if dt is None:
             return []
         if dates is None:
@@ -74,8 +92,26 @@ class LakeReader:
                 " union_by_name = true)) " + sql,
                 [files, *params],
             )
-            names = [d[0] for d in rel.description or []]
-            return [dict(zip(names, row, strict=True)) for row in rel.fetchall()]
+            return _records(rel)
+        finally:
+            cur.close()
+
+    def query_candles(
+        self, sql: str, params: Sequence[Any], dates: Sequence[date]
+    ) -> list[dict[str, Any]]:
+        """`sql` over `gold.candles_1m` as `t` (no `date` column), from decoded files in memory.
+
+        For the API's candle history: the same small files serve page after page, so they are
+        decoded once (`FileCache`), and DuckDB scans the Arrow data instead of Parquet.
+        """
+        table = self._candle_files.table(self.files(T.CANDLES_1M, dates))
+        if table is None:
+            return []
+        cur = self._db.cursor()
+        try:
+            cur.execute("SET TimeZone = 'UTC'")
+            cur.register("candle_files", table)
+            return _records(cur.execute("WITH t AS (FROM candle_files) " + sql, params))
         finally:
             cur.close()
 
@@ -286,41 +322,55 @@ class LakeReader:
         start: datetime,
         end: datetime,
         granularity: int,
-    ) -> list[dict[str, Any]]:
+    ) -> pa.Table:
         """Candles of `granularity` seconds combined from the 1-minute rows in [start, end).
 
-        Buckets are aligned to multiples of the granularity since the Unix epoch (UTC), as
-        the exchanges align them; each row has a `bucket` column.
+        Newest first, as Arrow (the API formats whole columns at once). Buckets are aligned
+        to multiples of the granularity since the Unix epoch (UTC), as the exchanges align
+        them; the `bucket` column holds each one's start. Amounts keep their exact decimal type.
         """
         days = (end - timedelta(microseconds=1)).date() - start.date()
         dates = [start.date() + timedelta(days=i) for i in range(days.days + 1)]
-        where = " FROM t WHERE exchange = ? AND product_id = ? AND start >= ? AND start < ?"
-        if granularity == 60:  # the rows themselves: no grouping
-            return self.query(
-                T.CANDLES_1M,
-                "SELECT exchange, product_id, start AS bucket," + _CANDLE_COLUMNS + where
-                + " ORDER BY start DESC",
-                [exchange, product_id, start, end],
-                dates=dates,
-            )  # fmt: skip
-        return self.query(
-            T.CANDLES_1M,
-            "SELECT exchange, product_id,"
-            " to_timestamp((epoch(start)::BIGINT // ?) * ?) AS bucket,"
-            + _CANDLE_AGGREGATES
-            + where
-            + " GROUP BY ALL ORDER BY bucket DESC",
-            [granularity, granularity, exchange, product_id, start, end],
-            dates=dates,
-        )
+        files = self.files(T.CANDLES_1M, dates, max_age=CANDLE_HISTORY_MAX_AGE)
+        table = self._candle_files.table(files)
+        if table is None:
+            return _EMPTY_BUCKETS
+        if granularity == 60:  # the rows themselves: a filter in Arrow, no SQL
+            ts = table.schema.field("start").type
+            keep = pc.and_(
+                pc.and_(
+                    pc.equal(table["exchange"], exchange),
+                    pc.equal(table["product_id"], product_id),
+                ),
+                pc.and_(
+                    pc.greater_equal(table["start"], pa.scalar(start, ts)),
+                    pc.less(table["start"], pa.scalar(end, ts)),
+                ),
+            )
+            rows = table.filter(keep).sort_by([("start", "descending")])
+            return rows.append_column("bucket", rows["start"]).select(_BUCKET_COLUMNS)
+        cur = self._db.cursor()
+        try:
+            cur.execute("SET TimeZone = 'UTC'")
+            cur.register("candle_files", table)
+            return cur.sql(
+                "SELECT exchange, product_id,"
+                " to_timestamp((epoch(start)::BIGINT // $g) * $g) AS bucket,"
+                + _CANDLE_AGGREGATES
+                + " FROM candle_files WHERE exchange = $ex AND product_id = $p"
+                " AND start >= $lo AND start < $hi GROUP BY ALL ORDER BY bucket DESC",
+                params={"g": granularity, "ex": exchange, "p": product_id, "lo": start,
+                        "hi": end},
+            ).to_arrow_table().select(_BUCKET_COLUMNS)  # fmt: skip
+        finally:
+            cur.close()
 
     def newest_minutes(self, exchange: str) -> dict[str, datetime]:
         """Newest 1-minute candle start per product of `exchange` (two newest date partitions)."""
-        rows = self.query(
-            T.CANDLES_1M,
+        rows = self.query_candles(
             "SELECT product_id, max(start) AS newest FROM t WHERE exchange = ? GROUP BY ALL",
             [exchange],
-            dates=self.newest_dates(T.CANDLES_1M, 2),
+            self.newest_dates(T.CANDLES_1M, 2),
         )
         return {r["product_id"]: r["newest"] for r in rows}
 
@@ -334,8 +384,7 @@ class LakeReader:
         last = max(w[1] for w in windows.values()).date()
         dates = [first + timedelta(days=i) for i in range((last - first).days + 1)]
         names = list(windows)
-        return self.query(
-            T.CANDLES_1M,
+        return self.query_candles(
             "SELECT t.exchange, t.product_id, min(t.start) AS bucket,"
             + _CANDLE_AGGREGATES
             + " FROM t JOIN (SELECT unnest(?::VARCHAR[]) AS product_id,"
@@ -343,7 +392,7 @@ class LakeReader:
             " ON t.product_id = w.product_id"
             " WHERE t.exchange = ? AND t.start >= w.lo AND t.start < w.hi GROUP BY ALL",
             [names, [windows[n][0] for n in names], [windows[n][1] for n in names], exchange],
-            dates=dates,
+            dates,
         )
 
     # --- recent rows by file statistics (issue 9): cost follows the answer, not the lake -----
@@ -417,36 +466,39 @@ class LakeReader:
         cur = self._db.cursor()
         try:
             cur.execute("SET TimeZone = 'UTC'")
-            rel = cur.execute(head + ") " + sql, [*args, *params])
-            names = [d[0] for d in rel.description or []]
-            return [dict(zip(names, row, strict=True)) for row in rel.fetchall()]
+            return _records(cur.execute(head + ") " + sql, [*args, *params]))
         finally:
             cur.close()
 
 
-#: 1-minute candle rows in the shape of `_CANDLE_AGGREGATES` (amounts as text).
-_CANDLE_COLUMNS = """
-    open::VARCHAR AS open, high::VARCHAR AS high, low::VARCHAR AS low,
-    close::VARCHAR AS close, volume::VARCHAR AS volume, buy_volume::VARCHAR AS buy_volume,
-    sell_volume::VARCHAR AS sell_volume, quote_volume::VARCHAR AS quote_volume, trade_count,
-    first_trade_id, first_trade_time, last_trade_id, last_trade_time
-"""
+def _records(rel: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    names = [d[0] for d in rel.description or []]
+    return [dict(zip(names, row, strict=True)) for row in rel.fetchall()]
+
 
 #: Combining 1-minute candle rows into one candle. Each row is one minute, so first and last
-#: trade times never tie between rows and pick open, close and the trade ids exactly. Amounts
-#: come back as exact decimal text: building Decimals from text is several times cheaper than
-#: DuckDB's conversion of DECIMAL values to Python.
+#: trade times never tie between rows and pick open, close and the trade ids exactly.
 _CANDLE_AGGREGATES = """
-    arg_min(open, first_trade_time)::VARCHAR AS open, max(high)::VARCHAR AS high,
-    min(low)::VARCHAR AS low, arg_max(close, last_trade_time)::VARCHAR AS close,
-    sum(volume)::VARCHAR AS volume, sum(buy_volume)::VARCHAR AS buy_volume,
-    sum(sell_volume)::VARCHAR AS sell_volume, sum(quote_volume)::VARCHAR AS quote_volume,
-    sum(trade_count)::BIGINT AS trade_count,
+    arg_min(open, first_trade_time) AS open, max(high) AS high, min(low) AS low,
+    arg_max(close, last_trade_time) AS close, sum(volume) AS volume,
+    sum(buy_volume) AS buy_volume, sum(sell_volume) AS sell_volume,
+    sum(quote_volume) AS quote_volume, sum(trade_count)::BIGINT AS trade_count,
     arg_min(first_trade_id, first_trade_time) AS first_trade_id,
     min(first_trade_time) AS first_trade_time,
     arg_max(last_trade_id, last_trade_time) AS last_trade_id,
     max(last_trade_time) AS last_trade_time
 """
+
+#: The columns of `candle_buckets`, in order.
+_BUCKET_COLUMNS = [
+    "exchange", "product_id", "bucket", "open", "high", "low", "close", "volume", "buy_volume",
+    "sell_volume", "quote_volume", "trade_count", "first_trade_id", "first_trade_time",
+    "last_trade_id", "last_trade_time",
+]  # fmt: skip
+_EMPTY_BUCKETS = pa.table(
+    {name: pa.array([], T.CANDLES_1M.schema.field(name).type) for name in _BUCKET_COLUMNS
+     if name != "bucket"} | {"bucket": pa.array([], T.UTC_TS)}
+).select(_BUCKET_COLUMNS)  # fmt: skip
 
 
 def _lower_bound(

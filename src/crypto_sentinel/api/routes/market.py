@@ -5,6 +5,7 @@ Memory answers what it covers; the lake (in a worker thread) answers the rest of
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from typing import Annotated, Any
@@ -174,22 +175,30 @@ def router(ctx: ApiContext) -> APIRouter:
         book = service.book(ex, product_id)
         cut = CandleService.cut(book, lo, hi)
         hot = service.hot(book, g, cut, hi) if book is not None else {}
-        lake = {}
-        if cut > lo:
-            lake = await ctx.in_thread(service.lake, ex, product_id, g, lo, cut)
+        lake: dict[datetime, dict[str, Any]] = {}
+        if cut > lo:  # rendered in the thread, whole columns at once
+            lake = await ctx.in_thread(service.lake_items, ex, product_id, g, lo, cut)
         step = timedelta(seconds=g)
         items = []
-        for candle, own in CandleService.combine(hot, lake):
-            forming = candle.start <= now < candle.start + step
-            if own and book is not None:
-                key = (g, candle.start)
+        for start in sorted(hot.keys() | lake.keys(), reverse=True):
+            forming = start <= now < start + step
+            mem, old = hot.get(start), lake.get(start)
+            if mem is None and old is not None:
+                old["forming"] = forming
+                items.append(old)
+            elif old is not None and mem is not None:  # a bucket straddling the cut
+                both = await ctx.in_thread(service.lake_part, ex, product_id, g, start, cut)
+                assert both is not None
+                both = replace(both)
+                both.merge(mem)
+                items.append(candle_item(both, g, forming))
+            elif mem is not None and book is not None:
+                key = (g, start)
                 hit = book.rendered.get(key)
-                if hit is None or hit[0] != candle.trade_count or hit[1] != forming:
-                    hit = (candle.trade_count, forming, candle_item(candle, g, forming))
+                if hit is None or hit[0] != mem.trade_count or hit[1] != forming:
+                    hit = (mem.trade_count, forming, candle_item(mem, g, forming))
                     book.rendered[key] = hit
                 items.append(hit[2])
-            else:
-                items.append(candle_item(candle, g, forming))
         body = {
             "data": items,
             "granularity": g,
