@@ -22,7 +22,7 @@ from crypto_sentinel import __version__, metrics
 from crypto_sentinel.api.candles import GRANULARITIES, MAX_CANDLES
 from crypto_sentinel.api.context import ApiContext
 from crypto_sentinel.api.responses import JSONResponse, error
-from crypto_sentinel.api.routes import latest, market, ops, push
+from crypto_sentinel.api.routes import dashboard, latest, market, ops, push
 from crypto_sentinel.api.state import HotState
 from crypto_sentinel.api.stream import Hub
 from crypto_sentinel.lake.query import LakeReader
@@ -130,6 +130,6 @@ def create_app(
         log.exception("unhandled error on %s", request.url.path)
         return error(500, "internal server error")
 
-    for module in (latest, market, push, ops):
+    for module in (latest, market, push, ops, dashboard):
         app.include_router(module.router(ctx))
     return app

@@ -1,0 +1,99 @@
+// Candlestick + volume chart drawn with Plotly (a classic script served by the API, so it is
+// the global `Plotly`). Candles are kept by start time: a live update replaces the forming
+// candle in place, and redraws are batched to one per animation frame.
+
+const COLOURS = {
+  light: { paper: "#ffffff", text: "#1f2933", grid: "#e4e7eb", up: "#0a7d45", down: "#c5221f" },
+  dark: { paper: "#161b22", text: "#e6edf3", grid: "#30363d", up: "#3fb950", down: "#f85149" },
+};
+const MAX_CANDLES = 600;
+
+export class CandleChart {
+  constructor(element) {
+    this.element = element;
+    this.candles = new Map(); // start (ISO text) -> candle as the API sends it
+    this.theme = "light";
+    this.view = ""; // product and granularity: zoom is kept until they change
+    this.queued = false;
+  }
+
+  /** Show `list` (any order) for `view`, dropping what was shown before. */
+  replace(list, view) {
+    this.view = view;
+    this.candles = new Map(list.map((c) => [c.start, c]));
+    this.draw();
+  }
+
+  /** Add a candle or replace the one with the same start. */
+  upsert(candle) {
+    this.candles.set(candle.start, candle);
+    if (this.candles.size > MAX_CANDLES) {
+      this.candles.delete(this.ordered()[0].start);
+    }
+    this.draw();
+  }
+
+  setTheme(name) {
+    this.theme = name;
+    this.draw();
+  }
+
+  /** Candles oldest first (the API's ISO times sort as text). */
+  ordered() {
+    return [...this.candles.values()].sort((a, b) => (a.start < b.start ? -1 : 1));
+  }
+
+  draw() {
+    if (this.queued) return;
+    this.queued = true;
+    requestAnimationFrame(() => {
+      this.queued = false;
+      this.render();
+    });
+  }
+
+  render() {
+    const colours = COLOURS[this.theme];
+    const candles = this.ordered();
+    const x = candles.map((c) => c.start);
+    const price = {
+      type: "candlestick",
+      name: "price",
+      x,
+      open: candles.map((c) => Number(c.open)),
+      high: candles.map((c) => Number(c.high)),
+      low: candles.map((c) => Number(c.low)),
+      close: candles.map((c) => Number(c.close)),
+      increasing: { line: { color: colours.up } },
+      decreasing: { line: { color: colours.down } },
+      yaxis: "y",
+    };
+    const volume = {
+      type: "bar",
+      name: "volume",
+      x,
+      y: candles.map((c) => Number(c.volume)),
+      marker: {
+        color: candles.map((c) => (Number(c.close) >= Number(c.open) ? colours.up : colours.down)),
+      },
+      yaxis: "y2",
+    };
+    const axis = { gridcolor: colours.grid, zerolinecolor: colours.grid };
+    const layout = {
+      uirevision: this.view,
+      margin: { l: 60, r: 12, t: 8, b: 32 },
+      paper_bgcolor: colours.paper,
+      plot_bgcolor: colours.paper,
+      font: { color: colours.text, family: "system-ui, sans-serif", size: 12 },
+      showlegend: false,
+      xaxis: { ...axis, type: "date", rangeslider: { visible: false } },
+      yaxis: { ...axis, domain: [0.28, 1], title: { text: "Price" } },
+      yaxis2: { ...axis, domain: [0, 0.22], title: { text: "Volume" } },
+      annotations: candles.length
+        ? []
+        : [{ text: "No candles yet", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.6 }],
+    };
+    const config = { displaylogo: false, responsive: true };
+    window.Plotly.react(this.element, [price, volume], layout, config);
+  }
+}
