@@ -12,12 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from crypto_sentinel.config import load_settings
 from crypto_sentinel.runtime import Pipeline
-from tests.conftest import COINBASE_DATA, free_port
-
-SESSION = COINBASE_DATA / "session.recv_ts.ndjson"
-PRODUCTS = "NU-GBP,SKL-BTC,BAND-GBP,YFI-BTC,SKL-USD,DASH-BTC"
+from tests.served import REPLAYED_SESSION, SESSION, served_pipeline
 
 
 def recorded_matches() -> list[dict]:
@@ -31,31 +27,9 @@ def recorded_matches() -> list[dict]:
 
 @pytest.fixture
 async def api(lake: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Pipeline]]:
-    port = free_port()
-    settings = load_settings(
-        source=f"replay:{SESSION}", lake_dir=lake, port=port, products=PRODUCTS,
-        batch_interval_ms=50,
-    )  # fmt: skip
-    pipeline = Pipeline(settings)
-    task = asyncio.create_task(pipeline.run(with_api=True, install_signals=False))
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-        for _ in range(200):
-            await asyncio.sleep(0.05)
-            if task.done():
-                task.result()
-            src = pipeline.source
-            if src is not None and src.status.finished and pipeline.engine.stats.batches >= 1:
-                try:
-                    if (await client.get("/ready")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    continue
-        else:
-            raise AssertionError("pipeline did not become ready")
+    async for served in served_pipeline(lake, replayed=True, **REPLAYED_SESSION):
         await asyncio.sleep(0.2)  # the last batch
-        yield client, pipeline
-    pipeline.stop_event.set()
-    await asyncio.wait_for(task, 20)
+        yield served
 
 
 async def test_latest_keeps_the_seed_contract(api: tuple[httpx.AsyncClient, Pipeline]) -> None:

@@ -11,37 +11,15 @@ from typing import Any
 import httpx
 import pytest
 
-from crypto_sentinel.config import load_settings
 from crypto_sentinel.runtime import Pipeline
-from tests.conftest import COINBASE_DATA, free_port
-
-SESSION = COINBASE_DATA / "session.recv_ts.ndjson"
-PRODUCTS = "NU-GBP,SKL-BTC,BAND-GBP,YFI-BTC,SKL-USD,DASH-BTC"
+from tests.conftest import free_port
+from tests.served import REPLAYED_SESSION, served_pipeline
 
 
-async def run_pipeline(
+def run_pipeline(
     lake: Path, ready_status: int = 200, **overrides: Any
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Pipeline]]:
-    port = free_port()
-    options = {"source": f"replay:{SESSION}", "products": PRODUCTS, "batch_interval_ms": 50,
-               **overrides}  # fmt: skip
-    pipeline = Pipeline(load_settings(lake_dir=lake, port=port, **options))
-    task = asyncio.create_task(pipeline.run(with_api=True, install_signals=False))
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-        for _ in range(200):
-            await asyncio.sleep(0.05)
-            if task.done():
-                task.result()
-            try:
-                if (await client.get("/ready")).status_code == ready_status:
-                    break
-            except httpx.TransportError:
-                continue
-        else:
-            raise AssertionError("API did not answer /ready as expected")
-        yield client, pipeline
-    pipeline.stop_event.set()
-    await asyncio.wait_for(task, 20)
+    return served_pipeline(lake, ready_status=ready_status, **{**REPLAYED_SESSION, **overrides})
 
 
 @pytest.fixture

@@ -10,15 +10,10 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from crypto_sentinel.config import load_settings
-from crypto_sentinel.runtime import Pipeline
-from tests.conftest import COINBASE_DATA, free_port
+from tests.served import REPLAYED_SESSION, served_pipeline
 
-SESSION = COINBASE_DATA / "session.recv_ts.ndjson"
-PRODUCTS = "NU-GBP,SKL-BTC,BAND-GBP,YFI-BTC,SKL-USD,DASH-BTC"
 CHECKS = (
     "not_a_server_error",
     "status_code_conformance",
@@ -32,31 +27,8 @@ CHECKS = (
 
 @pytest.fixture
 async def base_url(lake: Path) -> AsyncIterator[str]:
-    port = free_port()
-    settings = load_settings(
-        source=f"replay:{SESSION}", lake_dir=lake, port=port, products=PRODUCTS,
-        batch_interval_ms=50,
-    )  # fmt: skip
-    pipeline = Pipeline(settings)
-    task = asyncio.create_task(pipeline.run(with_api=True, install_signals=False))
-    url = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=url) as client:
-        for _ in range(200):
-            await asyncio.sleep(0.05)
-            if task.done():
-                task.result()
-            src = pipeline.source
-            if src is not None and src.status.finished and pipeline.engine.stats.batches:
-                try:
-                    if (await client.get("/ready")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    continue
-        else:
-            raise AssertionError("pipeline did not become ready")
-    yield url
-    pipeline.stop_event.set()
-    await asyncio.wait_for(task, 20)
+    async for client, _ in served_pipeline(lake, replayed=True, **REPLAYED_SESSION):
+        yield str(client.base_url).rstrip("/")
 
 
 async def test_openapi_contract_holds_under_schemathesis(base_url: str, tmp_path: Path) -> None:

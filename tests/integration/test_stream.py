@@ -23,10 +23,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from crypto_sentinel.api.stream import Hub
-from crypto_sentinel.config import load_settings
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.runtime import Pipeline
 from tests.conftest import free_port, read_table
+from tests.served import served_pipeline
 
 PRODUCTS = ["BTC-USD", "ETH-USD", "SOL-USD"]
 
@@ -34,29 +34,10 @@ PRODUCTS = ["BTC-USD", "ETH-USD", "SOL-USD"]
 async def live(lake: Path, **overrides: Any) -> AsyncIterator[Pipeline]:
     options = {"simulator_rate": 500, "simulator_seed": 5, "api_heartbeat_seconds": 0.2,
                **overrides}  # fmt: skip
-    settings = load_settings(
-        source="simulator", lake_dir=lake, port=free_port(), products=",".join(PRODUCTS),
-        batch_interval_ms=100, **options,
-    )  # fmt: skip
-    pipeline = Pipeline(settings)
-    task = asyncio.create_task(pipeline.run(with_api=True, install_signals=False))
-    async with httpx.AsyncClient(base_url=base(pipeline)) as client:
-        for _ in range(200):
-            await asyncio.sleep(0.05)
-            if task.done():
-                task.result()
-            try:
-                if (await client.get("/ready")).status_code == 200:
-                    break
-            except httpx.TransportError:
-                continue
-        else:
-            raise AssertionError("pipeline did not become ready")
-    try:
+    async for _, pipeline in served_pipeline(
+        lake, source="simulator", products=",".join(PRODUCTS), batch_interval_ms=100, **options
+    ):
         yield pipeline
-    finally:
-        pipeline.stop_event.set()
-        await asyncio.wait_for(task, 30)
 
 
 @pytest.fixture
