@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,6 +12,7 @@ import pytest
 from deltalake import DeltaTable
 
 from crypto_sentinel.lake.tables import TableSpec
+from crypto_sentinel.ops import kafka
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SENTINEL_SHARED", ROOT.parent / "shared"))
@@ -25,6 +27,30 @@ def free_port() -> int:
 
 def read_table(lake: Path, spec: TableSpec) -> pa.Table:
     return DeltaTable(str(spec.path(lake))).to_pyarrow_table()
+
+
+def free_port_run(count: int) -> int:
+    """A free port followed by count - 1 free neighbours (broker and controller listeners)."""
+    for _ in range(50):
+        port = free_port()
+        try:
+            for p in range(port, port + count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no run of {count} free ports")
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    data = tmp_path_factory.mktemp("kafka")
+    kafka.start(data, nodes=1, port=free_port_run(2), timeout=90)
+    try:
+        yield data, kafka.bootstrap_servers(data)
+    finally:
+        kafka.stop(data)
 
 
 @pytest.fixture

@@ -121,9 +121,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from crypto_sentinel.runtime import fault_plan
     from crypto_sentinel.simulator import SimulatorServer, write_recording
 
-    settings = _settings(args, simulator_rate=args.rate, simulator_seed=args.seed)
+    settings = _settings(
+        args, simulator_rate=args.rate, simulator_seed=args.seed, simulator_faults=args.faults
+    )
     if args.record:
         count = write_recording(
             Path(args.record),
@@ -141,6 +144,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         host=args.bind,
         port=args.sim_port,
         max_trades=args.max_trades,
+        faults=fault_plan(settings.simulator_faults),
     )
     log.info("simulated Coinbase exchange on ws://%s:%d", args.bind, args.sim_port)
     with contextlib.suppress(KeyboardInterrupt):
@@ -162,10 +166,16 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 #: Benchmarks live in the repo's bench/ folder; each module has main(trades, workdir, port)
 #: returning a JSON-able dict and markdown(result) rendering rows for docs/benchmarks.md.
-BENCHMARKS = ("ingest", "api", "lake")
+BENCHMARKS = ("ingest", "api", "lake", "spark")
 
 #: Modules that add their own verbs with add_cli(verbs).
-VERB_MODULES = ("crypto_sentinel.ops.kafka", "crypto_sentinel.lake.maintenance")
+VERB_MODULES = (
+    "crypto_sentinel.ops.kafka",
+    "crypto_sentinel.lake.maintenance",
+    "crypto_sentinel.spark.cli",
+    "crypto_sentinel.health",
+    "crypto_sentinel.verify",
+)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -226,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, help="trades/s across products, 1..50000 (default 20)")
     p.add_argument("--seed", type=int, help="random seed (default 1)")
     p.add_argument("--max-trades", type=int, help="stop emitting after this many trades")
+    p.add_argument(
+        "--faults",
+        help="fault injection, e.g. disconnect_every=3,drop=0.01,duplicate=0.01,reorder=0.01,"
+        "malformed=0.01,seed=7 (deterministic by seed)",
+    )
     p.add_argument("--record", metavar="FILE", help="write COUNT trades to an NDJSON file and exit")
     p.add_argument("--count", type=int, default=1_000_000, help="trades for --record")
     _add_common(p, api=False)

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path(".sentinel")
     lake_dir: Path | None = None
+    lake_uri: str | None = Field(
+        None,
+        description="lake on S3-compatible storage, s3://bucket/prefix (overrides lake_dir;"
+        " credentials, region and endpoint from the standard AWS_* variables)",
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -56,6 +61,12 @@ class Settings(BaseSettings):
     simulator_seed: int = 1
     simulator_max_trades: int | None = Field(None, ge=1)
     simulator_url: str | None = Field(None, description="use a running `sentinel simulate`")
+    simulator_faults: str = Field(
+        "", description="simulator fault injection, e.g. disconnect_every=3,drop=0.01,seed=7"
+    )
+    backfill: bool = Field(True, description="fetch missed trades from the REST API")
+    idle_timeout: float = Field(10.0, gt=0, le=600, description="reconnect after this quiet")
+    backoff_cap: float = Field(30.0, gt=0, le=600, description="longest reconnect delay (s)")
     replay_speed: str = "max"
     replay_exchange: str = "coinbase"
 
@@ -88,6 +99,16 @@ class Settings(BaseSettings):
             raise ValueError(f"not a product id (expected BASE-QUOTE like BTC-USD): {bad}")
         return list(dict.fromkeys(value))
 
+    @field_validator("lake_uri")
+    @classmethod
+    def _check_lake_uri(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        bucket = value.split("://", 1)[1].split("/", 1)[0] if "://" in value else ""
+        if not value.startswith(("s3://", "s3a://")) or not bucket:
+            raise ValueError(f"must look like s3://bucket/prefix, got {value!r}")
+        return value.rstrip("/")
+
     @field_validator("source")
     @classmethod
     def _check_source(cls, value: str) -> str:
@@ -96,6 +117,14 @@ class Settings(BaseSettings):
         if value.startswith("replay:") and len(value) > len("replay:"):
             return value
         raise ValueError(f"unknown source {value!r}; use one of {', '.join(SOURCE_KINDS)}")
+
+    @field_validator("simulator_faults")
+    @classmethod
+    def _check_faults(cls, value: str) -> str:
+        from crypto_sentinel.simulator.faults import FaultSpec
+
+        FaultSpec.parse(value)  # raises ValueError with a message naming the bad part
+        return value
 
     @field_validator("replay_speed")
     @classmethod
@@ -128,6 +157,11 @@ class Settings(BaseSettings):
     @property
     def lake_path(self) -> Path:
         return (self.lake_dir or self.data_dir / "lake").resolve()
+
+    @property
+    def lake_root(self) -> Path | str:
+        """Where the lake lives: `lake_uri` on object storage, else the local `lake_path`."""
+        return self.lake_uri or self.lake_path
 
     @classmethod
     def settings_customise_sources(
@@ -172,6 +206,24 @@ class Settings(BaseSettings):
     retention_quarantine_days: int = Field(0, ge=0, le=36_500)
     retention_silver_days: int = Field(0, ge=0, le=36_500)
     retention_gold_days: int = Field(0, ge=0, le=36_500)
+
+    # --- Spark engine (issue 6): Structured Streaming job, sized for a 2-core, 2 GB box -------
+    spark_master: str = Field("local[2]", pattern=r"^(local(\[(\d+|\*)\])?|spark://\S+)$")
+    spark_app_id: str = Field("sentinel-spark", min_length=1, max_length=200)  # Delta txn app id
+    spark_checkpoint_dir: Path | None = None  # default <data dir>/spark/checkpoint
+    spark_jars_cache: Path | None = None  # Maven-resolved jars; default <data dir>/spark
+    spark_trigger_seconds: float = Field(1.0, gt=0, le=3600)  # micro-batch interval
+    spark_max_offsets_per_trigger: int = Field(10_000, ge=1, le=100_000_000)  # Kafka records
+    spark_shuffle_partitions: int = Field(2, ge=1, le=10_000)  # default 200 is for big clusters
+    spark_driver_memory: str = Field("768m", pattern=r"^\d+[kmg]$")  # heap; JVM RSS is ~2x
+    spark_executor_memory: str = Field("512m", pattern=r"^\d+[kmg]$")
+    spark_worker_memory: str = Field("1g", pattern=r"^\d+[kmg]$")  # standalone worker's limit
+    spark_worker_cores: int = Field(2, ge=1, le=1024)
+    spark_daemon_memory: str = Field("256m", pattern=r"^\d+[kmg]$")  # master/worker JVM heap
+    spark_java_options: str = (  # driver and executors: bound what lives outside the heap
+        "-XX:+UseG1GC -XX:+ExitOnOutOfMemoryError -XX:ReservedCodeCacheSize=128m"
+        " -XX:MaxDirectMemorySize=256m -Xss1m"
+    )
 
 
 def load_settings(**overrides: Any) -> Settings:

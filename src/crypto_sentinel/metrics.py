@@ -14,6 +14,9 @@ QUARANTINED = Counter(
 )
 GAPS = Counter("sentinel_trade_id_gaps_total", "Trade-id gaps detected", ["exchange", "product_id"])
 MISSING = Counter("sentinel_missing_trades_total", "Trade ids missing in gaps", ["exchange"])
+BACKFILLED = Counter(
+    "sentinel_backfilled_trades_total", "Missing trades recovered by REST backfill", ["exchange"]
+)
 RECONNECTS = Counter("sentinel_reconnects_total", "Source reconnects", ["exchange"])
 BATCHES = Counter("sentinel_batches_total", "Micro-batches committed")
 COMMIT_SECONDS = Histogram(

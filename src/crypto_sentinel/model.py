@@ -88,6 +88,22 @@ class Heartbeat(msgspec.Struct):
     time: datetime
 
 
+class GapRecord(msgspec.Struct):
+    """Trade ids the stream missed and what the REST backfill recovered (bronze.gaps)."""
+
+    exchange: str
+    product_id: str
+    kind: str  # disconnect | trade_id | heartbeat | startup
+    detected_at: datetime
+    first_missing_id: int | None  # None: nothing was missing (a clean reconnect)
+    last_missing_id: int | None
+    missing: int
+    backfilled: int
+    outcome: str  # filled | partial | unfilled
+    recv_ns: int = 0
+    conn_id: str = ""
+
+
 class Rejected(msgspec.Struct):
     """A frame that failed to parse or validate, with the reason (the quarantine row)."""
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -22,34 +21,10 @@ from deltalake import DeltaTable
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.ops import kafka
 from crypto_sentinel.simulator import SimulatorServer
-from tests.conftest import free_port
+from tests.conftest import free_port, free_port_run
 
 pytestmark = pytest.mark.integration
 PRODUCTS = ["BTC-USD", "ETH-USD", "SOL-USD"]
-
-
-def free_port_run(count: int) -> int:
-    """A free port followed by count - 1 free neighbours (broker and controller listeners)."""
-    for _ in range(50):
-        port = free_port()
-        try:
-            for p in range(port, port + count):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError(f"no run of {count} free ports")
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
-    data = tmp_path_factory.mktemp("kafka")
-    kafka.start(data, nodes=1, port=free_port_run(2), timeout=90)
-    try:
-        yield data, kafka.bootstrap_servers(data)
-    finally:
-        kafka.stop(data)
 
 
 class Cluster:

@@ -77,6 +77,9 @@ class CandleItem(BaseModel):
     last_trade_time: Time
     granularity: int
     forming: bool = Field(description="the bucket is still open (it contains now)")
+    gap: bool = Field(
+        False, description="the bucket overlaps a trade-id gap the REST backfill could not fill"
+    )
 
 
 class CandlesPage(BaseModel):

@@ -34,6 +34,9 @@ class HotFeed:
                     continue
                 if isinstance(record, Trade):
                     self._trade(record)
+                elif isinstance(record, list):  # a REST backfill page
+                    for trade in record:
+                        self._trade(trade)
                 elif isinstance(record, Ticker):
                     self.listener(record)
 

@@ -25,7 +25,7 @@ from crypto_sentinel.engine.dedupe import IdRanges
 from crypto_sentinel.engine.repair import repair_candles
 from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.lake.writer import Batch, CommitResult, LakeWriter
-from crypto_sentinel.model import Heartbeat, RawFrame, Rejected, Ticker, Trade
+from crypto_sentinel.model import GapRecord, Heartbeat, RawFrame, Rejected, Ticker, Trade
 from crypto_sentinel.sources.coinbase_codec import FrameError, decode
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ class EngineStats:
     duplicates: int = 0
     tickers: int = 0
     quarantined: int = 0
+    backfill_pages: int = 0
+    gap_records: int = 0
     batches: int = 0
     last_commit_seconds: float = 0.0
 
@@ -101,6 +103,10 @@ class Engine:
             self.next_version,
         )
 
+    def trade_id_ranges(self, exchange: str) -> dict[str, list[tuple[int, int]]]:
+        """Trade ids known per product (start-up backfill fills the holes and the tail)."""
+        return {p: ids.ranges for (ex, p), ids in self._trade_ids.items() if ex == exchange}
+
     def last_trade_id(self, exchange: str, product_id: str) -> int | None:
         ids = self._trade_ids.get((exchange, product_id))
         return ids.max if ids else None
@@ -124,6 +130,13 @@ class Engine:
             self._accept_trade(record)
         elif isinstance(record, Ticker):
             self._accept_ticker(record)
+        elif isinstance(record, list):  # a REST backfill page: same path as streamed trades
+            self.stats.backfill_pages += 1
+            for trade in record:
+                self._accept_trade(trade)
+        elif isinstance(record, GapRecord):
+            pending.gaps.append(record)
+            self.stats.gap_records += 1
         elif isinstance(record, Heartbeat) or record is None:
             pass
 

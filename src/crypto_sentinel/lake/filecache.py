@@ -13,14 +13,17 @@ import threading
 from collections import OrderedDict
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 
 class FileCache:
     """Arrow tables of immutable data files, bounded by their total row count."""
 
-    def __init__(self, max_rows: int) -> None:
+    def __init__(self, max_rows: int, fs: pafs.FileSystem | None = None, prefix: str = "") -> None:
         self.max_rows = max_rows
+        self._fs = fs
+        self._prefix = prefix  # the URI scheme the filesystem wants stripped ("s3://")
         self._tables: OrderedDict[str, pa.Table] = OrderedDict()
         self._rows = 0
         self._lock = threading.Lock()
@@ -38,7 +41,8 @@ class FileCache:
             if held is not None:
                 self._tables.move_to_end(uri)
                 return held
-        table = _plain_strings(pq.read_table(uri))  # outside the lock: others go on meanwhile
+        path = uri.removeprefix(self._prefix)  # outside the lock: others go on meanwhile
+        table = _plain_strings(pq.read_table(path, filesystem=self._fs))
         with self._lock:
             if uri not in self._tables:
                 self._tables[uri] = table

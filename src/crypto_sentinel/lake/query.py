@@ -10,16 +10,17 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 from deltalake import DeltaTable
 
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.filecache import FileCache
+from crypto_sentinel.lake.location import LakeRoot, filesystem, is_remote, storage_options
 
 #: Candle history pages may read the table as of up to this many seconds ago: checking the
 #: Delta log for a new version costs more than answering a page from memory, and a writer
@@ -33,23 +34,26 @@ CANDLE_CACHE_ROWS = 500_000
 class LakeReader:
     """Thread-safe read access for the API and for engine start-up."""
 
-    def __init__(self, lake: Path) -> None:
+    def __init__(self, lake: LakeRoot) -> None:
         self.lake = lake
+        self._remote = is_remote(lake)
+        self._options = storage_options(lake)
+        self._fs = filesystem(lake)
         self._db = duckdb.connect(":memory:")
         self._lock = threading.Lock()
         self._tables: dict[str, DeltaTable] = {}
         self._actions: dict[str, tuple[int, pa.Table]] = {}  # add actions per table version
-        self._candle_files = FileCache(CANDLE_CACHE_ROWS)
+        self._candle_files = FileCache(CANDLE_CACHE_ROWS, *self._fs)
         self._updated: dict[str, float] = {}  # monotonic time of each table's last refresh
 
     def _table(self, spec: T.TableSpec, max_age: float = 0.0) -> DeltaTable | None:
         """The table at its newest version, or at one read at most `max_age` seconds ago."""
         dt = self._tables.get(spec.name)
-        path = str(spec.path(self.lake))
+        path = spec.uri(self.lake)
         if dt is None:
-            if not DeltaTable.is_deltatable(path):
+            if not DeltaTable.is_deltatable(path, storage_options=self._options):
                 return None
-            dt = self._tables[spec.name] = DeltaTable(path)
+            dt = self._tables[spec.name] = DeltaTable(path, storage_options=self._options)
             self._updated[spec.name] = time.monotonic()
         elif time.monotonic() - self._updated.get(spec.name, 0.0) >= max_age:
             self._updated[spec.name] = time.monotonic()
@@ -57,7 +61,7 @@ class LakeReader:
                 try:
                     dt.update_incremental()
                 except OSError:  # log trimmed under us (maintenance): reopen at the checkpoint
-                    dt = self._tables[spec.name] = DeltaTable(path)
+                    dt = self._tables[spec.name] = DeltaTable(path, storage_options=self._options)
         return dt
 
     def files(
@@ -81,20 +85,7 @@ class LakeReader:
         dates: Sequence[date] | None = None,
     ) -> list[dict[str, Any]]:
         """Run `sql` with the table available as `t`; [] when there is no data."""
-        files = self.files(spec, dates)
-        if not files:
-            return []
-        cur = self._db.cursor()
-        try:
-            cur.execute("SET TimeZone = 'UTC'")
-            rel = cur.execute(
-                "WITH t AS (SELECT * FROM read_parquet(?, hive_partitioning = true,"
-                " union_by_name = true)) " + sql,
-                [files, *params],
-            )
-            return _records(rel)
-        finally:
-            cur.close()
+        return self._run(spec, self.files(spec, dates), sql, params)
 
     def query_candles(
         self, sql: str, params: Sequence[Any], dates: Sequence[date]
@@ -193,6 +184,7 @@ class LakeReader:
                 ]
             )
         return self._run(
+            T.CANDLES_1M,
             files,
             "SELECT * FROM t WHERE exchange = ? AND product_id = ? AND start >= ? AND start < ?"
             " ORDER BY start DESC LIMIT ?",
@@ -429,7 +421,9 @@ class LakeReader:
                 where.append((column, ">=", bound))
             with self._lock:
                 files = dt.file_uris(file_pruning_predicate=where or None)
-            rows = self._run(files, sql, params, (column, bound) if bound is not None else None)
+            rows = self._run(
+                spec, files, sql, params, (column, bound) if bound is not None else None
+            )
             if len(rows) >= limit or bound is None:
                 return rows
             budget *= 2
@@ -447,28 +441,53 @@ class LakeReader:
 
     def _run(
         self,
+        spec: T.TableSpec,
         files: list[str],
         sql: str,
         params: Sequence[Any],
         bound: tuple[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
-        """`sql` over the given files as `t`, optionally only rows with column >= bound."""
+        """`sql` over the given files of `spec` as `t`, optionally only rows with column >= bound.
+
+        Local files are read by DuckDB itself; files on object storage through an Arrow
+        dataset (DuckDB's own S3 support is an extension downloaded at run time, which
+        offline machines do not have), with the same filters pushed down.
+        """
         if not files:
             return []
-        head = (
-            "WITH t AS (SELECT * FROM read_parquet(?, hive_partitioning = true,"
-            " union_by_name = true)"
-        )
-        args: list[Any] = [files]
-        if bound is not None:
-            head += f" WHERE {bound[0]} >= ?"  # column names come from our code, not requests
-            args.append(bound[1])
+        args: list[Any] = []
         cur = self._db.cursor()
         try:
             cur.execute("SET TimeZone = 'UTC'")
+            if self._remote:
+                cur.register("lake_files", self._dataset(spec, files))
+                head = "WITH t AS (SELECT * FROM lake_files"
+            else:
+                head = (
+                    "WITH t AS (SELECT * FROM read_parquet(?, hive_partitioning = true,"
+                    " union_by_name = true)"
+                )
+                args.append(files)
+            if bound is not None:
+                head += f" WHERE {bound[0]} >= ?"  # column names come from our code
+                args.append(bound[1])
             return _records(cur.execute(head + ") " + sql, [*args, *params]))
         finally:
             cur.close()
+
+    def _dataset(self, spec: T.TableSpec, files: list[str]) -> ds.Dataset:
+        """The files as an Arrow dataset on the lake's filesystem, partition values from the
+        paths (as DuckDB's `hive_partitioning` reads them locally)."""
+        fs, prefix = self._fs
+        return ds.dataset(
+            [f.removeprefix(prefix) for f in files],
+            filesystem=fs,
+            format="parquet",
+            partitioning=ds.partitioning(
+                pa.schema([spec.schema.field(name) for name in spec.partition_by]), flavor="hive"
+            ),
+            partition_base_dir=spec.uri(self.lake).removeprefix(prefix),
+        )
 
 
 def _records(rel: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:

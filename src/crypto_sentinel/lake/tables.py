@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 from deltalake import DeltaTable
 
+from crypto_sentinel.lake.location import LakeRoot, is_remote, join, storage_options
 from crypto_sentinel.model import SCALE
 
 UTC_TS = pa.timestamp("us", tz="UTC")
@@ -29,6 +30,10 @@ class TableSpec:
     def path(self, lake: Path) -> Path:
         layer, table = self.name.split(".")
         return lake / layer / table
+
+    def uri(self, lake: LakeRoot) -> str:
+        """The table's location below a local or remote lake root (`lake.location`)."""
+        return join(lake, *self.name.split("."))
 
 
 BRONZE = TableSpec(
@@ -144,25 +149,52 @@ QUARANTINE = TableSpec(
     key=("source", "conn_id", "recv_seq"),
 )
 
-ALL_TABLES = (BRONZE, QUARANTINE, TRADES, TICKERS, CANDLES_1M)
+#: One row per disconnect and per detected trade-id gap, with the REST backfill's outcome.
+#: Candles whose minute overlaps an unfilled gap are flagged at read time from this table.
+GAPS = TableSpec(
+    "bronze.gaps",
+    pa.schema(
+        [
+            ("exchange", pa.string()),
+            ("product_id", pa.string()),
+            ("kind", pa.string()),  # disconnect | trade_id | heartbeat | startup
+            ("detected_at", UTC_TS),
+            ("first_missing_id", pa.int64()),
+            ("last_missing_id", pa.int64()),
+            ("missing", pa.int64()),
+            ("backfilled", pa.int64()),
+            ("outcome", pa.string()),  # filled | partial | unfilled
+            ("recv_time", UTC_TS),
+            ("conn_id", pa.string()),
+            ("date", pa.date32()),
+        ]
+    ),
+    partition_by=("date",),
+    key=("exchange", "product_id", "detected_at", "kind"),
+)
+
+ALL_TABLES = (BRONZE, QUARANTINE, TRADES, TICKERS, CANDLES_1M, GAPS)
 
 
-def ensure_tables(lake: Path) -> dict[str, DeltaTable]:
+def ensure_tables(lake: LakeRoot) -> dict[str, DeltaTable]:
     """Create missing tables (empty, with their schema) so readers never meet a missing path."""
     tables = {}
+    options = storage_options(lake)
     for spec in ALL_TABLES:
-        path = spec.path(lake)
-        if not DeltaTable.is_deltatable(str(path)):
-            path.mkdir(parents=True, exist_ok=True)
+        uri = spec.uri(lake)
+        if not DeltaTable.is_deltatable(uri, storage_options=options):
+            if not is_remote(lake):
+                Path(uri).mkdir(parents=True, exist_ok=True)
             try:
                 DeltaTable.create(
-                    str(path),
+                    uri,
                     schema=spec.schema,
                     partition_by=list(spec.partition_by),
                     name=spec.name,
+                    storage_options=options,
                 )
             except Exception:  # another process created it at the same moment: use theirs
-                if not DeltaTable.is_deltatable(str(path)):
+                if not DeltaTable.is_deltatable(uri, storage_options=options):
                     raise
-        tables[spec.name] = DeltaTable(str(path))
+        tables[spec.name] = DeltaTable(uri, storage_options=options)
     return tables

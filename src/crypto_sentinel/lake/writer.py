@@ -13,7 +13,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -23,7 +22,8 @@ from deltalake import CommitProperties, DeltaTable, Transaction, WriterPropertie
 
 from crypto_sentinel.engine.candles import Candle
 from crypto_sentinel.lake import tables as T
-from crypto_sentinel.model import RawFrame, Rejected, Ticker, Trade
+from crypto_sentinel.lake.location import LakeRoot
+from crypto_sentinel.model import GapRecord, RawFrame, Rejected, Ticker, Trade
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class Batch:
     tickers: list[Ticker] = field(default_factory=list)
     candles: list[Candle] = field(default_factory=list)  # complete candles to upsert
     partial_candles: list[Candle] = field(default_factory=list)  # to combine with the lake's row
+    gaps: list[GapRecord] = field(default_factory=list)
     #: Durable-log positions the batch covers: (exchange, partition) -> last offset.
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
 
@@ -60,7 +61,7 @@ class LakeWriter:
     """Commits batches; the embedded engine versions batches with one app id, the Kafka
     processor with one app id per (group, topic, partition) whose version is the offset."""
 
-    def __init__(self, lake: Path, app_id: str) -> None:
+    def __init__(self, lake: LakeRoot, app_id: str) -> None:
         self.lake = lake
         self.app_id = app_id
         self.tables: dict[str, DeltaTable] = T.ensure_tables(lake)
@@ -101,6 +102,8 @@ class LakeWriter:
             self._with_retry(self._append, T.TICKERS, batch.tickers, tickers_table, txns)
         if candles:
             self._with_retry(self._upsert_candles, candles_table(candles), txns)
+        if batch.gaps:
+            self._with_retry(self._append, T.GAPS, batch.gaps, gaps_table, txns)
         if batch.frames:
             self._with_retry(self._append, T.BRONZE, batch.frames, bronze_table, txns)
         for name in self.versions:
@@ -264,6 +267,27 @@ def quarantine_table(rejected: Sequence[Rejected]) -> pa.Table:
             "date": _dates(recv),
         },
         schema=T.QUARANTINE.schema,
+    )
+
+
+def gaps_table(gaps: Sequence[GapRecord]) -> pa.Table:
+    detected = pa.array([g.detected_at for g in gaps], T.UTC_TS)
+    return pa.table(
+        {
+            "exchange": [g.exchange for g in gaps],
+            "product_id": [g.product_id for g in gaps],
+            "kind": [g.kind for g in gaps],
+            "detected_at": detected,
+            "first_missing_id": pa.array([g.first_missing_id for g in gaps], pa.int64()),
+            "last_missing_id": pa.array([g.last_missing_id for g in gaps], pa.int64()),
+            "missing": pa.array([g.missing for g in gaps], pa.int64()),
+            "backfilled": pa.array([g.backfilled for g in gaps], pa.int64()),
+            "outcome": [g.outcome for g in gaps],
+            "recv_time": _timestamps_us([g.recv_ns for g in gaps]),
+            "conn_id": [g.conn_id for g in gaps],
+            "date": _dates(detected),
+        },
+        schema=T.GAPS.schema,
     )
 
 

@@ -29,6 +29,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from crypto_sentinel.simulator.candles import (
+    CANDLE_GRANULARITIES,
+    REST_MAX_CANDLES,
+    candle_rows,
+)
 from crypto_sentinel.simulator.market import Market, SimTrade
 from crypto_sentinel.simulator.protocol import (
     ProtocolError,
@@ -80,7 +85,10 @@ class FrameHook(Protocol):
     """Fault-injection seam: every outbound frame of every session passes through it.
 
     Return the frames to send instead (none to drop, several to duplicate, altered text
-    to corrupt; bytes are sent verbatim as a text frame's payload). Not used yet.
+    to corrupt; bytes are sent verbatim as a text frame's payload). Optionally, a
+    ``disconnect_every`` attribute (seconds) makes the server cut every connection
+    periodically and a ``forget(session)`` method is told when a session ends.
+    ``faults.FaultPlan`` is the full implementation.
     """
 
     def outbound(self, session: Session, frame: str) -> Iterable[str | bytes]: ...
@@ -123,6 +131,7 @@ class SimulatorServer:
         self.wait_for_subscriber = wait_for_subscriber
         self._subscribed = asyncio.Event()
         self.slow_disconnects = 0
+        self.disconnects = 0  # injected by faults
         self._emitted = 0
         self._done = asyncio.Event()
         self._ids = itertools.count(1)
@@ -180,6 +189,10 @@ class SimulatorServer:
             asyncio.create_task(self._run_clock(), name="simulator-clock"),
             asyncio.create_task(self._run_heartbeats(), name="simulator-heartbeats"),
         ]
+        if getattr(self.faults, "disconnect_every", 0) > 0:
+            self._tasks.append(
+                asyncio.create_task(self._run_disconnects(), name="simulator-disconnects")
+            )
         log.info("simulator listening on %s (%s trades/s)", self.ws_url, self.rate)
 
     async def stop(self) -> None:
@@ -324,6 +337,16 @@ class SimulatorServer:
             for session in dirty.values():
                 self._flush(session)
 
+    async def _run_disconnects(self) -> None:
+        """Fault injection: drop every connection abruptly, as a network failure does."""
+        every = float(getattr(self.faults, "disconnect_every", 0))
+        while True:
+            await asyncio.sleep(every)
+            for session in list(self._sessions.values()):
+                self._forget(session)
+                session.ws.transport.abort()
+                self.disconnects += 1
+
     # ------------------------------------------------------------------ WebSocket
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -389,6 +412,9 @@ class SimulatorServer:
             return
         session.closed = True
         self._sessions.pop(session.id, None)
+        forget = getattr(self.faults, "forget", None)
+        if forget is not None:
+            forget(session)
         self._reindex()
 
     def _reindex(self) -> None:
@@ -432,6 +458,8 @@ class SimulatorServer:
                 return _json(conn, 200, market.specs[product].rest())
             if len(parts) == 3 and parts[2] == "trades":
                 return self._trades(conn, product, query)
+            if len(parts) == 3 and parts[2] == "candles":
+                return self._candles(conn, product, query)
         return _json(conn, 404, {"message": "NotFound"})
 
     def _trades(
@@ -452,6 +480,36 @@ class SimulatorServer:
         if page:
             headers = {"CB-BEFORE": str(page[0].trade_id), "CB-AFTER": str(page[-1].trade_id)}
         return _json(conn, 200, [self.market.rest_trade(t) for t in page], headers)
+
+    def _candles(
+        self, conn: ServerConnection, product: str, query: dict[str, list[str]]
+    ) -> Response:
+        """``GET /products/{id}/candles``: ``[time, low, high, open, close, volume]`` rows,
+        newest first, at most 300, computed from the retained trade history."""
+        try:
+            granularity = _int_param(query, "granularity", 60)
+            start = _time_param(query, "start")
+            end = _time_param(query, "end")
+        except ValueError as exc:
+            return _json(conn, 400, {"message": str(exc)})
+        if granularity not in CANDLE_GRANULARITIES:
+            return _json(conn, 400, {"message": "Unsupported granularity"})
+        assert granularity is not None
+        rows = candle_rows(self.market.history(product), granularity, start, end)
+        if len(rows) > REST_MAX_CANDLES:
+            return _json(conn, 400, {"message": "granularity too small for the requested range"})
+        return _json(conn, 200, rows)
+
+
+def _time_param(query: dict[str, list[str]], name: str) -> datetime | None:
+    values = query.get(name)
+    if not values or not values[-1]:
+        return None
+    try:
+        value = datetime.fromisoformat(values[-1].replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"invalid {name}: {values[-1]!r} is not an ISO 8601 time") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _int_param(query: dict[str, list[str]], name: str, default: int | None) -> int | None:

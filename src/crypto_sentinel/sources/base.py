@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -10,7 +11,6 @@ from typing import Any, Protocol
 
 import orjson
 
-from crypto_sentinel import metrics
 from crypto_sentinel.model import RawFrame
 
 Publish = Callable[[RawFrame], Awaitable[None]]
@@ -33,21 +33,64 @@ class SourceStatus:
     frames: int = 0
     last_frame_ns: int = 0
     last_error: str = ""
-    gaps: int = 0
+    last_disconnect: str = ""  # why the previous connection ended (kept after reconnecting)
+    gaps: int = 0  # gaps confirmed missing after the grace period
     missing_trades: int = 0
+    backfill_requests: int = 0
+    backfilled_trades: int = 0  # missing trades recovered from REST
+    unfilled_trades: int = 0  # missing trades REST could not provide
 
     def as_dict(self) -> dict[str, Any]:
         age = (time.time_ns() - self.last_frame_ns) / 1e9 if self.last_frame_ns else None
         return {**self.__dict__, "last_frame_age_seconds": age}
 
 
+@dataclass(eq=False)
+class Gap:
+    """Trade ids [first, last] of one product that the stream skipped (first > last: none)."""
+
+    product_id: str
+    kind: str  # disconnect | trade_id | heartbeat | startup
+    first: int
+    last: int
+    detected_ns: int = field(default_factory=time.time_ns)
+    arrived: set[int] = field(default_factory=set)  # ids that came late (reordered frames)
+
+    def missing(self) -> list[int]:
+        return [i for i in range(self.first, self.last + 1) if i not in self.arrived]
+
+
 @dataclass
 class GapTracker:
-    """Counts missing trade ids per product; trade ids are contiguous per product."""
+    """Finds missing trade ids per product: trade ids are contiguous per product, and a
+    heartbeat's last_trade_id covers quiet periods. `sequence` is not used: on the matches
+    channel it jumps by design (shared with order events).
+
+    Every gap goes to `on_gap` (the backfill queue). The first id seen per product on a new
+    connection after a reconnect yields a `disconnect` gap, even an empty one, so every
+    disconnect leaves a record; at start-up the first one yields a `startup` gap.
+    """
 
     status: SourceStatus
+    on_gap: Callable[[Gap], None] = lambda gap: None
     last_ids: dict[str, int] = field(default_factory=dict)
-    gap_log: list[tuple[str, int, int]] = field(default_factory=list)  # product, first, last
+    open_gaps: dict[str, list[Gap]] = field(default_factory=dict)
+    _fresh: dict[str, str] = field(default_factory=dict)  # product -> kind of its next gap
+
+    def seed(self, product: str, ranges: list[tuple[int, int]]) -> None:
+        """Start from what the lake holds: holes between stored ranges are start-up gaps,
+        and everything after the newest stored id is backfilled once the stream shows it."""
+        if not ranges:
+            return
+        for (_, hi), (lo, _) in itertools.pairwise(ranges):
+            self._report(Gap(product, "startup", hi + 1, lo - 1))
+        self.last_ids[product] = ranges[-1][1]
+        self._fresh[product] = "startup"
+
+    def new_connection(self, products: list[str]) -> None:
+        if self.status.connections > 1:
+            for product in products:
+                self._fresh.setdefault(product, "disconnect")
 
     def observe(self, text: str) -> None:
         """Cheap look at a frame for trade ids (full validation happens in the engine)."""
@@ -65,28 +108,41 @@ class GapTracker:
             return
         if kind in ("match", "last_match"):
             trade_id = msg.get("trade_id")
-            if isinstance(trade_id, int):
-                self._see(product, trade_id, inclusive=True)
+            if isinstance(trade_id, int) and trade_id > 0:
+                self._see(product, trade_id, trade_id - 1, "trade_id")
         elif kind == "heartbeat":
             last = msg.get("last_trade_id")
             if isinstance(last, int) and last > 0:
-                self._see(product, last, inclusive=False)
+                self._see(product, last, last, "heartbeat")
 
-    def _see(self, product: str, trade_id: int, inclusive: bool) -> None:
+    def _see(self, product: str, newest: int, covered: int, kind: str) -> None:
+        """`newest` exists at the exchange; ids up to `covered` should have reached us."""
         last = self.last_ids.get(product)
+        fresh = self._fresh.pop(product, None)
         if last is None:
-            self.last_ids[product] = trade_id
+            self.last_ids[product] = newest
             return
-        # A heartbeat's last_trade_id says trades up to it exist; if we have not seen them
-        # yet they may still be in flight, so only a match past them proves a gap.
-        if inclusive and trade_id > last + 1:
-            self.status.gaps += 1
-            self.status.missing_trades += trade_id - last - 1
-            self.gap_log.append((product, last + 1, trade_id - 1))
-            metrics.GAPS.labels(self.status.exchange, product).inc()
-            metrics.MISSING.labels(self.status.exchange).inc(trade_id - last - 1)
-        if inclusive and trade_id > last:
-            self.last_ids[product] = trade_id
+        if newest <= last:
+            for gap in self.open_gaps.get(product, ()):
+                if gap.first <= newest <= gap.last:
+                    gap.arrived.add(newest)  # a late (reordered) frame, not lost after all
+            if fresh is not None:
+                self._report(Gap(product, fresh, last + 1, last))
+            return
+        if covered > last or fresh is not None:
+            self._report(Gap(product, fresh or kind, last + 1, covered))
+        self.last_ids[product] = newest
+
+    def _report(self, gap: Gap) -> None:
+        if gap.first <= gap.last:
+            self.open_gaps.setdefault(gap.product_id, []).append(gap)
+        self.on_gap(gap)
+
+    def closed(self, gap: Gap) -> None:
+        """The backfill of `gap` is done: late frames can no longer change it."""
+        gaps = self.open_gaps.get(gap.product_id, [])
+        if gap in gaps:
+            gaps.remove(gap)
 
 
 class Source(Protocol):

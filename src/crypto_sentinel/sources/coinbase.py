@@ -1,13 +1,15 @@
 """Coinbase Exchange public WebSocket feed (matches, ticker, heartbeat).
 
 Real network code: the same class talks to wss://ws-feed.exchange.coinbase.com and to our
-simulator. It keeps each raw frame, reconnects with jittered exponential backoff, forces a
-reconnect when the feed goes quiet, and counts trade-id gaps per product.
+simulator. It keeps each raw frame, reconnects with capped, jittered exponential backoff,
+forces a reconnect when the feed goes quiet, refuses frames over a maximum size, finds
+trade-id gaps per product and has them backfilled from REST (sources/backfill.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -18,6 +20,7 @@ from websockets.exceptions import WebSocketException
 
 from crypto_sentinel import metrics
 from crypto_sentinel.model import RawFrame
+from crypto_sentinel.sources.backfill import Backfiller
 from crypto_sentinel.sources.base import GapTracker, Publish, SourceStatus, new_conn_id
 
 log = logging.getLogger(__name__)
@@ -42,33 +45,62 @@ class CoinbaseSource:
         idle_timeout: float = 10.0,
         open_timeout: float = 5.0,
         backoff_cap: float = 30.0,
+        backoff_base: float = 0.5,
+        rest_url: str | None = None,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+        backfill_grace: float = 1.0,
     ) -> None:
         self.products = products
         self.url = url
         self.idle_timeout = idle_timeout
         self.open_timeout = open_timeout
         self.backoff_cap = backoff_cap
+        self.backoff_base = backoff_base
+        self.max_frame_bytes = max_frame_bytes
         self.status = SourceStatus(
             kind=kind, exchange=exchange, url=url, simulated=kind == "simulator"
         )
         self.gaps = GapTracker(self.status)
+        self.backfill = (
+            Backfiller(rest_url, self.status, self.gaps, grace=backfill_grace) if rest_url else None
+        )
         self.connected = asyncio.Event()
+
+    def seed(self, ranges: dict[str, list[tuple[int, int]]]) -> None:
+        """Trade ids the lake holds per product: start-up backfill starts from them."""
+        for product in self.products:
+            self.gaps.seed(product, ranges.get(product, []))
 
     async def run(self, publish: Publish) -> None:
         """Stream forever (until cancelled), reconnecting after any failure."""
+        backfill = None
+        if self.backfill is not None:
+            backfill = asyncio.create_task(self.backfill.run(publish), name="backfill")
+        try:
+            await self._stream(publish)
+        finally:
+            if backfill is not None:
+                backfill.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await backfill
+
+    async def _stream(self, publish: Publish) -> None:
         failures = 0
         while True:
+            connections = self.status.connections
             try:
                 await self._session(publish)
-                failures = 0
             except (OSError, TimeoutError, WebSocketException) as exc:
                 self.status.last_error = f"{type(exc).__name__}: {exc}"
-                failures += 1
+                self.status.last_disconnect = self.status.last_error
             finally:
                 self.status.connected = False
+            # A connection that worked resets the backoff; repeated failures grow it.
+            failures = 1 if self.status.connections > connections else failures + 1
             self.status.reconnects += 1
             metrics.RECONNECTS.labels(self.status.exchange).inc()
-            delay = min(self.backoff_cap, 0.5 * 2 ** min(failures, 10)) * random.uniform(0.5, 1)
+            exp = self.backoff_base * 2 ** min(failures - 1, 16)
+            delay = min(self.backoff_cap, exp) * random.uniform(0.5, 1)
             log.warning(
                 "%s feed disconnected (%s); reconnecting in %.1fs",
                 self.status.exchange,
@@ -80,7 +112,7 @@ class CoinbaseSource:
     async def _session(self, publish: Publish) -> None:
         async with websockets.connect(
             self.url,
-            max_size=MAX_FRAME_BYTES,
+            max_size=self.max_frame_bytes,
             open_timeout=self.open_timeout,
             ping_interval=20,
             ping_timeout=20,
@@ -90,6 +122,7 @@ class CoinbaseSource:
             conn_id = new_conn_id()
             self.status.connected = True
             self.status.connections += 1
+            self.gaps.new_connection(self.products)
             self.status.last_error = ""
             self.connected.set()
             log.info("connected to %s (%s), conn %s", self.url, self.status.exchange, conn_id)

@@ -12,7 +12,7 @@ from decimal import Decimal
 import msgspec
 
 from crypto_sentinel.config import PRODUCT_RE
-from crypto_sentinel.model import SCALE, Heartbeat, RawFrame, Ticker, Trade
+from crypto_sentinel.model import SCALE, GapRecord, Heartbeat, RawFrame, Ticker, Trade
 
 #: A trade stamped this far after we received it is not plausible.
 MAX_SKEW_SECONDS = 3600.0
@@ -75,19 +75,48 @@ class _Error(msgspec.Struct, tag_field="type", tag="error", kw_only=True):
     reason: str = ""
 
 
+class _RestTrade(msgspec.Struct):
+    trade_id: int
+    side: str
+    size: str
+    price: str
+    time: datetime
+
+
+class _RestTrades(msgspec.Struct, tag_field="type", tag="rest_trades", kw_only=True):
+    """One page of GET /products/{id}/trades, wrapped by our backfill (sources/backfill.py)."""
+
+    product_id: str
+    trades: list[_RestTrade]
+
+
+class _Gap(msgspec.Struct, tag_field="type", tag="gap", kw_only=True):
+    """A gap record written by our source once its backfill has finished."""
+
+    product_id: str
+    kind: str
+    detected_at: datetime
+    first_missing_id: int | None
+    last_missing_id: int | None
+    missing: int
+    backfilled: int
+    outcome: str
+
+
 class _Envelope(msgspec.Struct):
     type: str
 
 
-_Message = _Match | _LastMatch | _Ticker | _Heartbeat | _Subscriptions | _Error
+_Message = _Match | _LastMatch | _Ticker | _Heartbeat | _Subscriptions | _Error | _RestTrades | _Gap
 _decoder = msgspec.json.Decoder(_Message)
 _envelope = msgspec.json.Decoder(_Envelope)
 
-Decoded = Trade | Ticker | Heartbeat | None
+Decoded = Trade | Ticker | Heartbeat | list[Trade] | GapRecord | None
 
 
 def decode(frame: RawFrame) -> Decoded:
-    """Turn one frame into a record; None for control frames; FrameError if unusable."""
+    """Turn one frame into a record (a list of trades for a REST backfill page); None for
+    control frames; FrameError if unusable."""
     try:
         msg = _decoder.decode(frame.text)
     except msgspec.DecodeError as exc:
@@ -99,6 +128,11 @@ def decode(frame: RawFrame) -> Decoded:
     if isinstance(msg, _Heartbeat):
         _check_product(msg.product_id)
         return Heartbeat(frame.exchange, msg.product_id, msg.last_trade_id, msg.sequence, msg.time)
+    if isinstance(msg, _RestTrades):
+        _check_product(msg.product_id)
+        return [_rest_trade(frame, msg.product_id, t) for t in msg.trades]
+    if isinstance(msg, _Gap):
+        return _gap(frame, msg)
     if isinstance(msg, _Error):
         raise FrameError(f"exchange error: {msg.message} {msg.reason}".strip())
     return None
@@ -119,11 +153,14 @@ def _explain(text: str, exc: msgspec.DecodeError) -> str:
     return f"bad {kind} message: {exc}"
 
 
-_KNOWN_TYPES = {"match", "last_match", "ticker", "heartbeat", "subscriptions", "error"}
+_KNOWN_TYPES = {
+    "match", "last_match", "ticker", "heartbeat", "subscriptions", "error", "rest_trades", "gap"
+}  # fmt: skip
+GAP_KINDS = ("disconnect", "trade_id", "heartbeat", "startup")
+GAP_OUTCOMES = ("filled", "partial", "unfilled")
 
 
-def _trade(frame: RawFrame, msg: _Match) -> Trade:
-    _check_product(msg.product_id)
+def _check_trade(frame: RawFrame, msg: _Match | _RestTrade) -> None:
     if msg.side not in TAKER_SIDE:
         raise FrameError(f"side must be 'buy' or 'sell', got {msg.side!r}")
     if msg.trade_id <= 0:
@@ -131,6 +168,41 @@ def _trade(frame: RawFrame, msg: _Match) -> Trade:
     _check_amount("price", msg.price)
     _check_amount("size", msg.size)
     _check_time(frame, msg.time)
+
+
+def _rest_trade(frame: RawFrame, product_id: str, t: _RestTrade) -> Trade:
+    """REST `side` is the maker's side too, as in the matches channel."""
+    try:
+        _check_trade(frame, t)
+    except FrameError as exc:
+        raise FrameError(f"trade {t.trade_id} of the REST page: {exc}") from None
+    return Trade(
+        exchange=frame.exchange,
+        product_id=product_id,
+        trade_id=t.trade_id,
+        price=Decimal(t.price),
+        size=Decimal(t.size),
+        side=TAKER_SIDE[t.side],
+        time=t.time,
+        recv_ns=frame.recv_ns,
+        conn_id=frame.conn_id,
+    )
+
+
+def _gap(frame: RawFrame, msg: _Gap) -> GapRecord:
+    _check_product(msg.product_id)
+    if msg.kind not in GAP_KINDS or msg.outcome not in GAP_OUTCOMES:
+        raise FrameError(f"bad gap record: kind {msg.kind!r}, outcome {msg.outcome!r}")
+    return GapRecord(
+        frame.exchange, msg.product_id, msg.kind, msg.detected_at, msg.first_missing_id,
+        msg.last_missing_id, msg.missing, msg.backfilled, msg.outcome, frame.recv_ns,
+        frame.conn_id,
+    )  # fmt: skip
+
+
+def _trade(frame: RawFrame, msg: _Match) -> Trade:
+    _check_product(msg.product_id)
+    _check_trade(frame, msg)
     return Trade(
         exchange=frame.exchange,
         product_id=msg.product_id,

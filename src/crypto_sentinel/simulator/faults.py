@@ -1,0 +1,177 @@
+"""Seeded fault injection: what real exchange feeds do to their clients, on demand.
+
+A ``FaultPlan`` sits on the simulator's outbound path (the ``FrameHook`` seam) and, from one
+``random.Random(seed)``, drops ranges of match frames, duplicates and reorders them, and adds
+malformed copies; the server also cuts every connection every ``disconnect_every`` seconds.
+Dropped trades stay in the market's history, so the REST trades endpoint still serves them:
+a correct client recovers them by backfill.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
+
+__all__ = ["FaultPlan", "FaultSpec"]
+
+_MATCH = '{"type":"match"'
+_PRODUCT = re.compile(r'"product_id":"([^"]+)"')
+_HEARTBEAT = '{"type":"heartbeat"'
+
+
+def _truncated(frame: str) -> str:
+    return frame[: len(frame) // 2]
+
+
+def _unknown_type(frame: str) -> str:
+    return frame.replace('"type":"match"', '"type":"match_v2"', 1)
+
+
+def _string_trade_id(frame: str) -> str:
+    return re.sub(r'"trade_id":(\d+)', r'"trade_id":"\1"', frame, count=1)
+
+
+def _zero_size(frame: str) -> str:
+    return re.sub(r'"size":"[^"]*"', '"size":"0"', frame, count=1)
+
+
+def _negative_price(frame: str) -> str:
+    return re.sub(r'"price":"[^"]*"', '"price":"-1.5"', frame, count=1)
+
+
+def _future_time(frame: str) -> str:
+    return re.sub(r'"time":"\d{4}', '"time":"2999', frame, count=1)
+
+
+#: Each kind of malformed frame the issue names: broken JSON, unknown type, wrong field type,
+#: size <= 0, price <= 0, time far in the future.
+CORRUPTIONS: tuple[Callable[[str], str], ...] = (
+    _truncated,
+    _unknown_type,
+    _string_trade_id,
+    _zero_size,
+    _negative_price,
+    _future_time,
+)
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    """What to inject; rates are chances per match frame. ``parse`` reads the CLI form."""
+
+    seed: int = 1
+    disconnect_every: float = 0.0  # seconds between forced disconnects of every client
+    drop: float = 0.0  # chance a match frame starts a dropped range
+    drop_max: int = 20  # a dropped range is 1..drop_max match frames long
+    duplicate: float = 0.0
+    reorder: float = 0.0  # chance a match frame is held back and sent after the next one
+    malformed: float = 0.0  # chance a malformed copy follows a match frame
+
+    @classmethod
+    def parse(cls, text: str) -> FaultSpec:
+        """``"disconnect_every=3,drop=0.01,duplicate=0.02,reorder=0.02,malformed=0.01,seed=7"``."""
+        known = {f.name: f.type for f in fields(cls)}
+        values: dict[str, float | int] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, sep, value = part.partition("=")
+            name = name.strip().replace("-", "_")
+            if not sep or name not in known:
+                raise ValueError(
+                    f"bad fault {part!r}; use name=value with names {', '.join(known)}"
+                )
+            try:
+                number: float | int = int(value) if known[name] == "int" else float(value)
+            except ValueError:
+                raise ValueError(f"fault {name}: {value!r} is not a number") from None
+            if number < 0 or (name not in ("seed", "drop_max", "disconnect_every") and number > 1):
+                raise ValueError(f"fault {name}: {value} is out of range")
+            values[name] = number
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def active(self) -> bool:
+        return any((self.disconnect_every, self.drop, self.duplicate, self.reorder, self.malformed))
+
+
+@dataclass
+class _SessionState:
+    drop_left: int = 0
+    held: str | None = None
+
+
+@dataclass
+class FaultPlan:
+    """Applies a ``FaultSpec`` to outbound frames; counts what it did (for reports)."""
+
+    spec: FaultSpec
+    dropped: int = 0
+    duplicated: int = 0
+    reordered: int = 0
+    malformed: int = 0
+    _rng: random.Random = field(init=False, repr=False)
+    _sessions: dict[int, _SessionState] = field(default_factory=dict, repr=False)
+    _started: set[str] = field(default_factory=set, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.spec.seed)
+
+    @property
+    def disconnect_every(self) -> float:
+        return self.spec.disconnect_every
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "dropped": self.dropped,
+            "duplicated": self.duplicated,
+            "reordered": self.reordered,
+            "malformed": self.malformed,
+        }
+
+    def outbound(self, session: object, frame: str) -> Iterable[str | bytes]:
+        state = self._sessions.setdefault(id(session), _SessionState())
+        if frame.startswith(_HEARTBEAT) and state.held is not None:
+            held, state.held = state.held, None  # never keep a trade back past a heartbeat
+            return [held, frame]
+        if not frame.startswith(_MATCH):
+            return [frame]
+        product = _PRODUCT.search(frame)
+        if product and product.group(1) not in self._started:
+            # A product's first trade goes out intact: it is where a new client's history
+            # starts, and nothing before it can be called missing.
+            self._started.add(product.group(1))
+            return [frame]
+        spec, rng = self.spec, self._rng
+        # The same draws for every match frame, whatever is decided: the faults then depend
+        # only on the seed and the trade stream, not on timing (heartbeats, reconnects).
+        drop, length = rng.random(), rng.randint(1, max(1, spec.drop_max))
+        duplicate, malformed, corrupt = rng.random(), rng.random(), rng.choice(CORRUPTIONS)
+        reorder = rng.random()
+        if state.drop_left > 0:
+            state.drop_left -= 1
+            self.dropped += 1
+            return []
+        if drop < spec.drop:
+            state.drop_left = length - 1
+            self.dropped += 1
+            return []
+        out = [frame]
+        if duplicate < spec.duplicate:
+            out.append(frame)
+            self.duplicated += 1
+        if malformed < spec.malformed:
+            out.append(corrupt(frame))
+            self.malformed += 1
+        if state.held is not None:
+            out.append(state.held)  # the held trade goes out after a newer one
+            state.held = None
+        elif reorder < spec.reorder:
+            state.held = frame
+            self.reordered += 1
+            out.remove(frame)
+        return out
+
+    def forget(self, session: object) -> None:
+        """A closed session's held frame is lost with its connection (as on a real drop)."""
+        self._sessions.pop(id(session), None)
