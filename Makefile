@@ -4,22 +4,34 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench clean system-deps
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,spark]'
 	touch $@
 
 run: install
 	$(BIN)/sentinel up
 
+# Debian packages the tests drive: Chromium (dashboard tests, through Playwright) and
+# docker-compose (validates docker-compose.yml; no Docker engine needed). Installed when missing.
+SYSTEM_PACKAGES := chromium:/usr/bin/chromium docker-compose:/usr/bin/docker-compose
+
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do [ -x "$${p#*:}" ] || missing="$$missing $${p%%:*}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
 # pytest exits 5 when it collects no tests; make treats that as a failure too.
-test: install
+test: install system-deps
 	$(BIN)/sentinel kafka install
+	$(BIN)/sentinel spark install
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: install

@@ -1,0 +1,117 @@
+"""`sentinel spark install | submit | cluster start|stop|status` (a plugin of cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from crypto_sentinel.config import Settings, load_settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        "data_dir": args.data_dir,
+        "lake_dir": getattr(args, "lake", None),
+        "kafka_bootstrap": getattr(args, "kafka_bootstrap", None),
+    }
+    return load_settings(**overrides)
+
+
+def _guard(func: Any) -> Any:
+    """SparkOpsError -> one line on stderr and exit 1, not a traceback."""
+
+    def handler(args: argparse.Namespace) -> int:
+        from crypto_sentinel.spark.ops import SparkOpsError
+
+        try:
+            return int(func(args))
+        except SparkOpsError as exc:
+            print(f"sentinel spark: {exc}", file=sys.stderr)
+            return 1
+
+    return handler
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    from crypto_sentinel.spark import ops
+
+    jars = ops.install(_settings(args), quiet=args.quiet)
+    print(jars[0].parent)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Run spark-submit in the foreground; SIGTERM/SIGINT stop the query cleanly."""
+    from crypto_sentinel.spark import ops
+
+    settings = _settings(args)
+    jars = ops.install(settings, quiet=True)
+    master = args.master or settings.spark_master
+    job_args = ["--available-now"] if args.available_now else []
+    env = ops.spark_env(settings)
+    # The job reads its settings from the environment, resolved here once.
+    env["SENTINEL_LAKE_DIR"] = str(settings.lake_path)
+    env["SENTINEL_DATA_DIR"] = str(settings.data_dir.resolve())
+    env["SENTINEL_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
+    proc = subprocess.Popen(ops.submit_command(settings, master, jars, *job_args), env=env)
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        signal.signal(signum, signal.SIG_IGN)
+        os.killpg(os.getpgrp(), signum)  # the JVM and the Python driver it started
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    return proc.wait()
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from crypto_sentinel.spark import ops
+
+    settings = _settings(args)
+    if args.action == "start":
+        state = ops.cluster_start(settings, timeout=args.timeout)
+        print(f"master {state.master_url} (pid {state.master_pid}), worker pid {state.worker_pid}")
+        return 0
+    if args.action == "stop":
+        if not ops.cluster_stop(settings.data_dir):
+            print("no Spark cluster recorded under", settings.data_dir.resolve())
+        return 0
+    status = ops.cluster_status(settings.data_dir)
+    print(json.dumps(status, indent=2) if status else "no Spark cluster recorded")
+    return 0 if status and status["master_alive"] and status["worker_alive"] else 3
+
+
+def add_cli(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    spark = verbs.add_parser("spark", help="the Spark Structured Streaming engine")
+    sub = spark.add_subparsers(dest="spark_command", metavar="{install,submit,cluster}")
+
+    def usage(_args: argparse.Namespace) -> int:
+        spark.print_help(sys.stderr)
+        return 2
+
+    spark.set_defaults(func=usage)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", type=Path, help="state folder (default .sentinel)")
+
+    p = sub.add_parser("install", parents=[common], help="resolve Kafka and Delta jars (Maven)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_guard(cmd_install))
+
+    p = sub.add_parser("submit", parents=[common], help="run the streaming job (spark-submit)")
+    p.add_argument("--master", help="local[2] (default) or spark://HOST:PORT")
+    p.add_argument("--available-now", action="store_true", help="process the backlog and stop")
+    p.add_argument("--lake", type=Path, help="lake folder (default <data dir>/lake)")
+    p.add_argument("--kafka-bootstrap", help="Kafka bootstrap servers")
+    p.set_defaults(func=_guard(cmd_submit))
+
+    p = sub.add_parser("cluster", parents=[common], help="a standalone master and one worker")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("--timeout", type=float, default=90.0, help="start-up timeout, seconds")
+    p.set_defaults(func=_guard(cmd_cluster))

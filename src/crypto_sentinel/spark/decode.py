@@ -1,0 +1,323 @@
+"""Kafka records -> frames -> trades, tickers and quarantine rows, as Spark column expressions.
+
+The rules are those of `sources/coinbase_codec.py` (which the embedded engine runs), written
+as Spark SQL so decoding stays in the JVM and scales with the cluster: one explicit JSON
+schema, the same checks in the same order, the same quarantine reasons where Spark can tell
+them (a mistyped field gets a generic reason; msgspec's exact wording is not available here).
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame, Row
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from crypto_sentinel.config import PRODUCT_RE
+from crypto_sentinel.lake import tables as LT
+from crypto_sentinel.model import SCALE
+from crypto_sentinel.sources.coinbase_codec import MAX_INTEGER_DIGITS, MAX_SKEW_SECONDS
+
+CORRUPT = "_corrupt"
+_S, _L = T.StringType(), T.LongType()
+
+#: Every field any Coinbase message type uses. Integers are LongType so a string or float in
+#: their place marks the record corrupt (msgspec rejects those too); amounts stay strings.
+FRAME_SCHEMA = T.StructType(
+    [T.StructField(name, kind) for name, kind in [
+        ("type", _S), ("product_id", _S), ("trade_id", _L), ("sequence", _L), ("side", _S),
+        ("size", _S), ("price", _S), ("time", _S), ("maker_order_id", _S),
+        ("taker_order_id", _S), ("last_trade_id", _L), ("best_bid", _S), ("best_ask", _S),
+        ("best_bid_size", _S), ("best_ask_size", _S), ("open_24h", _S), ("high_24h", _S),
+        ("low_24h", _S), ("volume_24h", _S), ("volume_30d", _S), ("last_size", _S),
+        ("message", _S), ("reason", _S), ("channels", T.ArrayType(_S)), (CORRUPT, _S),
+    ]]
+)  # fmt: skip
+
+KNOWN_TYPES = ("match", "last_match", "ticker", "heartbeat", "subscriptions", "error")
+REQUIRED = {
+    "match": ("trade_id", "side", "size", "price", "product_id", "time"),
+    "last_match": ("trade_id", "side", "size", "price", "product_id", "time"),
+    "ticker": ("product_id", "sequence", "price", "time"),
+    "heartbeat": ("product_id", "last_trade_id", "sequence", "time"),
+}
+TICKER_AMOUNTS = (
+    "best_bid", "best_ask", "best_bid_size", "best_ask_size", "last_size",
+    "open_24h", "high_24h", "low_24h", "volume_24h", "volume_30d",
+)  # fmt: skip
+_TIME_RE = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?$"
+_PLAIN = r"^[0-9]+(\.[0-9]+)?$"
+
+
+def _header(name: str) -> Column:
+    """A Kafka header's value as text (the first one with that key), or null."""
+    found = F.filter("headers", lambda h: h["key"] == F.lit(name))
+    return F.when(F.size(found) > 0, found[0]["value"].cast("string"))
+
+
+def frames(records: DataFrame, topic_prefix: str) -> DataFrame:
+    """Kafka rows -> the RawFrame columns the embedded consumer builds (bus/kafka.py)."""
+    recv_seq = _header("recv_seq")
+    recv_ns = _header("recv_ns")
+    return records.select(
+        F.expr(f"substring(topic, {len(topic_prefix) + 1})").alias("exchange"),
+        F.coalesce(
+            _header("conn_id"), F.concat(F.lit("kafka-"), F.col("partition").cast("string"))
+        ).alias("conn_id"),
+        F.coalesce(recv_seq.try_cast("long"), F.col("offset")).alias("recv_seq"),
+        F.coalesce(recv_ns.try_cast("long"), F.unix_millis(F.col("timestamp")) * 1_000_000).alias(
+            "recv_ns"
+        ),
+        F.col("value").cast("string").alias("text"),
+        F.col("partition"),
+        F.col("offset"),
+    )
+
+
+def _quote(col: Column) -> Column:
+    return F.concat(F.lit("'"), col, F.lit("'"))
+
+
+def _amount_error(m: Column, name: str, allow_zero: bool) -> Column:
+    """Null when the decimal text is acceptable, else the codec's reason (_check_amount)."""
+    text = m[name]
+    whole = F.regexp_extract(text, r"^([^.]*)", 1)
+    frac = F.regexp_extract(text, r"^[^.]*\.(.*)$", 1)
+    zero = F.regexp_replace(text, r"[0.]", "") == ""
+    not_plain = F.concat(F.lit(f"{name} is not a plain non-negative decimal: "), _quote(text))
+    if not allow_zero:
+        negative = F.concat(F.lit(f"{name} must be > 0, got "), text)
+        not_plain = F.when(text.startswith("-"), negative).otherwise(not_plain)
+    too_precise = F.concat(F.lit(f"{name} has more than {SCALE} decimal places: "), text)
+    too_large = F.concat(F.lit(f"{name} is absurdly large: "), text)
+    checks = (
+        F.when(~text.rlike(_PLAIN), not_plain)
+        .when(F.length(frac) > SCALE, too_precise)
+        .when(F.length(F.regexp_replace(whole, "^0+", "")) > MAX_INTEGER_DIGITS, too_large)
+    )
+    if not allow_zero:
+        checks = checks.when(zero, F.concat(F.lit(f"{name} must be > 0, got "), text))
+    return F.when(text.isNotNull(), checks)
+
+
+def _event_time(m: Column) -> Column:
+    """Exchange time in UTC, rounded to microseconds as msgspec does."""
+    ts = F.try_to_timestamp(m["time"])
+    seventh = F.regexp_extract(m["time"], r"\.\d{6}(\d)", 1)
+    return F.when(seventh >= F.lit("5"), ts + F.expr("INTERVAL 1 MICROSECOND")).otherwise(ts)
+
+
+def _iso(ts: Column) -> Column:
+    """datetime.isoformat() of a UTC time (microseconds only when non-zero)."""
+    micros = F.unix_micros(ts) % 1_000_000
+    frac = F.when(micros != 0, F.concat(F.lit("."), F.lpad(micros.cast("string"), 6, "0")))
+    return F.concat(
+        F.date_format(ts, "yyyy-MM-dd'T'HH:mm:ss"), F.coalesce(frac, F.lit("")), F.lit("+00:00")
+    )
+
+
+def _decode_error(m: Column, text: Column) -> Column:
+    """What msgspec would refuse: not JSON, no string type, unknown type, missing fields."""
+    kind = m["type"]
+    ends_as_object = text.rlike(r"\}[ \t\r\n]*$")  # Spark ignores text after the object
+    error = F.when(
+        m.isNull() | (m[CORRUPT].isNotNull() & kind.isNull()) | ~ends_as_object,
+        F.lit("invalid JSON"),
+    )
+    error = error.when(kind.isNull(), F.lit("not a message object with a string 'type'"))
+    error = error.when(
+        ~kind.isin(*KNOWN_TYPES), F.concat(F.lit("unknown message type "), _quote(kind))
+    )
+    for name, fields in REQUIRED.items():
+        for field in fields:
+            error = error.when(
+                (kind == name) & m[field].isNull() & m[CORRUPT].isNull(),
+                F.lit(f"bad {name} message: Object missing required field `{field}`"),
+            )
+    typed = ("match", "last_match", "ticker", "heartbeat", "subscriptions")
+    error = error.when(
+        kind.isin(*typed) & m[CORRUPT].isNotNull(),
+        F.concat(F.lit("bad "), kind, F.lit(" message: a field has the wrong JSON type")),
+    )
+    bad_time = ~m["time"].rlike(_TIME_RE) | F.try_to_timestamp(m["time"]).isNull()
+    error = error.when(
+        kind.isin(*REQUIRED) & bad_time,
+        F.concat(F.lit("bad "), kind, F.lit(" message: Invalid RFC3339 encoded datetime")),
+    )
+    return error
+
+
+def _time_error(m: Column, recv_ns: Column) -> Column:
+    ts = _event_time(m)
+    skew = F.unix_micros(ts) - F.expr("recv_ns div 1000") > int(MAX_SKEW_SECONDS * 1_000_000)
+    return F.when(
+        ~m["time"].rlike(r"([Zz]|[+-]\d{2}:\d{2})$"),
+        F.lit("time has no timezone (expected UTC with Z)"),
+    ).when(skew, F.concat(F.lit("time "), _iso(ts), F.lit(" is far in the future of its receipt")))
+
+
+def _product_error(m: Column) -> Column:
+    return F.when(
+        ~m["product_id"].rlike(PRODUCT_RE.pattern),
+        F.concat(F.lit("invalid product_id "), _quote(m["product_id"])),
+    )
+
+
+def _trade_error(m: Column, recv_ns: Column) -> Column:
+    return F.coalesce(
+        _product_error(m),
+        F.when(
+            ~m["side"].isin("buy", "sell"),
+            F.concat(F.lit("side must be 'buy' or 'sell', got "), _quote(m["side"])),
+        ),
+        F.when(
+            m["trade_id"] <= 0,
+            F.concat(F.lit("trade_id must be positive, got "), m["trade_id"].cast("string")),
+        ),
+        _amount_error(m, "price", allow_zero=False),
+        _amount_error(m, "size", allow_zero=False),
+        _time_error(m, recv_ns),
+    )
+
+
+def _ticker_error(m: Column, recv_ns: Column) -> Column:
+    return F.coalesce(
+        _product_error(m),
+        _amount_error(m, "price", allow_zero=False),
+        *(_amount_error(m, name, allow_zero=True) for name in TICKER_AMOUNTS),
+        _time_error(m, recv_ns),
+    )
+
+
+def parse(frames_df: DataFrame) -> DataFrame:
+    """Frames plus `m` (the parsed message), `kind` and `reason` (null when usable)."""
+    m = F.from_json("text", FRAME_SCHEMA, {"columnNameOfCorruptRecord": CORRUPT})
+    parsed = frames_df.withColumn("m", m)
+    m, kind, recv_ns = F.col("m"), F.col("m.type"), F.col("recv_ns")
+    exchange_error = F.trim(
+        F.concat(
+            F.lit("exchange error: "),
+            F.coalesce(m["message"], F.lit("")),
+            F.lit(" "),
+            F.coalesce(m["reason"], F.lit("")),
+        )
+    )
+    reason = F.coalesce(
+        _decode_error(m, F.col("text")),
+        F.when(kind.isin("match", "last_match"), _trade_error(m, recv_ns))
+        .when(kind == "ticker", _ticker_error(m, recv_ns))
+        .when(kind == "heartbeat", _product_error(m))
+        .when(kind == "error", exchange_error),
+    )
+    return parsed.withColumn("kind", kind).withColumn("reason", reason)
+
+
+def summary(parsed: DataFrame) -> list[Row]:
+    """One row per kind (trade, ticker, rejected, other): count, dates, and the range of
+    event times (unix micros) and ids (trade_id, ticker sequence), to prune MERGEs."""
+    kind = (
+        F.when(F.col("reason").isNotNull(), "rejected")
+        .when(F.col("kind").isin("match", "last_match"), "trade")
+        .when(F.col("kind") == "ticker", "ticker")
+        .otherwise("other")
+    )
+    usable = kind.isin("trade", "ticker")
+    event = F.when(usable, _event_time(F.col("m")))
+    ident = F.when(kind == "trade", F.col("m.trade_id")).when(kind == "ticker", F.col("m.sequence"))
+    return (
+        parsed.groupBy(kind.alias("kind"))
+        .agg(
+            F.count("*").alias("n"),
+            F.collect_set(F.to_date(event)).alias("dates"),
+            F.unix_micros(F.min(event)).alias("first_us"),
+            F.unix_micros(F.max(event)).alias("last_us"),
+            F.min(ident).alias("first_id"),
+            F.max(ident).alias("last_id"),
+        )
+        .collect()
+    )
+
+
+def _recv_time(recv_ns: Column) -> Column:
+    return F.timestamp_micros(F.expr("recv_ns div 1000"))
+
+
+def _price(col: Column, spec: LT.TableSpec, name: str) -> Column:
+    typ = spec.schema.field(name).type
+    return col.cast(T.DecimalType(typ.precision, typ.scale))
+
+
+def trades(parsed: DataFrame) -> DataFrame:
+    """Valid matches as silver.trades rows; `side` is the taker's (Coinbase sends the maker's)."""
+    m = F.col("m")
+    time = _event_time(m)
+    rows = parsed.where(F.col("reason").isNull() & F.col("kind").isin("match", "last_match"))
+    return rows.select(
+        F.col("exchange"),
+        m["product_id"].alias("product_id"),
+        m["trade_id"].alias("trade_id"),
+        _price(m["price"], LT.TRADES, "price").alias("price"),
+        _price(m["size"], LT.TRADES, "size").alias("size"),
+        F.when(m["side"] == "buy", "sell").otherwise("buy").alias("side"),
+        time.alias("time"),
+        _recv_time(F.col("recv_ns")).alias("recv_time"),
+        m["sequence"].alias("sequence"),
+        m["maker_order_id"].alias("maker_order_id"),
+        m["taker_order_id"].alias("taker_order_id"),
+        F.col("conn_id"),
+        F.to_date(time).alias("date"),
+        F.col("partition").alias("_partition"),
+        F.col("offset").alias("_offset"),
+    )
+
+
+def tickers(parsed: DataFrame) -> DataFrame:
+    m = F.col("m")
+    time = _event_time(m)
+    rows = parsed.where(F.col("reason").isNull() & (F.col("kind") == "ticker"))
+    amounts = [
+        _price(m[name], LT.TICKERS, name).alias(name) for name in ("price", *TICKER_AMOUNTS[:4])
+    ]
+    stats = [
+        _price(m[name], LT.TICKERS, name).alias(name)
+        for name in ("open_24h", "high_24h", "low_24h", "volume_24h", "volume_30d")
+    ]
+    return rows.select(
+        F.col("exchange"),
+        m["product_id"].alias("product_id"),
+        m["sequence"].alias("sequence"),
+        *amounts,
+        *stats,
+        m["side"].alias("side"),
+        _price(m["last_size"], LT.TICKERS, "last_size").alias("last_size"),
+        m["trade_id"].alias("trade_id"),
+        time.alias("time"),
+        _recv_time(F.col("recv_ns")).alias("recv_time"),
+        F.to_date(time).alias("date"),
+        F.col("partition").alias("_partition"),
+        F.col("offset").alias("_offset"),
+    )
+
+
+def quarantine(parsed: DataFrame) -> DataFrame:
+    recv = _recv_time(F.col("recv_ns"))
+    return parsed.where(F.col("reason").isNotNull()).select(
+        F.col("exchange").alias("source"),
+        "conn_id",
+        "recv_seq",
+        recv.alias("recv_time"),
+        F.col("text").alias("frame"),
+        "reason",
+        F.to_date(recv).alias("date"),
+    )
+
+
+def bronze(frames_df: DataFrame) -> DataFrame:
+    recv = _recv_time(F.col("recv_ns"))
+    return frames_df.select(
+        F.col("exchange").alias("source"),
+        "conn_id",
+        "recv_seq",
+        recv.alias("recv_time"),
+        F.col("text").alias("frame"),
+        F.to_date(recv).alias("date"),
+    )

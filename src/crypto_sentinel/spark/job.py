@@ -1,0 +1,135 @@
+"""The Spark Structured Streaming job: Kafka raw-frame topics -> the Delta lake.
+
+Run it with `sentinel spark submit` (which calls spark-submit on this file). Settings come
+from the environment (`SENTINEL_*`) like every other verb; `--available-now` processes what
+the topics hold and stops (tests, backfills), otherwise it runs until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import signal
+import sys
+import uuid
+from pathlib import Path
+from types import FrameType
+
+from pyspark.sql import SparkSession
+from pyspark.sql.streaming import StreamingQuery
+
+from crypto_sentinel.config import Settings, load_settings
+from crypto_sentinel.lake.tables import ensure_tables
+from crypto_sentinel.spark.sink import LakeSink
+
+log = logging.getLogger("crypto_sentinel.spark")
+
+
+def checkpoint_dir(settings: Settings) -> Path:
+    return (settings.spark_checkpoint_dir or settings.data_dir / "spark" / "checkpoint").resolve()
+
+
+def session(
+    settings: Settings, master: str | None = None, jars: list[Path] | None = None
+) -> SparkSession:
+    """Session confs the job depends on (exact decimals, UTC, Delta); sized for small boxes.
+    Under spark-submit, master and jars come from its command line instead."""
+    partitions = str(settings.spark_shuffle_partitions)
+    confs = {
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": partitions,
+        "spark.databricks.delta.snapshotPartitions": partitions,
+        # price * size must stay exact: decimal(38,24), never rounded to fit
+        "spark.sql.decimalOperations.allowPrecisionLoss": "false",
+        "spark.sql.parquet.compression.codec": "zstd",
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+        "spark.ui.enabled": "false",
+    }
+    if master is not None:
+        confs["spark.master"] = master
+        confs["spark.driver.memory"] = settings.spark_driver_memory
+        confs["spark.driver.extraJavaOptions"] = settings.spark_java_options
+    if jars:
+        confs["spark.jars"] = ",".join(str(j) for j in jars)
+    builder = SparkSession.builder.appName(settings.spark_app_id)
+    for key, value in confs.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
+def txn_app_id(settings: Settings, checkpoint: Path) -> str:
+    """Delta app id of this checkpoint: Spark restarts batch ids with a new checkpoint, so a
+    new checkpoint must not inherit the old one's committed versions."""
+    marker = checkpoint / "sentinel-app.json"
+    try:
+        return str(json.loads(marker.read_text())["txn_app_id"])
+    except (OSError, ValueError, KeyError):
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        app_id = f"{settings.spark_app_id}:{uuid.uuid4().hex[:12]}"
+        marker.write_text(json.dumps({"txn_app_id": app_id}))
+        return app_id
+
+
+def start(spark: SparkSession, settings: Settings, available_now: bool) -> StreamingQuery:
+    lake = settings.lake_path
+    ensure_tables(lake)  # same schemas and partitioning as the embedded engine creates
+    checkpoint = checkpoint_dir(settings)
+    sink = LakeSink(spark, lake, txn_app_id(settings, checkpoint), settings.kafka_topic_prefix)
+    records = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
+        .option("subscribePattern", "^" + re.escape(settings.kafka_topic_prefix) + ".*")
+        .option("startingOffsets", "earliest")
+        .option("maxOffsetsPerTrigger", settings.spark_max_offsets_per_trigger)
+        .option("includeHeaders", "true")
+        .option("failOnDataLoss", "false")  # retention removed data: go on, never crash
+        .option("kafka.metadata.max.age.ms", "5000")  # see new exchanges' topics soon
+        .load()
+    )
+    writer = records.writeStream.foreachBatch(sink).option(
+        "checkpointLocation", str(checkpoint / "query")
+    )
+    if available_now:
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=f"{settings.spark_trigger_seconds} seconds")
+    return writer.queryName(settings.spark_app_id).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--available-now", action="store_true", help="process the backlog, stop")
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
+    spark = session(settings)
+    query = start(spark, settings, args.available_now)
+    log.info("streaming %s* -> %s", settings.kafka_topic_prefix, settings.lake_path)
+    stopping = False
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while query.isActive and not stopping:
+        query.awaitTermination(1)
+    if stopping:
+        query.stop()
+    error = query.exception()
+    spark.stop()
+    if error is not None:
+        log.error("streaming query failed: %s", error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""Install the Spark job's jars with Maven, submit the job and run a small standalone cluster.
+
+Why: the machines have Java and Maven but no Spark distribution and no Ivy access at run time.
+pyspark from PyPI brings Spark itself (jars and launch scripts); Maven Central brings the Kafka
+source and Delta Lake, resolved once into ``<data dir>/spark/<versions>/jars`` and passed to
+``spark-submit --jars``. Jars pyspark already ships are left out, so nothing is on the classpath
+twice. The standalone master and worker run from the same pyspark installation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crypto_sentinel.config import Settings
+
+DELTA_VERSION = "4.4.0"  # newest delta-spark on Maven Central built for Spark 4.2
+SCALA_VERSION = "2.13"
+_MARKER = "installed.json"
+_JAR_NAME = re.compile(r"^(?P<artifact>.+?)-(?P<version>\d[^-]*(?:-\d+)?)\.jar$")
+_MAVEN_TIMEOUT_S = 900.0
+
+
+class SparkOpsError(RuntimeError):
+    """Installing or running Spark failed; the message says why and what to do."""
+
+
+def spark_home() -> Path:
+    """The pyspark installation doubles as SPARK_HOME (bin/spark-submit, jars/)."""
+    try:
+        import pyspark
+    except ImportError:
+        raise SparkOpsError(
+            "pyspark is not installed: pip install -e '.[spark]' (or make install)"
+        ) from None
+    return Path(pyspark.__file__).parent
+
+
+def spark_version() -> str:
+    import pyspark
+
+    return str(pyspark.__version__)
+
+
+def jars_dir(settings: Settings) -> Path:
+    cache = settings.spark_jars_cache or settings.data_dir / "spark"
+    return cache.resolve() / f"spark-{spark_version()}-delta-{DELTA_VERSION}" / "jars"
+
+
+def _artifact(jar: str) -> str:
+    match = _JAR_NAME.match(jar)
+    return match.group("artifact") if match else jar
+
+
+def install(settings: Settings, quiet: bool = False) -> list[Path]:
+    """Resolve the Kafka source and Delta jars (a no-op once done); returns the jar paths."""
+    out = jars_dir(settings)
+    found = installed_jars(settings)
+    if found is not None:
+        return found
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise SparkOpsError("Maven (`mvn`) is not on PATH; it fetches the Spark job's jars")
+    version = spark_version()
+    pom_text = (
+        importlib.resources.files("crypto_sentinel.ops")
+        .joinpath("spark_pom.xml")
+        .read_text(encoding="utf-8")
+        .replace("@SPARK_VERSION@", version)
+        .replace("@SPARK_MINOR@", ".".join(version.split(".")[:2]))
+        .replace("@SCALA_VERSION@", SCALA_VERSION)
+        .replace("@DELTA_VERSION@", DELTA_VERSION)
+    )
+    work = out.parent / "maven"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "pom.xml").write_text(pom_text, encoding="utf-8")
+    staging = out.parent / "jars.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    cmd = [mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(work / "pom.xml")]
+    if os.environ.get("SENTINEL_MAVEN_REPO"):
+        cmd.append(f"-Dmaven.repo.local={Path(os.environ['SENTINEL_MAVEN_REPO']).resolve()}")
+    cmd += [
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={staging}",
+        "-DincludeScope=runtime",
+    ]
+    if not quiet:
+        print(f"Resolving the Spark job's jars into {out} via Maven ...", file=sys.stderr)
+    try:
+        proc = subprocess.run(
+            cmd, cwd=work, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=_MAVEN_TIMEOUT_S,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SparkOpsError(f"cannot run {' '.join(cmd)}: {exc}") from exc
+    (work / "mvn.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
+        raise SparkOpsError(f"mvn failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+    shipped = {_artifact(j.name) for j in (spark_home() / "jars").glob("*.jar")}
+    for jar in staging.glob("*.jar"):
+        if _artifact(jar.name) in shipped:
+            jar.unlink()  # pyspark has its own (newer) copy; two on one classpath conflict
+    names = sorted(j.name for j in staging.glob("*.jar"))
+    if not any(n.startswith("spark-sql-kafka") for n in names) or not any(
+        n.startswith("delta-spark") for n in names
+    ):
+        raise SparkOpsError(f"Maven resolved no Kafka source or Delta jar into {staging}")
+    (staging / _MARKER).write_text(json.dumps({"jars": names}, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    if not quiet:
+        print(f"Installed {len(names)} jars into {out}", file=sys.stderr)
+    return [out / n for n in names]
+
+
+def installed_jars(settings: Settings) -> list[Path] | None:
+    out = jars_dir(settings)
+    try:
+        names = json.loads((out / _MARKER).read_text())["jars"]
+    except (OSError, ValueError, KeyError):
+        return None
+    jars = [out / n for n in names]
+    return jars if all(j.is_file() for j in jars) else None
+
+
+def spark_env(settings: Settings) -> dict[str, str]:
+    """Environment for spark-submit and the daemons: our venv's Python, pyspark's Spark."""
+    env = dict(os.environ)
+    env["SPARK_HOME"] = str(spark_home())
+    env["PYSPARK_PYTHON"] = sys.executable
+    env["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    env["SPARK_LOG_DIR"] = str(settings.data_dir.resolve() / "spark" / "logs")
+    conf = settings.data_dir.resolve() / "spark" / "conf"
+    conf.mkdir(parents=True, exist_ok=True)
+    (conf / "log4j2.properties").write_text(_LOG4J2)
+    env["SPARK_CONF_DIR"] = str(conf)
+    return env
+
+
+#: Spark logs INFO by default: thousands of lines per micro-batch. Warnings are enough.
+_LOG4J2 = """\
+rootLogger.level = warn
+rootLogger.appenderRef.stderr.ref = stderr
+appender.console.type = Console
+appender.console.name = stderr
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
+logger.master.name = org.apache.spark.deploy
+logger.master.level = info
+"""
+
+
+def submit_command(settings: Settings, master: str, jars: list[Path], *job_args: str) -> list[str]:
+    """spark-submit of the job module with bounded memory and no web UI."""
+    from crypto_sentinel.spark import job
+
+    confs = {
+        "spark.ui.enabled": "false",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.executor.memory": settings.spark_executor_memory,
+        "spark.driver.extraJavaOptions": settings.spark_java_options,
+        "spark.executor.extraJavaOptions": settings.spark_java_options,
+    }
+    if master.startswith("spark://"):
+        confs["spark.cores.max"] = str(settings.spark_worker_cores)
+    cmd = [
+        str(spark_home() / "bin" / "spark-submit"),
+        "--master", master,
+        "--name", settings.spark_app_id,
+        "--driver-memory", settings.spark_driver_memory,
+        "--jars", ",".join(str(j) for j in jars),
+    ]  # fmt: skip
+    for key, value in confs.items():
+        cmd += ["--conf", f"{key}={value}"]
+    return [*cmd, str(Path(job.__file__).resolve()), *job_args]
+
+
+# --------------------------------------------------------------------------- standalone cluster
+
+
+@dataclass
+class ClusterState:
+    master_url: str
+    master_pid: int
+    worker_pid: int
+    master_log: str
+    worker_log: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _cluster_file(data_dir: Path) -> Path:
+    return data_dir.resolve() / "spark" / "cluster.json"
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+        return False
+    return True
+
+
+def cluster_status(data_dir: Path) -> dict[str, Any] | None:
+    try:
+        raw = json.loads(_cluster_file(data_dir).read_text())
+    except (OSError, ValueError):
+        return None
+    state = ClusterState(**raw)
+    return {
+        **state.as_dict(),
+        "master_alive": _alive(state.master_pid),
+        "worker_alive": _alive(state.worker_pid),
+    }
+
+
+def _daemon(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True,  # survives the CLI; stopped by `sentinel spark cluster stop`
+        )  # fmt: skip
+
+
+def _wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in log.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+    raise SparkOpsError(f"Spark daemon did not report {text!r} in {timeout:.0f}s:\n{tail}")
+
+
+def cluster_start(settings: Settings, host: str = "127.0.0.1", timeout: float = 90) -> ClusterState:
+    """Start one master and one worker (bounded cores and memory) on free ports."""
+    data_dir = settings.data_dir
+    current = cluster_status(data_dir)
+    if current and current["master_alive"] and current["worker_alive"]:
+        return ClusterState(**{k: current[k] for k in ClusterState.__dataclass_fields__})
+    env = spark_env(settings)
+    env["SPARK_DAEMON_MEMORY"] = settings.spark_daemon_memory
+    base = data_dir.resolve() / "spark"
+    spark_class = str(spark_home() / "bin" / "spark-class")
+    port = _free_port(host)
+    master_url = f"spark://{host}:{port}"
+    master_log, worker_log = base / "logs" / "master.log", base / "logs" / "worker.log"
+    master = _daemon(
+        [spark_class, "org.apache.spark.deploy.master.Master", "--host", host,
+         "--port", str(port), "--webui-port", str(_free_port(host))],
+        master_log, env,
+    )  # fmt: skip
+    try:
+        _wait_for(master_log, "I have been elected leader", master, timeout)
+        worker = _daemon(
+            [spark_class, "org.apache.spark.deploy.worker.Worker", master_url, "--host", host,
+             "--webui-port", str(_free_port(host)), "--cores", str(settings.spark_worker_cores),
+             "--memory", settings.spark_worker_memory, "--work-dir", str(base / "work")],
+            worker_log, env,
+        )  # fmt: skip
+        try:
+            _wait_for(worker_log, "Successfully registered with master", worker, timeout)
+        except SparkOpsError:
+            _terminate(worker.pid)
+            raise
+    except SparkOpsError:
+        _terminate(master.pid)
+        raise
+    state = ClusterState(master_url, master.pid, worker.pid, str(master_log), str(worker_log))
+    _cluster_file(data_dir).write_text(json.dumps(state.as_dict(), indent=2))
+    return state
+
+
+def _terminate(pid: int, timeout: float = 20) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        while _alive(pid):
+            time.sleep(0.05)
+
+
+def cluster_stop(data_dir: Path) -> bool:
+    """Stop the worker, then the master; False if no cluster was recorded."""
+    state = cluster_status(data_dir)
+    if state is None:
+        return False
+    _terminate(state["worker_pid"])
+    _terminate(state["master_pid"])
+    _cluster_file(data_dir).unlink(missing_ok=True)
+    return True

@@ -1,0 +1,310 @@
+"""The Spark job against the embedded engine on one real Kafka topic set (real broker, real
+Spark, real Delta): recorded Coinbase frames plus simulated ones with duplicates and malformed
+frames, processed by `sentinel process` into lake A and by `sentinel spark submit` into other
+lakes, must give the same silver, gold, bronze and quarantine rows — also when the Spark driver
+is SIGKILLed mid-stream and restarted, and when the job runs on a standalone cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from deltalake import DeltaTable
+
+from crypto_sentinel.bus.kafka import KafkaPublisher, ensure_topics
+from crypto_sentinel.config import load_settings
+from crypto_sentinel.lake import tables as T
+from crypto_sentinel.simulator import SimulatorServer
+from crypto_sentinel.simulator.server import Session
+from crypto_sentinel.sources.coinbase import CoinbaseSource
+from crypto_sentinel.sources.replay import ReplaySource
+from crypto_sentinel.spark import ops
+from tests.conftest import COINBASE_DATA, ROOT
+
+pytestmark = pytest.mark.integration
+PRODUCTS = ["BTC-USD", "ETH-USD", "SOL-USD"]
+SIM_TRADES = 1500
+#: Frames the simulator's fault hook slips in after every 97th frame: each is quarantined by
+#: the codec for a different reason.
+MALFORMED = [
+    "this is not json {",
+    '{"type":"match","trade_id":"7","side":"buy","size":"1","price":"1",'
+    '"product_id":"BTC-USD","time":"2026-01-01T00:00:00Z"}',
+    '{"type":"mystery","product_id":"ETH-USD"}',
+    '{"type":"match","trade_id":7,"side":"buy","size":"1","price":"-5",'
+    '"product_id":"SOL-USD","time":"2026-01-01T00:00:00Z"}',
+    '{"type":"match","trade_id":7,"side":"buy","size":"0.1234567890123","price":"5",'
+    '"product_id":"BTC-USD","time":"2026-01-01T00:00:00Z"}',
+    '{"type":"match","trade_id":7,"side":"up","size":"1","price":"5",'
+    '"product_id":"ETH-USD","time":"2026-01-01T00:00:00Z"}',
+    '{"type":"ticker","sequence":1,"product_id":"btc","price":"5","time":"2026-01-01T00:00:00Z"}',
+    '{"type":"match","trade_id":7,"side":"buy","size":"1","price":"5",'
+    '"product_id":"SOL-USD","time":"2999-01-01T00:00:00.5Z"}',
+    '{"type":"match","side":"buy","size":"1","price":"5","product_id":"BTC-USD"}',
+]
+
+
+class Faults:
+    """Simulator fault hook: duplicate every 40th match frame, add a malformed frame after
+    every 97th frame (the FrameHook protocol of simulator/server.py)."""
+
+    disconnect_every = 0.0
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.duplicated = 0
+        self.malformed = 0
+
+    def outbound(self, session: Session, frame: str) -> Iterable[str | bytes]:
+        self.seen += 1
+        out = [frame]
+        if frame.startswith('{"type":"match"') and self.seen % 40 == 0:
+            out.append(frame)
+            self.duplicated += 1
+        if self.seen % 97 == 0:
+            out.append(MALFORMED[self.malformed % len(MALFORMED)])
+            self.malformed += 1
+        return out
+
+    def forget(self, session: Session) -> None:
+        pass
+
+
+@dataclass
+class Inputs:
+    bootstrap: str
+    prefix: str
+    frames: int  # delivered to Kafka
+    emitted: dict[tuple[str, int], tuple[str, str]]  # simulator trades: key -> price, size
+    faults: Faults
+
+    def env(self, lake: Path, **extra: str) -> dict[str, str]:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_")}
+        return {
+            **base,
+            "SENTINEL_KAFKA_BOOTSTRAP": self.bootstrap,
+            "SENTINEL_KAFKA_TOPIC_PREFIX": self.prefix,
+            "SENTINEL_LAKE_DIR": str(lake),
+            "SENTINEL_DATA_DIR": str(lake.parent / "data"),
+            "SENTINEL_SPARK_JARS_CACHE": str(ROOT / ".sentinel" / "spark"),
+            "SENTINEL_MAINTENANCE_ENABLED": "false",
+            **extra,
+        }
+
+
+async def _publish(bootstrap: str, prefix: str) -> Inputs:
+    settings = load_settings(kafka_bootstrap=bootstrap, kafka_topic_prefix=prefix)
+    await asyncio.to_thread(ensure_topics, settings, ["coinbase", "simulator"])
+    publisher = KafkaPublisher(settings)
+    for name in ("session.recv_ts.ndjson", "error.ndjson"):  # recorded Coinbase frames
+        await ReplaySource(COINBASE_DATA / name, exchange="coinbase").run(publisher.publish)
+    faults = Faults()
+    sim = SimulatorServer(
+        products=PRODUCTS, rate=1500, seed=6, max_trades=SIM_TRADES, faults=faults,
+        wait_for_subscriber=True,
+    )  # fmt: skip
+    await sim.start()
+    source = CoinbaseSource(PRODUCTS, sim.ws_url, exchange="simulator", kind="simulator")
+    task = asyncio.create_task(source.run(publisher.publish))
+    try:
+        await asyncio.wait_for(sim.wait_done(), 60)
+        await asyncio.sleep(1.5)  # the last frames are on their way through the socket
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await sim.stop()
+    assert await asyncio.to_thread(publisher.flush, 30) == 0
+    emitted = {(t.product_id, t.trade_id): (t.price, t.size) for t in sim.market.emitted()}
+    assert len(emitted) == SIM_TRADES and faults.duplicated > 5 and faults.malformed > 5
+    return Inputs(bootstrap, prefix, publisher.delivered, emitted, faults)
+
+
+@pytest.fixture(scope="module")
+def inputs(broker: tuple[Path, str]) -> Inputs:
+    """One set of topics for every test here (the broker is conftest's, one per module)."""
+    return asyncio.run(_publish(broker[1], f"t{uuid.uuid4().hex[:8]}."))
+
+
+def _rows(lake: Path, spec: T.TableSpec) -> list[dict[str, Any]]:
+    path = spec.path(lake)
+    if not DeltaTable.is_deltatable(str(path)):
+        return []
+    return DeltaTable(str(path)).to_pyarrow_table().to_pylist()
+
+
+def _count(lake: Path, spec: T.TableSpec) -> int:
+    path = spec.path(lake)
+    if not DeltaTable.is_deltatable(str(path)):
+        return 0
+    return int(DeltaTable(str(path)).to_pyarrow_dataset().count_rows())
+
+
+def _wait_for_frames(lake: Path, frames: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 150
+    while _count(lake, T.BRONZE) < frames:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(
+                f"bronze has {_count(lake, T.BRONZE)} of {frames} frames\n"
+                + log.read_text(errors="replace")[-4000:]
+            )
+        time.sleep(0.5)
+
+
+def _run(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "crypto_sentinel.cli", *args],
+        env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the JVM and Python driver with it
+    )  # fmt: skip
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def embedded_lake(inputs: Inputs, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Lake A: the embedded engine as a Kafka consumer group (`sentinel process`)."""
+    lake = tmp_path_factory.mktemp("embedded") / "lake"
+    log = lake.parent / "process.log"
+    env = inputs.env(lake, SENTINEL_KAFKA_GROUP=f"g{uuid.uuid4().hex[:8]}")
+    proc = _run(["process"], env, log)
+    try:
+        _wait_for_frames(lake, inputs.frames, proc, log)
+    finally:
+        _stop(proc)
+    silver = {
+        (r["product_id"], r["trade_id"]): (str(r["price"]), str(r["size"]))
+        for r in _rows(lake, T.TRADES)
+        if r["exchange"] == "simulator"
+    }
+    assert silver.keys() == inputs.emitted.keys()  # the reference itself is complete
+    return lake
+
+
+@pytest.fixture(scope="module")
+def jars() -> None:
+    """Resolve once into the repo's cache (`make test` has done it with `sentinel spark
+    install`; a plain pytest run does it here)."""
+    ops.install(load_settings(spark_jars_cache=ROOT / ".sentinel" / "spark"), quiet=True)
+
+
+def _submit(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+    return _run(["spark", "submit", *args], env, log)
+
+
+def _finish(proc: subprocess.Popen[bytes], log: Path, timeout: float = 240) -> None:
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _stop(proc, signal.SIGKILL)
+        tail = log.read_text(errors="replace")[-4000:]
+        raise AssertionError(f"spark job did not finish\n{tail}") from None
+    assert code == 0, log.read_text(errors="replace")[-6000:]
+
+
+def _key(spec: T.TableSpec) -> Any:
+    return lambda row: tuple(row[k] for k in spec.key)
+
+
+def assert_same_lakes(a: Path, b: Path) -> None:
+    """Row for row, every column, exact decimals (Decimal equality includes the scale)."""
+    for spec in (T.TRADES, T.CANDLES_1M, T.TICKERS, T.BRONZE):
+        rows_a = sorted(_rows(a, spec), key=_key(spec))
+        rows_b = sorted(_rows(b, spec), key=_key(spec))
+        assert len(rows_a) == len(rows_b), (spec.name, len(rows_a), len(rows_b))
+        for row_a, row_b in zip(rows_a, rows_b, strict=True):
+            assert row_a == row_b, (spec.name, row_a, row_b)
+            for name, value in row_a.items():  # same decimal text, not only the same value
+                assert str(value) == str(row_b[name]), (spec.name, name, value, row_b[name])
+    quarantine_a = sorted(_rows(a, T.QUARANTINE), key=_key(T.QUARANTINE))
+    quarantine_b = sorted(_rows(b, T.QUARANTINE), key=_key(T.QUARANTINE))
+    assert len(quarantine_a) == len(quarantine_b)
+    for qa, qb in zip(quarantine_a, quarantine_b, strict=True):
+        assert {**qa, "reason": None} == {**qb, "reason": None}
+        # msgspec's wording of type errors is not Spark's; the kind of failure is the same
+        assert qa["reason"].split(":")[0] == qb["reason"].split(":")[0], (qa, qb)
+
+
+def _check_inputs_reached_silver(lake: Path, inputs: Inputs) -> None:
+    trades = _rows(lake, T.TRADES)
+    assert len({(r["exchange"], r["product_id"], r["trade_id"]) for r in trades}) == len(trades)
+    assert sum(r["exchange"] == "coinbase" for r in trades) > 10  # recorded frames too
+    assert len(_rows(lake, T.QUARANTINE)) >= inputs.faults.malformed + 2  # + recorded errors
+
+
+def test_spark_local_matches_embedded_engine(
+    inputs: Inputs, embedded_lake: Path, jars: None, tmp_path: Path
+) -> None:
+    lake = tmp_path / "lake"
+    log = tmp_path / "spark.log"
+    _finish(_submit(inputs.env(lake), log, "--master", "local[2]", "--available-now"), log)
+    _check_inputs_reached_silver(lake, inputs)
+    assert_same_lakes(embedded_lake, lake)
+
+
+def test_spark_driver_killed_mid_stream_and_restarted(
+    inputs: Inputs, embedded_lake: Path, jars: None, tmp_path: Path
+) -> None:
+    lake = tmp_path / "lake"
+    log = tmp_path / "spark.log"
+    # small micro-batches, so the kill lands between (or inside) commits of a running stream
+    env = inputs.env(lake, SENTINEL_SPARK_MAX_OFFSETS_PER_TRIGGER="600")
+    proc = _submit(env, log, "--master", "local[2]")
+    try:
+        deadline = time.monotonic() + 180
+        while _count(lake, T.BRONZE) == 0:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
+            time.sleep(0.2)
+    finally:
+        _stop(proc, signal.SIGKILL)
+    assert 0 < _count(lake, T.BRONZE) < inputs.frames  # really mid-stream
+    log = tmp_path / "spark-restart.log"
+    env.pop("SENTINEL_SPARK_MAX_OFFSETS_PER_TRIGGER")  # the rest in one batch after the re-run
+    _finish(_submit(env, log, "--master", "local[2]", "--available-now"), log)
+    assert_same_lakes(embedded_lake, lake)
+
+
+def test_spark_on_standalone_cluster(
+    inputs: Inputs, embedded_lake: Path, jars: None, tmp_path: Path
+) -> None:
+    lake = tmp_path / "lake"
+    env = inputs.env(lake)
+    settings_env = {k: v for k, v in env.items() if k.startswith("SENTINEL_")}
+    status = tmp_path / "status.log"
+    start = subprocess.run(
+        [sys.executable, "-m", "crypto_sentinel.cli", "spark", "cluster", "start"],
+        env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    try:
+        assert start.returncode == 0, start.stdout + start.stderr
+        state = ops.cluster_status(Path(settings_env["SENTINEL_DATA_DIR"]))
+        assert state is not None and state["master_alive"] and state["worker_alive"]
+        log = tmp_path / "spark.log"
+        _finish(_submit(env, log, "--master", state["master_url"], "--available-now"), log)
+        worker_log = Path(state["worker_log"]).read_text(errors="replace")
+        assert "Asked to launch executor" in worker_log  # the work ran on the worker
+    finally:
+        stop = subprocess.run(
+            [sys.executable, "-m", "crypto_sentinel.cli", "spark", "cluster", "stop"],
+            env=env, stdout=status.open("w"), stderr=subprocess.STDOUT, timeout=120,
+        )  # fmt: skip
+    assert stop.returncode == 0
+    assert ops.cluster_status(Path(settings_env["SENTINEL_DATA_DIR"])) is None
+    assert_same_lakes(embedded_lake, lake)
