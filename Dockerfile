@@ -31,7 +31,7 @@ FROM build AS spark-build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends maven openjdk-17-jre-headless \
  && /opt/sentinel/bin/pip install ".[spark]" \
- && SENTINEL_DATA_DIR=/opt/sentinel-jars /opt/sentinel/bin/sentinel spark install
+ && SENTINEL_SPARK_JARS_CACHE=/opt/sentinel-jars /opt/sentinel/bin/sentinel spark install
 
 FROM app AS spark
 USER root
@@ -40,6 +40,6 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=spark-build /opt/sentinel /opt/sentinel
 COPY --from=spark-build /opt/sentinel-jars /opt/sentinel-jars
-ENV SENTINEL_SPARK_JARS_DIR=/opt/sentinel-jars
+ENV SENTINEL_SPARK_JARS_CACHE=/opt/sentinel-jars
 USER sentinel
 HEALTHCHECK NONE

@@ -102,6 +102,8 @@ def test_heartbeat() -> None:
         (orjson.dumps({**MATCH, "price": "-1"}).decode(), "price must be > 0"),
         (orjson.dumps({**MATCH, "price": "NaN"}).decode(), "not a plain non-negative decimal"),
         (orjson.dumps({**MATCH, "size": "1e5"}).decode(), "not a plain non-negative decimal"),
+        (orjson.dumps({**MATCH, "price": "1.\u00b2"}).decode(), "not a plain non-negative"),
+        (orjson.dumps({**MATCH, "size": "\u0663.5"}).decode(), "not a plain non-negative"),
         (orjson.dumps({**MATCH, "price": 5}).decode(), "Expected `str`, got `int`"),
         (orjson.dumps({**MATCH, "price": "1.0000000000001"}).decode(), "decimal places"),
         (orjson.dumps({**MATCH, "side": "up"}).decode(), "side must be"),

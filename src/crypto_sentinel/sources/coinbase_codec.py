@@ -261,7 +261,8 @@ def _check_product(product_id: str) -> None:
 def _check_amount(name: str, text: str, allow_zero: bool = False) -> None:
     """Validate exact decimal text as sent ("0.00001305") on the string: cheap and exact."""
     whole, dot, frac = text.partition(".")
-    if not whole.isdigit() or (dot and not frac.isdigit()) or not whole.isascii():
+    # ASCII first: str.isdigit() also takes "²" or "٣", which Decimal rejects or reads as 3
+    if not text.isascii() or not whole.isdigit() or (dot and not frac.isdigit()):
         if text.startswith("-") and not allow_zero:
             raise FrameError(f"{name} must be > 0, got {text}")
         raise FrameError(f"{name} is not a plain non-negative decimal: {text!r}")

@@ -1,4 +1,4 @@
-"""`sentinel spark install | submit | cluster start|stop|status` (a plugin of cli.py)."""
+"""`sentinel spark install | submit | cluster start|stop|status|master|worker` (cli.py plugin)."""
 
 from __future__ import annotations
 
@@ -75,6 +75,15 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     from crypto_sentinel.spark import ops
 
     settings = _settings(args)
+    if args.action == "master":  # foreground, e.g. as a container's command
+        ops.run_in_foreground(settings, ops.master_command(args.host, args.port, args.webui_port))
+    if args.action == "worker":
+        if not args.master_url:
+            print("sentinel spark cluster worker: give the master, e.g. spark://HOST:7077",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        command = ops.worker_command(settings, args.master_url, args.host, args.webui_port)
+        ops.run_in_foreground(settings, command)
     if args.action == "start":
         state = ops.cluster_start(settings, timeout=args.timeout)
         print(f"master {state.master_url} (pid {state.master_pid}), worker pid {state.worker_pid}")
@@ -111,7 +120,17 @@ def add_cli(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--kafka-bootstrap", help="Kafka bootstrap servers")
     p.set_defaults(func=_guard(cmd_submit))
 
-    p = sub.add_parser("cluster", parents=[common], help="a standalone master and one worker")
-    p.add_argument("action", choices=["start", "stop", "status"])
+    p = sub.add_parser(
+        "cluster",
+        parents=[common],
+        help="a standalone master and one worker",
+        description="start|stop|status: a local master and worker in the background."
+        " master|worker: one daemon in the foreground (a container's command).",
+    )
+    p.add_argument("action", choices=["start", "stop", "status", "master", "worker"])
+    p.add_argument("master_url", nargs="?", help="worker: the master, spark://HOST:PORT")
     p.add_argument("--timeout", type=float, default=90.0, help="start-up timeout, seconds")
+    p.add_argument("--host", help="master/worker: address to bind and advertise")
+    p.add_argument("--port", type=int, default=7077, help="master: port (default 7077)")
+    p.add_argument("--webui-port", type=int, default=8080, help="master/worker: web UI port")
     p.set_defaults(func=_guard(cmd_cluster))

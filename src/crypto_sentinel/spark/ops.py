@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from crypto_sentinel.config import Settings
 
@@ -260,6 +260,40 @@ def _wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: floa
     raise SparkOpsError(f"Spark daemon did not report {text!r} in {timeout:.0f}s:\n{tail}")
 
 
+def master_command(host: str | None, port: int, webui_port: int) -> list[str]:
+    """A standalone master from the pyspark installation."""
+    return [
+        str(spark_home() / "bin" / "spark-class"), "org.apache.spark.deploy.master.Master",
+        "--host", host or socket.gethostname(), "--port", str(port),
+        "--webui-port", str(webui_port),
+    ]  # fmt: skip
+
+
+def worker_command(
+    settings: Settings, master_url: str, host: str | None, webui_port: int
+) -> list[str]:
+    """A standalone worker with the configured cores and memory."""
+    work = settings.data_dir.resolve() / "spark" / "work"
+    return [
+        str(spark_home() / "bin" / "spark-class"), "org.apache.spark.deploy.worker.Worker",
+        master_url, *(["--host", host] if host else []), "--webui-port", str(webui_port),
+        "--cores", str(settings.spark_worker_cores), "--memory", settings.spark_worker_memory,
+        "--work-dir", str(work),
+    ]  # fmt: skip
+
+
+def run_in_foreground(settings: Settings, command: list[str]) -> NoReturn:
+    """Become the Spark daemon (exec): a container's main process, signals go to the JVM."""
+    env = spark_env(settings)
+    env["SPARK_DAEMON_MEMORY"] = settings.spark_daemon_memory
+    env["SPARK_NO_DAEMONIZE"] = "1"
+    sys.stdout.flush()
+    try:
+        os.execve(command[0], command, env)
+    except OSError as exc:
+        raise SparkOpsError(f"cannot run {command[0]}: {exc}") from exc
+
+
 def cluster_start(settings: Settings, host: str = "127.0.0.1", timeout: float = 90) -> ClusterState:
     """Start one master and one worker (bounded cores and memory) on free ports."""
     data_dir = settings.data_dir
@@ -269,23 +303,15 @@ def cluster_start(settings: Settings, host: str = "127.0.0.1", timeout: float = 
     env = spark_env(settings)
     env["SPARK_DAEMON_MEMORY"] = settings.spark_daemon_memory
     base = data_dir.resolve() / "spark"
-    spark_class = str(spark_home() / "bin" / "spark-class")
     port = _free_port(host)
     master_url = f"spark://{host}:{port}"
     master_log, worker_log = base / "logs" / "master.log", base / "logs" / "worker.log"
-    master = _daemon(
-        [spark_class, "org.apache.spark.deploy.master.Master", "--host", host,
-         "--port", str(port), "--webui-port", str(_free_port(host))],
-        master_log, env,
-    )  # fmt: skip
+    master = _daemon(master_command(host, port, _free_port(host)), master_log, env)
     try:
         _wait_for(master_log, "I have been elected leader", master, timeout)
         worker = _daemon(
-            [spark_class, "org.apache.spark.deploy.worker.Worker", master_url, "--host", host,
-             "--webui-port", str(_free_port(host)), "--cores", str(settings.spark_worker_cores),
-             "--memory", settings.spark_worker_memory, "--work-dir", str(base / "work")],
-            worker_log, env,
-        )  # fmt: skip
+            worker_command(settings, master_url, host, _free_port(host)), worker_log, env
+        )
         try:
             _wait_for(worker_log, "Successfully registered with master", worker, timeout)
         except SparkOpsError:
