@@ -1,12 +1,18 @@
-"""Kafka records -> frames -> trades, tickers and quarantine rows, as Spark column expressions.
+"""Kafka records -> frames -> trades, tickers, gaps and quarantine rows, as Spark expressions.
 
 The rules are those of `sources/coinbase_codec.py` (which the embedded engine runs), written
 as Spark SQL so decoding stays in the JVM and scales with the cluster: one explicit JSON
 schema, the same checks in the same order, the same quarantine reasons where Spark can tell
 them (a mistyped field gets a generic reason; msgspec's exact wording is not available here).
+
+Our own frame kinds get schemas of their own, parsed only for frames of that type: a REST
+backfill page (`rest_trades`, whose trades go down the same path as streamed matches) and a
+gap record (`gap`, for bronze.gaps), both written by `sources/backfill.py`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from pyspark.sql import Column, DataFrame, Row
 from pyspark.sql import functions as F
@@ -15,7 +21,12 @@ from pyspark.sql import types as T
 from crypto_sentinel.config import PRODUCT_RE
 from crypto_sentinel.lake import tables as LT
 from crypto_sentinel.model import SCALE
-from crypto_sentinel.sources.coinbase_codec import MAX_INTEGER_DIGITS, MAX_SKEW_SECONDS
+from crypto_sentinel.sources.coinbase_codec import (
+    GAP_KINDS,
+    GAP_OUTCOMES,
+    MAX_INTEGER_DIGITS,
+    MAX_SKEW_SECONDS,
+)
 
 CORRUPT = "_corrupt"
 _S, _L = T.StringType(), T.LongType()
@@ -33,7 +44,35 @@ FRAME_SCHEMA = T.StructType(
     ]]
 )  # fmt: skip
 
-KNOWN_TYPES = ("match", "last_match", "ticker", "heartbeat", "subscriptions", "error")
+#: One trade of a REST page (GET /products/{id}/trades), and the page as our backfill wraps it.
+REST_TRADE_FIELDS = ("trade_id", "side", "size", "price", "time")
+REST_SCHEMA = T.StructType(
+    [
+        T.StructField("product_id", _S),
+        T.StructField(
+            "trades",
+            T.ArrayType(
+                T.StructType(
+                    [T.StructField(n, _L if n == "trade_id" else _S) for n in REST_TRADE_FIELDS]
+                )
+            ),
+        ),
+        T.StructField(CORRUPT, _S),
+    ]
+)
+#: A gap record (sources/backfill.py); the missing ids are required but may be null.
+GAP_SCHEMA = T.StructType(
+    [T.StructField(name, kind) for name, kind in [
+        ("product_id", _S), ("kind", _S), ("detected_at", _S), ("first_missing_id", _L),
+        ("last_missing_id", _L), ("missing", _L), ("backfilled", _L), ("outcome", _S),
+        (CORRUPT, _S),
+    ]]
+)  # fmt: skip
+GAP_NULLABLE = ("first_missing_id", "last_missing_id")
+
+KNOWN_TYPES = (
+    "match", "last_match", "ticker", "heartbeat", "subscriptions", "error", "rest_trades", "gap"
+)  # fmt: skip
 REQUIRED = {
     "match": ("trade_id", "side", "size", "price", "product_id", "time"),
     "last_match": ("trade_id", "side", "size", "price", "product_id", "time"),
@@ -101,9 +140,19 @@ def _amount_error(m: Column, name: str, allow_zero: bool) -> Column:
 
 def _event_time(m: Column) -> Column:
     """Exchange time in UTC, rounded to microseconds as msgspec does."""
-    ts = F.try_to_timestamp(m["time"])
-    seventh = F.regexp_extract(m["time"], r"\.\d{6}(\d)", 1)
+    return _timestamp(m["time"])
+
+
+def _timestamp(text: Column) -> Column:
+    """An RFC 3339 time as msgspec reads it: UTC, rounded to microseconds."""
+    ts = F.try_to_timestamp(text)
+    seventh = F.regexp_extract(text, r"\.\d{6}(\d)", 1)
     return F.when(seventh >= F.lit("5"), ts + F.expr("INTERVAL 1 MICROSECOND")).otherwise(ts)
+
+
+def _bad_time(text: Column) -> Column:
+    """True when msgspec would not read the text as a datetime."""
+    return ~text.rlike(_TIME_RE) | F.try_to_timestamp(text).isNull()
 
 
 def _iso(ts: Column) -> Column:
@@ -115,8 +164,9 @@ def _iso(ts: Column) -> Column:
     )
 
 
-def _decode_error(m: Column, text: Column) -> Column:
-    """What msgspec would refuse: not JSON, no string type, unknown type, missing fields."""
+def _decode_error(m: Column, text: Column, rest: Column, gap: Column) -> Column:
+    """What msgspec would refuse: not JSON, no string type, unknown type, missing fields
+    (`rest` and `gap` are the frame parsed with the schema of those two kinds)."""
     kind = m["type"]
     ends_as_object = text.rlike(r"\}[ \t\r\n]*$")  # Spark ignores text after the object
     error = F.when(
@@ -138,12 +188,55 @@ def _decode_error(m: Column, text: Column) -> Column:
         kind.isin(*typed) & m[CORRUPT].isNotNull(),
         F.concat(F.lit("bad "), kind, F.lit(" message: a field has the wrong JSON type")),
     )
-    bad_time = ~m["time"].rlike(_TIME_RE) | F.try_to_timestamp(m["time"]).isNull()
     error = error.when(
-        kind.isin(*REQUIRED) & bad_time,
+        kind.isin(*REQUIRED) & _bad_time(m["time"]),
         F.concat(F.lit("bad "), kind, F.lit(" message: Invalid RFC3339 encoded datetime")),
     )
-    return error
+    return _gap_decode_error(_rest_decode_error(error, kind, rest), kind, gap, text)
+
+
+def _rest_decode_error(error: Column, kind: Column, rest: Column) -> Column:
+    page = kind == "rest_trades"
+    bad = "bad rest_trades message: "
+    error = error.when(
+        page & rest[CORRUPT].isNotNull(), F.lit(bad + "a field has the wrong JSON type")
+    )
+    for field in ("product_id", "trades"):
+        error = error.when(
+            page & rest[field].isNull(), F.lit(f"{bad}Object missing required field `{field}`")
+        )
+    trades = rest["trades"]
+    error = error.when(
+        page & F.exists(trades, lambda t: t.isNull()), F.lit(bad + "Expected `object`, got `null`")
+    )
+    for field in REST_TRADE_FIELDS:
+        error = error.when(
+            page & F.exists(trades, _lacks(field)),
+            F.lit(f"{bad}Object missing required field `{field}`"),
+        )
+    return error.when(
+        page & F.exists(trades, lambda t: _bad_time(t["time"])),
+        F.lit(bad + "Invalid RFC3339 encoded datetime"),
+    )
+
+
+def _lacks(field: str) -> Callable[[Column], Column]:
+    return lambda item: item[field].isNull()
+
+
+def _gap_decode_error(error: Column, kind: Column, gap: Column, text: Column) -> Column:
+    record = kind == "gap"
+    bad = "bad gap message: "
+    error = error.when(
+        record & gap[CORRUPT].isNotNull(), F.lit(bad + "a field has the wrong JSON type")
+    )
+    keys = F.json_object_keys(text)
+    for field in GAP_SCHEMA.names[:-1]:
+        absent = ~F.array_contains(keys, field) if field in GAP_NULLABLE else gap[field].isNull()
+        error = error.when(record & absent, F.lit(f"{bad}Object missing required field `{field}`"))
+    return error.when(
+        record & _bad_time(gap["detected_at"]), F.lit(bad + "Invalid RFC3339 encoded datetime")
+    )
 
 
 def _time_error(m: Column, recv_ns: Column) -> Column:
@@ -163,8 +256,12 @@ def _product_error(m: Column) -> Column:
 
 
 def _trade_error(m: Column, recv_ns: Column) -> Column:
+    return F.coalesce(_product_error(m), _trade_checks(m, recv_ns))
+
+
+def _trade_checks(m: Column, recv_ns: Column) -> Column:
+    """The codec's `_check_trade`, for a streamed match and for one trade of a REST page."""
     return F.coalesce(
-        _product_error(m),
         F.when(
             ~m["side"].isin("buy", "sell"),
             F.concat(F.lit("side must be 'buy' or 'sell', got "), _quote(m["side"])),
@@ -179,6 +276,33 @@ def _trade_error(m: Column, recv_ns: Column) -> Column:
     )
 
 
+def _rest_error(rest: Column, recv_ns: Column) -> Column:
+    """The first unusable trade condemns the whole page (the codec raises on it)."""
+    reasons = F.transform(
+        rest["trades"],
+        lambda t: F.concat(
+            F.lit("trade "),
+            t["trade_id"].cast("string"),
+            F.lit(" of the REST page: "),
+            _trade_checks(t, recv_ns),
+        ),
+    )
+    return F.coalesce(_product_error(rest), F.get(F.filter(reasons, lambda r: r.isNotNull()), 0))
+
+
+def _gap_error(gap: Column) -> Column:
+    kind, outcome = gap["kind"], gap["outcome"]
+    return F.coalesce(
+        _product_error(gap),
+        F.when(
+            ~kind.isin(*GAP_KINDS) | ~outcome.isin(*GAP_OUTCOMES),
+            F.concat(
+                F.lit("bad gap record: kind "), _quote(kind), F.lit(", outcome "), _quote(outcome)
+            ),
+        ),
+    )
+
+
 def _ticker_error(m: Column, recv_ns: Column) -> Column:
     return F.coalesce(
         _product_error(m),
@@ -189,10 +313,15 @@ def _ticker_error(m: Column, recv_ns: Column) -> Column:
 
 
 def parse(frames_df: DataFrame) -> DataFrame:
-    """Frames plus `m` (the parsed message), `kind` and `reason` (null when usable)."""
-    m = F.from_json("text", FRAME_SCHEMA, {"columnNameOfCorruptRecord": CORRUPT})
-    parsed = frames_df.withColumn("m", m)
+    """Frames plus `m` (the parsed message; `rest` and `gap` for those kinds), `kind` and
+    `reason` (null when usable)."""
+    options = {"columnNameOfCorruptRecord": CORRUPT}
+    parsed = frames_df.withColumn("m", F.from_json("text", FRAME_SCHEMA, options))
     m, kind, recv_ns = F.col("m"), F.col("m.type"), F.col("recv_ns")
+    parsed = parsed.withColumn(
+        "rest", F.when(kind == "rest_trades", F.from_json("text", REST_SCHEMA, options))
+    ).withColumn("gap", F.when(kind == "gap", F.from_json("text", GAP_SCHEMA, options)))
+    rest, gap = F.col("rest"), F.col("gap")
     exchange_error = F.trim(
         F.concat(
             F.lit("exchange error: "),
@@ -202,34 +331,51 @@ def parse(frames_df: DataFrame) -> DataFrame:
         )
     )
     reason = F.coalesce(
-        _decode_error(m, F.col("text")),
+        _decode_error(m, F.col("text"), rest, gap),
         F.when(kind.isin("match", "last_match"), _trade_error(m, recv_ns))
         .when(kind == "ticker", _ticker_error(m, recv_ns))
         .when(kind == "heartbeat", _product_error(m))
+        .when(kind == "rest_trades", _rest_error(rest, recv_ns))
+        .when(kind == "gap", _gap_error(gap))
         .when(kind == "error", exchange_error),
     )
     return parsed.withColumn("kind", kind).withColumn("reason", reason)
 
 
 def summary(parsed: DataFrame) -> list[Row]:
-    """One row per kind (trade, ticker, rejected, other): count, dates, and the range of
-    event times (unix micros) and ids (trade_id, ticker sequence), to prune MERGEs."""
+    """One row per kind (trade, ticker, gap, rejected, other): count (of trades for
+    "trade"), dates, and the range of event times (unix micros) and ids (trade_id, ticker
+    sequence), to prune MERGEs. A REST page counts as its trades; an empty one as "other"."""
+    m, rest = F.col("m"), F.col("rest")
     kind = (
         F.when(F.col("reason").isNotNull(), "rejected")
         .when(F.col("kind").isin("match", "last_match"), "trade")
+        .when((F.col("kind") == "rest_trades") & (F.size(rest["trades"]) > 0), "trade")
         .when(F.col("kind") == "ticker", "ticker")
+        .when(F.col("kind") == "gap", "gap")
         .otherwise("other")
     )
-    usable = kind.isin("trade", "ticker")
-    event = F.when(usable, _event_time(F.col("m")))
-    ident = F.when(kind == "trade", F.col("m.trade_id")).when(kind == "ticker", F.col("m.sequence"))
+
+    def event(time: Column, ident: Column) -> Column:
+        return F.struct(time.alias("time"), ident.alias("id"))
+
+    events = (
+        F.when(kind == "ticker", F.array(event(_event_time(m), m["sequence"])))
+        .when(
+            (kind == "trade") & (F.col("kind") == "rest_trades"),
+            F.transform(rest["trades"], lambda t: event(_event_time(t), t["trade_id"])),
+        )
+        .when(kind == "trade", F.array(event(_event_time(m), m["trade_id"])))
+    )
+    exploded = parsed.select(kind.alias("kind"), F.explode_outer(events).alias("e"))
+    event_time, ident = F.col("e.time"), F.col("e.id")
     return (
-        parsed.groupBy(kind.alias("kind"))
+        exploded.groupBy("kind")
         .agg(
             F.count("*").alias("n"),
-            F.collect_set(F.to_date(event)).alias("dates"),
-            F.unix_micros(F.min(event)).alias("first_us"),
-            F.unix_micros(F.max(event)).alias("last_us"),
+            F.collect_set(F.to_date(event_time)).alias("dates"),
+            F.unix_micros(F.min(event_time)).alias("first_us"),
+            F.unix_micros(F.max(event_time)).alias("last_us"),
             F.min(ident).alias("first_id"),
             F.max(ident).alias("last_id"),
         )
@@ -247,7 +393,13 @@ def _price(col: Column, spec: LT.TableSpec, name: str) -> Column:
 
 
 def trades(parsed: DataFrame) -> DataFrame:
-    """Valid matches as silver.trades rows; `side` is the taker's (Coinbase sends the maker's)."""
+    """Valid matches and the trades of valid REST pages as silver.trades rows, in Kafka
+    order (`_partition`, `_offset`, then `_pos` inside a page); `side` is the taker's
+    (Coinbase sends the maker's, on the matches channel and in REST alike)."""
+    return _streamed_trades(parsed).unionByName(_rest_trades(parsed))
+
+
+def _streamed_trades(parsed: DataFrame) -> DataFrame:
     m = F.col("m")
     time = _event_time(m)
     rows = parsed.where(F.col("reason").isNull() & F.col("kind").isin("match", "last_match"))
@@ -267,6 +419,40 @@ def trades(parsed: DataFrame) -> DataFrame:
         F.to_date(time).alias("date"),
         F.col("partition").alias("_partition"),
         F.col("offset").alias("_offset"),
+        F.lit(0).alias("_pos"),
+    )
+
+
+def _rest_trades(parsed: DataFrame) -> DataFrame:
+    """The codec's `_rest_trade`: no sequence or order ids; receipt and conn_id of the page."""
+    rows = parsed.where(F.col("reason").isNull() & (F.col("kind") == "rest_trades")).select(
+        "exchange",
+        "conn_id",
+        "recv_ns",
+        "partition",
+        "offset",
+        F.col("rest.product_id").alias("product_id"),
+        F.posexplode("rest.trades").alias("_pos", "t"),
+    )
+    t = F.col("t")
+    time = _event_time(t)
+    return rows.select(
+        F.col("exchange"),
+        F.col("product_id"),
+        t["trade_id"].alias("trade_id"),
+        _price(t["price"], LT.TRADES, "price").alias("price"),
+        _price(t["size"], LT.TRADES, "size").alias("size"),
+        F.when(t["side"] == "buy", "sell").otherwise("buy").alias("side"),
+        time.alias("time"),
+        _recv_time(F.col("recv_ns")).alias("recv_time"),
+        F.lit(None).cast(_L).alias("sequence"),
+        F.lit(None).cast(_S).alias("maker_order_id"),
+        F.lit(None).cast(_S).alias("taker_order_id"),
+        F.col("conn_id"),
+        F.to_date(time).alias("date"),
+        F.col("partition").alias("_partition"),
+        F.col("offset").alias("_offset"),
+        F.col("_pos").cast("int").alias("_pos"),
     )
 
 
@@ -295,6 +481,26 @@ def tickers(parsed: DataFrame) -> DataFrame:
         F.to_date(time).alias("date"),
         F.col("partition").alias("_partition"),
         F.col("offset").alias("_offset"),
+        F.lit(0).alias("_pos"),
+    )
+
+
+def gaps(parsed: DataFrame) -> DataFrame:
+    """Valid gap records as bronze.gaps rows (lake/writer.py `gaps_table`): partitioned by
+    the date of detection; receipt and conn_id are the frame's."""
+    g = F.col("gap")
+    detected = _timestamp(g["detected_at"])
+    rows = parsed.where(F.col("reason").isNull() & (F.col("kind") == "gap"))
+    return rows.select(
+        F.col("exchange"),
+        g["product_id"].alias("product_id"),
+        g["kind"].alias("kind"),
+        detected.alias("detected_at"),
+        *(g[n].alias(n) for n in ("first_missing_id", "last_missing_id", "missing", "backfilled")),
+        g["outcome"].alias("outcome"),
+        _recv_time(F.col("recv_ns")).alias("recv_time"),
+        F.col("conn_id"),
+        F.to_date(detected).alias("date"),
     )
 
 

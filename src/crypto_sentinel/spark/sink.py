@@ -3,9 +3,10 @@
 Every Delta write of batch N carries the app transaction (app id, N), so a batch that Spark
 re-runs after a crash skips the tables that already hold it (appends through the writer's
 txnAppId/txnVersion options, MERGEs through the session confs Delta reads for DML).
-Order as in `lake/writer.py`: quarantine, trades, tickers, candles, bronze last.
+Order as in `lake/writer.py`: quarantine, trades, tickers, candles, gaps, bronze last.
 
-Trades are deduplicated on (exchange, product_id, trade_id): first by Kafka offset inside the
+Trades (streamed matches and the trades of REST backfill pages alike) are deduplicated on
+(exchange, product_id, trade_id): first by Kafka offset (and position inside a page) in the
 batch, then by an insert-only MERGE against silver. Candles of every minute the batch touched
 are recomputed from silver (the source of truth) and upserted, so late trades and re-runs give
 exactly the candle the embedded engine builds trade by trade.
@@ -110,6 +111,9 @@ class LakeSink:
             tickers = _first_per_key(decode.tickers(parsed), LT.TICKERS.key)
             with self._step("tickers"):
                 self._insert_new(LT.TICKERS, tickers, scopes["ticker"], "sequence", batch_id)
+        if "gap" in scopes:
+            with self._step("gaps"):
+                self._append(LT.GAPS, decode.gaps(parsed), batch_id)
         if scopes:
             with self._step("bronze"):
                 self._append(LT.BRONZE, decode.bronze(parsed), batch_id)
@@ -196,12 +200,13 @@ def _date_list(dates: list[date]) -> str:
 
 
 def _first_per_key(rows: DataFrame, key: tuple[str, ...]) -> DataFrame:
-    """Keep the first arrival of each key (Kafka order), as the embedded engine does."""
-    order = Window.partitionBy(*key).orderBy("_partition", "_offset")
+    """Keep the first arrival of each key (Kafka order; inside a REST page, page order), as
+    the embedded engine does. A product's frames share one partition (key = product id)."""
+    order = Window.partitionBy(*key).orderBy("_partition", "_offset", "_pos")
     return (
         rows.withColumn("_n", F.row_number().over(order))
         .where(F.col("_n") == 1)
-        .drop("_n", "_partition", "_offset")
+        .drop("_n", "_partition", "_offset", "_pos")
     )
 
 
