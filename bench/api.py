@@ -495,7 +495,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"| {pp(idle)} | — | |",
         f"| a day of 1-minute candles ({hot['candles']:,} candles, {hot['pages']} pages), "
         f"memory, p50 / p99 | {pp(hot['day'])} (page {pp(hot['page'])}) | — | p99 <= 20 ms |",
-        f"| a day of 1-minute candles from the lake (`sentinel serve`, DuckDB), p50 / p99 "
+        f"| a day of 1-minute candles from the lake (`sentinel serve`, no hot state), p50 / p99 "
         f"| {pp(lake['day'])} (page {pp(lake['page'])}) | — | p99 <= 100 ms |",
         f"| `/latest` from the lake (`sentinel serve`), one client | "
         f"{pp(result['lake_latest_one_client'])} | | |",
