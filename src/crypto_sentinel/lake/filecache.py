@@ -52,10 +52,6 @@ class FileCache:
                     self._rows -= old.num_rows
         return table
 
-    @property
-    def rows(self) -> int:
-        return self._rows
-
 
 def _plain_strings(table: pa.Table) -> pa.Table:
     """string_view columns (as delta-rs writes them) as plain strings, which every Arrow

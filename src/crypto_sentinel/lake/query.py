@@ -6,9 +6,10 @@ merges are never double counted. Every query is parameterised.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -98,11 +99,18 @@ class LakeReader:
         table = self._candle_files.table(self.files(T.CANDLES_1M, dates))
         if table is None:
             return []
+        with self._cursor(candle_files=table) as cur:
+            return _records(cur.execute("WITH t AS (FROM candle_files) " + sql, params))
+
+    @contextlib.contextmanager
+    def _cursor(self, **arrow: Any) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A DuckDB cursor in UTC with the given Arrow tables or datasets registered by name."""
         cur = self._db.cursor()
         try:
             cur.execute("SET TimeZone = 'UTC'")
-            cur.register("candle_files", table)
-            return _records(cur.execute("WITH t AS (FROM candle_files) " + sql, params))
+            for name, data in arrow.items():
+                cur.register(name, data)
+            yield cur
         finally:
             cur.close()
 
@@ -341,10 +349,7 @@ class LakeReader:
             )
             rows = table.filter(keep).sort_by([("start", "descending")])
             return rows.append_column("bucket", rows["start"]).select(_BUCKET_COLUMNS)
-        cur = self._db.cursor()
-        try:
-            cur.execute("SET TimeZone = 'UTC'")
-            cur.register("candle_files", table)
+        with self._cursor(candle_files=table) as cur:
             return cur.sql(
                 "SELECT exchange, product_id,"
                 " to_timestamp((epoch(start)::BIGINT // $g) * $g) AS bucket,"
@@ -354,8 +359,6 @@ class LakeReader:
                 params={"g": granularity, "ex": exchange, "p": product_id, "lo": start,
                         "hi": end},
             ).to_arrow_table().select(_BUCKET_COLUMNS)  # fmt: skip
-        finally:
-            cur.close()
 
     def newest_minutes(self, exchange: str) -> dict[str, datetime]:
         """Newest 1-minute candle start per product of `exchange` (two newest date partitions)."""
@@ -456,24 +459,21 @@ class LakeReader:
         if not files:
             return []
         args: list[Any] = []
-        cur = self._db.cursor()
-        try:
-            cur.execute("SET TimeZone = 'UTC'")
-            if self._remote:
-                cur.register("lake_files", self._dataset(spec, files))
-                head = "WITH t AS (SELECT * FROM lake_files"
-            else:
-                head = (
-                    "WITH t AS (SELECT * FROM read_parquet(?, hive_partitioning = true,"
-                    " union_by_name = true)"
-                )
-                args.append(files)
-            if bound is not None:
-                head += f" WHERE {bound[0]} >= ?"  # column names come from our code
-                args.append(bound[1])
+        if self._remote:
+            arrow = {"lake_files": self._dataset(spec, files)}
+            head = "WITH t AS (SELECT * FROM lake_files"
+        else:
+            arrow = {}
+            head = (
+                "WITH t AS (SELECT * FROM read_parquet(?, hive_partitioning = true,"
+                " union_by_name = true)"
+            )
+            args.append(files)
+        if bound is not None:
+            head += f" WHERE {bound[0]} >= ?"  # column names come from our code
+            args.append(bound[1])
+        with self._cursor(**arrow) as cur:
             return _records(cur.execute(head + ") " + sql, [*args, *params]))
-        finally:
-            cur.close()
 
     def _dataset(self, spec: T.TableSpec, files: list[str]) -> ds.Dataset:
         """The files as an Arrow dataset on the lake's filesystem, partition values from the
