@@ -6,13 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-import boto3
 import httpx
 import pytest
 from deltalake import DeltaTable
@@ -21,60 +18,16 @@ from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.location import storage_options
 from tests.conftest import COINBASE_DATA, free_port
 from tests.integration.test_replay import expected_trades
+from tests.s3server import BUCKET, S3, moto_s3, wait_http
 
 SESSION = COINBASE_DATA / "session.recv_ts.ndjson"
-BUCKET = "sentinel-lake"
 LAKE_URI = f"s3://{BUCKET}/prod/lake"
-
-
-@dataclass
-class S3:
-    endpoint: str
-    env: dict[str, str]
-
-
-def _wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"process exited with {proc.returncode}"
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer within {seconds} s")
 
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3]:
-    port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        _wait_http(endpoint, server)
-        env = {
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ACCESS_KEY_ID": "sentinel-test",
-            "AWS_SECRET_ACCESS_KEY": "sentinel-test",
-            "AWS_REGION": "us-east-1",
-            "AWS_ALLOW_HTTP": "true",
-        }
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="sentinel-test",
-            aws_secret_access_key="sentinel-test",
-        )
-        client.create_bucket(Bucket=BUCKET)
-        yield S3(endpoint, env)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    with moto_s3() as server:
+        yield server
 
 
 def _cli_env(s3: S3, port: int) -> dict[str, str]:
@@ -116,7 +69,7 @@ def test_lake_on_s3_written_by_the_cli_and_served_back_exactly(
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        _wait_http(f"{base}/health", api)
+        wait_http(f"{base}/health", api)
         latest = httpx.get(f"{base}/latest", params={"limit": 50}, timeout=30)
         assert latest.status_code == 200, latest.text
         served = {(t["symbol"], t["trade_id"]): t for t in latest.json()["data"]}

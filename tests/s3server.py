@@ -1,0 +1,69 @@
+"""moto's S3 server as a real HTTP S3 endpoint for tests: its own process, one bucket."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import httpx
+
+from tests.conftest import free_port
+
+BUCKET = "sentinel-lake"
+
+
+@dataclass
+class S3:
+    endpoint: str
+    env: dict[str, str]  # the AWS_* variables every client (delta-rs, Arrow, s3a) reads
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"process exited with {proc.returncode}"
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer within {seconds} s")
+
+
+@contextmanager
+def moto_s3(bucket: str = BUCKET) -> Iterator[S3]:
+    """Start moto_server on a free port with `bucket` created; stop it afterwards."""
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        wait_http(endpoint, server)
+        env = {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "sentinel-test",
+            "AWS_SECRET_ACCESS_KEY": "sentinel-test",
+            "AWS_REGION": "us-east-1",
+            "AWS_ALLOW_HTTP": "true",
+        }
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="sentinel-test",
+            aws_secret_access_key="sentinel-test",
+        )
+        client.create_bucket(Bucket=bucket)
+        yield S3(endpoint, env)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
