@@ -29,6 +29,7 @@ from deltalake import DeltaTable
 from crypto_sentinel.bus.kafka import KafkaPublisher, ensure_topics, topic_name
 from crypto_sentinel.config import Settings, load_settings
 from crypto_sentinel.lake import tables as T
+from crypto_sentinel.lake.location import LakeRoot, storage_options
 from crypto_sentinel.model import GapRecord, RawFrame
 from crypto_sentinel.simulator import SimulatorServer
 from crypto_sentinel.simulator.faults import FaultPlan, FaultSpec
@@ -38,6 +39,7 @@ from crypto_sentinel.sources.coinbase_codec import Decoded, FrameError, decode
 from crypto_sentinel.sources.replay import ReplaySource
 from crypto_sentinel.spark import ops
 from tests.conftest import COINBASE_DATA, ROOT
+from tests.s3server import BUCKET, moto_s3
 
 pytestmark = pytest.mark.integration
 PRODUCTS = ["BTC-USD", "ETH-USD", "SOL-USD"]
@@ -244,18 +246,21 @@ def inputs(broker: tuple[Path, str]) -> Inputs:
     return asyncio.run(_publish(broker[1], f"t{uuid.uuid4().hex[:8]}."))
 
 
-def _rows(lake: Path, spec: T.TableSpec) -> list[dict[str, Any]]:
-    path = spec.path(lake)
-    if not DeltaTable.is_deltatable(str(path)):
-        return []
-    return DeltaTable(str(path)).to_pyarrow_table().to_pylist()
+def _table(lake: LakeRoot, spec: T.TableSpec) -> DeltaTable | None:
+    uri, options = spec.uri(lake), storage_options(lake)
+    if not DeltaTable.is_deltatable(uri, storage_options=options):
+        return None
+    return DeltaTable(uri, storage_options=options)
 
 
-def _count(lake: Path, spec: T.TableSpec) -> int:
-    path = spec.path(lake)
-    if not DeltaTable.is_deltatable(str(path)):
-        return 0
-    return int(DeltaTable(str(path)).to_pyarrow_dataset().count_rows())
+def _rows(lake: LakeRoot, spec: T.TableSpec) -> list[dict[str, Any]]:
+    table = _table(lake, spec)
+    return [] if table is None else table.to_pyarrow_table().to_pylist()
+
+
+def _count(lake: LakeRoot, spec: T.TableSpec) -> int:
+    table = _table(lake, spec)
+    return 0 if table is None else int(table.to_pyarrow_dataset().count_rows())
 
 
 def _wait_for_frames(lake: Path, frames: int, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -333,7 +338,7 @@ def _key(spec: T.TableSpec) -> Any:
     return lambda row: tuple(row[k] for k in spec.key)
 
 
-def _sorted(lake: Path, spec: T.TableSpec) -> list[dict[str, Any]]:
+def _sorted(lake: LakeRoot, spec: T.TableSpec) -> list[dict[str, Any]]:
     return sorted(_rows(lake, spec), key=lambda row: (_key(spec)(row), repr(row)))
 
 
@@ -341,7 +346,7 @@ def _sorted(lake: Path, spec: T.TableSpec) -> list[dict[str, Any]]:
 GENERIC_REASON = re.compile(r"^(invalid JSON|bad \w+ message)(:|$)")
 
 
-def assert_same_lakes(a: Path, b: Path) -> None:
+def assert_same_lakes(a: LakeRoot, b: LakeRoot) -> None:
     """Row for row, every column, exact decimals (Decimal equality includes the scale)."""
     for spec in (T.TRADES, T.CANDLES_1M, T.TICKERS, T.GAPS, T.BRONZE):
         rows_a = _sorted(a, spec)
@@ -363,7 +368,7 @@ def assert_same_lakes(a: Path, b: Path) -> None:
             assert qa["reason"] == qb["reason"], (qa, qb)
 
 
-def _check_inputs_reached_silver(lake: Path, inputs: Inputs) -> None:
+def _check_inputs_reached_silver(lake: LakeRoot, inputs: Inputs) -> None:
     trades = _rows(lake, T.TRADES)
     assert len({(r["exchange"], r["product_id"], r["trade_id"]) for r in trades}) == len(trades)
     assert sum(r["exchange"] == "coinbase" for r in trades) > 10  # recorded frames too
@@ -383,6 +388,26 @@ def test_spark_local_matches_embedded_engine(
     _finish(_submit(inputs.env(lake), log, "--master", "local[2]", "--available-now"), log)
     _check_inputs_reached_silver(lake, inputs)
     assert_same_lakes(embedded_lake, lake)
+
+
+def test_spark_job_writes_a_lake_on_s3(
+    inputs: Inputs,
+    embedded_lake: Path,
+    jars: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """s3a: the same job into s3:// on moto's S3 server gives the same lake, row for row."""
+    log = tmp_path / "spark.log"
+    with moto_s3() as s3:
+        uri = f"s3://{BUCKET}/spark/lake"
+        env = inputs.env(tmp_path / "lake", SENTINEL_LAKE_URI=uri, **s3.env)
+        _finish(_submit(env, log, "--master", "local[2]", "--available-now"), log)
+        assert not (tmp_path / "lake").exists(), "the lake must not be written locally"
+        for name, value in s3.env.items():
+            monkeypatch.setenv(name, value)
+        _check_inputs_reached_silver(uri, inputs)
+        assert_same_lakes(embedded_lake, uri)
 
 
 def test_spark_driver_killed_mid_stream_and_restarted(

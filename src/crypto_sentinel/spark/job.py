@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -23,6 +24,7 @@ from pyspark.sql.streaming import StreamingQuery
 from crypto_sentinel.config import Settings, load_settings
 from crypto_sentinel.lake.tables import ensure_tables
 from crypto_sentinel.spark.sink import LakeSink
+from crypto_sentinel.spark.storage import s3a_confs, spark_lake_uri
 
 log = logging.getLogger("crypto_sentinel.spark")
 
@@ -49,6 +51,8 @@ def session(
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         "spark.ui.enabled": "false",
     }
+    if settings.lake_uri:
+        confs.update(s3a_confs(os.environ))
     if master is not None:
         confs["spark.master"] = master
         confs["spark.driver.memory"] = settings.spark_driver_memory
@@ -75,9 +79,9 @@ def txn_app_id(settings: Settings, checkpoint: Path) -> str:
 
 
 def start(spark: SparkSession, settings: Settings, available_now: bool) -> StreamingQuery:
-    lake = settings.lake_path
-    ensure_tables(lake)  # same schemas and partitioning as the embedded engine creates
+    ensure_tables(settings.lake_root)  # same schemas and partitioning as the engine creates
     checkpoint = checkpoint_dir(settings)
+    lake = spark_lake_uri(settings.lake_root)
     sink = LakeSink(spark, lake, txn_app_id(settings, checkpoint), settings.kafka_topic_prefix)
     records = (
         spark.readStream.format("kafka")
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     spark = session(settings)
     query = start(spark, settings, args.available_now)
-    log.info("streaming %s* -> %s", settings.kafka_topic_prefix, settings.lake_path)
+    log.info("streaming %s* -> %s", settings.kafka_topic_prefix, settings.lake_root)
     stopping = False
 
     def stop(signum: int, _frame: FrameType | None) -> None:

@@ -2,14 +2,16 @@
 
 Why: the machines have Java and Maven but no Spark distribution and no Ivy access at run time.
 pyspark from PyPI brings Spark itself (jars and launch scripts); Maven Central brings the Kafka
-source and Delta Lake, resolved once into ``<data dir>/spark/<versions>/jars`` and passed to
-``spark-submit --jars``. Jars pyspark already ships are left out, so nothing is on the classpath
-twice. The standalone master and worker run from the same pyspark installation.
+source, Delta Lake and the s3a filesystem, resolved once into ``<data dir>/spark/<key>/jars``
+(the key names the versions and a digest of the pom, so a changed jar set is resolved anew)
+and passed to ``spark-submit --jars``. Jars pyspark already ships are left out, so nothing is
+on the classpath twice. The standalone master and worker run from the same pyspark installation.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.resources
 import json
 import os
@@ -27,6 +29,7 @@ from typing import Any, NoReturn
 from crypto_sentinel.config import Settings
 
 DELTA_VERSION = "4.4.0"  # newest delta-spark on Maven Central built for Spark 4.2
+AWS_SDK_VERSION = "2.35.4"  # the AWS SDK v2 that hadoop-aws 3.5.0 declares (its bundle)
 SCALA_VERSION = "2.13"
 _MARKER = "installed.json"
 _JAR_NAME = re.compile(r"^(?P<artifact>.+?)-(?P<version>\d[^-]*(?:-\d+)?)\.jar$")
@@ -54,9 +57,34 @@ def spark_version() -> str:
     return str(pyspark.__version__)
 
 
+def hadoop_version() -> str:
+    """The Hadoop client pyspark ships; hadoop-aws must be the same version."""
+    for jar in (spark_home() / "jars").glob("hadoop-client-api-*.jar"):
+        return jar.name.removeprefix("hadoop-client-api-").removesuffix(".jar")
+    raise SparkOpsError(f"no hadoop-client-api jar in {spark_home() / 'jars'}")
+
+
+def pom_text() -> str:
+    """The throw-away pom with this installation's versions filled in."""
+    version = spark_version()
+    return (
+        importlib.resources.files("crypto_sentinel.ops")
+        .joinpath("spark_pom.xml")
+        .read_text(encoding="utf-8")
+        .replace("@SPARK_VERSION@", version)
+        .replace("@SPARK_MINOR@", ".".join(version.split(".")[:2]))
+        .replace("@SCALA_VERSION@", SCALA_VERSION)
+        .replace("@DELTA_VERSION@", DELTA_VERSION)
+        .replace("@HADOOP_VERSION@", hadoop_version())
+        .replace("@AWS_SDK_VERSION@", AWS_SDK_VERSION)
+    )
+
+
 def jars_dir(settings: Settings) -> Path:
     cache = settings.spark_jars_cache or settings.data_dir / "spark"
-    return cache.resolve() / f"spark-{spark_version()}-delta-{DELTA_VERSION}" / "jars"
+    digest = hashlib.sha256(pom_text().encode()).hexdigest()[:8]
+    key = f"spark-{spark_version()}-delta-{DELTA_VERSION}-{digest}"
+    return cache.resolve() / key / "jars"
 
 
 def _artifact(jar: str) -> str:
@@ -73,19 +101,9 @@ def install(settings: Settings, quiet: bool = False) -> list[Path]:
     mvn = shutil.which("mvn")
     if mvn is None:
         raise SparkOpsError("Maven (`mvn`) is not on PATH; it fetches the Spark job's jars")
-    version = spark_version()
-    pom_text = (
-        importlib.resources.files("crypto_sentinel.ops")
-        .joinpath("spark_pom.xml")
-        .read_text(encoding="utf-8")
-        .replace("@SPARK_VERSION@", version)
-        .replace("@SPARK_MINOR@", ".".join(version.split(".")[:2]))
-        .replace("@SCALA_VERSION@", SCALA_VERSION)
-        .replace("@DELTA_VERSION@", DELTA_VERSION)
-    )
     work = out.parent / "maven"
     work.mkdir(parents=True, exist_ok=True)
-    (work / "pom.xml").write_text(pom_text, encoding="utf-8")
+    (work / "pom.xml").write_text(pom_text(), encoding="utf-8")
     staging = out.parent / "jars.partial"
     shutil.rmtree(staging, ignore_errors=True)
     cmd = [mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(work / "pom.xml")]
@@ -114,10 +132,9 @@ def install(settings: Settings, quiet: bool = False) -> list[Path]:
         if _artifact(jar.name) in shipped:
             jar.unlink()  # pyspark has its own (newer) copy; two on one classpath conflict
     names = sorted(j.name for j in staging.glob("*.jar"))
-    if not any(n.startswith("spark-sql-kafka") for n in names) or not any(
-        n.startswith("delta-spark") for n in names
-    ):
-        raise SparkOpsError(f"Maven resolved no Kafka source or Delta jar into {staging}")
+    for needed in ("spark-sql-kafka", "delta-spark", "hadoop-aws"):
+        if not any(n.startswith(needed) for n in names):
+            raise SparkOpsError(f"Maven resolved no {needed} jar into {staging}")
     (staging / _MARKER).write_text(json.dumps({"jars": names}, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)

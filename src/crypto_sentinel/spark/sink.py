@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from decimal import Decimal
-from pathlib import Path
 
 import pyarrow as pa
 from delta.tables import DeltaTable
@@ -62,14 +61,14 @@ def spark_schema(spec: LT.TableSpec) -> T.StructType:
 class LakeSink:
     """Callable for `writeStream.foreachBatch`; holds only paths and names (no state)."""
 
-    def __init__(self, spark: SparkSession, lake: Path, app_id: str, topic_prefix: str) -> None:
+    def __init__(self, spark: SparkSession, lake: str, app_id: str, topic_prefix: str) -> None:
         self.spark = spark
         self.lake = lake
         self.app_id = app_id
         self.topic_prefix = topic_prefix
 
     def path(self, spec: LT.TableSpec) -> str:
-        return str(spec.path(self.lake))
+        return spec.uri(self.lake)
 
     def __call__(self, records: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
