@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -24,6 +25,8 @@ from websockets.exceptions import ConnectionClosed
 
 from crypto_sentinel.api.stream import Hub
 from crypto_sentinel.lake import tables as T
+from crypto_sentinel.lake.writer import Batch, LakeWriter
+from crypto_sentinel.model import GapRecord
 from crypto_sentinel.runtime import Pipeline
 from tests.conftest import free_port, read_table
 from tests.served import served_pipeline
@@ -138,10 +141,10 @@ async def test_candle_updates_end_equal_to_rest_and_lake(lake: Path) -> None:
                 params = {"granularity": g, "start": begin.isoformat(), "end": end.isoformat()}
                 r = await client.get("/v1/products/SOL-USD/candles", params=params)
                 (rest,) = [c for c in r.json()["data"] if c["start"] == start]
-                assert rest["gap"] is False  # no unfilled gap in this run; push has no flag
+                assert rest["gap"] is pushed["gap"] is False  # no unfilled gap in this run
                 assert {k: v for k, v in pushed.items() if k not in ("type", "product_id",
                         "exchange", "forming")} == {k: v for k, v in rest.items()
-                                                    if k not in ("forming", "gap")}  # fmt: skip
+                                                    if k != "forming"}  # fmt: skip
         stored = [r for r in read_table(lake, T.CANDLES_1M).to_pylist()
                   if r["product_id"] == "SOL-USD"]  # fmt: skip
         minutes = {(60, r["start"].strftime("%Y-%m-%dT%H:%M:%S.%fZ")): r for r in stored}
@@ -151,6 +154,42 @@ async def test_candle_updates_end_equal_to_rest_and_lake(lake: Path) -> None:
                 assert pushed["trade_count"] == row["trade_count"]
                 assert Decimal(pushed["close"]) == row["close"]
                 assert Decimal(pushed["volume"]) == row["volume"]
+
+
+async def test_pushed_candle_carries_the_gap_flag(lake: Path) -> None:
+    """An unfilled gap recorded in bronze.gaps flags the pushed candle that overlaps it, as
+    the REST candle of that bucket, and no other product's."""
+    async for pipeline in live(lake, simulator_rate=100):
+        async with connect(ws_url(pipeline)) as ws:
+            await send(ws, type="subscribe", product_ids=PRODUCTS, channels=["candles:86400"])
+            while len(pipeline.simulator.market.emitted()) < 50:
+                await asyncio.sleep(0.1)
+            victim = next(t for t in reversed(pipeline.simulator.market.emitted())
+                          if t.product_id == "BTC-USD")  # fmt: skip
+            record = GapRecord(
+                "simulator", "BTC-USD", "trade_id", victim.time, victim.trade_id,
+                victim.trade_id, 1, 0, "unfilled", time.time_ns(), "rest-test",
+            )  # fmt: skip
+            LakeWriter(lake, "gap-test").commit(Batch(version=1, gaps=[record]))
+            day = victim.time.strftime("%Y-%m-%dT00:00:00.000000Z")
+            flags: dict[str, bool] = {}
+            deadline = time.monotonic() + 30  # the flags are re-read every few seconds
+            while not flags.get("BTC-USD"):
+                assert time.monotonic() < deadline, f"no flagged BTC-USD candle: {flags}"
+                msg = await receive(ws)
+                if msg["type"] == "candle" and msg["start"] == day:
+                    flags[msg["product_id"]] = msg["gap"]
+            while len(flags) < len(PRODUCTS):
+                msg = await receive(ws)
+                if msg["type"] == "candle" and msg["start"] == day:
+                    flags[msg["product_id"]] = msg["gap"]
+        assert flags == {"BTC-USD": True, "ETH-USD": False, "SOL-USD": False}
+        async with httpx.AsyncClient(base_url=base(pipeline)) as client:
+            params = {"granularity": 86400, "start": day}
+            for product, flag in flags.items():
+                r = await client.get(f"/v1/products/{product}/candles", params=params)
+                (rest,) = [c for c in r.json()["data"] if c["start"] == day]
+                assert rest["gap"] is flag, product
 
 
 async def test_protocol_errors_ping_and_unsubscribe(pipeline: Pipeline) -> None:

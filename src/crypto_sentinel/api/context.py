@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from crypto_sentinel.api.candles import CandleService
 from crypto_sentinel.api.state import HotState
 from crypto_sentinel.api.stream import Hub
+from crypto_sentinel.gapflags import GapFlags, Span
 from crypto_sentinel.lake.query import LakeReader
 
 T = TypeVar("T")
@@ -45,14 +46,22 @@ class ApiContext:
     status: Callable[[], dict[str, Any]]
     ready: Callable[[], bool]
     candles: CandleService = field(init=False)
+    gap_flags: GapFlags = field(init=False)
     _lake_pairs: set[tuple[str, str]] = field(default_factory=set, init=False)
     _lake_checked: float = field(default=float("-inf"), init=False)
 
     def __post_init__(self) -> None:
         self.candles = CandleService(self.state, self.reader)
+        self.gap_flags = GapFlags(self.reader)
 
     def exchange(self, given: str | None) -> str:
         return given or self.default_exchange()
+
+    async def gap_spans(self, exchange: str, product_id: str) -> list[Span]:
+        """Unfilled-gap spans of a product, shared by REST and pushed candles."""
+        if not self.gap_flags.fresh():
+            await self.in_thread(self.gap_flags.load)
+        return self.gap_flags.spans(exchange, product_id)
 
     async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await run_in_threadpool(fn, *args)

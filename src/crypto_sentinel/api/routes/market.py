@@ -29,7 +29,7 @@ from crypto_sentinel.api.routes.latest import ExchangeParam
 from crypto_sentinel.api.schemas import CandlesPage, Products, Stats, TickerOut, TradesPage, errors
 from crypto_sentinel.api.state import MINUTE
 from crypto_sentinel.engine.candles import Candle
-from crypto_sentinel.gapflags import GapFlags, overlaps
+from crypto_sentinel.gapflags import overlaps
 
 #: A time as ISO 8601 (2024-01-01T00:00:00Z) or Unix seconds.
 Instant = datetime | float
@@ -53,7 +53,6 @@ class Granularity(IntEnum):
 
 
 def router(ctx: ApiContext) -> APIRouter:
-    gap_flags = GapFlags(ctx.reader)
     api = APIRouter(prefix="/v1")
     state = ctx.state
 
@@ -201,9 +200,7 @@ def router(ctx: ApiContext) -> APIRouter:
                     hit = (mem.trade_count, forming, candle_item(mem, g, forming))
                     book.rendered[key] = hit
                 items.append(hit[2])
-        if not gap_flags.fresh():
-            await ctx.in_thread(gap_flags.load)
-        spans = gap_flags.spans(ex, product_id)
+        spans = await ctx.gap_spans(ex, product_id)
         for item in items:  # a candle overlapping a gap the backfill could not fill
             item["gap"] = bool(spans) and overlaps(spans, datetime.fromisoformat(item["start"]), g)
         body = {
