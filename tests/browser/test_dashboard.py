@@ -28,8 +28,12 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from deltalake import DeltaTable
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
+from crypto_sentinel.lake import tables as LT
+from crypto_sentinel.lake.writer import Batch, LakeWriter
+from crypto_sentinel.model import GapRecord
 from crypto_sentinel.simulator import SimulatorServer, write_recording
 from crypto_sentinel.simulator.server import Session
 from tests.conftest import COINBASE_DATA, ROOT, free_port
@@ -43,6 +47,7 @@ HISTORY_TRADES = 6000
 SEED = 1  # history and the live simulator start at the same price: no jump between them
 SENTINEL = [sys.executable, "-m", "crypto_sentinel.cli"]
 T = TypeVar("T")
+HOUR = timedelta(hours=1)
 DECIMAL = re.compile(r"^[0-9]+(\.[0-9]+)?$")
 
 
@@ -135,6 +140,28 @@ def simulator(hook: ForcedPrice) -> Iterator[SimulatorServer]:
 class Market:
     base: str  # the API's base URL
     prices: ForcedPrice
+    gap_minutes: set[str]  # starts of the BTC-USD minutes an unfilled gap overlaps
+
+
+def record_unfilled_gap(lake: Path) -> set[str]:
+    """An unfilled gap in bronze.gaps at a BTC-USD history trade ~2 h ago. Its trade's time is
+    unknown, so the minutes from the trade before it to the trade after it are affected."""
+    trades = DeltaTable(str(LT.TRADES.path(lake))).to_pyarrow_table().to_pylist()
+    btc = sorted((t for t in trades if t["product_id"] == "BTC-USD"), key=lambda t: t["trade_id"])
+    around = datetime.now(UTC) - timedelta(hours=2)
+    at = min(range(1, len(btc) - 1), key=lambda i: abs(btc[i]["time"] - around))
+    victim = btc[at]
+    record = GapRecord(
+        "simulator", "BTC-USD", "trade_id", victim["time"], victim["trade_id"],
+        victim["trade_id"], 1, 0, "unfilled", time.time_ns(), "rest-test",
+    )  # fmt: skip
+    LakeWriter(lake, "gap-test").commit(Batch(version=1, gaps=[record]))
+    minute = btc[at - 1]["time"].replace(second=0, microsecond=0)
+    minutes = set()
+    while minute <= btc[at + 1]["time"]:
+        minutes.add(minute.strftime("%Y-%m-%dT%H:%M:00.000000Z"))
+        minute += timedelta(minutes=1)
+    return minutes
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +175,7 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
         env=child_env(), cwd=work, timeout=180, capture_output=True, text=True,
     )  # fmt: skip
     assert replay.returncode == 0, replay.stderr[-4000:]
+    gap_minutes = record_unfilled_gap(lake)
     hook = ForcedPrice()
     with simulator(hook) as sim, (work / "up.log").open("w") as log:
         port = free_port()
@@ -169,7 +197,7 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
                 return ready and any(t["exchange"] == "simulator" for t in latest.json()["data"])
 
             eventually(serving, "sentinel up to serve live simulated trades", timeout=60)
-            yield Market(base, hook)
+            yield Market(base, hook, gap_minutes)
         finally:
             proc.terminate()
             try:
@@ -310,6 +338,23 @@ def test_page_loads_history_with_no_console_errors(dashboard: Dashboard) -> None
     SCREENSHOT.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOT))
     assert SCREENSHOT.stat().st_size > 10_000
+    dashboard.assert_clean()
+
+
+def test_candle_over_an_unfilled_gap_is_marked(dashboard: Dashboard, market: Market) -> None:
+    """The recorded gap's candles, and only they among their neighbours, are flagged and
+    marked. (The live engine also records the jump from the history's trade ids to the live
+    simulator's as an unfilled gap: the newest minutes are flagged too, rightly.)"""
+    history = dashboard.api("/v1/products/BTC-USD/candles", granularity=60)["data"]
+    marked = dashboard.js(
+        "() => document.getElementById('chart').data.find((t) => t.name === 'gap').x"
+    )
+    gap = datetime.fromisoformat(min(market.gap_minutes))
+    near = {c["start"] for c in history if abs(datetime.fromisoformat(c["start"]) - gap) < HOUR}
+    expected = market.gap_minutes & near  # the minutes of the span that have candles
+    assert expected
+    assert {c["start"] for c in history if c["gap"]} & near == expected
+    assert set(marked) & near == expected
     dashboard.assert_clean()
 
 

@@ -1,10 +1,17 @@
 // Candlestick + volume chart drawn with Plotly (a classic script served by the API, so it is
 // the global `Plotly`). Candles are kept by start time: a live update replaces the forming
-// candle in place, and redraws are batched to one per animation frame.
+// candle in place, and redraws are batched to one per animation frame. A candle the API flags
+// with `gap` (trades missing that the backfill could not fetch) gets a marker above its high.
 
 const COLOURS = {
-  light: { paper: "#ffffff", text: "#1f2933", grid: "#e4e7eb", up: "#0a7d45", down: "#c5221f" },
-  dark: { paper: "#161b22", text: "#e6edf3", grid: "#30363d", up: "#3fb950", down: "#f85149" },
+  light: {
+    paper: "#ffffff", text: "#1f2933", grid: "#e4e7eb", up: "#0a7d45", down: "#c5221f",
+    gap: "#b7791f",
+  },
+  dark: {
+    paper: "#161b22", text: "#e6edf3", grid: "#30363d", up: "#3fb950", down: "#f85149",
+    gap: "#d29922",
+  },
 };
 const MAX_CANDLES = 600;
 
@@ -78,6 +85,18 @@ export class CandleChart {
       },
       yaxis: "y2",
     };
+    const gaps = candles.filter((c) => c.gap);
+    const gap = {
+      type: "scatter",
+      mode: "markers",
+      name: "gap",
+      x: gaps.map((c) => c.start),
+      y: gaps.map((c) => Number(c.high)),
+      marker: { symbol: "triangle-down", size: 10, color: colours.gap },
+      hovertext: gaps.map(() => "trades missing: a gap the backfill could not fill"),
+      hoverinfo: "x+text",
+      yaxis: "y",
+    };
     const axis = { gridcolor: colours.grid, zerolinecolor: colours.grid };
     const layout = {
       uirevision: this.view,
@@ -94,6 +113,6 @@ export class CandleChart {
         : [{ text: "No candles yet", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.6 }],
     };
     const config = { displaylogo: false, responsive: true };
-    window.Plotly.react(this.element, [price, volume], layout, config);
+    window.Plotly.react(this.element, [price, volume, gap], layout, config);
   }
 }
