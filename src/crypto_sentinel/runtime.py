@@ -215,11 +215,9 @@ class Pipeline:
         tasks: list[asyncio.Task[Any]] = []
         if with_api:
             tasks.append(asyncio.create_task(self._serve_api(), name="api"))
-        if self.process and isinstance(self.lake, Path):  # the lake maintains itself
+        if self.process:  # the lake maintains itself, in a folder or on object storage
             maintain = run_maintenance_forever(self.settings, self.lake, self.stop_event)
             tasks.append(asyncio.create_task(maintain, name="maintenance"))
-        elif self.process:
-            log.warning("lake on object storage: scheduled maintenance is local-only for now")
         role = "up" if self.ingest and self.process else "ingest" if self.ingest else "process"
         beat = heartbeats(
             heartbeat_path(self.settings.data_dir, role), self.ready, self.status, self.stop_event

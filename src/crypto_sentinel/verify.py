@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from crypto_sentinel.lake import tables as T
+from crypto_sentinel.lake.location import LakeRoot
 from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.sources.ratelimit import TokenBucket
 
@@ -150,7 +151,7 @@ def compare_candles(
 
 
 async def verify(
-    lake: Path, exchange: str, rest_url: str, products: list[str] | None, all_minutes: bool
+    lake: LakeRoot, exchange: str, rest_url: str, products: list[str] | None, all_minutes: bool
 ) -> list[ProductReport]:
     reader = LakeReader(lake)
     if products is None:
@@ -210,7 +211,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     rest_url = args.rest_url or settings.coinbase_rest_url
     products = [p for p in args.products.split(",") if p] if args.products else None
     reports = asyncio.run(
-        verify(settings.lake_path, exchange, rest_url, products, args.all_minutes)
+        verify(settings.lake_root, exchange, rest_url, products, args.all_minutes)
     )
     if args.json:
         print(json.dumps([asdict(r) | {"ok": r.ok} for r in reports], indent=2, default=str))

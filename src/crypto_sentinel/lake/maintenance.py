@@ -16,6 +16,10 @@ without blocking it:
 - the checkpoint interval and a short log retention are written into each table, so every
   delta-rs writer checkpoints and trims the log as it commits; maintenance checkpoints only
   tables nobody else does.
+
+A lake on S3-compatible storage is maintained the same way: tables open with the lake's
+delta-rs storage options, and the few looks at files (log entries, sizes of files about to be
+vacuumed) go through the Arrow filesystem, which serves a local folder just as well.
 """
 
 from __future__ import annotations
@@ -37,10 +41,12 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
 from deltalake import DeltaTable, WriterProperties
 from deltalake.exceptions import CommitFailedError
 
 from crypto_sentinel.lake import tables as T
+from crypto_sentinel.lake.location import LakeRoot, filesystem, is_remote, join, storage_options
 
 log = logging.getLogger(__name__)
 
@@ -209,20 +215,52 @@ def partitions(dt: DeltaTable, spec: T.TableSpec) -> list[Partition]:
     return sorted(found.values(), key=lambda p: tuple(_partition_text(v) for _, v in p.values))
 
 
-def last_checkpoint_version(table_dir: Path) -> int | None:
+# --- files below a table, through the Arrow filesystem (a local folder or object storage) ----
+
+
+def _located(table: LakeRoot, *parts: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and its path for `parts` below a table's folder or URI."""
+    fs, prefix = filesystem(table)
+    return fs, join(table, *parts).removeprefix(prefix)
+
+
+def last_checkpoint_version(table: LakeRoot) -> int | None:
+    fs, path = _located(table, "_delta_log", "_last_checkpoint")
     try:
-        return int(
-            json.loads((table_dir / "_delta_log" / "_last_checkpoint").read_text())["version"]
-        )
+        with fs.open_input_stream(path) as stream:
+            return int(json.loads(stream.read())["version"])
     except (OSError, ValueError, KeyError):
         return None
 
 
-def log_file_count(table_dir: Path) -> int:
+def log_file_count(table: LakeRoot) -> int:
+    fs, path = _located(table, "_delta_log")
     try:
-        return sum(1 for _ in (table_dir / "_delta_log").iterdir())
+        return len(fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)))
     except OSError:
         return 0
+
+
+def file_sizes(table: LakeRoot, files: Sequence[str]) -> list[int]:
+    """Sizes of files named relative to the table (or absolute), 0 for a missing one."""
+    fs, prefix = filesystem(table)
+    located = [f if "://" in f or f.startswith("/") else join(table, f) for f in files]
+    infos = fs.get_file_info([p.removeprefix(prefix) for p in located]) if located else []
+    return [info.size or 0 for info in infos]
+
+
+def lake_exists(lake: LakeRoot) -> bool:
+    """A lake folder, or an object prefix holding anything, is there."""
+    fs, path = _located(lake)
+    try:
+        return fs.get_file_info(path).type == pafs.FileType.Directory
+    except OSError:
+        return False
+
+
+def parse_lake(text: str) -> LakeRoot:
+    """A `--lake` argument: an object-storage URI as given, or a local folder made absolute."""
+    return text if "://" in text else Path(text).resolve()
 
 
 # --- operations ------------------------------------------------------------------------------
@@ -233,7 +271,7 @@ class Maintainer:
 
     def __init__(
         self,
-        lake: Path,
+        lake: LakeRoot,
         policy: Policy | None = None,
         *,
         now: Callable[[], datetime] = utc_now,
@@ -243,21 +281,22 @@ class Maintainer:
         self.policy = policy or Policy()
         self.now = now
         self.should_stop = should_stop
+        self._options = storage_options(lake)
         self._tables: dict[str, DeltaTable] = {}
 
     def table(self, spec: T.TableSpec) -> DeltaTable | None:
         """The table at its newest version, or None if it does not exist yet."""
         dt = self._tables.get(spec.name)
-        path = spec.path(self.lake)
+        uri = spec.uri(self.lake)
         if dt is not None:
             try:
                 dt.update_incremental()
                 return dt
             except OSError:  # the log was trimmed meanwhile: reopen from the checkpoint
                 pass
-        if not DeltaTable.is_deltatable(str(path)):
+        if not DeltaTable.is_deltatable(uri, storage_options=self._options):
             return None
-        dt = self._tables[spec.name] = DeltaTable(str(path))
+        dt = self._tables[spec.name] = DeltaTable(uri, storage_options=self._options)
         return dt
 
     def _retry(self, spec: T.TableSpec, what: str, fn: Callable[[DeltaTable], R]) -> R:
@@ -409,8 +448,7 @@ class Maintainer:
             )
 
         candidates = run(dt, True)
-        table_dir = spec.path(self.lake)
-        sizes = [_size(table_dir / p) for p in candidates]
+        sizes = file_sizes(spec.uri(self.lake), candidates)
         result.update(files=len(candidates), bytes=sum(sizes), dry_run=dry_run)
         if candidates and not dry_run:
             deleted = self._retry(spec, "vacuum", lambda d: run(d, False))
@@ -433,17 +471,17 @@ class Maintainer:
         dt = self.table(spec)
         if dt is None:
             return {**result, "missing": True}
-        table_dir = spec.path(self.lake)
+        table = spec.uri(self.lake)
         version = dt.version()
-        last = last_checkpoint_version(table_dir)
+        last = last_checkpoint_version(table)
         behind = version - (last if last is not None else -1)
         made = version > 0 and (force or behind >= 2 * self.policy.checkpoint_interval)
         result.update(version=version, checkpoint=version if made else last, created=made)
         if made:
-            before = log_file_count(table_dir)
+            before = log_file_count(table)
             dt.create_checkpoint()
             dt.cleanup_metadata()
-            result.update(log_files_before=before, log_files=log_file_count(table_dir))
+            result.update(log_files_before=before, log_files=log_file_count(table))
             log.info("checkpointed %s: %s", spec.name, result)
         return result
 
@@ -473,20 +511,13 @@ class Maintainer:
         return done
 
 
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-async def run_maintenance_forever(settings: Any, lake_path: Path, stop: asyncio.Event) -> None:
+async def run_maintenance_forever(settings: Any, lake: LakeRoot, stop: asyncio.Event) -> None:
     """Maintain the lake every `maintenance_interval_s` until `stop` is set (start it from
     the pipeline). Delta work runs in a thread, so the event loop and the stream go on."""
     if not settings.maintenance_enabled:
         log.info("lake maintenance disabled")
         return
-    maintainer = Maintainer(lake_path, Policy.from_settings(settings), should_stop=stop.is_set)
+    maintainer = Maintainer(lake, Policy.from_settings(settings), should_stop=stop.is_set)
     interval = settings.maintenance_interval_s
     log.info("lake maintenance every %.0f s", interval)
     while not stop.is_set():
@@ -549,15 +580,16 @@ def text_sizes(batches: Iterator[pa.RecordBatch], max_rows: int) -> tuple[int, i
     return rows, csv_bytes, json_bytes
 
 
-def storage_report(lake: Path, sample_rows: int = 2_000_000) -> dict[str, Any]:
+def storage_report(lake: LakeRoot, sample_rows: int = 2_000_000) -> dict[str, Any]:
     """Per table: rows, files, bytes, average file size, bytes per trade, and the size of the
     same rows as CSV and as JSON lines (measured on up to `sample_rows` rows, then scaled)."""
     stats = []
+    options = storage_options(lake)
     for spec in T.ALL_TABLES:
-        path = spec.path(lake)
-        if not DeltaTable.is_deltatable(str(path)):
+        uri = spec.uri(lake)
+        if not DeltaTable.is_deltatable(uri, storage_options=options):
             continue
-        dt = DeltaTable(str(path))
+        dt = DeltaTable(uri, storage_options=options)
         actions = add_actions(dt)
         rows = int(pc.sum(actions.column("num_records")).as_py() or 0) if actions.num_rows else 0
         size = int(pc.sum(actions.column("size_bytes")).as_py() or 0) if actions.num_rows else 0
@@ -581,7 +613,7 @@ def storage_report(lake: Path, sample_rows: int = 2_000_000) -> dict[str, Any]:
                 "jsonl_bytes": round(json_bytes * scale),
                 "text_rows_measured": measured,
                 "text_estimated": measured < rows,
-                "log_files": log_file_count(path),
+                "log_files": log_file_count(uri),
             }
         )
     trades = next((s["rows"] for s in stats if s["table"] == T.TRADES.name), 0)
@@ -648,8 +680,8 @@ def _open(args: argparse.Namespace) -> tuple[Maintainer, list[T.TableSpec]] | No
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     )
-    lake = (args.lake or settings.lake_path).resolve()
-    if not lake.is_dir():
+    lake = args.lake or settings.lake_root
+    if not lake_exists(lake):
         print(f"sentinel maintain: no lake at {lake}", file=sys.stderr)
         return None
     policy = Policy.from_settings(settings)
@@ -735,7 +767,15 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     )
-    lake = (args.lake or settings.lake_path).resolve()
+    lake = args.lake or settings.lake_root
+    if is_remote(lake):
+        print(
+            f"sentinel rebuild: {lake} is on object storage; rebuild stages its work inside"
+            " the lake folder, so it runs on a local lake only",
+            file=sys.stderr,
+        )
+        return 2
+    lake = Path(lake)
     if not lake.is_dir():
         print(f"sentinel rebuild: no lake at {lake}", file=sys.stderr)
         return 2
@@ -766,7 +806,9 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         dest="maintain_command", metavar="{compact,retain,vacuum,checkpoint,report}"
     )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--lake", type=Path, help="lake folder (default: from settings)")
+    common.add_argument(
+        "--lake", type=parse_lake, help="lake folder or s3://bucket/prefix (default: settings)"
+    )
     common.add_argument("--json", action="store_true", help="machine-readable output")
     tables = argparse.ArgumentParser(add_help=False)
     tables.add_argument(
@@ -841,6 +883,8 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         " bronze raw frames, then replace them table by table in one commit each. Idempotent."
         " Stop ingestion first: a lake that changes meanwhile is left as it was.",
     )
-    p.add_argument("--lake", type=Path, help="lake folder (default: from settings)")
+    p.add_argument(
+        "--lake", type=parse_lake, help="lake folder (default: from settings; local lakes only)"
+    )
     p.add_argument("--batch-frames", type=int, default=100_000, help="frames per staging commit")
     p.set_defaults(func=_cmd_rebuild)
