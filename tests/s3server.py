@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import boto3
 import httpx
@@ -22,6 +23,16 @@ BUCKET = "sentinel-lake"
 class S3:
     endpoint: str
     env: dict[str, str]  # the AWS_* variables every client (delta-rs, Arrow, s3a) reads
+
+    def client(self) -> Any:
+        """A boto3 S3 client: checks what is on the server independently of delta-rs/Arrow."""
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=self.env["AWS_REGION"],
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+        )
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = 30) -> None:
@@ -55,15 +66,9 @@ def moto_s3(bucket: str = BUCKET) -> Iterator[S3]:
             "AWS_REGION": "us-east-1",
             "AWS_ALLOW_HTTP": "true",
         }
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="sentinel-test",
-            aws_secret_access_key="sentinel-test",
-        )
-        client.create_bucket(Bucket=bucket)
-        yield S3(endpoint, env)
+        s3 = S3(endpoint, env)
+        s3.client().create_bucket(Bucket=bucket)
+        yield s3
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -19,7 +19,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import boto3
 import msgspec
 import pyarrow as pa
 import pytest
@@ -60,13 +59,7 @@ def open_table(lake: str, spec: T.TableSpec) -> DeltaTable:
 def objects(s3: S3, uri: str) -> dict[str, int]:
     """Every object below `uri` on the S3 server, with its size (boto3: independent of delta-rs
     and Arrow)."""
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3.endpoint,
-        region_name=s3.env["AWS_REGION"],
-        aws_access_key_id=s3.env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=s3.env["AWS_SECRET_ACCESS_KEY"],
-    )
+    client = s3.client()
     bucket, prefix = uri.removeprefix("s3://").split("/", 1)
     found: dict[str, int] = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -206,13 +199,7 @@ def test_checkpoint_on_s3_lands_in_the_delta_log_and_trims_it(lake: str, s3: S3)
 
 
 def _read_object(s3: S3, uri: str) -> bytes:
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3.endpoint,
-        region_name=s3.env["AWS_REGION"],
-        aws_access_key_id=s3.env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=s3.env["AWS_SECRET_ACCESS_KEY"],
-    )
+    client = s3.client()
     bucket, key = uri.removeprefix("s3://").split("/", 1)
     body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     return body
