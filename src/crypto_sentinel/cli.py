@@ -14,16 +14,20 @@ from typing import Any
 from crypto_sentinel import __version__
 from crypto_sentinel.config import ConfigError, Settings, load_settings
 from crypto_sentinel.eventloop import run_event_loop
+from crypto_sentinel.lake.location import is_remote, parse_lake
 
 log = logging.getLogger("crypto_sentinel")
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    lake = getattr(args, "lake", None)
+    if lake is not None:  # `--lake` wins over the environment, a folder as well as a URI
+        extra = {"lake_uri": str(lake) if is_remote(lake) else "", **extra}
     overrides = {
         "products": getattr(args, "products", None),
         "host": getattr(args, "host", None),
         "port": getattr(args, "port", None),
-        "lake_dir": getattr(args, "lake", None),
+        "lake_dir": None if lake is None or is_remote(lake) else lake,
         "data_dir": getattr(args, "data_dir", None),
         "bus": getattr(args, "bus", None),
         "kafka_bootstrap": getattr(args, "kafka_bootstrap", None),
@@ -57,7 +61,11 @@ def _add_common(p: argparse.ArgumentParser, api: bool = True) -> None:
     p.add_argument(
         "--products", help="comma-separated product ids (default BTC-USD,ETH-USD,SOL-USD)"
     )
-    p.add_argument("--lake", type=Path, help="lake folder (default <data dir>/lake)")
+    p.add_argument(
+        "--lake",
+        type=parse_lake,
+        help="lake folder or s3://bucket/prefix (default <data dir>/lake)",
+    )
     p.add_argument("--data-dir", type=Path, help="data folder (default .sentinel)")
     if api:
         p.add_argument("--host", help="API bind address (default 127.0.0.1)")

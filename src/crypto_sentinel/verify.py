@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from crypto_sentinel.lake import tables as T
-from crypto_sentinel.lake.location import LakeRoot
+from crypto_sentinel.lake.location import LakeRoot, parse_lake
 from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.sources.ratelimit import TokenBucket
 
@@ -234,7 +234,11 @@ def add_cli(verbs: Any) -> None:
         help="exchange REST base URL (default Coinbase; a `sentinel simulate` URL works too)",
     )
     p.add_argument("--products", help="comma-separated product ids (default: all in the lake)")
-    p.add_argument("--lake", type=Path, help="lake folder (default <data dir>/lake)")
+    p.add_argument(
+        "--lake",
+        type=parse_lake,
+        help="lake folder or s3://bucket/prefix (default <data dir>/lake)",
+    )
     p.add_argument("--data-dir", type=Path, help="data folder (default .sentinel)")
     p.add_argument(
         "--all-minutes", action="store_true", help="also compare each product's first/last minute"

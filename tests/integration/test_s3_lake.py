@@ -62,9 +62,11 @@ def test_lake_on_s3_written_by_the_cli_and_served_back_exactly(
     assert _lake_trades(monkeypatch, s3) == want  # exact decimals, no loss, no duplicate
 
     port = free_port()
+    env = _cli_env(s3, port)
+    del env["SENTINEL_LAKE_URI"]  # this time the lake is named on the command line
     api = subprocess.Popen(
-        [sys.executable, "-m", "crypto_sentinel.cli", "serve"],
-        env=_cli_env(s3, port),
+        [sys.executable, "-m", "crypto_sentinel.cli", "serve", "--lake", LAKE_URI],
+        env=env,
         cwd=tmp_path,
     )
     try:

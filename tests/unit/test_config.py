@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from crypto_sentinel.cli import _settings, build_parser
 from crypto_sentinel.config import ConfigError, load_settings
 
 
@@ -71,3 +72,18 @@ def test_cli_reports_bad_config_without_traceback(
     assert main(["serve"]) == 2
     err = capsys.readouterr().err
     assert "SENTINEL_PORT" in err and "Traceback" not in err
+
+
+def test_lake_flag_takes_a_folder_or_an_s3_uri_over_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SENTINEL_LAKE_URI", "s3://from-env/lake")
+    parser = build_parser()
+    remote = _settings(parser.parse_args(["serve", "--lake", "s3://flag-bucket/prod/"]))
+    assert remote.lake_root == "s3://flag-bucket/prod"
+    local = _settings(parser.parse_args(["serve", "--lake", "here/lake"]))
+    assert local.lake_root == tmp_path / "here" / "lake"
+    assert _settings(parser.parse_args(["serve"])).lake_root == "s3://from-env/lake"
+    with pytest.raises(ConfigError, match="s3://bucket/prefix"):
+        _settings(parser.parse_args(["serve", "--lake", "gs://elsewhere/lake"]))

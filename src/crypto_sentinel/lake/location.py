@@ -11,15 +11,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-import pyarrow.fs as pafs
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
 
 LakeRoot = Path | str
 
 
 def is_remote(lake: LakeRoot) -> bool:
     return isinstance(lake, str) and "://" in lake
+
+
+def parse_lake(text: str) -> LakeRoot:
+    """A `--lake` argument: an object-storage URI as given, or a local folder made absolute."""
+    return text if "://" in text else Path(text).resolve()
 
 
 def join(lake: LakeRoot, *parts: str) -> str:
@@ -49,6 +56,8 @@ def storage_options(lake: LakeRoot) -> dict[str, str] | None:
 
 def filesystem(lake: LakeRoot) -> tuple[pafs.FileSystem, str]:
     """An Arrow filesystem for the lake's data files and the prefix to strip from their URIs."""
+    import pyarrow.fs as pafs  # here, not at the top: the CLI parses `--lake` without Arrow
+
     if not is_remote(lake):
         return pafs.LocalFileSystem(), ""
     scheme = urlparse(str(lake)).scheme

@@ -46,7 +46,14 @@ from deltalake import DeltaTable, WriterProperties
 from deltalake.exceptions import CommitFailedError
 
 from crypto_sentinel.lake import tables as T
-from crypto_sentinel.lake.location import LakeRoot, filesystem, is_remote, join, storage_options
+from crypto_sentinel.lake.location import (
+    LakeRoot,
+    filesystem,
+    is_remote,
+    join,
+    parse_lake,
+    storage_options,
+)
 
 log = logging.getLogger(__name__)
 
@@ -256,11 +263,6 @@ def lake_exists(lake: LakeRoot) -> bool:
         return fs.get_file_info(path).type == pafs.FileType.Directory
     except OSError:
         return False
-
-
-def parse_lake(text: str) -> LakeRoot:
-    """A `--lake` argument: an object-storage URI as given, or a local folder made absolute."""
-    return text if "://" in text else Path(text).resolve()
 
 
 # --- operations ------------------------------------------------------------------------------

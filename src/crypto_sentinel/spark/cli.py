@@ -13,6 +13,7 @@ from types import FrameType
 from typing import Any
 
 from crypto_sentinel.config import Settings, load_settings
+from crypto_sentinel.lake.location import parse_lake
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -116,7 +117,11 @@ def add_cli(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("submit", parents=[common], help="run the streaming job (spark-submit)")
     p.add_argument("--master", help="local[2] (default) or spark://HOST:PORT")
     p.add_argument("--available-now", action="store_true", help="process the backlog and stop")
-    p.add_argument("--lake", type=Path, help="lake folder (default <data dir>/lake)")
+    p.add_argument(
+        "--lake",
+        type=parse_lake,
+        help="lake folder or s3://bucket/prefix (default <data dir>/lake)",
+    )
     p.add_argument("--kafka-bootstrap", help="Kafka bootstrap servers")
     p.set_defaults(func=_guard(cmd_submit))
 
