@@ -14,23 +14,20 @@ from typing import Any
 from crypto_sentinel import __version__
 from crypto_sentinel.config import ConfigError, Settings, load_settings
 from crypto_sentinel.eventloop import run_event_loop
-from crypto_sentinel.lake.location import is_remote, parse_lake
+from crypto_sentinel.lake.location import lake_overrides, parse_lake
 
 log = logging.getLogger("crypto_sentinel")
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
-    lake = getattr(args, "lake", None)
-    if lake is not None:  # `--lake` wins over the environment, a folder as well as a URI
-        extra = {"lake_uri": str(lake) if is_remote(lake) else "", **extra}
     overrides = {
         "products": getattr(args, "products", None),
         "host": getattr(args, "host", None),
         "port": getattr(args, "port", None),
-        "lake_dir": None if lake is None or is_remote(lake) else lake,
         "data_dir": getattr(args, "data_dir", None),
         "bus": getattr(args, "bus", None),
         "kafka_bootstrap": getattr(args, "kafka_bootstrap", None),
+        **lake_overrides(getattr(args, "lake", None)),
         **extra,
     }
     settings = load_settings(**overrides)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 if TYPE_CHECKING:
@@ -27,6 +27,15 @@ def is_remote(lake: LakeRoot) -> bool:
 def parse_lake(text: str) -> LakeRoot:
     """A `--lake` argument: an object-storage URI as given, or a local folder made absolute."""
     return text if "://" in text else Path(text).resolve()
+
+
+def lake_overrides(lake: LakeRoot | None) -> dict[str, Any]:
+    """Settings overrides for a `--lake` flag: it wins over the environment, either way."""
+    if lake is None:
+        return {}
+    if is_remote(lake):
+        return {"lake_uri": str(lake)}
+    return {"lake_uri": "", "lake_dir": lake}
 
 
 def join(lake: LakeRoot, *parts: str) -> str:

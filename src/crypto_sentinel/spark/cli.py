@@ -13,14 +13,14 @@ from types import FrameType
 from typing import Any
 
 from crypto_sentinel.config import Settings, load_settings
-from crypto_sentinel.lake.location import parse_lake
+from crypto_sentinel.lake.location import lake_overrides, parse_lake
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {
         "data_dir": args.data_dir,
-        "lake_dir": getattr(args, "lake", None),
         "kafka_bootstrap": getattr(args, "kafka_bootstrap", None),
+        **lake_overrides(getattr(args, "lake", None)),
     }
     return load_settings(**overrides)
 
@@ -59,6 +59,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     env = ops.spark_env(settings)
     # The job reads its settings from the environment, resolved here once.
     env["SENTINEL_LAKE_DIR"] = str(settings.lake_path)
+    env["SENTINEL_LAKE_URI"] = settings.lake_uri or ""
     env["SENTINEL_DATA_DIR"] = str(settings.data_dir.resolve())
     env["SENTINEL_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
     proc = subprocess.Popen(ops.submit_command(settings, master, jars, *job_args), env=env)
