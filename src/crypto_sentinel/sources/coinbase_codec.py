@@ -257,9 +257,18 @@ _TICKER_AMOUNTS = (
 )  # fmt: skip
 
 
+#: Product ids already validated: a feed repeats a handful of them on every frame.
+_VALID_PRODUCTS: set[str] = set()
+
+
 def _check_product(product_id: str) -> None:
+    if product_id in _VALID_PRODUCTS:
+        return
     if not PRODUCT_RE.match(product_id):
         raise FrameError(f"invalid product_id {product_id!r}")
+    if len(_VALID_PRODUCTS) >= 10_000:  # bounded even when a feed invents products
+        _VALID_PRODUCTS.clear()
+    _VALID_PRODUCTS.add(product_id)
 
 
 #: A plain non-negative decimal as the exchange sends it: ASCII digits (`[0-9]`, unlike
