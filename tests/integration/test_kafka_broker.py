@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic, PartitionMetadata
 
 from crypto_sentinel.ops import kafka
 
@@ -186,7 +186,11 @@ def _poll_into_assigned(
     assert len(out) == want, f"read {len(out)} of {want} records"
 
 
-def _create_topic(bootstrap: str, topic: str, rf: int, config: dict[str, str]) -> None:
+def _create_topic(
+    bootstrap: str, topic: str, rf: int, config: dict[str, str]
+) -> dict[int, PartitionMetadata]:
+    """Create a 6-partition topic; its partitions once every one has a leader (brokers learn
+    of a new topic one after another: a second client may still see none)."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     futures = admin.create_topics(
         [NewTopic(topic, num_partitions=6, replication_factor=rf, config=config)]
@@ -197,7 +201,7 @@ def _create_topic(bootstrap: str, topic: str, rf: int, config: dict[str, str]) -
         md = admin.list_topics(topic, timeout=10).topics[topic]
         leaders = [p.leader for p in md.partitions.values()]
         if md.error is None and len(leaders) == 6 and min(leaders) >= 0:
-            return
+            return dict(md.partitions)
         time.sleep(0.2)
     raise AssertionError(f"topic {topic} has no leaders after 30s")
 
@@ -353,9 +357,7 @@ def test_three_nodes_survive_a_killed_node(data_dir: Path) -> None:
     assert bootstrap == ",".join(f"127.0.0.1:{base + i}" for i in range(3))
 
     topic = "trades-replicated"
-    _create_topic(bootstrap, topic, rf=3, config={"min.insync.replicas": "2"})
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
+    partitions = _create_topic(bootstrap, topic, rf=3, config={"min.insync.replicas": "2"})
     assert all(len(p.replicas) == 3 for p in partitions.values())
     victim = partitions[0].leader
 

@@ -65,6 +65,14 @@ def resubscribed(source: CoinbaseSource, frames: list[RawFrame]) -> bool:
     return source.status.connections >= 2 and len({f.conn_id for f in acks}) >= 2
 
 
+def streaming_again(source: CoinbaseSource, frames: list[RawFrame]) -> bool:
+    """Resubscribed, and trades flow on the new connection (not only its ack)."""
+    first = frames[0].conn_id if frames else None
+    return resubscribed(source, frames) and any(
+        f.conn_id != first and f.text.startswith('{"type":"match"') for f in frames
+    )
+
+
 async def test_frame_over_the_maximum_size_forces_a_reconnect() -> None:
     async with SimulatorServer(["BTC-USD"], rate=50, faults=HugeFrameOnce()) as sim:
         source = CoinbaseSource(
@@ -84,7 +92,8 @@ async def test_silent_feed_hits_the_idle_timeout_and_resubscribes() -> None:
             ["BTC-USD"], sim.ws_url, exchange="simulator", kind="simulator",
             idle_timeout=0.5, backoff_cap=0.5,
         )  # fmt: skip
-        frames = await run_until(source, resubscribed)
+        frames = await run_until(source, streaming_again)
     assert source.status.reconnects >= 1
     assert "TimeoutError" in source.status.last_disconnect
-    assert any(f.text.startswith('{"type":"match"') for f in frames)  # it streams again
+    silent = frames[0].conn_id  # the first connection sent its ack and then nothing
+    assert not any(f.conn_id == silent and f.text.startswith('{"type":"match"') for f in frames)
