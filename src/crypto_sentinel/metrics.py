@@ -19,6 +19,15 @@ BACKFILLED = Counter(
 )
 RECONNECTS = Counter("sentinel_reconnects_total", "Source reconnects", ["exchange"])
 BATCHES = Counter("sentinel_batches_total", "Micro-batches committed")
+COMMIT_RETRIES = Counter(
+    "sentinel_commit_retries_total",
+    "Lake commits retried: a conflict with another writer or maintenance, or a storage error",
+    ["reason"],
+)
+REDERIVED_BATCHES = Counter(
+    "sentinel_rederived_batches_total",
+    "Batches bronze held that were derived again at start (a commit was interrupted)",
+)
 COMMIT_SECONDS = Histogram(
     "sentinel_commit_seconds",
     "Duration of one micro-batch commit",

@@ -20,9 +20,11 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from crypto_sentinel import metrics
+from crypto_sentinel.engine import recovery
 from crypto_sentinel.engine.candles import Candle, CandleKey, minute_start
 from crypto_sentinel.engine.dedupe import IdRanges
 from crypto_sentinel.engine.repair import repair_candles
+from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.lake.writer import Batch, CommitResult, LakeWriter
 from crypto_sentinel.model import GapRecord, Heartbeat, RawFrame, Rejected, Ticker, Trade
@@ -89,19 +91,45 @@ class Engine:
         self._inflight: Future[CommitResult] | None = None
         self.on_commit: list[Callable[[Batch], None]] = []
 
-    def load_state(self, reader: LakeReader) -> None:
-        """Learn what the lake already holds so replays and reconnects never duplicate rows."""
+    def load_state(self, reader: LakeReader, owns: Callable[[str], bool] | None = None) -> None:
+        """Learn what the lake already holds so replays and reconnects never duplicate rows,
+        and finish what an interrupted commit of the app ids in `owns` left (default: the
+        writer's own app id; Kafka passes the partitions it was assigned)."""
         for key, ranges in reader.trade_id_ranges().items():
             ids = self._trade_ids.setdefault(key, IdRanges())
             for lo, hi in ranges:
                 ids.add_range(lo, hi)
         self._ticker_marks.update(reader.ticker_high_water())
+        self.rederive(owns or (lambda app: app == self.writer.app_id))
         repair_candles(self.writer, reader)
         log.info(
             "engine state loaded: %d products, next batch version %d",
             len(self._trade_ids),
             self.next_version,
         )
+
+    def rederive(self, owns: Callable[[str], bool]) -> int:
+        """Derive again the newest bronze batch of each owned app id (see engine/recovery.py);
+        returns how many bronze commits were fed through again."""
+        lake = self.writer.lake
+        commits = recovery.in_doubt(lake, self.writer.tables[T.BRONZE.name], owns)
+        stats = replace(self.stats)  # counters describe the input, not the recovery
+        pending, self._pending = self._pending, Batch(version=0)
+        for commit in commits:
+            for frame in recovery.frames_of(lake, commit):
+                self.process(frame)
+            batch = self.cut(version=max(commit.txns.values()))
+            if batch is None:
+                continue
+            batch.frames = []  # bronze holds them: that is where they came from
+            batch.positions = {}
+            batch.txns = {app: v for app, v in commit.txns.items() if owns(app)}
+            result = self.writer.commit(batch)
+            self.committed(batch, result)
+            metrics.REDERIVED_BATCHES.inc()
+        self.stats = stats
+        self._pending = pending
+        return len(commits)
 
     def trade_id_ranges(self, exchange: str) -> dict[str, list[tuple[int, int]]]:
         """Trade ids known per product (start-up backfill fills the holes and the tail)."""
@@ -187,13 +215,16 @@ class Engine:
 
     # --- per batch -----------------------------------------------------------------------
 
-    def cut(self) -> Batch | None:
-        """Close the current batch (None if there is nothing to write)."""
+    def cut(self, version: int | None = None) -> Batch | None:
+        """Close the current batch (None if there is nothing to write); `version` re-uses
+        the version of a batch derived again from bronze."""
         batch = self._pending
         if not (batch.frames or self._dirty or self._partial):
             return None
-        batch.version = self.next_version
-        self.next_version += 1
+        if version is None:
+            version = self.next_version
+            self.next_version += 1
+        batch.version = version
         batch.candles = [replace(self._book[k]) for k in self._dirty]
         batch.partial_candles = list(self._partial.values())
         self._dirty = set()
@@ -259,14 +290,15 @@ class Engine:
             for hook in self.on_commit:
                 hook(batch)
 
-    def forget(self, reader: LakeReader) -> None:
+    def forget(self, reader: LakeReader, owns: Callable[[str], bool]) -> None:
         """Drop per-product state and relearn it from the lake (after a Kafka rebalance,
-        another processor may have written these products meanwhile)."""
+        another processor may have written these products meanwhile); finish what a crashed
+        owner of the app ids in `owns` left half committed."""
         self._trade_ids.clear()
         self._ticker_marks.clear()
         self._book.clear()
         self._newest_minute.clear()
-        self.load_state(reader)
+        self.load_state(reader, owns)
 
     # --- the loop ------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -278,8 +279,12 @@ class Maintainer:
         *,
         now: Callable[[], datetime] = utc_now,
         should_stop: Callable[[], bool] = lambda: False,
+        writer_lock: contextlib.AbstractContextManager[Any] | None = None,
     ) -> None:
         self.lake = lake
+        #: The lock of the stream writer in this process: each step holds it, so the writer
+        #: and maintenance take turns instead of failing each other's commits.
+        self.writer_lock = writer_lock or contextlib.nullcontext()
         self.policy = policy or Policy()
         self.now = now
         self.should_stop = should_stop
@@ -507,19 +512,28 @@ class Maintainer:
                 if self.should_stop():
                     return done
                 try:
-                    done.append(step(spec))
+                    with self.writer_lock:
+                        done.append(step(spec))
                 except Exception:
                     log.exception("maintenance %s of %s failed", step.__name__, spec.name)
         return done
 
 
-async def run_maintenance_forever(settings: Any, lake: LakeRoot, stop: asyncio.Event) -> None:
+async def run_maintenance_forever(
+    settings: Any,
+    lake: LakeRoot,
+    stop: asyncio.Event,
+    writer_lock: contextlib.AbstractContextManager[Any],
+) -> None:
     """Maintain the lake every `maintenance_interval_s` until `stop` is set (start it from
-    the pipeline). Delta work runs in a thread, so the event loop and the stream go on."""
+    the pipeline). Delta work runs in a thread, so the event loop and the stream go on;
+    `writer_lock` is the stream writer's, so the two take turns."""
     if not settings.maintenance_enabled:
         log.info("lake maintenance disabled")
         return
-    maintainer = Maintainer(lake, Policy.from_settings(settings), should_stop=stop.is_set)
+    maintainer = Maintainer(
+        lake, Policy.from_settings(settings), should_stop=stop.is_set, writer_lock=writer_lock
+    )
     interval = settings.maintenance_interval_s
     log.info("lake maintenance every %.0f s", interval)
     while not stop.is_set():

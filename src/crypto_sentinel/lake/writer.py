@@ -3,12 +3,18 @@
 Every commit carries a Delta app transaction `(app_id, version)`. Before writing a table the
 writer compares the batch version with the table's recorded version and skips tables that
 already hold the batch, so a restarted or retried writer never writes a batch twice.
+
+Raw first: bronze is committed before anything derived from it. A process killed between the
+commits leaves a batch that bronze holds and a derived table lacks; `engine/recovery.py`
+derives it again from bronze at start.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +25,9 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
+from deltalake.exceptions import CommitFailedError
 
+from crypto_sentinel import metrics
 from crypto_sentinel.engine.candles import Candle
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.location import LakeRoot
@@ -45,6 +53,9 @@ class Batch:
     gaps: list[GapRecord] = field(default_factory=list)
     #: Durable-log positions the batch covers: (exchange, partition) -> last offset.
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: Delta transactions to record instead of the ones derived from version/positions (a
+    #: batch derived again from bronze keeps the transactions of its bronze commit).
+    txns: dict[str, int] | None = None
 
 
 @dataclass
@@ -55,6 +66,47 @@ class CommitResult:
 
 
 Txns = dict[str, int]  # Delta app transactions of one batch: app_id -> version
+
+#: Test hook: `SENTINEL_CRASH_AT=<table>:<n>` ends the process (os._exit) right after the n-th
+#: commit to that table, to prove every commit point recoverable (tests/chaos).
+CRASH_AT_ENV = "SENTINEL_CRASH_AT"
+
+
+class _CrashHook:
+    def __init__(self, spec: str) -> None:
+        table, _, count = spec.partition(":")
+        self.table = table
+        self.left = int(count or 1)
+
+    def committed(self, table: str) -> None:
+        if table != self.table:
+            return
+        self.left -= 1
+        if self.left <= 0:
+            log.warning("%s: exiting after a commit to %s", CRASH_AT_ENV, table)
+            logging.shutdown()
+            os._exit(70)
+
+
+class _MaintenanceTurn:
+    """A context manager for in-process maintenance: it commits only between the writer's
+    batches, and the writer reloads its table snapshots after it (a stale snapshot would
+    make the writer's next commit conflict with maintenance's)."""
+
+    def __init__(self, writer: LakeWriter) -> None:
+        self.writer = writer
+
+    def __enter__(self) -> None:
+        self.writer.lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.writer._stale = True
+        self.writer.lock.release()
+
+
+def _crash_hook() -> _CrashHook | None:
+    spec = os.environ.get(CRASH_AT_ENV, "")
+    return _CrashHook(spec) if spec else None
 
 
 class LakeWriter:
@@ -68,6 +120,12 @@ class LakeWriter:
         self.versions = {
             name: (dt.transaction_version(app_id) or 0) for name, dt in self.tables.items()
         }
+        #: Held for every commit; in-process maintenance takes its turn through
+        #: `maintenance_turn`, so the two never race for the same table version.
+        self.lock = threading.Lock()
+        self.maintenance_turn = _MaintenanceTurn(self)
+        self._stale = False  # maintenance committed since: refresh the snapshots first
+        self._crash = _crash_hook()
 
     @property
     def last_version(self) -> int:
@@ -78,22 +136,32 @@ class LakeWriter:
         return f"{self.app_id}:{exchange}:{partition}"
 
     def log_position(self, exchange: str, partition: int) -> int | None:
-        """Last durable-log offset fully committed: bronze is written last in every batch."""
+        """Last durable-log offset in the lake: bronze is written first in every batch, and
+        what it holds is derived again at start if a derived table lacks it."""
         dt = self.tables[T.BRONZE.name]
         dt.update_incremental()
         return dt.transaction_version(self.partition_app_id(exchange, partition))
 
     def transactions(self, batch: Batch) -> Txns:
+        if batch.txns is not None:
+            return batch.txns
         if batch.positions:
             return {self.partition_app_id(ex, p): off for (ex, p), off in batch.positions.items()}
         return {self.app_id: batch.version}
 
     def commit(self, batch: Batch) -> CommitResult:
-        """Write every table; bronze last, so a batch whose bronze rows exist is complete."""
+        """Write every table; bronze first, so nothing derived exists without its frames."""
+        with self.lock:
+            return self._commit(batch)
+
+    def _commit(self, batch: Batch) -> CommitResult:
         started = time.perf_counter()
+        self._refresh_if_stale()
         txns = self.transactions(batch)
         merged = self._with_retry(self._merge_partials, batch)
         candles = batch.candles + merged
+        if batch.frames:
+            self._with_retry(self._append, T.BRONZE, batch.frames, bronze_table, txns)
         if batch.rejected:
             self._with_retry(self._append, T.QUARANTINE, batch.rejected, quarantine_table, txns)
         if batch.trades:
@@ -104,21 +172,33 @@ class LakeWriter:
             self._with_retry(self._upsert_candles, candles_table(candles), txns)
         if batch.gaps:
             self._with_retry(self._append, T.GAPS, batch.gaps, gaps_table, txns)
-        if batch.frames:
-            self._with_retry(self._append, T.BRONZE, batch.frames, bronze_table, txns)
         for name in self.versions:
             self.versions[name] = max(self.versions[name], batch.version)
         return CommitResult(batch.version, merged, time.perf_counter() - started)
 
+    def _refresh_if_stale(self) -> None:
+        if self._stale:
+            self._stale = False
+            for dt in self.tables.values():
+                dt.update_incremental()
+
     def _with_retry(self, fn: Any, *args: Any) -> Any:
-        """Storage hiccups and commit conflicts are retried; the batch is never dropped."""
+        """Storage hiccups and commit conflicts are retried; the batch is never dropped.
+        A conflict (another process maintaining the lake) is expected and retried quietly."""
         for attempt, delay in enumerate((*RETRY_DELAYS, None)):
             try:
                 return fn(*args)
             except Exception as exc:
                 if delay is None:
                     raise
-                log.warning("lake write failed (attempt %d), retrying: %s", attempt + 1, exc)
+                conflict = isinstance(exc, CommitFailedError)
+                metrics.COMMIT_RETRIES.labels("conflict" if conflict else "error").inc()
+                log.log(
+                    logging.INFO if conflict else logging.WARNING,
+                    "lake write failed (attempt %d), retrying: %s",
+                    attempt + 1,
+                    exc,
+                )
                 time.sleep(delay)
                 for dt in self.tables.values():
                     dt.update_incremental()
@@ -147,6 +227,8 @@ class LakeWriter:
                 app_transactions=[Transaction(app, v) for app, v in txns.items()]
             ),
         )
+        if self._crash is not None:
+            self._crash.committed(spec.name)
 
     def _holds(self, row: RawFrame | Rejected, recorded: dict[str, int]) -> bool:
         frame = row.frame if isinstance(row, Rejected) else row
@@ -158,7 +240,9 @@ class LakeWriter:
     def upsert_candles(self, candles: Sequence[Candle]) -> None:
         """Write complete candles outside any batch (repairs, rebuilds)."""
         if candles:
-            self._with_retry(self._upsert_candles, candles_table(candles), {})
+            with self.lock:
+                self._refresh_if_stale()
+                self._with_retry(self._upsert_candles, candles_table(candles), {})
 
     def _upsert_candles(self, data: pa.Table, txns: Txns) -> None:
         recorded = self._recorded(T.CANDLES_1M, txns)
@@ -187,6 +271,8 @@ class LakeWriter:
             .when_not_matched_insert_all()
             .execute()
         )
+        if self._crash is not None:
+            self._crash.committed(T.CANDLES_1M.name)
 
     def _merge_partials(self, batch: Batch) -> list[Candle]:
         """Fold partial candles into the candle rows already stored for their minutes."""
