@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from crypto_sentinel.api.app import create_app
 from crypto_sentinel.api.state import HotState
 from crypto_sentinel.api.stream import Hub
 from crypto_sentinel.api.warmup import warm_up
-from crypto_sentinel.bus.kafka import KafkaFrames, KafkaPublisher, ensure_topics
+from crypto_sentinel.bus.kafka import KafkaFrames, KafkaPublisher, ensure_topics, exchange_of
 from crypto_sentinel.bus.memory import MemoryBus
 from crypto_sentinel.config import Settings
 from crypto_sentinel.engine.hotfeed import HotFeed
@@ -216,7 +216,9 @@ class Pipeline:
         if with_api:
             tasks.append(asyncio.create_task(self._serve_api(), name="api"))
         if self.process:  # the lake maintains itself, in a folder or on object storage
-            maintain = run_maintenance_forever(self.settings, self.lake, self.stop_event)
+            maintain = run_maintenance_forever(
+                self.settings, self.lake, self.stop_event, self.writer.maintenance_turn
+            )
             tasks.append(asyncio.create_task(maintain, name="maintenance"))
         role = "up" if self.ingest and self.process else "ingest" if self.ingest else "process"
         beat = heartbeats(
@@ -293,10 +295,20 @@ class Pipeline:
             self.settings,
             position=self.writer.log_position,
             before_revoke=self.engine.flush_now,
-            after_assign=lambda: self.engine.forget(self.reader),
+            after_assign=lambda: self.engine.forget(self.reader, self._assigned_app_ids()),
         )
         self.engine.on_commit.append(lambda batch: consumer.commit(batch.positions))
         return consumer
+
+    def _assigned_app_ids(self) -> Callable[[str], bool]:
+        """The partition app ids of what the Kafka consumer was just assigned."""
+        consumer = self.consumer
+        assigned = set()
+        if consumer is not None:
+            for topic, partition in consumer.assigned:
+                exchange = exchange_of(self.settings, topic)
+                assigned.add(self.writer.partition_app_id(exchange, partition))
+        return assigned.__contains__
 
     async def _fallback_if_unreachable(
         self, live: CoinbaseSource, task: asyncio.Task[None], publish: Publish
