@@ -15,6 +15,7 @@ from crypto_sentinel import __version__
 from crypto_sentinel.config import ConfigError, Settings, load_settings
 from crypto_sentinel.eventloop import run_event_loop
 from crypto_sentinel.lake.location import lake_overrides, parse_lake
+from crypto_sentinel.lake.lock import LakeLocked
 
 log = logging.getLogger("crypto_sentinel")
 
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
+    except (ConfigError, LakeLocked) as exc:  # a start-up refusal: one line, no traceback
         print(f"sentinel: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

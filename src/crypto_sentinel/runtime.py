@@ -32,6 +32,7 @@ from crypto_sentinel.config import Settings
 from crypto_sentinel.engine.hotfeed import HotFeed
 from crypto_sentinel.engine.processor import Engine, FrameSource
 from crypto_sentinel.health import heartbeat_path, heartbeats
+from crypto_sentinel.lake.lock import writer_lock
 from crypto_sentinel.lake.maintenance import run_maintenance_forever
 from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.lake.writer import LakeWriter
@@ -73,6 +74,9 @@ class Pipeline:
         self.process = process
         self.kafka = settings.bus == "kafka"
         self.lake = settings.lake_root
+        # One writer per lake and app id (else LakeLocked names the holder), taken before the
+        # writer reads the batch versions it continues from; run() releases it.
+        self.lock = writer_lock(settings, writes=process)
         # Over Kafka, one app id per (group, topic, partition) records offsets in Delta.
         app_id = settings.kafka_group if self.kafka else settings.app_id
         self.writer = LakeWriter(self.lake, app_id)
@@ -205,6 +209,14 @@ class Pipeline:
         return self._coinbase(ws, rest, "simulator", resume=False)
 
     async def run(self, with_api: bool = True, install_signals: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        self.lock.on_lost = lambda: loop.call_soon_threadsafe(self.stop_event.set)
+        try:
+            await self._run(with_api, install_signals)
+        finally:
+            self.lock.release()
+
+    async def _run(self, with_api: bool, install_signals: bool) -> None:
         if self.process:
             self.engine.load_state(self.reader)
             settle_heap()
