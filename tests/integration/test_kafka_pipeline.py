@@ -19,9 +19,11 @@ import pytest
 from deltalake import DeltaTable
 
 from crypto_sentinel.lake import tables as T
+from crypto_sentinel.lake.writer import CRASH_AT_ENV
 from crypto_sentinel.ops import kafka
 from crypto_sentinel.simulator import SimulatorServer
 from tests.conftest import free_port, free_port_run
+from tests.helpers import assert_candles_match_silver
 
 pytestmark = pytest.mark.integration
 PRODUCTS = ["BTC-USD", "ETH-USD", "SOL-USD"]
@@ -47,13 +49,13 @@ class Cluster:
         self.sim = sim
         self.procs: list[tuple[subprocess.Popen[bytes], Path]] = []
 
-    def start(self, *args: str) -> subprocess.Popen[bytes]:
+    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = self.tmp / f"{args[0]}-{len(self.procs)}.log"
         proc = subprocess.Popen(
             [sys.executable, "-m", "crypto_sentinel.cli", *args],
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
-            env=self.env,
+            env={**self.env, **(env or {})},
         )
         self.procs.append((proc, log))
         return proc
@@ -187,6 +189,28 @@ async def test_processor_killed_with_sigkill_and_restarted(
         cluster.stop_all()
         await sim.stop()
     cluster.assert_exact()
+
+
+async def test_processor_ended_between_bronze_and_silver_loses_nothing(
+    broker: tuple[Path, str], tmp_path: Path
+) -> None:
+    """Raw first over Kafka: the processor resumes after bronze's offsets, so the batch bronze
+    holds and silver lacks must be derived again from bronze when the partition is assigned."""
+    sim = await run_simulator(1000, 6000, seed=14)
+    cluster = Cluster(tmp_path, broker[1], sim)
+    try:
+        victim = cluster.start("process", env={CRASH_AT_ENV: f"{T.BRONZE.name}:3"})
+        cluster.ingest()
+        rc = await asyncio.to_thread(victim.wait, 120)
+        assert rc == 70, cluster.logs()
+        cluster.process()
+        await asyncio.wait_for(sim.wait_done(), 60)
+        await cluster.wait_rows(6000, 90)
+    finally:
+        cluster.stop_all()
+        await sim.stop()
+    cluster.assert_exact()
+    assert assert_candles_match_silver(cluster.lake) > 0
 
 
 async def test_broker_restart_during_ingest(broker: tuple[Path, str], tmp_path: Path) -> None:

@@ -1,36 +1,52 @@
 """In-process bus between sources and the engine: bounded, so a slow engine slows the source
-(backpressure) instead of growing memory without limit."""
+(backpressure) instead of growing memory without limit.
+
+A deque and two events rather than `asyncio.Queue`: the engine takes frames by the thousand,
+and a queue's per-item bookkeeping (waiter lists, unfinished-task counts) cost more than
+decoding at ingest rates of 100,000 frames/s.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 
 from crypto_sentinel.model import RawFrame
 
 
 class MemoryBus:
     def __init__(self, capacity: int) -> None:
-        self._queue: asyncio.Queue[RawFrame] = asyncio.Queue(maxsize=capacity)
         self.capacity = capacity
+        self._frames: deque[RawFrame] = deque()
+        self._readable = asyncio.Event()  # set while frames wait
+        self._writable = asyncio.Event()  # set while there is room
+        self._writable.set()
 
     async def publish(self, frame: RawFrame) -> None:
         """Hand one frame to the engine; waits while the bus is full."""
-        await self._queue.put(frame)
+        while len(self._frames) >= self.capacity:
+            self._writable.clear()
+            await self._writable.wait()
+        self._frames.append(frame)
+        self._readable.set()
 
     def depth(self) -> int:
-        return self._queue.qsize()
+        return len(self._frames)
 
     async def take(self, max_frames: int, timeout: float) -> list[RawFrame]:
         """Up to `max_frames` frames; waits at most `timeout` s for the first one."""
-        queue = self._queue
-        if queue.empty():
+        frames = self._frames
+        if not frames:
+            self._readable.clear()
             try:
-                first = await asyncio.wait_for(queue.get(), timeout)
+                await asyncio.wait_for(self._readable.wait(), timeout)
             except TimeoutError:
                 return []
-            frames = [first]
+        if len(frames) <= max_frames:
+            taken = list(frames)
+            frames.clear()
         else:
-            frames = []
-        while len(frames) < max_frames and not queue.empty():
-            frames.append(queue.get_nowait())
-        return frames
+            popleft = frames.popleft
+            taken = [popleft() for _ in range(max_frames)]
+        self._writable.set()
+        return taken

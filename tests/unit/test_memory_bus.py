@@ -1,0 +1,42 @@
+"""The in-process bus keeps order, bounds memory (a full bus makes the source wait) and
+returns an empty list when nothing arrives in time."""
+
+from __future__ import annotations
+
+import asyncio
+
+from crypto_sentinel.bus.memory import MemoryBus
+from crypto_sentinel.model import RawFrame
+
+
+def frame(i: int) -> RawFrame:
+    return RawFrame("simulator", "c", i, i, f"{{{i}}}")
+
+
+async def test_order_capacity_and_timeout() -> None:
+    bus = MemoryBus(capacity=100)
+    assert await bus.take(10, 0.01) == []
+
+    async def produce() -> None:
+        for i in range(1000):
+            await bus.publish(frame(i))
+
+    producer = asyncio.create_task(produce())
+    got: list[int] = []
+    deepest = 0
+    while len(got) < 1000:
+        await asyncio.sleep(0)
+        deepest = max(deepest, bus.depth())
+        got.extend(f.recv_seq for f in await bus.take(37, 1.0))
+    await producer
+    assert got == list(range(1000))
+    assert 0 < deepest <= 100
+    assert bus.depth() == 0
+
+
+async def test_a_waiting_take_wakes_on_publish() -> None:
+    bus = MemoryBus(capacity=10)
+    waiting = asyncio.create_task(bus.take(5, 5.0))
+    await asyncio.sleep(0.01)
+    await bus.publish(frame(1))
+    assert [f.recv_seq for f in await asyncio.wait_for(waiting, 1.0)] == [1]
