@@ -1,9 +1,16 @@
-"""Ingest benchmark: replay N simulated trades as fast as possible through `sentinel up`'s
-pipeline (replay source -> bus -> engine -> Delta, API running) and measure throughput,
-frame -> visible-in-/latest and frame -> committed-in-Delta latency, and peak RSS.
+"""Ingest benchmark, in phases (`sentinel bench ingest --phases replay,live,fast,kafka`).
 
-The baseline, run in the same invocation on the same recording, is the decode floor: reading
-the file and decoding every frame into typed records, with no bus, lake or API.
+- replay: N simulated trades replayed as fast as possible through `sentinel up`'s pipeline
+  (replay source -> bus -> engine -> Delta, API running): throughput, frame -> visible in
+  /latest and frame -> committed in Delta latency, peak RSS.
+- live (bench/ingest_live.py): the simulator over WebSocket at a steady frame rate into
+  `sentinel up`: frame -> /latest, -> WebSocket client, -> Delta.
+- fast (bench/ingest_fast.py): a local feed sending over WebSocket as fast as it is read:
+  trades/s with everything committed, and no trade lost.
+- kafka (bench/ingest_kafka.py): `sentinel process` draining a Kafka backlog.
+
+The baseline, run once in the same invocation on the replay recording, is the decode floor:
+reading the file and decoding every frame into typed records, with no bus, lake or API.
 Each side runs in its own child process so peak RSS is its own.
 """
 
@@ -11,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import platform
-import resource
 import subprocess
 import sys
 import time
@@ -20,25 +25,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from bench import common, ingest_fast, ingest_kafka, ingest_live
+from bench.common import peak_rss_mb, percentiles, poll_latest
 from crypto_sentinel.model import RawFrame, Trade
 
+__all__ = ["PHASES", "main", "markdown", "peak_rss_mb", "percentiles"]
 
-def percentiles(values_ns: list[int]) -> dict[str, float]:
-    """Nearest-rank percentiles in milliseconds."""
-    if not values_ns:
-        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan"), "n": 0}
-    ordered = sorted(values_ns)
-
-    def rank(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6, 3)
-
-    return {"p50_ms": rank(0.50), "p99_ms": rank(0.99), "max_ms": rank(1.0), "n": len(ordered)}
-
-
-def peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+PHASES = ("replay", "live", "fast", "kafka")
 
 
 def run_baseline(recording: Path) -> dict[str, Any]:
@@ -46,10 +39,11 @@ def run_baseline(recording: Path) -> dict[str, Any]:
     from crypto_sentinel.sources.coinbase_codec import FrameError, decode
     from crypto_sentinel.sources.replay import parse_line
 
-    trades = 0
+    trades = frames = 0
     started = time.perf_counter()
     with recording.open() as fh:
         for seq, line in enumerate(fh):
+            frames += 1
             _, text = parse_line(line.rstrip("\n"))
             try:
                 record = decode(RawFrame("simulator", "bench", seq, time.time_ns(), text))
@@ -62,6 +56,7 @@ def run_baseline(recording: Path) -> dict[str, Any]:
         "trades": trades,
         "seconds": round(seconds, 3),
         "trades_per_s": round(trades / seconds),
+        "frames_per_s": round(frames / seconds),
         "peak_rss_mb": peak_rss_mb(),
     }
 
@@ -88,27 +83,7 @@ async def _run_pipeline(recording: Path, lake: Path, port: int) -> dict[str, Any
     http_ns: list[int] = []
     run = asyncio.create_task(pipeline.run(with_api=True, install_signals=False))
     started = time.perf_counter()
-
-    async def poll_latest() -> None:
-        """An HTTP client polling /latest: when did each trade become visible to it?"""
-        seen: set[tuple[str, int]] = set()
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            while not run.done():
-                try:
-                    body = (await client.get("/latest")).json()
-                except httpx.TransportError:
-                    await asyncio.sleep(0.05)
-                    continue
-                now = time.time_ns()
-                for item in body["data"]:
-                    key = (item["symbol"], item["trade_id"])
-                    if key not in seen:
-                        seen.add(key)
-                        recv = datetime.fromisoformat(item["recv_time"].replace("Z", "+00:00"))
-                        http_ns.append(now - int(recv.timestamp() * 1e9))
-                await asyncio.sleep(0.005)
-
-    poller = asyncio.create_task(poll_latest())
+    poller = asyncio.create_task(poll_latest(port, lambda: not run.done(), http_ns))
     while not run.done():
         await asyncio.sleep(0.05)
         src = pipeline.source
@@ -150,55 +125,92 @@ def _spawn(kind: str, recording: Path, lake: Path, port: int) -> dict[str, Any]:
     raise RuntimeError(f"{kind} run printed no result:\n{out.stdout}\n{out.stderr}")
 
 
-def main(trades: int, workdir: Path, port: int) -> dict[str, Any]:
-    from crypto_sentinel.simulator import write_recording
-
+def main(
+    trades: int,
+    workdir: Path,
+    port: int,
+    phases: str = "replay,live,fast,kafka",
+    live_seconds: float = 60.0,
+    live_rate: float = 5_000.0,
+    fast_trades: int = 200_000,
+    kafka_trades: int = 200_000,
+) -> dict[str, Any]:
+    """Run the chosen phases, one after the other (2 cores: side by side they would measure
+    their competition), after the decode-floor baseline on the `trades` recording."""
+    chosen = [p.strip() for p in phases.split(",") if p.strip()]
+    unknown = set(chosen) - set(PHASES)
+    if unknown:
+        raise ValueError(f"unknown phases {sorted(unknown)}; choose from {', '.join(PHASES)}")
+    workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    recording = workdir / f"sim-{trades}.ndjson"
-    if not recording.exists():
-        print(f"writing a recording of {trades:,} simulated trades to {recording}", flush=True)
-        write_recording(recording, ["BTC-USD", "ETH-USD", "SOL-USD"], trades, seed=7)
-    lake = workdir / f"lake-{int(time.time())}"
-    print("baseline (decode only)...", flush=True)
-    baseline = _spawn("baseline", recording, lake, port)
-    print("pipeline...", flush=True)
-    pipeline = _spawn("pipeline", recording, lake, port)
-    return {
+    result: dict[str, Any] = {
         "benchmark": "ingest",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()}, {_cpus()} cores, Python "
-        f"{platform.python_version()}",
-        "command": f"sentinel bench ingest --trades {trades}",
+        "machine": common.machine(),
+        "command": _command(trades, chosen, live_seconds, live_rate, fast_trades, kafka_trades),
         "trades": trades,
-        "baseline": baseline,
-        "pipeline": pipeline,
+        "phases": chosen,
     }
+    recording = common.recording(workdir, trades)
+    lake = workdir / f"lake-{int(time.time())}"
+    print("baseline (decode only)...", flush=True)
+    result["baseline"] = _spawn("baseline", recording, lake, port)
+    if "replay" in chosen:
+        print("replay: pipeline...", flush=True)
+        result["pipeline"] = _spawn("pipeline", recording, lake, port)
+    if "live" in chosen:
+        print(f"live: {live_rate:,.0f} frames/s for {live_seconds:g} s ...", flush=True)
+        result["live"] = ingest_live.run(workdir, port, live_rate, live_seconds)
+    if "fast" in chosen:
+        result["fast"] = ingest_fast.run(workdir, port, fast_trades)
+    if "kafka" in chosen:
+        result["kafka"] = ingest_kafka.run(workdir, kafka_trades)
+        if "skipped" in result["kafka"]:
+            print(f"kafka: skipped: {result['kafka']['skipped']}", flush=True)
+    return result
 
 
-def _cpus() -> int:
-    import os
-
-    return os.cpu_count() or 0
+def _command(
+    trades: int, phases: list[str], seconds: float, rate: float, fast: int, kafka: int
+) -> str:
+    words = [f"sentinel bench ingest --trades {trades} --phases {','.join(phases)}"]
+    if "live" in phases:
+        words.append(f"--live-seconds {seconds:g} --live-rate {rate:g}")
+    if "fast" in phases:
+        words.append(f"--fast-trades {fast}")
+    if "kafka" in phases:
+        words.append(f"--kafka-trades {kafka}")
+    return " ".join(words)
 
 
 def markdown(result: dict[str, Any]) -> str:
-    b, p = result["baseline"], result["pipeline"]
-    vis, http, com = p["frame_to_visible"], p["frame_to_http_client"], p["frame_to_delta_commit"]
-    return "\n".join(
-        [
-            f"### Ingest, {result['trades']:,} simulated trades — {result['date']}",
-            f"Machine: {result['machine']}. Command: `{result['command']}`.",
-            "",
-            "| run | trades/s | frame→/latest p50 / p99 | frame→HTTP poller p50 / p99 "
-            "| frame→Delta commit p50 / p99 | peak RSS |",
-            "|---|---|---|---|---|---|",
-            f"| {b['name']} | {b['trades_per_s']:,} | — | — | — | {b['peak_rss_mb']} MB |",
+    b = result["baseline"]
+    rows = [
+        f"### Ingest, {result['trades']:,} simulated trades — {result['date']}",
+        f"Machine: {result['machine']}. Command: `{result['command']}`.",
+        "",
+        "| run | trades/s | frame→/latest p50 / p99 | frame→HTTP poller p50 / p99 "
+        "| frame→Delta commit p50 / p99 | peak RSS |",
+        "|---|---|---|---|---|---|",
+        f"| {b['name']} | {b['trades_per_s']:,} | — | — | — | {b['peak_rss_mb']} MB |",
+    ]
+    if "pipeline" in result:
+        p = result["pipeline"]
+        vis, http = p["frame_to_visible"], p["frame_to_http_client"]
+        com = p["frame_to_delta_commit"]
+        rows.append(
             f"| {p['name']} | {p['trades_per_s']:,} | {vis['p50_ms']} / {vis['p99_ms']} ms "
             f"| {http['p50_ms']} / {http['p99_ms']} ms | {com['p50_ms']} / {com['p99_ms']} ms "
-            f"| {p['peak_rss_mb']} MB |",
-            "",
-        ]
-    )
+            f"| {p['peak_rss_mb']} MB |"
+        )
+    rows.append("")
+    if "live" in result:
+        rows += ingest_live.rows(result["live"])
+    if "fast" in result:
+        rows += ingest_fast.rows(result["fast"], b)
+    if "kafka" in result:
+        rows += ingest_kafka.rows(result["kafka"], b)
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

@@ -172,7 +172,7 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 #: Benchmarks live in the repo's bench/ folder; each module has main(trades, workdir, port)
 #: returning a JSON-able dict and markdown(result) rendering rows for docs/benchmarks.md.
-BENCHMARKS = ("ingest", "api", "lake", "spark")
+BENCHMARKS = ("ingest", "api", "lake", "spark", "memory")
 
 #: Modules that add their own verbs with add_cli(verbs).
 VERB_MODULES = (
@@ -185,6 +185,7 @@ VERB_MODULES = (
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import inspect
     import json
 
     try:
@@ -195,7 +196,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 2
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    result = module.main(args.trades, workdir, args.port)
+    # Options of one benchmark only go, as keyword arguments, to the main() that takes them.
+    names = ("phases", "live_seconds", "live_rate", "fast_trades", "kafka_trades", "minutes",
+             "rate", "clients")  # fmt: skip
+    options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    wrong = [f"--{k.replace('_', '-')}" for k in options
+             if k not in inspect.signature(module.main).parameters]  # fmt: skip
+    if wrong:
+        print(f"sentinel bench {args.what}: {', '.join(wrong)} does not apply", file=sys.stderr)
+        return 2
+    result = module.main(args.trades, workdir, args.port, **options)
     out = workdir / f"{args.what}-{result['date'][:19].replace(':', '')}.json"
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
@@ -273,6 +283,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trades", type=int, default=1_000_000, help="simulated trades to replay")
     p.add_argument("--workdir", default="bench/results", help="recordings, lakes and results")
     p.add_argument("--port", type=int, default=8090, help="API port during the run")
+    p.add_argument(
+        "--phases",
+        help="ingest: comma-separated phases of replay,live,fast,kafka (default all of them)",
+    )
+    p.add_argument("--live-seconds", type=float, help="ingest live phase: seconds (default 60)")
+    p.add_argument(
+        "--live-rate", type=float, help="ingest live phase: frames/s, 2 per trade (default 5000)"
+    )
+    p.add_argument("--fast-trades", type=int, help="ingest fast phase: trades (default 200000)")
+    p.add_argument("--kafka-trades", type=int, help="ingest kafka phase: trades (default 200000)")
+    p.add_argument("--minutes", type=float, help="memory: minutes of live feed (default 10)")
+    p.add_argument("--rate", type=float, help="memory: simulator trades/s (default 2000)")
+    p.add_argument("--clients", type=int, help="memory: API clients polling (default 50)")
     p.set_defaults(func=cmd_bench)
 
     for name in VERB_MODULES:

@@ -1,0 +1,372 @@
+"""Helpers shared by the benchmarks: numbers, child processes, ports and Delta commit times.
+
+Every measured side runs as its own child process, so its peak RSS is its own: children
+are reaped with `os.wait4`, which returns that one child's resource usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from array import array
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import httpx
+
+#: Products of every simulated recording and feed.
+PRODUCTS = ["BTC-USD", "ETH-USD", "SOL-USD"]
+
+# --- numbers -------------------------------------------------------------------------------
+
+
+def percentiles(values_ns: list[int]) -> dict[str, float]:
+    """Nearest-rank percentiles in milliseconds."""
+    if not values_ns:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan"), "n": 0}
+    ordered = sorted(values_ns)
+
+    def rank(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6, 3)
+
+    return {"p50_ms": rank(0.50), "p99_ms": rank(0.99), "max_ms": rank(1.0), "n": len(ordered)}
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS of this process."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def rss_mb(pid: int) -> float:
+    """Current RSS of a process from /proc (psutil is not a dependency); 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
+def machine() -> str:
+    load = os.getloadavg()[0]
+    return (
+        f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, load average {load:.1f} at the start"
+    )
+
+
+# --- ports ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_port_run(count: int) -> int:
+    """A free port followed by count - 1 free neighbours (Kafka broker and controller)."""
+    for _ in range(50):
+        port = free_port()
+        try:
+            for p in range(port, port + count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no run of {count} free ports")
+
+
+# --- child processes -----------------------------------------------------------------------
+
+
+def sentinel_env(lake: Path, data: Path, port: int = 0, **settings: str) -> dict[str, str]:
+    """Environment of a `sentinel` child: only the given settings, none from the caller."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_")}
+    values = {"LAKE_DIR": str(lake), "DATA_DIR": str(data), "PRODUCTS": ",".join(PRODUCTS),
+              "LOG_LEVEL": "WARNING", **settings}  # fmt: skip
+    if port:
+        values["PORT"] = str(port)
+    env.update({f"SENTINEL_{k}": v for k, v in values.items()})
+    return env
+
+
+def spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`python <args>` with stdout and stderr into `log`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, *args], env=env, stdout=out, stderr=out)
+
+
+class RssPeak(threading.Thread):
+    """The highest RSS of a process, read from /proc every `interval` seconds until it ends.
+
+    The kernel's mark that `os.wait4` returns (`ru_maxrss`) alone is not enough: on this
+    machine it was seen below the RSS read from /proc while the process ran (188 MB against
+    203 MB sampled for a short `sentinel up`), so `finish` takes the higher of both.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval, self.peak = pid, interval, 0.0
+
+    def run(self) -> None:
+        while (mb := rss_mb(self.pid)) > 0:  # 0: gone, or a zombie waiting to be reaped
+            self.peak = max(self.peak, mb)
+            time.sleep(self.interval)
+
+
+def watch(proc: subprocess.Popen[bytes]) -> RssPeak:
+    """Start sampling a child's RSS; pass the result to `finish`."""
+    peak = RssPeak(proc.pid)
+    peak.start()
+    return peak
+
+
+def finish(
+    proc: subprocess.Popen[bytes],
+    sig: int = signal.SIGINT,
+    timeout: float = 60,
+    grace: float = 0,
+    peak: RssPeak | None = None,
+) -> float:
+    """Reap a child and return its peak RSS (MB): after `grace` seconds of waiting for it to
+    end by itself, send `sig`, and SIGKILL it `timeout` seconds later.
+
+    `os.wait4` gives the rusage of exactly this child, whatever else was spawned; the peak is
+    the higher of its `ru_maxrss` and what `peak` (see `watch`) sampled.
+    """
+    if proc.returncode is not None:
+        raise RuntimeError("child already reaped; its peak RSS is lost")
+    signal_at = time.monotonic() + grace
+    kill_at = signal_at + timeout
+    sent = 0
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return max(round(usage.ru_maxrss / 1024, 1), peak.peak if peak else 0.0)
+        now = time.monotonic()
+        if (sent == 0 and now >= signal_at) or (sent == sig and now >= kill_at):
+            sent = sig if sent == 0 else signal.SIGKILL
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, sent)
+        time.sleep(0.05)
+
+
+def result_of(log: Path) -> dict[str, Any]:
+    """The `RESULT {json}` line a bench child printed."""
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("RESULT "):
+            return dict(json.loads(line.removeprefix("RESULT ")))
+    raise RuntimeError(f"{log} has no result:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes], path: str = "/ready") -> None:
+    """Until the child's API answers 200 on `path` (120 s at most)."""
+    deadline = time.monotonic() + 120
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"child exited with {proc.returncode} before it was ready")
+            with contextlib.suppress(httpx.TransportError):
+                if client.get(path).status_code == 200:
+                    return
+            time.sleep(0.1)
+    raise RuntimeError(f"API on port {port} not ready in 120 s")
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    """Until something listens on 127.0.0.1:`port` (60 s at most)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"child exited with {proc.returncode} before it listened")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after 60 s")
+
+
+def health(port: int) -> dict[str, Any]:
+    """`/health` of a running pipeline, or {} if it does not answer."""
+    try:
+        return dict(httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json())
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
+async def poll_latest(port: int, running: Callable[[], bool], out: list[int]) -> None:
+    """An HTTP client polling /latest: when did each trade become visible to it?"""
+    seen: set[tuple[str, int]] = set()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        while running():
+            try:
+                body = (await client.get("/latest")).json()
+            except httpx.TransportError:
+                await asyncio.sleep(0.05)
+                continue
+            now = time.time_ns()
+            for item in body["data"]:
+                key = (item["symbol"], item["trade_id"])
+                if key not in seen:
+                    seen.add(key)
+                    recv = datetime.fromisoformat(item["recv_time"].replace("Z", "+00:00"))
+                    out.append(now - int(recv.timestamp() * 1e9))
+            await asyncio.sleep(0.005)
+
+
+# --- recordings ----------------------------------------------------------------------------
+
+
+def recording(workdir: Path, trades: int) -> Path:
+    """The simulated recording of `trades` trades (written once, reused by every phase)."""
+    from crypto_sentinel.simulator import write_recording
+
+    path = workdir / f"sim-{trades}.ndjson"
+    if not path.exists():
+        print(f"writing a recording of {trades:,} simulated trades to {path}", flush=True)
+        write_recording(path, PRODUCTS, trades, seed=7)
+    return path
+
+
+def frames_and_trades(path: Path) -> tuple[int, int]:
+    """(frames, distinct trades) of a recording: what a lossless pipeline stores (cached)."""
+    cache = path.with_suffix(".counts.json")
+    if cache.exists() and cache.stat().st_mtime >= path.stat().st_mtime:
+        counts = json.loads(cache.read_text())
+        return int(counts["frames"]), int(counts["trades"])
+    from crypto_sentinel.model import RawFrame, Trade
+    from crypto_sentinel.sources.coinbase_codec import FrameError, decode
+    from crypto_sentinel.sources.replay import parse_line
+
+    frames, trades = 0, set()
+    with path.open() as fh:
+        for seq, line in enumerate(fh):
+            _, text = parse_line(line.rstrip("\n"))
+            frames += 1
+            with contextlib.suppress(FrameError):
+                record = decode(RawFrame("simulator", "bench", seq, time.time_ns(), text))
+                if isinstance(record, Trade):
+                    trades.add((record.product_id, record.trade_id))
+    cache.write_text(json.dumps({"frames": frames, "trades": len(trades)}))
+    return frames, len(trades)
+
+
+# --- Delta commit times ---------------------------------------------------------------------
+
+
+class CommitTail:
+    """Follows one Delta table's log during a run: for every row a commit adds, the time from
+    the row's `recv_time` (frame receipt) to the commit, read from outside the pipeline.
+
+    The commit time is the mtime of `_delta_log/<version>.json`: the moment the commit became
+    visible to readers. Only `add` actions with `dataChange` count, so compaction rewriting
+    old rows does not. Poll often: the writers trim the log after a few minutes.
+    """
+
+    def __init__(self, table: Path) -> None:
+        self.table = table
+        self.version = 0
+        self.rows = 0
+        self.commits = 0
+        self.skipped_versions = 0
+        self.latency_us: array[int] = array("q")
+        self.first_recv_us: int | None = None
+        self.last_recv_us = 0
+        self.first_commit_ns = 0
+        self.first_commit_rows = 0
+        self.last_commit_ns = 0
+
+    def poll(self) -> int:
+        """Read every commit written since the last call; return the rows seen so far."""
+        log = self.table / "_delta_log"
+        while True:
+            entry = log / f"{self.version:020d}.json"
+            try:
+                text = entry.read_text()
+                mtime_ns = entry.stat().st_mtime_ns
+            except FileNotFoundError:
+                if not self._skip_trimmed(log):
+                    return self.rows
+                continue
+            self._commit(text, mtime_ns)
+            self.version += 1
+
+    def _skip_trimmed(self, log: Path) -> bool:
+        """Jump over versions removed from the log before they were read."""
+        with contextlib.suppress(FileNotFoundError):
+            later = [int(p.name[:20]) for p in log.glob("*.json") if p.name[:20].isdigit()]
+            later = [v for v in later if v > self.version]
+            if later:
+                self.skipped_versions += min(later) - self.version
+                self.version = min(later)
+                return True
+        return False
+
+    def _commit(self, text: str, mtime_ns: int) -> None:
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        adds = [json.loads(line).get("add") for line in text.splitlines() if '"add"' in line]
+        paths = [a["path"] for a in adds if a and a.get("dataChange", True)]
+        first = paths and not self.commits
+        if paths:
+            self.commits += 1
+            self.first_commit_ns = self.first_commit_ns or mtime_ns
+            self.last_commit_ns = max(self.last_commit_ns, mtime_ns)
+        for path in paths:
+            recv = pq.read_table(self.table / unquote(path), columns=["recv_time"])
+            us = recv.column("recv_time").cast("int64")
+            if len(us) == 0:
+                continue
+            self.rows += len(us)
+            if first:
+                self.first_commit_rows += len(us)
+            low, high = pc.min(us).as_py(), pc.max(us).as_py()
+            if self.first_recv_us is None or low < self.first_recv_us:
+                self.first_recv_us = low
+            self.last_recv_us = max(self.last_recv_us, high)
+            self.latency_us.extend(pc.subtract(mtime_ns // 1000, us).to_pylist())
+
+    def latencies(self) -> dict[str, float]:
+        return percentiles([us * 1000 for us in self.latency_us])
+
+    def received_per_s(self) -> float:
+        """Rows per second of receive time, first to last row."""
+        if self.first_recv_us is None or self.last_recv_us <= self.first_recv_us:
+            return float("nan")
+        return round(self.rows / ((self.last_recv_us - self.first_recv_us) / 1e6), 1)
+
+
+def delta_rows(table: Path) -> int:
+    """Rows of a Delta table now (0 if it does not exist)."""
+    from deltalake import DeltaTable
+
+    if not DeltaTable.is_deltatable(str(table)):
+        return 0
+    return int(DeltaTable(str(table)).to_pyarrow_dataset().count_rows())
+
+
+def kill_all(*procs: subprocess.Popen[bytes] | None) -> None:
+    """After a failure: no child of a phase outlives it."""
+    for proc in procs:
+        if proc is not None and proc.returncode is None and proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,180 @@
+"""Live phase of `sentinel bench ingest`: a simulator over WebSocket at a steady rate into
+`sentinel up` (API on), watched from outside the way users see it.
+
+Processes, all on 127.0.0.1: the simulator (its clock starts when the pipeline subscribes, so
+every trade is sent to it), `sentinel up` (the measured side, peak RSS its own), an HTTP
+client polling `/latest`, a WebSocket client subscribed to `/v1/stream` trades (both compare
+their receive time with the trade's `recv_time`) and this process, which follows the Delta
+logs of silver.trades and bronze.raw_messages: frame receipt -> commit visible in the lake.
+Clocks are comparable: every process reads the same `time.time_ns()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    PRODUCTS,
+    CommitTail,
+    delta_rows,
+    finish,
+    free_port,
+    health,
+    kill_all,
+    percentiles,
+    poll_latest,
+    result_of,
+    sentinel_env,
+    spawn,
+    wait_port,
+    wait_ready,
+    watch,
+)
+from crypto_sentinel.lake import tables as T
+
+#: The simulator sends a match and a ticker frame per trade (and one heartbeat per product
+#: per second), so its `rate` in trades/s is half the frame rate.
+FRAMES_PER_TRADE = 2
+
+
+def start_simulator(rate: float, trades: int, log: Path) -> tuple[Any, int]:
+    """A simulator child sending `trades` trades at `rate` trades/s once subscribed to."""
+    port = free_port()
+    proc = spawn(["-m", "bench.ingest_live", "simulator", str(port), str(rate), str(trades)], log)
+    wait_port(port, proc)
+    return proc, port
+
+
+def run(workdir: Path, port: int, frames_per_s: float, seconds: float) -> dict[str, Any]:
+    rate = frames_per_s / FRAMES_PER_TRADE
+    trades = round(rate * seconds)
+    run_dir = workdir / f"live-{int(time.time())}"
+    lake, logs = run_dir / "lake", run_dir / "logs"
+    sim, sim_port = start_simulator(rate, trades, logs / "simulator.log")
+    up = None
+    clients: list[Any] = []
+    silver, bronze = CommitTail(T.TRADES.path(lake)), CommitTail(T.BRONZE.path(lake))
+    try:
+        env = sentinel_env(lake, run_dir / "data", port, SOURCE="simulator",
+                           SIMULATOR_URL=f"ws://127.0.0.1:{sim_port}")  # fmt: skip
+        up = spawn(["-m", "crypto_sentinel.cli", "up"], logs / "up.log", env)
+        rss = watch(up)
+        wait_ready(port, up)
+        stream = f"ws://127.0.0.1:{port}/v1/stream"
+        clients = [
+            spawn(["-m", "bench.api", "wsprobe", stream, str(seconds)], logs / "ws-client.log"),
+            spawn(
+                ["-m", "bench.ingest_live", "poll", str(port), str(seconds)],
+                logs / "http-client.log",
+            ),
+        ]
+        deadline = time.monotonic() + 2 * seconds + 30
+        while silver.poll() < trades and time.monotonic() < deadline and up.poll() is None:
+            bronze.poll()
+            time.sleep(0.5)
+        if up.returncode is not None:
+            raise RuntimeError(f"sentinel up exited early ({up.returncode}): {logs / 'up.log'}")
+        status = health(port)
+        for client in clients:
+            client.wait(timeout=seconds + 60)
+        peak = finish(up, peak=rss)
+        silver.poll(), bronze.poll()
+        sent = result_of_simulator(sim, logs / "simulator.log")
+    finally:
+        kill_all(up, sim, *clients)
+    return {
+        "name": f"live: simulator over WebSocket at {frames_per_s:,.0f} frames/s -> sentinel up",
+        "frames_per_s_target": frames_per_s,
+        "seconds": seconds,
+        "trades_sent": sent["emitted"],
+        "trades_stored": delta_rows(T.TRADES.path(lake)),
+        "frames_stored": bronze.rows,
+        "trades_per_s_received": silver.received_per_s(),
+        "frame_to_http_client": result_of(logs / "http-client.log"),
+        "frame_to_ws_client": result_of(logs / "ws-client.log"),
+        "frame_to_delta_commit": silver.latencies(),
+        "frame_to_bronze_commit": bronze.latencies(),
+        "delta_commits": silver.commits,
+        "peak_rss_mb": peak,
+        "reliability": status.get("reliability", {}),
+        "slow_consumer_disconnects": sent["slow_disconnects"],
+    }
+
+
+def result_of_simulator(sim: Any, log: Path) -> dict[str, Any]:
+    finish(sim, signal.SIGTERM)
+    return result_of(log)
+
+
+def rows(r: dict[str, Any]) -> list[str]:
+    """Markdown rows of the live phase."""
+
+    def pct(d: dict[str, Any]) -> str:
+        return f"{d['p50_ms']} / {d['p99_ms']} / {d['max_ms']} ms ({d['n']:,})"
+
+    rel = r["reliability"]
+    return [
+        f"#### Live: simulator over WebSocket at {r['frames_per_s_target']:,.0f} frames/s "
+        f"for {r['seconds']} s into `sentinel up` (API on)",
+        "",
+        "| measure | value | target |",
+        "|---|---|---|",
+        f"| trades/s received (first to last trade) | {r['trades_per_s_received']:,} "
+        f"| {r['frames_per_s_target'] / FRAMES_PER_TRADE:,.0f} |",
+        f"| trades sent / stored in silver | {r['trades_sent']:,} / {r['trades_stored']:,} | "
+        "equal |",
+        f"| frame → /latest (HTTP poller) p50 / p99 / max (trades seen) | "
+        f"{pct(r['frame_to_http_client'])} | p99 <= 10 ms |",
+        f"| frame → WebSocket client p50 / p99 / max (trades) | {pct(r['frame_to_ws_client'])} | |",
+        f"| frame → Delta (silver.trades commit) p50 / p99 / max (trades) | "
+        f"{pct(r['frame_to_delta_commit'])} | p99 <= 500 ms |",
+        f"| frame → bronze commit p50 / p99 / max (frames) | {pct(r['frame_to_bronze_commit'])} "
+        "| |",
+        f"| peak RSS of `sentinel up` | {r['peak_rss_mb']} MB | <= 250 MB |",
+        f"| reconnects / gaps / slow-consumer disconnects | {rel.get('reconnects', '?')} / "
+        f"{rel.get('gaps', '?')} / {r['slow_consumer_disconnects']} | 0 |",
+        "",
+    ]
+
+
+# --- children -------------------------------------------------------------------------------
+
+
+async def simulate(port: int, rate: float, trades: int) -> dict[str, Any]:
+    """Serve until SIGTERM; the clock starts with the first subscriber."""
+    from crypto_sentinel.simulator import SimulatorServer
+
+    server = SimulatorServer(PRODUCTS, rate=rate, seed=1, port=port, max_trades=trades,
+                             wait_for_subscriber=True)  # fmt: skip
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        await stop.wait()
+    return {"emitted": server.emitted_count, "slow_disconnects": server.slow_disconnects}
+
+
+async def poll(port: int, seconds: float) -> dict[str, float]:
+    out: list[int] = []
+    deadline = time.monotonic() + seconds
+    await poll_latest(port, lambda: time.monotonic() < deadline, out)
+    return percentiles(out)
+
+
+def child(kind: str, *args: str) -> None:
+    if kind == "simulator":
+        result = asyncio.run(simulate(int(args[0]), float(args[1]), int(args[2])))
+    else:
+        result = asyncio.run(poll(int(args[0]), float(args[1])))
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    child(sys.argv[1], *sys.argv[2:])

@@ -1,0 +1,61 @@
+"""`sentinel bench ingest` (live and fast phases) and `sentinel bench memory` at a tiny scale,
+end to end: every child starts and stops by itself and the reports hold sane numbers. No
+timing is asserted."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from bench import ingest, memory
+from bench.memory import slope_per_minute, sparkline
+
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def _sane(p: dict[str, float]) -> None:
+    assert p["n"] > 0
+    assert 0 <= p["p50_ms"] <= p["p99_ms"] <= p["max_ms"] < 60_000
+
+
+def test_live_and_fast_phases(tmp_path: Path) -> None:
+    result = ingest.main(2000, tmp_path, free_port(), phases="live,fast", live_seconds=3,
+                         live_rate=1000, fast_trades=2000)  # fmt: skip
+    assert result["baseline"]["trades"] == 2003 and "pipeline" not in result
+    live = result["live"]
+    assert live["trades_sent"] == 1500 and live["trades_stored"] == live["trades_sent"]
+    for name in ("frame_to_http_client", "frame_to_ws_client", "frame_to_delta_commit",
+                 "frame_to_bronze_commit"):  # fmt: skip
+        _sane(live[name])
+    assert live["frame_to_delta_commit"]["n"] == live["trades_stored"]
+    assert 0 < live["peak_rss_mb"] < 2000
+    fast = result["fast"]
+    assert fast["trades_sent"] == 2003 and fast["trades_stored"] == 2003 and fast["no_loss"]
+    assert fast["frames_stored"] == fast["frames_sent"]
+    assert fast["trades_per_s"] > 0 and fast["socket_floor"]["frames"] == fast["frames_sent"]
+    text = ingest.markdown(result)
+    assert "#### Live" in text and "#### Fast" in text and "2,003 / 2,003 (no loss)" in text
+
+
+def test_memory_bench(tmp_path: Path) -> None:
+    result = memory.main(0, tmp_path, free_port(), minutes=0.2, rate=200, clients=3)
+    assert len(result["curve"]) >= 10 and Path(result["curve_file"]).is_file()
+    rss = result["rss_mb"]
+    assert 0 < result["baseline"]["peak_rss_mb"] <= rss["min"] <= rss["median"] <= rss["max"]
+    assert rss["max"] <= result["peak_rss_mb"] and not math.isnan(result["steady_slope_mb_per_min"])
+    assert result["trades_stored"] == result["trades_sent"] == 2400
+    assert result["request_errors"] == 0 and set(result["statuses"]) == {"200"}
+    for route in memory.ROUTES:
+        _sane(result["requests"][route])
+    text = memory.markdown(result)
+    assert "| RSS MB (median) |" in text and sparkline([1.0, 2.0]) == "▁█"
+
+
+def test_slope() -> None:
+    flat = [(float(t), 100.0) for t in range(60)]
+    assert slope_per_minute(flat) == 0
+    growing = [(float(t), 100.0 + t / 30) for t in range(60)]  # 2 MB a minute
+    assert slope_per_minute(growing) == pytest.approx(2.0)
