@@ -25,7 +25,7 @@ from deltalake import DeltaTable
 
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.location import storage_options
-from crypto_sentinel.lake.lock import LOCK_DIR, STALE_AFTER, LakeLocked, S3Lease, lock_for
+from crypto_sentinel.lake.lock import LOCK_DIR, LakeLocked, S3Lease, lock_for
 from crypto_sentinel.simulator import write_recording
 from tests.conftest import free_port, read_table
 from tests.helpers import assert_candles_match_silver
@@ -210,27 +210,21 @@ def test_second_writer_on_an_s3_lake_is_refused_and_a_killed_one_does_not_block(
             stop(first, log)
     assert s3_holder(s3, lease) == {}, "the lease is deleted on exit"
 
-    # A writer killed with SIGKILL leaves its lease behind; it goes stale and is taken over.
+    # A writer killed with SIGKILL leaves its lease behind; on its own host its pid is gone,
+    # so the next start takes the lease over at once (elsewhere it waits for staleness).
     victim = start([*first_args, "--port", str(free_port())], env, tmp_path / "victim.log")
     wait_until(lambda: s3_holder(s3, lease).get("pid") == victim.pid, 60, "lease", [victim])
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=10)
-    killed = time.monotonic()
-    refusals = 0
-    while True:
-        result = run(["replay", str(rec), "--lake", lake], env)
-        if result.returncode == 0:
-            break
-        assert_refused(result, lake, victim.pid, s3=True)
-        refusals += 1
-        assert time.monotonic() - killed < STALE_AFTER + 30, "a dead holder still blocks"
-    assert refusals >= 1  # it was fresh right after the kill, so it was refused
+    result = run(["replay", str(rec), "--lake", lake], env)
+    assert result.returncode == 0, result.stderr
     assert stored() == want
     assert s3_holder(s3, lease) == {}
 
 
 HOLD_S3 = """
-import sys, time
+import socket, sys, time
+socket.gethostname = lambda: "another-host"  # a holder whose pid cannot be checked from here
 from crypto_sentinel.lake.lock import S3Lease
 S3Lease(sys.argv[1], "sentinel-embedded", refresh=0.3, stale_after=2).acquire()
 print("held", flush=True)

@@ -238,7 +238,7 @@ class S3Lease(WriterLock):
             if seen is None:  # released in between: create it again
                 continue
             etag, holder = seen
-            if holder["age"] < self.stale_after:
+            if holder["age"] < self.stale_after and not _dead_here(holder):
                 raise LakeLocked(self.lake, self.app_id, holder)
             try:
                 self.etag = self._put(IfMatch=etag)
@@ -285,6 +285,20 @@ class S3Lease(WriterLock):
             self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=str(self.etag))
         except Exception as exc:  # it expires by itself
             log.warning("cannot delete the writer lease %s: %s", self.key, exc)
+
+
+def _dead_here(holder: dict[str, Any]) -> bool:
+    """The holder ran on this host and its process is gone: no need to wait for staleness."""
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _code(exc: Exception) -> str:
