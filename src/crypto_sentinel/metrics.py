@@ -24,6 +24,8 @@ COMMIT_RETRIES = Counter(
     "Lake commits retried: a conflict with another writer or maintenance, or a storage error",
     ["reason"],
 )
+for _reason in ("conflict", "error"):  # shown at 0 before the first retry
+    COMMIT_RETRIES.labels(_reason)
 REDERIVED_BATCHES = Counter(
     "sentinel_rederived_batches_total",
     "Batches bronze held that were derived again at start (a commit was interrupted)",
