@@ -46,7 +46,12 @@ def percentiles(values_ns: list[int]) -> dict[str, float]:
 
 
 def peak_rss_mb() -> float:
-    """Peak RSS of this process."""
+    """Peak RSS of this process since it started its program (`VmHWM`; `ru_maxrss` may carry
+    the RSS of the process it was forked from)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
@@ -148,8 +153,9 @@ def finish(
     """Reap a child and return its peak RSS (MB): after `grace` seconds of waiting for it to
     end by itself, send `sig`, and SIGKILL it `timeout` seconds later.
 
-    `os.wait4` gives the rusage of exactly this child, whatever else was spawned; the peak is
-    the higher of its `ru_maxrss` and what `peak` (see `watch`) sampled.
+    The peak is what `peak` (see `watch`) sampled from /proc. The kernel's mark (`ru_maxrss`
+    from `os.wait4`) is used only without a sampler: it carries over across fork and exec
+    (measured: 567 MB for a process that never exceeded 190 MB, spawned from a large parent).
     """
     if proc.returncode is not None:
         raise RuntimeError("child already reaped; its peak RSS is lost")
@@ -160,7 +166,9 @@ def finish(
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
-            return max(round(usage.ru_maxrss / 1024, 1), peak.peak if peak else 0.0)
+            if peak is not None:  # the kernel's mark can include the parent's RSS at fork
+                return peak.peak
+            return round(usage.ru_maxrss / 1024, 1)
         now = time.monotonic()
         if (sent == 0 and now >= signal_at) or (sent == sig and now >= kill_at):
             sent = sig if sent == 0 else signal.SIGKILL

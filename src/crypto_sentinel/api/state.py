@@ -5,9 +5,10 @@ It is fed by the engine's listener on the event loop thread and read on that thr
 it needs no locks. Every structure says from where on it is complete (`TradeRing.complete_from`,
 `MinuteBook.since`); older requests go to the lake, so memory and lake are never mixed up.
 
-Candles are built here from the accepted trades (one `Candle.add` per trade) instead of
-taking the engine's candle objects: the engine announces a minute's partial candles and
-later the merged one, so following those would briefly show a partial minute.
+Candles are built here from the candle deltas the engine announces per chunk of frames
+(`engine/chunks.py`: the chunk's new trades of one minute), merged into the minute; the
+engine's own candle objects are not followed, as they are partial until the lake's row of the
+minute is known.
 """
 
 from __future__ import annotations
@@ -104,20 +105,21 @@ class MinuteBook:
         if self.newest is None or candle.start > self.newest:
             self.newest = candle.start
 
-    def add(self, trade: Trade) -> None:
-        start = minute_start(trade.time)
+    def add(self, delta: Candle) -> None:
+        """Merge the candle of some new trades of one minute."""
+        start = delta.start
         if self.since is not None and start < self.since:
             return
         candle = self.minutes.get(start)
         if candle is None:
-            self.minutes[start] = Candle.from_trade(trade, start)
+            self.minutes[start] = replace(delta)  # the engine keeps the delta object
             if self.newest is None or start > self.newest:
                 self.newest = start
                 self._evict()
             else:
                 self.history += 1
         else:
-            candle.add(trade)
+            candle.merge(delta)
             if start != self.newest:
                 self.history += 1
 
@@ -197,7 +199,7 @@ class HotState:
     # --- the engine listener -------------------------------------------------------------
 
     def on_event(self, event: Trade | Ticker | Candle) -> None:
-        """Engine listener (candle events are ignored: candles are built from trades)."""
+        """Engine listener: new trades and tickers, and candle deltas of new trades."""
         if isinstance(event, Trade):
             now = time.time_ns()
             seen = SeenTrade(event, now)
@@ -206,11 +208,8 @@ class HotState:
             ring = self.trades.get(key)
             if ring is None:
                 ring = self.trades[key] = TradeRing(self.trades_per_product, self._floor(event))
+                self._book(key, event.time)
             ring.add(seen)
-            book = self.candles.get(key)
-            if book is None:
-                book = self.candles[key] = MinuteBook(self._since(event), self.hot_minutes)
-            book.add(event)
             self.accepted += 1
             if not self.accepted & 15:
                 metrics.CONSUMER_LAG.observe((now - event.recv_ns) / 1e9)
@@ -221,6 +220,15 @@ class HotState:
             self._in_second += 1
         elif isinstance(event, Ticker):
             self.tickers[(event.exchange, event.product_id)] = event
+        elif isinstance(event, Candle):
+            self._book((event.exchange, event.product_id), event.first_trade_time).add(event)
+
+    def _book(self, key: Pair, first_time: datetime) -> MinuteBook:
+        """The minute book of a product, made when its first trade arrives."""
+        book = self.candles.get(key)
+        if book is None:
+            book = self.candles[key] = MinuteBook(self._since(key, first_time), self.hot_minutes)
+        return book
 
     def _floor(self, first: Trade) -> int:
         """`complete_from` of a ring that warm-up did not fill."""
@@ -229,11 +237,11 @@ class HotState:
         mark = self.lake_marks.get((first.exchange, first.product_id))
         return 0 if mark is None else mark[0] + 1
 
-    def _since(self, first: Trade) -> datetime | None:
+    def _since(self, key: Pair, first_time: datetime) -> datetime | None:
         """`since` of a minute book that warm-up did not fill."""
         if self.lake_marks is None:
-            return minute_start(first.time) + MINUTE
-        mark = self.lake_marks.get((first.exchange, first.product_id))
+            return minute_start(first_time) + MINUTE
+        mark = self.lake_marks.get(key)
         return None if mark is None else minute_start(mark[1]) + MINUTE
 
     def refresh_rate(self) -> None:

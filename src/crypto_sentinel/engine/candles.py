@@ -12,6 +12,11 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from crypto_sentinel.engine.records import datetimes
+from crypto_sentinel.lake import tables as T
 from crypto_sentinel.model import EXACT, QUANTUM, Trade
 
 CandleKey = tuple[str, str, datetime]  # exchange, product_id, bucket start
@@ -148,3 +153,58 @@ class Candle:
 
 def candle_date(candle: Candle) -> date:
     return candle.start.date()
+
+
+_ZERO = pa.scalar(Decimal(0), T.PRICE)
+_QUOTE_FACTOR = pa.decimal256(30, T.PRICE.scale)  # 16 integer digits + scale + headroom
+
+
+def candles_of(trades: pa.Table) -> list[Candle]:
+    """The 1-minute candles of a chunk of silver.trades rows, aggregated column-wise.
+
+    Each is a partial candle of its minute (only this chunk's trades): merge it with what
+    is known of the minute. Open and close are the first and last trade by (time, trade_id),
+    as `Candle.add` orders them.
+    """
+    if not trades.num_rows:
+        return []
+    order = pc.sort_indices(
+        trades,
+        [("exchange", "ascending"), ("product_id", "ascending"), ("time", "ascending"),
+         ("trade_id", "ascending")],
+    )  # fmt: skip
+    t = trades.select(["exchange", "product_id", "trade_id", "price", "size", "side", "time"])
+    t = t.take(order)
+    size, is_buy = t["size"], pc.equal(t["side"], "buy")
+    quote = pc.multiply(pc.cast(t["price"], _QUOTE_FACTOR), pc.cast(size, _QUOTE_FACTOR))
+    t = (
+        t.append_column("minute", pc.floor_temporal(t["time"], unit="minute"))
+        .append_column("buy", pc.if_else(is_buy, size, _ZERO))
+        .append_column("sell", pc.if_else(is_buy, _ZERO, size))
+        .append_column("quote", quote)
+        .append_column("row", pa.array(range(t.num_rows), pa.int64()))
+    )
+    groups = t.group_by(["exchange", "product_id", "minute"], use_threads=False).aggregate(
+        [("row", "min"), ("row", "max"), ("price", "max"), ("price", "min"), ("size", "sum"),
+         ("buy", "sum"), ("sell", "sum"), ("quote", "sum"), ("row", "count")]
+    )  # fmt: skip
+    first, last = t.take(groups["row_min"]), t.take(groups["row_max"])
+    columns = (
+        groups["exchange"].to_pylist(),
+        groups["product_id"].to_pylist(),
+        datetimes(groups["minute"]),
+        first["price"].to_pylist(),
+        groups["price_max"].to_pylist(),
+        groups["price_min"].to_pylist(),
+        last["price"].to_pylist(),
+        groups["size_sum"].to_pylist(),
+        groups["buy_sum"].to_pylist(),
+        groups["sell_sum"].to_pylist(),
+        groups["quote_sum"].to_pylist(),
+        groups["row_count"].to_pylist(),
+        first["trade_id"].to_pylist(),
+        last["trade_id"].to_pylist(),
+        datetimes(first["time"]),
+        datetimes(last["time"]),
+    )
+    return [Candle(*values) for values in zip(*columns, strict=True)]

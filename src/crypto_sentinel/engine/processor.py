@@ -13,7 +13,7 @@ import logging
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -21,14 +21,15 @@ from typing import Protocol
 
 from crypto_sentinel import metrics
 from crypto_sentinel.engine import recovery
-from crypto_sentinel.engine.candles import Candle, CandleKey, minute_start
+from crypto_sentinel.engine.candles import Candle, CandleKey
+from crypto_sentinel.engine.chunks import ChunkAcceptor, Listener  # noqa: F401 (re-exported)
 from crypto_sentinel.engine.dedupe import IdRanges
+from crypto_sentinel.engine.records import unix_us
 from crypto_sentinel.engine.repair import repair_candles
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.lake.writer import Batch, CommitResult, LakeWriter
-from crypto_sentinel.model import GapRecord, Heartbeat, RawFrame, Rejected, Ticker, Trade
-from crypto_sentinel.sources.coinbase_codec import FrameError, decode
+from crypto_sentinel.model import RawFrame, Rejected
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,9 @@ class FrameSource(Protocol):
 #: trade for them is merged with the stored row instead.
 CANDLE_HORIZON = timedelta(hours=2)
 
-#: Called for every accepted trade and ticker, and for every new candle object (candles then
-#: change in place as trades arrive).
-Listener = Callable[[Trade | Ticker | Candle], None]
+#: Frames decoded together: large enough that column-wise work pays, small enough that the
+#: first trade of a chunk reaches the API within a few milliseconds.
+CHUNK_FRAMES = 2000
 
 
 @dataclass
@@ -76,12 +77,13 @@ class Engine:
         self.writer = writer
         self.batch_interval = batch_interval
         self.batch_max_frames = batch_max_frames
-        self.listeners: list[Listener] = []
         self.stats = EngineStats()
         self.commit_log: deque[CommitRecord] = deque(maxlen=100_000)
         self.next_version = writer.last_version + 1
-        self._trade_ids: dict[tuple[str, str], IdRanges] = {}
-        self._ticker_marks: dict[tuple[str, str], tuple[int, datetime]] = {}
+        self.acceptor = ChunkAcceptor()
+        self.listeners = self.acceptor.listeners
+        self._trade_ids = self.acceptor.trade_ids
+        self._ticker_marks = self.acceptor.ticker_marks
         self._book: dict[CandleKey, Candle] = {}  # complete candles, in memory
         self._partial: dict[CandleKey, Candle] = {}  # minutes whose stored row is unknown
         self._dirty: set[CandleKey] = set()
@@ -99,7 +101,8 @@ class Engine:
             ids = self._trade_ids.setdefault(key, IdRanges())
             for lo, hi in ranges:
                 ids.add_range(lo, hi)
-        self._ticker_marks.update(reader.ticker_high_water())
+        for key, (sequence, when) in reader.ticker_high_water().items():
+            self._ticker_marks[key] = (sequence, unix_us(when))
         self.rederive(owns or (lambda app: app == self.writer.app_id))
         repair_candles(self.writer, reader)
         log.info(
@@ -116,8 +119,7 @@ class Engine:
         stats = replace(self.stats)  # counters describe the input, not the recovery
         pending, self._pending = self._pending, Batch(version=0)
         for commit in commits:
-            for frame in recovery.frames_of(lake, commit):
-                self.process(frame)
+            self.process_frames(list(recovery.frames_of(lake, commit)))
             batch = self.cut(version=max(commit.txns.values()))
             if batch is None:
                 continue
@@ -139,79 +141,66 @@ class Engine:
         ids = self._trade_ids.get((exchange, product_id))
         return ids.max if ids else None
 
-    # --- per frame -----------------------------------------------------------------------
+    # --- per chunk of frames --------------------------------------------------------------
 
     def process(self, frame: RawFrame) -> None:
+        """One frame (tests, tools); the loop hands over whole chunks."""
+        self.process_frames([frame])
+
+    def process_frames(self, frames: Sequence[RawFrame]) -> None:
+        """Decode a chunk column-wise, drop duplicates, add to the batch, tell listeners.
+
+        The lake gets the decoded Arrow rows as they are; Python objects are made only for
+        what the hot path shows at once (`engine/chunks.py`).
+        """
+        if not frames:
+            return
         pending = self._pending
-        pending.frames.append(frame)
-        if frame.offset >= 0:
-            pending.positions[(frame.exchange, frame.partition)] = frame.offset
-        self.stats.frames += 1
-        try:
-            record = decode(frame)
-        except FrameError as exc:
-            pending.rejected.append(Rejected(frame, str(exc)))
-            self.stats.quarantined += 1
+        pending.frames.extend(frames)
+        if frames[0].offset >= 0 or frames[-1].offset >= 0:
+            for frame in frames:
+                if frame.offset >= 0:
+                    pending.positions[(frame.exchange, frame.partition)] = frame.offset
+        stats = self.stats
+        stats.frames += len(frames)
+        accepted = self.acceptor.accept(frames)
+        decoded = accepted.decoded
+        for index, reason in decoded.rejected:
+            frame = frames[index]
+            pending.rejected.append(Rejected(frame, reason))
             metrics.QUARANTINED.labels(frame.exchange).inc()
-            return
-        if isinstance(record, Trade):
-            self._accept_trade(record)
-        elif isinstance(record, Ticker):
-            self._accept_ticker(record)
-        elif isinstance(record, list):  # a REST backfill page: same path as streamed trades
-            self.stats.backfill_pages += 1
-            for trade in record:
-                self._accept_trade(trade)
-        elif isinstance(record, GapRecord):
-            pending.gaps.append(record)
-            self.stats.gap_records += 1
-        elif isinstance(record, Heartbeat) or record is None:
-            pass
+        stats.quarantined += len(decoded.rejected)
+        stats.backfill_pages += decoded.backfill_pages
+        stats.duplicates += accepted.duplicates
+        if decoded.gaps.num_rows:
+            pending.gap_tables.append(decoded.gaps)
+            stats.gap_records += decoded.gaps.num_rows
+        if accepted.trades.num_rows:
+            pending.trade_tables.append(accepted.trades)
+            stats.trades += accepted.trades.num_rows
+        if accepted.tickers.num_rows:
+            pending.ticker_tables.append(accepted.tickers)
+            stats.tickers += accepted.tickers.num_rows
+        for candle in accepted.candles:
+            self._add_to_book(candle)
 
-    def _accept_trade(self, trade: Trade) -> None:
-        key = (trade.exchange, trade.product_id)
-        ids = self._trade_ids.get(key)
-        if ids is None:
-            ids = self._trade_ids[key] = IdRanges()
-        if not ids.add(trade.trade_id):
-            self.stats.duplicates += 1
-            metrics.DUPLICATES.labels(trade.exchange).inc()
-            return
-        self._pending.trades.append(trade)
-        self.stats.trades += 1
-        for listener in self.listeners:
-            listener(trade)
-        self._add_to_candle(trade)
-
-    def _add_to_candle(self, trade: Trade) -> None:
-        start = minute_start(trade.time)
-        key = (trade.exchange, trade.product_id, start)
+    def _add_to_book(self, delta: Candle) -> None:
+        """Merge a chunk's candle of a minute into the book (or keep it as partial while the
+        stored row of that minute is unknown)."""
+        key = delta.key
         candle = self._book.get(key)
         if candle is not None:
-            candle.add(trade)
+            candle.merge(delta)
             self._dirty.add(key)
             return
         partial = self._partial.get(key)
         if partial is not None:
-            partial.add(trade)
+            partial.merge(delta)
             return
         newest = self._newest_minute.get(key[:2])
-        if newest is None or start > newest:
-            self._newest_minute[key[:2]] = start
-        partial = self._partial[key] = Candle.from_trade(trade, start)
-        for listener in self.listeners:  # candles change in place; announce new ones only
-            listener(partial)
-
-    def _accept_ticker(self, ticker: Ticker) -> None:
-        key = (ticker.exchange, ticker.product_id)
-        mark = self._ticker_marks.get(key)
-        if mark is not None and ticker.sequence <= mark[0] and ticker.time <= mark[1]:
-            return  # already stored, or older than what we have
-        self._ticker_marks[key] = (ticker.sequence, ticker.time)
-        self._pending.tickers.append(ticker)
-        self.stats.tickers += 1
-        for listener in self.listeners:
-            listener(ticker)
+        if newest is None or key[2] > newest:
+            self._newest_minute[key[:2]] = key[2]
+        self._partial[key] = replace(delta)
 
     # --- per batch -----------------------------------------------------------------------
 
@@ -240,8 +229,6 @@ class Engine:
                 merged.merge(late)
                 self._dirty.add(merged.key)
             self._book[merged.key] = merged
-            for listener in self.listeners:
-                listener(merged)
         self._evict()
         now = time.time_ns()
         self.stats.batches += 1
@@ -308,9 +295,8 @@ class Engine:
         deadline = time.monotonic() + self.batch_interval
         while True:
             timeout = max(0.0, deadline - time.monotonic())
-            frames = await bus.take(self.batch_max_frames, min(timeout, 0.05))
-            for frame in frames:
-                self.process(frame)
+            frames = await bus.take(CHUNK_FRAMES, min(timeout, 0.05))
+            self.process_frames(frames)
             metrics.BUS_DEPTH.set(bus.depth())
             if writing is not None and writing.done():
                 writing.result()  # surface writer errors

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 from deltalake import DeltaTable, write_deltalake
 
-from crypto_sentinel.engine.processor import Engine
+from crypto_sentinel.engine.processor import CHUNK_FRAMES, Engine
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.maintenance import COMPACT_PROPERTIES, partitions
 from crypto_sentinel.lake.writer import LakeWriter
@@ -130,13 +130,17 @@ def _stage(
     try:
         for day in dates:
             count = 0
+            chunk: list[RawFrame] = []
             for frame in _frames(bronze, day):
-                engine.process(frame)
-                count += 1
-                pending += 1
+                chunk.append(frame)
+                if len(chunk) == CHUNK_FRAMES:
+                    engine.process_frames(chunk)
+                    count, pending, chunk = count + len(chunk), pending + len(chunk), []
                 if pending >= batch_frames:
                     flush()
                     pending = 0
+            engine.process_frames(chunk)
+            count += len(chunk)
             total += count
             say(f"bronze {day}: {count:,} frames")
         flush()
