@@ -1,8 +1,13 @@
-"""Accept a chunk of frames: decode it column-wise, drop what was seen, tell the hot path.
+"""Accept a chunk of frames: decode it, drop what was seen, tell the hot path.
 
 Shared by the engine (which also writes the lake) and the hot feed of `serve` replicas (which
 only shows). Listeners get every new trade, each product's newest new ticker, and per minute
 a candle of the chunk's new trades (a delta: merge it into what is known of the minute).
+
+A chunk of `COLUMNAR_FROM` frames or more (a backlog) is decoded column-wise into Arrow
+(`decode_batch`), which costs about a millisecond per chunk plus a few microseconds per frame;
+a live feed's few frames at a time go through the per-frame codec instead. Both give the same
+rows and the same quarantine reasons (tests/unit/test_coinbase_batch.py).
 """
 
 from __future__ import annotations
@@ -14,25 +19,32 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from crypto_sentinel import metrics
-from crypto_sentinel.engine.candles import Candle, candles_of
+from crypto_sentinel.engine.candles import Candle, CandleKey, candles_of, minute_start
 from crypto_sentinel.engine.dedupe import IdRanges
-from crypto_sentinel.engine.records import ticker_records, trade_records
-from crypto_sentinel.model import RawFrame, Ticker, Trade
-from crypto_sentinel.sources.coinbase_batch import DecodedBatch, decode_batch
+from crypto_sentinel.engine.records import ticker_records, trade_records, unix_us
+from crypto_sentinel.model import GapRecord, RawFrame, Ticker, Trade
+from crypto_sentinel.sources.coinbase_batch import DecodedBatch, decode_batch, decode_storable
+from crypto_sentinel.sources.coinbase_codec import FrameError
 
 #: Called for every new trade and ticker shown, and for every candle delta.
 Listener = Callable[[Trade | Ticker | Candle], None]
 
+#: Chunks this large are decoded column-wise (measured break-even: a few hundred frames).
+COLUMNAR_FROM = 400
+
 
 @dataclass
 class Accepted:
-    """A chunk after deduplication: rows for the lake, candle deltas for the books."""
+    """A chunk after deduplication: rows for the lake (Arrow tables from the columnar path,
+    records from the per-frame one), quarantine reasons, candle deltas for the books."""
 
-    decoded: DecodedBatch
-    trades: pa.Table
-    tickers: pa.Table
+    trades: pa.Table | list[Trade]
+    tickers: pa.Table | list[Ticker]
+    gaps: pa.Table | list[GapRecord]
+    rejected: list[tuple[int, str]]  # (index in the chunk, quarantine reason)
     candles: list[Candle]
-    duplicates: int
+    duplicates: int = 0
+    backfill_pages: int = 0
 
 
 class ChunkAcceptor:
@@ -43,14 +55,77 @@ class ChunkAcceptor:
         self.ticker_marks: dict[tuple[str, str], tuple[int, int]] = {}
 
     def accept(self, frames: Sequence[RawFrame]) -> Accepted:
+        if len(frames) < COLUMNAR_FROM:
+            return self._accept_each(frames)
         decoded = decode_batch(frames)
         trades, duplicates = self._new_trades(decoded, frames)
         tickers = self._new_tickers(decoded, frames)
         candles = candles_of(trades)
+        self._announce(candles)
+        return Accepted(
+            trades, tickers, decoded.gaps, decoded.rejected, candles, duplicates,
+            decoded.backfill_pages,
+        )  # fmt: skip
+
+    def _announce(self, events: Sequence[Trade | Ticker | Candle]) -> None:
         for listener in self.listeners:
-            for candle in candles:
-                listener(candle)
-        return Accepted(decoded, trades, tickers, candles, duplicates)
+            for event in events:
+                listener(event)
+
+    def _accept_each(self, frames: Sequence[RawFrame]) -> Accepted:
+        """The per-frame path: the same checks, records instead of columns."""
+        out = Accepted([], [], [], [], [])
+        deltas: dict[CandleKey, Candle] = {}
+        newest: dict[tuple[str, str], Ticker] = {}
+        for index, frame in enumerate(frames):
+            try:
+                record = decode_storable(frame)
+            except FrameError as exc:
+                out.rejected.append((index, str(exc)))
+                continue
+            if isinstance(record, Trade):
+                self._new_trade(record, out, deltas)
+            elif isinstance(record, list):  # a REST backfill page: same path as streamed trades
+                out.backfill_pages += 1
+                for trade in record:
+                    self._new_trade(trade, out, deltas)
+            elif isinstance(record, Ticker):
+                key = (record.exchange, record.product_id)
+                mark = self.ticker_marks.get(key)
+                time_us = unix_us(record.time)
+                if mark is not None and record.sequence <= mark[0] and time_us <= mark[1]:
+                    continue  # already stored, or older than what we have
+                self.ticker_marks[key] = (record.sequence, time_us)
+                assert isinstance(out.tickers, list)
+                out.tickers.append(record)
+                newest[key] = record
+            elif isinstance(record, GapRecord):
+                assert isinstance(out.gaps, list)
+                out.gaps.append(record)
+        out.candles = list(deltas.values())
+        self._announce(list(newest.values()))
+        self._announce(out.candles)
+        return out
+
+    def _new_trade(self, trade: Trade, out: Accepted, deltas: dict[CandleKey, Candle]) -> None:
+        key = (trade.exchange, trade.product_id)
+        ids = self.trade_ids.get(key)
+        if ids is None:
+            ids = self.trade_ids[key] = IdRanges()
+        if not ids.add(trade.trade_id):
+            out.duplicates += 1
+            metrics.DUPLICATES.labels(trade.exchange).inc()
+            return
+        assert isinstance(out.trades, list)
+        out.trades.append(trade)
+        for listener in self.listeners:
+            listener(trade)
+        start = minute_start(trade.time)
+        delta = deltas.get((*key, start))
+        if delta is None:
+            deltas[(*key, start)] = Candle.from_trade(trade, start)
+        else:
+            delta.add(trade)
 
     def _new_trades(
         self, decoded: DecodedBatch, frames: Sequence[RawFrame]

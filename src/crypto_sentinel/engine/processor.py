@@ -17,7 +17,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
+
+import pyarrow as pa
 
 from crypto_sentinel import metrics
 from crypto_sentinel.engine import recovery
@@ -32,6 +34,16 @@ from crypto_sentinel.lake.writer import Batch, CommitResult, LakeWriter
 from crypto_sentinel.model import RawFrame, Rejected
 
 log = logging.getLogger(__name__)
+
+
+def _add(rows: pa.Table | list[Any], records: list[Any], tables: list[pa.Table]) -> int:
+    """Add a chunk's accepted rows to the batch (records or an Arrow table); their count."""
+    if isinstance(rows, list):
+        records.extend(rows)
+        return len(rows)
+    if rows.num_rows:
+        tables.append(rows)
+    return int(rows.num_rows)
 
 
 class FrameSource(Protocol):
@@ -164,23 +176,16 @@ class Engine:
         stats = self.stats
         stats.frames += len(frames)
         accepted = self.acceptor.accept(frames)
-        decoded = accepted.decoded
-        for index, reason in decoded.rejected:
+        for index, reason in accepted.rejected:
             frame = frames[index]
             pending.rejected.append(Rejected(frame, reason))
             metrics.QUARANTINED.labels(frame.exchange).inc()
-        stats.quarantined += len(decoded.rejected)
-        stats.backfill_pages += decoded.backfill_pages
+        stats.quarantined += len(accepted.rejected)
+        stats.backfill_pages += accepted.backfill_pages
         stats.duplicates += accepted.duplicates
-        if decoded.gaps.num_rows:
-            pending.gap_tables.append(decoded.gaps)
-            stats.gap_records += decoded.gaps.num_rows
-        if accepted.trades.num_rows:
-            pending.trade_tables.append(accepted.trades)
-            stats.trades += accepted.trades.num_rows
-        if accepted.tickers.num_rows:
-            pending.ticker_tables.append(accepted.tickers)
-            stats.tickers += accepted.tickers.num_rows
+        stats.gap_records += _add(accepted.gaps, pending.gaps, pending.gap_tables)
+        stats.trades += _add(accepted.trades, pending.trades, pending.trade_tables)
+        stats.tickers += _add(accepted.tickers, pending.tickers, pending.ticker_tables)
         for candle in accepted.candles:
             self._add_to_book(candle)
 

@@ -42,7 +42,7 @@ from crypto_sentinel.sources.coinbase_codec import (
     decode,
 )
 
-__all__ = ["DecodedBatch", "decode_batch"]
+__all__ = ["DecodedBatch", "decode_batch", "decode_storable"]
 
 
 @dataclass
@@ -424,14 +424,11 @@ def _slow_path(frames: Sequence[RawFrame], slow: list[int], out: DecodedBatch) -
     gaps: list[tuple[int, GapRecord]] = []
     for i in slow:
         try:
-            record = decode(frames[i])
+            record = decode_storable(frames[i])
         except FrameError as exc:
             out.rejected.append((i, str(exc)))
             continue
-        reason = _unstorable(record)
-        if reason is not None:
-            out.rejected.append((i, reason))
-        elif isinstance(record, Trade):
+        if isinstance(record, Trade):
             trades.append((i, record))
         elif isinstance(record, list):
             trades.extend((i, t) for t in record)
@@ -471,6 +468,16 @@ _INT_FIELDS: dict[type, tuple[str, ...]] = {
     Ticker: ("sequence", "trade_id"),
     GapRecord: ("first_missing_id", "last_missing_id", "missing", "backfilled"),
 }
+
+
+def decode_storable(frame: RawFrame) -> codec.Decoded:
+    """`decode()` for one frame, also refusing what the lake cannot store (an int beyond int64)
+    with the reason `decode_batch` gives: the engine's path for a few frames at a time."""
+    record = decode(frame)
+    reason = _unstorable(record)
+    if reason is not None:
+        raise FrameError(reason)
+    return record
 
 
 def _unstorable(record: object) -> str | None:
