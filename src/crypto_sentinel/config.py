@@ -200,7 +200,9 @@ class Settings(BaseSettings):
     maintenance_max_files_per_partition: int = Field(32, ge=2, le=100_000)  # compact above this
     maintenance_zorder: bool = False  # z-order closed (past) partitions by product and time
     maintenance_vacuum_safety_hours: int = Field(1, ge=0, le=8760)  # keep replaced files this long
-    maintenance_checkpoint_interval: int = Field(100, ge=1, le=100_000)  # commits per checkpoint
+    # Commits per checkpoint. Reading the log past a checkpoint fetches each commit file on a
+    # tokio thread of its own: at 100 the process kept ~110 threads and ~14 MB more resident.
+    maintenance_checkpoint_interval: int = Field(25, ge=1, le=100_000)
     maintenance_log_retention_minutes: int = Field(2, ge=1, le=525_600)  # short: commits list it
     retention_bronze_days: int = Field(7, ge=0, le=36_500)  # 0 = keep forever
     retention_quarantine_days: int = Field(0, ge=0, le=36_500)

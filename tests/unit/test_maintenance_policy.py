@@ -72,7 +72,7 @@ def test_policy_from_settings_and_table_properties() -> None:
     props = policy.table_properties()
     assert props["delta.logRetentionDuration"] == "interval 5400 seconds"
     assert props["delta.deletedFileRetentionDuration"] == "interval 2 hours"
-    assert props["delta.checkpointInterval"] == "100"
+    assert props["delta.checkpointInterval"] == "25"
 
 
 def test_rows_are_sized_as_an_exchange_would_write_them() -> None:

@@ -38,7 +38,6 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -94,7 +93,7 @@ class Policy:
     zorder: bool = False
     retention_days: Mapping[str, int] = field(default_factory=lambda: {T.BRONZE.name: 7})
     vacuum_safety_hours: int = 1
-    checkpoint_interval: int = 100
+    checkpoint_interval: int = 25  # see Settings.maintenance_checkpoint_interval
     log_retention_seconds: int = 120
 
     @classmethod
@@ -497,8 +496,17 @@ class Maintainer:
     def run_once(self) -> list[dict[str, Any]]:
         """One pass over every table: policy, retention, compaction, checkpoint, vacuum.
 
-        A failing step is logged and the pass goes on; the stream is never affected.
+        A failing step is logged and the pass goes on; the stream is never affected. The
+        tables are let go at the end: a DeltaTable kept between passes and refreshed each
+        time grew by ~15 MB resident over 5 minutes of `sentinel up` at 2,000 trades/s
+        (measured; reopened each pass, the process stayed flat).
         """
+        try:
+            return self._run_steps()
+        finally:
+            self._tables.clear()
+
+    def _run_steps(self) -> list[dict[str, Any]]:
         steps: list[Callable[[T.TableSpec], dict[str, Any]]] = [
             self.configure,
             self.retain,
@@ -573,6 +581,8 @@ def _text_columns(batch: pa.RecordBatch) -> pa.Table:
 
 def text_sizes(batches: Iterator[pa.RecordBatch], max_rows: int) -> tuple[int, int, int]:
     """(rows, CSV bytes with header, JSON-lines bytes) of up to `max_rows` rows."""
+    import duckdb  # only the storage report needs it: `sentinel up` does not load it for this
+
     rows = csv_bytes = json_bytes = 0
     db = duckdb.connect(":memory:")
     try:

@@ -1,0 +1,101 @@
+"""Memory settings (issue 15): deltalake's allocator options, and what `sentinel up` leaves
+unloaded until it is needed (DuckDB, pyarrow.dataset)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from deltalake import write_deltalake
+
+from crypto_sentinel import native
+from crypto_sentinel.lake import tables as T
+from crypto_sentinel.lake.maintenance import Maintainer, Policy
+from crypto_sentinel.lake.query import LakeReader
+
+
+def test_delta_allocator_defaults_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(native.DELTA_JEMALLOC_ENV, raising=False)
+    monkeypatch.delitem(sys.modules, "deltalake")  # as if not loaded yet
+    assert native.configure()
+    assert os.environ[native.DELTA_JEMALLOC_ENV] == native.DELTA_JEMALLOC
+    monkeypatch.setenv(native.DELTA_JEMALLOC_ENV, "")  # the user's choice wins, even empty
+    assert native.configure()
+    assert os.environ[native.DELTA_JEMALLOC_ENV] == ""
+
+
+def test_too_late_once_deltalake_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(native.DELTA_JEMALLOC_ENV, raising=False)
+    import deltalake  # noqa: F401  (loaded: jemalloc has read its options already)
+
+    assert not native.configure()
+    assert native.DELTA_JEMALLOC_ENV not in os.environ
+
+
+def test_up_loads_neither_duckdb_nor_pyarrow_dataset_at_import() -> None:
+    """A fresh process importing the pipeline sets the allocator options before deltalake
+    loads, and leaves DuckDB and pyarrow.dataset for the first query that needs them."""
+    env = {k: v for k, v in os.environ.items() if k != native.DELTA_JEMALLOC_ENV}
+    code = (
+        "import json, os, sys, crypto_sentinel.runtime\n"
+        "print(json.dumps([os.environ.get('_RJEM_MALLOC_CONF'), 'deltalake' in sys.modules,"
+        " 'duckdb' in sys.modules, 'pyarrow.dataset' in sys.modules]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    conf, delta, duck, dataset = json.loads(out.stdout.strip().splitlines()[-1])
+    assert conf == native.DELTA_JEMALLOC and delta
+    assert not duck and not dataset
+
+
+def test_reader_opens_duckdb_at_the_first_query_with_files(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    T.ensure_tables(lake)
+    reader = LakeReader(lake)
+    assert reader.trade_extents() == {}  # no files: answered without DuckDB
+    assert reader._db is None
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    row = {
+        "exchange": "coinbase",
+        "product_id": "BTC-USD",
+        "trade_id": 7,
+        "price": Decimal("100.5"),
+        "size": Decimal("0.25"),
+        "side": "buy",
+        "time": now,
+        "recv_time": now,
+        "sequence": 1,
+        "maker_order_id": "m",
+        "taker_order_id": "t",
+        "conn_id": "c",
+        "date": now.date(),
+    }
+    write_deltalake(
+        str(T.TRADES.path(lake)),
+        pa.Table.from_pylist([row], schema=T.TRADES.schema),
+        mode="append",
+        partition_by=list(T.TRADES.partition_by),
+    )
+    assert reader.trade_extents() == {("coinbase", "BTC-USD"): (7, 7, now, now)}
+    assert reader._db is not None
+    (setting,) = reader._db.execute(
+        "SELECT current_setting('allocator_background_threads')"
+    ).fetchone() or (None,)
+    assert setting is True
+
+
+def test_maintenance_lets_its_tables_go_after_a_pass(tmp_path: Path) -> None:
+    """A pass reopens the tables it needs; none is kept (and refreshed) between passes."""
+    lake = tmp_path / "lake"
+    T.ensure_tables(lake)
+    maintainer = Maintainer(lake, Policy())
+    assert maintainer.run_once()
+    assert maintainer._tables == {}
