@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -185,3 +188,67 @@ def test_fault_spec_rejects_unknown_names_and_bad_rates() -> None:
     with pytest.raises(ValueError, match="out of range"):
         FaultSpec.parse("drop=2")
     assert FaultSpec.parse("disconnect_every=3,seed=9").disconnect_every == 3.0
+
+
+class BlockingExchange(FakeExchange):
+    """REST like FakeExchange, but requests for `held` products wait for `release`."""
+
+    def __init__(self, held: set[str]) -> None:
+        super().__init__()
+        self.held = held
+        self.release = asyncio.Event()
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.split("/")[2] in self.held:
+            await self.release.wait()
+        return self(request)
+
+
+async def wait_for(condition: Callable[[], bool], limit: float = 10.0) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def gap_records(frames: list[RawFrame]) -> list[GapRecord]:
+    return [r for f in frames if f.text.startswith('{"type":"gap"') for r in [decode(f)]]  # type: ignore[misc]
+
+
+async def test_repeated_heartbeat_does_not_hide_a_gap_while_the_backfill_is_busy() -> None:
+    """Issue 16: a heartbeat-only gap, the backfill busy for > 1 s (the grace period) with
+    another product, the next heartbeat repeating the same last_trade_id. The trade must
+    still be fetched and the gap recorded."""
+    gaps, _ = tracker()
+    exchange = BlockingExchange(held={"ETH-USD"})
+    filler = Backfiller(
+        "http://x", gaps.status, gaps, bucket=TokenBucket(1000, 1000),
+        transport=httpx.MockTransport(exchange.handle),
+    )  # fmt: skip
+    published: list[RawFrame] = []
+
+    async def publish(frame: RawFrame) -> None:
+        published.append(frame)
+
+    task = asyncio.create_task(filler.run(publish))
+    try:
+        for text in (match(5, "ETH-USD"), match(8, "ETH-USD")):  # the busy one: 6..7
+            gaps.observe(text)
+        for text in (match(14), match(15), heartbeat(16)):  # 16 only shown by a heartbeat
+            gaps.observe(text)
+        reported = time.monotonic()
+        # Heartbeats come every second; the one after the grace period repeats the id.
+        await wait_for(lambda: time.monotonic() > reported + 1.2)
+        gaps.observe(heartbeat(16))
+        exchange.release.set()
+        await wait_for(lambda: len(gap_records(published)) == 2)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    btc = [r for r in gap_records(published) if r.product_id == "BTC-USD"]
+    assert [(r.kind, r.first_missing_id, r.last_missing_id) for r in btc] == [("heartbeat", 16, 16)]
+    assert (btc[0].missing, btc[0].backfilled, btc[0].outcome) == (1, 1, "filled")
+    pages = [decode(f) for f in published if f.text.startswith('{"type":"rest_trades"')]
+    fetched = {t.trade_id for page in pages for t in page if t.product_id == "BTC-USD"}  # type: ignore[union-attr]
+    assert 16 in fetched

@@ -40,6 +40,7 @@ class Backfiller:
         bucket: TokenBucket | None = None,
         grace: float = 1.0,
         timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.rest_url = rest_url.rstrip("/")
         self.status = status
@@ -47,6 +48,7 @@ class Backfiller:
         self.bucket = bucket or TokenBucket()
         self.grace = grace
         self.timeout = timeout
+        self.transport = transport  # tests answer REST in-process
         self.queue: asyncio.Queue[Gap] = asyncio.Queue()
         self.conn_id = f"rest-{new_conn_id()}"
         self._seq = 0
@@ -54,7 +56,9 @@ class Backfiller:
 
     async def run(self, publish: Publish) -> None:
         """Work through gaps one at a time, forever (until cancelled)."""
-        async with httpx.AsyncClient(base_url=self.rest_url, timeout=self.timeout) as client:
+        async with httpx.AsyncClient(
+            base_url=self.rest_url, timeout=self.timeout, transport=self.transport
+        ) as client:
             while True:
                 gap = await self.queue.get()
                 wait = gap.detected_ns / 1e9 + self.grace - time.time()

@@ -109,23 +109,26 @@ class GapTracker:
         if kind in ("match", "last_match"):
             trade_id = msg.get("trade_id")
             if isinstance(trade_id, int) and trade_id > 0:
-                self._see(product, trade_id, trade_id - 1, "trade_id")
+                self._see(product, trade_id, trade_id - 1, "trade_id", carries_trade=True)
         elif kind == "heartbeat":
             last = msg.get("last_trade_id")
             if isinstance(last, int) and last > 0:
-                self._see(product, last, last, "heartbeat")
+                self._see(product, last, last, "heartbeat", carries_trade=False)
 
-    def _see(self, product: str, newest: int, covered: int, kind: str) -> None:
-        """`newest` exists at the exchange; ids up to `covered` should have reached us."""
+    def _see(self, product: str, newest: int, covered: int, kind: str, carries_trade: bool) -> None:
+        """`newest` exists at the exchange; ids up to `covered` should have reached us.
+        Only a frame that carries the trade itself (`carries_trade`) can show that a missing
+        id arrived late: a heartbeat repeating a known last_trade_id names it, nothing more."""
         last = self.last_ids.get(product)
         fresh = self._fresh.pop(product, None)
         if last is None:
             self.last_ids[product] = newest
             return
         if newest <= last:
-            for gap in self.open_gaps.get(product, ()):
-                if gap.first <= newest <= gap.last:
-                    gap.arrived.add(newest)  # a late (reordered) frame, not lost after all
+            if carries_trade:
+                for gap in self.open_gaps.get(product, ()):
+                    if gap.first <= newest <= gap.last:
+                        gap.arrived.add(newest)  # a late (reordered) frame, not lost after all
             if fresh is not None:
                 self._report(Gap(product, fresh, last + 1, last))
             return
