@@ -17,6 +17,22 @@ MISSING = Counter("sentinel_missing_trades_total", "Trade ids missing in gaps", 
 BACKFILLED = Counter(
     "sentinel_backfilled_trades_total", "Missing trades recovered by REST backfill", ["exchange"]
 )
+BACKFILL_REQUESTS = Counter(
+    "sentinel_backfill_requests_total", "REST backfill requests (retries included)", ["exchange"]
+)
+BACKFILL_PENDING_GAPS = Gauge(
+    "sentinel_backfill_pending_gaps", "Gaps waiting for (or in) REST backfill", ["exchange"]
+)
+BACKFILL_PENDING_TRADES = Gauge(
+    "sentinel_backfill_pending_trades",
+    "Missing trade ids no REST backfill request has covered yet",
+    ["exchange"],
+)
+BACKFILL_OLDEST_PENDING = Gauge(
+    "sentinel_backfill_oldest_pending_seconds",
+    "How long the oldest missing trade id not yet fetched has waited",
+    ["exchange"],
+)
 RECONNECTS = Counter("sentinel_reconnects_total", "Source reconnects", ["exchange"])
 BATCHES = Counter("sentinel_batches_total", "Micro-batches committed")
 COMMIT_RETRIES = Counter(

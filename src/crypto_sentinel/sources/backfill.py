@@ -1,21 +1,42 @@
-"""REST backfill: fetch the trades a gap skipped and send them down the normal path.
+"""REST backfill: fetch the trades gaps skipped, coalesced into pages, and send them down
+the normal path.
 
 Each REST page goes on the bus as one raw frame of its own kind
 (``{"type":"rest_trades","product_id":..,"trades":<the response body, byte for byte>}``), so
 bronze keeps it, Kafka carries it, and the engine decodes and deduplicates its trades exactly
-like streamed ones. When a gap is done, a ``gap`` frame with the outcome follows; the engine
-writes it to ``bronze.gaps``.
+like streamed ones. When a gap is done, a ``gap`` frame with its outcome follows; the engine
+writes it to ``bronze.gaps``. Every gap the tracker reports ends in such a record (only a gap
+whose every id turned up late on the stream, i.e. reordering, is dropped), however long it
+waited.
 
-Pagination is Coinbase's cursor scheme: ``after=<trade_id>`` returns the (up to 1000) trades
-just older than the cursor, newest first, and the ``CB-AFTER`` header is the next cursor.
-A gap waits a short grace period first: a reordered frame that turns up late is not missing.
+Coalescing: the pending gaps of a product are one set of missing ids. A request asks for a
+window of at most one page (``after=<hi + 1>&limit=<hi - lo + 1>``, Coinbase's cursor scheme)
+and serves every missing id the window covers, whichever gap it belongs to; already stored
+ids in the page are dropped by the engine's deduplication. Windows are taken from the oldest
+missing id up, so a backlog spanning S ids costs at most ceil(S / page) requests (plus one
+where the alternation below splits a page).
+
+When a window is fetched: once it is full (the missing ids of the product reach a page's
+span), or its oldest id has waited ``linger`` seconds, or the product's stream has gone
+quiet, or it holds a disconnect or start-up gap. A gap waits ``grace`` seconds first: a
+reordered frame that turns up late is not missing.
+
+Priority: products take turns, one request each; within a product whose backlog holds a
+gap longer than a page (an outage, a long start-up hole), requests alternate between that
+oldest work and the gaps after it, so recent gaps are not starved by an old long one.
+
+The backlog (gaps and trades pending, age of the oldest) is kept on the source status
+(``/health``) and in gauges (``/metrics``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import httpx
 import orjson
@@ -27,8 +48,35 @@ from crypto_sentinel.sources.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
-PAGE_LIMIT = 1000  # Coinbase's maximum page size
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
+POLL_SECONDS = 0.1  # how often the scheduler looks at waiting gaps when nothing is due
+BACKLOG_REFRESH_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class Window:
+    """One request's worth of trade ids of one product: [lo, hi]."""
+
+    product: str
+    lo: int
+    hi: int
+
+
+def _ranges_minus(first: int, last: int, taken: list[tuple[int, int]]) -> Iterator[list[int]]:
+    """[first, last] without the sorted, disjoint ranges `taken`, as [lo, hi] pieces."""
+    lo = first
+    for a, b in taken:
+        if b < lo:
+            continue
+        if a > last:
+            break
+        if a > lo:
+            yield [lo, a - 1]
+        lo = max(lo, b + 1)
+        if lo > last:
+            return
+    if lo <= last:
+        yield [lo, last]
 
 
 class Backfiller:
@@ -37,56 +85,236 @@ class Backfiller:
         rest_url: str,
         status: SourceStatus,
         tracker: GapTracker,
-        bucket: TokenBucket | None = None,
+        bucket: TokenBucket,
+        page_size: int,
         grace: float = 1.0,
+        linger: float = 5.0,
         timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        if page_size < 1:
+            raise ValueError("page_size must be >= 1")
         self.rest_url = rest_url.rstrip("/")
         self.status = status
         self.tracker = tracker
-        self.bucket = bucket or TokenBucket()
+        self.bucket = bucket
+        self.page_size = page_size
         self.grace = grace
+        self.linger = max(linger, grace)
         self.timeout = timeout
         self.transport = transport  # tests answer REST in-process
-        self.queue: asyncio.Queue[Gap] = asyncio.Queue()
+        self.pending: dict[str, list[Gap]] = {}  # product -> its unfinished gaps, by first id
         self.conn_id = f"rest-{new_conn_id()}"
         self._seq = 0
-        tracker.on_gap = self.queue.put_nowait
+        self._turns: list[str] = []  # products in the order they get the next request
+        self._recent_next: dict[str, bool] = {}  # product -> serve the gaps after a long one
+        tracker.on_gap = self.add
+
+    # --- the backlog ---------------------------------------------------------------------
+
+    def add(self, gap: Gap) -> None:
+        """A new gap (called by the tracker on the stream's path: no I/O, no waiting)."""
+        gaps = self.pending.setdefault(gap.product_id, [])
+        if not gaps or gaps[-1].first <= gap.first:
+            gaps.append(gap)
+        else:
+            bisect.insort(gaps, gap, key=lambda g: g.first)
+        if gap.product_id not in self._turns:
+            self._turns.append(gap.product_id)
+
+    def empty(self) -> bool:
+        """No gap is waiting or being fetched."""
+        return not any(self.pending.values())
+
+    @property
+    def queue(self) -> Backfiller:
+        """The backlog as the former one-gap-at-a-time queue was read (`queue.empty()`)."""
+        return self
+
+    def _todo(self, gap: Gap) -> Iterator[list[int]]:
+        """Ids of `gap` no request has covered yet, without those that arrived late."""
+        late = sorted(i for i in gap.arrived if gap.first <= i <= gap.last)
+        for lo, hi in _ranges_minus(gap.first, gap.last, gap.asked.ranges):
+            yield from _ranges_minus(lo, hi, [(i, i) for i in late])
+
+    def backlog(self) -> tuple[int, int, int]:
+        """(gaps pending, trades pending, when the oldest id not yet fetched went missing
+        in ns; 0 if none)."""
+        gaps = trades = 0
+        oldest = 0
+        for product_gaps in self.pending.values():
+            for gap in product_gaps:
+                gaps += 1
+                for lo, hi in self._todo(gap):
+                    trades += hi - lo + 1
+                    seen = gap.seen_ns(lo)
+                    oldest = seen if not oldest else min(oldest, seen)
+        return gaps, trades, oldest
+
+    def show_backlog(self) -> None:
+        """Refresh the backlog on the status (/health) and in the gauges (/metrics)."""
+        gaps, trades, oldest = self.backlog()
+        st = self.status
+        st.backfill_pending_gaps, st.backfill_pending_trades = gaps, trades
+        st.backfill_oldest_pending_ns = oldest
+        age = (time.time_ns() - oldest) / 1e9 if oldest else 0.0
+        exchange = st.exchange
+        metrics.BACKFILL_PENDING_GAPS.labels(exchange).set(gaps)
+        metrics.BACKFILL_PENDING_TRADES.labels(exchange).set(trades)
+        metrics.BACKFILL_OLDEST_PENDING.labels(exchange).set(age)
+
+    async def _watch_backlog(self) -> None:
+        """Keep the backlog current while a slow request is in flight."""
+        while True:
+            self.show_backlog()
+            await asyncio.sleep(BACKLOG_REFRESH_SECONDS)
+
+    # --- scheduling ----------------------------------------------------------------------
+
+    def _confirmed(self, product: str, now_ns: int) -> list[tuple[int, int, Gap]]:
+        """Missing ids past their grace period, in id order: (lo, hi, gap) pieces. Stops at
+        the first id still in its grace period (ids are reported in order)."""
+        out: list[tuple[int, int, Gap]] = []
+        limit_ns = now_ns - int(self.grace * 1e9)
+        for gap in self.pending.get(product, ()):
+            for lo, hi in self._todo(gap):
+                for end, at in gap.pieces:
+                    if end < lo:
+                        continue
+                    if at > limit_ns:
+                        return out
+                    top = min(hi, end)
+                    out.append((lo, top, gap))
+                    lo = top + 1
+                    if lo > hi:
+                        break
+        return out
+
+    def _window(self, product: str, now_ns: int) -> Window | None:
+        """The next request for `product`, if one is due."""
+        pieces = self._confirmed(product, now_ns)
+        if not pieces:
+            return None
+        start = 0
+        long_gaps = [g for _, _, g in pieces if g.size > self.page_size]
+        recent = self._recent_next.get(product, False)
+        if long_gaps and recent:  # this turn: the gaps after the newest long one
+            newest_long = long_gaps[-1]
+            start = next((i for i, p in enumerate(pieces) if p[0] > newest_long.last), 0)
+        lo = pieces[start][0]
+        end = lo + self.page_size - 1
+        inside = [p for p in pieces[start:] if p[0] <= end]
+        hi = min(end, inside[-1][1])
+        full = pieces[-1][1] >= end
+        waited = now_ns - pieces[start][2].seen_ns(lo) >= self.linger * 1e9
+        advanced = self.tracker.advanced_ns.get(product, 0)
+        quiet = now_ns - advanced >= self.grace * 1e9
+        urgent = any(g.kind in ("disconnect", "startup") for _, _, g in inside)
+        if full or waited or quiet or urgent:
+            # Take turns between the oldest work and the recent gaps while a long gap lasts.
+            self._recent_next[product] = bool(long_gaps) and not recent
+            return Window(product, lo, hi)
+        return None
+
+    def _next(self, now_ns: int) -> Window | None:
+        """Products take turns: the first one (in turn order) with a request due."""
+        for i, product in enumerate(self._turns):
+            window = self._window(product, now_ns)
+            if window is not None:
+                self._turns.append(self._turns.pop(i))
+                return window
+        return None
+
+    # --- running -------------------------------------------------------------------------
 
     async def run(self, publish: Publish) -> None:
-        """Work through gaps one at a time, forever (until cancelled)."""
+        """Fetch windows as they become due, forever (until cancelled)."""
         async with httpx.AsyncClient(
             base_url=self.rest_url, timeout=self.timeout, transport=self.transport
         ) as client:
-            while True:
-                gap = await self.queue.get()
-                wait = gap.detected_ns / 1e9 + self.grace - time.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                try:
-                    await self.fill(client, gap, publish)
-                except Exception:  # one bad gap must not end backfilling for good
-                    log.exception("backfill of %s failed", gap)
+            watcher = asyncio.create_task(self._watch_backlog(), name="backfill-backlog")
+            try:
+                while True:
+                    try:
+                        await self.step(client, publish)
+                    except Exception:  # one bad window must not end backfilling for good
+                        log.exception("backfill step failed")
+                        await asyncio.sleep(POLL_SECONDS)
+            finally:
+                watcher.cancel()
 
-    async def fill(self, client: httpx.AsyncClient, gap: Gap, publish: Publish) -> None:
-        self.tracker.closed(gap)
+    async def step(self, client: httpx.AsyncClient, publish: Publish) -> None:
+        """Finish what is done, fetch one due window, or wait for a gap to come due."""
+        now_ns = time.time_ns()
+        await self._finish_done(publish, now_ns)
+        self.show_backlog()
+        window = self._next(now_ns)
+        if window is None:
+            await asyncio.sleep(POLL_SECONDS)  # a poll: gaps come due with time, not events
+            return
+        await self.fetch(client, window, publish)
+        await self._finish_done(publish, time.time_ns())
+
+    async def fetch(self, client: httpx.AsyncClient, window: Window, publish: Publish) -> None:
+        """One request for `window`; every pending missing id in the page counts."""
+        product, lo, hi = window.product, window.lo, window.hi
+        params = {"after": hi + 1, "limit": hi - lo + 1}
+        response = await self._get(client, f"/products/{product}/trades", params)
+        ids: list[int] = []
+        if response is not None:
+            body = response.text
+            await publish(
+                self._frame(f'{{"type":"rest_trades","product_id":"{product}","trades":{body}}}')
+            )
+            try:
+                ids = sorted(int(t["trade_id"]) for t in orjson.loads(body))
+            except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
+                log.error("%s: unusable REST trades page (quarantined)", product)
+                ids = []
+        # What this request settled: the whole window, unless a shorter page ended early
+        # (then the rest is asked for again in the next window).
+        covered_lo = lo
+        inside = ids[bisect.bisect_left(ids, lo) : bisect.bisect_right(ids, hi)]
+        if inside and len(inside) < hi - lo + 1 and ids[0] > lo:
+            covered_lo = ids[0]
+        for gap in self.pending.get(product, ()):
+            a, b = max(gap.first, covered_lo), min(gap.last, hi)
+            if a > b:
+                continue
+            todo = list(self._todo(gap))
+            for i in inside[bisect.bisect_left(inside, a) : bisect.bisect_right(inside, b)]:
+                if any(x <= i <= y for x, y in todo):
+                    gap.recovered += 1
+            gap.asked.add_range(a, b)
+
+    async def _finish_done(self, publish: Publish, now_ns: int) -> None:
+        """Record every gap with nothing left to fetch and past its grace period. They are
+        closed before anything is awaited, so the tracker cannot grow a gap being recorded."""
+        limit_ns = now_ns - int(self.grace * 1e9)
+        done: list[Gap] = []
+        for gaps in self.pending.values():
+            for gap in [g for g in gaps if g.pieces[-1][1] <= limit_ns]:
+                if next(self._todo(gap), None) is None:
+                    gaps.remove(gap)
+                    self.tracker.closed(gap)
+                    done.append(gap)
+        for gap in done:
+            await self._finish(gap, publish)
+
+    async def _finish(self, gap: Gap, publish: Publish) -> None:
+        """Publish the record of a closed gap."""
         exchange = self.status.exchange
-        late = {i for i in gap.arrived if gap.first <= i <= gap.last}
-        missing = max(0, gap.last - gap.first + 1) - len(late)
+        missing = gap.missing_count()
         if missing == 0 and gap.kind in ("trade_id", "heartbeat"):
             return  # every "missing" frame turned up late: it was reordering, not a gap
-        recovered = 0
+        recovered = gap.recovered
         if missing:
             self.status.gaps += 1
             self.status.missing_trades += missing
-            metrics.GAPS.labels(exchange, gap.product_id).inc()
-            metrics.MISSING.labels(exchange).inc(missing)
-            recovered = await self._fetch(
-                client, gap.product_id, gap.first, gap.last, late, publish
-            )
             self.status.backfilled_trades += recovered
             self.status.unfilled_trades += missing - recovered
+            metrics.GAPS.labels(exchange, gap.product_id).inc()
+            metrics.MISSING.labels(exchange).inc(missing)
             metrics.BACKFILLED.labels(exchange).inc(recovered)
         outcome = "filled" if recovered == missing else "partial" if recovered else "unfilled"
         if outcome != "filled":
@@ -107,49 +335,15 @@ class Backfiller:
         }
         await publish(self._frame(orjson.dumps(record).decode()))
 
-    async def _fetch(
-        self,
-        client: httpx.AsyncClient,
-        product: str,
-        first: int,
-        last: int,
-        late: set[int],
-        publish: Publish,
-    ) -> int:
-        """Page backwards from `last` to `first`; returns how many missing ids REST gave.
-        Pages never overlap (the cursor only falls), so counting needs no id set."""
-        got = 0
-        cursor = last + 1
-        while cursor > first:
-            params = {"after": cursor, "limit": min(PAGE_LIMIT, cursor - first)}
-            response = await self._get(client, f"/products/{product}/trades", params)
-            if response is None:
-                break
-            body = response.text
-            await publish(
-                self._frame(f'{{"type":"rest_trades","product_id":"{product}","trades":{body}}}')
-            )
-            try:
-                ids = [int(t["trade_id"]) for t in orjson.loads(body)]
-            except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
-                log.error("%s: unusable REST trades page (quarantined)", product)
-                break
-            got += sum(1 for i in ids if first <= i <= last and i not in late)
-            if not ids or min(ids) <= first:
-                break
-            following = int(response.headers.get("CB-AFTER", min(ids)))
-            if following >= cursor:
-                break
-            cursor = following
-        return got
-
     async def _get(
         self, client: httpx.AsyncClient, path: str, params: dict[str, int]
     ) -> httpx.Response | None:
         """One rate-limited GET, retried on 429, 5xx and network errors."""
+        exchange = self.status.exchange
         for delay in (*RETRY_DELAYS, None):
             await self.bucket.take()
             self.status.backfill_requests += 1
+            metrics.BACKFILL_REQUESTS.labels(exchange).inc()
             try:
                 response = await client.get(path, params=params)
             except httpx.HTTPError as exc:
@@ -158,7 +352,9 @@ class Backfiller:
                 if response.status_code == 200:
                     return response
                 problem = f"HTTP {response.status_code}: {response.text[:200]}"
-                if response.status_code != 429 and response.status_code < 500:
+                if response.status_code == 429:
+                    self.status.backfill_throttled += 1
+                elif response.status_code < 500:
                     delay = None
             if delay is None:
                 log.error("backfill request %s %s failed: %s", path, params, problem)

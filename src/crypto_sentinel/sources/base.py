@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from crypto_sentinel.engine.dedupe import IdRanges
 from crypto_sentinel.model import RawFrame
 
 Publish = Callable[[RawFrame], Awaitable[None]]
@@ -39,15 +40,32 @@ class SourceStatus:
     backfill_requests: int = 0
     backfilled_trades: int = 0  # missing trades recovered from REST
     unfilled_trades: int = 0  # missing trades REST could not provide
+    backfill_throttled: int = 0  # REST answers 429 (each is retried)
+    # The backfill backlog, refreshed by the backfill whenever it looks at its gaps:
+    backfill_pending_gaps: int = 0
+    backfill_pending_trades: int = 0  # missing ids no request has covered yet
+    backfill_oldest_pending_ns: int = 0  # when the oldest id not yet fetched went missing
 
     def as_dict(self) -> dict[str, Any]:
-        age = (time.time_ns() - self.last_frame_ns) / 1e9 if self.last_frame_ns else None
-        return {**self.__dict__, "last_frame_age_seconds": age}
+        now = time.time_ns()
+        age = (now - self.last_frame_ns) / 1e9 if self.last_frame_ns else None
+        oldest = self.backfill_oldest_pending_ns
+        return {
+            **self.__dict__,
+            "last_frame_age_seconds": age,
+            "backfill_oldest_pending_seconds": round((now - oldest) / 1e9, 3) if oldest else 0.0,
+        }
 
 
 @dataclass(eq=False)
 class Gap:
-    """Trade ids [first, last] of one product that the stream skipped (first > last: none)."""
+    """Trade ids [first, last] of one product that the stream skipped (first > last: none).
+
+    A gap that grows while it waits (the stream keeps skipping the next ids, as in an outage
+    of the matches channel) is extended in place; `pieces` keeps when each part was seen, so
+    the backfill knows how long each id has waited. `asked` holds the ids a REST request has
+    already covered: a trade frame arriving after that is no longer a late arrival.
+    """
 
     product_id: str
     kind: str  # disconnect | trade_id | heartbeat | startup
@@ -55,9 +73,34 @@ class Gap:
     last: int
     detected_ns: int = field(default_factory=time.time_ns)
     arrived: set[int] = field(default_factory=set)  # ids that came late (reordered frames)
+    pieces: list[tuple[int, int]] = field(default_factory=list)  # (last id, detected ns)
+    asked: IdRanges = field(default_factory=IdRanges)
+    recovered: int = 0  # missing ids REST returned
+
+    def __post_init__(self) -> None:
+        if not self.pieces:
+            self.pieces.append((self.last, self.detected_ns))
+
+    @property
+    def size(self) -> int:
+        return max(0, self.last - self.first + 1)
+
+    def missing_count(self) -> int:
+        return self.size - sum(1 for i in self.arrived if self.first <= i <= self.last)
 
     def missing(self) -> list[int]:
         return [i for i in range(self.first, self.last + 1) if i not in self.arrived]
+
+    def grow(self, last: int, now_ns: int) -> None:
+        self.last = last
+        self.pieces.append((last, now_ns))
+
+    def seen_ns(self, trade_id: int) -> int:
+        """When the tracker learnt that `trade_id` (in this gap) was missing."""
+        for end, at in self.pieces:
+            if trade_id <= end:
+                return at
+        return self.pieces[-1][1]
 
 
 @dataclass
@@ -66,15 +109,17 @@ class GapTracker:
     heartbeat's last_trade_id covers quiet periods. `sequence` is not used: on the matches
     channel it jumps by design (shared with order events).
 
-    Every gap goes to `on_gap` (the backfill queue). The first id seen per product on a new
+    Every gap goes to `on_gap` (the backfill). The first id seen per product on a new
     connection after a reconnect yields a `disconnect` gap, even an empty one, so every
-    disconnect leaves a record; at start-up the first one yields a `startup` gap.
+    disconnect leaves a record; at start-up the first one yields a `startup` gap. A stream gap
+    that continues an open one (no id in between arrived) extends it instead of adding one.
     """
 
     status: SourceStatus
     on_gap: Callable[[Gap], None] = lambda gap: None
     last_ids: dict[str, int] = field(default_factory=dict)
     open_gaps: dict[str, list[Gap]] = field(default_factory=dict)
+    advanced_ns: dict[str, int] = field(default_factory=dict)  # product -> when last_ids grew
     _fresh: dict[str, str] = field(default_factory=dict)  # product -> kind of its next gap
 
     def seed(self, product: str, ranges: list[tuple[int, int]]) -> None:
@@ -127,7 +172,7 @@ class GapTracker:
         if newest <= last:
             if carries_trade:
                 for gap in self.open_gaps.get(product, ()):
-                    if gap.first <= newest <= gap.last:
+                    if gap.first <= newest <= gap.last and newest not in gap.asked:
                         gap.arrived.add(newest)  # a late (reordered) frame, not lost after all
             if fresh is not None:
                 self._report(Gap(product, fresh, last + 1, last))
@@ -135,10 +180,17 @@ class GapTracker:
         if covered > last or fresh is not None:
             self._report(Gap(product, fresh or kind, last + 1, covered))
         self.last_ids[product] = newest
+        self.advanced_ns[product] = time.time_ns()
 
     def _report(self, gap: Gap) -> None:
-        if gap.first <= gap.last:
-            self.open_gaps.setdefault(gap.product_id, []).append(gap)
+        if gap.first > gap.last:
+            self.on_gap(gap)
+            return
+        gaps = self.open_gaps.setdefault(gap.product_id, [])
+        if gap.kind in ("trade_id", "heartbeat") and gaps and gaps[-1].last + 1 == gap.first:
+            gaps[-1].grow(gap.last, gap.detected_ns)  # the same outage, still going on
+            return
+        gaps.append(gap)
         self.on_gap(gap)
 
     def closed(self, gap: Gap) -> None:

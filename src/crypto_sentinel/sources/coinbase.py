@@ -22,11 +22,21 @@ from crypto_sentinel import metrics
 from crypto_sentinel.model import RawFrame
 from crypto_sentinel.sources.backfill import Backfiller
 from crypto_sentinel.sources.base import GapTracker, Publish, SourceStatus, new_conn_id
+from crypto_sentinel.sources.ratelimit import (
+    COINBASE_PUBLIC_BURST,
+    COINBASE_PUBLIC_RATE,
+    TokenBucket,
+)
 
 log = logging.getLogger(__name__)
 
 CHANNELS = ("matches", "ticker", "heartbeat")
 MAX_FRAME_BYTES = 1 << 20
+#: GET /products/{id}/trades returns at most this many trades per page.
+REST_PAGE_SIZE = 1000
+#: Public REST endpoints: 10 requests/s per IP, bursts of 15 (ratelimit.py has the source).
+REST_RATE = COINBASE_PUBLIC_RATE
+REST_BURST = COINBASE_PUBLIC_BURST
 
 
 def subscribe_message(products: list[str]) -> str:
@@ -49,6 +59,7 @@ class CoinbaseSource:
         rest_url: str | None = None,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         backfill_grace: float = 1.0,
+        backfill_linger: float = 5.0,
     ) -> None:
         self.products = products
         self.url = url
@@ -61,9 +72,17 @@ class CoinbaseSource:
             kind=kind, exchange=exchange, url=url, simulated=kind == "simulator"
         )
         self.gaps = GapTracker(self.status)
-        self.backfill = (
-            Backfiller(rest_url, self.status, self.gaps, grace=backfill_grace) if rest_url else None
-        )
+        self.backfill = None
+        if rest_url:
+            self.backfill = Backfiller(
+                rest_url,
+                self.status,
+                self.gaps,
+                bucket=TokenBucket(REST_RATE, REST_BURST),
+                page_size=REST_PAGE_SIZE,
+                grace=backfill_grace,
+                linger=backfill_linger,
+            )
         self.connected = asyncio.Event()
 
     def seed(self, ranges: dict[str, list[tuple[int, int]]]) -> None:

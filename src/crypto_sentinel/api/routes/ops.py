@@ -15,6 +15,9 @@ from crypto_sentinel.api.schemas import Health, Ready
 #: A connected source with no frame for this long is reported (quiet markets still send
 #: heartbeats every second on Coinbase).
 STALE_SECONDS = 30.0
+#: Missing trades still waiting for REST backfill after this long make the status degraded
+#: (the backfill normally fetches within a few seconds; see sources/backfill.py).
+BACKFILL_BEHIND_SECONDS = 60.0
 
 
 def health_reasons(status: dict[str, Any]) -> list[str]:
@@ -28,6 +31,13 @@ def health_reasons(status: dict[str, Any]) -> list[str]:
             age = src.get("last_frame_age_seconds")
             if age is not None and age > STALE_SECONDS:
                 reasons.append(f"no frame for {age:.0f} s")
+    if isinstance(src, dict):
+        waited = src.get("backfill_oldest_pending_seconds") or 0.0
+        if waited > BACKFILL_BEHIND_SECONDS:
+            reasons.append(
+                f"backfill behind: {src.get('backfill_pending_trades')} missing trades in"
+                f" {src.get('backfill_pending_gaps')} gaps, the oldest waiting {waited:.0f} s"
+            )
     return reasons
 
 
@@ -51,7 +61,7 @@ def router(ctx: ApiContext) -> APIRouter:
             "hot_state": {
                 "warm": state.warm,
                 "products": len(state.trades),
-                "trades": sum(len(r) for r in state.trades.values()),
+                "trades": sum(len(state.ring(*pair) or ()) for pair in list(state.trades)),
                 "minutes": sum(len(b.minutes) for b in state.candles.values()),
                 "tickers": len(state.tickers),
             },
