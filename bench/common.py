@@ -220,6 +220,11 @@ def health(port: int) -> dict[str, Any]:
         return {}
 
 
+#: Pause between two polls of /latest: a trade's measured latency includes up to this much
+#: sampling delay (it is counted from when the poll that first shows it has been answered).
+POLL_INTERVAL = 0.001
+
+
 async def poll_latest(port: int, running: Callable[[], bool], out: list[int]) -> None:
     """An HTTP client polling /latest: when did each trade become visible to it?"""
     seen: set[tuple[str, int]] = set()
@@ -237,7 +242,7 @@ async def poll_latest(port: int, running: Callable[[], bool], out: list[int]) ->
                     seen.add(key)
                     recv = datetime.fromisoformat(item["recv_time"].replace("Z", "+00:00"))
                     out.append(now - int(recv.timestamp() * 1e9))
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(POLL_INTERVAL)
 
 
 # --- recordings ----------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from crypto_sentinel.api.warmup import warm_up
 from crypto_sentinel.bus.kafka import KafkaFrames, KafkaPublisher, ensure_topics, exchange_of
 from crypto_sentinel.bus.memory import MemoryBus
 from crypto_sentinel.config import Settings
+from crypto_sentinel.engine.chunks import ChunkNews
 from crypto_sentinel.engine.hotfeed import HotFeed
 from crypto_sentinel.engine.processor import Engine, FrameSource
 from crypto_sentinel.health import heartbeat_path, heartbeats
@@ -86,7 +87,7 @@ class Pipeline:
         )
         self.bus = MemoryBus(settings.bus_capacity)
         self.state = HotState(settings.hot_trades_per_product, hot_minutes=settings.api_hot_minutes)
-        self.engine.listeners.append(self.state.on_event)
+        self.engine.listeners.append(self.state.on_chunk)
         self.source: Source | None = None
         self.simulator: Any = None
         self.stop_event = asyncio.Event()
@@ -358,7 +359,7 @@ class Pipeline:
             warm_up(self.state, self.reader, s.api_warmup_seconds)
         settle_heap()
         hub = Hub(s.api_stream_queue, s.api_stream_max_clients, s.api_heartbeat_seconds)
-        self.engine.listeners.append(hub.on_event)  # after hot state: push reads it
+        self.engine.listeners.append(hub.on_chunk)  # after hot state: push reads it
         app = create_app(
             self.state,
             self.reader,
@@ -410,9 +411,9 @@ async def serve_lake(settings: Settings, exchange: str | None) -> None:
     hub = Hub(settings.api_stream_queue, settings.api_stream_max_clients,
               settings.api_heartbeat_seconds)  # fmt: skip
 
-    def on_event(event: Any) -> None:  # hot state first: push reads it
-        state.on_event(event)
-        hub.on_event(event)
+    def on_chunk(news: ChunkNews) -> None:  # hot state first: push reads it
+        state.on_chunk(news)
+        hub.on_chunk(news)
 
     feed_task = None
     if settings.bus == "kafka":  # live data from the log's tail, history from the lake
@@ -422,7 +423,7 @@ async def serve_lake(settings: Settings, exchange: str | None) -> None:
             group=f"{settings.kafka_group}-serve-{uuid.uuid4().hex[:8]}",
             from_end=True,
         )
-        feed_task = asyncio.create_task(HotFeed(on_event).run(consumer, asyncio.Event()))
+        feed_task = asyncio.create_task(HotFeed(on_chunk).run(consumer, asyncio.Event()))
     app = create_app(
         state,
         reader,

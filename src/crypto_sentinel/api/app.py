@@ -90,7 +90,7 @@ def create_app(
     hub: Hub | None = None,
     cors_origins: Sequence[str] = ("*",),
 ) -> FastAPI:
-    """The API over `state` and `reader`. Register `hub.on_event` as an engine listener (after
+    """The API over `state` and `reader`. Register `hub.on_chunk` as an engine listener (after
     the hot state's) for live push; without a hub one with default limits is made."""
     app = FastAPI(
         title="Crypto Sentinel",

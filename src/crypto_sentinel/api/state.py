@@ -18,10 +18,15 @@ import time
 from collections import deque
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from itertools import pairwise
 from typing import Any
+
+import pyarrow.compute as pc
 
 from crypto_sentinel import metrics
 from crypto_sentinel.engine.candles import Candle, minute_start
+from crypto_sentinel.engine.chunks import ChunkNews
+from crypto_sentinel.engine.records import NewTrades
 from crypto_sentinel.model import Ticker, Trade
 
 MINUTE = timedelta(minutes=1)
@@ -40,17 +45,72 @@ def _trade_id(seen: SeenTrade) -> int:
     return seen.trade.trade_id
 
 
+@dataclass(slots=True)
+class _Waiting:
+    """One chunk's trades of a product, not yet records; `lo`, `hi`: its id range."""
+
+    trades: NewTrades
+    processed_ns: int
+    lo: int
+    hi: int
+
+
 class TradeRing(deque[SeenTrade]):
     """The newest trades of one product in trade-id order.
 
     Invariant: it holds every accepted trade with `trade_id >= complete_from`, so a page of
     trades below a cursor can be answered from memory down to `complete_from` and the rest
     from the lake without skipping or repeating a trade.
+
+    A chunk's trades wait as Arrow rows (`add_new`) until the ring is read (`settle`): at
+    ingest rates most are never read before newer ones push them out, so waiting chunks that
+    newer ones push out are dropped unread.
     """
 
     def __init__(self, maxlen: int, complete_from: int) -> None:
         super().__init__(maxlen=maxlen)
+        self.size = maxlen
         self.complete_from = complete_from
+        self._waiting: list[_Waiting] = []
+        self._waiting_rows = 0
+        self._cut = False  # waiting rows were dropped (older than the newest `maxlen`)
+
+    def add_new(self, trades: NewTrades, processed_ns: int) -> None:
+        """One chunk's new trades of this product."""
+        if trades.table is None:  # records already (a few frames at a time): add them now
+            self.settle()
+            for trade in trades.records():
+                self.add(SeenTrade(trade, processed_ns))
+            return
+        lo, hi = pc.min_max(trades.table["trade_id"]).values()
+        self._waiting.append(_Waiting(trades, processed_ns, lo.as_py(), hi.as_py()))
+        self._waiting_rows += len(trades)
+        if self._waiting_rows > 2 * self.size:
+            self._drop_old_waiting()
+
+    def _drop_old_waiting(self) -> None:
+        """Drop waiting chunks that newer ones push out of the ring in any case: only while
+        each chunk's ids are all above the previous chunk's (the usual case)."""
+        waiting = self._waiting
+        ascending = all(a.hi < b.lo for a, b in pairwise(waiting))
+        if not ascending:  # rare (a backfill): make the records now, memory stays bounded
+            self.settle()
+            return
+        while self._waiting_rows - len(waiting[0].trades) >= self.size:
+            self._waiting_rows -= len(waiting.pop(0).trades)
+            self._cut = True
+
+    def settle(self) -> None:
+        """Make records of the waiting rows and add them (before every read)."""
+        if not self._waiting:
+            return
+        for part in self._waiting:
+            for trade in part.trades.records():
+                self.add(SeenTrade(trade, part.processed_ns))
+        if self._cut and len(self) == self.size:
+            # every dropped row is older than the oldest kept: memory is complete from there
+            self.complete_from = max(self.complete_from, self[0].trade.trade_id)
+        self._waiting, self._waiting_rows, self._cut = [], 0, False
 
     def add(self, seen: SeenTrade) -> None:
         trade_id = seen.trade.trade_id
@@ -198,30 +258,34 @@ class HotState:
 
     # --- the engine listener -------------------------------------------------------------
 
-    def on_event(self, event: Trade | Ticker | Candle) -> None:
-        """Engine listener: new trades and tickers, and candle deltas of new trades."""
-        if isinstance(event, Trade):
+    def on_chunk(self, news: ChunkNews) -> None:
+        """Engine listener: a chunk's new trades and tickers, and its candle deltas."""
+        trades = news.trades
+        n = len(trades)
+        if n:
             now = time.time_ns()
-            seen = SeenTrade(event, now)
-            self.latest.append(seen)
-            key = (event.exchange, event.product_id)
-            ring = self.trades.get(key)
-            if ring is None:
-                ring = self.trades[key] = TradeRing(self.trades_per_product, self._floor(event))
-                self._book(key, event.time)
-            ring.add(seen)
-            self.accepted += 1
-            if not self.accepted & 15:
-                metrics.CONSUMER_LAG.observe((now - event.recv_ns) / 1e9)
+            latest = self.latest
+            self.latest.extend(SeenTrade(t, now) for t in trades.records(-(latest.maxlen or n)))
+            for key, part in trades.per_product().items():
+                ring = self.trades.get(key)
+                if ring is None:
+                    first = part.first()
+                    ring = self.trades[key] = TradeRing(self.trades_per_product, self._floor(first))
+                    self._book(key, first.time)
+                ring.add_new(part, now)
+            skipped = -self.accepted % 16  # every 16th trade of the stream
+            for recv_ns in trades.recv_times()[skipped::16]:
+                metrics.CONSUMER_LAG.observe((now - recv_ns) / 1e9)
+            self.accepted += n
             second = now // 1_000_000_000
             if second != self._second:
                 metrics.INGEST_RATE.set(self._in_second if second == self._second + 1 else 0)
                 self._second, self._in_second = second, 0
-            self._in_second += 1
-        elif isinstance(event, Ticker):
-            self.tickers[(event.exchange, event.product_id)] = event
-        elif isinstance(event, Candle):
-            self._book((event.exchange, event.product_id), event.first_trade_time).add(event)
+            self._in_second += n
+        for ticker in news.tickers:
+            self.tickers[(ticker.exchange, ticker.product_id)] = ticker
+        for candle in news.candles:
+            self._book((candle.exchange, candle.product_id), candle.first_trade_time).add(candle)
 
     def _book(self, key: Pair, first_time: datetime) -> MinuteBook:
         """The minute book of a product, made when its first trade arrives."""
@@ -251,13 +315,21 @@ class HotState:
 
     # --- reads ---------------------------------------------------------------------------
 
+    def ring(self, exchange: str, product_id: str) -> TradeRing | None:
+        """The product's trades in memory, with every waiting row made a record."""
+        ring = self.trades.get((exchange, product_id))
+        if ring is not None:
+            ring.settle()
+        return ring
+
     def recent_trades(self, exchange: str, product_id: str) -> deque[SeenTrade]:
-        return self.trades.get((exchange, product_id), deque())
+        ring = self.ring(exchange, product_id)
+        return deque() if ring is None else ring
 
     def pairs(self) -> set[Pair]:
         """Every (exchange, product) memory or the lake (as of warm-up) knows."""
         return set(self.trades) | set(self.tickers) | set(self.candles) | self.lake_pairs
 
     def last_trade(self, exchange: str, product_id: str) -> Trade | None:
-        ring = self.trades.get((exchange, product_id))
+        ring = self.ring(exchange, product_id)
         return ring[-1].trade if ring else None

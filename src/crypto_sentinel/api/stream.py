@@ -1,6 +1,6 @@
 """Live push fan-out: engine events to subscribed WebSocket and SSE clients.
 
-The engine calls `Hub.on_event` synchronously on the event loop, so fan-out never waits on
+The engine calls `Hub.on_chunk` synchronously on the event loop, so fan-out never waits on
 a client: each client has a bounded queue of trade messages and one conflated slot per
 ticker and candle (a newer update replaces one not yet sent). A client whose trade queue
 overflows is dropped, never waited for. Messages are rendered once per event and shared by
@@ -22,8 +22,8 @@ import orjson
 from crypto_sentinel import metrics
 from crypto_sentinel.api.candles import GRANULARITIES, floor_time
 from crypto_sentinel.api.render import iso_ns, push_trade, ticker_item
-from crypto_sentinel.engine.candles import Candle, minute_start
-from crypto_sentinel.model import Ticker, Trade
+from crypto_sentinel.engine.chunks import ChunkNews
+from crypto_sentinel.model import Ticker
 
 #: (exchange, product_id, channel) where channel is trades, ticker or candles:<granularity>.
 Key = tuple[str, str, str]
@@ -94,7 +94,7 @@ class Client:
 
 
 class Hub:
-    """Subscriptions and fan-out; `on_event` is an engine listener."""
+    """Subscriptions and fan-out; `on_chunk` is an engine listener."""
 
     def __init__(self, queue_limit: int, max_clients: int, heartbeat: float) -> None:
         self.queue_limit = queue_limit
@@ -156,28 +156,32 @@ class Hub:
 
     # --- the engine listener -----------------------------------------------------------
 
-    def on_event(self, event: Trade | Ticker | Candle) -> None:
-        if (event.exchange, event.product_id) not in self.watched:
+    def on_chunk(self, news: ChunkNews) -> None:
+        """A chunk's news: trades are made records only for products with trade subscribers."""
+        watched = self.watched
+        if not watched:
             return
-        if isinstance(event, Trade):
-            self._trade(event)
-        elif isinstance(event, Ticker):
-            self._ticker(event)
-
-    def _trade(self, trade: Trade) -> None:
-        ex, product = trade.exchange, trade.product_id
-        subs = self.subscribers.get((ex, product, "trades"))
-        if subs:
-            message = orjson.dumps(push_trade(trade))
-            for client in list(subs):
-                client.push(message, trade.recv_ns)
-        minute = minute_start(trade.time)
-        for g in GRANULARITIES:
-            subs = self.subscribers.get((ex, product, f"candles:{g}"))
-            if subs:
-                ref = CandleRef(ex, product, g, floor_time(minute, g))
-                for client in subs:
-                    client.put(ref, ref)
+        if len(news.trades):
+            for (ex, product), part in news.trades.per_product().items():
+                subs = self.subscribers.get((ex, product, "trades"))
+                if subs:
+                    for trade in part.records():
+                        message = orjson.dumps(push_trade(trade))
+                        for client in list(subs):
+                            client.push(message, trade.recv_ns)
+        for candle in news.candles:
+            ex, product = candle.exchange, candle.product_id
+            if (ex, product) not in watched:
+                continue
+            for g in GRANULARITIES:
+                subs = self.subscribers.get((ex, product, f"candles:{g}"))
+                if subs:
+                    ref = CandleRef(ex, product, g, floor_time(candle.start, g))
+                    for client in subs:
+                        client.put(ref, ref)
+        for ticker in news.tickers:
+            if (ticker.exchange, ticker.product_id) in watched:
+                self._ticker(ticker)
 
     def _ticker(self, ticker: Ticker) -> None:
         subs = self.subscribers.get((ticker.exchange, ticker.product_id, "ticker"))

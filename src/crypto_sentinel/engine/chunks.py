@@ -1,8 +1,9 @@
 """Accept a chunk of frames: decode it, drop what was seen, tell the hot path.
 
 Shared by the engine (which also writes the lake) and the hot feed of `serve` replicas (which
-only shows). Listeners get every new trade, each product's newest new ticker, and per minute
-a candle of the chunk's new trades (a delta: merge it into what is known of the minute).
+only shows). Listeners get, once per chunk, its new trades (Arrow rows, made into records only
+where shown: `NewTrades`), each product's newest new ticker, and per minute a candle of the
+chunk's new trades (a delta: merge it into what is known of the minute).
 
 A chunk of `COLUMNAR_FROM` frames or more (a backlog) is decoded column-wise into Arrow
 (`decode_batch`), which costs about a millisecond per chunk plus a few microseconds per frame;
@@ -21,13 +22,23 @@ import pyarrow.compute as pc
 from crypto_sentinel import metrics
 from crypto_sentinel.engine.candles import Candle, CandleKey, candles_of, minute_start
 from crypto_sentinel.engine.dedupe import IdRanges
-from crypto_sentinel.engine.records import ticker_records, trade_records, unix_us
+from crypto_sentinel.engine.records import NewTrades, ticker_records, unix_us
 from crypto_sentinel.model import GapRecord, RawFrame, Ticker, Trade
 from crypto_sentinel.sources.coinbase_batch import DecodedBatch, decode_batch, decode_storable
 from crypto_sentinel.sources.coinbase_codec import FrameError
 
-#: Called for every new trade and ticker shown, and for every candle delta.
-Listener = Callable[[Trade | Ticker | Candle], None]
+
+@dataclass
+class ChunkNews:
+    """What one chunk adds to the hot path."""
+
+    trades: NewTrades  # new trades, in chunk order
+    tickers: list[Ticker]  # each product's newest new ticker
+    candles: list[Candle]  # per minute, the candle of the chunk's new trades (a delta)
+
+
+#: Called once per chunk that brought anything new.
+Listener = Callable[[ChunkNews], None]
 
 #: Chunks this large are decoded column-wise (measured break-even: a few hundred frames).
 COLUMNAR_FROM = 400
@@ -58,19 +69,22 @@ class ChunkAcceptor:
         if len(frames) < COLUMNAR_FROM:
             return self._accept_each(frames)
         decoded = decode_batch(frames)
-        trades, duplicates = self._new_trades(decoded, frames)
-        tickers = self._new_tickers(decoded, frames)
+        trades, frame_index, duplicates = self._new_trades(decoded)
+        tickers, newest = self._new_tickers(decoded, frames)
         candles = candles_of(trades)
-        self._announce(candles)
+        if self.listeners:
+            self._announce(
+                ChunkNews(NewTrades.of_rows(trades, frame_index, frames), newest, candles)
+            )
         return Accepted(
             trades, tickers, decoded.gaps, decoded.rejected, candles, duplicates,
             decoded.backfill_pages,
         )  # fmt: skip
 
-    def _announce(self, events: Sequence[Trade | Ticker | Candle]) -> None:
-        for listener in self.listeners:
-            for event in events:
-                listener(event)
+    def _announce(self, news: ChunkNews) -> None:
+        if len(news.trades) or news.tickers or news.candles:
+            for listener in self.listeners:
+                listener(news)
 
     def _accept_each(self, frames: Sequence[RawFrame]) -> Accepted:
         """The per-frame path: the same checks, records instead of columns."""
@@ -103,8 +117,10 @@ class ChunkAcceptor:
                 assert isinstance(out.gaps, list)
                 out.gaps.append(record)
         out.candles = list(deltas.values())
-        self._announce(list(newest.values()))
-        self._announce(out.candles)
+        if self.listeners:
+            assert isinstance(out.trades, list)
+            trades = NewTrades(records=out.trades)
+            self._announce(ChunkNews(trades, list(newest.values()), out.candles))
         return out
 
     def _new_trade(self, trade: Trade, out: Accepted, deltas: dict[CandleKey, Candle]) -> None:
@@ -118,8 +134,6 @@ class ChunkAcceptor:
             return
         assert isinstance(out.trades, list)
         out.trades.append(trade)
-        for listener in self.listeners:
-            listener(trade)
         start = minute_start(trade.time)
         delta = deltas.get((*key, start))
         if delta is None:
@@ -127,12 +141,11 @@ class ChunkAcceptor:
         else:
             delta.add(trade)
 
-    def _new_trades(
-        self, decoded: DecodedBatch, frames: Sequence[RawFrame]
-    ) -> tuple[pa.Table, int]:
+    def _new_trades(self, decoded: DecodedBatch) -> tuple[pa.Table, pa.Int32Array, int]:
+        """The rows of trades not seen before, their frames, and how many were dropped."""
         table, frame_index = decoded.trades, decoded.trade_frames
         if not table.num_rows:
-            return table, 0
+            return table, frame_index, 0
         exchanges = table["exchange"].to_pylist()
         known = self.trade_ids
         sets = []
@@ -150,16 +163,16 @@ class ChunkAcceptor:
                     metrics.DUPLICATES.labels(exchange).inc()
             mask = pa.array(keep, pa.bool_())
             table, frame_index = table.filter(mask), frame_index.filter(mask)
-        if self.listeners and table.num_rows:
-            for trade in trade_records(table, frame_index, frames):
-                for listener in self.listeners:
-                    listener(trade)
-        return table, duplicates
+        return table, frame_index, duplicates
 
-    def _new_tickers(self, decoded: DecodedBatch, frames: Sequence[RawFrame]) -> pa.Table:
+    def _new_tickers(
+        self, decoded: DecodedBatch, frames: Sequence[RawFrame]
+    ) -> tuple[pa.Table, list[Ticker]]:
+        """The rows of tickers newer than what was stored, and each product's newest one as a
+        record when anyone listens."""
         table, frame_index = decoded.tickers, decoded.ticker_frames
         if not table.num_rows:
-            return table
+            return table, []
         marks = self.ticker_marks
         keep = []
         kept = 0
@@ -184,8 +197,7 @@ class ChunkAcceptor:
         if not all(keep):
             mask = pa.array(keep, pa.bool_())
             table, frame_index = table.filter(mask), frame_index.filter(mask)
+        shown: list[Ticker] = []
         if self.listeners and newest:  # the hot path keeps each product's newest ticker
-            for ticker in ticker_records(table, frame_index, frames, sorted(newest.values())):
-                for listener in self.listeners:
-                    listener(ticker)
-        return table
+            shown = ticker_records(table, frame_index, frames, sorted(newest.values()))
+        return table, shown

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 from array import array
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -90,7 +89,9 @@ class Engine:
         self.batch_interval = batch_interval
         self.batch_max_frames = batch_max_frames
         self.stats = EngineStats()
-        self.commit_log: deque[CommitRecord] = deque(maxlen=100_000)
+        #: Receipt times of committed batches, for benchmarks; None (the default) keeps none,
+        #: as it would grow with every frame of a long run.
+        self.commit_log: list[CommitRecord] | None = None
         self.next_version = writer.last_version + 1
         self.acceptor = ChunkAcceptor()
         self.listeners = self.acceptor.listeners
@@ -242,8 +243,9 @@ class Engine:
         metrics.COMMIT_SECONDS.observe(result.seconds)
         if batch.frames:
             metrics.FRAME_TO_LAKE_SECONDS.observe((now - batch.frames[0].recv_ns) / 1e9)
-            recv = array("q", [f.recv_ns for f in batch.frames])
-            self.commit_log.append(CommitRecord(now, recv))
+            if self.commit_log is not None:
+                recv = array("q", [f.recv_ns for f in batch.frames])
+                self.commit_log.append(CommitRecord(now, recv))
 
     def _evict(self) -> None:
         stale = [

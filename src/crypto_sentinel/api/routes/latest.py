@@ -35,7 +35,7 @@ def memory_items(
 ) -> list[dict[str, Any]]:
     """The newest trades memory has, newest first (rendered once per trade)."""
     if symbol is not None:
-        ring = ctx.state.trades.get((exchange, symbol))
+        ring = ctx.state.ring(exchange, symbol)
         seen = list(ring)[-limit:] if ring else []
     else:
         seen = [s for s in ctx.state.latest if s.trade.exchange == exchange][-limit:]

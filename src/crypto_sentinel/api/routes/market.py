@@ -122,7 +122,7 @@ def router(ctx: ApiContext) -> APIRouter:
     ) -> JSONResponse:
         ex = ctx.exchange(exchange)
         await ctx.check_product(product_id)
-        ring = state.trades.get((ex, product_id))
+        ring = state.ring(ex, product_id)
         items: list[dict[str, Any]] = []
         lake_before = before
         if ring:
