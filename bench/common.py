@@ -220,13 +220,13 @@ def health(port: int) -> dict[str, Any]:
         return {}
 
 
-#: Pause between two polls of /latest: a trade's measured latency includes up to this much
-#: sampling delay (it is counted from when the poll that first shows it has been answered).
-POLL_INTERVAL = 0.001
+async def poll_latest(
+    port: int, running: Callable[[], bool], out: list[int], interval: float = 0.005
+) -> None:
+    """An HTTP client polling /latest: when did each trade become visible to it?
 
-
-async def poll_latest(port: int, running: Callable[[], bool], out: list[int]) -> None:
-    """An HTTP client polling /latest: when did each trade become visible to it?"""
+    A trade's latency is counted up to when the poll that first shows it has been answered,
+    so it includes up to `interval` of sampling delay."""
     seen: set[tuple[str, int]] = set()
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
         while running():
@@ -242,7 +242,7 @@ async def poll_latest(port: int, running: Callable[[], bool], out: list[int]) ->
                     seen.add(key)
                     recv = datetime.fromisoformat(item["recv_time"].replace("Z", "+00:00"))
                     out.append(now - int(recv.timestamp() * 1e9))
-            await asyncio.sleep(POLL_INTERVAL)
+            await asyncio.sleep(interval)
 
 
 # --- recordings ----------------------------------------------------------------------------

@@ -164,7 +164,7 @@ async def simulate(port: int, rate: float, trades: int) -> dict[str, Any]:
 async def poll(port: int, seconds: float) -> dict[str, float]:
     out: list[int] = []
     deadline = time.monotonic() + seconds
-    await poll_latest(port, lambda: time.monotonic() < deadline, out)
+    await poll_latest(port, lambda: time.monotonic() < deadline, out, interval=0.001)
     return percentiles(out)
 
 
