@@ -172,7 +172,7 @@ class Run:
         self.status = self.tracker.status
         self.filler = Backfiller(
             "http://x", self.status, self.tracker, bucket=TokenBucket(1000, 1000),
-            page_size=page_size, grace=grace, linger=linger,
+            page_size=page_size, grace=grace, linger=linger, quiet=grace,
             transport=httpx.MockTransport(exchange.handle),
         )  # fmt: skip
         self.published: list[RawFrame] = []
@@ -410,3 +410,17 @@ async def test_repeated_heartbeat_does_not_hide_a_gap_while_the_backfill_is_busy
     pages = [decode(f) for f in published if f.text.startswith('{"type":"rest_trades"')]
     fetched = {t.trade_id for page in pages for t in page if t.product_id == "BTC-USD"}  # type: ignore[union-attr]
     assert 16 in fetched
+
+
+def test_hidden_trades_and_rest_faults_are_decided_by_place_in_the_stream() -> None:
+    spec = FaultSpec.parse("hide_every=10,hide_tail=3,hide_from=40,hide_count=5,rest_429_every=3")
+    assert (spec.hide_every, spec.rest_429_every, spec.active) == (10, 3, True)
+    plan = FaultPlan(spec)
+    products = ["A"] * 9 + ["B"] + ["A"] * 50  # B's first (and only) trade is at place 10
+    hidden = [i + 1 for i, p in enumerate(products) if plan.hides(i, p, len(products))]
+    assert hidden == [20, 30, 40, 41, 42, 43, 44, 50, 58, 59, 60]  # not 10: B starts there
+    assert plan.hidden == len(hidden)
+    assert [plan.rest_fault()[1] for _ in range(6)] == [None, None, 429, None, None, 429]
+    assert plan.rest_throttled == 2
+    with pytest.raises(ValueError, match="not a number"):
+        FaultSpec.parse("hide_every=0.5")

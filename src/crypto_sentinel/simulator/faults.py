@@ -5,6 +5,12 @@ A ``FaultPlan`` sits on the simulator's outbound path (the ``FrameHook`` seam) a
 malformed copies; the server also cuts every connection every ``disconnect_every`` seconds.
 Dropped trades stay in the market's history, so the REST trades endpoint still serves them:
 a correct client recovers them by backfill.
+
+Hidden trades (``hide_every``, ``hide_tail``, ``hide_from`` + ``hide_count``) are decided by
+the server per emitted trade, for every client at once, by the trade's place in the stream:
+the match frame is never sent (tickers and heartbeats still are), as a feed that loses
+matches does. A product's first trade is never hidden. ``rest_delay`` slows every REST
+trades answer; ``rest_429_every`` answers every n-th REST trades request with HTTP 429.
 """
 
 from __future__ import annotations
@@ -68,6 +74,12 @@ class FaultSpec:
     duplicate: float = 0.0
     reorder: float = 0.0  # chance a match frame is held back and sent after the next one
     malformed: float = 0.0  # chance a malformed copy follows a match frame
+    hide_every: int = 0  # hide the match of every n-th trade emitted (n, 2n, ...)
+    hide_tail: int = 0  # hide the matches of the last n trades (needs max_trades)
+    hide_from: int = 0  # hide the matches of trades hide_from .. hide_from + hide_count - 1
+    hide_count: int = 0  # (1-based places in the stream): an outage of the matches channel
+    rest_delay: float = 0.0  # seconds before each REST trades answer
+    rest_429_every: int = 0  # every n-th REST trades request gets HTTP 429
 
     @classmethod
     def parse(cls, text: str) -> FaultSpec:
@@ -85,14 +97,19 @@ class FaultSpec:
                 number: float | int = int(value) if known[name] == "int" else float(value)
             except ValueError:
                 raise ValueError(f"fault {name}: {value!r} is not a number") from None
-            if number < 0 or (name not in ("seed", "drop_max", "disconnect_every") and number > 1):
+            if number < 0 or (name in _CHANCES and number > 1):
                 raise ValueError(f"fault {name}: {value} is out of range")
             values[name] = number
         return cls(**values)  # type: ignore[arg-type]
 
     @property
     def active(self) -> bool:
-        return any((self.disconnect_every, self.drop, self.duplicate, self.reorder, self.malformed))
+        return any(
+            getattr(self, f.name) for f in fields(self) if f.name not in ("seed", "drop_max")
+        )
+
+
+_CHANCES = ("drop", "duplicate", "reorder", "malformed")
 
 
 @dataclass
@@ -110,9 +127,13 @@ class FaultPlan:
     duplicated: int = 0
     reordered: int = 0
     malformed: int = 0
+    hidden: int = 0
+    rest_throttled: int = 0
     _rng: random.Random = field(init=False, repr=False)
     _sessions: dict[int, _SessionState] = field(default_factory=dict, repr=False)
     _started: set[str] = field(default_factory=set, repr=False)
+    _hide_started: set[str] = field(default_factory=set, repr=False)
+    _rest_requests: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.spec.seed)
@@ -127,7 +148,34 @@ class FaultPlan:
             "duplicated": self.duplicated,
             "reordered": self.reordered,
             "malformed": self.malformed,
+            "hidden": self.hidden,
+            "rest_throttled": self.rest_throttled,
         }
+
+    def hides(self, index: int, product_id: str, total: int | None) -> bool:
+        """Is the match of the trade at 0-based place `index` (of `total`) hidden?"""
+        spec = self.spec
+        place = index + 1
+        hide = (
+            (spec.hide_every > 0 and place % spec.hide_every == 0)
+            or (spec.hide_tail > 0 and total is not None and place > total - spec.hide_tail)
+            or (spec.hide_count > 0 and spec.hide_from <= place < spec.hide_from + spec.hide_count)
+        )
+        if product_id not in self._hide_started:
+            self._hide_started.add(product_id)  # a product's history starts at its first trade
+            return False
+        if hide:
+            self.hidden += 1
+        return hide
+
+    def rest_fault(self) -> tuple[float, int | None]:
+        """For one REST trades request: (seconds to wait, an error status or None)."""
+        self._rest_requests += 1
+        every = self.spec.rest_429_every
+        if every > 0 and self._rest_requests % every == 0:
+            self.rest_throttled += 1
+            return self.spec.rest_delay, 429
+        return self.spec.rest_delay, None
 
     def outbound(self, session: object, frame: str) -> Iterable[str | bytes]:
         state = self._sessions.setdefault(id(session), _SessionState())

@@ -132,6 +132,7 @@ class SimulatorServer:
         self._subscribed = asyncio.Event()
         self.slow_disconnects = 0
         self.disconnects = 0  # injected by faults
+        self.rest_trade_requests = 0  # GET /products/{id}/trades answered (any status)
         self._emitted = 0
         self._done = asyncio.Event()
         self._ids = itertools.count(1)
@@ -262,11 +263,14 @@ class SimulatorServer:
         per_us = 1e6 / self.rate
         dirty: dict[int, Session] = {}
         match_subs, ticker_subs = self._match_subs, self._ticker_subs
+        hides = getattr(self.faults, "hides", None)
         for i in range(first, end):
             when = _EPOCH + timedelta(microseconds=wall0_us + int(i * per_us))
             trade = market.next_trade(when)
             self._emitted += 1
             subs = match_subs.get(trade.product_id)
+            if hides is not None and hides(i, trade.product_id, self.max_trades):
+                subs = None  # the match is lost on the way; REST still has the trade
             if subs:
                 self._fan_out(subs, market.match_frame(trade), dirty)
             subs = ticker_subs.get(trade.product_id)
@@ -437,12 +441,21 @@ class SimulatorServer:
 
     # ------------------------------------------------------------------ REST
 
-    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         """Route a request: WebSocket upgrades on ``/`` go on, everything else is REST."""
         upgrade = request.headers.get("Upgrade", "")
         url = urlsplit(request.path)
         if "websocket" in upgrade.lower():
             return None if url.path == "/" else _json(conn, 404, {"message": "NotFound"})
+        if url.path.endswith("/trades"):
+            self.rest_trade_requests += 1
+            rest_fault = getattr(self.faults, "rest_fault", None)
+            if rest_fault is not None:
+                delay, error = rest_fault()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if error is not None:
+                    return _json(conn, error, {"message": "Public rate limit exceeded"})
         return self._rest(conn, url.path, parse_qs(url.query, keep_blank_values=True))
 
     def _rest(self, conn: ServerConnection, path: str, query: dict[str, list[str]]) -> Response:

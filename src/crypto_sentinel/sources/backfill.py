@@ -18,7 +18,8 @@ where the alternation below splits a page).
 
 When a window is fetched: once it is full (the missing ids of the product reach a page's
 span), or its oldest id has waited ``linger`` seconds, or the product's stream has gone
-quiet, or it holds a disconnect or start-up gap. A gap waits ``grace`` seconds first: a
+quiet (no newer trade id, not even in a heartbeat, for ``quiet`` seconds; heartbeats come
+every second), or it holds a disconnect or start-up gap. A gap waits ``grace`` seconds first: a
 reordered frame that turns up late is not missing.
 
 Priority: products take turns, one request each; within a product whose backlog holds a
@@ -89,6 +90,7 @@ class Backfiller:
         page_size: int,
         grace: float = 1.0,
         linger: float = 5.0,
+        quiet: float = 1.5,
         timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
@@ -101,6 +103,7 @@ class Backfiller:
         self.page_size = page_size
         self.grace = grace
         self.linger = max(linger, grace)
+        self.quiet = quiet  # no newer trade id for this long: the product's stream is quiet
         self.timeout = timeout
         self.transport = transport  # tests answer REST in-process
         self.pending: dict[str, list[Gap]] = {}  # product -> its unfinished gaps, by first id
@@ -208,7 +211,7 @@ class Backfiller:
         full = pieces[-1][1] >= end
         waited = now_ns - pieces[start][2].seen_ns(lo) >= self.linger * 1e9
         advanced = self.tracker.advanced_ns.get(product, 0)
-        quiet = now_ns - advanced >= self.grace * 1e9
+        quiet = now_ns - advanced >= self.quiet * 1e9
         urgent = any(g.kind in ("disconnect", "startup") for _, _, g in inside)
         if full or waited or quiet or urgent:
             # Take turns between the oldest work and the recent gaps while a long gap lasts.
@@ -291,9 +294,14 @@ class Backfiller:
         """Record every gap with nothing left to fetch and past its grace period. They are
         closed before anything is awaited, so the tracker cannot grow a gap being recorded."""
         limit_ns = now_ns - int(self.grace * 1e9)
+        quiet_ns = now_ns - int(self.quiet * 1e9)
+        tracker = self.tracker
         done: list[Gap] = []
-        for gaps in self.pending.values():
+        for product, gaps in self.pending.items():
+            newest = tracker.last_ids.get(product, 0)
             for gap in [g for g in gaps if g.pieces[-1][1] <= limit_ns]:
+                if gap.last >= newest and tracker.advanced_ns.get(product, 0) > quiet_ns:
+                    continue  # the stream may still be skipping ids: the gap may grow
                 if next(self._todo(gap), None) is None:
                     gaps.remove(gap)
                     self.tracker.closed(gap)
@@ -334,6 +342,7 @@ class Backfiller:
             "outcome": outcome,
         }
         await publish(self._frame(orjson.dumps(record).decode()))
+        self.status.gap_records += 1
 
     async def _get(
         self, client: httpx.AsyncClient, path: str, params: dict[str, int]

@@ -36,6 +36,8 @@ class SourceStatus:
     last_error: str = ""
     last_disconnect: str = ""  # why the previous connection ended (kept after reconnecting)
     gaps: int = 0  # gaps confirmed missing after the grace period
+    gaps_reported: int = 0  # gap detections, each extension of a growing gap counted
+    gap_records: int = 0  # gap records published (one per gap, when its backfill is done)
     missing_trades: int = 0
     backfill_requests: int = 0
     backfilled_trades: int = 0  # missing trades recovered from REST
@@ -186,6 +188,7 @@ class GapTracker:
         if gap.first > gap.last:
             self.on_gap(gap)
             return
+        self.status.gaps_reported += 1
         gaps = self.open_gaps.setdefault(gap.product_id, [])
         if gap.kind in ("trade_id", "heartbeat") and gaps and gaps[-1].last + 1 == gap.first:
             gaps[-1].grow(gap.last, gap.detected_ns)  # the same outage, still going on
