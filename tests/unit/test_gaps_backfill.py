@@ -295,7 +295,7 @@ async def test_recent_gaps_are_not_starved_by_an_old_long_one() -> None:
 
 async def test_the_backlog_is_shown_while_rest_is_behind() -> None:
     exchange = FakeExchange(newest=2000)
-    exchange.release = asyncio.Event()
+    exchange.release = asyncio.Event()  # REST hangs until released
     run = Run(exchange)
     run.observe(match(1), match(5), match(9), match(1500))
     run.start()
@@ -309,13 +309,17 @@ async def test_the_backlog_is_shown_while_rest_is_behind() -> None:
     assert 'sentinel_backfill_pending_trades{exchange="simulator"} 1496.0' in exposition
     assert 'sentinel_backfill_pending_gaps{exchange="simulator"} 3.0' in exposition
     assert health_reasons({"source": {**shown, "finished": True}}) == []
+    # The stream goes on while REST hangs: new gaps join the backlog at once.
+    run.observe(match(1502), match(1504))
+    await wait_for(lambda: run.status.backfill_pending_gaps == 5)
+    assert run.status.backfill_pending_trades == 3 + 3 + 1490 + 2
     late = {**shown, "finished": True, "backfill_oldest_pending_seconds": 90.0}
     assert health_reasons({"source": late}) == [
         "backfill behind: 1496 missing trades in 3 gaps, the oldest waiting 90 s"
     ]
     exchange.release.set()
     records = await run.finish()
-    assert len(records) == 3 and len(exchange.requests) == 2
+    assert len(records) == 5 and len(exchange.requests) <= -(-1502 // 1000) + 1
     await wait_for(lambda: run.status.backfill_pending_gaps == 0)
     assert run.status.backfill_pending_trades == 0
 

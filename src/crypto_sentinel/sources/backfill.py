@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import logging
 import time
 from collections.abc import Iterator
@@ -136,9 +137,16 @@ class Backfiller:
 
     def _todo(self, gap: Gap) -> Iterator[list[int]]:
         """Ids of `gap` no request has covered yet, without those that arrived late."""
+        if not gap.arrived and gap.asked.max is None:  # the common case, in O(1)
+            if gap.first <= gap.last:
+                yield [gap.first, gap.last]
+            return
         late = sorted(i for i in gap.arrived if gap.first <= i <= gap.last)
         for lo, hi in _ranges_minus(gap.first, gap.last, gap.asked.ranges):
             yield from _ranges_minus(lo, hi, [(i, i) for i in late])
+
+    def _has_todo(self, gap: Gap) -> bool:
+        return next(self._todo(gap), None) is not None
 
     def backlog(self) -> tuple[int, int, int]:
         """(gaps pending, trades pending, when the oldest id not yet fetched went missing
@@ -174,45 +182,60 @@ class Backfiller:
 
     # --- scheduling ----------------------------------------------------------------------
 
-    def _confirmed(self, product: str, now_ns: int) -> list[tuple[int, int, Gap]]:
-        """Missing ids past their grace period, in id order: (lo, hi, gap) pieces. Stops at
-        the first id still in its grace period (ids are reported in order)."""
-        out: list[tuple[int, int, Gap]] = []
+    def _confirmed(
+        self, gaps: list[Gap], start: int, now_ns: int
+    ) -> Iterator[tuple[int, int, Gap]]:
+        """Missing ids past their grace period of `gaps[start:]`, in id order, as (lo, hi,
+        gap) pieces. Stops at the first id still in its grace period (ids are reported in
+        order). Lazy: a window reads only the pieces it covers."""
         limit_ns = now_ns - int(self.grace * 1e9)
-        for gap in self.pending.get(product, ()):
+        for gap in itertools.islice(gaps, start, None):
             for lo, hi in self._todo(gap):
                 for end, at in gap.pieces:
                     if end < lo:
                         continue
                     if at > limit_ns:
-                        return out
+                        return
                     top = min(hi, end)
-                    out.append((lo, top, gap))
+                    yield lo, top, gap
                     lo = top + 1
                     if lo > hi:
                         break
-        return out
 
     def _window(self, product: str, now_ns: int) -> Window | None:
         """The next request for `product`, if one is due."""
-        pieces = self._confirmed(product, now_ns)
-        if not pieces:
+        gaps = self.pending.get(product)
+        if not gaps:
             return None
-        start = 0
-        long_gaps = [g for _, _, g in pieces if g.size > self.page_size]
         recent = self._recent_next.get(product, False)
-        if long_gaps and recent:  # this turn: the gaps after the newest long one
-            newest_long = long_gaps[-1]
-            start = next((i for i, p in enumerate(pieces) if p[0] > newest_long.last), 0)
-        lo = pieces[start][0]
+        long_gaps = [g for g in gaps if g.size > self.page_size and self._has_todo(g)]
+        starts = [0]
+        if long_gaps and recent:  # this turn: the gaps after the newest long one first
+            after = bisect.bisect_right(gaps, long_gaps[-1].last, key=lambda g: g.first)
+            starts.insert(0, after)
+        for start in starts:
+            pieces = self._confirmed(gaps, start, now_ns)
+            first = next(pieces, None)
+            if first is not None:
+                break
+        else:
+            return None
+        lo, top, gap = first
         end = lo + self.page_size - 1
-        inside = [p for p in pieces[start:] if p[0] <= end]
-        hi = min(end, inside[-1][1])
-        full = pieces[-1][1] >= end
-        waited = now_ns - pieces[start][2].seen_ns(lo) >= self.linger * 1e9
+        hi, full = min(end, top), top >= end
+        urgent = gap.kind in ("disconnect", "startup")
+        waited = now_ns - gap.seen_ns(lo) >= self.linger * 1e9
+        for piece_lo, piece_hi, piece_gap in pieces:
+            if piece_lo > end:
+                full = True
+                break
+            hi = min(end, piece_hi)
+            urgent = urgent or piece_gap.kind in ("disconnect", "startup")
+            if piece_hi >= end:
+                full = True
+                break
         advanced = self.tracker.advanced_ns.get(product, 0)
         quiet = now_ns - advanced >= self.quiet * 1e9
-        urgent = any(g.kind in ("disconnect", "startup") for _, _, g in inside)
         if full or waited or quiet or urgent:
             # Take turns between the oldest work and the recent gaps while a long gap lasts.
             self._recent_next[product] = bool(long_gaps) and not recent
@@ -249,14 +272,16 @@ class Backfiller:
     async def step(self, client: httpx.AsyncClient, publish: Publish) -> None:
         """Finish what is done, fetch one due window, or wait for a gap to come due."""
         now_ns = time.time_ns()
-        await self._finish_done(publish, now_ns)
-        self.show_backlog()
+        finished = await self._finish_done(publish, now_ns)
         window = self._next(now_ns)
         if window is None:
+            if finished:
+                self.show_backlog()
             await asyncio.sleep(POLL_SECONDS)  # a poll: gaps come due with time, not events
             return
         await self.fetch(client, window, publish)
         await self._finish_done(publish, time.time_ns())
+        self.show_backlog()
 
     async def fetch(self, client: httpx.AsyncClient, window: Window, publish: Publish) -> None:
         """One request for `window`; every pending missing id in the page counts."""
@@ -290,7 +315,7 @@ class Backfiller:
                     gap.recovered += 1
             gap.asked.add_range(a, b)
 
-    async def _finish_done(self, publish: Publish, now_ns: int) -> None:
+    async def _finish_done(self, publish: Publish, now_ns: int) -> int:
         """Record every gap with nothing left to fetch and past its grace period. They are
         closed before anything is awaited, so the tracker cannot grow a gap being recorded."""
         limit_ns = now_ns - int(self.grace * 1e9)
@@ -299,15 +324,22 @@ class Backfiller:
         done: list[Gap] = []
         for product, gaps in self.pending.items():
             newest = tracker.last_ids.get(product, 0)
-            for gap in [g for g in gaps if g.pieces[-1][1] <= limit_ns]:
-                if gap.last >= newest and tracker.advanced_ns.get(product, 0) > quiet_ns:
-                    continue  # the stream may still be skipping ids: the gap may grow
-                if next(self._todo(gap), None) is None:
-                    gaps.remove(gap)
-                    self.tracker.closed(gap)
-                    done.append(gap)
+            finished = [
+                g
+                for g in gaps
+                if g.pieces[-1][1] <= limit_ns
+                and not self._has_todo(g)
+                # A gap that ends at the newest id may still grow while the stream skips ids.
+                and not (g.last >= newest and tracker.advanced_ns.get(product, 0) > quiet_ns)
+            ]
+            if finished:
+                gone = set(finished)
+                gaps[:] = [g for g in gaps if g not in gone]
+                tracker.closed_all(product, gone)
+                done += finished
         for gap in done:
             await self._finish(gap, publish)
+        return len(done)
 
     async def _finish(self, gap: Gap, publish: Publish) -> None:
         """Publish the record of a closed gap."""

@@ -202,6 +202,12 @@ class GapTracker:
         if gap in gaps:
             gaps.remove(gap)
 
+    def closed_all(self, product: str, done: set[Gap]) -> None:
+        """`closed` for many gaps of one product at once (a coalesced backfill ends many)."""
+        gaps = self.open_gaps.get(product)
+        if gaps:
+            gaps[:] = [g for g in gaps if g not in done]
+
 
 class Source(Protocol):
     status: SourceStatus
