@@ -22,7 +22,14 @@ from crypto_sentinel.simulator.faults import FaultPlan, FaultSpec
 from crypto_sentinel.sources.backfill import Backfiller
 from crypto_sentinel.verify import render, verify
 from tests.conftest import free_port
-from tests.helpers import assert_silver_exact, emitted_set, gap_rows, write_report
+from tests.helpers import (
+    assert_candles_match_silver,
+    assert_silver_exact,
+    emitted_set,
+    gap_rows,
+    quarantine_reasons,
+    write_report,
+)
 
 pytestmark = pytest.mark.chaos
 PRODUCTS = ["BTC-USD", "ETH-USD"]
@@ -129,6 +136,7 @@ async def run_backlog(
         assert checked and all(r.ok for r in checked), render(checked, "simulator")
     emitted = sim.market.emitted()
     result = assert_silver_exact(lake, emitted_set(emitted))
+    candles = assert_candles_match_silver(lake)
     runs = hidden_runs(emitted, plan, trades)
     records = gap_rows(lake)
     got = {(r["product_id"], r["first_missing_id"], r["last_missing_id"]) for r in records}
@@ -150,6 +158,12 @@ async def run_backlog(
         "gaps": len(records),
         "gaps_reported": status.gaps_reported,
         "gap_records": len(records),
+        "trades_backfilled": status.backfilled_trades,
+        "disconnects": status.reconnects,
+        "frames_quarantined": len(quarantine_reasons(lake)),
+        "kills_survived": 0,
+        "candles_checked": candles,
+        "injected": plan.counts(),
         "rest_requests": rest_requests,
         "rest_throttled": plan.rest_throttled,
         # One request per reported gap, as the backfill did before issue 16 (each of these
