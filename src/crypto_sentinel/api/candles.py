@@ -152,6 +152,72 @@ class CandleService:
             self._lake_parts[key] = found.get(bucket)
         return self._lake_parts[key]
 
+    # --- stored trades next to a window (`complete`) ------------------------------------
+
+    @staticmethod
+    def memory_before(book: MinuteBook | None, lo: datetime) -> tuple[bool, int | None]:
+        """The last stored trade id before `lo` as memory knows it: (True, id or None when
+        nothing is stored before), or (False, None) when only the lake can tell."""
+        if book is None:
+            return False, None
+        minutes = book.minutes
+        floor = book.since if book.since is not None else min(minutes, default=None)
+        if floor is None or book.newest is None:
+            return book.since is None, None
+        top = min(lo, book.newest + MINUTE) - MINUTE
+        if top >= floor:
+            if (top - floor) // MINUTE < len(minutes):
+                m = top
+                while m >= floor:
+                    candle = minutes.get(m)
+                    if candle is not None:
+                        return True, candle.last_trade_id
+                    m -= MINUTE
+            else:
+                found = max((m for m in minutes if floor <= m <= top), default=None)
+                if found is not None:
+                    return True, minutes[found].last_trade_id
+        return book.since is None, None
+
+    @staticmethod
+    def memory_after(book: MinuteBook | None, hi: datetime) -> tuple[bool, int | None]:
+        """The first stored trade id at or after `hi` as memory knows it (as `memory_before`)."""
+        if book is None or not book.covers(hi):
+            return False, None
+        newest = book.newest
+        if newest is None or hi > newest:
+            return True, None
+        minutes = book.minutes
+        if (newest - hi) // MINUTE < len(minutes):
+            m = hi
+            while m <= newest:
+                candle = minutes.get(m)
+                if candle is not None:
+                    return True, candle.first_trade_id
+                m += MINUTE
+            return True, None
+        found = min((m for m in minutes if m >= hi), default=None)
+        return True, None if found is None else minutes[found].first_trade_id
+
+    def lake_neighbors(
+        self,
+        exchange: str,
+        product_id: str,
+        lo: datetime | None,
+        hi: datetime | None,
+        book: MinuteBook | None,
+    ) -> tuple[int | None, int | None]:
+        """The stored trade ids before `lo` and at or after `hi` from the lake (None: not
+        asked, or none stored); blocking: call in a thread."""
+        before = after = None
+        if lo is not None:
+            before = self.reader.neighbor_trade_id(exchange, product_id, lo, before=True)
+        if hi is not None:
+            after = self.reader.neighbor_trade_id(exchange, product_id, hi, before=False)
+            if after is None and book is not None and book.since is not None:
+                after = self.memory_after(book, book.since)[1]  # only memory has them yet
+        return before, after
+
     # --- 24 hour statistics ------------------------------------------------------------
 
     @staticmethod

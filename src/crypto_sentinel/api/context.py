@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, NoReturn, TypeVar
 
 from fastapi.exceptions import RequestValidationError
@@ -26,6 +27,9 @@ T = TypeVar("T")
 #: How long the lake's product list is trusted before it is read again (at most once per TTL,
 #: however many unknown products are asked for).
 CATALOG_TTL = 60.0
+#: How long the lake's answer to "which trade is stored next to this window" is reused (the
+#: lake changes there only when a late or backfilled trade lands in an older minute).
+NEIGHBOR_TTL = 2.0
 
 
 def not_found(message: str) -> NoReturn:
@@ -49,6 +53,9 @@ class ApiContext:
     gap_flags: GapFlags = field(init=False)
     _lake_pairs: set[tuple[str, str]] = field(default_factory=set, init=False)
     _lake_checked: float = field(default=float("-inf"), init=False)
+    _neighbors: dict[tuple[Any, ...], tuple[float, tuple[int | None, int | None]]] = field(
+        default_factory=dict, init=False
+    )
 
     def __post_init__(self) -> None:
         self.candles = CandleService(self.state, self.reader)
@@ -62,6 +69,36 @@ class ApiContext:
         if not self.gap_flags.fresh():
             await self.in_thread(self.gap_flags.load)
         return self.gap_flags.spans(exchange, product_id)
+
+    async def trade_neighbors(
+        self, exchange: str, product_id: str, lo: datetime, hi: datetime
+    ) -> tuple[int | None, int | None]:
+        """The last stored trade id before `lo` and the first at or after `hi` (None: nothing
+        stored on that side): from memory, the lake (in a thread) only for what it lacks."""
+        book = self.candles.book(exchange, product_id)
+        known_before, before = CandleService.memory_before(book, lo)
+        known_after, after = CandleService.memory_after(book, hi)
+        if known_before and known_after:
+            return before, after
+        # Memory holds nothing in [since, lo): the lake's answer before `since` serves every
+        # window from there on (live pushes of a new product ask it often), so it is cached.
+        if not known_before and book is not None and book.since is not None:
+            lo = min(lo, book.since)
+        key = (exchange, product_id, None if known_before else lo, None if known_after else hi)
+        now = time.monotonic()
+        hit = self._neighbors.get(key)
+        if hit is None or now - hit[0] > NEIGHBOR_TTL:
+            found = await self.in_thread(
+                self.candles.lake_neighbors, exchange, product_id, key[2], key[3], book
+            )
+            if len(self._neighbors) > 4096:
+                self._neighbors.clear()
+            hit = self._neighbors[key] = (now, found)
+        lake_before, lake_after = hit[1]
+        return (
+            before if known_before else lake_before,
+            after if known_after else lake_after,
+        )
 
     async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await run_in_threadpool(fn, *args)

@@ -80,6 +80,11 @@ class CandleItem(BaseModel):
     gap: bool = Field(
         False, description="the bucket overlaps a trade-id gap the REST backfill could not fill"
     )
+    complete: bool = Field(
+        description="every trade of the bucket is stored: its trade ids are contiguous, and"
+        " contiguous with the product's previous and next stored trades, and no unfilled gap"
+        " overlaps it (gap implies not complete)"
+    )
 
 
 class CandlesPage(BaseModel):

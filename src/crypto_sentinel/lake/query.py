@@ -383,6 +383,47 @@ class LakeReader:
                         "hi": end},
             ).to_arrow_table().select(_BUCKET_COLUMNS)  # fmt: skip
 
+    def neighbor_trade_id(
+        self, exchange: str, product_id: str, at: datetime, before: bool
+    ) -> int | None:
+        """The stored trade next to `at` by way of 1-minute candles: `before`, the last trade
+        id of the newest minute starting before `at`; else the first trade id of the oldest
+        minute starting at or after it. None when the lake holds no such minute.
+
+        The day of `at` and the one next to it are read first (the answer is nearly always
+        there); the rest of the table only when they hold nothing on that side.
+        """
+        day, one = at.date(), timedelta(days=1)
+        near = [day - one, day] if before else [day, day + one]
+        for attempt in range(2):
+            if attempt == 0:
+                dates = near
+            else:
+                every = self.partition_dates(T.CANDLES_1M)
+                dates = [d for d in every if (d < near[0] if before else d > near[1])]
+                if not dates:
+                    return None
+            files = self.files(T.CANDLES_1M, dates, max_age=CANDLE_HISTORY_MAX_AGE)
+            table = self._candle_files.table(files)
+            if table is None:
+                continue
+            ts = table.schema.field("start").type
+            side = pc.less if before else pc.greater_equal
+            keep = pc.and_(
+                pc.and_(
+                    pc.equal(table["exchange"], exchange),
+                    pc.equal(table["product_id"], product_id),
+                ),
+                side(table["start"], pa.scalar(at, ts)),
+            )
+            rows = table.filter(keep)
+            if rows.num_rows:
+                pick = pc.max(rows["start"]) if before else pc.min(rows["start"])
+                row = rows.filter(pc.equal(rows["start"], pick))
+                column = "last_trade_id" if before else "first_trade_id"
+                return int(row[column][0].as_py())
+        return None
+
     def newest_minutes(self, exchange: str) -> dict[str, datetime]:
         """Newest 1-minute candle start per product of `exchange` (two newest date partitions)."""
         rows = self.query_candles(

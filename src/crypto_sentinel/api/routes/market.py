@@ -28,8 +28,8 @@ from crypto_sentinel.api.responses import JSONResponse
 from crypto_sentinel.api.routes.latest import ExchangeParam
 from crypto_sentinel.api.schemas import CandlesPage, Products, Stats, TickerOut, TradesPage, errors
 from crypto_sentinel.api.state import MINUTE
+from crypto_sentinel.completeness import mark_page
 from crypto_sentinel.engine.candles import Candle
-from crypto_sentinel.gapflags import overlaps
 
 #: A time as ISO 8601 (2024-01-01T00:00:00Z) or Unix seconds.
 Instant = datetime | float
@@ -201,8 +201,11 @@ def router(ctx: ApiContext) -> APIRouter:
                     book.rendered[key] = hit
                 items.append(hit[2])
         spans = await ctx.gap_spans(ex, product_id)
-        for item in items:  # a candle overlapping a gap the backfill could not fill
-            item["gap"] = bool(spans) and overlaps(spans, datetime.fromisoformat(item["start"]), g)
+        before = after = None
+        if items:  # the stored trades just outside the page, for `complete` at its edges
+            oldest, newest = (datetime.fromisoformat(items[i]["start"]) for i in (-1, 0))
+            before, after = await ctx.trade_neighbors(ex, product_id, oldest, newest + step)
+        mark_page(items, g, before, after, spans)
         body = {
             "data": items,
             "granularity": g,

@@ -37,6 +37,7 @@ from crypto_sentinel.api.render import candle_item
 from crypto_sentinel.api.routes.latest import ExchangeParam
 from crypto_sentinel.api.schemas import errors
 from crypto_sentinel.api.stream import CHANNELS, CandleRef, Client, Hub, Key, observe_push
+from crypto_sentinel.completeness import contiguous
 from crypto_sentinel.gapflags import overlaps
 
 MAX_SUBSCRIPTIONS = 200
@@ -55,7 +56,7 @@ def _error(message: str) -> bytes:
 def router(ctx: ApiContext) -> APIRouter:
     api = APIRouter(prefix="/v1")
     hub = ctx.hub
-    rendered: dict[tuple[Any, ...], tuple[int, bool, bool, bytes]] = {}
+    rendered: dict[tuple[Any, ...], tuple[int, bool, bool, bool, bytes]] = {}
 
     async def keys_for(
         product_ids: list[str], channels: list[str], exchange: str | None
@@ -114,20 +115,27 @@ def router(ctx: ApiContext) -> APIRouter:
         forming = lo <= datetime.now(UTC) < hi
         spans = await ctx.gap_spans(ref.exchange, ref.product_id)
         gap = bool(spans) and overlaps(spans, lo, g)
+        before, after = await ctx.trade_neighbors(ref.exchange, ref.product_id, lo, hi)
+        complete = not gap and contiguous(
+            candle.first_trade_id, candle.last_trade_id, candle.trade_count, before, after
+        )
         key = (ref.exchange, ref.product_id, g, lo)
         hit = rendered.get(key)
-        if hit is None or hit[:3] != (candle.trade_count, forming, gap):
+        if hit is None or hit[:4] != (candle.trade_count, forming, gap, complete):
             item = {
                 "type": "candle",
                 "product_id": ref.product_id,
                 "exchange": ref.exchange,
                 **candle_item(candle, g, forming),
                 "gap": gap,
+                "complete": complete,
             }
             if len(rendered) > 10_000:
                 rendered.clear()
-            hit = rendered[key] = (candle.trade_count, forming, gap, orjson.dumps(item))
-        return hit[3]
+            hit = rendered[key] = (
+                candle.trade_count, forming, gap, complete, orjson.dumps(item)
+            )  # fmt: skip
+        return hit[4]
 
     async def outgoing(client: Client) -> AsyncIterator[bytes]:
         """Messages for one client as they come, heartbeats, and a last error if dropped."""
