@@ -34,6 +34,7 @@ TRADES = 12_000
 START = datetime(2024, 1, 1, tzinfo=UTC)
 SPAN = timedelta(days=2)  # more than the 25 h memory keeps: pages straddle memory and lake
 GRANULARITIES = (60, 300, 900, 3600, 21600, 86400)
+MINUTE = timedelta(minutes=1)
 
 
 @dataclass
@@ -42,15 +43,85 @@ class Served:
     pipeline: Pipeline
     lake: Path
     recording: Path
+    missing: Missing
 
 
-def record(path: Path) -> int:
-    """Two simulated days of trades and tickers (heartbeats left out: 1 per second is noise)."""
+#: Trades the feed lost, as places among SOL-USD's matches (first, count): ids never seen
+#: in the lake's older day and in the 25 h memory holds, and a run that gets an unfilled gap
+#: record (its REST backfill failed). ETH-USD ends with an unfilled gap past its last trade
+#: (ids a heartbeat revealed whose trades never came). BTC-USD loses nothing.
+LOST = {"SOL-USD": [(900, 1, False), (1500, 5, True), (3600, 2, False)]}
+TAIL_GAP = ("ETH-USD", 3, timedelta(seconds=90))  # product, ids missing, detected after
+
+
+@dataclass
+class Missing:
+    """Ids lost, per product: (first, last, detected_at if the run has a gap record)."""
+
+    runs: dict[str, list[tuple[int, int, datetime | None]]]
+
+
+def _frame(line: str) -> dict[str, Any]:
+    return dict(json.loads(json.loads(line)["raw"]))
+
+
+def _line(recv_ts: float, frame: dict[str, Any]) -> str:
+    return json.dumps({"recv_ts": recv_ts, "raw": json.dumps(frame, separators=(",", ":"))})
+
+
+def _gap(product: str, first: int, last: int, detected: datetime) -> dict[str, Any]:
+    return {
+        "type": "gap", "product_id": product, "kind": "trade_id",
+        "detected_at": detected.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "first_missing_id": first,
+        "last_missing_id": last, "missing": last - first + 1, "backfilled": 0,
+        "outcome": "unfilled",
+    }  # fmt: skip
+
+
+def record(path: Path) -> tuple[int, Missing]:
+    """Two simulated days of trades and tickers (heartbeats left out: 1 per second is noise),
+    less the `LOST` matches, plus the gap records a backfill would have written."""
     raw = path.with_suffix(".full")
     write_recording(raw, PRODUCTS, TRADES, seed=11, rate=TRADES / SPAN.total_seconds())
-    kept = [line for line in raw.read_text().splitlines() if '\\"heartbeat\\"' not in line]
+    lines = [line for line in raw.read_text().splitlines() if '\\"heartbeat\\"' not in line]
+    matches: dict[str, list[int]] = {}  # product -> line numbers of its match frames
+    for n, line in enumerate(lines):
+        if '\\"match\\"' in line:
+            matches.setdefault(_frame(line)["product_id"], []).append(n)
+    drop: set[int] = set()
+    after: dict[int, list[str]] = {}  # extra lines after a line number
+    runs: dict[str, list[tuple[int, int, datetime | None]]] = {}
+    for product, lost in LOST.items():
+        for place, count, recorded in lost:
+            gone = matches[product][place : place + count]
+            drop.update(gone)
+            first, last = _frame(lines[gone[0]])["trade_id"], _frame(lines[gone[-1]])["trade_id"]
+            next_line = matches[product][place + count]
+            nxt = _frame(lines[next_line])
+            detected = datetime.fromisoformat(nxt["time"].replace("Z", "+00:00"))
+            if recorded:
+                recv = json.loads(lines[next_line])["recv_ts"]
+                after.setdefault(next_line, []).append(
+                    _line(recv, _gap(product, first, last, detected))
+                )
+            runs.setdefault(product, []).append((first, last, detected if recorded else None))
+    product, count, delay = TAIL_GAP
+    last_line = matches[product][-1]
+    tail = _frame(lines[last_line])
+    detected = datetime.fromisoformat(tail["time"].replace("Z", "+00:00")) + delay
+    first = tail["trade_id"] + 1
+    recv = json.loads(lines[-1])["recv_ts"]
+    tail_record = _line(recv, _gap(product, first, first + count - 1, detected))
+    runs.setdefault(product, []).append((first, first + count - 1, detected))
+    kept = []
+    for n, line in enumerate(lines):
+        if n not in drop:
+            kept.append(line)
+        kept += after.get(n, [])
+    kept.append(tail_record)
     path.write_text("\n".join(kept) + "\n")
-    return sum('\\"match\\"' in line or '\\"last_match\\"' in line for line in kept)
+    stored = sum('\\"match\\"' in line or '\\"last_match\\"' in line for line in kept)
+    return stored, Missing(runs)
 
 
 async def start(lake: Path, recording: Path, **overrides: Any) -> tuple[Pipeline, asyncio.Task]:
@@ -90,7 +161,7 @@ def committed(lake: Path) -> int:
 async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Served]:
     root = tmp_path_factory.mktemp("v1")
     recording, lake = root / "two-days.ndjson", root / "lake"
-    expected = record(recording)
+    expected, missing = record(recording)
     pipeline, task = await start(lake, recording, hot_trades_per_product=50)
     base = f"http://127.0.0.1:{pipeline.settings.port}"
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
@@ -101,7 +172,7 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
             await asyncio.sleep(0.05)
         else:
             raise AssertionError("replay was not committed")
-        yield Served(client, pipeline, lake, recording)
+        yield Served(client, pipeline, lake, recording, missing)
     await stop(pipeline, task)
 
 
@@ -225,11 +296,44 @@ def assert_candles_equal(got: list[dict], want: dict[datetime, dict], granularit
         assert Decimal(candle["buy_volume"]) + Decimal(candle["sell_volume"]) == w["volume"]
 
 
-async def check_everything(client: httpx.AsyncClient, lake: Path) -> None:
+def touched(lake: Path, missing: Missing, product: str) -> list[tuple[datetime, datetime]]:
+    """What each run of lost ids touches: from the stored trade before it to the stored trade
+    after it (to its detection when none came after)."""
+    db = trades_db(lake)
+    spans = []
+    for first, last, detected in missing.runs.get(product, []):
+        before, after = db.execute(
+            "SELECT max(time) FILTER (WHERE trade_id < $lo), min(time) FILTER (WHERE trade_id >"
+            " $hi) FROM trades WHERE product_id = $p",
+            {"lo": first, "hi": last, "p": product},
+        ).fetchone()  # fmt: skip
+        assert before is not None and (after is not None or detected is not None)
+        spans.append((before, after if after is not None else detected))
+    return spans
+
+
+def assert_complete_exactly(
+    got: list[dict], spans: list[tuple[datetime, datetime]], granularity: int
+) -> None:
+    """`complete` is false exactly for the buckets a run of lost ids touches."""
+    step = timedelta(seconds=granularity)
+    wrong = []
+    for candle in got:
+        start = parse_time(candle["start"])
+        hit = any(lo < start + step and hi >= start for lo, hi in spans)
+        if candle["complete"] is hit:
+            wrong.append((candle["start"], candle["complete"]))
+    assert not wrong, (granularity, wrong)
+    assert sum(not c["complete"] for c in got) >= (1 if spans else 0)
+
+
+async def check_everything(client: httpx.AsyncClient, lake: Path, missing: Missing) -> None:
     for product in PRODUCTS:
+        spans = touched(lake, missing, product)
         for g in GRANULARITIES:
-            assert_candles_equal(await all_candles(client, product, g),
-                                 expected_candles(lake, product, g), g)  # fmt: skip
+            got = await all_candles(client, product, g)
+            assert_candles_equal(got, expected_candles(lake, product, g), g)
+            assert_complete_exactly(got, spans, g)
         got = await all_trades(client, product, 333)
         assert [t["trade_id"] for t in got] == stored_trade_ids(lake, product)
         await check_stats(client, lake, product)
@@ -258,7 +362,7 @@ async def test_memory_and_lake_give_the_same_exact_answers(served: Served) -> No
     """Pages straddle memory (the newest 25 h) and the lake; both agree with the trades."""
     book = served.pipeline.state.candles[("simulator", "BTC-USD")]
     assert book.since is not None and START < book.since < START + SPAN  # really straddling
-    await check_everything(served.client, served.lake)
+    await check_everything(served.client, served.lake, served.missing)
 
 
 async def test_lake_alone_gives_the_same_answers(served: Served) -> None:
@@ -267,10 +371,39 @@ async def test_lake_alone_gives_the_same_answers(served: Served) -> None:
     state.candles.clear()
     state.trades.clear()
     try:
-        await check_everything(served.client, served.lake)
+        await check_everything(served.client, served.lake, served.missing)
     finally:
         state.candles.update(saved[0])
         state.trades.update(saved[1])
+
+
+async def test_complete_at_the_edges_of_a_page(served: Served) -> None:
+    """A page that ends with the minute just before lost ids, or begins with the minute just
+    after them, still marks its edge candle: the stored trades outside the page come from
+    memory or the lake."""
+    state = served.pipeline.state
+    half_hour = timedelta(minutes=30)
+    for alone in (False, True):  # memory and lake, then the lake alone
+        saved = dict(state.candles)
+        if alone:
+            state.candles.clear()
+        try:
+            for product in LOST:
+                for lo, hi in touched(served.lake, served.missing, product):
+                    before = lo.replace(second=0, microsecond=0)  # holds the trade before
+                    after = hi.replace(second=0, microsecond=0)  # holds the trade after
+                    pages = ((before - half_hour, before + MINUTE, 0),  # the newest candle
+                             (after, after + half_hour, -1))  # the oldest  # fmt: skip
+                    for start, end, at in pages:
+                        params = {"granularity": 60, "start": start.isoformat(),
+                                  "end": end.isoformat()}  # fmt: skip
+                        r = await served.client.get(f"/v1/products/{product}/candles",
+                                                    params=params)  # fmt: skip
+                        edge = r.json()["data"][at]
+                        assert parse_time(edge["start"]) in (before, after)
+                        assert edge["complete"] is False, (alone, product, params, edge)
+        finally:
+            state.candles.update(saved)
 
 
 async def test_trade_pages_cross_from_memory_into_the_lake(served: Served) -> None:
@@ -350,7 +483,7 @@ async def test_restart_rebuilds_memory_from_the_lake(
                 want = {r["start"] for r in stored
                         if r["product_id"] == product and r["start"] >= book.since}  # fmt: skip
                 assert set(book.minutes) == want and len(want) > 500
-            await check_everything(client, served.lake)
+            await check_everything(client, served.lake, served.missing)
             latest = (await client.get("/latest", params={"limit": 5})).json()["data"]
             newest = stored_trade_ids(served.lake, latest[0]["symbol"])[0]
             assert latest[0]["trade_id"] == newest
