@@ -28,6 +28,8 @@ from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.writer import Batch, LakeWriter
 from crypto_sentinel.model import GapRecord
 from crypto_sentinel.runtime import Pipeline
+from crypto_sentinel.simulator import SimTrade, SimulatorServer
+from crypto_sentinel.simulator.faults import FaultPlan, FaultSpec
 from tests.conftest import free_port, read_table
 from tests.served import served_pipeline
 
@@ -142,6 +144,7 @@ async def test_candle_updates_end_equal_to_rest_and_lake(lake: Path) -> None:
                 r = await client.get("/v1/products/SOL-USD/candles", params=params)
                 (rest,) = [c for c in r.json()["data"] if c["start"] == start]
                 assert rest["gap"] is pushed["gap"] is False  # no unfilled gap in this run
+                assert rest["complete"] is pushed["complete"] is True  # nothing lost either
                 assert {k: v for k, v in pushed.items() if k not in ("type", "product_id",
                         "exchange", "forming")} == {k: v for k, v in rest.items()
                                                     if k != "forming"}  # fmt: skip
@@ -190,6 +193,91 @@ async def test_pushed_candle_carries_the_gap_flag(lake: Path) -> None:
                 r = await client.get(f"/v1/products/{product}/candles", params=params)
                 (rest,) = [c for c in r.json()["data"] if c["start"] == day]
                 assert rest["gap"] is flag, product
+
+
+class RestDown(FaultPlan):
+    """Simulator faults whose REST trades endpoint refuses every request (HTTP 404): the
+    backfill cannot fill a single gap, so each ends in an unfilled gap record."""
+
+    def rest_fault(self) -> tuple[float, int | None]:
+        return 0.0, 404
+
+
+async def test_candles_are_incomplete_exactly_where_trades_were_lost(lake: Path) -> None:
+    """The simulator hides an outage's matches and its REST fails: pushed candles and REST
+    candles say `complete` false exactly for the minutes the lost ids touch (from the stored
+    trade before them to the one after), true for every other; verify agrees per hour."""
+    spec = FaultSpec(seed=31, hide_from=600, hide_count=60)
+    total = 1500
+    async with SimulatorServer(
+        PRODUCTS, rate=500, seed=31, max_trades=total, faults=RestDown(spec),
+        wait_for_subscriber=True,
+    ) as sim:  # fmt: skip
+        async for pipeline in live(lake, simulator_url=sim.ws_url, idle_timeout=3):
+            pushed: dict[tuple[str, str], dict] = {}
+            async with connect(ws_url(pipeline)) as ws:
+                await send(ws, type="subscribe", product_ids=PRODUCTS, channels=["candles:60"])
+                quiet = 0
+                while quiet < 3:  # three heartbeats in a row once the gaps are recorded
+                    msg = await receive(ws)
+                    if msg["type"] == "candle":
+                        pushed[(msg["product_id"], msg["start"])] = msg
+                        quiet = 0
+                    elif msg["type"] == "heartbeat" and sim.done and recorded(pipeline):
+                        quiet += 1
+            emitted = sim.market.emitted()
+            plan = FaultPlan(spec)
+            hidden = {(t.product_id, t.trade_id) for i, t in enumerate(emitted)
+                      if plan.hides(i, t.product_id, total)}  # fmt: skip
+            assert len(hidden) == 60
+            batches = pipeline.engine.stats.batches
+            while pipeline.engine.stats.batches < batches + 2:  # the last frames committed
+                await asyncio.sleep(0.05)
+            stored = read_table(lake, T.TRADES).num_rows
+            assert stored == len(emitted) - len(hidden)
+            gaps = read_table(lake, T.GAPS).to_pylist()
+            assert {g["outcome"] for g in gaps} == {"unfilled"}
+            async with httpx.AsyncClient(base_url=base(pipeline)) as client:
+                for product in PRODUCTS:
+                    spans = lost_spans([t for t in emitted if t.product_id == product], hidden)
+                    assert len(spans) == 1  # one outage: one run of lost ids per product
+                    r = await client.get(f"/v1/products/{product}/candles")
+                    candles = r.json()["data"]
+                    assert candles
+                    for c in candles:
+                        start = datetime.fromisoformat(c["start"])
+                        hit = any(lo < start + timedelta(minutes=1) and hi >= start
+                                  for lo, hi in spans)  # fmt: skip
+                        assert c["complete"] is not hit, (product, c["start"], spans)
+                        assert pushed[(product, c["start"])]["complete"] is c["complete"]
+            assert any(not c["complete"] for c in pushed.values())
+
+
+def recorded(pipeline: Pipeline) -> bool:
+    """Every gap the source reported has its record committed."""
+    source = pipeline.source
+    return (
+        source is not None
+        and source.status.gap_records > 0
+        and pipeline.engine.stats.gap_records >= source.status.gap_records
+    )
+
+
+def lost_spans(
+    trades: list[SimTrade], hidden: set[tuple[str, int]]
+) -> list[tuple[datetime, datetime]]:
+    """Per run of lost ids of one product: the times of the stored trades around it."""
+    spans = []
+    before: SimTrade | None = None
+    lost = False
+    for trade in sorted(trades, key=lambda t: t.trade_id):
+        if (trade.product_id, trade.trade_id) in hidden:
+            lost = True
+            continue
+        if lost and before is not None:
+            spans.append((before.time, trade.time))
+        before, lost = trade, False
+    return spans
 
 
 async def test_protocol_errors_ping_and_unsubscribe(pipeline: Pipeline) -> None:

@@ -158,6 +158,15 @@ class CandleService:
     def memory_before(book: MinuteBook | None, lo: datetime) -> tuple[bool, int | None]:
         """The last stored trade id before `lo` as memory knows it: (True, id or None when
         nothing is stored before), or (False, None) when only the lake can tell."""
+        known, minute = CandleService.memory_minute_before(book, lo)
+        if minute is None:
+            return known, None
+        assert book is not None
+        return True, book.minutes[minute].last_trade_id
+
+    @staticmethod
+    def memory_minute_before(book: MinuteBook | None, lo: datetime) -> tuple[bool, datetime | None]:
+        """The newest minute with trades before `lo` in memory (as `memory_before`)."""
         if book is None:
             return False, None
         minutes = book.minutes
@@ -169,14 +178,13 @@ class CandleService:
             if (top - floor) // MINUTE < len(minutes):
                 m = top
                 while m >= floor:
-                    candle = minutes.get(m)
-                    if candle is not None:
-                        return True, candle.last_trade_id
+                    if m in minutes:
+                        return True, m
                     m -= MINUTE
             else:
                 found = max((m for m in minutes if floor <= m <= top), default=None)
                 if found is not None:
-                    return True, minutes[found].last_trade_id
+                    return True, found
         return book.since is None, None
 
     @staticmethod

@@ -94,7 +94,10 @@ def router(ctx: ApiContext) -> APIRouter:
         ]
         return orjson.dumps({"type": "subscriptions", "channels": channels})
 
-    async def candle_message(ref: CandleRef) -> bytes | None:
+    async def candle_message(ref: CandleRef) -> tuple[bytes, bool, CandleRef | None] | None:
+        """The candle's message, its `complete`, and the bucket of the stored trade before it
+        when the two are not contiguous (that bucket was pushed as complete while no trade
+        had come after it yet: the client must hear it is not)."""
         service = ctx.candles
         book = service.book(ref.exchange, ref.product_id)
         if book is None:
@@ -120,6 +123,11 @@ def router(ctx: ApiContext) -> APIRouter:
             candle.first_trade_id, candle.last_trade_id, candle.trade_count, before, after
         )
         key = (ref.exchange, ref.product_id, g, lo)
+        previous = None
+        if before is not None and before != candle.first_trade_id - 1:
+            known, minute = CandleService.memory_minute_before(book, lo)
+            if known and minute is not None:
+                previous = CandleRef(ref.exchange, ref.product_id, g, floor_time(minute, g))
         hit = rendered.get(key)
         if hit is None or hit[:4] != (candle.trade_count, forming, gap, complete):
             item = {
@@ -135,12 +143,13 @@ def router(ctx: ApiContext) -> APIRouter:
             hit = rendered[key] = (
                 candle.trade_count, forming, gap, complete, orjson.dumps(item)
             )  # fmt: skip
-        return hit[4]
+        return hit[4], complete, previous
 
     async def outgoing(client: Client) -> AsyncIterator[bytes]:
         """Messages for one client as they come, heartbeats, and a last error if dropped."""
         beat_at = time.monotonic() + hub.heartbeat
         beats = 0
+        told: dict[CandleRef, bool] = {}  # `complete` of the candles this client was sent
         while True:
             await client.wait(max(0.0, beat_at - time.monotonic()))
             if client.dropped:
@@ -149,10 +158,23 @@ def router(ctx: ApiContext) -> APIRouter:
             out, oldest = client.take()
             sent = 0
             for item in out:
-                data = item if isinstance(item, bytes) else await candle_message(item)
-                if data is not None:
+                if isinstance(item, bytes):
+                    yield item
+                    sent += 1
+                    continue
+                ref: CandleRef | None = item
+                while ref is not None:  # the candle, then the one before it if it changed
+                    found = await candle_message(ref)
+                    if found is None:
+                        break
+                    data, complete, previous = found
                     yield data
                     sent += 1
+                    if len(told) > 10_000:
+                        told.clear()
+                    told[ref] = complete
+                    told_before = None if previous is None else told.get(previous)
+                    ref = previous if previous is not None and told_before is not False else None
             if sent:
                 observe_push(client.transport, sent, oldest)
             if time.monotonic() >= beat_at:
