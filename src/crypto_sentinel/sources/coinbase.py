@@ -146,16 +146,24 @@ class CoinbaseSource:
             self.connected.set()
             log.info("connected to %s (%s), conn %s", self.url, self.status.exchange, conn_id)
             seq = 0
-            while True:
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
-                # that races with a frame arriving, and the source would never stop.
-                async with asyncio.timeout(self.idle_timeout):
+            loop = asyncio.get_running_loop()
+            # One idle timer for the session, moved on at most every `rearm` seconds: a timer
+            # per frame cost more than the rest of receiving it. asyncio.timeout, not
+            # wait_for: on 3.11 wait_for can swallow a cancellation that races with a frame
+            # arriving, and the source would never stop.
+            rearm = min(0.25, self.idle_timeout / 4)  # so idle is noticed within 75-100 %
+            async with asyncio.timeout(self.idle_timeout) as idle:
+                armed = loop.time()
+                while True:
                     text = await ws.recv()
-                if isinstance(text, bytes):
-                    text = text.decode("utf-8", errors="replace")
-                now = time.time_ns()
-                seq += 1
-                self.status.frames += 1
-                self.status.last_frame_ns = now
-                self.gaps.observe(text)
-                await publish(RawFrame(self.status.exchange, conn_id, seq, now, text))
+                    if isinstance(text, bytes):
+                        text = text.decode("utf-8", errors="replace")
+                    now = time.time_ns()
+                    seq += 1
+                    self.status.frames += 1
+                    self.status.last_frame_ns = now
+                    self.gaps.observe(text)
+                    await publish(RawFrame(self.status.exchange, conn_id, seq, now, text))
+                    if loop.time() - armed > rearm:
+                        armed = loop.time()
+                        idle.reschedule(armed + self.idle_timeout)
