@@ -2,7 +2,9 @@
 
 Two checks, the ones users of a market-data store actually run:
 - trade-id contiguity per product and hour (Coinbase trade ids are contiguous per product, so
-  every hole is a missed trade) plus duplicate ids, and the unfilled gap records;
+  every hole is a missed trade) plus duplicate ids, and the unfilled gap records; per hour
+  also how many stored minutes are `complete` by the rule the API's candles carry
+  (`crypto_sentinel.completeness`), and which are not;
 - our 1-minute candles against the exchange's own (`GET /products/{id}/candles`), exactly.
 The first and last minute of each product are partial by nature (we joined and left
 mid-minute) and are skipped unless `--all-minutes`. Exit status 1 on any mismatch.
@@ -22,6 +24,8 @@ from typing import Any
 
 import httpx
 
+from crypto_sentinel.completeness import minute_flags
+from crypto_sentinel.gapflags import GapFlags, Span
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.location import LakeRoot, parse_lake
 from crypto_sentinel.lake.query import LakeReader
@@ -42,13 +46,18 @@ class ProductReport:
     holes: list[tuple[int, int]] = field(default_factory=list)  # first shown only
     hours: list[dict[str, Any]] = field(default_factory=list)
     unfilled_gaps: int = 0
+    incomplete_minutes: int = 0  # stored minutes whose candle is not `complete`
     candles_compared: int = 0
     candle_mismatches: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not (
-            self.missing_ids or self.duplicate_ids or self.unfilled_gaps or self.candle_mismatches
+            self.missing_ids
+            or self.duplicate_ids
+            or self.unfilled_gaps
+            or self.incomplete_minutes
+            or self.candle_mismatches
         )
 
 
@@ -91,6 +100,39 @@ def contiguity(reader: LakeReader, exchange: str, product: str) -> ProductReport
     )
     report.unfilled_gaps = int(gaps[0]["n"]) if gaps else 0
     return report
+
+
+def completeness(
+    reader: LakeReader, exchange: str, product: str, report: ProductReport, spans: list[Span]
+) -> None:
+    """Per hour: stored minutes and how many are `complete`, by the rule the API serves
+    (`crypto_sentinel.completeness`) over the product's whole stored history."""
+    rows = reader.query(
+        T.CANDLES_1M,
+        "SELECT start, first_trade_id, last_trade_id, trade_count FROM t"
+        " WHERE exchange = ? AND product_id = ? ORDER BY start",
+        [exchange, product],
+    )
+    minutes = [
+        (r["start"], r["first_trade_id"], r["last_trade_id"], r["trade_count"]) for r in rows
+    ]
+    flags = minute_flags(minutes, spans)
+    hours: dict[str, dict[str, Any]] = {}
+    for (start, *_), complete in zip(minutes, flags, strict=True):
+        hour = start.replace(minute=0, second=0, microsecond=0).isoformat()
+        entry = hours.setdefault(hour, {"minutes": 0, "complete_minutes": 0, "incomplete": []})
+        entry["minutes"] += 1
+        if complete:
+            entry["complete_minutes"] += 1
+        elif len(entry["incomplete"]) < 20:
+            entry["incomplete"].append(start.isoformat())
+    for h in report.hours:
+        entry = hours.pop(h["hour"], {"minutes": 0, "complete_minutes": 0, "incomplete": []})
+        h.update(entry, complete=entry["minutes"] == entry["complete_minutes"])
+    for hour, entry in hours.items():  # minutes whose trades are gone from silver
+        report.hours.append({"hour": hour, **entry, "complete": False})
+    report.hours.sort(key=lambda h: h["hour"])
+    report.incomplete_minutes = flags.count(False)
 
 
 def our_candles(reader: LakeReader, exchange: str, product: str) -> dict[int, list[Decimal]]:
@@ -161,9 +203,12 @@ async def verify(
         products = [r["product_id"] for r in found]
     reports = []
     bucket = TokenBucket()
+    flags = GapFlags(reader, ttl=0.0)
+    flags.load()
     async with httpx.AsyncClient(base_url=rest_url.rstrip("/"), timeout=30) as client:
         for product in products:
             report = contiguity(reader, exchange, product)
+            completeness(reader, exchange, product, report, flags.spans(exchange, product))
             ours = our_candles(reader, exchange, product)
             theirs: dict[int, list[Decimal]] = {}
             if ours:
@@ -183,15 +228,20 @@ def render(reports: list[ProductReport], exchange: str) -> str:
         lines.append(
             f"{r.product_id}: {state}  trades {r.trades}  ids {r.first_trade_id}..{r.last_trade_id}"
             f"  missing {r.missing_ids}  duplicates {r.duplicate_ids}"
-            f"  unfilled gaps {r.unfilled_gaps}"
+            f"  unfilled gaps {r.unfilled_gaps}  incomplete minutes {r.incomplete_minutes}"
             f"  candles {r.candles_compared - len(r.candle_mismatches)}/{r.candles_compared} equal"
         )
         for h in r.hours:
-            flag = "" if not (h["missing"] or h["duplicates"]) else "  <-- incomplete"
+            bad = h.get("missing") or h.get("duplicates") or not h["complete"]
+            flag = "  <-- incomplete" if bad else ""
             lines.append(
-                f"  {h['hour']}  trades {h['trades']}  ids {h['first_trade_id']}.."
-                f"{h['last_trade_id']}  missing {h['missing']}  duplicates {h['duplicates']}{flag}"
+                f"  {h['hour']}  trades {h.get('trades', 0)}  ids {h.get('first_trade_id')}.."
+                f"{h.get('last_trade_id')}  missing {h.get('missing', 0)}"
+                f"  duplicates {h.get('duplicates', 0)}"
+                f"  complete minutes {h['complete_minutes']}/{h['minutes']}{flag}"
             )
+            if h["incomplete"]:
+                lines.append(f"    incomplete minutes: {', '.join(h['incomplete'])}")
         for a, b in r.holes:
             lines.append(f"  missing trade ids {a}..{b}")
         for m in r.candle_mismatches[:10]:

@@ -30,6 +30,7 @@ from crypto_sentinel.model import GapRecord
 from crypto_sentinel.runtime import Pipeline
 from crypto_sentinel.simulator import SimTrade, SimulatorServer
 from crypto_sentinel.simulator.faults import FaultPlan, FaultSpec
+from crypto_sentinel.verify import verify
 from tests.conftest import free_port, read_table
 from tests.served import served_pipeline
 
@@ -251,6 +252,21 @@ async def test_candles_are_incomplete_exactly_where_trades_were_lost(lake: Path)
                         assert c["complete"] is not hit, (product, c["start"], spans)
                         assert pushed[(product, c["start"])]["complete"] is c["complete"]
             assert any(not c["complete"] for c in pushed.values())
+            reports = {r.product_id: r for r in await verify(lake, "simulator", sim.rest_url,
+                                                              None, all_minutes=False)}  # fmt: skip
+            async with httpx.AsyncClient(base_url=base(pipeline)) as client:
+                for product in PRODUCTS:
+                    r = await client.get(f"/v1/products/{product}/candles")
+                    want = {datetime.fromisoformat(c["start"]) for c in r.json()["data"]
+                            if not c["complete"]}  # fmt: skip
+                    report = reports[product]
+                    got = {datetime.fromisoformat(m) for h in report.hours
+                           for m in h["incomplete"]}  # fmt: skip
+                    assert got == want and report.incomplete_minutes == len(want)
+                    assert not report.ok
+                    for h in report.hours:
+                        assert h["complete"] is (h["complete_minutes"] == h["minutes"])
+                        assert h["minutes"] == h["complete_minutes"] + len(h["incomplete"])
 
 
 def recorded(pipeline: Pipeline) -> bool:

@@ -4,6 +4,7 @@ a deleted trade fails with the missing id named and its candle differing from th
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -50,7 +51,12 @@ async def test_verify_passes_on_a_complete_lake_and_fails_on_a_missing_trade(
         args = ["verify", "--lake", str(lake), "--exchange", "simulator"]
         args += ["--rest-url", sim.rest_url, "--all-minutes"]
         assert await asyncio.to_thread(main, args) == 0
-        assert "COMPLETE" in capsys.readouterr().out
+        clean = capsys.readouterr().out
+        assert "COMPLETE" in clean and "incomplete minutes 0" in clean
+        hours = re.findall(r"  complete minutes (\d+)/(\d+)", clean)
+        assert hours and "<-- incomplete" not in clean
+        for done, total in hours:  # every stored minute of every hour is complete
+            assert done == total and int(total) > 0
 
         victim = sim.market.emitted()[150].trade_id
         DeltaTable(str(T.TRADES.path(lake))).delete(f"trade_id = {victim}")
