@@ -73,15 +73,36 @@ def child_env() -> dict[str, str]:
     return {**keep, "SENTINEL_LOG_LEVEL": "WARNING", "SENTINEL_SIMULATOR_SEED": str(SEED)}
 
 
-def record_day(path: Path) -> None:
-    """A simulated day up to now, without heartbeat frames (they only make the file big)."""
+def record_day(path: Path) -> int:
+    """A simulated day up to now, without heartbeat frames (they only make the file big), less
+    one BTC-USD match ~3.5 h ago: a trade the feed lost and no gap record names. Returns its
+    trade id."""
     start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(days=1)
     full = path.with_suffix(".full")
     write_recording(full, PRODUCTS, HISTORY_TRADES, seed=SEED, rate=HISTORY_TRADES / 86_400,
                     start=start)  # fmt: skip
-    with full.open() as src, path.open("w") as out:
-        out.writelines(line for line in src if '\\"heartbeat\\"' not in line)
+    lines = [line for line in full.read_text().splitlines(keepends=True)
+             if '\\"heartbeat\\"' not in line]  # fmt: skip
+    lost_at = datetime.now(UTC) - timedelta(hours=3, minutes=30)
+    matches = [(n, json.loads(json.loads(line)["raw"])) for n, line in enumerate(lines)
+               if '\\"match\\"' in line and "BTC-USD" in line]  # fmt: skip
+    n, lost = min(matches, key=lambda m: abs(datetime.fromisoformat(m[1]["time"]) - lost_at))
+    path.write_text("".join(lines[:n] + lines[n + 1 :]))
     full.unlink()
+    return int(lost["trade_id"])
+
+
+def lost_trade_minutes(lake: Path, lost: int) -> set[str]:
+    """The BTC-USD minutes from the stored trade before the lost id to the one after it."""
+    trades = DeltaTable(str(LT.TRADES.path(lake))).to_pyarrow_table().to_pylist()
+    times = {t["trade_id"]: t["time"] for t in trades if t["product_id"] == "BTC-USD"}
+    assert lost not in times and lost - 1 in times and lost + 1 in times
+    minute = times[lost - 1].replace(second=0, microsecond=0)
+    minutes = set()
+    while minute <= times[lost + 1]:
+        minutes.add(minute.strftime("%Y-%m-%dT%H:%M:00.000000Z"))
+        minute += timedelta(minutes=1)
+    return minutes
 
 
 class ForcedPrice:
@@ -141,6 +162,7 @@ class Market:
     base: str  # the API's base URL
     prices: ForcedPrice
     gap_minutes: set[str]  # starts of the BTC-USD minutes an unfilled gap overlaps
+    lost_minutes: set[str]  # starts of the BTC-USD minutes next to a lost trade (no record)
 
 
 def record_unfilled_gap(lake: Path) -> set[str]:
@@ -168,7 +190,7 @@ def record_unfilled_gap(lake: Path) -> set[str]:
 def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
     work = tmp_path_factory.mktemp("dashboard")
     lake, recording = work / "lake", work / "day.ndjson"
-    record_day(recording)
+    lost = record_day(recording)
     replay = subprocess.run(
         [*SENTINEL, "replay", str(recording), "--speed", "max", "--exchange", "simulator",
          "--lake", str(lake)],
@@ -176,13 +198,18 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
     )  # fmt: skip
     assert replay.returncode == 0, replay.stderr[-4000:]
     gap_minutes = record_unfilled_gap(lake)
+    lost_minutes = lost_trade_minutes(lake, lost)
     hook = ForcedPrice()
     with simulator(hook) as sim, (work / "up.log").open("w") as log:
         port = free_port()
+        # No REST backfill: the live simulator's market is not the history's, so a start-up
+        # backfill of the history's lost trade would only add a gap record (at a time of its
+        # choosing); without it the lost trade stays what it is, ids never seen.
         proc = subprocess.Popen(
             [*SENTINEL, "up", "--source", "simulator", "--simulator-url", sim.ws_url,
              "--lake", str(lake), "--port", str(port), "--products", ",".join(PRODUCTS)],
-            env=child_env(), cwd=work, stdout=log, stderr=subprocess.STDOUT,
+            env={**child_env(), "SENTINEL_BACKFILL": "false"}, cwd=work, stdout=log,
+            stderr=subprocess.STDOUT,
         )  # fmt: skip
         base = f"http://127.0.0.1:{port}"
         try:
@@ -197,7 +224,7 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
                 return ready and any(t["exchange"] == "simulator" for t in latest.json()["data"])
 
             eventually(serving, "sentinel up to serve live simulated trades", timeout=60)
-            yield Market(base, hook, gap_minutes)
+            yield Market(base, hook, gap_minutes, lost_minutes)
         finally:
             proc.terminate()
             try:
@@ -342,19 +369,43 @@ def test_page_loads_history_with_no_console_errors(dashboard: Dashboard) -> None
 
 
 def test_candle_over_an_unfilled_gap_is_marked(dashboard: Dashboard, market: Market) -> None:
-    """The recorded gap's candles, and only they among their neighbours, are flagged and
-    marked. (The live engine also records the jump from the history's trade ids to the live
-    simulator's as an unfilled gap: the newest minutes are flagged too, rightly.)"""
+    """The recorded gap's candles, and only they among their neighbours, are flagged
+    (`gap`, not `complete`) and marked incomplete. (The jump from the history's trade ids to
+    the live simulator's makes the first live minutes incomplete too, rightly.)"""
     history = dashboard.api("/v1/products/BTC-USD/candles", granularity=60)["data"]
     marked = dashboard.js(
-        "() => document.getElementById('chart').data.find((t) => t.name === 'gap').x"
+        "() => document.getElementById('chart').data.find((t) => t.name === 'incomplete').x"
     )
     gap = datetime.fromisoformat(min(market.gap_minutes))
     near = {c["start"] for c in history if abs(datetime.fromisoformat(c["start"]) - gap) < HOUR}
     expected = market.gap_minutes & near  # the minutes of the span that have candles
-    assert expected
+    assert expected and len(near) > len(expected)
     assert {c["start"] for c in history if c["gap"]} & near == expected
+    assert {c["start"] for c in history if not c["complete"]} & near == expected
     assert set(marked) & near == expected
+    dashboard.assert_clean()
+
+
+def test_candle_next_to_a_lost_trade_is_marked_incomplete(
+    dashboard: Dashboard, market: Market
+) -> None:
+    """A trade the feed lost with no gap record: no `gap` flag, yet the candles holding the
+    stored trades around it are not `complete`, and only they among their neighbours are
+    marked, with a hover text that says ids are missing."""
+    history = dashboard.api("/v1/products/BTC-USD/candles", granularity=60)["data"]
+    trace = dashboard.js(
+        "() => { const t = document.getElementById('chart').data"
+        ".find((t) => t.name === 'incomplete'); return [t.x, t.hovertext]; }"
+    )
+    lost = datetime.fromisoformat(min(market.lost_minutes))
+    near = {c["start"] for c in history if abs(datetime.fromisoformat(c["start"]) - lost) < HOUR}
+    expected = market.lost_minutes & near  # the minutes of the span that have candles
+    assert expected and len(near) > len(expected)
+    assert not any(c["gap"] for c in history if c["start"] in near)
+    assert {c["start"] for c in history if not c["complete"]} & near == expected
+    marked = dict(zip(*trace, strict=True))
+    assert set(marked) & near == expected
+    assert all("trade ids missing" in marked[m] for m in expected)
     dashboard.assert_clean()
 
 

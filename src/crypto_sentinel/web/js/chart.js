@@ -1,16 +1,17 @@
 // Candlestick + volume chart drawn with Plotly (a classic script served by the API, so it is
 // the global `Plotly`). Candles are kept by start time: a live update replaces the forming
-// candle in place, and redraws are batched to one per animation frame. A candle the API flags
-// with `gap` (trades missing that the backfill could not fetch) gets a marker above its high.
+// candle in place, and redraws are batched to one per animation frame. A candle the API does
+// not prove `complete` (trade ids missing in it or next to it, or a gap the backfill could not
+// fill) gets a marker above its high.
 
 const COLOURS = {
   light: {
     paper: "#ffffff", text: "#1f2933", grid: "#e4e7eb", up: "#0a7d45", down: "#c5221f",
-    gap: "#b7791f",
+    incomplete: "#b7791f",
   },
   dark: {
     paper: "#161b22", text: "#e6edf3", grid: "#30363d", up: "#3fb950", down: "#f85149",
-    gap: "#d29922",
+    incomplete: "#d29922",
   },
 };
 const MAX_CANDLES = 600;
@@ -85,15 +86,20 @@ export class CandleChart {
       },
       yaxis: "y2",
     };
-    const gaps = candles.filter((c) => c.gap);
-    const gap = {
+    // `complete` is absent only from a server older than it: then `gap` alone says so.
+    const missing = candles.filter((c) => c.complete === false || c.gap);
+    const incomplete = {
       type: "scatter",
       mode: "markers",
-      name: "gap",
-      x: gaps.map((c) => c.start),
-      y: gaps.map((c) => Number(c.high)),
-      marker: { symbol: "triangle-down", size: 10, color: colours.gap },
-      hovertext: gaps.map(() => "trades missing: a gap the backfill could not fill"),
+      name: "incomplete",
+      x: missing.map((c) => c.start),
+      y: missing.map((c) => Number(c.high)),
+      marker: { symbol: "triangle-down", size: 10, color: colours.incomplete },
+      hovertext: missing.map((c) =>
+        c.gap
+          ? "incomplete: trades missing in a gap the backfill could not fill"
+          : "incomplete: trade ids missing in or next to this candle",
+      ),
       hoverinfo: "x+text",
       yaxis: "y",
     };
@@ -113,6 +119,6 @@ export class CandleChart {
         : [{ text: "No candles yet", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.6 }],
     };
     const config = { displaylogo: false, responsive: true };
-    window.Plotly.react(this.element, [price, volume, gap], layout, config);
+    window.Plotly.react(this.element, [price, volume, incomplete], layout, config);
   }
 }
