@@ -145,13 +145,6 @@ class KafkaPublisher:
         return len(self._producer)
 
 
-def _header(headers: list[tuple[str, bytes]] | None, name: str) -> bytes | None:
-    for key, value in headers or ():
-        if key == name:
-            return value
-    return None
-
-
 class KafkaFrames:
     """Consumer-group reader with the in-process bus's interface (`take`, `depth`).
 
@@ -170,6 +163,7 @@ class KafkaFrames:
         from_end: bool = False,
     ) -> None:
         self.settings = settings
+        self._exchanges: dict[str, str] = {}  # topic -> exchange
         self.position = position
         self.before_revoke = before_revoke
         self.after_assign = after_assign
@@ -220,23 +214,29 @@ class KafkaFrames:
                 return []
 
     def _frame(self, msg: Any) -> RawFrame | None:
-        if msg.error():
+        """The frame a message carries (None for an error event); its headers say where
+        and when the ingest process received it."""
+        if msg.error() is not None:
             if msg.error().code() != KafkaError._PARTITION_EOF:
                 log.warning("kafka consumer: %s", msg.error())
             return None
-        headers = msg.headers()
-        recv_ns = _header(headers, "recv_ns")
-        recv_seq = _header(headers, "recv_seq")
-        conn_id = _header(headers, "conn_id")
+        headers = dict(msg.headers() or ())
+        recv_ns = headers.get("recv_ns")
+        recv_seq = headers.get("recv_seq")
+        conn_id = headers.get("conn_id")
         value = msg.value() or b""
+        topic = msg.topic()
+        exchange = self._exchanges.get(topic)
+        if exchange is None:
+            exchange = self._exchanges[topic] = exchange_of(self.settings, topic)
         return RawFrame(
-            exchange=exchange_of(self.settings, msg.topic()),
-            conn_id=conn_id.decode() if conn_id else f"kafka-{msg.partition()}",
-            recv_seq=int(recv_seq) if recv_seq else msg.offset(),
-            recv_ns=int(recv_ns) if recv_ns else msg.timestamp()[1] * 1_000_000,
-            text=value.decode("utf-8", errors="replace"),
-            partition=msg.partition(),
-            offset=msg.offset(),
+            exchange,
+            conn_id.decode() if conn_id else f"kafka-{msg.partition()}",
+            int(recv_seq) if recv_seq else msg.offset(),
+            int(recv_ns) if recv_ns else msg.timestamp()[1] * 1_000_000,
+            value.decode("utf-8", errors="replace"),
+            msg.partition(),
+            msg.offset(),
         )
 
     def commit(self, positions: dict[tuple[str, int], int]) -> None:

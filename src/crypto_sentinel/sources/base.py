@@ -141,8 +141,8 @@ class GapTracker:
 
     def observe(self, text: str) -> None:
         """Cheap look at a frame for trade ids (full validation happens in the engine)."""
-        if '"trade_id"' not in text and '"last_trade_id"' not in text:
-            return
+        if '"match"' not in text and '"last_match"' not in text and '"heartbeat"' not in text:
+            return  # cannot be of a type that carries ids (tickers are half the frames)
         try:
             msg = orjson.loads(text)
         except orjson.JSONDecodeError:
