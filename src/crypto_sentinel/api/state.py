@@ -21,8 +21,6 @@ from datetime import datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
-import pyarrow.compute as pc
-
 from crypto_sentinel import metrics
 from crypto_sentinel.engine.candles import Candle, minute_start
 from crypto_sentinel.engine.chunks import ChunkNews
@@ -76,14 +74,9 @@ class TradeRing(deque[SeenTrade]):
         self._cut = False  # waiting rows were dropped (older than the newest `maxlen`)
 
     def add_new(self, trades: NewTrades, processed_ns: int) -> None:
-        """One chunk's new trades of this product."""
-        if trades.table is None:  # records already (a few frames at a time): add them now
-            self.settle()
-            for trade in trades.records():
-                self.add(SeenTrade(trade, processed_ns))
-            return
-        lo, hi = pc.min_max(trades.table["trade_id"]).values()
-        self._waiting.append(_Waiting(trades, processed_ns, lo.as_py(), hi.as_py()))
+        """One chunk's new trades of this product (Arrow rows or records alike)."""
+        lo, hi = trades.id_range()
+        self._waiting.append(_Waiting(trades, processed_ns, lo, hi))
         self._waiting_rows += len(trades)
         if self._waiting_rows > 2 * self.size:
             self._drop_old_waiting()

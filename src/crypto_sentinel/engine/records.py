@@ -99,6 +99,15 @@ class NewTrades:
         assert self.table is not None and self.recv_ns is not None
         return trade_records(self.table.slice(0, 1), self.recv_ns.slice(0, 1))[0]
 
+    def id_range(self) -> tuple[int, int]:
+        """Lowest and highest trade id (there is at least one trade)."""
+        if self._records is not None:
+            ids = [t.trade_id for t in self._records]
+            return min(ids), max(ids)
+        assert self.table is not None
+        lo, hi = pc.min_max(self.table["trade_id"]).values()
+        return int(lo.as_py()), int(hi.as_py())
+
     def recv_times(self) -> list[int]:
         """Each trade's receive time (ns)."""
         if self._records is not None:

@@ -9,12 +9,24 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import orjson
+import msgspec
 
 from crypto_sentinel.engine.dedupe import IdRanges
 from crypto_sentinel.model import RawFrame
 
 Publish = Callable[[RawFrame], Awaitable[None]]
+
+
+class _Ids(msgspec.Struct):
+    """The fields of a frame the gap tracker looks at; the others are skipped unparsed."""
+
+    type: Any = None
+    product_id: Any = None
+    trade_id: Any = None
+    last_trade_id: Any = None
+
+
+_ids_of = msgspec.json.Decoder(_Ids).decode
 
 
 def new_conn_id() -> str:
@@ -144,21 +156,19 @@ class GapTracker:
         if '"match"' not in text and '"last_match"' not in text and '"heartbeat"' not in text:
             return  # cannot be of a type that carries ids (tickers are half the frames)
         try:
-            msg = orjson.loads(text)
-        except orjson.JSONDecodeError:
+            msg = _ids_of(text)
+        except msgspec.DecodeError:  # not JSON, or not an object
             return
-        if not isinstance(msg, dict):
-            return
-        kind = msg.get("type")
-        product = msg.get("product_id")
+        kind = msg.type
+        product = msg.product_id
         if not isinstance(product, str):
             return
         if kind in ("match", "last_match"):
-            trade_id = msg.get("trade_id")
+            trade_id = msg.trade_id
             if isinstance(trade_id, int) and trade_id > 0:
                 self._see(product, trade_id, trade_id - 1, "trade_id", carries_trade=True)
         elif kind == "heartbeat":
-            last = msg.get("last_trade_id")
+            last = msg.last_trade_id
             if isinstance(last, int) and last > 0:
                 self._see(product, last, last, "heartbeat", carries_trade=False)
 
