@@ -12,9 +12,10 @@ from typing import Any
 import duckdb
 from deltalake import DeltaTable
 
+from crypto_sentinel.config import Settings, load_settings
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.simulator import SimTrade
-from tests.conftest import ROOT, read_table
+from tests.conftest import ROOT, free_port, read_table
 
 #: Where chaos scenarios write their reports (docs/reliability.md is made from them).
 CHAOS_RESULTS = ROOT / "bench" / "results" / "chaos"
@@ -105,3 +106,17 @@ def write_report(name: str, report: dict[str, Any]) -> Path:
     path = CHAOS_RESULTS / f"{name}.json"
     path.write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
     return path
+
+
+def chaos_settings(ws_url: str, products: list[str], lake: Path) -> Settings:
+    """A pipeline on a faulty simulator: short batches, a quick idle timeout and backoff."""
+    return load_settings(
+        source="simulator",
+        simulator_url=ws_url,
+        products=products,
+        lake_dir=lake,
+        port=free_port(),
+        batch_interval_ms=100,
+        idle_timeout=3,
+        backoff_cap=1,
+    )

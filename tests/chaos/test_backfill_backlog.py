@@ -15,16 +15,15 @@ from typing import Any
 import httpx
 import pytest
 
-from crypto_sentinel.config import load_settings
 from crypto_sentinel.runtime import Pipeline
 from crypto_sentinel.simulator import SimTrade, SimulatorServer
 from crypto_sentinel.simulator.faults import FaultPlan, FaultSpec
 from crypto_sentinel.sources.backfill import Backfiller
 from crypto_sentinel.verify import render, verify
-from tests.conftest import free_port
 from tests.helpers import (
     assert_candles_match_silver,
     assert_silver_exact,
+    chaos_settings,
     emitted_set,
     gap_rows,
     quarantine_reasons,
@@ -114,16 +113,7 @@ async def run_backlog(
         PRODUCTS, rate=rate, seed=spec.seed, max_trades=trades, faults=plan,
         wait_for_subscriber=True,
     ) as sim:  # fmt: skip
-        settings = load_settings(
-            source="simulator",
-            simulator_url=sim.ws_url,
-            products=PRODUCTS,
-            lake_dir=lake,
-            port=free_port(),
-            batch_interval_ms=100,
-            idle_timeout=3,
-            backoff_cap=1,
-        )
+        settings = chaos_settings(sim.ws_url, PRODUCTS, lake)
         pipeline = Pipeline(settings)
         task = asyncio.create_task(pipeline.run(with_api=True, install_signals=False))
         try:

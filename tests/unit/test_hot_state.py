@@ -1,5 +1,5 @@
-"""Hot state fed a chunk at a time (Arrow rows or records, made records on read) holds exactly what it
-would hold fed one trade at a time: same trades in memory, same `complete_from`."""
+"""Hot state fed a chunk at a time (Arrow rows or records, made records on read) holds
+exactly what it would hold fed one trade at a time: same trades, same `complete_from`."""
 
 from __future__ import annotations
 
