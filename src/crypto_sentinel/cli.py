@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,27 @@ from crypto_sentinel.lake.location import lake_overrides, parse_lake
 from crypto_sentinel.lake.lock import LakeLocked
 
 log = logging.getLogger("crypto_sentinel")
+
+
+#: The command-line flag of each setting a flag can set (config errors name the flag used).
+FLAGS = {
+    "products": "--products",
+    "host": "--host",
+    "port": "--port",
+    "data_dir": "--data-dir",
+    "bus": "--bus",
+    "kafka_bootstrap": "--kafka-bootstrap",
+    "lake_dir": "--lake",
+    "lake_uri": "--lake",
+    "source": "--source",
+    "simulator_rate": "--rate",
+    "simulator_seed": "--seed",
+    "replay_speed": "--speed",
+    "simulator_url": "--simulator-url",
+    "simulator_faults": "--faults",
+    "replay_exchange": "--exchange",
+    "kafka_group": "--group",
+}
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
@@ -31,7 +54,7 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
         **lake_overrides(getattr(args, "lake", None)),
         **extra,
     }
-    settings = load_settings(**overrides)
+    settings = load_settings(flags=FLAGS, **overrides)
     logging.basicConfig(
         level=settings.log_level,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
@@ -102,8 +125,17 @@ async def _run_pipeline(
     settings: Settings, with_api: bool, ingest: bool = True, process: bool = True
 ) -> None:
     from crypto_sentinel.runtime import Pipeline
+    from crypto_sentinel.startup import bind_api
 
-    await Pipeline(settings, ingest=ingest, process=process).run(with_api=with_api)
+    # The port first: a taken one stops start-up before anything runs or logs.
+    sock = bind_api(settings.host, settings.port) if with_api else None
+    try:
+        pipeline = Pipeline(settings, ingest=ingest, process=process, api_socket=sock)
+    except BaseException:
+        if sock is not None:
+            sock.close()
+        raise
+    await pipeline.run(with_api=with_api)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -174,6 +206,9 @@ def cmd_record(args: argparse.Namespace) -> int:
 #: returning a JSON-able dict and markdown(result) rendering rows for docs/benchmarks.md.
 BENCHMARKS = ("ingest", "api", "lake", "spark", "memory")
 
+#: Optional dependencies -> the extra that installs them (pyproject's optional-dependencies).
+EXTRAS = {"pyspark": "spark", "delta": "spark", "py4j": "spark"}
+
 #: Modules that add their own verbs with add_cli(verbs).
 VERB_MODULES = (
     "crypto_sentinel.ops.kafka",
@@ -220,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Crypto Sentinel: exchange feeds -> Delta Lake -> JSON API.",
     )
     parser.add_argument("--version", action="version", version=f"sentinel {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback of a start-up failure (also SENTINEL_LOG_LEVEL=DEBUG);"
+        " may be given after the verb too",
+    )
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     p = verbs.add_parser("up", help="run the whole pipeline in one process (source, engine, API)")
@@ -309,12 +350,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _debug(argv: list[str]) -> bool:
+    """Tracebacks of start-up failures: `--debug` anywhere, or SENTINEL_LOG_LEVEL=DEBUG."""
+    return "--debug" in argv or os.environ.get("SENTINEL_LOG_LEVEL", "").upper() == "DEBUG"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug(argv)
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
     try:
         return int(args.func(args) or 0)
     except (ConfigError, LakeLocked) as exc:  # a start-up refusal: one line, no traceback
+        if debug:
+            traceback.print_exc()
         print(f"sentinel: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # an optional extra that is not installed
+        extra = EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        if debug:
+            traceback.print_exc()
+        print(
+            f"sentinel {args.verb}: needs the optional {extra!r} extra (no module {exc.name!r});"
+            f" fix: pip install 'crypto-sentinel[{extra}]'",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         return 130

@@ -228,9 +228,14 @@ class Settings(BaseSettings):
     )
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Build settings (flags > env > sentinel.toml > defaults) or raise ConfigError."""
+def load_settings(flags: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build settings (flags > env > sentinel.toml > defaults) or raise ConfigError.
+
+    `flags` names the command-line flag each override came from (setting -> flag), so an
+    error blames what the user actually typed, not an environment variable they never set.
+    """
     clean = {k: v for k, v in overrides.items() if v is not None}
+    flags = flags or {}
     try:
         return Settings(**clean)
     except tomllib.TOMLDecodeError as exc:
@@ -239,9 +244,11 @@ def load_settings(**overrides: Any) -> Settings:
         lines = []
         for err in exc.errors():
             name = ".".join(str(p) for p in err["loc"]) or "settings"
-            env = f"SENTINEL_{name.upper()}"
+            top = str(err["loc"][0]) if err["loc"] else ""
+            used_flag = top in flags and top in clean
+            origin = flags[top] if used_flag else f"env SENTINEL_{name.upper()}"
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown setting (check the spelling)"
-            lines.append(f"  {name} (env {env}): {msg}")
-        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
+            lines.append(f"{name} ({origin}): {msg}")
+        raise ConfigError("invalid configuration: " + "; ".join(lines)) from None

@@ -13,6 +13,7 @@ import contextlib
 import gc
 import logging
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -22,6 +23,7 @@ from typing import Any
 
 import uvicorn
 
+from crypto_sentinel import metrics
 from crypto_sentinel.api.app import create_app
 from crypto_sentinel.api.state import HotState
 from crypto_sentinel.api.stream import Hub
@@ -40,6 +42,7 @@ from crypto_sentinel.lake.writer import LakeWriter
 from crypto_sentinel.sources.base import Publish, Source
 from crypto_sentinel.sources.coinbase import CoinbaseSource
 from crypto_sentinel.sources.replay import ReplaySource
+from crypto_sentinel.startup import StartupError, bind_api, check_lake, check_source, lake_problem
 
 #: GIL switch interval (seconds) of a process that serves the API next to the engine.
 API_SWITCH_INTERVAL = 0.001
@@ -69,19 +72,36 @@ class _Server(uvicorn.Server):
 class Pipeline:
     """One process running any of the roles: ingest, process, and (in `run`) the API."""
 
-    def __init__(self, settings: Settings, ingest: bool = True, process: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        ingest: bool = True,
+        process: bool = True,
+        api_socket: socket.socket | None = None,
+    ) -> None:
+        """`api_socket`: the API's socket if bound already (see `startup.bind_api`)."""
         self.settings = settings
         self.ingest = ingest
         self.process = process
         self.kafka = settings.bus == "kafka"
         self.lake = settings.lake_root
-        # One writer per lake and app id (else LakeLocked names the holder), taken before the
-        # writer reads the batch versions it continues from; run() releases it.
-        self.lock = writer_lock(settings, writes=process)
-        # Over Kafka, one app id per (group, topic, partition) records offsets in Delta.
-        app_id = settings.kafka_group if self.kafka else settings.app_id
-        self.writer = LakeWriter(self.lake, app_id)
-        self.reader = LakeReader(self.lake)
+        # The usual mistakes (lake is a file or read-only, no replay file) stop start-up with
+        # one line naming the fix, before anything runs.
+        check_lake(settings, writes=process)
+        if ingest:
+            check_source(settings)
+        try:
+            # One writer per lake and app id (else LakeLocked names the holder), taken before
+            # the writer reads the batch versions it continues from; run() releases it.
+            self.lock = writer_lock(settings, writes=process)
+            # Over Kafka, one app id per (group, topic, partition) records offsets in Delta.
+            app_id = settings.kafka_group if self.kafka else settings.app_id
+            self.writer = LakeWriter(self.lake, app_id)
+            self.reader = LakeReader(self.lake)
+        except OSError as exc:
+            if isinstance(self.lake, str):
+                raise
+            raise StartupError(lake_problem(self.lake, exc)) from exc
         self.engine = Engine(
             self.writer, settings.batch_interval_ms / 1000, settings.batch_max_frames
         )
@@ -93,6 +113,7 @@ class Pipeline:
         self.stop_event = asyncio.Event()
         self.started = time.time()
         self.server: _Server | None = None
+        self.api_socket = api_socket
         self.publisher: KafkaPublisher | None = None
         self.consumer: KafkaFrames | None = None
 
@@ -118,6 +139,15 @@ class Pipeline:
         if self.consumer is not None:
             status["kafka_consumer"] = {"assigned": self.consumer.assigned}
         return status
+
+    def last_frames(self) -> dict[tuple[str, str], int]:
+        """(exchange, product) -> receive time of the product's newest frame (freshness)."""
+        source = self.source
+        gaps = getattr(source, "gaps", None)
+        if source is None or gaps is None:
+            return {}
+        exchange = source.status.exchange
+        return {(exchange, product): ns for product, ns in list(gaps.last_frame_ns.items())}
 
     def reliability(self) -> dict[str, int]:
         """The counters that say whether trades were missed (also at /metrics)."""
@@ -212,9 +242,15 @@ class Pipeline:
     async def run(self, with_api: bool = True, install_signals: bool = True) -> None:
         loop = asyncio.get_running_loop()
         self.lock.on_lost = lambda: loop.call_soon_threadsafe(self.stop_event.set)
+        unwatch = metrics.SOURCE_FRESHNESS.watch(self.last_frames)
         try:
+            if with_api and self.api_socket is None:  # a taken port stops start-up now
+                self.api_socket = bind_api(self.settings.host, self.settings.port)
             await self._run(with_api, install_signals)
         finally:
+            unwatch()
+            if self.api_socket is not None:
+                self.api_socket.close()
             self.lock.release()
 
     async def _run(self, with_api: bool, install_signals: bool) -> None:
@@ -384,8 +420,9 @@ class Pipeline:
         # times. A shorter interval hands the GIL back sooner (API tail latency) for a few
         # per cent of writer throughput.
         sys.setswitchinterval(API_SWITCH_INTERVAL)
-        log.info("API on http://%s:%d", self.settings.host, self.settings.port)
-        await self.server.serve()
+        sock = self.api_socket or bind_api(s.host, s.port)
+        log.info("API on http://%s:%d", s.host, sock.getsockname()[1])
+        await self.server.serve(sockets=[sock])
 
     def _exchange_name(self) -> str:
         return self.source.status.exchange if self.source else self.settings.exchange
@@ -406,6 +443,8 @@ def fault_plan(text: str) -> Any:
 
 async def serve_lake(settings: Settings, exchange: str | None) -> None:
     """API only, over what the lake holds (history; no live stream)."""
+    check_lake(settings, writes=False)
+    sock = bind_api(settings.host, settings.port)  # a taken port stops start-up at once
     reader = LakeReader(settings.lake_root)
     state = HotState(settings.hot_trades_per_product, hot_minutes=settings.api_hot_minutes)
     hub = Hub(settings.api_stream_queue, settings.api_stream_max_clients,
@@ -437,9 +476,11 @@ async def serve_lake(settings: Settings, exchange: str | None) -> None:
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", ws_max_size=64 * 1024
     )
+    log.info("API on http://%s:%d", settings.host, sock.getsockname()[1])
     try:
-        await uvicorn.Server(config).serve()
+        await uvicorn.Server(config).serve(sockets=[sock])
     finally:
+        sock.close()
         if feed_task is not None:
             feed_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -13,6 +13,8 @@ Offsets are not trusted to Kafka: the processor seeks to the offsets recorded in
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import re
 import time
@@ -23,11 +25,14 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka import TopicPartition as KafkaPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from crypto_sentinel import metrics
 from crypto_sentinel.config import Settings
 from crypto_sentinel.model import RawFrame
 
 log = logging.getLogger(__name__)
 
+#: How often the consumer's client reports statistics (its partitions' lag).
+STATS_INTERVAL_MS = 2_000
 CONTROL_KEY = b"_control"  # frames without a product: subscriptions acks, errors
 _PRODUCT = re.compile(r'"product_id":\s*"([^"]{1,40})"')
 
@@ -178,6 +183,9 @@ class KafkaFrames:
                 "session.timeout.ms": 10_000,
                 "heartbeat.interval.ms": 1_000,
                 "topic.metadata.refresh.interval.ms": 5_000,
+                # Client statistics (served by consume) give each partition's lag.
+                "statistics.interval.ms": STATS_INTERVAL_MS,
+                "stats_cb": self._on_stats,
             }
         )
         pattern = "^" + re.escape(settings.kafka_topic_prefix) + ".*"
@@ -193,8 +201,35 @@ class KafkaFrames:
         consumer.assign(partitions)
         self.after_assign()
 
+    def _on_stats(self, text: str) -> None:
+        """`sentinel_kafka_consumer_lag_messages` per assigned partition: the high watermark
+        minus the next offset handed to the engine (committed offset before the first)."""
+        try:
+            topics = json.loads(text).get("topics", {})
+        except ValueError:
+            return
+        assigned = set(self.assigned)
+        for topic, info in topics.items():
+            for key, part in info.get("partitions", {}).items():
+                partition = int(key)
+                if partition < 0 or (topic, partition) not in assigned:
+                    continue
+                high, read = part.get("hi_offset", -1), part.get("app_offset", -1)
+                if read < 0:
+                    read = part.get("committed_offset", -1)
+                if high >= 0 and read >= 0:
+                    lag = max(0, high - read)
+                elif high >= 0:
+                    lag = max(0, part.get("consumer_lag", 0))
+                else:
+                    continue
+                metrics.KAFKA_LAG.labels(topic, str(partition)).set(lag)
+
     def _on_revoke(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         log.info("revoking %s", [(tp.topic, tp.partition) for tp in partitions])
+        for tp in partitions:  # another consumer reports these now
+            with contextlib.suppress(KeyError):
+                metrics.KAFKA_LAG.remove(tp.topic, str(tp.partition))
         self.before_revoke()
         self.assigned = []
 

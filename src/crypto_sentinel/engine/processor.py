@@ -190,6 +190,7 @@ class Engine:
         stats.gap_records += _add(accepted.gaps, pending.gaps, pending.gap_tables)
         stats.trades += _add(accepted.trades, pending.trades, pending.trade_tables)
         stats.tickers += _add(accepted.tickers, pending.tickers, pending.ticker_tables)
+        metrics.count_chunk(frames, accepted.trades)  # per chunk, one increment per exchange
         for candle in accepted.candles:
             self._add_to_book(candle)
 

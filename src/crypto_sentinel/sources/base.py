@@ -134,6 +134,9 @@ class GapTracker:
     last_ids: dict[str, int] = field(default_factory=dict)
     open_gaps: dict[str, list[Gap]] = field(default_factory=dict)
     advanced_ns: dict[str, int] = field(default_factory=dict)  # product -> when last_ids grew
+    #: product -> receive time of its newest match or heartbeat frame (source freshness;
+    #: Coinbase sends a heartbeat per product every second, so a quiet market stays fresh).
+    last_frame_ns: dict[str, int] = field(default_factory=dict)
     _fresh: dict[str, str] = field(default_factory=dict)  # product -> kind of its next gap
 
     def seed(self, product: str, ranges: list[tuple[int, int]]) -> None:
@@ -163,6 +166,7 @@ class GapTracker:
         product = msg.product_id
         if not isinstance(product, str):
             return
+        self.last_frame_ns[product] = self.status.last_frame_ns or time.time_ns()
         if kind in ("match", "last_match"):
             trade_id = msg.trade_id
             if isinstance(trade_id, int) and trade_id > 0:
