@@ -176,8 +176,9 @@ class Settings(BaseSettings):
 
     # --- serving layer (issue 7): API, hot state and live push ------------------------------
     api_cors_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["*"],
-        description="origins allowed to GET the API from a browser (comma separated; * = any)",
+        default_factory=list,
+        description="origins allowed to read the API from a browser page of another site"
+        " (comma separated; * = any); default none: CORS off",
     )
     api_hot_minutes: int = Field(1510, ge=60, le=20_160)  # 1-min candles in memory (300 x 5m)
     api_warmup_seconds: float = Field(30.0, gt=0, le=3600)  # budget to rebuild hot state

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -99,16 +100,16 @@ async def test_ticker_from_memory_last_trade_or_lake(
     assert (await client.get("/v1/products/NU-GBP/ticker")).json() == fresh
 
 
-async def test_cors_allows_any_origin_to_get_by_default(
-    api: tuple[httpx.AsyncClient, Pipeline],
-) -> None:
+async def test_cors_is_off_by_default(api: tuple[httpx.AsyncClient, Pipeline]) -> None:
+    """No other site's page may read the API unless api_cors_origins says so."""
     client, _ = api
-    r = await client.get("/latest", headers={"Origin": "https://dashboard.example"})
-    assert r.headers["access-control-allow-origin"] == "*"
+    for path in ("/latest", "/latest?limit=5", "/health", "/v1/products"):
+        r = await client.get(path, headers={"Origin": "https://evil.example"})
+        assert r.status_code == 200
+        assert not any(h.startswith("access-control-") for h in r.headers), (path, r.headers)
     preflight = {"Origin": "https://x.example", "Access-Control-Request-Method": "GET"}
-    assert (await client.options("/v1/products", headers=preflight)).status_code == 200
-    preflight["Access-Control-Request-Method"] = "POST"
-    assert (await client.options("/v1/products", headers=preflight)).status_code == 400
+    r = await client.options("/v1/products", headers=preflight)
+    assert r.status_code == 405 and "access-control-allow-origin" not in r.headers
 
 
 async def test_cors_origins_are_configurable(lake: Path) -> None:
@@ -117,6 +118,12 @@ async def test_cors_origins_are_configurable(lake: Path) -> None:
         assert r.headers["access-control-allow-origin"] == "https://ok.example"
         r = await client.get("/latest", headers={"Origin": "https://evil.example"})
         assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+        r = await client.get("/latest?limit=5", headers={"Origin": "https://ok.example"})
+        assert r.headers["access-control-allow-origin"] == "https://ok.example"  # fast path
+        preflight = {"Origin": "https://ok.example", "Access-Control-Request-Method": "GET"}
+        assert (await client.options("/v1/products", headers=preflight)).status_code == 200
+        preflight["Access-Control-Request-Method"] = "POST"
+        assert (await client.options("/v1/products", headers=preflight)).status_code == 400
 
 
 async def test_metrics_cover_ingest_lag_batches_api_and_push(
@@ -159,6 +166,10 @@ async def test_health_and_ready_say_what_is_wrong(lake: Path) -> None:
         assert health["status"] == "degraded"
         assert any(reason.startswith("source not connected") for reason in health["reasons"])
         assert health["source"]["connected"] is False
+        # The cause by kind; where it tried (address, port) stays in the log.
+        port = dead.rsplit(":", 1)[1]
+        for body in (r.text, (await client.get("/health")).text):
+            assert "127.0.0.1" not in body and port not in body, body
 
 
 async def test_health_is_ok_and_ready_when_live(
@@ -184,5 +195,48 @@ async def test_latest_fast_path_answers_like_the_route(
         assert fast.status_code == routed.status_code == 200
         assert fast.content == routed.content and fast.json()["data"]
         assert fast.headers["content-type"] == routed.headers["content-type"]
-    r = await client.get("/latest?limit=5", headers={"Origin": "https://x.example"})
-    assert r.headers["access-control-allow-origin"] == "*"  # CORS still applies
+
+
+def get_routes(pipeline: Pipeline) -> list[str]:
+    """Every GET route of the running app, with a product that exists in its path."""
+    assert pipeline.server is not None
+    app = pipeline.server.config.app
+    documented = [p for p, ops in app.openapi()["paths"].items() if "get" in ops]
+    paths = ["/", "/docs", "/redoc", "/openapi.json"]
+    for path in map(lambda p: p.replace("{product_id}", "NU-GBP"), documented):
+        paths.append(path + ("?product_ids=NU-GBP" if path.endswith("/sse") else ""))
+    assert {"/", "/health", "/latest", "/v1/products"} <= set(paths), paths
+    return paths
+
+
+async def test_head_works_wherever_get_does(api: tuple[httpx.AsyncClient, Pipeline]) -> None:
+    client, pipeline = api
+    for path in get_routes(pipeline):
+        head = await client.head(path)
+        if "/sse" in path:  # a stream: HEAD gets its headers and ends
+            assert head.status_code == 200 and head.content == b"", path
+            assert head.headers["content-type"].startswith("text/event-stream")
+            continue
+        got = await client.get(path)
+        assert head.status_code == got.status_code == 200, (path, head.status_code)
+        assert head.content == b"", path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+    assert (await client.head("/v1/products/NOPE-USD/ticker")).status_code == 404
+    assert (await client.get("/health")).status_code == 200  # the server is still fine
+
+
+async def test_public_responses_hold_no_paths_or_host_names(
+    api: tuple[httpx.AsyncClient, Pipeline], lake: Path
+) -> None:
+    """Operator detail (the lake's folder, the source's address, this host) stays in logs."""
+    client, pipeline = api
+    secrets = {str(lake), str(lake.parent), socket.gethostname(), "127.0.0.1"}
+    secrets |= {str(Path.cwd()), str(Path.home())} - {"/"}
+    for path in get_routes(pipeline):
+        if "/sse" in path:
+            continue
+        body = (await client.get(path)).text
+        for secret in secrets:
+            assert secret not in body, (path, secret)
+    health = (await client.get("/health")).json()
+    assert health["lake"] == "local folder" and "url" not in health["source"]

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crypto_sentinel import __version__, metrics
@@ -37,6 +38,44 @@ Prices and sizes are exact decimal strings. Recent data comes from memory, histo
 lake. Live push: WebSocket `/v1/stream` (send `{"type": "subscribe", "product_ids":
 ["BTC-USD"], "channels": ["trades", "ticker", "candles:60"]}`) or SSE `/v1/stream/sse`.
 """
+
+
+class HeadAsGet:
+    """Pure ASGI middleware: `HEAD` answers wherever `GET` does (monitoring probes use it).
+
+    The app sees a GET; the client gets its status and headers (Content-Length included)
+    and no body. A streaming answer (SSE) ends after its headers: the app is told the
+    client left."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        finished = False
+
+        async def head_receive() -> Message:
+            if finished:
+                return {"type": "http.disconnect"}
+            return await receive()
+
+        async def head_send(message: Message) -> None:
+            nonlocal finished
+            if finished:  # a stream goes on: as if the client left (Starlette stops it)
+                raise OSError("HEAD: the response ended after its headers")
+            if message["type"] == "http.response.body":
+                finished = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            await send(message)
+
+        try:
+            await self.app({**scope, "method": "GET"}, head_receive, head_send)
+        except (OSError, ClientDisconnect):
+            if not finished:
+                raise
 
 
 class Timing:
@@ -88,7 +127,7 @@ def create_app(
     ready: Callable[[], bool],
     *,
     hub: Hub | None = None,
-    cors_origins: Sequence[str] = ("*",),
+    cors_origins: Sequence[str] = (),
 ) -> FastAPI:
     """The API over `state` and `reader`. Register `hub.on_chunk` as an engine listener (after
     the hot state's) for live push; without a hub one with default limits is made."""
@@ -109,12 +148,14 @@ def create_app(
     )
     app.state.ctx = ctx
     app.add_middleware(latest.LatestFastPath, ctx=ctx)  # innermost: CORS and timing apply
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=list(cors_origins),
-        allow_methods=["GET"],
-        expose_headers=["CB-BEFORE", "CB-AFTER"],
-    )
+    if cors_origins:  # off unless origins are configured: no other site reads the API
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "HEAD"],
+            expose_headers=["CB-BEFORE", "CB-AFTER"],
+        )
+    app.add_middleware(HeadAsGet)
     app.add_middleware(Timing)
 
     @app.exception_handler(RequestValidationError)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import APIRouter
@@ -20,12 +21,49 @@ STALE_SECONDS = 30.0
 BACKFILL_BEHIND_SECONDS = 60.0
 
 
+_KAFKA_CODE = re.compile(r"code=(\w+)")
+
+
+def public_error(text: str) -> str:
+    """What an error string may say in a public response: its kind, never the addresses,
+    host names or paths it carries (the full text is in the process's log)."""
+    if not text:
+        return ""
+    code = _KAFKA_CODE.search(text)
+    if code:
+        return code.group(1)
+    kind = text.split(":", 1)[0].strip()
+    return kind if kind.isidentifier() else "error (details in the log)"
+
+
+def public_status(status: dict[str, Any]) -> dict[str, Any]:
+    """`status` without operator detail: no lake path, no source URL, errors by kind only."""
+    out = dict(status)
+    lake = out.pop("lake", None)
+    if lake is not None:
+        out["lake"] = "object storage" if "://" in str(lake) else "local folder"
+    src = out.get("source")
+    if isinstance(src, dict):
+        src = {k: v for k, v in src.items() if k != "url"}
+        for key in ("last_error", "last_disconnect"):
+            if key in src:
+                src[key] = public_error(str(src[key] or ""))
+        out["source"] = src
+    producer = out.get("kafka_producer")
+    if isinstance(producer, dict) and "last_error" in producer:
+        out["kafka_producer"] = {
+            **producer,
+            "last_error": public_error(str(producer["last_error"] or "")),
+        }
+    return out
+
+
 def health_reasons(status: dict[str, Any]) -> list[str]:
     reasons = []
     src = status.get("source")
     if isinstance(src, dict) and not src.get("finished"):
         if not src.get("connected"):
-            error = src.get("last_error") or "no connection yet"
+            error = public_error(src.get("last_error") or "") or "no connection yet"
             reasons.append(f"source not connected: {error}")
         else:
             age = src.get("last_frame_age_seconds")
@@ -51,7 +89,7 @@ def router(ctx: ApiContext) -> APIRouter:
         responses={200: {"model": Health}},
     )
     async def health() -> JSONResponse:
-        status = ctx.status()
+        status = public_status(ctx.status())
         reasons = health_reasons(status)
         state = ctx.state
         body = {
@@ -79,7 +117,7 @@ def router(ctx: ApiContext) -> APIRouter:
         reasons = []
         if not ctx.ready():
             reasons.append("source not live yet")
-            reasons += health_reasons(ctx.status())
+            reasons += health_reasons(public_status(ctx.status()))
         ok = not reasons
         return JSONResponse({"ready": ok, "reasons": reasons}, status_code=200 if ok else 503)
 
