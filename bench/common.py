@@ -131,8 +131,14 @@ class RssPeak(threading.Thread):
         self.pid, self.interval, self.peak = pid, interval, 0.0
 
     def run(self) -> None:
-        while (mb := rss_mb(self.pid)) > 0:  # 0: gone, or a zombie waiting to be reaped
-            self.peak = max(self.peak, mb)
+        seen = False
+        while True:
+            mb = rss_mb(self.pid)  # 0: not exec'd yet, gone, or a zombie waiting to be reaped
+            if mb > 0:
+                seen = True
+                self.peak = max(self.peak, mb)
+            elif seen or not os.path.exists(f"/proc/{self.pid}"):
+                return
             time.sleep(self.interval)
 
 

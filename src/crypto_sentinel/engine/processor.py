@@ -108,6 +108,7 @@ class Engine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-writer")
         self._inflight: Future[CommitResult] | None = None
         self.on_commit: list[Callable[[Batch], None]] = []
+        self._rederiving = False  # feeding bronze through again at start (not new input)
 
     def load_state(self, reader: LakeReader, owns: Callable[[str], bool] | None = None) -> None:
         """Learn what the lake already holds so replays and reconnects never duplicate rows,
@@ -133,20 +134,24 @@ class Engine:
         lake = self.writer.lake
         commits = recovery.in_doubt(lake, self.writer.tables[T.BRONZE.name], owns)
         stats = replace(self.stats)  # counters describe the input, not the recovery
+        self._rederiving = True  # ... and so do the metrics
         pending, self._pending = self._pending, Batch(version=0)
-        for commit in commits:
-            self.process_frames(list(recovery.frames_of(lake, commit)))
-            batch = self.cut(version=max(commit.txns.values()))
-            if batch is None:
-                continue
-            batch.frames = []  # bronze holds them: that is where they came from
-            batch.positions = {}
-            batch.txns = {app: v for app, v in commit.txns.items() if owns(app)}
-            result = self.writer.commit(batch)
-            self.committed(batch, result)
-            metrics.REDERIVED_BATCHES.inc()
-        self.stats = stats
-        self._pending = pending
+        try:
+            for commit in commits:
+                self.process_frames(list(recovery.frames_of(lake, commit)))
+                batch = self.cut(version=max(commit.txns.values()))
+                if batch is None:
+                    continue
+                batch.frames = []  # bronze holds them: that is where they came from
+                batch.positions = {}
+                batch.txns = {app: v for app, v in commit.txns.items() if owns(app)}
+                result = self.writer.commit(batch)
+                self.committed(batch, result)
+                metrics.REDERIVED_BATCHES.inc()
+        finally:
+            self.stats = stats
+            self._rederiving = False
+            self._pending = pending
         return len(commits)
 
     def trade_id_ranges(self, exchange: str) -> dict[str, list[tuple[int, int]]]:
@@ -190,7 +195,8 @@ class Engine:
         stats.gap_records += _add(accepted.gaps, pending.gaps, pending.gap_tables)
         stats.trades += _add(accepted.trades, pending.trades, pending.trade_tables)
         stats.tickers += _add(accepted.tickers, pending.tickers, pending.ticker_tables)
-        metrics.count_chunk(frames, accepted.trades)  # per chunk, one increment per exchange
+        if not self._rederiving:  # per chunk, one increment per exchange
+            metrics.count_chunk(frames, accepted.trades)
         for candle in accepted.candles:
             self._add_to_book(candle)
 
