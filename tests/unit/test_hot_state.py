@@ -94,3 +94,12 @@ def test_new_trades_split_per_product_in_chunk_order() -> None:
     assert parts[("coinbase", "ETH-USD")].records() == [trades[0], trades[2]]
     assert as_rows(trades).records(-2) == trades[2:]
     assert as_rows(trades).first() == trades[0]
+
+
+def test_dropped_chunks_raise_complete_from_when_the_rest_just_fills_the_ring() -> None:
+    ring = TradeRing(100, 0)
+    for start in (1, 101, 201):  # 300 waiting ids: the two older chunks go unread
+        ring.add_new(as_rows([trade(i) for i in range(start, start + 100)]), 0)
+    ring.settle()
+    assert [s.trade.trade_id for s in ring] == list(range(201, 301))
+    assert ring.complete_from == 201  # ids 1..200 are not in memory: the lake answers them
