@@ -24,11 +24,10 @@ from typing import Any
 from crypto_sentinel import metrics
 from crypto_sentinel.engine.candles import Candle, minute_start
 from crypto_sentinel.engine.chunks import ChunkNews
-from crypto_sentinel.engine.records import NewTrades
+from crypto_sentinel.engine.records import NewTrades, Pair
 from crypto_sentinel.model import Ticker, Trade
 
 MINUTE = timedelta(minutes=1)
-Pair = tuple[str, str]  # exchange, product_id
 
 
 @dataclass(slots=True)
