@@ -68,7 +68,9 @@ class Settings(BaseSettings):
     idle_timeout: float = Field(10.0, gt=0, le=600, description="reconnect after this quiet")
     backoff_cap: float = Field(30.0, gt=0, le=600, description="longest reconnect delay (s)")
     replay_speed: str = "max"
-    replay_exchange: str = "coinbase"
+    replay_exchange: str = Field(
+        "coinbase", description="lake name whose codec reads the recording (coinbase, binance, …)"
+    )
 
     bus: str = Field("memory", pattern="^(memory|kafka)$", description="memory | kafka")
     kafka_bootstrap: str = "127.0.0.1:9092"
@@ -81,6 +83,15 @@ class Settings(BaseSettings):
 
     hot_trades_per_product: int = Field(1000, ge=50, le=1_000_000)
     log_level: str = "INFO"
+
+    @field_validator("replay_exchange")
+    @classmethod
+    def _known_exchange(cls, value: str) -> str:
+        from crypto_sentinel.sources.venues import VENUES, venue_of
+
+        if venue_of(value) is None:
+            raise ValueError(f"no codec for exchange {value!r}; known: {', '.join(VENUES)}")
+        return value
 
     @field_validator("products", mode="before")
     @classmethod

@@ -8,11 +8,12 @@ from decimal import Decimal
 from pathlib import Path
 
 import pyarrow.compute as pc
+import pytest
 
 from crypto_sentinel.config import load_settings
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.runtime import Pipeline
-from tests.conftest import COINBASE_DATA, free_port, read_table
+from tests.conftest import COINBASE_DATA, SHARED, free_port, read_table
 
 SESSION = COINBASE_DATA / "session.recv_ts.ndjson"
 
@@ -109,3 +110,52 @@ async def test_malformed_frames_are_quarantined_and_good_data_kept(
     for part in ("invalid JSON", "Expected `int`", "unknown message type", "size must be > 0"):
         assert part in reasons
     assert {q["frame"] for q in quarantine} >= {"{not json", "[]"}
+
+
+def expected_venue_trades(exchange: str, path: Path) -> dict[tuple[str, int], tuple]:
+    """Independent reading of another venue's recording with plain json and Decimal."""
+    out: dict[tuple[str, int], tuple] = {}
+    for line in path.read_text().splitlines():
+        msg = json.loads(line)
+        if "raw" in msg:
+            msg = json.loads(msg["raw"])
+        if exchange == "binance":
+            d = msg["data"]
+            if d.get("e") == "aggTrade":
+                base, quote = d["s"][:-4], d["s"][-4:]
+                if quote not in ("USDT", "BUSD"):
+                    base, quote = d["s"][:-3], d["s"][-3:]
+                side = "sell" if d["m"] else "buy"
+                out[(f"{base}-{quote}", d["a"])] = (Decimal(d["p"]), Decimal(d["q"]), side)
+        elif msg.get("channel") == "market_trades":
+            for event in msg["events"]:
+                for t in event["trades"]:
+                    side = "sell" if t["side"] == "BUY" else "buy"
+                    key = (t["product_id"], int(t["trade_id"]))
+                    out[key] = (Decimal(t["price"]), Decimal(t["size"]), side)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("exchange", "recording", "count"),
+    [
+        ("binance", "binance/aggTrade_combined_stream.ndjson", 54),
+        ("coinbase-advanced", "coinbase_advanced/session.recv_ts.ndjson", 147),
+    ],
+)
+async def test_other_venue_recordings_replay_to_exactly_their_trades(
+    lake: Path, exchange: str, recording: str, count: int
+) -> None:
+    path = SHARED / "data" / recording
+    settings = load_settings(
+        source=f"replay:{path}", replay_exchange=exchange, lake_dir=lake, port=free_port(),
+        batch_interval_ms=50,
+    )  # fmt: skip
+    await Pipeline(settings).run(with_api=False, install_signals=False)
+    want = expected_venue_trades(exchange, path)
+    assert len(want) == count
+    assert silver_trades(lake) == want
+    assert set(read_table(lake, T.TRADES).column("exchange").to_pylist()) == {exchange}
+    assert read_table(lake, T.QUARANTINE).num_rows == 0
+    candles = read_table(lake, T.CANDLES_1M)
+    assert pc.sum(candles.column("trade_count")).as_py() == count

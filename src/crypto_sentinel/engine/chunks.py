@@ -6,9 +6,10 @@ where shown: `NewTrades`), each product's newest new ticker, and per minute a ca
 chunk's new trades (a delta: merge it into what is known of the minute).
 
 A chunk of `COLUMNAR_FROM` frames or more (a backlog) is decoded column-wise into Arrow
-(`decode_batch`), which costs about a millisecond per chunk plus a few microseconds per frame;
-a live feed's few frames at a time go through the per-frame codec instead. Both give the same
-rows and the same quarantine reasons (tests/unit/test_coinbase_batch.py).
+(each exchange's codec through `sources.venues.decode_frames`; Coinbase's costs about a
+millisecond per chunk plus a few microseconds per frame); a live feed's few frames at a time go
+through the per-frame codec instead. Both give the same rows and the same quarantine reasons
+(tests/unit/test_coinbase_batch.py, tests/unit/test_venue_codecs.py).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from crypto_sentinel.engine.candles import Candle, CandleKey, candles_of, minute
 from crypto_sentinel.engine.dedupe import IdRanges
 from crypto_sentinel.engine.records import NewTrades, ticker_records, unix_us
 from crypto_sentinel.model import GapRecord, RawFrame, Ticker, Trade
-from crypto_sentinel.sources.coinbase_batch import DecodedBatch, decode_batch, decode_storable
-from crypto_sentinel.sources.coinbase_codec import FrameError
+from crypto_sentinel.sources.batch import DecodedBatch
+from crypto_sentinel.sources.codec import FrameError, is_backfill_page
+from crypto_sentinel.sources.venues import decode_frame, decode_frames
 
 
 @dataclass
@@ -68,7 +70,7 @@ class ChunkAcceptor:
     def accept(self, frames: Sequence[RawFrame]) -> Accepted:
         if len(frames) < COLUMNAR_FROM:
             return self._accept_each(frames)
-        decoded = decode_batch(frames)
+        decoded = decode_frames(frames)
         trades, frame_index, duplicates = self._new_trades(decoded)
         tickers, newest = self._new_tickers(decoded, frames)
         candles = candles_of(trades)
@@ -93,14 +95,16 @@ class ChunkAcceptor:
         newest: dict[tuple[str, str], Ticker] = {}
         for index, frame in enumerate(frames):
             try:
-                record = decode_storable(frame)
+                record = decode_frame(frame)
             except FrameError as exc:
                 out.rejected.append((index, str(exc)))
                 continue
             if isinstance(record, Trade):
                 self._new_trade(record, out, deltas)
-            elif isinstance(record, list):  # a REST backfill page: same path as streamed trades
-                out.backfill_pages += 1
+            elif isinstance(
+                record, list
+            ):  # several trades (a REST backfill page, or a venue's batch)
+                out.backfill_pages += is_backfill_page(frame)
                 for trade in record:
                     self._new_trade(trade, out, deltas)
             elif isinstance(record, Ticker):

@@ -9,24 +9,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import msgspec
-
 from crypto_sentinel.engine.dedupe import IdRanges
 from crypto_sentinel.model import RawFrame
+from crypto_sentinel.sources.codec import Sighting
 
 Publish = Callable[[RawFrame], Awaitable[None]]
-
-
-class _Ids(msgspec.Struct):
-    """The fields of a frame the gap tracker looks at; the others are skipped unparsed."""
-
-    type: Any = None
-    product_id: Any = None
-    trade_id: Any = None
-    last_trade_id: Any = None
-
-
-_ids_of = msgspec.json.Decoder(_Ids).decode
 
 
 def new_conn_id() -> str:
@@ -138,6 +125,15 @@ class GapTracker:
     #: Coinbase sends a heartbeat per product every second, so a quiet market stays fresh).
     last_frame_ns: dict[str, int] = field(default_factory=dict)
     _fresh: dict[str, str] = field(default_factory=dict)  # product -> kind of its next gap
+    #: The trade ids a frame shows: the codec of the source's exchange by default.
+    sightings: Callable[[str], list[Sighting]] = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.sightings is None:
+            from crypto_sentinel.sources.venues import codec_for
+
+            codec = codec_for(self.status.exchange)
+            self.sightings = codec.sightings if codec is not None else lambda text: []
 
     def seed(self, product: str, ranges: list[tuple[int, int]]) -> None:
         """Start from what the lake holds: holes between stored ranges are start-up gaps,
@@ -156,25 +152,11 @@ class GapTracker:
 
     def observe(self, text: str) -> None:
         """Cheap look at a frame for trade ids (full validation happens in the engine)."""
-        if '"match"' not in text and '"last_match"' not in text and '"heartbeat"' not in text:
-            return  # cannot be of a type that carries ids (tickers are half the frames)
-        try:
-            msg = _ids_of(text)
-        except msgspec.DecodeError:  # not JSON, or not an object
-            return
-        kind = msg.type
-        product = msg.product_id
-        if not isinstance(product, str):
-            return
-        self.last_frame_ns[product] = self.status.last_frame_ns or time.time_ns()
-        if kind in ("match", "last_match"):
-            trade_id = msg.trade_id
-            if isinstance(trade_id, int) and trade_id > 0:
-                self._see(product, trade_id, trade_id - 1, "trade_id", carries_trade=True)
-        elif kind == "heartbeat":
-            last = msg.last_trade_id
-            if isinstance(last, int) and last > 0:
-                self._see(product, last, last, "heartbeat", carries_trade=False)
+        for seen in self.sightings(text):
+            product = seen.product_id
+            self.last_frame_ns[product] = self.status.last_frame_ns or time.time_ns()
+            if seen.newest > 0:
+                self._see(product, seen.newest, seen.covered, seen.kind, seen.carries_trade)
 
     def _see(self, product: str, newest: int, covered: int, kind: str, carries_trade: bool) -> None:
         """`newest` exists at the exchange; ids up to `covered` should have reached us.

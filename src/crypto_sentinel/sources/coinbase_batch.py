@@ -22,7 +22,6 @@ Measured alternatives and numbers: `bench/decode.py`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import compress
 from typing import Any
@@ -33,33 +32,17 @@ import pyarrow.compute as pc
 
 from crypto_sentinel.config import PRODUCT_RE
 from crypto_sentinel.lake import tables as T
-from crypto_sentinel.model import SCALE, GapRecord, Heartbeat, RawFrame, Ticker, Trade
+from crypto_sentinel.model import SCALE, RawFrame
 from crypto_sentinel.sources import coinbase_codec as codec
+from crypto_sentinel.sources.batch import INT64, DecodedBatch, decode_into, storable
 from crypto_sentinel.sources.coinbase_codec import (
     MAX_INTEGER_DIGITS,
     MAX_SKEW_SECONDS,
-    FrameError,
+    Decoded,
     decode,
 )
 
 __all__ = ["DecodedBatch", "decode_batch", "decode_storable"]
-
-
-@dataclass
-class DecodedBatch:
-    """One micro-batch as Arrow tables; each row carries the input position of its frame."""
-
-    frames: int
-    trades: pa.Table  # T.TRADES.schema, in frame order (a backfill page's trades in page order)
-    trade_frames: pa.Int32Array  # index in the input of each trade row's frame
-    tickers: pa.Table  # T.TICKERS.schema, in frame order
-    ticker_frames: pa.Int32Array
-    gaps: pa.Table  # T.GAPS.schema
-    gap_frames: pa.Int32Array
-    heartbeats: list[tuple[int, Heartbeat]] = field(default_factory=list)
-    rejected: list[tuple[int, str]] = field(default_factory=list)  # (index, quarantine reason)
-    backfill_pages: int = 0  # `rest_trades` frames decoded (their trades are in `trades`)
-    control: int = 0  # frames that carry no record (subscription acks)
 
 
 _MATCH_KINDS = frozenset((codec._Match, codec._LastMatch))
@@ -83,7 +66,6 @@ _TAKER_SIDES = pa.array(["sell", "buy"])  # Coinbase reports the maker's side
 #: The codec's `_PLAIN_AMOUNT` for RE2 (`$` is the end of the text); only for batches that
 #: hold a malformed amount, to find which rows.
 _PLAIN = rf"^0*[0-9]{{1,{MAX_INTEGER_DIGITS}}}(?:\.[0-9]{{1,{SCALE}}})?$"
-_INT64 = (-(2**63), 2**63 - 1)
 #: Trades stamped within this margin of the skew limit are left to `decode()`, whose float
 #: arithmetic decides; the columns are checked in exact integer microseconds.
 _SKEW_LIMIT_US = int(MAX_SKEW_SECONDS * 1_000_000) - 1_000
@@ -190,7 +172,7 @@ class _Rows:
         try:
             self.columns[name] = pa.array(values, pa.int64())
         except OverflowError:
-            lo, hi = _INT64
+            lo, hi = INT64
             fits = [v is None or lo <= v <= hi for v in values]
             self.bad.update(i for i, ok in zip(idx, fits, strict=True) if not ok)
             self.columns[name] = pa.array(
@@ -417,118 +399,11 @@ def _utc_timestamps(values: Sequence[datetime]) -> tuple[pa.Array, pa.Array | No
 # --- the slow path: `decode()` per frame, its records turned into the same rows ---------------
 
 
-def _slow_path(frames: Sequence[RawFrame], slow: list[int], out: DecodedBatch) -> None:
-    """Decode the left-over frames one by one and merge their rows in frame order."""
-    trades: list[tuple[int, Trade]] = []
-    tickers: list[tuple[int, Ticker]] = []
-    gaps: list[tuple[int, GapRecord]] = []
-    for i in slow:
-        try:
-            record = decode_storable(frames[i])
-        except FrameError as exc:
-            out.rejected.append((i, str(exc)))
-            continue
-        if isinstance(record, Trade):
-            trades.append((i, record))
-        elif isinstance(record, list):
-            trades.extend((i, t) for t in record)
-            out.backfill_pages += 1
-        elif isinstance(record, Ticker):
-            tickers.append((i, record))
-        elif isinstance(record, Heartbeat):
-            out.heartbeats.append((i, record))
-        elif isinstance(record, GapRecord):
-            gaps.append((i, record))
-        else:
-            out.control += 1
-    if trades:
-        extra = _trades_table([t for _, t in trades])
-        out.trades, out.trade_frames = _merge(out.trades, out.trade_frames, extra, trades)
-    if tickers:
-        extra = _tickers_table([t for _, t in tickers])
-        out.tickers, out.ticker_frames = _merge(out.tickers, out.ticker_frames, extra, tickers)
-    if gaps:
-        out.gaps = _gaps_table([g for _, g in gaps])
-        out.gap_frames = pa.array([i for i, _ in gaps], pa.int32())
-
-
-def _merge(
-    table: pa.Table, frame_idx: pa.Int32Array, extra: pa.Table, rows: list[tuple[int, Any]]
-) -> tuple[pa.Table, pa.Int32Array]:
-    extra_idx = pa.array([i for i, _ in rows], pa.int32())
-    if not len(frame_idx):
-        return extra, extra_idx
-    idx = pa.concat_arrays([frame_idx, extra_idx])
-    order = pc.sort_indices(idx)  # stable: rows of one frame keep their order
-    return pa.concat_tables([table, extra]).take(order), idx.take(order)
-
-
-_INT_FIELDS: dict[type, tuple[str, ...]] = {
-    Trade: ("trade_id", "sequence"),
-    Ticker: ("sequence", "trade_id"),
-    GapRecord: ("first_missing_id", "last_missing_id", "missing", "backfilled"),
-}
-
-
-def decode_storable(frame: RawFrame) -> codec.Decoded:
+def decode_storable(frame: RawFrame) -> Decoded:
     """`decode()` for one frame, also refusing what the lake cannot store (an int beyond int64)
     with the reason `decode_batch` gives: the engine's path for a few frames at a time."""
-    record = decode(frame)
-    reason = _unstorable(record)
-    if reason is not None:
-        raise FrameError(reason)
-    return record
+    return storable(frame, decode)
 
 
-def _unstorable(record: object) -> str | None:
-    """Why a record the codec accepted cannot be a lake row (an int beyond int64), if so."""
-    if isinstance(record, list):
-        for trade in record:
-            reason = _unstorable(trade)
-            if reason is not None:
-                return f"trade {trade.trade_id} of the REST page: {reason}"
-        return None
-    lo, hi = _INT64
-    for name in _INT_FIELDS.get(type(record), ()):
-        value = getattr(record, name)
-        if value is not None and not lo <= value <= hi:
-            return f"{name} {value} does not fit a 64-bit signed integer"
-    return None
-
-
-def _recv_us(ns: list[int]) -> pa.Array:
-    return pc.divide(pa.array(ns, pa.int64()), 1000).cast(T.UTC_TS)
-
-
-def _records_table(records: Sequence[Any], schema: pa.Schema, time: str) -> pa.Table:
-    """Rows of codec records, converted as `lake.writer`'s table builders do: `Decimal`
-    values directly, decimal text (tickers) by an Arrow cast."""
-    times = pa.array([getattr(r, time) for r in records], T.UTC_TS)
-    columns: dict[str, Any] = {}
-    for name in schema.names:
-        typ = schema.field(name).type
-        if name == time:
-            columns[name] = times
-        elif name == "recv_time":
-            columns[name] = _recv_us([r.recv_ns for r in records])
-        elif name == "date":
-            columns[name] = times.cast(pa.date32())
-        else:
-            values = [getattr(r, name) for r in records]
-            if pa.types.is_decimal(typ) and isinstance(records[0], Ticker):
-                columns[name] = pc.cast(pa.array(values, pa.string()), typ)
-            else:
-                columns[name] = pa.array(values, typ)
-    return pa.table(columns, schema=schema)
-
-
-def _trades_table(trades: Sequence[Trade]) -> pa.Table:
-    return _records_table(trades, T.TRADES.schema, "time")
-
-
-def _tickers_table(tickers: Sequence[Ticker]) -> pa.Table:
-    return _records_table(tickers, T.TICKERS.schema, "time")
-
-
-def _gaps_table(gaps: Sequence[GapRecord]) -> pa.Table:
-    return _records_table(gaps, T.GAPS.schema, "detected_at")
+def _slow_path(frames: Sequence[RawFrame], slow: list[int], out: DecodedBatch) -> None:
+    decode_into(frames, slow, out, decode)

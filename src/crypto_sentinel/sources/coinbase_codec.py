@@ -6,23 +6,35 @@ Kafka or a replay file exactly as the live source does.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import msgspec
 
-from crypto_sentinel.config import PRODUCT_RE
-from crypto_sentinel.model import SCALE, GapRecord, Heartbeat, RawFrame, Ticker, Trade
+from crypto_sentinel.model import GapRecord, Heartbeat, RawFrame, Ticker, Trade
+from crypto_sentinel.sources.codec import (
+    GAP_KINDS,
+    GAP_OUTCOMES,
+    MAX_INTEGER_DIGITS,
+    MAX_SKEW_SECONDS,
+    Decoded,
+    FrameError,
+    GapFrame,
+    Sighting,
+    gap_record,
+)
+from crypto_sentinel.sources.codec import PLAIN_AMOUNT as _PLAIN_AMOUNT
+from crypto_sentinel.sources.codec import check_amount as _check_amount
+from crypto_sentinel.sources.codec import check_product as _check_product
+from crypto_sentinel.sources.codec import check_time as _check_time
 
-#: A trade stamped this far after we received it is not plausible.
-MAX_SKEW_SECONDS = 3600.0
-MAX_INTEGER_DIGITS = 16
+__all__ = [
+    "GAP_KINDS", "GAP_OUTCOMES", "MAX_INTEGER_DIGITS", "MAX_SKEW_SECONDS", "TAKER_SIDE",
+    "Decoded", "FrameError", "decode",
+]  # fmt: skip
+
 TAKER_SIDE = {"buy": "sell", "sell": "buy"}
-
-
-class FrameError(ValueError):
-    """The frame cannot be used; the message is the quarantine reason."""
 
 
 class _Match(msgspec.Struct, tag_field="type", tag="match", kw_only=True):
@@ -91,17 +103,7 @@ class _RestTrades(msgspec.Struct, tag_field="type", tag="rest_trades", kw_only=T
     trades: list[_RestTrade]
 
 
-class _Gap(msgspec.Struct, tag_field="type", tag="gap", kw_only=True):
-    """A gap record written by our source once its backfill has finished."""
-
-    product_id: str
-    kind: str
-    detected_at: datetime
-    first_missing_id: int | None
-    last_missing_id: int | None
-    missing: int
-    backfilled: int
-    outcome: str
+_Gap = GapFrame
 
 
 class _Envelope(msgspec.Struct):
@@ -111,8 +113,6 @@ class _Envelope(msgspec.Struct):
 _Message = _Match | _LastMatch | _Ticker | _Heartbeat | _Subscriptions | _Error | _RestTrades | _Gap
 _decoder = msgspec.json.Decoder(_Message)
 _envelope = msgspec.json.Decoder(_Envelope)
-
-Decoded = Trade | Ticker | Heartbeat | list[Trade] | GapRecord | None
 
 
 def decode(frame: RawFrame) -> Decoded:
@@ -157,8 +157,6 @@ def _explain(text: str, exc: msgspec.DecodeError) -> str:
 _KNOWN_TYPES = {
     "match", "last_match", "ticker", "heartbeat", "subscriptions", "error", "rest_trades", "gap"
 }  # fmt: skip
-GAP_KINDS = ("disconnect", "trade_id", "heartbeat", "startup")
-GAP_OUTCOMES = ("filled", "partial", "unfilled")
 
 
 def _check_trade(frame: RawFrame, msg: _Match | _RestTrade) -> None:
@@ -191,14 +189,7 @@ def _rest_trade(frame: RawFrame, product_id: str, t: _RestTrade) -> Trade:
 
 
 def _gap(frame: RawFrame, msg: _Gap) -> GapRecord:
-    _check_product(msg.product_id)
-    if msg.kind not in GAP_KINDS or msg.outcome not in GAP_OUTCOMES:
-        raise FrameError(f"bad gap record: kind {msg.kind!r}, outcome {msg.outcome!r}")
-    return GapRecord(
-        frame.exchange, msg.product_id, msg.kind, msg.detected_at, msg.first_missing_id,
-        msg.last_missing_id, msg.missing, msg.backfilled, msg.outcome, frame.recv_ns,
-        frame.conn_id,
-    )  # fmt: skip
+    return gap_record(frame, msg)
 
 
 def _trade(frame: RawFrame, msg: _Match) -> Trade:
@@ -257,44 +248,38 @@ _TICKER_AMOUNTS = (
 )  # fmt: skip
 
 
-#: Product ids already validated: a feed repeats a handful of them on every frame.
-_VALID_PRODUCTS: set[str] = set()
+class _Ids(msgspec.Struct):
+    """The fields of a frame the gap tracker looks at; the others are skipped unparsed."""
+
+    type: Any = None
+    product_id: Any = None
+    trade_id: Any = None
+    last_trade_id: Any = None
 
 
-def _check_product(product_id: str) -> None:
-    if product_id in _VALID_PRODUCTS:
-        return
-    if not PRODUCT_RE.match(product_id):
-        raise FrameError(f"invalid product_id {product_id!r}")
-    if len(_VALID_PRODUCTS) >= 10_000:  # bounded even when a feed invents products
-        _VALID_PRODUCTS.clear()
-    _VALID_PRODUCTS.add(product_id)
+_ids_of = msgspec.json.Decoder(_Ids).decode
 
 
-#: A plain non-negative decimal as the exchange sends it: ASCII digits (`[0-9]`, unlike
-#: `str.isdigit`, takes no "²" or "٣"), at most SCALE places, no absurd integer part.
-_PLAIN_AMOUNT = re.compile(rf"0*[0-9]{{1,{MAX_INTEGER_DIGITS}}}(?:\.[0-9]{{1,{SCALE}}})?")
-
-
-def _check_amount(name: str, text: str, allow_zero: bool = False) -> None:
-    """Validate exact decimal text as sent ("0.00001305") on the string: one C-level match
-    per field (a ticker has eleven); the slow path only says what is wrong."""
-    if _PLAIN_AMOUNT.fullmatch(text) is not None and (allow_zero or text.strip("0.")):
-        return
-    whole, dot, frac = text.partition(".")
-    if not text.isascii() or not whole.isdigit() or (dot and not frac.isdigit()):
-        if text.startswith("-") and not allow_zero:
-            raise FrameError(f"{name} must be > 0, got {text}")
-        raise FrameError(f"{name} is not a plain non-negative decimal: {text!r}")
-    if len(frac) > SCALE:
-        raise FrameError(f"{name} has more than {SCALE} decimal places: {text}")
-    if len(whole.lstrip("0")) > MAX_INTEGER_DIGITS:
-        raise FrameError(f"{name} is absurdly large: {text}")
-    raise FrameError(f"{name} must be > 0, got {text}")
-
-
-def _check_time(frame: RawFrame, time: datetime) -> None:
-    if time.tzinfo is None:
-        raise FrameError("time has no timezone (expected UTC with Z)")
-    if time.timestamp() - frame.recv_ns / 1e9 > MAX_SKEW_SECONDS:
-        raise FrameError(f"time {time.isoformat()} is far in the future of its receipt")
+def sightings(text: str) -> list[Sighting]:
+    """Trade ids a frame shows: a match's own id (ids before it should have arrived), or a
+    heartbeat's last_trade_id (which names the id without carrying the trade). A heartbeat or
+    match with no usable id still shows the product is alive (`newest` 0)."""
+    if '"match"' not in text and '"last_match"' not in text and '"heartbeat"' not in text:
+        return []  # cannot be of a type that carries ids (tickers are half the frames)
+    try:
+        msg = _ids_of(text)
+    except msgspec.DecodeError:  # not JSON, or not an object
+        return []
+    product = msg.product_id
+    if not isinstance(product, str):
+        return []
+    kind = msg.type
+    if kind in ("match", "last_match"):
+        tid = msg.trade_id
+        newest = tid if isinstance(tid, int) and tid > 0 else 0
+        return [Sighting(product, newest, newest - 1, "trade_id", True)]
+    if kind == "heartbeat":
+        last = msg.last_trade_id
+        newest = last if isinstance(last, int) and last > 0 else 0
+        return [Sighting(product, newest, newest, "heartbeat", False)]
+    return []

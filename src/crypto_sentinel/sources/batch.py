@@ -1,0 +1,176 @@
+"""A micro-batch of decoded frames as Arrow tables, shared by every exchange codec.
+
+`decode_each` is the reference way to fill one: each frame through the codec's per-frame
+`decode`, the records turned into lake rows as `lake.writer` does. A codec with a faster
+column-wise decoder (Coinbase: `coinbase_batch`) hands it the frames it cannot vouch for, so
+both ways give the same rows and the same quarantine reasons.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from crypto_sentinel.lake import tables as T
+from crypto_sentinel.model import GapRecord, Heartbeat, RawFrame, Ticker, Trade
+from crypto_sentinel.sources.codec import Decoded, FrameError, is_backfill_page
+
+FrameDecoder = Callable[[RawFrame], Decoded]
+INT64 = (-(2**63), 2**63 - 1)
+
+
+@dataclass
+class DecodedBatch:
+    """One micro-batch as Arrow tables; each row carries the input position of its frame."""
+
+    frames: int
+    trades: pa.Table  # T.TRADES.schema, in frame order (a frame's trades in its order)
+    trade_frames: pa.Int32Array  # index in the input of each trade row's frame
+    tickers: pa.Table  # T.TICKERS.schema, in frame order
+    ticker_frames: pa.Int32Array
+    gaps: pa.Table  # T.GAPS.schema
+    gap_frames: pa.Int32Array
+    heartbeats: list[tuple[int, Heartbeat]] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (index, quarantine reason)
+    backfill_pages: int = 0  # `rest_trades` frames decoded (their trades are in `trades`)
+    control: int = 0  # frames that carry no record (subscription acks)
+
+    @classmethod
+    def empty(cls, frames: int) -> DecodedBatch:
+        none = pa.array([], pa.int32())
+        return cls(
+            frames, T.TRADES.schema.empty_table(), none, T.TICKERS.schema.empty_table(), none,
+            T.GAPS.schema.empty_table(), none,
+        )  # fmt: skip
+
+
+def decode_each(frames: Sequence[RawFrame], decode: FrameDecoder) -> DecodedBatch:
+    """Every frame through the per-frame `decode` (the reference of what a batch holds)."""
+    out = DecodedBatch.empty(len(frames))
+    decode_into(frames, range(len(frames)), out, decode)
+    return out
+
+
+def decode_into(
+    frames: Sequence[RawFrame], which: Sequence[int], out: DecodedBatch, decode: FrameDecoder
+) -> None:
+    """Decode the frames at `which` one by one and merge their rows into `out` in frame
+    order."""
+    trades: list[tuple[int, Trade]] = []
+    tickers: list[tuple[int, Ticker]] = []
+    gaps: list[tuple[int, GapRecord]] = []
+    for i in which:
+        try:
+            record = storable(frames[i], decode)
+        except FrameError as exc:
+            out.rejected.append((i, str(exc)))
+            continue
+        if isinstance(record, Trade):
+            trades.append((i, record))
+        elif isinstance(record, list):
+            trades.extend((i, t) for t in record)
+            out.backfill_pages += is_backfill_page(frames[i])
+        elif isinstance(record, Ticker):
+            tickers.append((i, record))
+        elif isinstance(record, Heartbeat):
+            out.heartbeats.append((i, record))
+        elif isinstance(record, GapRecord):
+            gaps.append((i, record))
+        else:
+            out.control += 1
+    if trades:
+        extra = trades_table([t for _, t in trades])
+        out.trades, out.trade_frames = _merge(out.trades, out.trade_frames, extra, trades)
+    if tickers:
+        extra = tickers_table([t for _, t in tickers])
+        out.tickers, out.ticker_frames = _merge(out.tickers, out.ticker_frames, extra, tickers)
+    if gaps:
+        out.gaps = gaps_table([g for _, g in gaps])
+        out.gap_frames = pa.array([i for i, _ in gaps], pa.int32())
+
+
+def _merge(
+    table: pa.Table, frame_idx: pa.Int32Array, extra: pa.Table, rows: list[tuple[int, Any]]
+) -> tuple[pa.Table, pa.Int32Array]:
+    extra_idx = pa.array([i for i, _ in rows], pa.int32())
+    if not len(frame_idx):
+        return extra, extra_idx
+    idx = pa.concat_arrays([frame_idx, extra_idx])
+    order = pc.sort_indices(idx)  # stable: rows of one frame keep their order
+    return pa.concat_tables([table, extra]).take(order), idx.take(order)
+
+
+_INT_FIELDS: dict[type, tuple[str, ...]] = {
+    Trade: ("trade_id", "sequence"),
+    Ticker: ("sequence", "trade_id"),
+    GapRecord: ("first_missing_id", "last_missing_id", "missing", "backfilled"),
+}
+
+
+def storable(frame: RawFrame, decode: FrameDecoder) -> Decoded:
+    """`decode(frame)`, also refusing what the lake cannot store (an int beyond int64): the
+    engine's path for a few frames at a time."""
+    record = decode(frame)
+    if isinstance(record, list):
+        where = "the REST page" if is_backfill_page(frame) else "the frame"
+        for trade in record:
+            reason = unstorable(trade)
+            if reason is not None:
+                raise FrameError(f"trade {trade.trade_id} of {where}: {reason}")
+        return record
+    reason = unstorable(record)
+    if reason is not None:
+        raise FrameError(reason)
+    return record
+
+
+def unstorable(record: object) -> str | None:
+    """Why a record the codec accepted cannot be a lake row (an int beyond int64), if so."""
+    lo, hi = INT64
+    for name in _INT_FIELDS.get(type(record), ()):
+        value = getattr(record, name)
+        if value is not None and not lo <= value <= hi:
+            return f"{name} {value} does not fit a 64-bit signed integer"
+    return None
+
+
+def recv_us(ns: list[int]) -> pa.Array:
+    return pc.divide(pa.array(ns, pa.int64()), 1000).cast(T.UTC_TS)
+
+
+def _records_table(records: Sequence[Any], schema: pa.Schema, time: str) -> pa.Table:
+    """Rows of codec records, converted as `lake.writer`'s table builders do: `Decimal`
+    values directly, decimal text (tickers) by an Arrow cast."""
+    times = pa.array([getattr(r, time) for r in records], T.UTC_TS)
+    columns: dict[str, Any] = {}
+    for name in schema.names:
+        typ = schema.field(name).type
+        if name == time:
+            columns[name] = times
+        elif name == "recv_time":
+            columns[name] = recv_us([r.recv_ns for r in records])
+        elif name == "date":
+            columns[name] = times.cast(pa.date32())
+        else:
+            values = [getattr(r, name) for r in records]
+            if pa.types.is_decimal(typ) and isinstance(records[0], Ticker):
+                columns[name] = pc.cast(pa.array(values, pa.string()), typ)
+            else:
+                columns[name] = pa.array(values, typ)
+    return pa.table(columns, schema=schema)
+
+
+def trades_table(trades: Sequence[Trade]) -> pa.Table:
+    return _records_table(trades, T.TRADES.schema, "time")
+
+
+def tickers_table(tickers: Sequence[Ticker]) -> pa.Table:
+    return _records_table(tickers, T.TICKERS.schema, "time")
+
+
+def gaps_table(gaps: Sequence[GapRecord]) -> pa.Table:
+    return _records_table(gaps, T.GAPS.schema, "detected_at")

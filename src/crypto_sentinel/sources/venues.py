@@ -1,0 +1,128 @@
+"""Exchange codecs by name: the one place that knows which venues exist.
+
+Everything downstream (engine, hot state, replay, verify) finds the codec of a frame through
+`codec_for(frame.exchange)`. A frame's exchange is the lake name its rows are stored under: a
+venue (`coinbase`, `binance`, `kraken`, `coinbase-advanced`), or its simulated twin
+(`simulator` for Coinbase Exchange, `simulator-<venue>` for the others), which speaks the
+same protocol but is never mixed with real history. Adding a venue is adding its codec module
+and one line in `_CODECS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from crypto_sentinel.model import RawFrame
+from crypto_sentinel.sources.batch import DecodedBatch, FrameDecoder, decode_each, storable
+from crypto_sentinel.sources.codec import Decoded, FrameError, Sighting
+
+SIMULATED_PREFIX = "simulator-"
+
+
+@dataclass(frozen=True)
+class Codec:
+    venue: str
+    decode: FrameDecoder  # one frame -> record(s); FrameError names what is wrong
+    decode_batch: Callable[[Sequence[RawFrame]], DecodedBatch]  # same rows, many frames
+    sightings: Callable[[str], list[Sighting]]  # trade ids a frame shows (gap tracking)
+
+
+#: venue -> (codec module, module with a column-wise `decode_batch`, or None: frame by frame),
+#: both in crypto_sentinel.sources.
+_CODECS: dict[str, tuple[str, str | None]] = {
+    "coinbase": ("coinbase_codec", "coinbase_batch"),
+    "binance": ("binance_codec", None),
+    "kraken": ("kraken_codec", None),
+    "coinbase-advanced": ("coinbase_advanced_codec", None),
+}
+VENUES = tuple(_CODECS)
+
+
+def venue_of(exchange: str) -> str | None:
+    """The protocol an exchange name speaks (`simulator-binance` -> `binance`), or None."""
+    if exchange == "simulator":
+        return "coinbase"
+    venue = exchange.removeprefix(SIMULATED_PREFIX)
+    return venue if venue in _CODECS else None
+
+
+def simulated_name(venue: str) -> str:
+    """The lake name of a venue's simulated twin."""
+    return "simulator" if venue == "coinbase" else SIMULATED_PREFIX + venue
+
+
+@cache
+def _codec(venue: str) -> Codec:
+    codec_module, batch_module = _CODECS[venue]
+    module = importlib.import_module(f"crypto_sentinel.sources.{codec_module}")
+    decode = module.decode
+    if batch_module is None:
+
+        def decode_batch(frames: Sequence[RawFrame]) -> DecodedBatch:
+            return decode_each(frames, decode)
+
+    else:
+        batch = importlib.import_module(f"crypto_sentinel.sources.{batch_module}")
+        decode_batch = batch.decode_batch
+    return Codec(venue, decode, decode_batch, module.sightings)
+
+
+def codec_for(exchange: str) -> Codec | None:
+    """The codec of an exchange name, or None for a name no codec speaks."""
+    venue = venue_of(exchange)
+    return None if venue is None else _codec(venue)
+
+
+_TABLES = (("trades", "trade_frames"), ("tickers", "ticker_frames"), ("gaps", "gap_frames"))
+
+
+def decode_frames(frames: Sequence[RawFrame]) -> DecodedBatch:
+    """Decode a micro-batch whose frames may come from several exchanges, each with its own
+    codec; rows keep frame order. A frame of an exchange no codec speaks is quarantined."""
+    exchanges = {f.exchange for f in frames}
+    if len(exchanges) == 1:
+        codec = codec_for(next(iter(exchanges)))
+        if codec is not None:
+            return codec.decode_batch(frames)
+    out = DecodedBatch.empty(len(frames))
+    groups: dict[str, list[int]] = {}
+    for i, frame in enumerate(frames):
+        groups.setdefault(frame.exchange, []).append(i)
+    parts = []
+    for exchange, where in groups.items():
+        codec = codec_for(exchange)
+        if codec is None:
+            out.rejected.extend((i, f"unknown exchange {exchange!r}") for i in where)
+            continue
+        part = codec.decode_batch([frames[i] for i in where])
+        parts.append((part, pa.array(where, pa.int32())))
+        out.heartbeats.extend((where[i], hb) for i, hb in part.heartbeats)
+        out.rejected.extend((where[i], reason) for i, reason in part.rejected)
+        out.backfill_pages += part.backfill_pages
+        out.control += part.control
+    out.rejected.sort()
+    out.heartbeats.sort(key=lambda item: item[0])
+    for table, index in _TABLES:
+        rows = [(getattr(p, table), where.take(getattr(p, index))) for p, where in parts]
+        rows = [(t, i) for t, i in rows if len(i)]
+        if rows:
+            merged = pa.concat_tables([t for t, _ in rows])
+            idx = pa.concat_arrays([i for _, i in rows])
+            order = pc.sort_indices(idx)  # stable: rows of one frame keep their order
+            setattr(out, table, merged.take(order))
+            setattr(out, index, idx.take(order))
+    return out
+
+
+def decode_frame(frame: RawFrame) -> Decoded:
+    """One frame through its exchange's codec, refusing what the lake cannot store."""
+    codec = codec_for(frame.exchange)
+    if codec is None:
+        raise FrameError(f"unknown exchange {frame.exchange!r}")
+    return storable(frame, codec.decode)
