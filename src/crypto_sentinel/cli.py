@@ -64,7 +64,10 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 
 def _add_source(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--source", help="coinbase (default; falls back to the simulator) | simulator | replay:PATH"
+        "--source",
+        help="coinbase (default) | binance | kraken | coinbase-advanced, several comma-separated"
+        " (each falls back to its simulator if unreachable) | simulator | simulator-<venue>"
+        " | replay:PATH",
     )
     p.add_argument("--rate", type=float, help="simulator trades/s (default 20)")
     p.add_argument("--seed", type=int, help="simulator seed (default 1)")

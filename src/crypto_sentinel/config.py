@@ -21,6 +21,8 @@ from pydantic_settings import (
 
 PRODUCT_RE = re.compile(r"^[A-Z0-9]{1,12}-[A-Z0-9]{1,12}$")
 SOURCE_KINDS = ("coinbase", "simulator", "replay:PATH")
+#: Live venues a source list may name (each also as `simulator-<venue>`, its simulated twin).
+LIVE_VENUES = ("coinbase", "binance", "kraken", "coinbase-advanced")
 
 
 class ConfigError(ValueError):
@@ -32,12 +34,32 @@ class Settings(BaseSettings):
         env_prefix="SENTINEL_", toml_file="sentinel.toml", extra="forbid", validate_default=True
     )
 
-    source: str = Field("coinbase", description="coinbase | simulator | replay:PATH")
+    source: str = Field(
+        "coinbase",
+        description="coinbase | binance | kraken | coinbase-advanced (several: comma-separated)"
+        " | simulator | simulator-<venue> | replay:PATH",
+    )
     products: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["BTC-USD", "ETH-USD", "SOL-USD"]
     )
     coinbase_ws_url: str = "wss://ws-feed.exchange.coinbase.com"
     coinbase_rest_url: str = "https://api.exchange.coinbase.com"
+    # Other venues; product lists in the normalised BASE-QUOTE form.
+    binance_ws_url: str = "wss://data-stream.binance.vision"  # market data only
+    binance_rest_url: str = "https://data-api.binance.vision"
+    binance_products: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["BTC-USDT", "ETH-USDT", "SOL-USDT"]
+    )
+    kraken_ws_url: str = "wss://ws.kraken.com/v2"
+    kraken_rest_url: str = "https://api.kraken.com"
+    kraken_products: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["BTC-USD", "ETH-USD", "SOL-USD"]
+    )
+    coinbase_advanced_ws_url: str = "wss://advanced-trade-ws.coinbase.com"
+    coinbase_advanced_rest_url: str = "https://api.coinbase.com"
+    coinbase_advanced_products: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["BTC-USD", "ETH-USD", "SOL-USD"]
+    )
     connect_timeout: float = Field(5.0, gt=0, le=120)
     fallback_to_simulator: bool = True
 
@@ -93,14 +115,22 @@ class Settings(BaseSettings):
             raise ValueError(f"no codec for exchange {value!r}; known: {', '.join(VENUES)}")
         return value
 
-    @field_validator("products", mode="before")
+    @field_validator(
+        "products",
+        "binance_products",
+        "kraken_products",
+        "coinbase_advanced_products",
+        mode="before",
+    )
     @classmethod
     def _split_products(cls, value: Any) -> Any:
         if isinstance(value, str):
             value = [p for p in value.replace(" ", "").split(",") if p]
         return value
 
-    @field_validator("products")
+    @field_validator(
+        "products", "binance_products", "kraken_products", "coinbase_advanced_products"
+    )
     @classmethod
     def _check_products(cls, value: list[str]) -> list[str]:
         if not value:
@@ -123,11 +153,19 @@ class Settings(BaseSettings):
     @field_validator("source")
     @classmethod
     def _check_source(cls, value: str) -> str:
-        if value in ("coinbase", "simulator"):
-            return value
         if value.startswith("replay:") and len(value) > len("replay:"):
             return value
-        raise ValueError(f"unknown source {value!r}; use one of {', '.join(SOURCE_KINDS)}")
+        names = [name.strip() for name in value.split(",")]
+        known = (*LIVE_VENUES, "simulator", *(f"simulator-{v}" for v in LIVE_VENUES[1:]))
+        for name in names:
+            if name not in known:
+                raise ValueError(
+                    f"unknown source {name!r}; use {', '.join(LIVE_VENUES)} (several:"
+                    " comma-separated), simulator, simulator-<venue> or replay:PATH"
+                )
+        if len(set(names)) != len(names):
+            raise ValueError(f"source {value!r} names a venue twice")
+        return ",".join(names)
 
     @field_validator("simulator_faults")
     @classmethod
@@ -160,10 +198,27 @@ class Settings(BaseSettings):
 
     @property
     def exchange(self) -> str:
-        """Lake name of the configured source's data (simulated data never says coinbase)."""
+        """Lake name of the (first) configured source's data (simulated data never says
+        coinbase)."""
         if self.source.startswith("replay:"):
             return self.replay_exchange
-        return self.source
+        return self.source_names[0]
+
+    @property
+    def source_names(self) -> list[str]:
+        """The sources to run, each a lake exchange name (`replay:PATH` stays whole)."""
+        return [self.source] if self.source.startswith("replay:") else self.source.split(",")
+
+    def products_for(self, venue: str) -> list[str]:
+        """The products configured for a venue (Coinbase and the simulator: `products`)."""
+        if venue in ("binance", "kraken", "coinbase-advanced"):
+            return list(getattr(self, f"{venue.replace('-', '_')}_products"))
+        return list(self.products)
+
+    def venue_urls(self, venue: str) -> tuple[str, str]:
+        """(WebSocket URL, REST URL) of a live venue."""
+        key = venue.replace("-", "_")
+        return getattr(self, f"{key}_ws_url"), getattr(self, f"{key}_rest_url")
 
     @property
     def lake_path(self) -> Path:

@@ -30,7 +30,7 @@ from crypto_sentinel.api.stream import Hub
 from crypto_sentinel.api.warmup import warm_up
 from crypto_sentinel.bus.kafka import KafkaFrames, KafkaPublisher, ensure_topics, exchange_of
 from crypto_sentinel.bus.memory import MemoryBus
-from crypto_sentinel.config import Settings
+from crypto_sentinel.config import LIVE_VENUES, Settings
 from crypto_sentinel.engine.chunks import ChunkNews
 from crypto_sentinel.engine.hotfeed import HotFeed
 from crypto_sentinel.engine.processor import Engine, FrameSource
@@ -40,8 +40,15 @@ from crypto_sentinel.lake.maintenance import run_maintenance_forever
 from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.lake.writer import LakeWriter
 from crypto_sentinel.sources.base import Publish, Source
-from crypto_sentinel.sources.coinbase import CoinbaseSource
+from crypto_sentinel.sources.feed import FeedSource
 from crypto_sentinel.sources.replay import ReplaySource
+from crypto_sentinel.sources.venues import (
+    DISPLAY_NAMES,
+    SIMULATED_PREFIX,
+    connector_for,
+    simulated_name,
+    venue_of,
+)
 from crypto_sentinel.startup import StartupError, bind_api, check_lake, check_source, lake_problem
 
 #: GIL switch interval (seconds) of a process that serves the API next to the engine.
@@ -108,8 +115,8 @@ class Pipeline:
         self.bus = MemoryBus(settings.bus_capacity)
         self.state = HotState(settings.hot_trades_per_product, hot_minutes=settings.api_hot_minutes)
         self.engine.listeners.append(self.state.on_chunk)
-        self.source: Source | None = None
-        self.simulator: Any = None
+        self.sources: list[Source] = []
+        self.simulators: list[Any] = []
         self.stop_event = asyncio.Event()
         self.started = time.time()
         self.server: _Server | None = None
@@ -117,12 +124,23 @@ class Pipeline:
         self.publisher: KafkaPublisher | None = None
         self.consumer: KafkaFrames | None = None
 
+    @property
+    def source(self) -> Source | None:
+        """The first source (most runs have one)."""
+        return self.sources[0] if self.sources else None
+
+    @property
+    def simulator(self) -> Any:
+        """The first built-in simulator started, if any."""
+        return self.simulators[0] if self.simulators else None
+
     # --- status for /health and /ready ----------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         src = self.source.status.as_dict() if self.source else None
         status: dict[str, Any] = {
             "source": src,
+            "sources": [source.status.as_dict() for source in self.sources],
             "engine": {**self.engine.stats.__dict__, "bus_depth": self.bus.depth()},
             "lake": str(self.lake),
             "bus": self.settings.bus,
@@ -142,23 +160,25 @@ class Pipeline:
 
     def last_frames(self) -> dict[tuple[str, str], int]:
         """(exchange, product) -> receive time of the product's newest frame (freshness)."""
-        source = self.source
-        gaps = getattr(source, "gaps", None)
-        if source is None or gaps is None:
-            return {}
-        exchange = source.status.exchange
-        return {(exchange, product): ns for product, ns in list(gaps.last_frame_ns.items())}
+        out = {}
+        for source in self.sources:
+            gaps = getattr(source, "gaps", None)
+            if gaps is not None:
+                exchange = source.status.exchange
+                out.update({(exchange, p): ns for p, ns in list(gaps.last_frame_ns.items())})
+        return out
 
     def reliability(self) -> dict[str, int]:
-        """The counters that say whether trades were missed (also at /metrics)."""
-        src = self.source.status if self.source else None
+        """The counters that say whether trades were missed (also at /metrics), summed over
+        the sources."""
         stats = self.engine.stats
+        sources = [source.status for source in self.sources]
         return {
-            "reconnects": src.reconnects if src else 0,
-            "gaps": src.gaps if src else 0,
-            "missing_trades": src.missing_trades if src else 0,
-            "backfilled_trades": src.backfilled_trades if src else 0,
-            "unfilled_trades": src.unfilled_trades if src else 0,
+            "reconnects": sum(src.reconnects for src in sources),
+            "gaps": sum(src.gaps for src in sources),
+            "missing_trades": sum(src.missing_trades for src in sources),
+            "backfilled_trades": sum(src.backfilled_trades for src in sources),
+            "unfilled_trades": sum(src.unfilled_trades for src in sources),
             "quarantined_frames": stats.quarantined,
             "duplicate_trades": stats.duplicates,
         }
@@ -169,33 +189,44 @@ class Pipeline:
             return False
         if not self.ingest:
             return True
-        if self.source is None:
+        if not self.sources:
             return False
-        st = self.source.status
-        return st.connected or st.finished
+        return all(src.status.connected or src.status.finished for src in self.sources)
 
     # --- lifecycle -----------------------------------------------------------------------
 
-    async def choose_source(self) -> Source:
-        """The configured source; live Coinbase falls back to the simulator if unreachable."""
+    async def choose_sources(self) -> list[Source]:
+        """The configured sources; a live venue falls back to its simulated twin if it
+        cannot be reached (see `_fallback_if_unreachable`)."""
         s = self.settings
         if s.source.startswith("replay:"):
             speed = None if s.replay_speed == "max" else float(s.replay_speed)
             path = s.source.removeprefix("replay:")
-            return ReplaySource(Path(path), exchange=s.replay_exchange, speed=speed)
-        if s.source == "simulator" and s.simulator_url:
-            log.warning("SIMULATED DATA from %s, stored as exchange 'simulator'", s.simulator_url)
-            return self._coinbase(s.simulator_url, rest_url_of(s.simulator_url), "simulator")
-        if s.source == "simulator":
-            return await self._start_simulator()
-        return self._coinbase(s.coinbase_ws_url, s.coinbase_rest_url, "coinbase")
+            return [ReplaySource(Path(path), exchange=s.replay_exchange, speed=speed)]
+        sources: list[Source] = []
+        for name in s.source_names:
+            if name == "simulator" and s.simulator_url:
+                log.warning(
+                    "SIMULATED DATA from %s, stored as exchange 'simulator'", s.simulator_url
+                )
+                url = s.simulator_url
+                sources.append(self._feed("coinbase", url, rest_url_of(url), "simulator"))
+            elif name == "simulator" or name.startswith(SIMULATED_PREFIX):
+                sources.append(await self._start_simulator(venue_of(name) or "coinbase"))
+            else:
+                sources.append(self._feed(name, *s.venue_urls(name), kind=name))
+        return sources
 
-    def _coinbase(self, url: str, rest_url: str, kind: str, resume: bool = True) -> CoinbaseSource:
-        """A Coinbase-protocol source that starts backfilling from what the lake holds
-        (`resume`; not for a fresh built-in simulator, whose market starts anew)."""
+    def _feed(
+        self, venue: str, url: str, rest_url: str, kind: str, resume: bool = True
+    ) -> FeedSource:
+        """A live feed of `venue` stored as `kind` (the venue, or its simulated twin) that
+        starts backfilling from what the lake holds (`resume`; not for a fresh built-in
+        simulator, whose market starts anew)."""
         s = self.settings
-        source = CoinbaseSource(
-            s.products,
+        source = FeedSource(
+            connector_for(venue),
+            s.products_for(venue),
             url,
             exchange=kind,
             kind=kind,
@@ -217,27 +248,30 @@ class Pipeline:
             return {}
         return {p: r for (ex, p), r in ranges.items() if ex == exchange}
 
-    async def _start_simulator(self) -> CoinbaseSource:
+    async def _start_simulator(self, venue: str = "coinbase") -> FeedSource:
         from crypto_sentinel.simulator import SimulatorServer
 
         s = self.settings
-        self.simulator = SimulatorServer(
-            products=s.products,
+        name = simulated_name(venue)
+        options: dict[str, Any] = {} if venue == "coinbase" else {"venue": venue}
+        simulator = SimulatorServer(
+            products=s.products_for(venue),
             rate=s.simulator_rate,
             seed=s.simulator_seed,
             max_trades=s.simulator_max_trades,
             wait_for_subscriber=True,
             faults=fault_plan(s.simulator_faults),
+            **options,
         )
-        await self.simulator.start()
+        await simulator.start()
+        self.simulators.append(simulator)
         log.warning(
-            "SIMULATED DATA: built-in simulator at %s, %.0f trades/s; stored as exchange"
-            " 'simulator', never mixed with real Coinbase history",
-            self.simulator.ws_url,
-            s.simulator_rate,
-        )
-        ws, rest = self.simulator.ws_url, self.simulator.rest_url
-        return self._coinbase(ws, rest, "simulator", resume=False)
+            "SIMULATED DATA: built-in %s simulator at %s, %.0f trades/s; stored as exchange"
+            " %r, never mixed with real %s history",
+            venue, simulator.ws_url, s.simulator_rate, name, venue,
+        )  # fmt: skip
+        ws, rest = simulator.ws_url, simulator.rest_url
+        return self._feed(venue, ws, rest, name, resume=False)
 
     async def run(self, with_api: bool = True, install_signals: bool = True) -> None:
         loop = asyncio.get_running_loop()
@@ -286,9 +320,9 @@ class Pipeline:
             )
             waiting.add(engine_task)
         done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        if source_task is not None and source_task in done and self.source is not None:
+        if source_task is not None and source_task in done and self.sources:
             source_task.result()  # a source that fails for good is fatal: raise it
-            log.info("source finished (%s frames)", self.source.status.frames)
+            log.info("sources finished (%s frames)", sum(x.status.frames for x in self.sources))
             if not self.settings.source.startswith("replay:") or not with_api:
                 self.stop_event.set()
         ends = {t for t in waiting if t is not source_task}
@@ -317,8 +351,8 @@ class Pipeline:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self.simulator is not None:
-            await self.simulator.stop()
+        for simulator in self.simulators:
+            await simulator.stop()
         log.info("stopped: %s", self.engine.stats)
 
     async def _start_ingest(self, tasks: list[asyncio.Task[Any]]) -> asyncio.Task[None]:
@@ -329,13 +363,20 @@ class Pipeline:
             tasks.append(
                 asyncio.create_task(self.publisher.run_delivery_reports(), name="kafka-delivery")
             )
-        self.source = await self.choose_source()
+        self.sources = await self.choose_sources()
         if self.kafka:
-            await asyncio.to_thread(ensure_topics, self.settings, [self.source.status.exchange])
-        source_task = asyncio.create_task(self.source.run(publish), name="source")
-        if isinstance(self.source, CoinbaseSource) and self.source.status.kind == "coinbase":
-            source_task = await self._fallback_if_unreachable(self.source, source_task, publish)
-        return source_task
+            exchanges = [source.status.exchange for source in self.sources]
+            await asyncio.to_thread(ensure_topics, self.settings, exchanges)
+        feeds = [self._run_source(i, publish) for i in range(len(self.sources))]
+        return asyncio.create_task(_all(feeds), name="source")
+
+    async def _run_source(self, index: int, publish: Publish) -> None:
+        """Run one source; a live venue that cannot be reached is replaced by its twin."""
+        source = self.sources[index]
+        task = asyncio.create_task(source.run(publish), name=f"source-{source.status.exchange}")
+        if isinstance(source, FeedSource) and source.status.kind in LIVE_VENUES:
+            task = await self._fallback_if_unreachable(index, source, task, publish)
+        await task
 
     def _engine_input(self) -> FrameSource:
         if not self.kafka:
@@ -360,7 +401,7 @@ class Pipeline:
         return assigned.__contains__
 
     async def _fallback_if_unreachable(
-        self, live: CoinbaseSource, task: asyncio.Task[None], publish: Publish
+        self, index: int, live: FeedSource, task: asyncio.Task[None], publish: Publish
     ) -> asyncio.Task[None]:
         timeout = self.settings.connect_timeout
         try:
@@ -368,23 +409,26 @@ class Pipeline:
             return task
         except TimeoutError:
             pass
+        venue = live.status.exchange
+        name = DISPLAY_NAMES.get(venue, venue)
         if not self.settings.fallback_to_simulator:
-            log.error("cannot reach Coinbase at %s yet; still retrying", live.url)
+            log.error("cannot reach %s at %s yet; still retrying", name, live.url)
             return task
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         log.warning(
-            "Could not connect to Coinbase at %s within %.0f s (%s). Falling back to the"
+            "Could not connect to %s at %s within %.0f s (%s). Falling back to the"
             " built-in simulator.",
+            name,
             live.url,
             timeout,
             live.status.last_error or "no answer",
         )
-        self.source = await self._start_simulator()
+        twin = self.sources[index] = await self._start_simulator(venue)
         if self.kafka:
-            await asyncio.to_thread(ensure_topics, self.settings, [self.source.status.exchange])
-        return asyncio.create_task(self.source.run(publish), name="source")
+            await asyncio.to_thread(ensure_topics, self.settings, [twin.status.exchange])
+        return asyncio.create_task(twin.run(publish), name=f"source-{twin.status.exchange}")
 
     async def _serve_api(self) -> None:
         s = self.settings
@@ -426,6 +470,20 @@ class Pipeline:
 
     def _exchange_name(self) -> str:
         return self.source.status.exchange if self.source else self.settings.exchange
+
+
+async def _all(coroutines: list[Any]) -> None:
+    """Run sources side by side; the first to fail cancels the others and raises its
+    error."""
+    if len(coroutines) == 1:
+        await coroutines[0]
+        return
+    try:
+        async with asyncio.TaskGroup() as group:
+            for coroutine in coroutines:
+                group.create_task(coroutine)
+    except BaseExceptionGroup as group_error:
+        raise group_error.exceptions[0] from None
 
 
 def rest_url_of(ws_url: str) -> str:

@@ -36,7 +36,7 @@ def test_toml_file_and_flags_win(tmp_path: Path) -> None:
         ("SENTINEL_PRODUCTS", "btc-usd", "not a product id"),
         ("SENTINEL_BATCH_INTERVAL_MS", "fast", "valid integer"),
         ("SENTINEL_BATCH_INTERVAL_MS", "0", "greater than or equal to 10"),
-        ("SENTINEL_SOURCE", "kraken", "unknown source 'kraken'"),
+        ("SENTINEL_SOURCE", "bitstamp", "unknown source 'bitstamp'"),
         ("SENTINEL_PORT", "70000", "less than or equal to 65535"),
         ("SENTINEL_REPLAY_SPEED", "-2", "replay speed"),
     ],

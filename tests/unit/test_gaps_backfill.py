@@ -21,7 +21,13 @@ from crypto_sentinel.simulator.faults import FaultPlan, FaultSpec
 from crypto_sentinel.sources import backfill as backfill_module
 from crypto_sentinel.sources.backfill import Backfiller
 from crypto_sentinel.sources.base import Gap, GapTracker, SourceStatus
-from crypto_sentinel.sources.coinbase import REST_BURST, REST_PAGE_SIZE, REST_RATE, CoinbaseSource
+from crypto_sentinel.sources.coinbase import (
+    COINBASE_TRADES,
+    REST_BURST,
+    REST_PAGE_SIZE,
+    REST_RATE,
+    CoinbaseSource,
+)
 from crypto_sentinel.sources.coinbase_codec import FrameError, decode
 from crypto_sentinel.sources.ratelimit import TokenBucket
 
@@ -172,7 +178,7 @@ class Run:
         self.status = self.tracker.status
         self.filler = Backfiller(
             "http://x", self.status, self.tracker, bucket=TokenBucket(1000, 1000),
-            page_size=page_size, grace=grace, linger=linger, quiet=grace,
+            rest=COINBASE_TRADES, page_size=page_size, grace=grace, linger=linger, quiet=grace,
             transport=httpx.MockTransport(exchange.handle),
         )  # fmt: skip
         self.published: list[RawFrame] = []
@@ -384,7 +390,7 @@ async def test_repeated_heartbeat_does_not_hide_a_gap_while_the_backfill_is_busy
     gaps, _ = tracker()
     exchange = BlockingExchange(held={"ETH-USD"})
     filler = Backfiller(
-        "http://x", gaps.status, gaps, bucket=TokenBucket(1000, 1000), page_size=1000,
+        "http://x", gaps.status, gaps, bucket=TokenBucket(1000, 1000), rest=COINBASE_TRADES,
         transport=httpx.MockTransport(exchange.handle),
     )  # fmt: skip
     published: list[RawFrame] = []

@@ -37,8 +37,9 @@ import bisect
 import itertools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import orjson
@@ -53,6 +54,26 @@ log = logging.getLogger(__name__)
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 POLL_SECONDS = 0.1  # how often the scheduler looks at waiting gaps when nothing is due
 BACKLOG_REFRESH_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class RestTrades:
+    """How a venue serves trades by id over REST: the request for the ids [lo, hi] of a
+    product (None: the venue has no such request, so its gaps are recorded unfilled), the
+    trade ids in a response body, and the page size and rate limit it allows."""
+
+    request: Callable[[str, int, int], tuple[str, dict[str, Any]] | None]
+    ids: Callable[[Any], list[int]]  # the parsed JSON body -> its trade ids
+    page_size: int
+    rate: float
+    burst: int
+
+
+#: For a venue whose REST cannot serve trades by id: its gaps are still recorded, unfilled
+#: unless the missing trades turn up on the stream (a resubscribe snapshot).
+NO_REST = RestTrades(
+    request=lambda product, lo, hi: None, ids=lambda body: [], page_size=1000, rate=1, burst=1
+)
 
 
 @dataclass(frozen=True)
@@ -88,13 +109,15 @@ class Backfiller:
         status: SourceStatus,
         tracker: GapTracker,
         bucket: TokenBucket,
-        page_size: int,
+        rest: RestTrades,
+        page_size: int | None = None,
         grace: float = 1.0,
         linger: float = 5.0,
         quiet: float = 1.5,
         timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        page_size = rest.page_size if page_size is None else page_size
         if page_size < 1:
             raise ValueError("page_size must be >= 1")
         self.rest_url = rest_url.rstrip("/")
@@ -102,6 +125,7 @@ class Backfiller:
         self.tracker = tracker
         self.bucket = bucket
         self.page_size = page_size
+        self.rest = rest
         self.grace = grace
         self.linger = max(linger, grace)
         self.quiet = quiet  # no newer trade id for this long: the product's stream is quiet
@@ -286,8 +310,8 @@ class Backfiller:
     async def fetch(self, client: httpx.AsyncClient, window: Window, publish: Publish) -> None:
         """One request for `window`; every pending missing id in the page counts."""
         product, lo, hi = window.product, window.lo, window.hi
-        params = {"after": hi + 1, "limit": hi - lo + 1}
-        response = await self._get(client, f"/products/{product}/trades", params)
+        request = self.rest.request(product, lo, hi)
+        response = None if request is None else await self._get(client, *request)
         ids: list[int] = []
         if response is not None:
             body = response.text
@@ -295,8 +319,8 @@ class Backfiller:
                 self._frame(f'{{"type":"rest_trades","product_id":"{product}","trades":{body}}}')
             )
             try:
-                ids = sorted(int(t["trade_id"]) for t in orjson.loads(body))
-            except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
+                ids = sorted(self.rest.ids(orjson.loads(body)))
+            except (orjson.JSONDecodeError, TypeError, KeyError, ValueError, AttributeError):
                 log.error("%s: unusable REST trades page (quarantined)", product)
                 ids = []
         # What this request settled: the whole window, unless a shorter page ended early
@@ -377,7 +401,7 @@ class Backfiller:
         self.status.gap_records += 1
 
     async def _get(
-        self, client: httpx.AsyncClient, path: str, params: dict[str, int]
+        self, client: httpx.AsyncClient, path: str, params: dict[str, Any]
     ) -> httpx.Response | None:
         """One rate-limited GET, retried on 429, 5xx and network errors."""
         exchange = self.status.exchange

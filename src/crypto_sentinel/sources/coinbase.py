@@ -1,37 +1,23 @@
 """Coinbase Exchange public WebSocket feed (matches, ticker, heartbeat).
 
-Real network code: the same class talks to wss://ws-feed.exchange.coinbase.com and to our
-simulator. It keeps each raw frame, reconnects with capped, jittered exponential backoff,
-forces a reconnect when the feed goes quiet, refuses frames over a maximum size, finds
-trade-id gaps per product and has them backfilled from REST (sources/backfill.py).
+Real network code: the same source talks to wss://ws-feed.exchange.coinbase.com and to our
+simulator (the shared connection code is sources/feed.py). Heartbeats keep quiet products
+gap-checked; missed trades come back from GET /products/{id}/trades.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import random
-import time
+from typing import Any
 
 import orjson
-import websockets
-from websockets.exceptions import WebSocketException
 
-from crypto_sentinel import metrics
-from crypto_sentinel.model import RawFrame
-from crypto_sentinel.sources.backfill import Backfiller
-from crypto_sentinel.sources.base import GapTracker, Publish, SourceStatus, new_conn_id
-from crypto_sentinel.sources.ratelimit import (
-    COINBASE_PUBLIC_BURST,
-    COINBASE_PUBLIC_RATE,
-    TokenBucket,
-)
+from crypto_sentinel.sources.backfill import RestTrades
+from crypto_sentinel.sources.feed import MAX_FRAME_BYTES, FeedSource
+from crypto_sentinel.sources.ratelimit import COINBASE_PUBLIC_BURST, COINBASE_PUBLIC_RATE
 
-log = logging.getLogger(__name__)
+__all__ = ["MAX_FRAME_BYTES", "CoinbaseConnector", "CoinbaseSource", "subscribe_message"]
 
 CHANNELS = ("matches", "ticker", "heartbeat")
-MAX_FRAME_BYTES = 1 << 20
 #: GET /products/{id}/trades returns at most this many trades per page.
 REST_PAGE_SIZE = 1000
 #: Public REST endpoints: 10 requests/s per IP, bursts of 15 (ratelimit.py has the source).
@@ -45,125 +31,46 @@ def subscribe_message(products: list[str]) -> str:
     return orjson.dumps({"type": "subscribe", "channels": channels}).decode()
 
 
-class CoinbaseSource:
+def _trades_request(product: str, lo: int, hi: int) -> tuple[str, dict[str, Any]]:
+    """Coinbase's cursor: `after=N` returns the trades below N, newest first."""
+    return f"/products/{product}/trades", {"after": hi + 1, "limit": hi - lo + 1}
+
+
+COINBASE_TRADES = RestTrades(
+    request=_trades_request,
+    ids=lambda body: [int(t["trade_id"]) for t in body],
+    page_size=REST_PAGE_SIZE,
+    rate=REST_RATE,
+    burst=REST_BURST,
+)
+
+
+class CoinbaseConnector:
+    #: The heartbeat channel keeps the connection and the gap check alive.
+    keepalive: tuple[float, str] | None = None
+    lifetime: float | None = None
+    rest: RestTrades | None = COINBASE_TRADES
+
+    def url(self, base: str, products: list[str]) -> str:
+        return base
+
+    def subscribe(self, products: list[str]) -> list[str]:
+        return [subscribe_message(products)]
+
+    def check(self, text: str) -> list[str]:
+        return []
+
+    def new_connection(self) -> None:
+        pass
+
+
+class CoinbaseSource(FeedSource):
     def __init__(
         self,
         products: list[str],
         url: str,
         exchange: str = "coinbase",
         kind: str = "coinbase",
-        idle_timeout: float = 10.0,
-        open_timeout: float = 5.0,
-        backoff_cap: float = 30.0,
-        backoff_base: float = 0.5,
-        rest_url: str | None = None,
-        max_frame_bytes: int = MAX_FRAME_BYTES,
-        backfill_grace: float = 1.0,
-        backfill_linger: float = 5.0,
+        **options: Any,
     ) -> None:
-        self.products = products
-        self.url = url
-        self.idle_timeout = idle_timeout
-        self.open_timeout = open_timeout
-        self.backoff_cap = backoff_cap
-        self.backoff_base = backoff_base
-        self.max_frame_bytes = max_frame_bytes
-        self.status = SourceStatus(
-            kind=kind, exchange=exchange, url=url, simulated=kind == "simulator"
-        )
-        self.gaps = GapTracker(self.status)
-        self.backfill = None
-        if rest_url:
-            self.backfill = Backfiller(
-                rest_url,
-                self.status,
-                self.gaps,
-                bucket=TokenBucket(REST_RATE, REST_BURST),
-                page_size=REST_PAGE_SIZE,
-                grace=backfill_grace,
-                linger=backfill_linger,
-            )
-        self.connected = asyncio.Event()
-
-    def seed(self, ranges: dict[str, list[tuple[int, int]]]) -> None:
-        """Trade ids the lake holds per product: start-up backfill starts from them."""
-        for product in self.products:
-            self.gaps.seed(product, ranges.get(product, []))
-
-    async def run(self, publish: Publish) -> None:
-        """Stream forever (until cancelled), reconnecting after any failure."""
-        backfill = None
-        if self.backfill is not None:
-            backfill = asyncio.create_task(self.backfill.run(publish), name="backfill")
-        try:
-            await self._stream(publish)
-        finally:
-            if backfill is not None:
-                backfill.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await backfill
-
-    async def _stream(self, publish: Publish) -> None:
-        failures = 0
-        while True:
-            connections = self.status.connections
-            try:
-                await self._session(publish)
-            except (OSError, TimeoutError, WebSocketException) as exc:
-                self.status.last_error = f"{type(exc).__name__}: {exc}"
-                self.status.last_disconnect = self.status.last_error
-            finally:
-                self.status.connected = False
-            # A connection that worked resets the backoff; repeated failures grow it.
-            failures = 1 if self.status.connections > connections else failures + 1
-            self.status.reconnects += 1
-            metrics.RECONNECTS.labels(self.status.exchange).inc()
-            exp = self.backoff_base * 2 ** min(failures - 1, 16)
-            delay = min(self.backoff_cap, exp) * random.uniform(0.5, 1)
-            log.warning(
-                "%s feed disconnected (%s); reconnecting in %.1fs",
-                self.status.exchange,
-                self.status.last_error or "closed",
-                delay,
-            )
-            await asyncio.sleep(delay)
-
-    async def _session(self, publish: Publish) -> None:
-        async with websockets.connect(
-            self.url,
-            max_size=self.max_frame_bytes,
-            open_timeout=self.open_timeout,
-            ping_interval=20,
-            ping_timeout=20,
-            compression=None,
-        ) as ws:
-            await ws.send(subscribe_message(self.products))
-            conn_id = new_conn_id()
-            self.status.connected = True
-            self.status.connections += 1
-            self.gaps.new_connection(self.products)
-            self.status.last_error = ""
-            self.connected.set()
-            log.info("connected to %s (%s), conn %s", self.url, self.status.exchange, conn_id)
-            seq = 0
-            loop = asyncio.get_running_loop()
-            # One idle timer for the session, moved on at most every `rearm` seconds: a timer
-            # per frame cost more than the rest of receiving it. asyncio.timeout, not
-            # wait_for: on 3.11 wait_for can swallow a cancellation that races with a frame
-            # arriving, and the source would never stop.
-            rearm = min(0.25, self.idle_timeout / 4)  # so idle is noticed within 75-100 %
-            async with asyncio.timeout(self.idle_timeout) as idle:
-                armed = loop.time()
-                while True:
-                    text = await ws.recv()
-                    if isinstance(text, bytes):
-                        text = text.decode("utf-8", errors="replace")
-                    now = time.time_ns()
-                    seq += 1
-                    self.status.frames += 1
-                    self.status.last_frame_ns = now
-                    self.gaps.observe(text)
-                    await publish(RawFrame(self.status.exchange, conn_id, seq, now, text))
-                    if loop.time() - armed > rearm:
-                        armed = loop.time()
-                        idle.reschedule(armed + self.idle_timeout)
+        super().__init__(CoinbaseConnector(), products, url, exchange, kind, **options)

@@ -14,6 +14,7 @@ import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,6 +22,9 @@ import pyarrow.compute as pc
 from crypto_sentinel.model import RawFrame
 from crypto_sentinel.sources.batch import DecodedBatch, FrameDecoder, decode_each, storable
 from crypto_sentinel.sources.codec import Decoded, FrameError, Sighting
+
+if TYPE_CHECKING:
+    from crypto_sentinel.sources.feed import Connector
 
 SIMULATED_PREFIX = "simulator-"
 
@@ -41,7 +45,21 @@ _CODECS: dict[str, tuple[str, str | None]] = {
     "kraken": ("kraken_codec", None),
     "coinbase-advanced": ("coinbase_advanced_codec", None),
 }
+#: venue -> (module, class) of its live feed's `sources.feed.Connector`.
+_CONNECTORS: dict[str, tuple[str, str]] = {
+    "coinbase": ("coinbase", "CoinbaseConnector"),
+    "binance": ("binance", "BinanceConnector"),
+    "kraken": ("kraken", "KrakenConnector"),
+    "coinbase-advanced": ("coinbase_advanced", "CoinbaseAdvancedConnector"),
+}
 VENUES = tuple(_CODECS)
+#: How logs and /v1/exchanges name each venue.
+DISPLAY_NAMES = {
+    "coinbase": "Coinbase",
+    "binance": "Binance",
+    "kraken": "Kraken",
+    "coinbase-advanced": "Coinbase Advanced Trade",
+}
 
 
 def venue_of(exchange: str) -> str | None:
@@ -126,3 +144,11 @@ def decode_frame(frame: RawFrame) -> Decoded:
     if codec is None:
         raise FrameError(f"unknown exchange {frame.exchange!r}")
     return storable(frame, codec.decode)
+
+
+def connector_for(venue: str) -> Connector:
+    """A new live-feed connector for a venue (each source gets its own: some keep state)."""
+    module_name, name = _CONNECTORS[venue]
+    module = importlib.import_module(f"crypto_sentinel.sources.{module_name}")
+    connector: Connector = getattr(module, name)()
+    return connector

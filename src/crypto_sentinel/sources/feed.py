@@ -1,0 +1,216 @@
+"""A live exchange WebSocket feed, whichever the venue: the connection code every venue shares.
+
+It keeps each raw frame, reconnects with capped, jittered exponential backoff, forces a
+reconnect when the feed goes quiet, refuses frames over a maximum size, finds trade-id gaps
+per product (the venue's rule, through its codec) and has them backfilled from REST
+(sources/backfill.py). What differs per venue is a `Connector`: the URL, the subscribe
+messages, an application-level keep-alive, a check of each frame (a sequence break that calls
+for a resubscribe), and how its REST serves trades by id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from typing import Protocol
+
+import websockets
+from websockets.exceptions import WebSocketException
+
+from crypto_sentinel import metrics
+from crypto_sentinel.model import RawFrame
+from crypto_sentinel.sources.backfill import NO_REST, Backfiller, RestTrades
+from crypto_sentinel.sources.base import GapTracker, Publish, SourceStatus, new_conn_id
+from crypto_sentinel.sources.ratelimit import TokenBucket
+
+log = logging.getLogger(__name__)
+
+MAX_FRAME_BYTES = 1 << 20
+
+
+class Connector(Protocol):
+    """What a venue's live feed needs beyond the shared connection code."""
+
+    #: An application-level ping and how often to send it (None: the venue needs none).
+    keepalive: tuple[float, str] | None
+    #: Reconnect after this many seconds (the venue closes older connections), or None.
+    lifetime: float | None
+    #: How the venue's REST serves trades by id (None: none; gaps are recorded unfilled).
+    rest: RestTrades | None
+
+    def url(self, base: str, products: list[str]) -> str:
+        """The URL to connect to (some venues name the streams in it)."""
+        ...
+
+    def subscribe(self, products: list[str]) -> list[str]:
+        """Messages to send after connecting."""
+        ...
+
+    def check(self, text: str) -> list[str]:
+        """Look at a frame on the connection; messages to send in answer (a resubscribe
+        after a sequence break), usually none."""
+        ...
+
+    def new_connection(self) -> None:
+        """Per-connection state starts again (sequence numbers)."""
+        ...
+
+
+class FeedSource:
+    def __init__(
+        self,
+        connector: Connector,
+        products: list[str],
+        url: str,
+        exchange: str,
+        kind: str,
+        idle_timeout: float = 10.0,
+        open_timeout: float = 5.0,
+        backoff_cap: float = 30.0,
+        backoff_base: float = 0.5,
+        rest_url: str | None = None,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+        backfill_grace: float = 1.0,
+        backfill_linger: float = 5.0,
+    ) -> None:
+        self.connector = connector
+        self.products = products
+        self.url = url
+        self.idle_timeout = idle_timeout
+        self.open_timeout = open_timeout
+        self.backoff_cap = backoff_cap
+        self.backoff_base = backoff_base
+        self.max_frame_bytes = max_frame_bytes
+        self.status = SourceStatus(
+            kind=kind, exchange=exchange, url=url, simulated=kind == "simulator"
+        )
+        self.gaps = GapTracker(self.status)
+        self.backfill: Backfiller | None = None
+        rest = connector.rest or NO_REST
+        if rest_url:
+            self.backfill = Backfiller(
+                rest_url,
+                self.status,
+                self.gaps,
+                bucket=TokenBucket(rest.rate, rest.burst),
+                rest=rest,
+                grace=backfill_grace,
+                linger=backfill_linger,
+            )
+        self.connected = asyncio.Event()
+
+    def seed(self, ranges: dict[str, list[tuple[int, int]]]) -> None:
+        """Trade ids the lake holds per product: start-up backfill starts from them."""
+        for product in self.products:
+            self.gaps.seed(product, ranges.get(product, []))
+
+    async def run(self, publish: Publish) -> None:
+        """Stream forever (until cancelled), reconnecting after any failure."""
+        backfill = None
+        if self.backfill is not None:
+            backfill = asyncio.create_task(self.backfill.run(publish), name="backfill")
+        try:
+            await self._stream(publish)
+        finally:
+            if backfill is not None:
+                backfill.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await backfill
+
+    async def _stream(self, publish: Publish) -> None:
+        failures = 0
+        while True:
+            connections = self.status.connections
+            try:
+                await self._session(publish)
+            except (OSError, TimeoutError, WebSocketException) as exc:
+                self.status.last_error = f"{type(exc).__name__}: {exc}"
+                self.status.last_disconnect = self.status.last_error
+            finally:
+                self.status.connected = False
+            # A connection that worked resets the backoff; repeated failures grow it.
+            failures = 1 if self.status.connections > connections else failures + 1
+            self.status.reconnects += 1
+            metrics.RECONNECTS.labels(self.status.exchange).inc()
+            exp = self.backoff_base * 2 ** min(failures - 1, 16)
+            delay = min(self.backoff_cap, exp) * random.uniform(0.5, 1)
+            log.warning(
+                "%s feed disconnected (%s); reconnecting in %.1fs",
+                self.status.exchange,
+                self.status.last_error or "closed",
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+    async def _session(self, publish: Publish) -> None:
+        connector = self.connector
+        async with websockets.connect(
+            connector.url(self.url, self.products),
+            max_size=self.max_frame_bytes,
+            open_timeout=self.open_timeout,
+            ping_interval=20,
+            ping_timeout=20,
+            compression=None,
+        ) as ws:
+            connector.new_connection()
+            for message in connector.subscribe(self.products):
+                await ws.send(message)
+            conn_id = new_conn_id()
+            self.status.connected = True
+            self.status.connections += 1
+            self.gaps.new_connection(self.products)
+            self.status.last_error = ""
+            self.connected.set()
+            log.info("connected to %s (%s), conn %s", self.url, self.status.exchange, conn_id)
+            keepalive = None
+            if connector.keepalive is not None:
+                keepalive = asyncio.create_task(self._keepalive(ws, *connector.keepalive))
+            try:
+                async with asyncio.timeout(connector.lifetime):
+                    await self._receive(ws, conn_id, publish)
+            except TimeoutError:
+                if connector.lifetime is None or self.status.frames == 0:
+                    raise
+                raise TimeoutError("connection lifetime reached (the venue ends it)") from None
+            finally:
+                if keepalive is not None:
+                    keepalive.cancel()
+
+    async def _receive(
+        self, ws: websockets.ClientConnection, conn_id: str, publish: Publish
+    ) -> None:
+        seq = 0
+        loop = asyncio.get_running_loop()
+        check = self.connector.check
+        # One idle timer for the session, moved on at most every `rearm` seconds: a timer
+        # per frame cost more than the rest of receiving it. asyncio.timeout, not
+        # wait_for: on 3.11 wait_for can swallow a cancellation that races with a frame
+        # arriving, and the source would never stop.
+        rearm = min(0.25, self.idle_timeout / 4)  # so idle is noticed within 75-100 %
+        async with asyncio.timeout(self.idle_timeout) as idle:
+            armed = loop.time()
+            while True:
+                text = await ws.recv()
+                if isinstance(text, bytes):
+                    text = text.decode("utf-8", errors="replace")
+                now = time.time_ns()
+                seq += 1
+                self.status.frames += 1
+                self.status.last_frame_ns = now
+                self.gaps.observe(text)
+                await publish(RawFrame(self.status.exchange, conn_id, seq, now, text))
+                for answer in check(text):
+                    await ws.send(answer)
+                if loop.time() - armed > rearm:
+                    armed = loop.time()
+                    idle.reschedule(armed + self.idle_timeout)
+
+    @staticmethod
+    async def _keepalive(ws: websockets.ClientConnection, every: float, message: str) -> None:
+        with contextlib.suppress(WebSocketException, OSError):
+            while True:
+                await asyncio.sleep(every)
+                await ws.send(message)
