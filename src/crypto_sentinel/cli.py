@@ -215,7 +215,7 @@ EXTRAS = {"pyspark": "spark", "delta": "spark", "py4j": "spark"}
 #: Modules that add their own verbs with add_cli(verbs).
 VERB_MODULES = (
     "crypto_sentinel.ops.kafka",
-    "crypto_sentinel.lake.maintenance",
+    "crypto_sentinel.lake.maintenance.cli",
     "crypto_sentinel.spark.cli",
     "crypto_sentinel.health",
     "crypto_sentinel.verify",

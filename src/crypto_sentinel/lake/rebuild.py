@@ -28,7 +28,8 @@ from deltalake import DeltaTable, write_deltalake
 
 from crypto_sentinel.engine.processor import CHUNK_FRAMES, Engine
 from crypto_sentinel.lake import tables as T
-from crypto_sentinel.lake.maintenance import COMPACT_PROPERTIES, partitions
+from crypto_sentinel.lake.maintenance.files import partitions
+from crypto_sentinel.lake.maintenance.policy import COMPACT_PROPERTIES
 from crypto_sentinel.lake.writer import LakeWriter
 from crypto_sentinel.model import RawFrame
 
