@@ -240,7 +240,7 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
-    # --- serving layer (issue 7): API, hot state and live push ------------------------------
+    # --- serving layer: API, hot state and live push ----------------------------------------
     api_cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="origins allowed to read the API from a browser page of another site"
@@ -259,7 +259,7 @@ class Settings(BaseSettings):
             value = [o for o in value.replace(" ", "").split(",") if o]
         return value
 
-    # --- lake maintenance (issue 9): compaction, retention, vacuum, checkpoints ------------------
+    # --- lake maintenance: compaction, retention, vacuum, checkpoints ---------------------------
     # Run in-process by `sentinel up` and on demand by `sentinel maintain ...`.
     maintenance_enabled: bool = True  # run the scheduler inside the pipeline
     maintenance_interval_s: float = Field(60.0, ge=1, le=86_400)  # seconds between passes
@@ -276,7 +276,7 @@ class Settings(BaseSettings):
     retention_silver_days: int = Field(0, ge=0, le=36_500)
     retention_gold_days: int = Field(0, ge=0, le=36_500)
 
-    # --- Spark engine (issue 6): Structured Streaming job, sized for a 2-core, 2 GB box -------
+    # --- Spark engine: Structured Streaming job, sized for a 2-core, 2 GB box ----------------
     spark_master: str = Field("local[2]", pattern=r"^(local(\[(\d+|\*)\])?|spark://\S+)$")
     spark_app_id: str = Field("sentinel-spark", min_length=1, max_length=200)  # Delta txn app id
     spark_checkpoint_dir: Path | None = None  # default <data dir>/spark/checkpoint

@@ -101,7 +101,7 @@ PUSH_LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
 
-# --- source freshness and Kafka consumer lag (issue 20) ---------------------------------------
+# --- source freshness and Kafka consumer lag ---------------------------------------------------
 KAFKA_LAG = Gauge(
     "sentinel_kafka_consumer_lag_messages",
     "Kafka mode: messages in a partition this consumer has not read yet (high watermark minus"
