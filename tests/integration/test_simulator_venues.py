@@ -395,3 +395,44 @@ async def test_fault_plan_drops_and_duplicates_the_planned_trades(venue: str) ->
     missing = {(t.product_id, t.trade_id) for t in emitted} - set(got.live)
     assert len(missing) == plan.dropped
     assert len(got.live) - len(set(got.live)) == plan.duplicated
+
+
+# -------------------------------------------------------------------------- refusals
+
+
+async def test_refusals_and_error_answers_per_venue() -> None:
+    async with SimulatorServer(["BTC-USDT"], rate=50, venue="binance") as server:
+        for path, status in (("/stream?streams=dogeusdt@aggTrade", 400), ("/ws", 404)):
+            with pytest.raises(websockets.InvalidStatus) as info:
+                await websockets.connect(server.ws_url + path)
+            assert info.value.response.status_code == status
+        async with websockets.connect(server.ws_url + "/stream") as ws:
+            await ws.send(json.dumps({"method": "SUBSCRIBE", "params": ["x@depth"], "id": 5}))
+            error = await ws.recv()
+            await ws.send(
+                json.dumps({"method": "SUBSCRIBE", "params": ["btcusdt@ticker"], "id": 6})
+            )
+            await ws.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 7}))
+            ok, listed = await ws.recv(), await ws.recv()
+        async with httpx.AsyncClient() as client:
+            bad_symbol = await client.get(f"{server.rest_url}/api/v3/aggTrades?symbol=DOGEUSDT")
+    assert json.loads(error)["code"] == 2
+    with pytest.raises(FrameError, match="exchange error"):
+        decode("binance", 0, error)
+    assert json.loads(ok) == {"result": None, "id": 6}
+    assert json.loads(listed) == {"result": ["btcusdt@ticker"], "id": 7}
+    assert bad_symbol.status_code == 400
+
+    async with SimulatorServer(["BTC-USD"], rate=50, venue="coinbase-advanced") as server:
+        async with websockets.connect(server.ws_url) as ws:
+            await ws.send(json.dumps({"type": "subscribe", "product_ids": ["DOGE-XYZ"],
+                                      "channel": "market_trades"}))  # fmt: skip
+            error = await ws.recv()
+        async with httpx.AsyncClient() as client:
+            missing = await client.get(
+                f"{server.rest_url}/api/v3/brokerage/market/products/DOGE-XYZ/ticker?limit=1"
+            )
+    assert "DOGE-XYZ" in json.loads(error)["message"]
+    with pytest.raises(FrameError, match="exchange error"):
+        decode("coinbase-advanced", 0, error)
+    assert missing.status_code == 404
