@@ -436,3 +436,15 @@ async def test_refusals_and_error_answers_per_venue() -> None:
     with pytest.raises(FrameError, match="exchange error"):
         decode("coinbase-advanced", 0, error)
     assert missing.status_code == 404
+
+
+@pytest.mark.parametrize("venue", VENUES)
+async def test_disconnect_fault_cuts_every_venue(venue: str) -> None:
+    plan = FaultPlan(FaultSpec(disconnect_every=0.3))
+    async with SimulatorServer(CASES[venue].products, rate=100, faults=plan, venue=venue) as server:
+        ws = await connect(server, venue)
+        got = Collector(venue)
+        with pytest.raises(websockets.ConnectionClosed):
+            await got.read_until(ws, lambda: False)
+        assert server.disconnects >= 1
+        assert got.rejected == []
