@@ -38,8 +38,7 @@ CASES = {
     "binance": Case(
         ["BTC-USDT", "ETH-USDT"],
         "/stream?streams=btcusdt@ticker/ethusdt@ticker",
-        # The trades through a live SUBSCRIBE (the other documented way; the URL form is
-        # what the faults and REST tests below use through the same parser).
+        # The trades through a live SUBSCRIBE; aggTrade streams in the URL are tested below.
         [{"method": "SUBSCRIBE", "params": ["btcusdt@aggTrade", "ethusdt@aggTrade"], "id": 1}],
     ),
     "kraken": Case(
@@ -414,6 +413,8 @@ async def test_refusals_and_error_answers_per_venue() -> None:
             )
             await ws.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 7}))
             ok, listed = await ws.recv(), await ws.recv()
+        async with websockets.connect(server.ws_url + "/stream?streams=btcusdt@aggTrade") as ws:
+            url_trade = json.loads(await ws.recv())
         async with httpx.AsyncClient() as client:
             bad_symbol = await client.get(f"{server.rest_url}/api/v3/aggTrades?symbol=DOGEUSDT")
     assert json.loads(error)["code"] == 2
@@ -422,6 +423,7 @@ async def test_refusals_and_error_answers_per_venue() -> None:
     assert json.loads(ok) == {"result": None, "id": 6}
     assert json.loads(listed) == {"result": ["btcusdt@ticker"], "id": 7}
     assert bad_symbol.status_code == 400
+    assert url_trade["stream"] == "btcusdt@aggTrade" and url_trade["data"]["s"] == "BTCUSDT"
 
     async with SimulatorServer(["BTC-USD"], rate=50, venue="coinbase-advanced") as server:
         async with websockets.connect(server.ws_url) as ws:
@@ -448,3 +450,42 @@ async def test_disconnect_fault_cuts_every_venue(venue: str) -> None:
             await got.read_until(ws, lambda: False)
         assert server.disconnects >= 1
         assert got.rejected == []
+
+
+@pytest.mark.parametrize("venue", ["binance", "kraken"])
+async def test_rest_paging_walks_every_trade(venue: str) -> None:
+    """Following the venue's cursor (Binance ``fromId``, Kraken ``last``) page by page gives
+    every trade of a product once, in order."""
+    product = CASES[venue].products[0]
+    async with SimulatorServer(
+        CASES[venue].products, rate=500, seed=8, start_trade_id=40, max_trades=120, venue=venue
+    ) as server:
+        await server.wait_done()
+        want = [t.trade_id for t in server.market.history(product)]
+        ids: list[int] = []
+        async with httpx.AsyncClient() as client:
+            if venue == "binance":
+                params: dict[str, object] = {"symbol": product.replace("-", ""), "fromId": 40}
+                for _ in range(60):  # 120 trades in pages of 7, never endless
+                    r = await client.get(
+                        f"{server.rest_url}/api/v3/aggTrades", params={**params, "limit": 7}
+                    )
+                    page = [row["a"] for row in r.json()]
+                    if not page:
+                        break
+                    ids.extend(page)
+                    params["fromId"] = page[-1] + 1
+            else:
+                since = "0"
+                for _ in range(60):  # 120 trades in pages of 7, never endless
+                    r = await client.get(
+                        f"{server.rest_url}/0/public/Trades",
+                        params={"pair": "XBTUSD", "since": since, "count": 7},
+                    )
+                    result = r.json()["result"]
+                    page = [row[6] for row in result["XXBTZUSD"]]
+                    if not page:
+                        break
+                    ids.extend(page)
+                    since = result["last"]
+    assert ids == want and len(want) > 30
