@@ -196,6 +196,13 @@ async def test_every_frame_decodes_and_the_trades_are_the_markets(venue: str) ->
         seqs = [json.loads(f)["sequence_num"] for f in frames]
         assert seqs == list(range(len(frames))), "sequence_num is not 0, 1, 2, ..."
         assert any(f.startswith('{"channel":"heartbeats"') for f in frames)
+        # Live trades come in batches (about 250 ms of them), newest first.
+        batches = [json.loads(f)["events"][0]["trades"] for f in frames if is_live_trade(venue, f)]
+        assert max(len(rows) for rows in batches) > 10
+        for rows in batches:
+            for product in case.products:
+                ids = [int(r["trade_id"]) for r in rows if r["product_id"] == product]
+                assert ids == sorted(ids, reverse=True)
     if venue == "kraken":
         replies = [json.loads(f) for f in frames if f.startswith('{"method"')]
         assert [r["method"] for r in replies] == ["subscribe"] * 4 + ["pong"]

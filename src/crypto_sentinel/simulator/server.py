@@ -202,6 +202,10 @@ class SimulatorServer:
             asyncio.create_task(self._run_clock(), name="simulator-clock"),
             asyncio.create_task(self._run_heartbeats(), name="simulator-heartbeats"),
         ]
+        if self.venue is not None and self.venue.batch_interval > 0:
+            self._tasks.append(
+                asyncio.create_task(self._run_venue_batches(), name="simulator-batches")
+            )
         if getattr(self.faults, "disconnect_every", 0) > 0:
             self._tasks.append(
                 asyncio.create_task(self._run_disconnects(), name="simulator-disconnects")
@@ -303,12 +307,13 @@ class SimulatorServer:
                 dirty[s.id] = s
 
     def _queue(self, session: Session, text: str) -> None:
-        if self.faults is None:
-            session.pending.append(ws_text_frame(self._stamp(session, text).encode()))
-            return
-        for out in self.faults.outbound(session, text):
+        outs = [text] if self.faults is None else self.faults.outbound(session, text)
+        for out in outs:
             if self._stamps:
-                out = self._stamp(session, out if isinstance(out, str) else out.decode())
+                stamped = self._stamp(session, out if isinstance(out, str) else out.decode())
+                if stamped is None:
+                    continue  # held by the venue for its next batch
+                out = stamped
             payload = out.encode() if isinstance(out, str) else out
             session.pending.append(ws_text_frame(payload))
 
@@ -546,8 +551,20 @@ class SimulatorServer:
     def _stamps(self) -> bool:
         return self.venue is not None and self.venue.stamps
 
-    def _stamp(self, session: Session, text: str) -> str:
+    def _stamp(self, session: Session, text: str) -> str | None:
         return text if self.venue is None else self.venue.stamp(session, text)
+
+    async def _run_venue_batches(self) -> None:
+        """Every ``batch_interval``, the frames a venue held back go out as its batches."""
+        assert self.venue is not None
+        venue = self.venue
+        while True:
+            await asyncio.sleep(venue.batch_interval)
+            for session in list(self._sessions.values()):
+                frames = venue.flush(session)
+                if frames and not session.closed:
+                    session.pending.extend(ws_text_frame(f.encode()) for f in frames)
+                    self._flush(session)
 
     def _match_text(self, trade: SimTrade) -> str:
         if self.venue is None:

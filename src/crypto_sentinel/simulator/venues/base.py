@@ -57,6 +57,8 @@ class Venue:
     shape: FrameShape
     #: True when every outbound frame of a connection gets a per-connection stamp.
     stamps = False
+    #: Seconds between batches: ``stamp`` may hold frames back and ``flush`` sends them.
+    batch_interval = 0.0
 
     def ws_refusal(self, path: str, query: Query, market: Market) -> tuple[int, object] | None:
         """None to accept a WebSocket upgrade on ``path``; else (HTTP status, JSON body)."""
@@ -80,8 +82,13 @@ class Venue:
         """Frames one connection gets at each heartbeat interval (``tick`` counts them)."""
         return []
 
-    def stamp(self, session: object, frame: str) -> str:
+    def stamp(self, session: object, frame: str) -> str | None:
+        """The frame as this connection sends it, or None when held for the next batch."""
         return frame
+
+    def flush(self, session: object) -> list[str]:
+        """The batch(es) held for a connection, ready to send (already stamped)."""
+        return []
 
     def is_trades_path(self, path: str) -> bool:
         """Is this the REST trades endpoint (the one REST faults act on)?"""

@@ -8,8 +8,11 @@ and stamped as they are queued for a connection (after the fault plan: a dropped
 no number, as on a feed that lost it before sending). Trade ids are strings, ``side`` is the
 maker's in upper case. A subscribe gets a snapshot per product (up to 100 trades, newest
 first; one ticker) and then a ``subscriptions`` frame, the order a real session shows.
-Live trades go out one per frame (the real feed batches about 250 ms of them): faults then
-act per trade, whatever the timing.
+Live trades are batched as the real feed does ("collected over the last 250 ms and sent
+together", newest first), after the fault plan: the plan still drops, repeats and corrupts
+single trades (deterministic by seed, whatever the timing), then each connection's surviving
+intact trade frames are merged into one ``update`` per interval. Malformed copies go out
+alone at once, so one never spoils a batch. ``batch_interval=0`` sends one trade per frame.
 """
 
 from __future__ import annotations
@@ -113,17 +116,26 @@ def _trade_obj(t: SimTrade) -> str:
     )
 
 
+_TRADES = '"trades":['
+_RENDERED_KEPT = 10_000  # live trade frames remembered to tell them from malformed copies
+
+
 class _State:
-    __slots__ = ("next_seq",)
+    __slots__ = ("batch", "next_seq")
 
     def __init__(self) -> None:
         self.next_seq = 0
+        self.batch: list[str] = []  # intact live trade frames waiting for the next batch
 
 
 class CoinbaseAdvanced(Venue):
     name = "coinbase-advanced"
     shape = COINBASE_ADVANCED_SHAPE
     stamps = True
+
+    def __init__(self, batch_interval: float = 0.25) -> None:
+        self.batch_interval = batch_interval
+        self._rendered: dict[str, None] = {}  # insertion-ordered, bounded
 
     # ------------------------------------------------------------------ WebSocket
 
@@ -136,11 +148,28 @@ class CoinbaseAdvanced(Venue):
         session.state = _State()
         return []
 
-    def stamp(self, session: Any, frame: str) -> str:
+    def stamp(self, session: Any, frame: str) -> str | None:
+        if self.batch_interval > 0 and frame in self._rendered:
+            session.state.batch.append(frame)
+            return None
+        return self._number(session, frame)
+
+    @staticmethod
+    def _number(session: Any, frame: str) -> str:
         state: _State = session.state
         n = state.next_seq
         state.next_seq += 1
         return frame.replace(_SEQ, f'"sequence_num":{n},', 1)
+
+    def flush(self, session: Any) -> list[str]:
+        state: _State | None = session.state
+        if state is None or not state.batch:
+            return []
+        frames, state.batch = state.batch, []
+        # Newest first, as real batches come; a duplicated trade stays where it was sent.
+        trades = ",".join(f[f.index(_TRADES) + len(_TRADES) : -4] for f in reversed(frames))
+        batch = _envelope("market_trades", f'[{{"type":"update","trades":[{trades}]}}]')
+        return [self._number(session, batch)]
 
     def on_message(self, session: Any, raw: str | bytes, market: Market) -> list[str]:
         try:
@@ -198,7 +227,13 @@ class CoinbaseAdvanced(Venue):
         return [_envelope("heartbeats", body, now_ns)]
 
     def trade_frame(self, market: Market, t: SimTrade) -> str:
-        return _envelope("market_trades", f'[{{"type":"update","trades":[{_trade_obj(t)}]}}]')
+        frame = _envelope("market_trades", f'[{{"type":"update","trades":[{_trade_obj(t)}]}}]')
+        if self.batch_interval > 0:
+            rendered = self._rendered
+            rendered[frame] = None
+            if len(rendered) > _RENDERED_KEPT:
+                del rendered[next(iter(rendered))]
+        return frame
 
     def ticker_frame(self, market: Market, t: SimTrade) -> str:
         return self._ticker(market, t, "update")
