@@ -63,3 +63,27 @@ def test_the_fault_plan_sees_live_trades_only(venue: str) -> None:
 def test_unknown_venue_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown venue"):
         venue_for("bitstamp")
+
+
+def test_one_seed_faults_the_same_trades_on_every_venue() -> None:
+    """The plan draws the same numbers per live trade frame on every venue, so one seed drops,
+    repeats and corrupts the same trades whichever protocol carries them."""
+    from crypto_sentinel.simulator.faults import FaultPlan, FaultSpec
+
+    spec = FaultSpec(seed=5, drop=0.05, drop_max=4, duplicate=0.05, malformed=0.05, reorder=0.05)
+    fates: dict[str, list[int]] = {}
+    for venue in ["coinbase", *VENUES]:
+        market = Market(["BTC-USD", "ETH-USD"], seed=9, start_trade_id=1)
+        impl = venue_for(venue)
+        plan = FaultPlan(spec)
+        if impl is not None:
+            plan.use_shape(impl.shape)
+        session = object()
+        sent = []
+        for _ in range(400):
+            trade = market.next_trade(datetime.now(UTC))
+            frame = market.match_frame(trade) if impl is None else impl.trade_frame(market, trade)
+            sent.append(len(list(plan.outbound(session, frame))))
+        fates[venue] = sent
+        assert plan.dropped and plan.duplicated and plan.malformed and plan.reordered
+    assert all(sent == fates["coinbase"] for sent in fates.values())
