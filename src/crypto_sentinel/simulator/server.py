@@ -307,7 +307,16 @@ class SimulatorServer:
                 dirty[s.id] = s
 
     def _queue(self, session: Session, text: str) -> None:
-        outs = [text] if self.faults is None else self.faults.outbound(session, text)
+        if self.faults is None:
+            outs: Iterable[str | bytes] = [text]
+        elif self._stamps:
+            dropped = getattr(self.faults, "dropped", 0)
+            outs = self.faults.outbound(session, text)
+            lost = getattr(self.faults, "dropped", 0) - dropped
+            if lost > 0:
+                self._venue_lost(session, lost)
+        else:
+            outs = self.faults.outbound(session, text)
         for out in outs:
             if self._stamps:
                 stamped = self._stamp(session, out if isinstance(out, str) else out.decode())
@@ -565,6 +574,11 @@ class SimulatorServer:
                 if frames and not session.closed:
                     session.pending.extend(ws_text_frame(f.encode()) for f in frames)
                     self._flush(session)
+
+    def _venue_lost(self, session: Session, count: int) -> None:
+        """The fault plan dropped frames of this connection after the venue numbered them."""
+        assert self.venue is not None
+        self.venue.lost(session, count)
 
     def _match_text(self, trade: SimTrade) -> str:
         if self.venue is None:

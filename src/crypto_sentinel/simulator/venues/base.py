@@ -86,6 +86,10 @@ class Venue:
         """The frame as this connection sends it, or None when held for the next batch."""
         return frame
 
+    def lost(self, session: object, count: int) -> None:
+        """``count`` frames of this connection were lost in transit (the fault plan's drops):
+        a venue that numbers its frames skips their numbers."""
+
     def flush(self, session: object) -> list[str]:
         """The batch(es) held for a connection, ready to send (already stamped)."""
         return []

@@ -4,10 +4,12 @@ through ``ticker``, and ``candles``) (PROTOCOLS.md sections 3 and 7).
 
 Every frame is ``{channel, timestamp, sequence_num, events}``; ``sequence_num`` is numbered
 per connection from 0 across all channels, so frames are rendered with a ``-1`` placeholder
-and stamped as they are queued for a connection (after the fault plan: a dropped frame takes
-no number, as on a feed that lost it before sending). Trade ids are strings, ``side`` is the
-maker's in upper case. A subscribe gets a snapshot per product (up to 100 trades, newest
-first; one ticker) and then a ``subscriptions`` frame, the order a real session shows.
+and stamped as they are queued for a connection. A frame the fault plan drops is lost in
+transit: its number is skipped, so the client sees the break a real lost message leaves.
+Hidden trades are lost before the feed (never sent, no number skipped): only REST knows them.
+Trade ids are strings, ``side`` is the maker's in upper case. A subscribe gets a snapshot
+per product (up to 100 trades, newest first; one ticker) and then a ``subscriptions`` frame,
+the order a real session shows.
 Live trades are batched as the real feed does ("collected over the last 250 ms and sent
 together", newest first), after the fault plan: the plan still drops, repeats and corrupts
 single trades (deterministic by seed, whatever the timing), then each connection's surviving
@@ -153,6 +155,9 @@ class CoinbaseAdvanced(Venue):
             session.state.batch.append(frame)
             return None
         return self._number(session, frame)
+
+    def lost(self, session: Any, count: int) -> None:
+        session.state.next_seq += count
 
     @staticmethod
     def _number(session: Any, frame: str) -> str:
