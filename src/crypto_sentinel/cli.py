@@ -186,8 +186,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         port=args.sim_port,
         max_trades=args.max_trades,
         faults=fault_plan(settings.simulator_faults),
+        venue=args.venue,
     )
-    log.info("simulated Coinbase exchange on ws://%s:%d", args.bind, args.sim_port)
+    log.info("simulated %s exchange on ws://%s:%d", args.venue, args.bind, args.sim_port)
     with contextlib.suppress(KeyboardInterrupt):
         run_event_loop(server.run_forever())
     return 0
@@ -291,6 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = verbs.add_parser("simulate", help="run a local Coinbase-compatible exchange (WS + REST)")
+    p.add_argument(
+        "--venue",
+        default="coinbase",
+        choices=("coinbase", "binance", "kraken", "coinbase-advanced"),
+        help="protocol to speak (default coinbase: Coinbase Exchange)",
+    )
     p.add_argument("--bind", default="127.0.0.1", help="address (default 127.0.0.1)")
     p.add_argument("--sim-port", type=int, default=8765, help="port (default 8765)")
     p.add_argument("--rate", type=float, help="trades/s across products, 1..50000 (default 20)")

@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 
-__all__ = ["FaultPlan", "FaultSpec"]
+__all__ = ["COINBASE_SHAPE", "FaultPlan", "FaultSpec", "FrameShape"]
 
 _MATCH = '{"type":"match"'
 _PRODUCT = re.compile(r'"product_id":"([^"]+)"')
@@ -61,6 +61,31 @@ CORRUPTIONS: tuple[Callable[[str], str], ...] = (
     _negative_price,
     _future_time,
 )
+
+
+@dataclass(frozen=True)
+class FrameShape:
+    """How a venue's frames look to the fault plan.
+
+    ``trade`` gives the product of a live trade frame (the frames faults act on) or None for
+    any other frame; a frame starting with ``heartbeat`` releases a held-back trade;
+    ``corruptions`` are the malformed copies, one per kind and always six of them, so a seed
+    draws the same faults on every venue.
+    """
+
+    trade: Callable[[str], str | None]
+    heartbeat: str | None
+    corruptions: tuple[Callable[[str], str], ...]
+
+
+def _coinbase_trade(frame: str) -> str | None:
+    if not frame.startswith(_MATCH):
+        return None
+    product = _PRODUCT.search(frame)
+    return product.group(1) if product else ""
+
+
+COINBASE_SHAPE = FrameShape(_coinbase_trade, _HEARTBEAT, CORRUPTIONS)
 
 
 @dataclass(frozen=True)
@@ -123,6 +148,7 @@ class FaultPlan:
     """Applies a ``FaultSpec`` to outbound frames; counts what it did (for reports)."""
 
     spec: FaultSpec
+    shape: FrameShape = COINBASE_SHAPE
     dropped: int = 0
     duplicated: int = 0
     reordered: int = 0
@@ -141,6 +167,10 @@ class FaultPlan:
     @property
     def disconnect_every(self) -> float:
         return self.spec.disconnect_every
+
+    def use_shape(self, shape: FrameShape) -> None:
+        """Act on another venue's frames (the server calls this with its venue's shape)."""
+        self.shape = shape
 
     def counts(self) -> dict[str, int]:
         return {
@@ -179,22 +209,23 @@ class FaultPlan:
 
     def outbound(self, session: object, frame: str) -> Iterable[str | bytes]:
         state = self._sessions.setdefault(id(session), _SessionState())
-        if frame.startswith(_HEARTBEAT) and state.held is not None:
+        shape = self.shape
+        if shape.heartbeat and frame.startswith(shape.heartbeat) and state.held is not None:
             held, state.held = state.held, None  # never keep a trade back past a heartbeat
             return [held, frame]
-        if not frame.startswith(_MATCH):
+        product = shape.trade(frame)
+        if product is None:
             return [frame]
-        product = _PRODUCT.search(frame)
-        if product and product.group(1) not in self._started:
+        if product and product not in self._started:
             # A product's first trade goes out intact: it is where a new client's history
             # starts, and nothing before it can be called missing.
-            self._started.add(product.group(1))
+            self._started.add(product)
             return [frame]
         spec, rng = self.spec, self._rng
         # The same draws for every match frame, whatever is decided: the faults then depend
         # only on the seed and the trade stream, not on timing (heartbeats, reconnects).
         drop, length = rng.random(), rng.randint(1, max(1, spec.drop_max))
-        duplicate, malformed, corrupt = rng.random(), rng.random(), rng.choice(CORRUPTIONS)
+        duplicate, malformed, corrupt = rng.random(), rng.random(), rng.choice(shape.corruptions)
         reorder = rng.random()
         if state.drop_left > 0:
             state.drop_left -= 1

@@ -636,6 +636,18 @@ class Market:
             f'"sequence":{book.sequence},"time":"{format_time(now)}"}}'
         )
 
+    def day_stats(self, product_id: str) -> tuple[str, str, str, str]:
+        """Rolling 24 h (open, high, low, base volume) as exact decimal text (other venues'
+        tickers render these their own way)."""
+        book = self._books[product_id]
+        d = book.pdec
+        if not book.buckets:
+            price = _normal(book.price, d)
+            return price, price, price, "0"
+        open_ = book.buckets[0][1]
+        high, low = _normal(book.high, d), _normal(book.low, d)
+        return _normal(open_, d), high, low, _normal(book.vol24, 8)
+
     def rest_trade(self, t: SimTrade) -> dict[str, object]:
         """A ``GET /products/{id}/trades`` item: maker side, prices padded to 8 places."""
         return {

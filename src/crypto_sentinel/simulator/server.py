@@ -40,6 +40,7 @@ from crypto_sentinel.simulator.protocol import (
     Subscriptions,
     parse_client_message,
 )
+from crypto_sentinel.simulator.venues import Venue, venue_for
 
 __all__ = ["DEFAULT_PRODUCTS", "FrameHook", "Session", "SimulatorServer", "ws_text_frame"]
 
@@ -66,7 +67,7 @@ def ws_text_frame(payload: bytes) -> bytes:
 class Session:
     """One WebSocket client: its subscriptions and the frames batched for it."""
 
-    __slots__ = ("closed", "id", "pending", "subs", "subscribed", "ws")
+    __slots__ = ("closed", "id", "pending", "state", "subs", "subscribed", "ws")
 
     def __init__(self, session_id: int, ws: ServerConnection) -> None:
         self.id = session_id
@@ -75,6 +76,7 @@ class Session:
         self.pending: list[bytes] = []
         self.subscribed = False  # has had at least one successful subscribe
         self.closed = False
+        self.state: object = None  # what a venue module keeps per connection
 
     @property
     def peer(self) -> object:
@@ -95,7 +97,8 @@ class FrameHook(Protocol):
 
 
 class SimulatorServer:
-    """Serve a seeded ``Market`` over the Coinbase Exchange WebSocket and REST protocols."""
+    """Serve a seeded ``Market`` over the Coinbase Exchange WebSocket and REST protocols, or
+    over another venue's (``venue``: binance, kraken, coinbase-advanced; see ``venues``)."""
 
     def __init__(
         self,
@@ -112,6 +115,7 @@ class SimulatorServer:
         heartbeat_interval: float = 1.0,
         faults: FrameHook | None = None,
         wait_for_subscriber: bool = False,
+        venue: str = "coinbase",
     ) -> None:
         if not 1.0 <= rate <= MAX_RATE:
             raise ValueError(f"rate must be between 1 and {MAX_RATE:.0f} trades/s, got {rate}")
@@ -133,6 +137,7 @@ class SimulatorServer:
         self.slow_disconnects = 0
         self.disconnects = 0  # injected by faults
         self.rest_trade_requests = 0  # GET /products/{id}/trades answered (any status)
+        self._heartbeat_ticks = 0
         self._emitted = 0
         self._done = asyncio.Event()
         self._ids = itertools.count(1)
@@ -144,6 +149,13 @@ class SimulatorServer:
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
+        # Venue dispatch: None speaks Coinbase Exchange (the code below); a Venue renders and
+        # parses its own protocol through the hooks in "venue dispatch" further down.
+        self.venue_name = venue
+        self.venue: Venue | None = venue_for(venue)
+        use_shape = getattr(faults, "use_shape", None)
+        if self.venue is not None and use_shape is not None:
+            use_shape(self.venue.shape)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -190,6 +202,10 @@ class SimulatorServer:
             asyncio.create_task(self._run_clock(), name="simulator-clock"),
             asyncio.create_task(self._run_heartbeats(), name="simulator-heartbeats"),
         ]
+        if self.venue is not None and self.venue.batch_interval > 0:
+            self._tasks.append(
+                asyncio.create_task(self._run_venue_batches(), name="simulator-batches")
+            )
         if getattr(self.faults, "disconnect_every", 0) > 0:
             self._tasks.append(
                 asyncio.create_task(self._run_disconnects(), name="simulator-disconnects")
@@ -272,15 +288,15 @@ class SimulatorServer:
             if hides is not None and hides(i, trade.product_id, self.max_trades):
                 subs = None  # the match is lost on the way; REST still has the trade
             if subs:
-                self._fan_out(subs, market.match_frame(trade), dirty)
+                self._fan_out(subs, self._match_text(trade), dirty)
             subs = ticker_subs.get(trade.product_id)
             if subs:
-                self._fan_out(subs, market.ticker_frame(trade), dirty)
+                self._fan_out(subs, self._ticker_text(trade), dirty)
         for session in dirty.values():
             self._flush(session)
 
     def _fan_out(self, sessions: list[Session], text: str, dirty: dict[int, Session]) -> None:
-        if self.faults is None:
+        if self.faults is None and not self._stamps:
             frame = ws_text_frame(text.encode())
             for s in sessions:
                 s.pending.append(frame)
@@ -292,9 +308,21 @@ class SimulatorServer:
 
     def _queue(self, session: Session, text: str) -> None:
         if self.faults is None:
-            session.pending.append(ws_text_frame(text.encode()))
-            return
-        for out in self.faults.outbound(session, text):
+            outs: Iterable[str | bytes] = [text]
+        elif self._stamps:
+            dropped = getattr(self.faults, "dropped", 0)
+            outs = self.faults.outbound(session, text)
+            lost = getattr(self.faults, "dropped", 0) - dropped
+            if lost > 0:
+                self._venue_lost(session, lost)
+        else:
+            outs = self.faults.outbound(session, text)
+        for out in outs:
+            if self._stamps:
+                stamped = self._stamp(session, out if isinstance(out, str) else out.decode())
+                if stamped is None:
+                    continue  # held by the venue for its next batch
+                out = stamped
             payload = out.encode() if isinstance(out, str) else out
             session.pending.append(ws_text_frame(payload))
 
@@ -335,9 +363,12 @@ class SimulatorServer:
             next_at += interval
             now = datetime.now(UTC)
             dirty: dict[int, Session] = {}
-            for product, subs in self._heartbeat_subs.items():
-                if subs:
-                    self._fan_out(subs, self.market.heartbeat_frame(product, now), dirty)
+            if self.venue is not None:
+                self._venue_heartbeats(dirty)
+            else:
+                for product, subs in self._heartbeat_subs.items():
+                    if subs:
+                        self._fan_out(subs, self.market.heartbeat_frame(product, now), dirty)
             for session in dirty.values():
                 self._flush(session)
 
@@ -356,6 +387,8 @@ class SimulatorServer:
     async def _handle(self, ws: ServerConnection) -> None:
         session = Session(next(self._ids), ws)
         self._sessions[session.id] = session
+        if self.venue is not None:
+            self._venue_open(session)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.subscribe_timeout
         try:
@@ -379,6 +412,11 @@ class SimulatorServer:
 
     def _on_message(self, session: Session, raw: str | bytes) -> None:
         """Apply one client message; acks and snapshots go out before any live frame."""
+        if self.venue is not None:
+            frames = self.venue.on_message(session, raw, self.market)
+            self._reindex()
+            self._send(session, frames)
+            return
         try:
             req = parse_client_message(raw, self.market.specs)
         except ProtocolError as exc:
@@ -445,6 +483,8 @@ class SimulatorServer:
         """Route a request: WebSocket upgrades on ``/`` go on, everything else is REST."""
         upgrade = request.headers.get("Upgrade", "")
         url = urlsplit(request.path)
+        if self.venue is not None:
+            return await self._venue_request(conn, url.path, url.query, upgrade)
         if "websocket" in upgrade.lower():
             return None if url.path == "/" else _json(conn, 404, {"message": "NotFound"})
         if url.path.endswith("/trades"):
@@ -512,6 +552,84 @@ class SimulatorServer:
         if len(rows) > REST_MAX_CANDLES:
             return _json(conn, 400, {"message": "granularity too small for the requested range"})
         return _json(conn, 200, rows)
+
+    # ------------------------------------------------------------------ venue dispatch
+    # Everything a non-Coinbase venue changes goes through these methods (self.venue).
+
+    @property
+    def _stamps(self) -> bool:
+        return self.venue is not None and self.venue.stamps
+
+    def _stamp(self, session: Session, text: str) -> str | None:
+        return text if self.venue is None else self.venue.stamp(session, text)
+
+    async def _run_venue_batches(self) -> None:
+        """Every ``batch_interval``, the frames a venue held back go out as its batches."""
+        assert self.venue is not None
+        venue = self.venue
+        while True:
+            await asyncio.sleep(venue.batch_interval)
+            for session in list(self._sessions.values()):
+                frames = venue.flush(session)
+                if frames and not session.closed:
+                    session.pending.extend(ws_text_frame(f.encode()) for f in frames)
+                    self._flush(session)
+
+    def _venue_lost(self, session: Session, count: int) -> None:
+        """The fault plan dropped frames of this connection after the venue numbered them."""
+        assert self.venue is not None
+        self.venue.lost(session, count)
+
+    def _match_text(self, trade: SimTrade) -> str:
+        if self.venue is None:
+            return self.market.match_frame(trade)
+        return self.venue.trade_frame(self.market, trade)
+
+    def _ticker_text(self, trade: SimTrade) -> str:
+        if self.venue is None:
+            return self.market.ticker_frame(trade)
+        return self.venue.ticker_frame(self.market, trade)
+
+    def _venue_open(self, session: Session) -> None:
+        assert self.venue is not None
+        url = urlsplit(session.ws.request.path if session.ws.request else "/")
+        query = parse_qs(url.query, keep_blank_values=True)
+        frames = self.venue.on_open(session, url.path, query, self.market)
+        self._reindex()
+        self._send(session, frames)
+
+    def _venue_heartbeats(self, dirty: dict[int, Session]) -> None:
+        assert self.venue is not None
+        self._heartbeat_ticks += 1
+        now_ns = time.time_ns()
+        for session in list(self._sessions.values()):
+            if session.closed:
+                continue
+            for text in self.venue.heartbeat_frames(session, now_ns, self._heartbeat_ticks):
+                self._queue(session, text)
+                dirty[session.id] = session
+
+    async def _venue_request(
+        self, conn: ServerConnection, path: str, raw_query: str, upgrade: str
+    ) -> Response | None:
+        venue = self.venue
+        assert venue is not None
+        query = parse_qs(raw_query, keep_blank_values=True)
+        if "websocket" in upgrade.lower():
+            refusal = venue.ws_refusal(path, query, self.market)
+            return None if refusal is None else _json(conn, *refusal)
+        if venue.is_trades_path(path):
+            self.rest_trade_requests += 1
+            rest_fault = getattr(self.faults, "rest_fault", None)
+            if rest_fault is not None:
+                delay, error = rest_fault()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if error is not None:
+                    answer = venue.throttled()
+                    return _json(conn, error, answer.body, answer.headers)
+        answer = venue.rest(self.market, path, query)
+        return _json(conn, answer.status, answer.body, answer.headers)
 
 
 def _time_param(query: dict[str, list[str]], name: str) -> datetime | None:

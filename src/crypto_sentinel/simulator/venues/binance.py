@@ -1,0 +1,372 @@
+"""Binance Spot for the simulator: combined streams (``/stream?streams=btcusdt@aggTrade/...``
+and live ``SUBSCRIBE``), ``aggTrade`` and ``24hrTicker`` events, and the public REST
+``aggTrades``, ``exchangeInfo`` and ``klines`` (PROTOCOLS.md sections 4 and 7).
+
+Every simulated trade is one aggregate trade: ``a`` is the market's trade id (contiguous per
+symbol) and ``f`` = ``l`` = that id. ``m`` is true when the buyer made the trade (the taker
+sold). Prices and quantities are exact decimal text padded to 8 places as Binance sends them.
+Binance has no heartbeat message (it pings at the WebSocket level), so there is none here.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from crypto_sentinel.simulator.faults import FrameShape
+from crypto_sentinel.simulator.market import Market, SimTrade
+from crypto_sentinel.simulator.venues.base import (
+    Query,
+    RestAnswer,
+    Venue,
+    candles,
+    decimals_of,
+    epoch_ms,
+    int_param,
+    one,
+    plain,
+    quote_of,
+    trades_from_id,
+    window,
+)
+
+__all__ = ["BINANCE_SHAPE", "Binance", "pad8", "symbol_of"]
+
+REST_MAX_LIMIT = 1000
+_Q8 = Decimal("0.00000001")
+_STREAM_CHANNELS = {"aggTrade": "matches", "ticker": "ticker"}
+_CHANNEL_STREAMS = {v: k for k, v in _STREAM_CHANNELS.items()}
+_INTERVALS = {
+    "1m": 60, "3m": 180, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600, "2h": 7200,
+    "4h": 14400, "6h": 21600, "8h": 28800, "12h": 43200, "1d": 86400,
+}  # fmt: skip
+
+
+def symbol_of(product: str) -> str:
+    """``BTC-USDT`` -> ``BTCUSDT``."""
+    return product.replace("-", "")
+
+
+def pad8(text: str) -> str:
+    """Decimal text padded to 8 fractional digits (``65083.67`` -> ``65083.67000000``)."""
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(8, '0')}" if len(frac) <= 8 else text
+
+
+# ------------------------------------------------------------------------------ fault shape
+
+_TRADE = re.compile(r'\{"stream":"([a-z0-9]+)@aggTrade"')
+
+
+def _trade_product(frame: str) -> str | None:
+    m = _TRADE.match(frame)
+    return m.group(1) if m else None
+
+
+def _truncated(frame: str) -> str:
+    return frame[: len(frame) // 2]
+
+
+def _unknown_type(frame: str) -> str:
+    return frame.replace('"e":"aggTrade"', '"e":"aggTrade_v2"', 1)
+
+
+def _string_trade_id(frame: str) -> str:
+    return re.sub(r'"a":(\d+)', r'"a":"\1"', frame, count=1)
+
+
+def _zero_size(frame: str) -> str:
+    return re.sub(r'"q":"[^"]*"', '"q":"0.00000000"', frame, count=1)
+
+
+def _negative_price(frame: str) -> str:
+    return re.sub(r'"p":"[^"]*"', '"p":"-1.50000000"', frame, count=1)
+
+
+def _future_time(frame: str) -> str:
+    return re.sub(r'"T":\d+', '"T":32503680000000', frame, count=1)  # the year 3000
+
+
+BINANCE_SHAPE = FrameShape(
+    _trade_product,
+    None,
+    (_truncated, _unknown_type, _string_trade_id, _zero_size, _negative_price, _future_time),
+)
+
+
+class _State:
+    __slots__ = ("streams",)
+
+    def __init__(self) -> None:
+        self.streams: list[str] = []
+
+
+class Binance(Venue):
+    name = "binance"
+    shape = BINANCE_SHAPE
+
+    # ------------------------------------------------------------------ WebSocket
+
+    @staticmethod
+    def _parse_stream(name: str, market: Market) -> tuple[str, str] | None:
+        """``btcusdt@aggTrade`` -> (server channel, product), or None if not served."""
+        symbol, at, kind = name.partition("@")
+        if not at or kind not in _STREAM_CHANNELS:
+            return None
+        for product in market.products:
+            if symbol_of(product).lower() == symbol:
+                return _STREAM_CHANNELS[kind], product
+        return None
+
+    def ws_refusal(self, path: str, query: Query, market: Market) -> tuple[int, object] | None:
+        if path.rstrip("/") != "/stream":
+            return 404, {"code": -1, "msg": f"path {path} not served: use /stream"}
+        for name in filter(None, (one(query, "streams") or "").split("/")):
+            if self._parse_stream(name, market) is None:
+                return 400, {"code": -1100, "msg": f"Invalid stream name {name!r}"}
+        return None
+
+    def on_open(self, session: Any, path: str, query: Query, market: Market) -> list[str]:
+        session.state = _State()
+        session.subscribed = True  # no subscribe deadline: streams may come with the URL
+        names = [n for n in (one(query, "streams") or "").split("/") if n]
+        self._subscribe(session, names, market)
+        return []
+
+    def _subscribe(self, session: Any, names: list[str], market: Market) -> None:
+        wanted: dict[str, list[str]] = {}
+        for name in names:
+            parsed = self._parse_stream(name, market)
+            assert parsed is not None
+            channel, product = parsed
+            wanted.setdefault(channel, []).append(product)
+            if name not in session.state.streams:
+                session.state.streams.append(name)
+        session.subs.subscribe(wanted)
+
+    def on_message(self, session: Any, raw: str | bytes, market: Market) -> list[str]:
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return [_dump({"code": 3, "msg": f"Invalid JSON: {exc}"})]
+        if not isinstance(msg, dict):
+            return [_dump({"code": 3, "msg": "Invalid JSON: expected an object"})]
+        method, params, req_id = msg.get("method"), msg.get("params", []), msg.get("id")
+        if method == "LIST_SUBSCRIPTIONS":
+            return [_dump({"result": session.state.streams, "id": req_id})]
+        if method not in ("SUBSCRIBE", "UNSUBSCRIBE"):
+            return [_dump({"code": 2, "msg": f"Invalid request: unknown method {method!r}"})]
+        if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
+            return [_dump({"code": 2, "msg": "Invalid request: params must be stream names"})]
+        for name in params:
+            if self._parse_stream(name, market) is None:
+                error = {"code": 2, "msg": f"Invalid request: stream {name!r}", "id": req_id}
+                return [_dump(error)]
+        if method == "SUBSCRIBE":
+            self._subscribe(session, params, market)
+        else:
+            state: _State = session.state
+            state.streams = [s for s in state.streams if s not in params]
+            session.subs.channels.clear()
+            self._subscribe(session, list(state.streams), market)
+        return [_dump({"result": None, "id": req_id})]
+
+    def trade_frame(self, market: Market, t: SimTrade) -> str:
+        symbol = symbol_of(t.product_id)
+        ms = epoch_ms(t.time)
+        return (
+            f'{{"stream":"{symbol.lower()}@aggTrade","data":{{"e":"aggTrade","E":{ms + 1},'
+            f'"s":"{symbol}","a":{t.trade_id},"p":"{pad8(t.price)}","q":"{pad8(t.size)}",'
+            f'"f":{t.trade_id},"l":{t.trade_id},"T":{ms},'
+            f'"m":{"true" if t.maker_side == "buy" else "false"},"M":true}}}}'
+        )
+
+    def ticker_frame(self, market: Market, t: SimTrade) -> str:
+        symbol = symbol_of(t.product_id)
+        d = decimals_of(market, t.product_id)
+        open_, high, low, volume = (Decimal(x) for x in market.day_stats(t.product_id))
+        last = Decimal(t.price)
+        change = last - open_
+        quote_volume = (volume * (open_ + last) / 2).quantize(Decimal(1).scaleb(-8))
+        vwap = (quote_volume / volume).quantize(Decimal(1).scaleb(-d)) if volume else last
+        pct = (change * 100 / open_).quantize(Decimal("0.001"))
+        bid, bid_qty, ask, ask_qty = quote_of(market, t)
+        ms = epoch_ms(t.time)
+        first = market.start_trade_id
+        fields: dict[str, object] = {
+            "e": "24hrTicker",
+            "E": ms + 1,
+            "s": symbol,
+            "p": pad8(plain(change)) if change >= 0 else "-" + pad8(plain(-change)),
+            "P": format(pct, "f"),
+            "w": pad8(plain(vwap)),
+            "x": pad8(plain(open_)),
+            "c": pad8(t.price),
+            "Q": pad8(t.size),
+            "b": pad8(bid),
+            "B": pad8(bid_qty),
+            "a": pad8(ask),
+            "A": pad8(ask_qty),
+            "o": pad8(plain(open_)),
+            "h": pad8(plain(high)),
+            "l": pad8(plain(low)),
+            "v": pad8(plain(volume)),
+            "q": pad8(plain(quote_volume)),
+            "O": ms - 86_400_000,
+            "C": ms,
+            "F": first,
+            "L": t.trade_id,
+            "n": t.trade_id - first + 1,
+        }
+        data = orjson.dumps(fields).decode()
+        return f'{{"stream":"{symbol.lower()}@ticker","data":{data}}}'
+
+    # ------------------------------------------------------------------ REST
+
+    def is_trades_path(self, path: str) -> bool:
+        return path.rstrip("/") == "/api/v3/aggTrades"
+
+    def throttled(self) -> RestAnswer:
+        return RestAnswer(
+            429, {"code": -1003, "msg": "Too many requests; current limit is exceeded."}
+        )
+
+    def rest(self, market: Market, path: str, query: Query) -> RestAnswer:
+        path = path.rstrip("/")
+        try:
+            if path == "/api/v3/exchangeInfo":
+                return self._exchange_info(market, query)
+            if path == "/api/v3/aggTrades":
+                return self._agg_trades(market, query)
+            if path == "/api/v3/klines":
+                return self._klines(market, query)
+        except ValueError as exc:
+            return RestAnswer(400, {"code": -1100, "msg": str(exc)})
+        return RestAnswer(404, {"code": -1, "msg": "Not found"})
+
+    @staticmethod
+    def _product(market: Market, query: Query) -> str:
+        symbol = one(query, "symbol")
+        if not symbol:
+            raise ValueError("Mandatory parameter 'symbol' was not sent, was empty/null.")
+        for product in market.products:
+            if symbol_of(product) == symbol.upper():
+                return product
+        raise ValueError("Invalid symbol.")
+
+    def _exchange_info(self, market: Market, query: Query) -> RestAnswer:
+        wanted = one(query, "symbol")
+        symbols = []
+        for product in market.products:
+            spec = market.specs[product]
+            if wanted and symbol_of(product) != wanted.upper():
+                continue
+            symbols.append(
+                {
+                    "symbol": symbol_of(product),
+                    "status": "TRADING",
+                    "baseAsset": spec.base_currency,
+                    "baseAssetPrecision": 8,
+                    "quoteAsset": spec.quote_currency,
+                    "quotePrecision": 8,
+                    "quoteAssetPrecision": 8,
+                    "isSpotTradingAllowed": True,
+                    "filters": [
+                        {
+                            "filterType": "PRICE_FILTER",
+                            "tickSize": pad8(spec.quote_increment),
+                        },
+                        {"filterType": "LOT_SIZE", "stepSize": pad8(spec.base_increment)},
+                    ],
+                }
+            )
+        if wanted and not symbols:
+            raise ValueError("Invalid symbol.")
+        return RestAnswer(
+            200,
+            {
+                "timezone": "UTC",
+                "serverTime": time.time_ns() // 1_000_000,
+                "rateLimits": [
+                    {
+                        "rateLimitType": "REQUEST_WEIGHT",
+                        "interval": "MINUTE",
+                        "intervalNum": 1,
+                        "limit": 6000,
+                    }
+                ],
+                "exchangeFilters": [],
+                "symbols": symbols,
+            },
+        )
+
+    def _agg_trades(self, market: Market, query: Query) -> RestAnswer:
+        product = self._product(market, query)
+        limit = int_param(query, "limit", 500)
+        assert limit is not None
+        if not 1 <= limit <= REST_MAX_LIMIT:
+            raise ValueError(f"limit must be between 1 and {REST_MAX_LIMIT}")
+        from_id = int_param(query, "fromId")
+        if from_id is None:
+            trades = market.trades_page(product, limit)[::-1]
+        else:
+            trades = trades_from_id(market, product, from_id, limit)
+        return RestAnswer(200, [_rest_agg(t) for t in trades])
+
+    def _klines(self, market: Market, query: Query) -> RestAnswer:
+        product = self._product(market, query)
+        seconds = _INTERVALS.get(one(query, "interval") or "")
+        if seconds is None:
+            raise ValueError("Invalid interval.")
+        limit = int_param(query, "limit", 500)
+        assert limit is not None
+        if not 1 <= limit <= REST_MAX_LIMIT:
+            raise ValueError(f"limit must be between 1 and {REST_MAX_LIMIT}")
+        start_ms, end_ms = int_param(query, "startTime"), int_param(query, "endTime")
+        rows = window(
+            candles(market.history(product), seconds),
+            None if start_ms is None else -(-start_ms // 1000),
+            None if end_ms is None else end_ms // 1000,
+        )
+        rows = rows[:limit] if start_ms is not None else rows[-limit:]
+        return RestAnswer(
+            200,
+            [
+                [
+                    c.start * 1000,
+                    pad8(plain(c.open)),
+                    pad8(plain(c.high)),
+                    pad8(plain(c.low)),
+                    pad8(plain(c.close)),
+                    pad8(plain(c.volume)),
+                    (c.start + seconds) * 1000 - 1,
+                    pad8(plain(c.quote_volume.quantize(_Q8))),
+                    c.count,
+                    pad8(plain(c.taker_buy_volume)),
+                    pad8(plain(c.taker_buy_quote.quantize(_Q8))),
+                    "0",
+                ]
+                for c in rows
+            ],
+        )
+
+
+def _rest_agg(t: SimTrade) -> dict[str, object]:
+    return {
+        "a": t.trade_id,
+        "p": pad8(t.price),
+        "q": pad8(t.size),
+        "f": t.trade_id,
+        "l": t.trade_id,
+        "T": epoch_ms(t.time),
+        "m": t.maker_side == "buy",
+        "M": True,
+    }
+
+
+def _dump(body: object) -> str:
+    return orjson.dumps(body).decode()
