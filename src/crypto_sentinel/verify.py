@@ -5,7 +5,9 @@ Two checks, the ones users of a market-data store actually run:
   every hole is a missed trade) plus duplicate ids, and the unfilled gap records; per hour
   also how many stored minutes are `complete` by the rule the API's candles carry
   (`crypto_sentinel.completeness`), and which are not;
-- our 1-minute candles against the exchange's own (`GET /products/{id}/candles`), exactly.
+- our 1-minute candles against the exchange's own REST candles, exactly (Coinbase
+  `GET /products/{id}/candles`, Binance klines, Kraken OHLC, Coinbase Advanced candles: each
+  venue's `rest_candles` in `sources/<venue>.py`).
 The first and last minute of each product are partial by nature (we joined and left
 mid-minute) and are skipped unless `--all-minutes`. Exit status 1 on any mismatch.
 """
@@ -16,6 +18,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -30,8 +33,8 @@ from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.location import LakeRoot, parse_lake
 from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.sources.ratelimit import TokenBucket
+from crypto_sentinel.sources.venues import connector_for, rest_candles_for, venue_of
 
-MAX_CANDLES = 300  # per REST request
 CANDLE_FIELDS = ("low", "high", "open", "close", "volume")
 
 
@@ -145,30 +148,6 @@ def our_candles(reader: LakeReader, exchange: str, product: str) -> dict[int, li
     return {int(r["start"].timestamp()): [r[f] for f in CANDLE_FIELDS] for r in rows}
 
 
-async def exchange_candles(
-    client: httpx.AsyncClient, bucket: TokenBucket, product: str, first: int, last: int
-) -> dict[int, list[Decimal]]:
-    """The exchange's 1-minute candles in [first, last] (unix seconds), in 300-minute pages."""
-    out: dict[int, list[Decimal]] = {}
-    start = first
-    while start <= last:
-        end = min(last, start + (MAX_CANDLES - 1) * 60)
-        await bucket.take()
-        response = await client.get(
-            f"/products/{product}/candles",
-            params={
-                "granularity": 60,
-                "start": datetime.fromtimestamp(start, UTC).isoformat(),
-                "end": datetime.fromtimestamp(end, UTC).isoformat(),
-            },
-        )
-        response.raise_for_status()
-        for row in json.loads(response.text, parse_float=Decimal, parse_int=Decimal):
-            out[int(row[0])] = [Decimal(v) for v in row[1:6]]
-        start = end + 60
-    return out
-
-
 def compare_candles(
     report: ProductReport,
     ours: dict[int, list[Decimal]],
@@ -201,8 +180,13 @@ async def verify(
             T.TRADES, "SELECT DISTINCT product_id FROM t WHERE exchange = ? ORDER BY 1", [exchange]
         )
         products = [r["product_id"] for r in found]
+    venue = venue_of(exchange)
+    if venue is None:
+        raise ValueError(f"no exchange codec speaks {exchange!r}")
+    rest = connector_for(venue).rest
+    bucket = TokenBucket(rest.rate, rest.burst) if rest is not None else TokenBucket(1.0, 2)
+    fetch = rest_candles_for(venue)
     reports = []
-    bucket = TokenBucket()
     flags = GapFlags(reader, ttl=0.0)
     flags.load()
     async with httpx.AsyncClient(base_url=rest_url.rstrip("/"), timeout=30) as client:
@@ -213,9 +197,8 @@ async def verify(
             theirs: dict[int, list[Decimal]] = {}
             if ours:
                 last = max(ours) + (60 if all_minutes else 0)
-                theirs = await exchange_candles(
-                    client, bucket, product, min(ours) - (60 if all_minutes else 0), last
-                )
+                first = min(ours) - (60 if all_minutes else 0)
+                theirs = await fetch(client, bucket.take, product, first, last)
             compare_candles(report, ours, theirs, all_minutes)
             reports.append(report)
     return reports
@@ -258,7 +241,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     exchange = args.exchange or settings.exchange
-    rest_url = args.rest_url or settings.coinbase_rest_url
+    venue = venue_of(exchange)
+    if venue is None:
+        print(f"sentinel verify: no exchange codec speaks {exchange!r}", file=sys.stderr)
+        return 2
+    rest_url = args.rest_url or settings.venue_urls(venue)[1]
     products = [p for p in args.products.split(",") if p] if args.products else None
     reports = asyncio.run(
         verify(settings.lake_root, exchange, rest_url, products, args.all_minutes)
@@ -281,7 +268,7 @@ def add_cli(verbs: Any) -> None:
     p.add_argument("--exchange", help="exchange name in the lake (default from settings)")
     p.add_argument(
         "--rest-url",
-        help="exchange REST base URL (default Coinbase; a `sentinel simulate` URL works too)",
+        help="exchange REST base URL (default: the venue's; a `sentinel simulate` URL works too)",
     )
     p.add_argument("--products", help="comma-separated product ids (default: all in the lake)")
     p.add_argument(

@@ -67,6 +67,9 @@ class RestTrades:
     page_size: int
     rate: float
     burst: int
+    #: `request(product, n + 1, n + page)` returns the trades after n (ids ascending), so a
+    #: product that stays quiet after a reconnect can be asked what it missed (`probe_after`).
+    asks_forward: bool = False
 
 
 #: For a venue whose REST cannot serve trades by id: its gaps are still recorded, unfilled
@@ -136,6 +139,7 @@ class Backfiller:
         self._seq = 0
         self._turns: list[str] = []  # products in the order they get the next request
         self._recent_next: dict[str, bool] = {}  # product -> serve the gaps after a long one
+        self._probes: dict[str, tuple[int, int]] = {}  # product -> (last id, due at ns)
         tracker.on_gap = self.add
 
     # --- the backlog ---------------------------------------------------------------------
@@ -293,9 +297,43 @@ class Backfiller:
             finally:
                 watcher.cancel()
 
+    def probe_after(self, products: list[str], delay: float) -> None:
+        """After a reconnect: a product whose stream shows no newer trade id within `delay`
+        seconds is asked over REST for trades after its last id. Without this, trades missed
+        during the disconnect of a product that then goes quiet stay unnoticed until its next
+        trade (venues with a heartbeat naming the last id do not need it)."""
+        if not self.rest.asks_forward:
+            return
+        due = time.time_ns() + int(delay * 1e9)
+        for product in products:
+            last = self.tracker.last_ids.get(product)
+            if last is not None:
+                self._probes[product] = (last, due)
+
+    async def _probe_due(self, client: httpx.AsyncClient, now_ns: int) -> None:
+        for product, (last, due) in list(self._probes.items()):
+            if due > now_ns:
+                continue
+            del self._probes[product]
+            if self.tracker.last_ids.get(product, last) > last:
+                continue  # the stream moved on: the tracker saw any gap itself
+            request = self.rest.request(product, last + 1, last + self.page_size)
+            response = None if request is None else await self._get(client, *request)
+            if response is None:
+                continue
+            try:
+                ids = self.rest.ids(orjson.loads(response.text))
+            except (orjson.JSONDecodeError, TypeError, KeyError, ValueError, AttributeError):
+                continue
+            newer = [i for i in ids if i > last]
+            if newer:  # as a heartbeat would: these exist, so they should have arrived
+                self.tracker.heard_of(product, max(newer))
+
     async def step(self, client: httpx.AsyncClient, publish: Publish) -> None:
         """Finish what is done, fetch one due window, or wait for a gap to come due."""
         now_ns = time.time_ns()
+        if self._probes:
+            await self._probe_due(client, now_ns)
         finished = await self._finish_done(publish, now_ns)
         window = self._next(now_ns)
         if window is None:

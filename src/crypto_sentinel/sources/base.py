@@ -158,6 +158,11 @@ class GapTracker:
             if seen.newest > 0:
                 self._see(product, seen.newest, seen.covered, seen.kind, seen.carries_trade)
 
+    def heard_of(self, product: str, newest: int) -> None:
+        """Trade `newest` exists (learnt over REST, not from the stream): ids up to it should
+        have arrived, as a heartbeat's last_trade_id says."""
+        self._see(product, newest, newest, "heartbeat", carries_trade=False)
+
     def _see(self, product: str, newest: int, covered: int, kind: str, carries_trade: bool) -> None:
         """`newest` exists at the exchange; ids up to `covered` should have reached us.
         Only a frame that carries the trade itself (`carries_trade`) can show that a missing

@@ -9,7 +9,12 @@ Binance.US by URL.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import Any
+
+import httpx
 
 from crypto_sentinel.sources.backfill import RestTrades
 from crypto_sentinel.sources.binance_codec import symbol_of
@@ -20,6 +25,7 @@ REST_PAGE_SIZE = 1000
 REST_RATE = 5.0
 REST_BURST = 10
 LIFETIME_SECONDS = 23.5 * 3600
+KLINES_PER_REQUEST = 1000
 
 
 def _trades_request(product: str, lo: int, hi: int) -> tuple[str, dict[str, Any]]:
@@ -32,6 +38,7 @@ BINANCE_TRADES = RestTrades(
     page_size=REST_PAGE_SIZE,
     rate=REST_RATE,
     burst=REST_BURST,
+    asks_forward=True,
 )
 
 
@@ -59,3 +66,35 @@ class BinanceConnector:
 
     def new_connection(self) -> None:
         pass
+
+
+async def rest_candles(
+    client: httpx.AsyncClient,
+    take: Callable[[], Awaitable[None]],
+    product: str,
+    first: int,
+    last: int,
+) -> dict[int, list[Decimal]]:
+    """1-minute klines in [first, last] (unix seconds) as [low, high, open, close, volume]."""
+    out: dict[int, list[Decimal]] = {}
+    start = first
+    while start <= last:
+        await take()
+        response = await client.get(
+            "/api/v3/klines",
+            params={
+                "symbol": symbol_of(product), "interval": "1m", "startTime": start * 1000,
+                "endTime": last * 1000 + 59_999, "limit": KLINES_PER_REQUEST,
+            },
+        )  # fmt: skip
+        response.raise_for_status()
+        rows = json.loads(response.text)
+        for row in rows:  # [open time ms, open, high, low, close, volume, ...]
+            minute = int(row[0]) // 1000
+            if first <= minute <= last:
+                out[minute] = [Decimal(row[3]), Decimal(row[2]), Decimal(row[1]),
+                               Decimal(row[4]), Decimal(row[5])]  # fmt: skip
+        if len(rows) < KLINES_PER_REQUEST:
+            break
+        start = int(rows[-1][0]) // 1000 + 60
+    return out

@@ -7,8 +7,13 @@ gap-checked; missed trades come back from GET /products/{id}/trades.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
+import httpx
 import orjson
 
 from crypto_sentinel.sources.backfill import RestTrades
@@ -23,6 +28,7 @@ REST_PAGE_SIZE = 1000
 #: Public REST endpoints: 10 requests/s per IP, bursts of 15 (ratelimit.py has the source).
 REST_RATE = COINBASE_PUBLIC_RATE
 REST_BURST = COINBASE_PUBLIC_BURST
+CANDLES_PER_REQUEST = 300
 
 
 def subscribe_message(products: list[str]) -> str:
@@ -74,3 +80,32 @@ class CoinbaseSource(FeedSource):
         **options: Any,
     ) -> None:
         super().__init__(CoinbaseConnector(), products, url, exchange, kind, **options)
+
+
+async def rest_candles(
+    client: httpx.AsyncClient,
+    take: Callable[[], Awaitable[None]],
+    product: str,
+    first: int,
+    last: int,
+) -> dict[int, list[Decimal]]:
+    """The exchange's 1-minute candles in [first, last] (unix seconds), 300 per request, as
+    [low, high, open, close, volume]."""
+    out: dict[int, list[Decimal]] = {}
+    start = first
+    while start <= last:
+        end = min(last, start + (CANDLES_PER_REQUEST - 1) * 60)
+        await take()
+        response = await client.get(
+            f"/products/{product}/candles",
+            params={
+                "granularity": 60,
+                "start": datetime.fromtimestamp(start, UTC).isoformat(),
+                "end": datetime.fromtimestamp(end, UTC).isoformat(),
+            },
+        )
+        response.raise_for_status()
+        for row in json.loads(response.text, parse_float=Decimal, parse_int=Decimal):
+            out[int(row[0])] = [Decimal(v) for v in row[1:6]]
+        start = end + 60
+    return out

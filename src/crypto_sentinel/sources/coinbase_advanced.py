@@ -10,12 +10,18 @@ has no trade history by id, so those gaps stay unfilled.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+
+import httpx
 import orjson
 
 from crypto_sentinel.sources.backfill import RestTrades
 
 CHANNELS = ("market_trades", "ticker", "heartbeats")
 _MARK = '"sequence_num":'
+CANDLES_PER_REQUEST = 350
 
 
 def subscribe_messages(products: list[str], kind: str = "subscribe") -> list[str]:
@@ -69,3 +75,30 @@ class CoinbaseAdvancedConnector:
 
     def new_connection(self) -> None:
         self.last_sequence = None
+
+
+async def rest_candles(
+    client: httpx.AsyncClient,
+    take: Callable[[], Awaitable[None]],
+    product: str,
+    first: int,
+    last: int,
+) -> dict[int, list[Decimal]]:
+    """Public 1-minute candles in [first, last] (unix seconds) as [low, high, open, close,
+    volume], at most 350 per request."""
+    out: dict[int, list[Decimal]] = {}
+    start = first
+    while start <= last:
+        end = min(last, start + (CANDLES_PER_REQUEST - 1) * 60)
+        await take()
+        response = await client.get(
+            f"/api/v3/brokerage/market/products/{product}/candles",
+            params={"start": start, "end": end + 59, "granularity": "ONE_MINUTE"},
+        )
+        response.raise_for_status()
+        for c in json.loads(response.text).get("candles", []):
+            minute = int(c["start"])
+            if first <= minute <= last:
+                out[minute] = [Decimal(c[k]) for k in ("low", "high", "open", "close", "volume")]
+        start = end + 60
+    return out

@@ -29,6 +29,8 @@ from crypto_sentinel.sources.ratelimit import TokenBucket
 log = logging.getLogger(__name__)
 
 MAX_FRAME_BYTES = 1 << 20
+#: After a reconnect, a product with no newer trade id this long is asked over REST.
+PROBE_SECONDS = 2.0
 
 
 class Connector(Protocol):
@@ -85,7 +87,7 @@ class FeedSource:
         self.backoff_base = backoff_base
         self.max_frame_bytes = max_frame_bytes
         self.status = SourceStatus(
-            kind=kind, exchange=exchange, url=url, simulated=kind == "simulator"
+            kind=kind, exchange=exchange, url=url, simulated=kind.startswith("simulator")
         )
         self.gaps = GapTracker(self.status)
         self.backfill: Backfiller | None = None
@@ -162,6 +164,8 @@ class FeedSource:
             self.status.connected = True
             self.status.connections += 1
             self.gaps.new_connection(self.products)
+            if self.backfill is not None and self.status.connections > 1:
+                self.backfill.probe_after(self.products, PROBE_SECONDS)
             self.status.last_error = ""
             self.connected.set()
             log.info("connected to %s (%s), conn %s", self.url, self.status.exchange, conn_id)

@@ -8,6 +8,11 @@ subscribe snapshot (the last 50 trades) fills short ones after a reconnect.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+
+import httpx
 import orjson
 
 from crypto_sentinel.sources.backfill import RestTrades
@@ -46,3 +51,37 @@ class KrakenConnector:
 
     def new_connection(self) -> None:
         pass
+
+
+def rest_pair(product: str) -> str:
+    """REST pair names call bitcoin XBT: `BTC-USD` -> `XBTUSD`."""
+    return "".join("XBT" if part == "BTC" else part for part in product.split("-"))
+
+
+async def rest_candles(
+    client: httpx.AsyncClient,
+    take: Callable[[], Awaitable[None]],
+    product: str,
+    first: int,
+    last: int,
+) -> dict[int, list[Decimal]]:
+    """1-minute OHLC in [first, last] (unix seconds) as [low, high, open, close, volume].
+    Kraken serves the most recent 720 minutes of OHLC at most."""
+    await take()
+    response = await client.get(
+        "/0/public/OHLC", params={"pair": rest_pair(product), "interval": 1, "since": first - 60}
+    )
+    response.raise_for_status()
+    body = json.loads(response.text)
+    if body.get("error"):
+        raise ValueError(f"Kraken OHLC: {body['error']}")
+    out: dict[int, list[Decimal]] = {}
+    for key, rows in body.get("result", {}).items():
+        if key == "last":
+            continue
+        for row in rows:  # [time, open, high, low, close, vwap, volume, count]
+            minute = int(row[0])
+            if first <= minute <= last:
+                out[minute] = [Decimal(row[3]), Decimal(row[2]), Decimal(row[1]),
+                               Decimal(row[4]), Decimal(row[6])]  # fmt: skip
+    return out

@@ -11,11 +11,13 @@ and one line in `_CODECS`.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import cache
 from typing import TYPE_CHECKING
 
+import httpx
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -152,3 +154,19 @@ def connector_for(venue: str) -> Connector:
     module = importlib.import_module(f"crypto_sentinel.sources.{module_name}")
     connector: Connector = getattr(module, name)()
     return connector
+
+
+#: A venue's REST 1-minute candles: (client, take a rate-limit token, product, first minute,
+#: last minute) -> {minute: [low, high, open, close, volume]} (`sentinel verify`).
+RestCandles = Callable[
+    [httpx.AsyncClient, Callable[[], Awaitable[None]], str, int, int],
+    Awaitable[dict[int, list[Decimal]]],
+]
+
+
+def rest_candles_for(venue: str) -> RestCandles:
+    module_name, _ = _CONNECTORS[venue]
+    fetch: RestCandles = importlib.import_module(
+        f"crypto_sentinel.sources.{module_name}"
+    ).rest_candles
+    return fetch
