@@ -28,6 +28,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from crypto_sentinel import metrics
 from crypto_sentinel.config import Settings
 from crypto_sentinel.model import RawFrame
+from crypto_sentinel.startup import StartupError
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,33 @@ def frame_key(text: str) -> bytes:
     return match.group(1).encode() if match else CONTROL_KEY
 
 
+def client_config(settings: Settings) -> dict[str, Any]:
+    """Connection settings every client shares: bootstrap servers and, when configured, the
+    security protocol, SASL mechanism and credentials and the CA file (librdkafka names)."""
+    conf: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap}
+    protocol = settings.kafka_security_protocol
+    if protocol != "PLAINTEXT":
+        conf["security.protocol"] = protocol
+    if protocol.startswith("SASL_"):
+        conf["sasl.mechanism"] = settings.kafka_sasl_mechanism
+        conf["sasl.username"] = settings.kafka_sasl_username
+        password = settings.kafka_sasl_password
+        conf["sasl.password"] = password.get_secret_value() if password is not None else ""
+    if settings.kafka_ssl_ca_location is not None and protocol in ("SSL", "SASL_SSL"):
+        conf["ssl.ca.location"] = str(settings.kafka_ssl_ca_location)
+    return conf
+
+
+#: Client errors that mean the broker cannot be used as configured (not a passing outage).
+REFUSED = (KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED)
+
+
 def ensure_topics(settings: Settings, exchanges: list[str], timeout: float = 30) -> None:
-    """Create the raw-frame topics with the configured layout if they do not exist."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    """Create the raw-frame topics with the configured layout if they do not exist.
+
+    A broker that refuses this client (credentials, TLS) raises `StartupError` with one line.
+    """
+    admin = AdminClient(client_config(settings))
     config = {
         "retention.ms": str(int(settings.kafka_retention_hours * 3600 * 1000)),
         "min.insync.replicas": str(settings.kafka_min_insync),
@@ -73,7 +98,13 @@ def ensure_topics(settings: Settings, exchanges: list[str], timeout: float = 30)
             future.result(timeout)
             log.info("created topic %s", topic)
         except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            err = exc.args[0]
+            if err.code() in REFUSED:
+                raise StartupError(
+                    f"Kafka at {settings.kafka_bootstrap} refused this client"
+                    f" ({settings.kafka_security_protocol}): {err.str()}"
+                ) from None
+            if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
 
 
@@ -89,7 +120,7 @@ class KafkaPublisher:
         self.last_error = ""
         self._producer = Producer(
             {
-                "bootstrap.servers": settings.kafka_bootstrap,
+                **client_config(settings),
                 "enable.idempotence": True,
                 "acks": "all",
                 "compression.type": "zstd",
@@ -102,7 +133,7 @@ class KafkaPublisher:
 
     def _on_error(self, err: KafkaError) -> None:
         self.last_error = str(err)
-        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, *REFUSED):
             self.outage = True
         log.warning("kafka producer: %s", err)
 
@@ -176,7 +207,7 @@ class KafkaFrames:
         self.assigned: list[tuple[str, int]] = []
         self._consumer = Consumer(
             {
-                "bootstrap.servers": settings.kafka_bootstrap,
+                **client_config(settings),
                 "group.id": group or settings.kafka_group,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "latest" if from_end else "earliest",
