@@ -78,7 +78,10 @@ def ensure_topics(settings: Settings, exchanges: list[str], timeout: float = 30)
 
     A broker that refuses this client (credentials, TLS) raises `StartupError` with one line.
     """
-    admin = AdminClient(client_config(settings))
+    errors: list[KafkaError] = []
+    conf: dict[str, Any] = {**client_config(settings), "error_cb": errors.append, "logger": log}
+    admin = AdminClient(conf)
+    _check_access(admin, errors, settings, timeout)
     config = {
         "retention.ms": str(int(settings.kafka_retention_hours * 3600 * 1000)),
         "min.insync.replicas": str(settings.kafka_min_insync),
@@ -98,13 +101,31 @@ def ensure_topics(settings: Settings, exchanges: list[str], timeout: float = 30)
             future.result(timeout)
             log.info("created topic %s", topic)
         except KafkaException as exc:
-            err = exc.args[0]
-            if err.code() in REFUSED:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+
+
+def _check_access(
+    admin: AdminClient, errors: list[KafkaError], settings: Settings, timeout: float
+) -> None:
+    """Wait for metadata; a refusal (SASL, TLS) seen meanwhile ends the wait with one line.
+
+    librdkafka's messages name the mechanism and the failing step, never the password.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin.list_topics(timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+            return
+        except KafkaException:
+            admin.poll(0)  # serves error_cb
+            refused = [e for e in errors if e.code() in REFUSED]
+            if refused:
                 raise StartupError(
                     f"Kafka at {settings.kafka_bootstrap} refused this client"
-                    f" ({settings.kafka_security_protocol}): {err.str()}"
+                    f" ({settings.kafka_security_protocol}): {refused[-1].str()}"
                 ) from None
-            if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            if time.monotonic() >= deadline:
                 raise
 
 
@@ -128,6 +149,7 @@ class KafkaPublisher:
                 "queue.buffering.max.messages": 200_000,
                 "message.timeout.ms": 0,  # never give up on a frame: retry until delivered
                 "error_cb": self._on_error,
+                "logger": log,  # librdkafka's own lines go through logging, not raw to stderr
             }
         )
 
@@ -217,6 +239,7 @@ class KafkaFrames:
                 # Client statistics (served by consume) give each partition's lag.
                 "statistics.interval.ms": STATS_INTERVAL_MS,
                 "stats_cb": self._on_stats,
+                "logger": log,
             }
         )
         pattern = "^" + re.escape(settings.kafka_topic_prefix) + ".*"
