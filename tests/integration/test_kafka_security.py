@@ -1,9 +1,9 @@
 """Kafka with a SASL_SSL listener (SCRAM-SHA-256 over TLS), started by the project's own broker
-code (`ops.kafka.start` with `BrokerSecurity`) from a CA made in the test.
+code (`sentinel kafka start --security-protocol SASL_SSL`) from a CA made in the test.
 
 Shows: a client without credentials (or with wrong ones) is refused; the pipeline with them
-stays exact (every trade stored once, exact decimals); no secret (user password, the brokers'
-own password, keystore password) appears in process logs, `/health`, heartbeat files, the
+stays exact (every trade stored once, exact decimals); no secret (the SASL password, the
+keystore password) appears in process logs, `/health`, heartbeat files, the
 broker's logs or a start-up error.
 """
 
@@ -29,6 +29,8 @@ from tests.conftest import free_port, free_port_run
 from tests.integration.test_kafka_pipeline import Cluster, run_simulator
 from tests.tlsfiles import TlsFiles, make_tls
 
+SENTINEL = Path(sys.executable).with_name("sentinel")
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 MECHANISM = "SCRAM-SHA-256"
@@ -40,11 +42,11 @@ class SecureBroker:
     data: Path
     bootstrap: str
     tls: TlsFiles
-    admin_password: str  # the brokers' own identity (first user)
-    password: str  # the pipeline's user
+    password: str  # the SASL user's (the pipeline's and the brokers' own identity)
+    start_output: str  # what `sentinel kafka start` printed
 
     def secrets(self) -> list[str]:
-        return [self.admin_password, self.password, self.tls.keystore_password]
+        return [self.password, self.tls.keystore_password]
 
     def env(self, password: str | None = None) -> dict[str, str]:
         """The pipeline's settings for this broker (SENTINEL_* variables)."""
@@ -59,21 +61,31 @@ class SecureBroker:
 
 @pytest.fixture(scope="module")
 def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    """`sentinel kafka start --security-protocol SASL_SSL`, secrets in the environment."""
     root = tmp_path_factory.mktemp("kafka-sasl")
     # Distinct random secrets, long enough that finding one anywhere is no coincidence.
     tls = make_tls(root / "tls", "ks-" + secrets.token_hex(12))
-    admin_pw, user_pw = "adm-" + secrets.token_hex(12), "usr-" + secrets.token_hex(12)
-    security = kafka.BrokerSecurity(
-        mechanism=MECHANISM,
-        keystore=tls.keystore,
-        keystore_password=tls.keystore_password,
-        ca_file=tls.ca_file,
-        users={"broker": admin_pw, USER: user_pw},
-    )
+    password = "usr-" + secrets.token_hex(12)
     data = root / "data"
-    kafka.start(data, nodes=1, port=free_port_run(2), timeout=120, security=security)
+    env = {
+        **os.environ,
+        kafka.SASL_USERNAME_ENV: USER,
+        kafka.SASL_PASSWORD_ENV: password,
+        kafka.KEYSTORE_PASSWORD_ENV: tls.keystore_password,
+    }
     try:
-        yield SecureBroker(data, kafka.bootstrap_servers(data), tls, admin_pw, user_pw)
+        done = subprocess.run(
+            [str(SENTINEL), "kafka", "start", "--data-dir", str(data),
+             "--port", str(free_port_run(2)), "--timeout", "120",
+             "--security-protocol", "SASL_SSL", "--sasl-mechanism", MECHANISM,
+             "--ssl-keystore", str(tls.keystore), "--ssl-ca", str(tls.ca_file)],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "SASL_SSL://127.0.0.1:" in done.stdout, done.stdout
+        yield SecureBroker(
+            data, kafka.bootstrap_servers(data), tls, password, done.stdout + done.stderr
+        )
     finally:
         kafka.stop(data)
 
@@ -160,7 +172,11 @@ async def test_pipeline_over_sasl_ssl_is_exact_and_keeps_secrets(
     cluster.assert_exact()  # every emitted trade once, prices and sizes as exact decimals
     assert ready.status_code == 200, ready.text
     assert '"kafka_producer"' in health and '"delivered"' in health, health
-    texts = {Path("/health"): health, **_texts(tmp_path, b.data / "kafka-logs")}
+    texts = {
+        Path("/health"): health,
+        Path("sentinel kafka start"): b.start_output,
+        **_texts(tmp_path, b.data / "kafka-logs"),
+    }
     assert any(p.name == "up.json" for p in texts), sorted(texts)  # the heartbeat was read
     leaks = [(str(p), s[:3]) for p, t in texts.items() for s in b.secrets() if s in t]
     assert not leaks, leaks
