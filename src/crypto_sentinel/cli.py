@@ -175,6 +175,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         )
         print(f"wrote {count} trades to {args.record}")
         return 0
+    resume = {}
+    if not args.fresh:  # continue what the lake holds of an earlier run
+        from crypto_sentinel.lake.query import LakeReader
+        from crypto_sentinel.runtime import simulator_resume
+
+        resume = simulator_resume(LakeReader(settings.lake_root), settings.products)
     server = SimulatorServer(
         products=settings.products,
         rate=settings.simulator_rate,
@@ -183,6 +189,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         port=args.sim_port,
         max_trades=args.max_trades,
         faults=fault_plan(settings.simulator_faults),
+        resume=resume,
     )
     log.info("simulated Coinbase exchange on ws://%s:%d", args.bind, args.sim_port)
     with contextlib.suppress(KeyboardInterrupt):
@@ -300,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--record", metavar="FILE", help="write COUNT trades to an NDJSON file and exit")
     p.add_argument("--count", type=int, default=1_000_000, help="trades for --record")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start the price walk from the seed instead of the lake's last simulated trades",
+    )
     _add_common(p, api=False)
     p.set_defaults(func=cmd_simulate)
 

@@ -228,6 +228,7 @@ class Pipeline:
             max_trades=s.simulator_max_trades,
             wait_for_subscriber=True,
             faults=fault_plan(s.simulator_faults),
+            resume=simulator_resume(self.reader, s.products),
         )
         await self.simulator.start()
         log.warning(
@@ -431,6 +432,23 @@ class Pipeline:
 def rest_url_of(ws_url: str) -> str:
     """The simulator serves REST on its WebSocket port."""
     return ws_url.replace("wss://", "https://", 1).replace("ws://", "http://", 1).rstrip("/")
+
+
+def simulator_resume(reader: LakeReader, products: list[str]) -> dict[str, Any]:
+    """Last trade id and price per simulated product in the lake; {} (a fresh walk) if none
+    or if the lake cannot be read."""
+    from crypto_sentinel.simulator.resume import resume_points
+
+    try:
+        points = resume_points(reader, products)
+    except Exception as exc:
+        log.warning("cannot read the simulator's last trades from the lake (%s): fresh start", exc)
+        return {}
+    for product, point in sorted(points.items()):
+        log.info(
+            "simulator resumes %s after trade %d at price %s", product, point.trade_id, point.price
+        )
+    return dict(points)
 
 
 def fault_plan(text: str) -> Any:
