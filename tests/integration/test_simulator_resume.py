@@ -1,0 +1,125 @@
+"""A restarted simulator continues what the lake holds (issue 20, item 6): after a restart the
+first new trade of each product follows its last stored trade id, and the price walk goes on
+from its last stored price instead of starting again from the seed."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from crypto_sentinel.config import load_settings
+from crypto_sentinel.lake import tables as T
+from crypto_sentinel.runtime import Pipeline
+from crypto_sentinel.simulator import Market
+from tests.conftest import free_port, read_table
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+PRODUCTS = ["BTC-USD", "ETH-USD", "SOL-USD"]
+SEEDS = (3, 9)  # the second run's own start prices are > 0.5 % from the first run's end
+TRADES = 600
+
+
+async def run_simulated(lake: Path, seed: int) -> None:
+    """`sentinel up --source simulator` in-process until its TRADES trades are stored."""
+    settings = load_settings(
+        source="simulator",
+        lake_dir=lake,
+        data_dir=lake.parent / "data",
+        products=",".join(PRODUCTS),
+        simulator_rate=1000,
+        simulator_seed=seed,
+        simulator_max_trades=TRADES,
+    )
+    pipeline = Pipeline(settings)
+    task = asyncio.create_task(pipeline.run(with_api=False, install_signals=False))
+    try:
+        for _ in range(480):  # bounded: at most two minutes
+            await asyncio.sleep(0.25)
+            assert not task.done(), task
+            sim = pipeline.simulator
+            if sim is not None and sim.done and pipeline.engine.stats.trades >= TRADES:
+                break
+        else:
+            raise AssertionError(f"only {pipeline.engine.stats.trades} of {TRADES} trades")
+    finally:
+        pipeline.stop_event.set()
+        await asyncio.wait_for(task, 30)
+
+
+def stored(lake: Path) -> dict[str, list[tuple[int, Decimal]]]:
+    """(trade id, price) per product, by id; every trade once."""
+    rows = read_table(lake, T.TRADES).to_pylist()
+    assert len({(r["product_id"], r["trade_id"]) for r in rows}) == len(rows), "duplicates"
+    assert {r["exchange"] for r in rows} == {"simulator"}
+    out: dict[str, list[tuple[int, Decimal]]] = {}
+    for r in sorted(rows, key=lambda r: r["trade_id"]):
+        out.setdefault(r["product_id"], []).append((r["trade_id"], r["price"]))
+    return out
+
+
+def assert_continues(before: dict[str, list[tuple[int, Decimal]]], after: dict) -> None:
+    for p in PRODUCTS:
+        last_id, last_price = before[p][-1]
+        new = [(i, price) for i, price in after[p] if i > last_id]
+        assert new, f"no new {p} trades"
+        ids = [i for i, _ in after[p]]
+        assert ids == list(range(ids[0], ids[0] + len(ids))), f"{p} ids not contiguous"
+        first_id, first_price = new[0]
+        assert first_id == last_id + 1
+        # One step of the walk (sigma 0.005 %) from the stored price; a walk started again
+        # from the second seed would begin more than 0.5 % away (checked below).
+        assert abs(first_price / last_price - 1) < Decimal("0.0005"), (p, last_price, first_price)
+        fresh = Decimal(Market(PRODUCTS, seed=SEEDS[1]).price(p))
+        assert abs(fresh / last_price - 1) > Decimal("0.005"), "the seeds do not test anything"
+
+
+async def test_sentinel_up_restart_continues_ids_and_prices(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    await run_simulated(lake, SEEDS[0])
+    before = stored(lake)
+    assert set(before) == set(PRODUCTS)
+    await run_simulated(lake, SEEDS[1])
+    after = stored(lake)
+    assert sum(map(len, after.values())) == 2 * TRADES
+    assert_continues(before, after)
+
+
+async def test_sentinel_simulate_resumes_from_the_lake(tmp_path: Path) -> None:
+    """The standalone simulator reads the same lake (`--lake`) and serves continuing ids."""
+    lake = tmp_path / "lake"
+    await run_simulated(lake, SEEDS[0])
+    before = stored(lake)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crypto_sentinel.cli", "simulate", "--lake", str(lake),
+         "--sim-port", str(port), "--seed", str(SEEDS[1]), "--max-trades", "300",
+         "--rate", "1000", "--products", ",".join(PRODUCTS)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        after: dict[str, list[tuple[int, Decimal]]] = {}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            for _ in range(120):  # bounded: the server starts and emits its 300 trades
+                await asyncio.sleep(0.25)
+                try:
+                    pages = [(await client.get(f"/products/{p}/trades")).json() for p in PRODUCTS]
+                except httpx.TransportError:
+                    continue
+                if sum(map(len, pages)) >= 300:
+                    for p, page in zip(PRODUCTS, pages, strict=True):
+                        new = sorted((t["trade_id"], Decimal(t["price"])) for t in page)
+                        after[p] = before[p] + new
+                    break
+        assert after, "the simulator served no trades"
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0].decode(errors="replace")
+    assert_continues(before, after)
+    assert "simulator resumes BTC-USD after trade" in out, out
