@@ -53,26 +53,29 @@ async def run_simulated(lake: Path, seed: int) -> None:
         await asyncio.wait_for(task, 30)
 
 
-def stored(lake: Path) -> dict[str, list[tuple[int, Decimal]]]:
-    """(trade id, price) per product, by id; every trade once."""
+def stored(lake: Path) -> dict[str, list[tuple[int, Decimal, int]]]:
+    """(trade id, price, sequence) per product, by id; every trade and ticker once."""
     rows = read_table(lake, T.TRADES).to_pylist()
     assert len({(r["product_id"], r["trade_id"]) for r in rows}) == len(rows), "duplicates"
     assert {r["exchange"] for r in rows} == {"simulator"}
-    out: dict[str, list[tuple[int, Decimal]]] = {}
+    tickers = read_table(lake, T.TICKERS).select(["product_id", "sequence"]).to_pylist()
+    assert len({tuple(r.values()) for r in tickers}) == len(tickers), "duplicate tickers"
+    out: dict[str, list[tuple[int, Decimal, int]]] = {}
     for r in sorted(rows, key=lambda r: r["trade_id"]):
-        out.setdefault(r["product_id"], []).append((r["trade_id"], r["price"]))
+        out.setdefault(r["product_id"], []).append((r["trade_id"], r["price"], r["sequence"]))
     return out
 
 
-def assert_continues(before: dict[str, list[tuple[int, Decimal]]], after: dict) -> None:
+def assert_continues(before: dict[str, list[tuple[int, Decimal, int]]], after: dict) -> None:
     for p in PRODUCTS:
-        last_id, last_price = before[p][-1]
-        new = [(i, price) for i, price in after[p] if i > last_id]
+        last_id, last_price, _ = before[p][-1]
+        new = [row for row in after[p] if row[0] > last_id]
         assert new, f"no new {p} trades"
-        ids = [i for i, _ in after[p]]
+        ids = [row[0] for row in after[p]]
         assert ids == list(range(ids[0], ids[0] + len(ids))), f"{p} ids not contiguous"
-        first_id, first_price = new[0]
+        first_id, first_price, first_sequence = new[0]
         assert first_id == last_id + 1
+        assert first_sequence > max(row[2] for row in before[p]), f"{p} sequence went back"
         # One step of the walk (sigma 0.005 %) from the stored price; a walk started again
         # from the second seed would begin more than 0.5 % away (checked below).
         assert abs(first_price / last_price - 1) < Decimal("0.0005"), (p, last_price, first_price)
@@ -104,7 +107,7 @@ async def test_sentinel_simulate_resumes_from_the_lake(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        after: dict[str, list[tuple[int, Decimal]]] = {}
+        after: dict[str, list[tuple[int, Decimal, int]]] = {}
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             for _ in range(120):  # bounded: the server starts and emits its 300 trades
                 await asyncio.sleep(0.25)
@@ -114,7 +117,9 @@ async def test_sentinel_simulate_resumes_from_the_lake(tmp_path: Path) -> None:
                     continue
                 if sum(map(len, pages)) >= 300:
                     for p, page in zip(PRODUCTS, pages, strict=True):
-                        new = sorted((t["trade_id"], Decimal(t["price"])) for t in page)
+                        new = sorted(
+                            (t["trade_id"], Decimal(t["price"]), sys.maxsize) for t in page
+                        )  # REST trades carry no sequence
                         after[p] = before[p] + new
                     break
         assert after, "the simulator served no trades"

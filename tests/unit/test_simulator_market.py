@@ -100,7 +100,7 @@ def test_resume_continues_each_products_ids_and_price_walk() -> None:
     first = Market(PRODUCTS, seed=3, start_trade_id=1)
     run1 = trades(first, 900)
     last = {t.product_id: t for t in run1}  # each product's newest trade
-    resume = {p: ResumePoint(t.trade_id, Decimal(t.price)) for p, t in last.items()}
+    resume = {p: ResumePoint(t.trade_id, Decimal(t.price), t.sequence) for p, t in last.items()}
     # Another seed on purpose: where a fresh walk of that seed starts is far from run 1's end.
     fresh = Market(PRODUCTS, seed=9, start_trade_id=1)
     again = Market(PRODUCTS, seed=9, start_trade_id=1, resume=resume)
@@ -117,6 +117,8 @@ def test_resume_continues_each_products_ids_and_price_walk() -> None:
         step = Decimal(new[0].price) / Decimal(last[p].price) - 1
         assert abs(step) < Decimal("0.0005"), (p, last[p].price, new[0].price)
         assert again.trades_page(p, 1000)[-1].trade_id == last[p].trade_id + 1  # REST agrees
+        # The feed's sequence never goes back (tickers are keyed by it).
+        assert new[0].sequence > last[p].sequence
 
 
 def test_resume_only_for_given_products_and_rounds_to_the_tick() -> None:

@@ -119,10 +119,12 @@ def _decimals(increment: str) -> int:
 
 
 class ResumePoint(NamedTuple):
-    """Where a product's previous run stopped: its last trade id and price (from the lake)."""
+    """Where a product's previous run stopped (from the lake): its last trade id and price,
+    and the highest feed sequence it used (trades and tickers share it; it never goes back)."""
 
     trade_id: int
     price: Decimal
+    sequence: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +298,8 @@ class _Book:
         # Sequences start at the trade id so that a restarted simulator (time-based ids)
         # also never goes back in sequence; the offset makes products differ.
         self.sequence = start_trade_id + rng.randrange(1, 1000)
+        if resume is not None:  # ... and a resumed one goes on after the stored sequences
+            self.sequence = max(self.sequence, resume.sequence)
         self.last: SimTrade | None = None
         self.last_maker_bits = 0
         self.last_taker_bits = 0

@@ -21,16 +21,19 @@ SIMULATOR_EXCHANGE = "simulator"  # the lake's exchange name for simulated data
 def resume_points(
     reader: LakeReader, products: Sequence[str], exchange: str = SIMULATOR_EXCHANGE
 ) -> dict[str, ResumePoint]:
-    """The newest stored trade (highest id) of each simulated product in silver trades."""
+    """The newest stored trade (highest id) of each simulated product in silver trades, with
+    the highest sequence stored for it."""
     rows = reader.query(
         T.TRADES,
-        "SELECT product_id, max(trade_id) AS trade_id, arg_max(price, trade_id) AS price"
-        " FROM t WHERE exchange = ? GROUP BY product_id",
+        "SELECT product_id, max(trade_id) AS trade_id, arg_max(price, trade_id) AS price,"
+        " max(sequence) AS sequence FROM t WHERE exchange = ? GROUP BY product_id",
         [exchange],
     )
     wanted = set(products)
     return {
-        r["product_id"]: ResumePoint(int(r["trade_id"]), Decimal(r["price"]))
+        r["product_id"]: ResumePoint(
+            int(r["trade_id"]), Decimal(r["price"]), int(r["sequence"] or 0)
+        )
         for r in rows
         if r["product_id"] in wanted and r["trade_id"] is not None
     }
