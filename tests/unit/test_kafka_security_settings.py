@@ -108,3 +108,33 @@ def test_kafka_start_cli_takes_secrets_from_the_environment_only(
         "ks-" + SECRET,
     )
     assert kafka._cli_security(build_parser().parse_args(["kafka", "start"])) is None
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-512"])
+def test_broker_properties_replace_plaintext_with_sasl_ssl(tmp_path: Path, mechanism: str) -> None:
+    from crypto_sentinel.ops import kafka
+
+    files = {"keystore": tmp_path / "k.p12", "ca_file": tmp_path / "ca.pem"}
+    for path in files.values():
+        path.write_bytes(b"x")
+    sec = BrokerSecurity(
+        mechanism, keystore_password="ks", users={"broker": "p1", "app": "p2"}, **files
+    )
+    cluster = kafka._Cluster("4.4.0", "id", 1, "127.0.0.1", 19092, 19093, "SASL_SSL")
+    props = dict(
+        line.split("=", 1)
+        for line in kafka._server_properties(cluster, tmp_path, 0, sec).splitlines()
+        if not line.startswith("#")
+    )
+    assert props["listeners"] == "SASL_SSL://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"
+    assert props["advertised.listeners"] == "SASL_SSL://127.0.0.1:19092"
+    assert props["inter.broker.listener.name"] == "SASL_SSL"
+    assert props["listener.security.protocol.map"] == "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT"
+    assert props["sasl.enabled.mechanisms"] == mechanism
+    assert not any("PLAINTEXT://" in v for v in props.values())
+    jaas = props[f"listener.name.sasl_ssl.{mechanism.lower()}.sasl.jaas.config"]
+    assert 'username="broker" password="p1"' in jaas
+    if mechanism == "PLAIN":  # PLAIN users are listed in the JAAS line; SCRAM's are formatted
+        assert 'user_broker="p1" user_app="p2"' in jaas
+    else:
+        assert "user_" not in jaas and "ScramLoginModule" in jaas
