@@ -44,6 +44,9 @@ from crypto_sentinel.sources.coinbase import CoinbaseSource
 from crypto_sentinel.sources.replay import ReplaySource
 from crypto_sentinel.startup import StartupError, bind_api, check_lake, check_source, lake_problem
 
+#: Frames per partition read back from the Kafka tail when the built-in simulator resumes.
+KAFKA_RESUME_TAIL = 2000
+
 #: GIL switch interval (seconds) of a process that serves the API next to the engine.
 API_SWITCH_INTERVAL = 0.001
 
@@ -228,7 +231,7 @@ class Pipeline:
             max_trades=s.simulator_max_trades,
             wait_for_subscriber=True,
             faults=fault_plan(s.simulator_faults),
-            resume=simulator_resume(self.reader, s.products),
+            resume=simulator_resume(self.reader, s.products, s if self.kafka else None),
         )
         await self.simulator.start()
         log.warning(
@@ -434,15 +437,21 @@ def rest_url_of(ws_url: str) -> str:
     return ws_url.replace("wss://", "https://", 1).replace("ws://", "http://", 1).rstrip("/")
 
 
-def simulator_resume(reader: LakeReader, products: list[str]) -> dict[str, Any]:
-    """Last trade id and price per simulated product in the lake; {} (a fresh walk) if none
-    or if the lake cannot be read."""
-    from crypto_sentinel.simulator.resume import resume_points
+def simulator_resume(
+    reader: LakeReader, products: list[str], kafka: Settings | None = None
+) -> dict[str, Any]:
+    """Last trade id and price per simulated product in the lake, and over Kafka also in the
+    log's tail (frames not processed yet); {} (a fresh walk) if none or if unreadable."""
+    from crypto_sentinel.bus.kafka import tail_texts
+    from crypto_sentinel.simulator.resume import merge_points, points_from_frames, resume_points
 
     try:
         points = resume_points(reader, products)
+        if kafka is not None:
+            tail = tail_texts(kafka, "simulator", KAFKA_RESUME_TAIL)
+            points = merge_points(points, points_from_frames(tail, products))
     except Exception as exc:
-        log.warning("cannot read the simulator's last trades from the lake (%s): fresh start", exc)
+        log.warning("cannot read the simulator's last trades (%s): fresh start", exc)
         return {}
     for product, point in sorted(points.items()):
         log.info(

@@ -7,16 +7,23 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
+import uuid
 from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
 
+from crypto_sentinel.bus.kafka import KafkaPublisher, ensure_topics
 from crypto_sentinel.config import load_settings
 from crypto_sentinel.lake import tables as T
-from crypto_sentinel.runtime import Pipeline
+from crypto_sentinel.lake.query import LakeReader
+from crypto_sentinel.model import RawFrame
+from crypto_sentinel.runtime import Pipeline, simulator_resume
 from crypto_sentinel.simulator import Market
+from crypto_sentinel.simulator.market import ResumePoint
+from crypto_sentinel.simulator.resume import merge_points
 from tests.conftest import free_port, read_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -128,3 +135,47 @@ async def test_sentinel_simulate_resumes_from_the_lake(tmp_path: Path) -> None:
         out = proc.communicate(timeout=30)[0].decode(errors="replace")
     assert_continues(before, after)
     assert "simulator resumes BTC-USD after trade" in out, out
+
+
+async def test_over_kafka_the_logs_tail_counts_too(
+    broker: tuple[Path, str], tmp_path: Path
+) -> None:
+    """Frames in Kafka that no processor stored yet are newer than the lake: a simulator that
+    resumed from the lake alone would reuse their ids (and the engine drop its new trades)."""
+    tag = uuid.uuid4().hex[:8]
+    settings = load_settings(
+        bus="kafka",
+        kafka_bootstrap=broker[1],
+        kafka_topic_prefix=f"resume{tag}.",
+        lake_dir=tmp_path / "lake",
+        products=",".join(PRODUCTS),
+    )
+    ensure_topics(settings, ["simulator"])
+    market = Market(PRODUCTS, seed=SEEDS[0], start_trade_id=1)
+    publisher = KafkaPublisher(settings)
+    last = {}
+    for i in range(900):
+        t = market.next_trade()
+        last[t.product_id] = t
+        for n, text in enumerate((market.match_frame(t), market.ticker_frame(t))):
+            await publisher.publish(RawFrame("simulator", "c1", 2 * i + n, time.time_ns(), text))
+    assert publisher.flush(60) == 0
+    reader = LakeReader(settings.lake_root)
+    assert simulator_resume(reader, PRODUCTS) == {}  # the lake holds nothing yet
+    points = simulator_resume(reader, PRODUCTS, settings)
+    assert points == {
+        p: ResumePoint(t.trade_id, Decimal(t.price), t.sequence) for p, t in last.items()
+    }
+
+
+def test_merge_takes_the_newest_trade_and_the_highest_sequence() -> None:
+    lake = {
+        "BTC-USD": ResumePoint(10, Decimal("5.1"), 90),
+        "ETH-USD": ResumePoint(7, Decimal(2), 9),
+    }
+    log = {"BTC-USD": ResumePoint(12, Decimal("5.3"), 80), "SOL-USD": ResumePoint(3, Decimal(1), 4)}
+    assert merge_points(lake, log) == {
+        "BTC-USD": ResumePoint(12, Decimal("5.3"), 90),
+        "ETH-USD": ResumePoint(7, Decimal(2), 9),
+        "SOL-USD": ResumePoint(3, Decimal(1), 4),
+    }

@@ -129,6 +129,54 @@ def _check_access(
                 raise
 
 
+def tail_texts(
+    settings: Settings, exchange: str, per_partition: int, timeout: float = 30
+) -> list[str]:
+    """The last `per_partition` frames of each partition of an exchange's topic (oldest first
+    per partition), read by assignment: no consumer group joins or commits. [] without topic.
+    """
+    topic = topic_name(settings, exchange)
+    conf: dict[str, Any] = {
+        **client_config(settings),
+        "group.id": f"{settings.kafka_group}-tail",
+        "enable.auto.commit": False,
+        "logger": log,
+    }
+    consumer = Consumer(conf)
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return []
+        ends: dict[int, int] = {}
+        starts = []
+        for partition in sorted(meta.partitions):
+            lo, hi = consumer.get_watermark_offsets(
+                KafkaPartition(topic, partition), timeout=timeout
+            )
+            if hi > lo:
+                ends[partition] = hi
+                starts.append(KafkaPartition(topic, partition, max(lo, hi - per_partition)))
+        if not starts:
+            return []
+        consumer.assign(starts)
+        texts: list[str] = []
+        deadline = time.monotonic() + timeout
+        while ends and time.monotonic() < deadline:
+            for msg in consumer.consume(num_messages=1000, timeout=0.5):
+                if msg.error() is not None:
+                    continue
+                partition, offset = msg.partition(), msg.offset()
+                if partition in ends and offset is not None and offset < ends[partition]:
+                    texts.append((msg.value() or b"").decode("utf-8", errors="replace"))
+                    if offset + 1 >= ends[partition]:
+                        del ends[partition]
+        if ends:
+            raise TimeoutError(f"Kafka topic {topic}: tail not read within {timeout:.0f} s")
+        return texts
+    finally:
+        consumer.close()
+
+
 class KafkaPublisher:
     """Idempotent producer (acks=all): librdkafka buffers and retries through broker outages;
     `publish` waits while its buffer is full, so a long outage slows the source, never loses."""
