@@ -178,6 +178,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         )
         print(f"wrote {count} trades to {args.record}")
         return 0
+    resume = {}
+    if not args.fresh:  # continue what the lake holds of an earlier run
+        from crypto_sentinel.lake.query import LakeReader
+        from crypto_sentinel.runtime import simulator_resume
+        from crypto_sentinel.sources.venues import simulated_name
+
+        resume = simulator_resume(
+            LakeReader(settings.lake_root), settings.products, None, simulated_name(args.venue)
+        )
     server = SimulatorServer(
         products=settings.products,
         rate=settings.simulator_rate,
@@ -187,6 +196,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         max_trades=args.max_trades,
         faults=fault_plan(settings.simulator_faults),
         venue=args.venue,
+        resume=resume,
     )
     log.info("simulated %s exchange on ws://%s:%d", args.venue, args.bind, args.sim_port)
     with contextlib.suppress(KeyboardInterrupt):
@@ -310,6 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--record", metavar="FILE", help="write COUNT trades to an NDJSON file and exit")
     p.add_argument("--count", type=int, default=1_000_000, help="trades for --record")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start the price walk from the seed instead of the lake's last simulated trades",
+    )
     _add_common(p, api=False)
     p.set_defaults(func=cmd_simulate)
 

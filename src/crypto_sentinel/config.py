@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -293,6 +293,41 @@ class Settings(BaseSettings):
         "-XX:+UseG1GC -XX:+ExitOnOutOfMemoryError -XX:ReservedCodeCacheSize=128m"
         " -XX:MaxDirectMemorySize=256m -Xss1m"
     )
+
+    # --- Kafka client security (issue 20): given to every producer, consumer and admin client
+    # as librdkafka's security.protocol, sasl.mechanism, sasl.username/password and
+    # ssl.ca.location. The password is a SecretStr: repr, logs and /health never show it.
+    kafka_security_protocol: str = Field(
+        "PLAINTEXT", pattern="^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$"
+    )
+    kafka_sasl_mechanism: str = Field(
+        "SCRAM-SHA-256", pattern="^(PLAIN|SCRAM-SHA-256|SCRAM-SHA-512)$"
+    )
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: Path | None = None  # PEM CA bundle; default: the system's CAs
+
+    @field_validator("kafka_sasl_password")
+    @classmethod
+    def _check_sasl(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        protocol = info.data.get("kafka_security_protocol", "")
+        if str(protocol).startswith("SASL_") and (
+            not info.data.get("kafka_sasl_username")
+            or value is None
+            or not value.get_secret_value()
+        ):
+            raise ValueError(
+                f"security protocol {protocol} needs SENTINEL_KAFKA_SASL_USERNAME and"
+                " SENTINEL_KAFKA_SASL_PASSWORD"
+            )
+        return value
+
+    @field_validator("kafka_ssl_ca_location")
+    @classmethod
+    def _check_ca(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no CA file at {value}")
+        return value
 
 
 def load_settings(flags: dict[str, str] | None = None, **overrides: Any) -> Settings:

@@ -51,6 +51,9 @@ from crypto_sentinel.sources.venues import (
 )
 from crypto_sentinel.startup import StartupError, bind_api, check_lake, check_source, lake_problem
 
+#: Frames per partition read back from the Kafka tail when the built-in simulator resumes.
+KAFKA_RESUME_TAIL = 2000
+
 #: GIL switch interval (seconds) of a process that serves the API next to the engine.
 API_SWITCH_INTERVAL = 0.001
 
@@ -262,6 +265,9 @@ class Pipeline:
             wait_for_subscriber=True,
             faults=fault_plan(s.simulator_faults),
             **options,
+            resume=simulator_resume(
+                self.reader, s.products_for(venue), s if self.kafka else None, name
+            ),
         )
         await simulator.start()
         self.simulators.append(simulator)
@@ -489,6 +495,33 @@ async def _all(coroutines: list[Any]) -> None:
 def rest_url_of(ws_url: str) -> str:
     """The simulator serves REST on its WebSocket port."""
     return ws_url.replace("wss://", "https://", 1).replace("ws://", "http://", 1).rstrip("/")
+
+
+def simulator_resume(
+    reader: LakeReader,
+    products: list[str],
+    kafka: Settings | None = None,
+    exchange: str = "simulator",
+) -> dict[str, Any]:
+    """Last trade id and price per simulated product in the lake (under `exchange`, the
+    simulated twin's name), and over Kafka also in the log's tail (frames not processed yet;
+    Coinbase-protocol frames only); {} (a fresh walk) if none or if unreadable."""
+    from crypto_sentinel.bus.kafka import tail_texts
+    from crypto_sentinel.simulator.resume import merge_points, points_from_frames, resume_points
+
+    try:
+        points = resume_points(reader, products, exchange)
+        if kafka is not None and exchange == "simulator":
+            tail = tail_texts(kafka, "simulator", KAFKA_RESUME_TAIL)
+            points = merge_points(points, points_from_frames(tail, products))
+    except Exception as exc:
+        log.warning("cannot read the simulator's last trades (%s): fresh start", exc)
+        return {}
+    for product, point in sorted(points.items()):
+        log.info(
+            "simulator resumes %s after trade %d at price %s", product, point.trade_id, point.price
+        )
+    return dict(points)
 
 
 def fault_plan(text: str) -> Any:

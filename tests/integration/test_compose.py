@@ -20,10 +20,11 @@ CORE = {"kafka", "ingest", "process", "api"}
 SPARK = {"spark-master", "spark-worker", "spark-job"}
 
 
-def compose_config(*profile: str) -> dict[str, Any]:
+def compose_config(*profile: str, env_vars: dict[str, str] | None = None) -> dict[str, Any]:
     tool = shutil.which("docker-compose")
     assert tool is not None, "docker-compose missing: .ci/run installs Debian's docker-compose"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SENTINEL_", "AWS_"))}
+    env.update(env_vars or {})
     done = subprocess.run(
         [tool, "-f", str(COMPOSE_FILE), *profile, "config"],
         capture_output=True,
@@ -90,3 +91,29 @@ def test_dockerfile_is_multi_stage_slim_and_non_root() -> None:
     assert len(stages) >= 3 and all("slim" in s[1] or s[1] in {"build", "app"} for s in stages)
     assert "USER sentinel" in text and "HEALTHCHECK" in text
     assert 'CMD ["sentinel", "up"]' in text
+
+
+#: Optional settings the sentinel services pass through (issue 20: API token, Kafka security).
+PASS_THROUGH = {
+    "SENTINEL_API_TOKEN": "token-123",
+    "SENTINEL_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+    "SENTINEL_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+    "SENTINEL_KAFKA_SASL_USERNAME": "sentinel",
+    "SENTINEL_KAFKA_SASL_PASSWORD": "pw-456",
+    "SENTINEL_KAFKA_SSL_CA_LOCATION": "/data/ca.pem",
+    "SENTINEL_KAFKA_BOOTSTRAP": "broker.example:9093",
+}
+
+
+def test_token_and_kafka_security_pass_through_only_when_set() -> None:
+    unset = compose_config("--profile", "spark")["services"]
+    given = compose_config("--profile", "spark", env_vars=PASS_THROUGH)["services"]
+    for name, service in given.items():
+        if name == "kafka":
+            continue
+        env = service["environment"]
+        assert {k: env.get(k) for k in PASS_THROUGH} == PASS_THROUGH, name
+        default = unset[name]["environment"]
+        for key in PASS_THROUGH:  # not set at all (None), never an empty string
+            if key != "SENTINEL_KAFKA_BOOTSTRAP":
+                assert key in default and default[key] is None, (name, key, default.get(key))

@@ -16,6 +16,7 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from crypto_sentinel.simulator import Market, SimTrade, write_recording
+from crypto_sentinel.simulator.market import ResumePoint
 from crypto_sentinel.simulator.protocol import (
     ProtocolError,
     Subscriptions,
@@ -92,6 +93,46 @@ def test_default_start_id_is_the_current_time_in_microseconds() -> None:
     after = int(time.time() * 1_000_000)
     assert before <= market.start_trade_id <= after
     assert market.next_trade().trade_id == market.start_trade_id
+
+
+def test_resume_continues_each_products_ids_and_price_walk() -> None:
+    """A restart continues from the lake's last trade per product, not from the seed."""
+    first = Market(PRODUCTS, seed=3, start_trade_id=1)
+    run1 = trades(first, 900)
+    last = {t.product_id: t for t in run1}  # each product's newest trade
+    resume = {p: ResumePoint(t.trade_id, Decimal(t.price), t.sequence) for p, t in last.items()}
+    # Another seed on purpose: where a fresh walk of that seed starts is far from run 1's end.
+    fresh = Market(PRODUCTS, seed=9, start_trade_id=1)
+    again = Market(PRODUCTS, seed=9, start_trade_id=1, resume=resume)
+    for p in PRODUCTS:
+        assert again.price(p) == last[p].price  # the walk starts at the stored price
+        assert abs(Decimal(fresh.price(p)) / Decimal(last[p].price) - 1) > Decimal("0.005")
+    run2 = trades(again, 900, start=T0 + timedelta(minutes=5))
+    for p in PRODUCTS:
+        new = [t for t in run2 if t.product_id == p]
+        assert [t.trade_id for t in new] == list(
+            range(last[p].trade_id + 1, last[p].trade_id + 1 + len(new))
+        )
+        # One step of the walk (sigma 0.005 %) from the stored price, not a jump (> 0.5 %).
+        step = Decimal(new[0].price) / Decimal(last[p].price) - 1
+        assert abs(step) < Decimal("0.0005"), (p, last[p].price, new[0].price)
+        assert again.trades_page(p, 1000)[-1].trade_id == last[p].trade_id + 1  # REST agrees
+        # The feed's sequence never goes back (tickers are keyed by it).
+        assert new[0].sequence > last[p].sequence
+
+
+def test_resume_only_for_given_products_and_rounds_to_the_tick() -> None:
+    market = Market(PRODUCTS, seed=5, start_trade_id=77,
+                    resume={"ETH-USD": ResumePoint(41, Decimal("3012.345"))})  # fmt: skip
+    assert market.price("ETH-USD") == "3012.34"  # half-even onto the 0.01 increment
+    firsts = {}
+    for t in trades(market, 60):
+        firsts.setdefault(t.product_id, t.trade_id)
+    assert firsts == {"BTC-USD": 77, "ETH-USD": 42, "SOL-USD": 77}
+    with pytest.raises(ValueError, match="not simulated"):
+        Market(PRODUCTS, resume={"DOGE-USD": ResumePoint(1, Decimal(1))})
+    with pytest.raises(ValueError, match="invalid resume point"):
+        Market(PRODUCTS, resume={"BTC-USD": ResumePoint(1, Decimal(0))})
 
 
 # --------------------------------------------------------------------------- trade contents

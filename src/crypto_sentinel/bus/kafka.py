@@ -28,6 +28,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from crypto_sentinel import metrics
 from crypto_sentinel.config import Settings
 from crypto_sentinel.model import RawFrame
+from crypto_sentinel.startup import StartupError
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,36 @@ def frame_key(text: str) -> bytes:
     return match.group(1).encode() if match else CONTROL_KEY
 
 
+def client_config(settings: Settings) -> dict[str, Any]:
+    """Connection settings every client shares: bootstrap servers and, when configured, the
+    security protocol, SASL mechanism and credentials and the CA file (librdkafka names)."""
+    conf: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap}
+    protocol = settings.kafka_security_protocol
+    if protocol != "PLAINTEXT":
+        conf["security.protocol"] = protocol
+    if protocol.startswith("SASL_"):
+        conf["sasl.mechanism"] = settings.kafka_sasl_mechanism
+        conf["sasl.username"] = settings.kafka_sasl_username
+        password = settings.kafka_sasl_password
+        conf["sasl.password"] = password.get_secret_value() if password is not None else ""
+    if settings.kafka_ssl_ca_location is not None and protocol in ("SSL", "SASL_SSL"):
+        conf["ssl.ca.location"] = str(settings.kafka_ssl_ca_location)
+    return conf
+
+
+#: Client errors that mean the broker cannot be used as configured (not a passing outage).
+REFUSED = (KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED)
+
+
 def ensure_topics(settings: Settings, exchanges: list[str], timeout: float = 30) -> None:
-    """Create the raw-frame topics with the configured layout if they do not exist."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    """Create the raw-frame topics with the configured layout if they do not exist.
+
+    A broker that refuses this client (credentials, TLS) raises `StartupError` with one line.
+    """
+    errors: list[KafkaError] = []
+    conf: dict[str, Any] = {**client_config(settings), "error_cb": errors.append, "logger": log}
+    admin = AdminClient(conf)
+    _check_access(admin, errors, settings, timeout)
     config = {
         "retention.ms": str(int(settings.kafka_retention_hours * 3600 * 1000)),
         "min.insync.replicas": str(settings.kafka_min_insync),
@@ -77,6 +105,78 @@ def ensure_topics(settings: Settings, exchanges: list[str], timeout: float = 30)
                 raise
 
 
+def _check_access(
+    admin: AdminClient, errors: list[KafkaError], settings: Settings, timeout: float
+) -> None:
+    """Wait for metadata; a refusal (SASL, TLS) seen meanwhile ends the wait with one line.
+
+    librdkafka's messages name the mechanism and the failing step, never the password.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin.list_topics(timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+            return
+        except KafkaException:
+            admin.poll(0)  # serves error_cb
+            refused = [e for e in errors if e.code() in REFUSED]
+            if refused:
+                raise StartupError(
+                    f"Kafka at {settings.kafka_bootstrap} refused this client"
+                    f" ({settings.kafka_security_protocol}): {refused[-1].str()}"
+                ) from None
+            if time.monotonic() >= deadline:
+                raise
+
+
+def tail_texts(
+    settings: Settings, exchange: str, per_partition: int, timeout: float = 30
+) -> list[str]:
+    """The last `per_partition` frames of each partition of an exchange's topic (oldest first
+    per partition), read by assignment: no consumer group joins or commits. [] without topic.
+    """
+    topic = topic_name(settings, exchange)
+    conf: dict[str, Any] = {
+        **client_config(settings),
+        "group.id": f"{settings.kafka_group}-tail",
+        "enable.auto.commit": False,
+        "logger": log,
+    }
+    consumer = Consumer(conf)
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return []
+        ends: dict[int, int] = {}
+        starts = []
+        for partition in sorted(meta.partitions):
+            lo, hi = consumer.get_watermark_offsets(
+                KafkaPartition(topic, partition), timeout=timeout
+            )
+            if hi > lo:
+                ends[partition] = hi
+                starts.append(KafkaPartition(topic, partition, max(lo, hi - per_partition)))
+        if not starts:
+            return []
+        consumer.assign(starts)
+        texts: list[str] = []
+        deadline = time.monotonic() + timeout
+        while ends and time.monotonic() < deadline:
+            for msg in consumer.consume(num_messages=1000, timeout=0.5):
+                if msg.error() is not None:
+                    continue
+                partition, offset = msg.partition(), msg.offset()
+                if partition in ends and offset is not None and offset < ends[partition]:
+                    texts.append((msg.value() or b"").decode("utf-8", errors="replace"))
+                    if offset + 1 >= ends[partition]:
+                        del ends[partition]
+        if ends:
+            raise TimeoutError(f"Kafka topic {topic}: tail not read within {timeout:.0f} s")
+        return texts
+    finally:
+        consumer.close()
+
+
 class KafkaPublisher:
     """Idempotent producer (acks=all): librdkafka buffers and retries through broker outages;
     `publish` waits while its buffer is full, so a long outage slows the source, never loses."""
@@ -89,7 +189,7 @@ class KafkaPublisher:
         self.last_error = ""
         self._producer = Producer(
             {
-                "bootstrap.servers": settings.kafka_bootstrap,
+                **client_config(settings),
                 "enable.idempotence": True,
                 "acks": "all",
                 "compression.type": "zstd",
@@ -97,12 +197,13 @@ class KafkaPublisher:
                 "queue.buffering.max.messages": 200_000,
                 "message.timeout.ms": 0,  # never give up on a frame: retry until delivered
                 "error_cb": self._on_error,
+                "logger": log,  # librdkafka's own lines go through logging, not raw to stderr
             }
         )
 
     def _on_error(self, err: KafkaError) -> None:
         self.last_error = str(err)
-        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, *REFUSED):
             self.outage = True
         log.warning("kafka producer: %s", err)
 
@@ -176,7 +277,7 @@ class KafkaFrames:
         self.assigned: list[tuple[str, int]] = []
         self._consumer = Consumer(
             {
-                "bootstrap.servers": settings.kafka_bootstrap,
+                **client_config(settings),
                 "group.id": group or settings.kafka_group,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "latest" if from_end else "earliest",
@@ -186,6 +287,7 @@ class KafkaFrames:
                 # Client statistics (served by consume) give each partition's lag.
                 "statistics.interval.ms": STATS_INTERVAL_MS,
                 "stats_cb": self._on_stats,
+                "logger": log,
             }
         )
         pattern = "^" + re.escape(settings.kafka_topic_prefix) + ".*"

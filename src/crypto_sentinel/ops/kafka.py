@@ -10,6 +10,7 @@ On-disk layout below ``data_dir`` (all absolute):
 * ``kafka/<version>/libs/*.jar``            broker classpath (+ completion marker)
 * ``kafka/<version>/maven/pom.xml``         the pom Maven resolved, with ``mvn.log``
 * ``kafka-data/cluster.json``               node count, ports, cluster id (the source of truth)
+* ``kafka-data/security.json``              SASL_SSL listener settings and users (mode 0600)
 * ``kafka-data/node-<i>/server.properties`` per-node config, ``log4j2.xml`` and ``kafka.pid``
 * ``kafka-data/node-<i>/log/``              the node's ``log.dirs`` (topic data + KRaft metadata)
 * ``kafka-logs/node-<i>.log``               JVM stdout/stderr
@@ -42,7 +43,9 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_KAFKA_VERSION",
+    "SASL_MECHANISMS",
     "BrokerProcess",
+    "BrokerSecurity",
     "KafkaOpsError",
     "add_cli",
     "bootstrap_servers",
@@ -60,6 +63,12 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9092
 MAVEN_REPO_ENV = "SENTINEL_MAVEN_REPO"
 DATA_DIR_ENV = "SENTINEL_DATA_DIR"
+# `sentinel kafka start --security-protocol SASL_SSL` takes its secrets from the environment
+# (never from argv, which `ps` shows): the SASL user is the one the pipeline's clients use.
+SASL_USERNAME_ENV = "SENTINEL_KAFKA_SASL_USERNAME"
+SASL_PASSWORD_ENV = "SENTINEL_KAFKA_SASL_PASSWORD"
+KEYSTORE_PASSWORD_ENV = "SENTINEL_KAFKA_SSL_KEYSTORE_PASSWORD"
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 _POM_RESOURCE = "kafka_pom.xml"
 _VERSION_TOKEN = "@KAFKA_VERSION@"
@@ -101,6 +110,74 @@ _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 class KafkaOpsError(RuntimeError):
     """Installing, starting or stopping the local Kafka cluster failed; message says why."""
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class BrokerSecurity:
+    """A SASL_SSL client listener instead of PLAINTEXT.
+
+    TLS comes from ``keystore`` (the broker's key and certificate; PKCS12 or JKS) and
+    ``ca_file`` (PEM, the CA that signed it: the brokers' truststore and the CA the readiness
+    probe checks). ``users`` maps SASL user names to passwords; the first user is also the
+    identity brokers use between themselves and for the readiness probe. PLAIN users live in
+    the listener's JAAS line; SCRAM users are created when a node's storage is formatted.
+    The controller listener stays PLAINTEXT on the cluster's host address.
+    """
+
+    mechanism: str
+    keystore: Path
+    keystore_password: str
+    ca_file: Path
+    users: dict[str, str]
+    keystore_type: str = "PKCS12"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keystore", _abs(self.keystore))
+        object.__setattr__(self, "ca_file", _abs(self.ca_file))
+        if self.mechanism not in SASL_MECHANISMS:
+            raise KafkaOpsError(
+                f"unknown SASL mechanism {self.mechanism!r};"
+                f" use one of {', '.join(SASL_MECHANISMS)}"
+            )
+        if not self.users:
+            raise KafkaOpsError("SASL_SSL needs at least one user (name and password)")
+        for name, password in self.users.items():
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
+                raise KafkaOpsError(f"SASL user name {name!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+            if not password or any(c in password for c in '"\\,=[]') or not password.isprintable():
+                raise KafkaOpsError(
+                    f'the password of SASL user {name!r} is empty or has one of " \\ , = [ ]'
+                    " or a control character"
+                )
+        if self.keystore_type not in ("PKCS12", "JKS"):
+            raise KafkaOpsError(f"keystore type must be PKCS12 or JKS, got {self.keystore_type!r}")
+        for what, path in (("keystore", self.keystore), ("CA file", self.ca_file)):
+            if not path.is_file():
+                raise KafkaOpsError(f"no {what} at {path}")
+
+    def __repr__(self) -> str:  # never the passwords
+        return (
+            f"BrokerSecurity(mechanism={self.mechanism!r}, keystore={str(self.keystore)!r}, "
+            f"ca_file={str(self.ca_file)!r}, users={sorted(self.users)!r})"
+        )
+
+    @property
+    def admin(self) -> tuple[str, str]:
+        return next(iter(self.users.items()))
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka settings for the first user (the readiness probe's identity)."""
+        name, password = self.admin
+        return {
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": self.mechanism,
+            "sasl.username": name,
+            "sasl.password": password,
+            "ssl.ca.location": str(self.ca_file),
+        }
+
+    def secrets(self) -> list[str]:
+        return [self.keystore_password, *self.users.values()]
 
 
 # --------------------------------------------------------------------------- layout
@@ -153,6 +230,7 @@ class _Cluster:
     host: str
     port: int
     controller_port: int
+    protocol: str = "PLAINTEXT"  # of the client/inter-broker listener: PLAINTEXT or SASL_SSL
 
     def broker_port(self, node: int) -> int:
         return self.port + node
@@ -190,6 +268,57 @@ def _save_cluster(d: Path, cluster: _Cluster) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(dataclasses.asdict(cluster), indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _security_file(d: Path) -> Path:
+    return _cluster_dir(d) / "security.json"
+
+
+def _load_security(d: Path) -> BrokerSecurity | None:
+    path = _security_file(d)
+    if not path.exists():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+        return BrokerSecurity(
+            mechanism=raw["mechanism"],
+            keystore=Path(raw["keystore"]),
+            keystore_password=raw["keystore_password"],
+            ca_file=Path(raw["ca_file"]),
+            users=dict(raw["users"]),
+            keystore_type=raw.get("keystore_type", "PKCS12"),
+        )
+    except (ValueError, TypeError, KeyError) as exc:  # no values in the message: secrets
+        raise KafkaOpsError(
+            f"corrupt Kafka security settings {path} ({type(exc).__name__})"
+        ) from None
+
+
+def _save_security(d: Path, security: BrokerSecurity | None) -> None:
+    path = _security_file(d)
+    if security is None:
+        path.unlink(missing_ok=True)
+        return
+    body = {
+        "mechanism": security.mechanism,
+        "keystore": str(security.keystore),
+        "keystore_password": security.keystore_password,
+        "keystore_type": security.keystore_type,
+        "ca_file": str(security.ca_file),
+        "users": security.users,
+    }
+    _write_private(path, json.dumps(body, indent=2) + "\n")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (it holds passwords), replacing it atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
     tmp.replace(path)
 
 
@@ -391,6 +520,7 @@ class BrokerProcess:
     config: Path
     log: Path
     stdout_log: Path
+    protocol: str = "PLAINTEXT"
 
     @property
     def node_id(self) -> int:
@@ -398,7 +528,7 @@ class BrokerProcess:
 
     @property
     def listener(self) -> str:
-        return f"PLAINTEXT://{self.host}:{self.port}"
+        return f"{self.protocol}://{self.host}:{self.port}"
 
     @property
     def bootstrap(self) -> str:
@@ -477,7 +607,9 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _server_properties(cluster: _Cluster, d: Path, node: int) -> str:
+def _server_properties(
+    cluster: _Cluster, d: Path, node: int, security: BrokerSecurity | None = None
+) -> str:
     host, adv = cluster.host, cluster.advertised_host
     voters = ",".join(f"{i}@{adv}:{cluster.ctrl_port(i)}" for i in range(cluster.nodes))
     # Replication defaults: a single node can only do RF 1; three or more get RF 3 with
@@ -508,11 +640,46 @@ def _server_properties(cluster: _Cluster, d: Path, node: int) -> str:
         "min.insync.replicas": min_isr,
         "group.initial.rebalance.delay.ms": 0,
     }
+    if security is not None:
+        settings.update(_security_properties(cluster, node, security))
     lines = [
         "# Generated by crypto_sentinel.ops.kafka on every start; edits here are overwritten.",
         *(f"{key}={value}" for key, value in settings.items()),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _security_properties(
+    cluster: _Cluster, node: int, security: BrokerSecurity
+) -> dict[str, str | int]:
+    """The SASL_SSL listener replacing PLAINTEXT (clients and brokers among themselves)."""
+    host, adv, mech = cluster.host, cluster.advertised_host, security.mechanism
+    name, password = security.admin
+    if mech == "PLAIN":
+        module = "org.apache.kafka.common.security.plain.PlainLoginModule"
+        users = "".join(f' user_{u}="{p}"' for u, p in security.users.items())
+    else:
+        module = "org.apache.kafka.common.security.scram.ScramLoginModule"
+        users = ""  # SCRAM credentials live in the cluster metadata (added at format)
+    jaas = f'{module} required username="{name}" password="{password}"{users};'
+    return {
+        "listeners": (
+            f"SASL_SSL://{host}:{cluster.broker_port(node)},"
+            f"CONTROLLER://{host}:{cluster.ctrl_port(node)}"
+        ),
+        "advertised.listeners": f"SASL_SSL://{adv}:{cluster.broker_port(node)}",
+        "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": "SASL_SSL",
+        "sasl.enabled.mechanisms": mech,
+        "sasl.mechanism.inter.broker.protocol": mech,
+        f"listener.name.sasl_ssl.{mech.lower()}.sasl.jaas.config": jaas,
+        "ssl.keystore.type": security.keystore_type,
+        "ssl.keystore.location": str(security.keystore),
+        "ssl.keystore.password": security.keystore_password,
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(security.ca_file),
+        "ssl.client.auth": "none",
+    }
 
 
 def _log4j2_xml(server_log: Path) -> str:
@@ -537,11 +704,14 @@ def _log4j2_xml(server_log: Path) -> str:
 """
 
 
-def _write_node_files(cluster: _Cluster, d: Path, node: int) -> None:
+def _write_node_files(
+    cluster: _Cluster, d: Path, node: int, security: BrokerSecurity | None = None
+) -> None:
     ndir = _node_dir(d, node)
     _log_dir(d, node).mkdir(parents=True, exist_ok=True)
     _server_log(d, node).parent.mkdir(parents=True, exist_ok=True)
-    _props_file(d, node).write_text(_server_properties(cluster, d, node))
+    # Owner-only: with SASL_SSL it holds the keystore password and the brokers' credentials.
+    _write_private(_props_file(d, node), _server_properties(cluster, d, node, security))
     (ndir / "log4j2.xml").write_text(_log4j2_xml(_server_log(d, node)))
 
 
@@ -549,9 +719,24 @@ def _is_formatted(d: Path, node: int) -> bool:
     return (_log_dir(d, node) / "meta.properties").is_file()
 
 
-def _format_storage(cluster: _Cluster, d: Path, java: str, libs: Path, main: str) -> None:
-    """Format unformatted log dirs once, all with the cluster's id; formatted ones keep data."""
+def _format_storage(
+    cluster: _Cluster,
+    d: Path,
+    java: str,
+    libs: Path,
+    main: str,
+    security: BrokerSecurity | None = None,
+) -> None:
+    """Format unformatted log dirs once, all with the cluster's id; formatted ones keep data.
+
+    With SCRAM the users' credentials are written into the metadata here (``--add-scram``);
+    error messages show those arguments redacted.
+    """
     todo = [i for i in range(cluster.nodes) if not _is_formatted(d, i)]
+    scram: list[str] = []
+    if security is not None and security.mechanism.startswith("SCRAM-"):
+        for name, password in security.users.items():
+            scram += ["--add-scram", f'{security.mechanism}=[name={name},password="{password}"]']
     procs = []
     for i in todo:
         cmd = [
@@ -567,25 +752,37 @@ def _format_storage(cluster: _Cluster, d: Path, java: str, libs: Path, main: str
             "--config",
             str(_props_file(d, i)),
             "--ignore-formatted",
+            *scram,
         ]
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         procs.append((i, cmd, proc))
+    secrets = security.secrets() if security is not None else []
     for i, cmd, proc in procs:
+        shown = " ".join(
+            cmd[: len(cmd) - len(scram)] + ["--add-scram <redacted>"] * (len(scram) // 2)
+        )
         try:
             out, _ = proc.communicate(timeout=_FORMAT_TIMEOUT_S)
-        except subprocess.TimeoutExpired as exc:
+        except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
-            raise KafkaOpsError(f"formatting Kafka node {i} timed out: {' '.join(cmd)}") from exc
-        text = out.decode(errors="replace")
+            raise KafkaOpsError(f"formatting Kafka node {i} timed out: {shown}") from None
+        text = _redact(out.decode(errors="replace"), secrets)
         if proc.returncode != 0 or not _is_formatted(d, i):
             raise KafkaOpsError(
                 f"formatting storage of Kafka node {i} failed (exit {proc.returncode}): "
-                f"{' '.join(cmd)}\n{_last_lines(text)}"
+                f"{shown}\n{_last_lines(text)}"
             )
         log.info("formatted Kafka node %d storage in %s", i, _log_dir(d, i))
+
+
+def _redact(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "<redacted>")
+    return text
 
 
 def _launch(d: Path, node: int, java: str, libs: Path, main: str) -> int:
@@ -705,6 +902,7 @@ def _broker_process(cluster: _Cluster, d: Path, node: int, pid: int) -> BrokerPr
         config=_props_file(d, node),
         log=_server_log(d, node),
         stdout_log=_stdout_log(d, node),
+        protocol=cluster.protocol,
     )
 
 
@@ -716,16 +914,21 @@ def start(
     version: str | None = None,
     timeout: float = 60,
     controller_port: int | None = None,
+    security: BrokerSecurity | bool | None = None,
 ) -> list[BrokerProcess]:
     """Start (or complete) the local KRaft cluster and wait until every node serves metadata.
 
     ``None`` arguments mean "as last configured in this data dir", falling back to 1 node on
     127.0.0.1:9092 (controllers on ``port + nodes`` onwards). Running nodes are left alone and
     formatted nodes keep their data, so calling this again after a crash or ``stop`` resumes.
+    ``security``: a `BrokerSecurity` for a SASL_SSL listener, ``False`` for PLAINTEXT, ``None``
+    for what this data dir used last.
     """
     d = _abs(data_dir)
     with _locked(_cluster_dir(d) / ".lock"):
         cluster = _plan_cluster(d, nodes, host, port, controller_port, version)
+        sec = _plan_security(d, cluster, security)
+        cluster = dataclasses.replace(cluster, protocol="SASL_SSL" if sec else "PLAINTEXT")
         home = install(d, cluster.version, quiet=True)
         marker = _read_marker(home)
         if marker is None:
@@ -733,6 +936,7 @@ def start(
         libs = home / "libs"
         java = _java()
         _save_cluster(d, cluster)
+        _save_security(d, sec)
         pids: dict[int, int] = {}
         for i in range(cluster.nodes):
             pid = _running_pid(d, i)
@@ -740,23 +944,55 @@ def start(
                 pids[i] = pid
                 continue
             _pid_file(d, i).unlink(missing_ok=True)
-            _write_node_files(cluster, d, i)
+            _write_node_files(cluster, d, i, sec)
             for p in (cluster.broker_port(i), cluster.ctrl_port(i)):
                 if not _port_free(cluster.host, p):
                     raise KafkaOpsError(
                         f"cannot start Kafka node {i}: {cluster.host}:{p} is already in use "
                         "by another process"
                     )
-        _format_storage(cluster, d, java, libs, marker["storage_main"])
+        _format_storage(cluster, d, java, libs, marker["storage_main"], sec)
         for i in range(cluster.nodes):
             if i not in pids:
                 pids[i] = _launch(d, i, java, libs, marker["broker_main"])
     procs = [_broker_process(cluster, d, i, pids[i]) for i in range(cluster.nodes)]
-    _wait_ready(cluster, d, procs, timeout)
+    _wait_ready(cluster, d, procs, timeout, sec)
     return procs
 
 
-def _wait_ready(cluster: _Cluster, d: Path, procs: list[BrokerProcess], timeout: float) -> None:
+def _plan_security(
+    d: Path, cluster: _Cluster, security: BrokerSecurity | bool | None
+) -> BrokerSecurity | None:
+    """The listener security to start with; refuse changes running or formatted nodes miss."""
+    old = _load_security(d)
+    if security is None or security is True:
+        return old
+    new = security if isinstance(security, BrokerSecurity) else None
+    running = [i for i in range(cluster.nodes) if _running_pid(d, i) is not None]
+    if running and (new is None) != (old is None):
+        raise KafkaOpsError(
+            f"Kafka node(s) {running} are running with {cluster.protocol}; stop them before "
+            "changing the listener's security"
+        )
+    formatted = [i for i in range(cluster.nodes) if _is_formatted(d, i)]
+    if new is not None and new.mechanism.startswith("SCRAM-") and formatted:
+        same = old is not None and (old.mechanism, old.users) == (new.mechanism, new.users)
+        if not same:
+            raise KafkaOpsError(
+                f"SCRAM users are created when storage is formatted and node(s) {formatted} "
+                f"in {_cluster_dir(d)} are formatted already; keep the users, use PLAIN, or "
+                "delete that directory to start over"
+            )
+    return new
+
+
+def _wait_ready(
+    cluster: _Cluster,
+    d: Path,
+    procs: list[BrokerProcess],
+    timeout: float,
+    security: BrokerSecurity | None = None,
+) -> None:
     """Block until clients can use the cluster right away, or raise with the logs' tails.
 
     Ready means every node is registered and unfenced in the metadata, internal topics have
@@ -781,6 +1017,7 @@ def _wait_ready(cluster: _Cluster, d: Path, procs: list[BrokerProcess], timeout:
                 "bootstrap.servers": cluster.bootstrap(),
                 "logger": log,  # librdkafka chatter goes to logging, not the user's stderr
                 "log_level": 3,
+                **(security.client_config() if security is not None else {}),
             }
             admin = AdminClient(conf)
         if admin is not None:
@@ -943,7 +1180,7 @@ def status(data_dir: Path) -> list[dict[str, Any]]:
                 "node_id": i,
                 "pid": recorded,
                 "alive": alive,
-                "listener": f"PLAINTEXT://{cluster.advertised_host}:{cluster.broker_port(i)}",
+                "listener": f"{cluster.protocol}://{cluster.advertised_host}:{cluster.broker_port(i)}",
                 "controller": f"CONTROLLER://{cluster.advertised_host}:{cluster.ctrl_port(i)}",
                 "log": str(_server_log(d, i)),
                 "stdout_log": str(_stdout_log(d, i)),
@@ -1001,11 +1238,35 @@ def _cmd_start(args: argparse.Namespace) -> int:
         version=args.kafka_version,
         timeout=args.timeout,
         controller_port=args.controller_port,
+        security=_cli_security(args),
     )
     for p in procs:
         print(f"node {p.node}: pid {p.pid} {p.listener} log {p.log}")
     print(f"ready in {time.monotonic() - started:.1f}s; bootstrap servers: {bootstrap_servers(d)}")
     return 0
+
+
+def _cli_security(args: argparse.Namespace) -> BrokerSecurity | bool | None:
+    """`--security-protocol SASL_SSL`: files from flags, secrets from the environment."""
+    if args.security_protocol is None:
+        return None
+    if args.security_protocol == "PLAINTEXT":
+        return False
+    missing = [f for f, v in (("--ssl-keystore", args.ssl_keystore), ("--ssl-ca", args.ssl_ca))
+               if v is None]  # fmt: skip
+    env = {k: os.environ.get(k, "") for k in
+           (SASL_USERNAME_ENV, SASL_PASSWORD_ENV, KEYSTORE_PASSWORD_ENV)}  # fmt: skip
+    missing += [f"${k}" for k, v in env.items() if not v]
+    if missing:
+        raise KafkaOpsError(f"--security-protocol SASL_SSL needs {', '.join(missing)}")
+    return BrokerSecurity(
+        mechanism=args.sasl_mechanism,
+        keystore=args.ssl_keystore,
+        keystore_password=env[KEYSTORE_PASSWORD_ENV],
+        keystore_type=args.ssl_keystore_type,
+        ca_file=args.ssl_ca,
+        users={env[SASL_USERNAME_ENV]: env[SASL_PASSWORD_ENV]},
+    )
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
@@ -1083,6 +1344,18 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     p.add_argument("--kafka-version", default=None, help=f"default {DEFAULT_KAFKA_VERSION}")
     p.add_argument("--timeout", type=float, default=60.0, help="readiness timeout, seconds")
+    p.add_argument(
+        "--security-protocol",
+        choices=["PLAINTEXT", "SASL_SSL"],
+        default=None,
+        help="client listener (default: as last started, first start PLAINTEXT). SASL_SSL takes"
+        f" the user from ${SASL_USERNAME_ENV} / ${SASL_PASSWORD_ENV} (as the pipeline's clients)"
+        f" and the keystore password from ${KEYSTORE_PASSWORD_ENV}",
+    )
+    p.add_argument("--sasl-mechanism", choices=SASL_MECHANISMS, default="SCRAM-SHA-256")
+    p.add_argument("--ssl-keystore", type=Path, help="broker key and certificate (PKCS12 or JKS)")
+    p.add_argument("--ssl-keystore-type", choices=["PKCS12", "JKS"], default="PKCS12")
+    p.add_argument("--ssl-ca", type=Path, help="PEM file of the CA that signed the certificate")
     p.set_defaults(func=_cli_guard(_cmd_start))
 
     p = verbs.add_parser(

@@ -14,14 +14,17 @@ import re
 import time as _time
 from array import array
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import NamedTuple
 
 __all__ = [
     "HISTORY_LIMIT",
     "Market",
     "ProductSpec",
+    "ResumePoint",
     "SimTrade",
     "format_time",
 ]
@@ -113,6 +116,15 @@ def _decimals(increment: str) -> int:
     if sign or digits != (1,) or not isinstance(exponent, int) or exponent > 0:
         raise ValueError(f"increment {increment!r} is not a power of ten <= 1")
     return -exponent
+
+
+class ResumePoint(NamedTuple):
+    """Where a product's previous run stopped (from the lake): its last trade id and price,
+    and the highest feed sequence it used (trades and tickers share it; it never goes back)."""
+
+    trade_id: int
+    price: Decimal
+    sequence: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,11 +272,20 @@ class _Book:
         "vol_total",
     )
 
-    def __init__(self, spec: ProductSpec, rng: random.Random, start_trade_id: int) -> None:
+    def __init__(
+        self,
+        spec: ProductSpec,
+        rng: random.Random,
+        start_trade_id: int,
+        resume: ResumePoint | None = None,
+    ) -> None:
         self.spec = spec
         self.pdec = _decimals(spec.quote_increment)
         tick_value = 10.0**-self.pdec
         self.price = max(1, round(spec.start_price * rng.uniform(0.97, 1.03) / tick_value))
+        if resume is not None:  # the walk continues from the last stored price
+            units = (Decimal(resume.price).scaleb(self.pdec)).to_integral_value(ROUND_HALF_EVEN)
+            self.price = max(1, int(units))
         self.anchor = math.log(self.price)
         # ~0.005 % per trade with a weak pull to the start price: a day stays within a few %.
         self.sigma = 5e-5
@@ -277,6 +298,8 @@ class _Book:
         # Sequences start at the trade id so that a restarted simulator (time-based ids)
         # also never goes back in sequence; the offset makes products differ.
         self.sequence = start_trade_id + rng.randrange(1, 1000)
+        if resume is not None:  # ... and a resumed one goes on after the stored sequences
+            self.sequence = max(self.sequence, resume.sequence)
         self.last: SimTrade | None = None
         self.last_maker_bits = 0
         self.last_taker_bits = 0
@@ -376,6 +399,10 @@ class Market:
     and its own ``sequence`` counter that jumps by 1..20 between trades, as the real feed's
     does because order events share it. ``start_trade_id=None`` uses the current time in
     microseconds so a restarted simulator never reuses ids.
+
+    ``resume`` continues products of an earlier run (what the lake holds): their ids go on
+    from the last trade id and their price walk starts at the last price, so a restart does
+    not put a second, unrelated price path into the same candles.
     """
 
     def __init__(
@@ -385,6 +412,7 @@ class Market:
         start_trade_id: int | None = None,
         *,
         history_limit: int = HISTORY_LIMIT,
+        resume: Mapping[str, ResumePoint] | None = None,
     ) -> None:
         if not products:
             raise ValueError("at least one product is required")
@@ -396,13 +424,28 @@ class Market:
             raise ValueError("start_trade_id must be >= 1")
         if history_limit < 0:
             raise ValueError("history_limit must be >= 0")
+        resume = dict(resume or {})
+        for product, point in resume.items():
+            if product not in products:
+                raise ValueError(f"resume point for {product!r}, which is not simulated")
+            if point.trade_id < 0 or not Decimal(point.price) > 0:
+                raise ValueError(f"invalid resume point for {product}: {point}")
         self.products = list(products)
         self.seed = seed
         self.start_trade_id = start_trade_id
         self.history_limit = history_limit
         self._rng = random.Random(seed)
         self.specs = {p: ProductSpec.for_id(p) for p in products}
-        self._books = {p: _Book(self.specs[p], self._rng, start_trade_id) for p in products}
+        self.resume = resume
+        self._books = {
+            p: _Book(
+                self.specs[p],
+                self._rng,
+                resume[p].trade_id + 1 if p in resume else start_trade_id,
+                resume.get(p),
+            )
+            for p in products
+        }
         self._order = [self._books[p] for p in products]
         for index, book in enumerate(self._order):
             book.index = index
@@ -551,6 +594,11 @@ class Market:
     def last_trade(self, product_id: str) -> SimTrade | None:
         """Most recent trade of a product, kept even when history is disabled."""
         return self._books[product_id].last
+
+    def price(self, product_id: str) -> str:
+        """Current price of a product's walk (the next trade steps from it)."""
+        book = self._books[product_id]
+        return _normal(book.price, book.pdec)
 
     def sequence(self, product_id: str) -> int:
         """Current sequence number of a product (what a heartbeat reports)."""

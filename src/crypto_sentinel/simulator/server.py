@@ -17,7 +17,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Protocol
@@ -34,7 +34,7 @@ from crypto_sentinel.simulator.candles import (
     REST_MAX_CANDLES,
     candle_rows,
 )
-from crypto_sentinel.simulator.market import Market, SimTrade
+from crypto_sentinel.simulator.market import Market, ResumePoint, SimTrade
 from crypto_sentinel.simulator.protocol import (
     ProtocolError,
     Subscriptions,
@@ -116,12 +116,15 @@ class SimulatorServer:
         faults: FrameHook | None = None,
         wait_for_subscriber: bool = False,
         venue: str = "coinbase",
+        resume: Mapping[str, ResumePoint] | None = None,
     ) -> None:
         if not 1.0 <= rate <= MAX_RATE:
             raise ValueError(f"rate must be between 1 and {MAX_RATE:.0f} trades/s, got {rate}")
         if max_trades is not None and max_trades < 0:
             raise ValueError("max_trades must be >= 0")
-        self.market = Market(list(products), seed=seed, start_trade_id=start_trade_id)
+        self.market = Market(
+            list(products), seed=seed, start_trade_id=start_trade_id, resume=resume
+        )
         self.rate = float(rate)
         self.host = host
         self.port = port
