@@ -83,15 +83,21 @@ class RowGroupCache:
         self.max_footers = max_footers
         self._fs = fs
         self._prefix = prefix
-        self._footers: OrderedDict[str, pq.FileMetaData] = OrderedDict()
+        self._footers: OrderedDict[tuple[str, str], list[tuple[int, int, Any, Any]]] = OrderedDict()
         self._groups: OrderedDict[tuple[str, int], pa.Table] = OrderedDict()
         self._rows = 0
         self._lock = threading.Lock()
 
     def stats(self, uri: str, column: str) -> list[tuple[int, int, Any, Any]]:
         """(index, rows, min, max of `column`) per row group of `uri`; None where the file
-        has no min/max statistics."""
-        meta = self._footer(uri)
+        has no min/max statistics. Read from the file's footer once, then kept."""
+        key = (uri, column)
+        with self._lock:
+            held = self._footers.get(key)
+            if held is not None:
+                self._footers.move_to_end(key)
+                return held
+        meta = pq.read_metadata(uri.removeprefix(self._prefix), filesystem=self._fs)
         index = meta.schema.to_arrow_schema().get_field_index(column)
         out = []
         for i in range(meta.num_row_groups):
@@ -101,20 +107,11 @@ class RowGroupCache:
                 out.append((i, group.num_rows, None, None))
             else:
                 out.append((i, group.num_rows, stats.min, stats.max))
-        return out
-
-    def _footer(self, uri: str) -> pq.FileMetaData:
         with self._lock:
-            meta = self._footers.get(uri)
-            if meta is not None:
-                self._footers.move_to_end(uri)
-                return meta
-        meta = pq.read_metadata(uri.removeprefix(self._prefix), filesystem=self._fs)
-        with self._lock:
-            self._footers[uri] = meta
+            self._footers[key] = out
             while len(self._footers) > self.max_footers:
                 self._footers.popitem(last=False)
-        return meta
+        return out
 
     def group(self, uri: str, index: int) -> pa.Table:
         key = (uri, index)

@@ -45,6 +45,8 @@ TRADE_CACHE_ROWS = 400_000
 _Minutes = tuple[list[int], list[int], list[int]]
 #: How old the index of 1-minute candles that guides trade pages below a cursor may be.
 MINUTE_INDEX_MAX_AGE = 5.0
+#: File listings (per table version and dates) and candle pages (per set of files) kept.
+LISTINGS_KEPT = 512
 #: Answers of `newest_trades` kept per table version (one per exchange, product and limit).
 ANSWER_CACHE = 256
 #: DuckDB settings. Its allocator (a jemalloc of its own) returns freed memory only while
@@ -73,6 +75,8 @@ class LakeReader:
         self._trade_groups = RowGroupCache(TRADE_CACHE_ROWS, *self._fs)
         self._answers: dict[tuple[Any, ...], tuple[int, list[dict[str, Any]]]] = {}
         self._file_lists: dict[tuple[Any, ...], tuple[int, Any]] = {}
+        self._listings: dict[tuple[Any, ...], list[str]] = {}
+        self._buckets: dict[tuple[Any, ...], pa.Table] = {}
         self._minutes: tuple[float, dict[tuple[str, str], _Minutes]] | None = None
         self._index_lock = threading.Lock()
         self._updated: dict[str, float] = {}  # monotonic time of each table's last refresh
@@ -102,11 +106,23 @@ class LakeReader:
         dt = self._table(spec, max_age)
         if dt is None:
             return []
-        if dates is None:
-            return dt.file_uris()
-        if not dates:
+        if dates is not None and not dates:
             return []
-        return dt.file_uris(file_pruning_predicate=[("date", "in", [d.isoformat() for d in dates])])
+        with self._lock:  # listing files by a predicate costs ms: kept per table version
+            key = (spec.name, dt.version(), None if dates is None else tuple(dates))
+            held = self._listings.get(key)
+            if held is not None:
+                return held
+            if dates is None:
+                found = dt.file_uris()
+            else:
+                found = dt.file_uris(
+                    file_pruning_predicate=[("date", "in", [d.isoformat() for d in dates])]
+                )
+            if len(self._listings) >= LISTINGS_KEPT:
+                self._listings.clear()
+            self._listings[key] = found
+            return found
 
     def query(
         self,
@@ -432,6 +448,25 @@ class LakeReader:
         days = (end - timedelta(microseconds=1)).date() - start.date()
         dates = [start.date() + timedelta(days=i) for i in range(days.days + 1)]
         files = self.files(T.CANDLES_1M, dates, max_age=CANDLE_HISTORY_MAX_AGE)
+        # the same files give the same page (Delta data files never change): the same table
+        key = (exchange, product_id, start, end, granularity, tuple(files))
+        held = self._buckets.get(key)
+        if held is None:
+            held = self._candle_buckets(files, exchange, product_id, start, end, granularity)
+            if len(self._buckets) >= LISTINGS_KEPT:
+                self._buckets.clear()
+            self._buckets[key] = held
+        return held
+
+    def _candle_buckets(
+        self,
+        files: list[str],
+        exchange: str,
+        product_id: str,
+        start: datetime,
+        end: datetime,
+        granularity: int,
+    ) -> pa.Table:
         table = self._candle_files.table(files)
         if table is None:
             return _EMPTY_BUCKETS
