@@ -299,33 +299,54 @@ def lake_read_paths(old_ids: dict[str, list[int]]) -> dict[str, list[str]]:
     }
 
 
+#: Requests per round of the mixed load: every other route once, the rest `/latest` (the
+#: route the seed's frontend polls) and `/latest?symbol=` (LOAD_SYMBOL_SHARE of them).
+LOAD_ROUND = 250
+LOAD_SYMBOL_SHARE = 10
+
+
 def load_mix(old_ids: dict[str, list[int]]) -> list[tuple[str, str]]:
-    """(route, path) of one round of the mixed load: every route, `/latest` most often."""
+    """(route, path) of the mixed load, round after round: each round asks every route
+    other than `/latest` once (the product and cursor change from round to round) and fills
+    up to LOAD_ROUND requests with `/latest`, spread through the round."""
     reads = lake_read_paths(old_ids)
     now = datetime.now(UTC).replace(second=0, microsecond=0)
-    mix: list[tuple[str, str]] = [("/latest", "/latest")] * 12
-    mix += [("/latest?symbol=", p) for p in reads["/latest?symbol="]]
-    mix += [("/v1/products", "/v1/products")] * 2
-    for p in PRODUCTS:
-        mix += [
+    week_ago, six_h = _at(now - timedelta(days=3)), _at(now - timedelta(hours=6))
+    rounds = []
+    olds = reads["trades?before=<old id>&limit=100"]
+    for k, p in enumerate(PRODUCTS * 2):
+        others = [
+            ("/v1/products", "/v1/products"),
             ("ticker", f"/v1/products/{p}/ticker"),
             ("stats", f"/v1/products/{p}/stats"),
             ("trades?limit=100", f"/v1/products/{p}/trades?limit=100"),
+            ("trades?before=<old id>&limit=100", olds[k % len(olds)]),
             ("candles 60 s, newest 300", f"/v1/products/{p}/candles?granularity=60"),
             ("candles 300 s, newest 300", f"/v1/products/{p}/candles?granularity=300"),
-            ("candles 86400 s", f"/v1/products/{p}/candles?granularity=86400"),
+            ("candles 86400 s, newest 300", f"/v1/products/{p}/candles?granularity=86400"),
             ("candles 21600 s, 3 days to 6 h ago",
-             f"/v1/products/{p}/candles?granularity=21600&start="
-             f"{_at(now - timedelta(days=3))}&end={_at(now - timedelta(hours=6))}"),
+             f"/v1/products/{p}/candles?granularity=21600&start={week_ago}&end={six_h}"),
+            *((name, reads[name][k % len(PRODUCTS)]) for name in (
+                "candles 60 s, 300 minutes from 20 h ago", "candles 900 s, 12 h from 22 h ago",
+                "candles 3600 s, default window")),
+            ("/health", "/health"),
+            ("/ready", "/ready"),
+            ("/metrics", "/metrics"),
+            ("/ (dashboard)", "/"),
         ]  # fmt: skip
-    old = reads["trades?before=<old id>&limit=100"]
-    mix += [("trades?before=<old id>&limit=100", p) for p in old[: 2 * len(PRODUCTS)]]
-    for name in ("candles 60 s, 300 minutes from 20 h ago", "candles 900 s, 12 h from 22 h ago",
-                 "candles 3600 s, default window"):  # fmt: skip
-        mix += [(name, p) for p in reads[name]]
-    mix += [("/health", "/health"), ("/ready", "/ready"), ("/metrics", "/metrics"),
-            ("/ (dashboard)", "/")]  # fmt: skip
-    return mix
+        fill = LOAD_ROUND - len(others)
+        latest = [
+            ("/latest?symbol=", f"/latest?symbol={PRODUCTS[i % len(PRODUCTS)]}")
+            if i % LOAD_SYMBOL_SHARE == 0 else ("/latest", "/latest")
+            for i in range(fill)
+        ]  # fmt: skip
+        step = fill // len(others)
+        one: list[tuple[str, str]] = []
+        for i, other in enumerate(others):
+            one += [other, *latest[i * step : (i + 1) * step]]
+        one += latest[len(others) * step :]
+        rounds += one
+    return rounds
 
 
 def load_average() -> float:
