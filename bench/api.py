@@ -12,7 +12,14 @@
    - `/latest` closed-loop throughput; other `/v1` routes at a fixed rate;
    - a day of 1-minute candles (5 pages of <= 300) from hot state, and from the lake
      through `sentinel serve` (no hot state: DuckDB over the Delta tables);
-   - peak RSS of the pipeline process.
+   - peak RSS of the pipeline process;
+   - reads from the lake alone (`sentinel serve`, no hot state) with LAKE_CLIENTS clients
+     at once, route by route, on the lake as the stream leaves it and again after
+     `sentinel maintain compact --all`, ingestion running all along, next to the seed's
+     newest-file `/latest` with as many clients;
+   - a mixed load on `sentinel up`: LOAD_RATE requests/s for LOAD_SECONDS over every
+     route (`load_mix`), p99 and statuses per route.
+   `--phases` picks some of latest,routes,day,seed,lake,load (default all).
 4. Baseline, same lake, same run, same load generator: the seed's `/latest` — list every
    Parquet file of the lake, read the newest trades file and answer its newest rows. The
    seed used pandas; pandas is not installed here, so the file is read with

@@ -220,13 +220,15 @@ async def check_api(reader: LakeReader, db: duckdb.DuckDBPyConnection) -> None:
     app = create_app(HotState(), reader, lambda: "coinbase", PRODUCTS, dict, lambda: True)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-        r = await client.get("/latest", params={"exchange": "kraken", "symbol": "SOL-USD"})
-        assert r.status_code == 200, r.text
         want = scan_rows(db, "SELECT * FROM trades WHERE exchange = 'kraken' AND product_id ="
                          " 'SOL-USD' ORDER BY time DESC, trade_id DESC LIMIT 50", [])  # fmt: skip
-        assert [(d["symbol"], d["trade_id"], d["price"], d["timestamp"]) for d in r.json()["data"]
-                ] == [(w["product_id"], w["trade_id"], format_decimal(w["price"]), iso(w["time"]))
-                      for w in want]  # fmt: skip
+        for _ in range(2):  # the second answer is the one kept for the snapshot
+            r = await client.get("/latest", params={"exchange": "kraken", "symbol": "SOL-USD"})
+            assert r.status_code == 200, r.text
+            assert [(d["symbol"], d["trade_id"], d["price"], d["timestamp"])
+                    for d in r.json()["data"]] == [
+                (w["product_id"], w["trade_id"], format_decimal(w["price"]), iso(w["time"]))
+                for w in want]  # fmt: skip
         for before in cursors(db, "coinbase", "BTC-USD")[::3]:
             params: dict[str, Any] = {"limit": 100}
             if before is not None:

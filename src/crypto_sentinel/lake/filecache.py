@@ -9,6 +9,7 @@ takes the Parquet work off every request after the first.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -84,7 +85,7 @@ class RowGroupCache:
         self._fs = fs
         self._prefix = prefix
         self._footers: OrderedDict[tuple[str, str], list[tuple[int, int, Any, Any]]] = OrderedDict()
-        self._groups: OrderedDict[tuple[str, int], pa.Table] = OrderedDict()
+        self._groups: OrderedDict[tuple[str, int, tuple[str, ...] | None], pa.Table] = OrderedDict()
         self._rows = 0
         self._lock = threading.Lock()
 
@@ -113,19 +114,25 @@ class RowGroupCache:
                 self._footers.popitem(last=False)
         return out
 
-    def group(self, uri: str, index: int) -> pa.Table:
-        key = (uri, index)
+    def group(self, uri: str, index: int, columns: tuple[str, ...] | None = None) -> pa.Table:
+        """Row group `index` of `uri` (only `columns`, if given)."""
+        key = (uri, index, columns)
         with self._lock:
             held = self._groups.get(key)
             if held is not None:
                 self._groups.move_to_end(key)
                 return held
         path = uri.removeprefix(self._prefix)
-        if self._fs is None:
-            table = pq.ParquetFile(path).read_row_group(index)
-        else:
-            with self._fs.open_input_file(path) as f:
-                table = pq.ParquetFile(f).read_row_group(index)
+        with contextlib.ExitStack() as stack:
+            source = (
+                path if self._fs is None else stack.enter_context(self._fs.open_input_file(path))
+            )
+            parquet = pq.ParquetFile(source)
+            wanted = None
+            if columns is not None:  # those the file has (older files may lack newer columns)
+                names = set(parquet.schema_arrow.names)
+                wanted = [c for c in columns if c in names]
+            table = parquet.read_row_group(index, columns=wanted)
         table = _plain_strings(table)
         with self._lock:
             if key not in self._groups:

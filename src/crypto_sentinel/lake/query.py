@@ -39,8 +39,12 @@ CANDLE_CACHE_ROWS = 500_000
 #: table as of up to this many seconds ago, as candle history does.
 TRADES_MAX_AGE = 0.25
 #: Rows of `silver.trades` row groups kept decoded in memory: the newest files' rows (what
-#: `/latest` and the first trade pages read) and the row groups older pages read.
-TRADE_CACHE_ROWS = 400_000
+#: `/latest` and the first trade pages read) and the row groups older pages read (~70 bytes
+#: a row in TRADE_PAGE_COLUMNS, ~180 with every column).
+TRADE_CACHE_ROWS = 1_000_000
+#: The columns the API shows of a trade (`/latest`, trade pages): the order ids and the
+#: connection id, most of a row's decoding, are left in the files.
+TRADE_PAGE_COLUMNS = ("product_id", "trade_id", "price", "size", "side", "time", "recv_time")
 #: Per (exchange, product): minute starts (µs), first trade ids, running trade counts.
 _Minutes = tuple[list[int], list[int], list[int]]
 #: How old the index of 1-minute candles that guides trade pages below a cursor may be.
@@ -205,7 +209,12 @@ class LakeReader:
     # --- API history -------------------------------------------------------------------
 
     def trades(
-        self, exchange: str, product_id: str, before: int | None, limit: int
+        self,
+        exchange: str,
+        product_id: str,
+        before: int | None,
+        limit: int,
+        columns: tuple[str, ...] | None = None,
     ) -> list[dict[str, Any]]:
         """Newest-first trades with trade_id < before, reading only the files (and row groups)
         that can hold them.
@@ -219,20 +228,27 @@ class LakeReader:
         """
         if limit <= 0:
             return []
+        recent = before is None
         if before is not None:
             window = self._candle_window(exchange, product_id, before, limit)
+            recent = window is not None and window[1] is None  # above every known minute
             if window is not None and window[1] is not None:
-                page = self._window_page(exchange, product_id, before, limit, window[0], window[1])
+                page = self._window_page(
+                    exchange, product_id, before, limit, window[0], window[1], columns
+                )
                 if page is not None:
                     return page
-        found = self._kept(
-            ("trades", exchange, product_id, before, limit),
-            lambda: self._newest_in_memory(
-                exchange, product_id, before, limit, [("trade_id", "descending")]
-            ),
-        )
-        if found is not None:
-            return found
+        # recent trades from the newest row groups; an old page the candles could not place
+        # by DuckDB over the newest files (it may read far back; not through the memory cache)
+        if recent:
+            found = self._kept(
+                ("trades", exchange, product_id, before, limit, columns),
+                lambda: self._newest_in_memory(
+                    exchange, product_id, before, limit, [("trade_id", "descending")], columns
+                ),
+            )
+            if found is not None:
+                return found
         return self.newest_rows(
             T.TRADES,
             "SELECT * FROM t WHERE exchange = ? AND product_id = ? AND trade_id < ?"
@@ -379,7 +395,9 @@ class LakeReader:
         order = [("time", "descending"), ("trade_id", "descending")]
         rows = self._kept(
             ("newest", exchange, product_id, limit),
-            lambda: self._newest_in_memory(exchange, product_id, None, limit, order),
+            lambda: self._newest_in_memory(
+                exchange, product_id, None, limit, order, TRADE_PAGE_COLUMNS
+            ),
         )
         if rows is None:  # a file without statistics: the two newest date partitions
             rows = self.query(
@@ -390,6 +408,23 @@ class LakeReader:
                 dates=self.newest_dates(T.TRADES, 2),
             )
         return rows
+
+    def kept_newest_trades(
+        self, exchange: str, product_id: str | None, limit: int
+    ) -> list[dict[str, Any]] | None:
+        """`newest_trades`' answer if it is kept for the current snapshot and the snapshot
+        is fresh enough to use without a look at the Delta log; else None. Never blocks:
+        for the event loop, which then needs no worker thread for most `/latest` calls."""
+        dt = self._tables.get(T.TRADES.name)
+        hit = self._answers.get(("newest", exchange, product_id, limit))
+        if dt is None or hit is None:
+            return None
+        if time.monotonic() - self._updated.get(T.TRADES.name, 0.0) >= TRADES_MAX_AGE:
+            return None
+        cached = self._actions.get(T.TRADES.name)
+        if cached is None or cached[0] != hit[0]:
+            return None
+        return list(hit[1])
 
     def _kept(
         self, key: tuple[Any, ...], answer: Callable[[], list[dict[str, Any]] | None]
@@ -676,10 +711,11 @@ class LakeReader:
         product_id: str | None,
         lo: datetime | None,
         hi: datetime | None,
+        columns: tuple[str, ...] | None = None,
     ) -> pa.Table:
         """The trades of row `groups` (uri, index; kept in memory) in [lo, hi), of one
-        product."""
-        parts = [self._trade_groups.group(uri, i) for uri, i in groups]
+        product; only `columns` (and `exchange`) if given."""
+        parts = [self._trade_groups.group(uri, i, columns) for uri, i in groups]
         if not parts:
             return _EMPTY_TRADES
         table = pa.concat_tables(parts, promote_options="default")
@@ -718,6 +754,7 @@ class LakeReader:
         before: int | None,
         limit: int,
         order: list[tuple[str, str]],
+        columns: tuple[str, ...] | None = None,
     ) -> list[dict[str, Any]] | None:
         """The `limit` first rows by `order` (newest first) among the exchange's trades (of
         one product, below `before`), reading only row groups that can hold them.
@@ -736,7 +773,7 @@ class LakeReader:
             bound = self._row_group_bound(files, budget)
             reach = [f for f in files if bound is None or f[3] >= bound]
             table = self._trade_rows(
-                exchange, self._groups_in(reach, bound, None), product_id, bound, None
+                exchange, self._groups_in(reach, bound, None), product_id, bound, None, columns
             )
             if before is not None:
                 table = table.filter(pc.less(table["trade_id"], before))
@@ -832,6 +869,7 @@ class LakeReader:
         limit: int,
         lo: datetime | None,
         hi: datetime,
+        columns: tuple[str, ...] | None = None,
     ) -> list[dict[str, Any]] | None:
         """The page of trades below `before` if trades in [lo, hi) prove it complete: the
         window holds a trade with id >= before (so, ids rising with time, no later trade is
@@ -840,7 +878,8 @@ class LakeReader:
         files = self._trade_files(exchange, lo, hi)
         if files is None:
             return None
-        table = self._trade_rows(exchange, self._groups_in(files, lo, hi), product_id, lo, hi)
+        groups = self._groups_in(files, lo, hi)
+        table = self._trade_rows(exchange, groups, product_id, lo, hi, columns)
         if table.num_rows == 0:
             return None
         if pc.max(table["trade_id"]).as_py() < before:
