@@ -744,6 +744,14 @@ def markdown(result: dict[str, Any]) -> str:
             f"| a day of 1-minute candles from the lake (`sentinel serve`, no hot state), p50 / "
             f"p99 | {pp(lake['day'])} (page {pp(lake['page'])}) | — | p99 <= 100 ms |",
         ]
+    if "seed_1000" in result and "latest_1000" not in result:
+        seed, seed_one = result["seed_1000"], result["seed_one_client"]
+        rows += [
+            f"| `/latest` p50 / p99 at {seed['offered_per_s']:.0f} req/s (open loop) | — | "
+            f"{pp(seed)} (achieved {seed['achieved_per_s']} req/s, {seed['timeouts']} timeouts "
+            f"of {seed['requests']:,}) | |",
+            f"| `/latest`, one client, p50 / p99 | — | {pp(seed_one)} | |",
+        ]
     if "lake_latest_one_client" in result:
         rows.append(
             f"| `/latest` from the lake (`sentinel serve`), one client | "
