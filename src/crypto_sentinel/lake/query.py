@@ -38,10 +38,12 @@ CANDLE_CACHE_ROWS = 500_000
 #: The API's reads of `silver.trades` (`/latest` and trade pages over the lake) may see the
 #: table as of up to this many seconds ago, as candle history does.
 TRADES_MAX_AGE = 0.25
-#: Rows of `silver.trades` row groups kept decoded in memory: the newest files' rows (what
-#: `/latest` and the first trade pages read) and the row groups older pages read (~70 bytes
-#: a row in TRADE_PAGE_COLUMNS, ~180 with every column).
-TRADE_CACHE_ROWS = 1_000_000
+#: Rows of `silver.trades` row groups kept decoded in memory (~70 bytes a row in
+#: TRADE_PAGE_COLUMNS, ~180 with every column), in two caches: the newest files' rows (what
+#: `/latest` and the first trade pages read), and the row groups older pages read, so that
+#: paging through history never pushes out what `/latest` needs.
+TRADE_CACHE_ROWS = 400_000
+OLD_TRADE_CACHE_ROWS = 600_000
 #: The columns the API shows of a trade (`/latest`, trade pages): the order ids and the
 #: connection id, most of a row's decoding, are left in the files.
 TRADE_PAGE_COLUMNS = ("product_id", "trade_id", "price", "size", "side", "time", "recv_time")
@@ -77,6 +79,7 @@ class LakeReader:
         self._actions: dict[str, tuple[int, pa.Table]] = {}  # add actions per table version
         self._candle_files = FileCache(CANDLE_CACHE_ROWS, *self._fs)
         self._trade_groups = RowGroupCache(TRADE_CACHE_ROWS, *self._fs)
+        self._old_trade_groups = RowGroupCache(OLD_TRADE_CACHE_ROWS, *self._fs)
         self._answers: dict[tuple[Any, ...], tuple[int, list[dict[str, Any]]]] = {}
         self._file_lists: dict[tuple[Any, ...], tuple[int, Any]] = {}
         self._listings: dict[tuple[Any, ...], list[str]] = {}
@@ -712,10 +715,12 @@ class LakeReader:
         lo: datetime | None,
         hi: datetime | None,
         columns: tuple[str, ...] | None = None,
+        cache: RowGroupCache | None = None,
     ) -> pa.Table:
-        """The trades of row `groups` (uri, index; kept in memory) in [lo, hi), of one
-        product; only `columns` (and `exchange`) if given."""
-        parts = [self._trade_groups.group(uri, i, columns) for uri, i in groups]
+        """The trades of row `groups` (uri, index; kept in `cache`, by default the newest
+        rows' one) in [lo, hi), of one product; only `columns` (and `exchange`) if given."""
+        held = self._trade_groups if cache is None else cache
+        parts = [held.group(uri, i, columns) for uri, i in groups]
         if not parts:
             return _EMPTY_TRADES
         table = pa.concat_tables(parts, promote_options="default")
@@ -879,7 +884,9 @@ class LakeReader:
         if files is None:
             return None
         groups = self._groups_in(files, lo, hi)
-        table = self._trade_rows(exchange, groups, product_id, lo, hi, columns)
+        table = self._trade_rows(
+            exchange, groups, product_id, lo, hi, columns, self._old_trade_groups
+        )
         if table.num_rows == 0:
             return None
         if pc.max(table["trade_id"]).as_py() < before:
