@@ -78,6 +78,7 @@ class CandleService:
         self.state = state
         self.reader = reader
         self._lake_parts: dict[tuple[Any, ...], Candle | None] = {}
+        self._lake_pages: dict[tuple[Any, ...], tuple[Any, dict[datetime, dict[str, Any]]]] = {}
 
     def book(self, exchange: str, product_id: str) -> MinuteBook | None:
         return self.state.candles.get((exchange, product_id))
@@ -134,11 +135,20 @@ class CandleService:
     def lake_items(
         self, exchange: str, product_id: str, granularity: int, lo: datetime, cut: datetime
     ) -> dict[datetime, dict[str, Any]]:
-        """`lake`, already rendered (`candle_items`), not forming (blocking: call in a thread)."""
+        """`lake`, already rendered (`candle_items`), not forming (blocking: call in a thread).
+
+        The reader hands back the same table while the page's files stay the same, so the
+        rendering is kept for it (copies: the route marks items `forming`)."""
         if cut <= lo:
             return {}
         rows = self.reader.candle_buckets(exchange, product_id, lo, cut, granularity)
-        return candle_items(rows, granularity)
+        key = (exchange, product_id, granularity, lo, cut)
+        hit = self._lake_pages.get(key)
+        if hit is None or hit[0] is not rows:
+            if len(self._lake_pages) > 512:
+                self._lake_pages.clear()
+            hit = self._lake_pages[key] = (rows, candle_items(rows, granularity))
+        return {start: dict(item) for start, item in hit[1].items()}
 
     def lake_part(
         self, exchange: str, product_id: str, granularity: int, bucket: datetime, cut: datetime

@@ -9,8 +9,10 @@ takes the Parquet work off every request after the first.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -59,3 +61,84 @@ def _plain_strings(table: pa.Table) -> pa.Table:
     fields = [f.with_type(pa.string()) if f.type == pa.string_view() else f for f in table.schema]
     schema = pa.schema(fields, metadata=table.schema.metadata)
     return table if schema.equals(table.schema) else table.cast(schema)
+
+
+class RowGroupCache:
+    """Row groups of immutable Parquet files as Arrow tables, least recently used out first.
+
+    For reads that want a slice of a table by one column (trades by time): row groups whose
+    min/max statistics on that column miss the wanted range are never read, and those read
+    are kept, so a large compacted file costs one row group per request, not the file.
+    Bounded by the total rows held; file footers are kept for as many files as
+    `max_footers`.
+    """
+
+    def __init__(
+        self,
+        max_rows: int,
+        fs: pafs.FileSystem | None = None,
+        prefix: str = "",
+        max_footers: int = 8192,
+    ) -> None:
+        self.max_rows = max_rows
+        self.max_footers = max_footers
+        self._fs = fs
+        self._prefix = prefix
+        self._footers: OrderedDict[tuple[str, str], list[tuple[int, int, Any, Any]]] = OrderedDict()
+        self._groups: OrderedDict[tuple[str, int, tuple[str, ...] | None], pa.Table] = OrderedDict()
+        self._rows = 0
+        self._lock = threading.Lock()
+
+    def stats(self, uri: str, column: str) -> list[tuple[int, int, Any, Any]]:
+        """(index, rows, min, max of `column`) per row group of `uri`; None where the file
+        has no min/max statistics. Read from the file's footer once, then kept."""
+        key = (uri, column)
+        with self._lock:
+            held = self._footers.get(key)
+            if held is not None:
+                self._footers.move_to_end(key)
+                return held
+        meta = pq.read_metadata(uri.removeprefix(self._prefix), filesystem=self._fs)
+        index = meta.schema.to_arrow_schema().get_field_index(column)
+        out = []
+        for i in range(meta.num_row_groups):
+            group = meta.row_group(i)
+            stats = group.column(index).statistics if index >= 0 else None
+            if stats is None or not stats.has_min_max:
+                out.append((i, group.num_rows, None, None))
+            else:
+                out.append((i, group.num_rows, stats.min, stats.max))
+        with self._lock:
+            self._footers[key] = out
+            while len(self._footers) > self.max_footers:
+                self._footers.popitem(last=False)
+        return out
+
+    def group(self, uri: str, index: int, columns: tuple[str, ...] | None = None) -> pa.Table:
+        """Row group `index` of `uri` (only `columns`, if given)."""
+        key = (uri, index, columns)
+        with self._lock:
+            held = self._groups.get(key)
+            if held is not None:
+                self._groups.move_to_end(key)
+                return held
+        path = uri.removeprefix(self._prefix)
+        with contextlib.ExitStack() as stack:
+            source = (
+                path if self._fs is None else stack.enter_context(self._fs.open_input_file(path))
+            )
+            parquet = pq.ParquetFile(source)
+            wanted = None
+            if columns is not None:  # those the file has (older files may lack newer columns)
+                names = set(parquet.schema_arrow.names)
+                wanted = [c for c in columns if c in names]
+            table = parquet.read_row_group(index, columns=wanted)
+        table = _plain_strings(table)
+        with self._lock:
+            if key not in self._groups:
+                self._groups[key] = table
+                self._rows += table.num_rows
+                while self._rows > self.max_rows and len(self._groups) > 1:
+                    _, old = self._groups.popitem(last=False)
+                    self._rows -= old.num_rows
+        return table

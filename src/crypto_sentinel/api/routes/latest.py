@@ -68,7 +68,9 @@ def router(ctx: ApiContext) -> APIRouter:
             await ctx.check_product(symbol)
         items = memory_items(ctx, ex, symbol, limit)
         if not items:  # nothing in memory (e.g. `sentinel serve` over a lake): the lake
-            rows = await ctx.in_thread(ctx.reader.newest_trades, ex, symbol, limit)
+            rows = ctx.reader.kept_newest_trades(ex, symbol, limit)  # no thread when kept
+            if rows is None:
+                rows = await ctx.in_thread(ctx.reader.newest_trades, ex, symbol, limit)
             items = [latest_row_item(r) for r in rows]
         return JSONResponse({"data": items})
 

@@ -30,6 +30,7 @@ from crypto_sentinel.api.schemas import CandlesPage, Products, Stats, TickerOut,
 from crypto_sentinel.api.state import MINUTE
 from crypto_sentinel.completeness import mark_page
 from crypto_sentinel.engine.candles import Candle
+from crypto_sentinel.lake.query import TRADE_PAGE_COLUMNS
 
 #: A time as ISO 8601 (2024-01-01T00:00:00Z) or Unix seconds.
 Instant = datetime | float
@@ -134,8 +135,9 @@ def router(ctx: ApiContext) -> APIRouter:
             lake_before = floor if before is None else min(before, floor)
         if len(items) < limit:
             rows = await ctx.in_thread(
-                ctx.reader.trades, ex, product_id, lake_before, limit - len(items)
-            )
+                ctx.reader.trades, ex, product_id, lake_before, limit - len(items),
+                TRADE_PAGE_COLUMNS,
+            )  # fmt: skip
             items += [trade_row_item(r) for r in rows]
         headers = {}
         if items:
