@@ -20,6 +20,11 @@ from starlette.staticfiles import StaticFiles
 from crypto_sentinel.api.context import ApiContext
 
 ASSETS = "/docs/assets"
+#: The pages may load nothing from elsewhere (ReDoc would fetch its vendor's logo from a CDN).
+CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' blob:; style-src 'self'"
+    " 'unsafe-inline'; img-src 'self' data: blob:; worker-src 'self' blob:; connect-src 'self'"
+)
 FILES = frozenset({"swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png"})
 
 
@@ -37,23 +42,27 @@ def router(ctx: ApiContext) -> APIRouter:
 
     @api.get("/docs")
     async def swagger(request: Request) -> HTMLResponse:
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url="/openapi.json",
             title="Crypto Sentinel API",
             swagger_js_url=f"{ASSETS}/swagger-ui-bundle.js",
             swagger_css_url=f"{ASSETS}/swagger-ui.css",
             swagger_favicon_url=f"{ASSETS}/favicon.png",
         )
+        page.headers["Content-Security-Policy"] = CSP
+        return page
 
     @api.get("/redoc")
     async def redoc(request: Request) -> HTMLResponse:
-        return get_redoc_html(
+        page = get_redoc_html(
             openapi_url="/openapi.json",
             title="Crypto Sentinel API",
             redoc_js_url=f"{ASSETS}/redoc.standalone.js",
             redoc_favicon_url=f"{ASSETS}/favicon.png",
             with_google_fonts=False,
         )
+        page.headers["Content-Security-Policy"] = CSP
+        return page
 
     @api.get(ASSETS + "/{name}")
     async def asset(name: str, request: Request) -> Response:
