@@ -16,6 +16,7 @@ bounds on the request target. One pure ASGI layer (`Guard`) in front of every ro
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import logging
@@ -82,6 +83,7 @@ class ApiSecurity:
             )
 
 
+@functools.lru_cache(maxsize=4096)  # asked per request: parse each address once
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
