@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -87,6 +88,15 @@ def test_token_guards_every_route_but_the_probes(guarded: ApiProcess) -> None:
         with connect(url, additional_headers=headers, open_timeout=10) as ws:
             ws.send(json.dumps({"type": "ping"}))
             assert receive(ws, "pong") == {"type": "pong"}
+    # or as a subprotocol next to sentinel.v1, which the server picks (the token is not echoed)
+    offer: list[Any] = ["sentinel.v1", f"bearer.{TOKEN}"]
+    with connect(guarded.ws, subprotocols=offer, open_timeout=10) as ws:
+        assert ws.subprotocol == "sentinel.v1"
+        ws.send(json.dumps({"type": "ping"}))
+        assert receive(ws, "pong") == {"type": "pong"}
+    with pytest.raises(InvalidStatus) as refused:
+        connect(guarded.ws, subprotocols=[offer[0], "bearer.wrong-one"]).close()
+    assert refused.value.response.status_code == 401
 
     # SSE: the same
     base, products = guarded.base, "BTC-USD"

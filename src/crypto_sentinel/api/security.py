@@ -6,7 +6,9 @@ bounds on the request target. One pure ASGI layer (`Guard`) in front of every ro
   and their assets) needs `Authorization: Bearer <token>`. Browsers cannot set that header on
   a WebSocket or an EventSource, so `/v1/stream` and `/v1/stream/sse` also take it as the
   query parameter `access_token`. Tokens are compared in constant time and never written to
-  a log, a response or an error message.
+  a log, a response or an error message. A WebSocket client may instead offer the
+  subprotocols `sentinel.v1` and `bearer.<token>` (the server answers `sentinel.v1`), which
+  keeps the token out of URLs (and so out of proxies' access logs).
 - Rate limit: a token bucket per client IP (`api_rate_limit` requests per second, bursts of
   `api_rate_burst`); past it a 429 with `Retry-After`. Loopback clients are exempt unless
   `api_rate_limit_loopback` (the dashboard and local load tests run there).
@@ -42,6 +44,11 @@ PUBLIC_PREFIXES = ("/dashboard/assets/", "/docs/assets/")
 #: Where a browser may put the token in the URL (it cannot set headers there).
 QUERY_TOKEN_PATHS = frozenset({"/v1/stream", "/v1/stream/sse"})
 QUERY_TOKEN = "access_token"
+#: A WebSocket client may offer the token as the subprotocol `bearer.<token>` next to
+#: `sentinel.v1`, which the server picks (so the token is not echoed back), e.g.
+#: `new WebSocket(url, ["sentinel.v1", "bearer." + token])`: no token in any URL.
+PROTOCOL = "sentinel.v1"
+PROTOCOL_TOKEN = "bearer."
 #: Client IPs whose buckets are remembered at most (full buckets are forgotten first).
 MAX_BUCKETS = 10_000
 #: WebSocket close code for a refused handshake when the server cannot send an HTTP answer.
@@ -188,6 +195,11 @@ class Guard:
                     return "the Authorization header must be: Bearer <API token>"
                 given = credentials.strip()
                 break
+        if given is None and scope["type"] == "websocket":
+            for offered in scope.get("subprotocols", ()):
+                if offered.startswith(PROTOCOL_TOKEN):
+                    given = offered.removeprefix(PROTOCOL_TOKEN)
+                    break
         if given is None and scope["path"] in QUERY_TOKEN_PATHS:
             query = scope.get("query_string", b"").decode("latin-1")
             found = [v for k, v in parse_qsl(query, keep_blank_values=True) if k == QUERY_TOKEN]

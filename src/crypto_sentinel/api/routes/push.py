@@ -36,6 +36,7 @@ from crypto_sentinel.api.context import ApiContext, bad_parameter, not_found
 from crypto_sentinel.api.render import candle_item
 from crypto_sentinel.api.routes.latest import MAX_PRODUCT_ID, ExchangeParam
 from crypto_sentinel.api.schemas import errors
+from crypto_sentinel.api.security import PROTOCOL
 from crypto_sentinel.api.stream import CHANNELS, CandleRef, Client, Hub, Key, observe_push
 from crypto_sentinel.completeness import contiguous
 from crypto_sentinel.gapflags import overlaps
@@ -234,7 +235,9 @@ def router(ctx: ApiContext) -> APIRouter:
 
     @api.websocket("/stream")
     async def stream(ws: WebSocket) -> None:
-        await ws.accept()
+        # a client that offers our subprotocol (with its token, see api/security.py) gets it
+        offered = ws.scope.get("subprotocols") or ()
+        await ws.accept(subprotocol=PROTOCOL if PROTOCOL in offered else None)
         client = hub.connect("websocket")
         if client is None:
             await ws.close(CLOSE_TRY_AGAIN, "too many stream clients")

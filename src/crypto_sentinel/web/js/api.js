@@ -3,7 +3,7 @@
 //
 // An API started with a token (SENTINEL_API_TOKEN) wants `Authorization: Bearer <token>`:
 // the page sends the token it was given (see main.js) with every call, and the live stream
-// puts it in its URL (browsers cannot set headers on a WebSocket).
+// offers it as a WebSocket subprotocol (browsers cannot set headers on a WebSocket).
 
 let apiToken = null;
 

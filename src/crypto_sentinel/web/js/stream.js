@@ -38,11 +38,12 @@ export class LiveStream {
 
   connect() {
     const scheme = window.location.protocol === "https:" ? "wss" : "ws";
-    const url = new URL(`${scheme}://${window.location.host}/v1/stream`);
-    if (this.handlers.token && this.handlers.token()) {
-      url.searchParams.set("access_token", this.handlers.token());
-    }
-    const socket = new WebSocket(url);
+    const url = `${scheme}://${window.location.host}/v1/stream`;
+    // The API token (if any) goes as a subprotocol, not in the URL: URLs end up in logs.
+    const token = this.handlers.token && this.handlers.token();
+    const socket = token
+      ? new WebSocket(url, ["sentinel.v1", `bearer.${token}`])
+      : new WebSocket(url);
     this.socket = socket;
     this.status(this.opened ? "reconnecting" : "connecting");
     socket.addEventListener("open", () => {
