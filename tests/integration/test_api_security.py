@@ -207,3 +207,10 @@ def test_push_subscriptions_name_the_limit_they_cross(guarded: ApiProcess) -> No
     status, body, _ = sse_status(guarded.base, product_ids="Y" * 41, access_token=TOKEN)
     assert status == 422 and "each entry at most 40 characters" in body
     assert guarded.alive()
+
+
+def test_open_api_on_all_interfaces_warns_once(tmp_path: Path) -> None:
+    with sentinel_up(tmp_path, host="0.0.0.0") as api:
+        assert httpx.get(f"{api.base}/v1/products", timeout=10).status_code == 200  # no token
+    assert api.output().count("without an API token") == 1, api.output()[-3000:]
+    assert "0.0.0.0" in api.output()
