@@ -13,6 +13,10 @@ conflated; a client that falls `api_stream_queue` trade messages behind is sent 
 closed (code 1013). Tickers and candles are conflated: a slow reader gets the newest value.
 SSE carries the same messages as events named by their type, for the products and channels
 given in the query.
+
+Limits (each named in the error that crossing it gets): at most MAX_SUBSCRIPTIONS (200)
+entries per list and subscriptions per connection, ids and exchange names of 1 to 40
+characters, messages of at most 64 KiB (larger frames close the socket with 1009).
 """
 
 from __future__ import annotations
