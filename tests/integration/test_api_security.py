@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
@@ -214,3 +216,44 @@ def test_open_api_on_all_interfaces_warns_once(tmp_path: Path) -> None:
         assert httpx.get(f"{api.base}/v1/products", timeout=10).status_code == 200  # no token
     assert api.output().count("without an API token") == 1, api.output()[-3000:]
     assert "0.0.0.0" in api.output()
+
+
+ascii_text = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=80)
+
+
+@settings(max_examples=80, deadline=None, derandomize=True, database=None)
+@given(
+    scheme=st.sampled_from(["Bearer ", "bearer ", "Basic ", "", "Bearer  "]),
+    credentials=ascii_text | st.just(TOKEN) | st.just(TOKEN[:-1]) | st.just(TOKEN + "x"),
+    query=st.none() | ascii_text,
+    path=st.sampled_from(["/v1/products", "/latest", "/v1/stream/sse", "/metrics", "/health"]),
+)
+def test_any_authorization_gets_200_or_a_clear_401(
+    guarded: ApiProcess, scheme: str, credentials: str, query: str | None, path: str
+) -> None:
+    value = (scheme + credentials).strip()  # h11 sends no header with outer whitespace
+    headers = {"Authorization": value} if value else {}
+    params = {"product_ids": "BTC-USD"} if path.endswith("/sse") else {}
+    if query is not None:
+        params["access_token"] = query
+    if path == "/health":
+        allowed = True
+    elif value:  # the header decides, whatever the query says
+        kind, _, given = value.partition(" ")
+        allowed = kind.lower() == "bearer" and given.strip() == TOKEN
+    else:
+        allowed = path == "/v1/stream/sse" and query == TOKEN
+    with (
+        httpx.Client(base_url=guarded.base, timeout=10) as client,
+        client.stream("GET", path, headers=headers, params=params) as r,
+    ):
+        if allowed:
+            assert r.status_code == 200
+            return
+        assert r.status_code == 401  # before reading: a 200 here may be an endless stream
+        body = json.loads(r.read())
+    assert body["error"] in (
+        "invalid API token",
+        "the Authorization header must be: Bearer <API token>",
+    ) or body["error"].startswith("API token required"), body
+    assert TOKEN not in json.dumps(body) and TOKEN not in repr(r.headers)
