@@ -251,6 +251,31 @@ class Settings(BaseSettings):
     api_stream_queue: int = Field(2000, ge=10, le=1_000_000)  # messages per push client
     api_stream_max_clients: int = Field(1000, ge=1, le=100_000)
     api_heartbeat_seconds: float = Field(5.0, gt=0, le=300)  # push heartbeat interval
+    # --- API security (issue 9): optional bearer token, per-client rate limit ------------------
+    api_token: SecretStr | None = Field(
+        None,
+        description="when set, every route but /health and /ready needs"
+        " `Authorization: Bearer <token>` (WebSocket/SSE also ?access_token=)",
+    )
+    api_rate_limit: float = Field(
+        100.0, ge=0, le=1_000_000, description="requests per second per client IP; 0 = off"
+    )
+    api_rate_burst: int = Field(200, ge=1, le=10_000_000)  # bucket size: requests at once
+    api_rate_limit_loopback: bool = Field(
+        False, description="also limit clients on 127.0.0.1/::1 (default: exempt)"
+    )
+
+    @field_validator("api_token")
+    @classmethod
+    def _check_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None  # SENTINEL_API_TOKEN= (empty): no token
+        text = value.get_secret_value()
+        if len(text) < 16 or len(text) > 512:
+            raise ValueError("must be 16 to 512 characters (the value is not shown)")
+        if not all(33 <= ord(c) <= 126 for c in text):
+            raise ValueError("must be printable ASCII without spaces (the value is not shown)")
+        return value
 
     @field_validator("api_cors_origins", mode="before")
     @classmethod

@@ -25,6 +25,7 @@ import uvicorn
 
 from crypto_sentinel import metrics
 from crypto_sentinel.api.app import create_app
+from crypto_sentinel.api.security import ApiSecurity
 from crypto_sentinel.api.state import HotState
 from crypto_sentinel.api.stream import Hub
 from crypto_sentinel.api.warmup import warm_up
@@ -455,6 +456,7 @@ class Pipeline:
             ready=self.ready,
             hub=hub,
             cors_origins=s.api_cors_origins,
+            security=ApiSecurity.from_settings(s),
         )
         config = uvicorn.Config(
             app,
@@ -563,6 +565,7 @@ async def serve_lake(settings: Settings, exchange: str | None) -> None:
         ready=lambda: True,
         hub=hub,
         cors_origins=settings.api_cors_origins,
+        security=ApiSecurity.from_settings(settings),
     )
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", ws_max_size=64 * 1024

@@ -608,16 +608,73 @@ def test_replay_source_is_bannered_and_its_history_charted(
             proc.wait()
 
 
-def test_phone_width_and_dark_theme(browser: Browser, server: str) -> None:
+#: Anything drawn past the right edge of the window (a page must not scroll sideways), and the
+#: gap between the chart's drawing and the bottom of its panel.
+LAYOUT = """() => {
+    const width = document.documentElement.clientWidth;
+    const sticking = [...document.querySelectorAll('body *')]
+        .filter((e) => e.getClientRects().length && e.getBoundingClientRect().right > width + 0.5)
+        .map((e) => `${e.tagName}#${e.id} ${Math.round(e.getBoundingClientRect().right)}`);
+    const panel = document.querySelector('.chart').getBoundingClientRect();
+    const drawing = document.querySelector('#chart .main-svg').getBoundingClientRect();
+    const pad = parseFloat(getComputedStyle(document.querySelector('.chart')).paddingBottom);
+    return {scroll: document.documentElement.scrollWidth, width, sticking,
+            unused: Math.round(panel.bottom - pad - drawing.bottom),
+            chartRight: drawing.right, panelRight: panel.right};
+}"""
+
+
+@pytest.mark.parametrize("width", [360, 390, 414])
+def test_phone_widths_fit_without_sideways_scrolling(
+    browser: Browser, server: str, width: int
+) -> None:
+    with open_dashboard(
+        browser, server, viewport={"width": width, "height": 800}, is_mobile=True, has_touch=True
+    ) as board:
+        page = board.page
+        page.wait_for_timeout(300)  # the live candles' redraws
+        layout = board.js(LAYOUT)
+        assert layout["scroll"] <= width and layout["sticking"] == [], layout
+        assert layout["chartRight"] <= layout["panelRight"], layout
+        assert 0 <= layout["unused"] <= 2, layout  # the chart fills its panel
+        # One column: ticker above chart above tape, each inside the screen.
+        boxes = [page.locator(s).bounding_box() for s in (".ticker", ".chart", ".tape")]
+        assert all(b is not None and b["x"] >= 0 and b["x"] + b["width"] <= width for b in boxes)
+        assert [b["y"] for b in boxes if b] == sorted(b["y"] for b in boxes if b)
+        # The controls stay usable: every one is on screen and at least 32 px tall to tap.
+        for label in ("Product", "Candle size"):
+            box = page.get_by_label(label).bounding_box()
+            assert box is not None and box["x"] + box["width"] <= width and box["height"] >= 32
+        # Turned to landscape and back: still nothing sideways.
+        page.set_viewport_size({"width": 800, "height": width})
+        page.set_viewport_size({"width": width, "height": 800})
+        page.wait_for_function(
+            "() => document.querySelector('#chart .main-svg').getBoundingClientRect().right"
+            " <= document.querySelector('.chart').getBoundingClientRect().right"
+        )
+        assert board.js(LAYOUT)["sticking"] == []
+        board.assert_clean()
+
+
+@pytest.mark.parametrize("viewport", [(1280, 600), (1280, 860), (900, 700)])
+def test_no_dead_space_under_the_volume_chart(
+    browser: Browser, server: str, viewport: tuple[int, int]
+) -> None:
+    """Where the side column is taller than the chart's own height (short windows) the chart
+    grows to the panel's bottom instead of leaving empty space under the volume bars."""
+    width, height = viewport
+    with open_dashboard(browser, server, viewport={"width": width, "height": height}) as board:
+        layout = board.js(LAYOUT)
+        assert 0 <= layout["unused"] <= 2, layout
+        assert layout["sticking"] == [], layout
+        board.assert_clean()
+
+
+def test_phone_dark_theme_is_remembered(browser: Browser, server: str) -> None:
     with open_dashboard(
         browser, server, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
     ) as board:
         page = board.page
-        # One column: nothing wider than the screen, ticker above chart above tape.
-        assert board.js("() => document.documentElement.scrollWidth") <= 390
-        boxes = [page.locator(s).bounding_box() for s in (".ticker", ".chart", ".tape")]
-        assert all(b is not None and b["x"] >= 0 and b["x"] + b["width"] <= 390 for b in boxes)
-        assert [b["y"] for b in boxes if b] == sorted(b["y"] for b in boxes if b)
         paper = "() => document.getElementById('chart')._fullLayout.paper_bgcolor"
         light = board.js(paper)
         theme = page.get_by_role("button", name="Dark theme")
@@ -628,6 +685,35 @@ def test_phone_width_and_dark_theme(browser: Browser, server: str) -> None:
         page.reload()  # the choice is remembered
         expect(page.locator("html")).to_have_attribute("data-theme", "dark")
         board.assert_clean()
+
+
+def test_empty_chart_says_so_without_a_made_up_time_axis(browser: Browser, server: str) -> None:
+    """While history loads, and when a product has no candles, the chart shows a line of text
+    and no axes (an empty date axis used to show Jan-Nov 2000 under "No candles yet")."""
+    held: list[Any] = []
+    ctx = browser.new_context(viewport={"width": 390, "height": 800}, is_mobile=True)
+    try:
+        ctx.route(re.compile(r"/v1/products/[^/]+/candles"), lambda r: held.append(r))  # later
+        ctx.route_web_socket(re.compile(r"/v1/stream$"), lambda ws: None)  # no live candles
+        page = ctx.new_page()
+        page.goto(f"{server}/")
+        chart = page.locator("#chart")
+        expect(chart).to_have_attribute("data-state", "loading")
+        page.wait_for_function("() => document.getElementById('chart')._fullLayout")
+        axes = "() => { const l = document.getElementById('chart')._fullLayout;"
+        axes += " return [l.xaxis.visible, l.yaxis.visible, l.yaxis2.visible,"
+        axes += " document.querySelectorAll('#chart .xtick, #chart .ytick').length]; }"
+        assert page.evaluate(axes) == [False, False, False, 0]
+        expect(chart).to_contain_text("Loading candles…")
+        eventually(lambda: held, "the page to ask for candles")
+        held[0].fulfill(json={"data": [], "granularity": 60, "product_id": "BTC-USD",
+                              "exchange": "simulator", "start": "x", "end": "y"})  # fmt: skip
+        expect(chart).to_have_attribute("data-state", "empty")
+        expect(chart).to_contain_text("No candles yet")
+        assert page.evaluate(axes) == [False, False, False, 0]
+        assert "2000" not in (chart.text_content() or "")
+    finally:
+        ctx.close()
 
 
 def test_assets_are_served_locally_and_unknown_paths_are_404(server: str) -> None:

@@ -307,7 +307,7 @@ async def test_protocol_errors_ping_and_unsubscribe(pipeline: Pipeline) -> None:
         await send(ws, type="subscribe", product_ids=["NOPE-USD"], channels=["trades"])
         assert "unknown product" in (await next_of(ws, "error"))["message"]
         await send(ws, type="subscribe", product_ids="BTC-USD", channels=["trades"])
-        assert "lists of strings" in (await next_of(ws, "error"))["message"]
+        assert "list of strings" in (await next_of(ws, "error"))["message"]
         await send(ws, type="dance")
         assert "subscribe, unsubscribe or ping" in (await next_of(ws, "error"))["message"]
         await send(ws, type="subscribe", product_ids=["BTC-USD", "ETH-USD"], channels=["trades"])

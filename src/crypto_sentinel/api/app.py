@@ -23,7 +23,8 @@ from crypto_sentinel import __version__, metrics
 from crypto_sentinel.api.candles import GRANULARITIES, MAX_CANDLES
 from crypto_sentinel.api.context import ApiContext
 from crypto_sentinel.api.responses import JSONResponse, error
-from crypto_sentinel.api.routes import dashboard, latest, market, ops, push
+from crypto_sentinel.api.routes import dashboard, docs, latest, market, ops, push
+from crypto_sentinel.api.security import ApiSecurity, Guard
 from crypto_sentinel.api.state import HotState
 from crypto_sentinel.api.stream import Hub
 from crypto_sentinel.lake.query import LakeReader
@@ -128,14 +129,20 @@ def create_app(
     *,
     hub: Hub | None = None,
     cors_origins: Sequence[str] = (),
+    security: ApiSecurity | None = None,
 ) -> FastAPI:
     """The API over `state` and `reader`. Register `hub.on_chunk` as an engine listener (after
-    the hot state's) for live push; without a hub one with default limits is made."""
+    the hot state's) for live push; without a hub one with default limits is made. Without
+    `security` there is no token and no rate limit."""
+    security = security or ApiSecurity()
+    security.warn_if_open()
     app = FastAPI(
         title="Crypto Sentinel",
         version=__version__,
         description=DESCRIPTION,
         default_response_class=JSONResponse,
+        docs_url=None,  # served from local assets by routes/docs.py (no CDN)
+        redoc_url=None,
     )
     ctx = ApiContext(
         state=state,
@@ -148,12 +155,16 @@ def create_app(
     )
     app.state.ctx = ctx
     app.add_middleware(latest.LatestFastPath, ctx=ctx)  # innermost: CORS and timing apply
+    # token, rate limit and request-target bounds before any route (the fast path included);
+    # inside CORS, so a browser's preflight needs no token and a 401 carries CORS headers
+    app.add_middleware(Guard, security=security)
     if cors_origins:  # off unless origins are configured: no other site reads the API
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(cors_origins),
             allow_methods=["GET", "HEAD"],
-            expose_headers=["CB-BEFORE", "CB-AFTER"],
+            allow_headers=["Authorization"],
+            expose_headers=["CB-BEFORE", "CB-AFTER", "Retry-After"],
         )
     app.add_middleware(HeadAsGet)
     app.add_middleware(Timing)
@@ -171,6 +182,8 @@ def create_app(
         log.exception("unhandled error on %s", request.url.path)
         return error(500, "internal server error")
 
-    for module in (latest, market, push, ops, dashboard):
+    for module in (latest, market, push, ops, dashboard, docs):
         app.include_router(module.router(ctx))
+    if security.token is not None:
+        docs.declare_bearer(app)
     return app

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 import orjson
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from crypto_sentinel.api.context import ApiContext
@@ -25,6 +25,12 @@ from crypto_sentinel.api.schemas import Latest, errors
 
 ExchangeParam = Annotated[
     str | None, Query(max_length=40, description="lake exchange name; default: the live one")
+]
+#: Longest product id accepted anywhere (path, query, push subscriptions).
+MAX_PRODUCT_ID = 40
+ProductPath = Annotated[
+    str,
+    Path(max_length=MAX_PRODUCT_ID, description="product id, e.g. BTC-USD (at most 40 characters)"),
 ]
 MAX_LIMIT = 50
 _LIMIT = re.compile(r"[0-9]{1,2}")
@@ -58,7 +64,8 @@ def router(ctx: ApiContext) -> APIRouter:
     )
     async def latest(
         symbol: Annotated[
-            str | None, Query(max_length=40, description="product id, e.g. BTC-USD")
+            str | None,
+            Query(max_length=MAX_PRODUCT_ID, description="product id, e.g. BTC-USD"),
         ] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = MAX_LIMIT,
         exchange: ExchangeParam = None,

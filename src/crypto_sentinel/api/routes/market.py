@@ -25,7 +25,7 @@ from crypto_sentinel.api.render import (
     trade_row_item,
 )
 from crypto_sentinel.api.responses import JSONResponse
-from crypto_sentinel.api.routes.latest import ExchangeParam
+from crypto_sentinel.api.routes.latest import ExchangeParam, ProductPath
 from crypto_sentinel.api.schemas import CandlesPage, Products, Stats, TickerOut, TradesPage, errors
 from crypto_sentinel.api.state import MINUTE
 from crypto_sentinel.completeness import mark_page
@@ -78,7 +78,7 @@ def router(ctx: ApiContext) -> APIRouter:
         response_class=JSONResponse,
         responses={200: {"model": Stats}, **errors(404, 422)},
     )
-    async def stats(product_id: str, exchange: ExchangeParam = None) -> JSONResponse:
+    async def stats(product_id: ProductPath, exchange: ExchangeParam = None) -> JSONResponse:
         ex = ctx.exchange(exchange)
         await ctx.check_product(product_id)
         return JSONResponse((await day_stats(ex, [product_id]))[0])
@@ -89,7 +89,7 @@ def router(ctx: ApiContext) -> APIRouter:
         response_class=JSONResponse,
         responses={200: {"model": TickerOut}, **errors(404, 422)},
     )
-    async def ticker(product_id: str, exchange: ExchangeParam = None) -> JSONResponse:
+    async def ticker(product_id: ProductPath, exchange: ExchangeParam = None) -> JSONResponse:
         ex = ctx.exchange(exchange)
         await ctx.check_product(product_id)
         key = (ex, product_id)
@@ -114,7 +114,7 @@ def router(ctx: ApiContext) -> APIRouter:
         responses={200: {"model": TradesPage}, **errors(404, 422)},
     )
     async def trades(
-        product_id: str,
+        product_id: ProductPath,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         before: Annotated[
             int | None, Query(ge=1, le=2**62, description="trade_id cursor (exclusive)")
@@ -156,7 +156,7 @@ def router(ctx: ApiContext) -> APIRouter:
         responses={200: {"model": CandlesPage}, **errors(404, 422)},
     )
     async def candles(
-        product_id: str,
+        product_id: ProductPath,
         granularity: Annotated[
             Granularity, Query(description="bucket size in seconds")
         ] = Granularity.ONE_MINUTE,

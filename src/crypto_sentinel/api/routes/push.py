@@ -13,6 +13,10 @@ conflated; a client that falls `api_stream_queue` trade messages behind is sent 
 closed (code 1013). Tickers and candles are conflated: a slow reader gets the newest value.
 SSE carries the same messages as events named by their type, for the products and channels
 given in the query.
+
+Limits (each named in the error that crossing it gets): at most MAX_SUBSCRIPTIONS (200)
+entries per list and subscriptions per connection, ids and exchange names of 1 to 40
+characters, messages of at most 64 KiB (larger frames close the socket with 1009).
 """
 
 from __future__ import annotations
@@ -34,14 +38,19 @@ from starlette.websockets import WebSocketDisconnect
 from crypto_sentinel.api.candles import CandleService, floor_time
 from crypto_sentinel.api.context import ApiContext, bad_parameter, not_found
 from crypto_sentinel.api.render import candle_item
-from crypto_sentinel.api.routes.latest import ExchangeParam
+from crypto_sentinel.api.routes.latest import MAX_PRODUCT_ID, ExchangeParam
 from crypto_sentinel.api.schemas import errors
+from crypto_sentinel.api.security import PROTOCOL
 from crypto_sentinel.api.stream import CHANNELS, CandleRef, Client, Hub, Key, observe_push
 from crypto_sentinel.completeness import contiguous
 from crypto_sentinel.gapflags import overlaps
 
+#: Subscriptions (product x channel) per connection, and entries per list in one message.
 MAX_SUBSCRIPTIONS = 200
+#: Longest client message (uvicorn closes the socket with 1009 past ws_max_size, 64 KiB).
 MAX_MESSAGE = 64 * 1024
+#: Longest product id, channel or exchange name.
+MAX_ID = MAX_PRODUCT_ID
 CLOSE_TRY_AGAIN = 1013  # slow consumer, or too many clients
 
 
@@ -185,7 +194,7 @@ def router(ctx: ApiContext) -> APIRouter:
     async def handle(client: Client, text: str) -> None:
         """One client message; replies go through the client's queue (in order)."""
         if len(text) > MAX_MESSAGE:
-            client.push(_error("message too large"))
+            client.push(_error(f"message too large: at most {MAX_MESSAGE} characters"))
             return
         try:
             msg = orjson.loads(text)
@@ -202,11 +211,14 @@ def router(ctx: ApiContext) -> APIRouter:
         products, channels, exchange = (
             msg.get("product_ids"), msg.get("channels"), msg.get("exchange")
         )  # fmt: skip
-        if not _strings(products) or not _strings(channels):
-            client.push(_error("product_ids and channels must be non-empty lists of strings"))
+        problem = _list_problem("product_ids", products) or _list_problem("channels", channels)
+        if problem:
+            client.push(_error(problem))
             return
-        if exchange is not None and (not isinstance(exchange, str) or len(exchange) > 40):
-            client.push(_error("exchange must be a string of at most 40 characters"))
+        if exchange is not None and (
+            not isinstance(exchange, str) or not 0 < len(exchange) <= MAX_ID
+        ):
+            client.push(_error(f"exchange must be a string of 1 to {MAX_ID} characters"))
             return
         try:
             keys = await keys_for(products, channels, exchange)
@@ -227,7 +239,9 @@ def router(ctx: ApiContext) -> APIRouter:
 
     @api.websocket("/stream")
     async def stream(ws: WebSocket) -> None:
-        await ws.accept()
+        # a client that offers our subprotocol (with its token, see api/security.py) gets it
+        offered = ws.scope.get("subprotocols") or ()
+        await ws.accept(subprotocol=PROTOCOL if PROTOCOL in offered else None)
         client = hub.connect("websocket")
         if client is None:
             await ws.close(CLOSE_TRY_AGAIN, "too many stream clients")
@@ -286,6 +300,10 @@ def router(ctx: ApiContext) -> APIRouter:
             bad_parameter("product_ids", "at least one product id")
         if not wanted:
             bad_parameter("channels", "at least one channel")
+        for name, values in (("product_ids", products), ("channels", wanted)):
+            problem = _list_problem(name, values)
+            if problem:
+                bad_parameter(name, problem)
         try:
             keys = await keys_for(products, wanted, exchange)
         except ProtocolError as exc:
@@ -319,9 +337,15 @@ def router(ctx: ApiContext) -> APIRouter:
     return api
 
 
-def _strings(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and 0 < len(value) <= MAX_SUBSCRIPTIONS
-        and all(isinstance(v, str) and 0 < len(v) <= 40 for v in value)
-    )
+def _list_problem(name: str, value: Any) -> str | None:
+    """What is wrong with a list of product ids or channels, naming the limit; None: fine."""
+    if not isinstance(value, list) or not value:
+        return f"{name} must be a non-empty list of strings"
+    if len(value) > MAX_SUBSCRIPTIONS:
+        return f"{name}: at most {MAX_SUBSCRIPTIONS} entries per message (got {len(value)})"
+    for v in value:
+        if not isinstance(v, str) or not v:
+            return f"{name} must be a non-empty list of strings"
+        if len(v) > MAX_ID:
+            return f"{name}: each entry at most {MAX_ID} characters (got {len(v)})"
+    return None

@@ -1,14 +1,32 @@
 // REST calls to the API that serves this page (same origin, so it works offline and behind
 // any host name). Errors carry the API's own JSON message.
+//
+// An API started with a token (SENTINEL_API_TOKEN) wants `Authorization: Bearer <token>`:
+// the page sends the token it was given (see main.js) with every call, and the live stream
+// offers it as a WebSocket subprotocol (browsers cannot set headers on a WebSocket).
+
+let apiToken = null;
+
+export function setToken(token) {
+  apiToken = token || null;
+}
+
+export const token = () => apiToken;
+
+/** The API refused the token (or got none): 401. */
+export class TokenError extends Error {}
 
 async function getJSON(path, params = {}) {
   const url = new URL(path, window.location.origin);
   for (const [name, value] of Object.entries(params)) url.searchParams.set(name, value);
-  const response = await fetch(url, { headers: { Accept: "application/json" } });
+  const headers = { Accept: "application/json" };
+  if (apiToken) headers.Authorization = `Bearer ${apiToken}`;
+  const response = await fetch(url, { headers });
   const body = await response.json().catch(() => null);
   if (!response.ok) {
     const reason = body && body.error ? body.error : response.statusText;
-    throw new Error(`${url.pathname}: ${response.status} ${reason}`);
+    const Kind = response.status === 401 ? TokenError : Error;
+    throw new Kind(`${url.pathname}: ${response.status} ${reason}`);
   }
   return body;
 }

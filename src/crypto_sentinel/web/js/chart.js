@@ -22,12 +22,20 @@ export class CandleChart {
     this.candles = new Map(); // start (ISO text) -> candle as the API sends it
     this.theme = "light";
     this.view = ""; // product and granularity: zoom is kept until they change
+    this.loaded = false; // false until the first history arrives: "loading", not "empty"
     this.queued = false;
+    this.drawn = false;
+    // The panel can change size without the window doing so (the side column grows, a
+    // banner appears): follow it, so the chart never overflows or leaves space unused.
+    new ResizeObserver(() => {
+      if (this.drawn) window.Plotly.Plots.resize(this.element);
+    }).observe(element);
   }
 
   /** Show `list` (any order) for `view`, dropping what was shown before. */
   replace(list, view) {
     this.view = view;
+    this.loaded = true;
     this.candles = new Map(list.map((c) => [c.start, c]));
     this.draw();
   }
@@ -103,22 +111,30 @@ export class CandleChart {
       hoverinfo: "x+text",
       yaxis: "y",
     };
-    const axis = { gridcolor: colours.grid, zerolinecolor: colours.grid };
+    // No candles: no axes at all (an empty date axis would invent a year-2000 time line),
+    // only a line saying whether history is still loading or there is none.
+    const shown = candles.length > 0;
+    const state = shown ? "ready" : this.loaded ? "empty" : "loading";
+    const note = state === "loading" ? "Loading candles…" : "No candles yet for this product and size";
+    const axis = { gridcolor: colours.grid, zerolinecolor: colours.grid, visible: shown };
+    const narrow = this.element.clientWidth < 480; // phones: less margin, fewer labels
     const layout = {
       uirevision: this.view,
-      margin: { l: 60, r: 12, t: 8, b: 32 },
+      margin: { l: narrow ? 48 : 60, r: narrow ? 6 : 12, t: 8, b: 28 },
       paper_bgcolor: colours.paper,
       plot_bgcolor: colours.paper,
-      font: { color: colours.text, family: "system-ui, sans-serif", size: 12 },
+      font: { color: colours.text, family: "system-ui, sans-serif", size: narrow ? 11 : 12 },
       showlegend: false,
-      xaxis: { ...axis, type: "date", rangeslider: { visible: false } },
-      yaxis: { ...axis, domain: [0.28, 1], title: { text: "Price" } },
-      yaxis2: { ...axis, domain: [0, 0.22], title: { text: "Volume" } },
-      annotations: candles.length
+      xaxis: { ...axis, type: "date", rangeslider: { visible: false }, nticks: narrow ? 4 : 0 },
+      yaxis: { ...axis, domain: [0.3, 1], title: { text: narrow ? "" : "Price" } },
+      yaxis2: { ...axis, domain: [0, 0.22], title: { text: narrow ? "" : "Volume" } },
+      annotations: shown
         ? []
-        : [{ text: "No candles yet", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.6 }],
+        : [{ text: note, showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5 }],
     };
-    const config = { displaylogo: false, responsive: true };
+    const config = { displaylogo: false, responsive: true, displayModeBar: !narrow && shown };
+    this.element.dataset.state = state;
     window.Plotly.react(this.element, [price, volume, incomplete], layout, config);
+    this.drawn = true;
   }
 }

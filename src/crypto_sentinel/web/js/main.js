@@ -14,13 +14,14 @@ const $ = (id) => document.getElementById(id);
 const STATS_EVERY_MS = 5000;
 const HEALTH_EVERY_MS = 10000;
 const GRANULARITIES = [60, 300, 900, 3600, 21600, 86400];
+const TOKEN_KEY = "sentinel-api-token";
 
 const view = { product: null, granularity: 60, frozen: false, price: null };
 const chart = new CandleChart($("chart"));
 const tape = new TradeTape($("tape"));
 const ticker = new TickerPanel();
 const alert = new PriceAlert(alertFired);
-const stream = new LiveStream({ onMessage, onStatus, onOpen });
+const stream = new LiveStream({ onMessage, onStatus, onOpen, token: api.token });
 let loading = 0; // ticket of the history load in flight (0: none)
 let queued = []; // live messages that arrived during that load
 
@@ -48,7 +49,8 @@ async function load() {
     if (view.price === null) view.price = ticker.last;
     showError("");
   } catch (error) {
-    if (ticket === loading) showError(`Could not load ${product}: ${error.message}`);
+    if (error instanceof api.TokenError) askForToken();
+    else if (ticket === loading) showError(`Could not load ${product}: ${error.message}`);
   } finally {
     if (ticket === loading) {
       loading = 0;
@@ -75,7 +77,8 @@ async function refreshStats() {
   try {
     ticker.showStats(await api.stats(view.product));
   } catch (error) {
-    showError(`Could not refresh statistics: ${error.message}`);
+    if (error instanceof api.TokenError) askForToken();
+    else showError(`Could not refresh statistics: ${error.message}`);
   }
 }
 
@@ -155,6 +158,54 @@ async function refreshHealth() {
   }
 }
 
+// --- API token ---------------------------------------------------------------------------
+
+function storage() {
+  try {
+    return window.localStorage;
+  } catch {
+    return null; // storage disabled: the token lasts as long as the page
+  }
+}
+
+/**
+ * The token to send: one given in the page's URL (`/?token=...`, taken out of the address
+ * bar and history at once, then remembered in this browser), else the one remembered.
+ */
+function takeToken() {
+  const params = new URLSearchParams(window.location.search);
+  const given = params.get("token");
+  if (given !== null) {
+    params.delete("token");
+    const rest = params.toString();
+    window.history.replaceState(null, "", `${window.location.pathname}${rest ? `?${rest}` : ""}`);
+    if (given) storage()?.setItem(TOKEN_KEY, given);
+    return given;
+  }
+  return storage()?.getItem(TOKEN_KEY) || null;
+}
+
+/** The API wants a token it does not have: ask for it once, then start again with it. */
+function askForToken() {
+  const form = $("token-form");
+  if (!form.hidden) return;
+  $("token-status").textContent = api.token()
+    ? "The API refused the saved token. Enter the current one."
+    : "This API needs an access token. Enter it once; this browser remembers it.";
+  showError("");
+  form.hidden = false;
+  $("token-input").focus();
+}
+
+function useToken(event) {
+  event.preventDefault();
+  const value = $("token-input").value.trim();
+  if (!value) return;
+  storage()?.setItem(TOKEN_KEY, value);
+  if (!storage()) api.setToken(value);
+  window.location.reload();
+}
+
 // --- controls ----------------------------------------------------------------------------
 
 function remember() {
@@ -230,13 +281,16 @@ async function productIds() {
       if (ids.length) return ids;
       showError("No products yet: waiting for the first market data…");
     } catch (error) {
-      showError(`Could not list products: ${error.message}`);
+      if (error instanceof api.TokenError) askForToken();
+      else showError(`Could not list products: ${error.message}`);
     }
     await new Promise((resolve) => setTimeout(resolve, 3000));
   }
 }
 
 async function start() {
+  api.setToken(takeToken());
+  $("token-form").addEventListener("submit", useToken);
   const themeButton = $("theme");
   const theme = initialTheme();
   applyTheme(theme, themeButton);
@@ -251,7 +305,6 @@ async function start() {
   $("alert-clear").addEventListener("click", clearAlert);
   $("alert-toast").addEventListener("click", () => ($("alert-toast").hidden = true));
 
-  stream.start();
   refreshHealth();
   setInterval(refreshHealth, HEALTH_EVERY_MS);
   setInterval(refreshStats, STATS_EVERY_MS);
@@ -272,6 +325,7 @@ async function start() {
   view.product = ids.includes(params.get("product")) ? params.get("product") : ids[0];
   select.value = view.product;
   select.addEventListener("change", () => switchProduct(select.value));
+  stream.start(); // once the API took the token (if it wants one)
   follow();
 }
 

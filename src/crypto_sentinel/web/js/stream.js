@@ -7,7 +7,8 @@ const MAX_BACKOFF_MS = 10000;
 
 export class LiveStream {
   /**
-   * @param {object} handlers  onMessage(msg), onStatus(state, text), onOpen(isReconnect)
+   * @param {object} handlers  onMessage(msg), onStatus(state, text), onOpen(isReconnect),
+   *                           token() (the API token for the URL, or null)
    */
   constructor(handlers) {
     this.handlers = handlers;
@@ -37,7 +38,12 @@ export class LiveStream {
 
   connect() {
     const scheme = window.location.protocol === "https:" ? "wss" : "ws";
-    const socket = new WebSocket(`${scheme}://${window.location.host}/v1/stream`);
+    const url = `${scheme}://${window.location.host}/v1/stream`;
+    // The API token (if any) goes as a subprotocol, not in the URL: URLs end up in logs.
+    const token = this.handlers.token && this.handlers.token();
+    const socket = token
+      ? new WebSocket(url, ["sentinel.v1", `bearer.${token}`])
+      : new WebSocket(url);
     this.socket = socket;
     this.status(this.opened ? "reconnecting" : "connecting");
     socket.addEventListener("open", () => {
