@@ -61,8 +61,34 @@ class ApiContext:
         self.candles = CandleService(self.state, self.reader)
         self.gap_flags = GapFlags(self.reader)
 
-    def exchange(self, given: str | None) -> str:
+    def exchange_or_default(self, given: str | None) -> str:
+        """The asked exchange, unchecked (for memory reads that find nothing if it is not)."""
         return given or self.default_exchange()
+
+    async def exchanges(self) -> list[str]:
+        """Exchanges the API can answer for: each running source, and any with data in
+        memory or in the lake."""
+        names = dict.fromkeys([self.default_exchange()])
+        for source in self.status().get("sources") or []:
+            names.setdefault(source["exchange"])
+        pairs = self.state.pairs() | await self.lake_pairs()
+        for exchange, _ in sorted(pairs):
+            names.setdefault(exchange)
+        return list(names)
+
+    async def known_exchange(self, given: str | None) -> str | None:
+        """The exchange to answer for (the live one if none is asked), None if unknown."""
+        if given is None or given == self.default_exchange():
+            return self.default_exchange()
+        return given if given in await self.exchanges() else None
+
+    async def exchange(self, given: str | None) -> str:
+        """`known_exchange`, or a 404 naming the exchanges there are."""
+        found = await self.known_exchange(given)
+        if found is None:
+            known = ", ".join(await self.exchanges())
+            not_found(f"unknown exchange {given!r}; known: {known}")
+        return found
 
     async def gap_spans(self, exchange: str, product_id: str) -> list[Span]:
         """Unfilled-gap spans of a product, shared by REST and pushed candles."""

@@ -160,3 +160,24 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for error statuses (all share the `Error` body)."""
     text = {404: "unknown product or no data", 422: "invalid parameters", 503: "not ready"}
     return {code: {"model": Error, "description": text.get(code, "error")} for code in codes}
+
+
+class ExchangeSource(BaseModel):
+    kind: str = Field(description="the venue, simulator-<venue>, or replay")
+    connected: bool
+    simulated: bool
+    frames: int
+    last_frame_age_seconds: float | None
+
+
+class ExchangeItem(BaseModel):
+    exchange: str = Field(description="lake name: pass it as `exchange` to any /v1 route")
+    venue: str | None = Field(description="the protocol it speaks, e.g. binance")
+    name: str | None = Field(description="the venue's display name")
+    simulated: bool
+    source: ExchangeSource | None = Field(description="the running source, if any")
+    products: list[str] = Field(description="products with data in memory or the lake")
+
+
+class Exchanges(BaseModel):
+    data: list[ExchangeItem]

@@ -70,7 +70,7 @@ def router(ctx: ApiContext) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = MAX_LIMIT,
         exchange: ExchangeParam = None,
     ) -> JSONResponse:
-        ex = ctx.exchange(exchange)
+        ex = await ctx.exchange(exchange)
         if symbol is not None:
             await ctx.check_product(symbol)
         items = memory_items(ctx, ex, symbol, limit)
@@ -124,5 +124,5 @@ class LatestFastPath:
             return None
         # memory has trades of the symbol only if it is a known product, so an empty answer
         # (unknown product, or memory empty) is left to the route: 404 or the lake
-        items = memory_items(self.ctx, self.ctx.exchange(exchange), symbol, int(limit))
+        items = memory_items(self.ctx, self.ctx.exchange_or_default(exchange), symbol, int(limit))
         return orjson.dumps({"data": items}) if items else None

@@ -26,11 +26,20 @@ from crypto_sentinel.api.render import (
 )
 from crypto_sentinel.api.responses import JSONResponse
 from crypto_sentinel.api.routes.latest import ExchangeParam, ProductPath
-from crypto_sentinel.api.schemas import CandlesPage, Products, Stats, TickerOut, TradesPage, errors
+from crypto_sentinel.api.schemas import (
+    CandlesPage,
+    Exchanges,
+    Products,
+    Stats,
+    TickerOut,
+    TradesPage,
+    errors,
+)
 from crypto_sentinel.api.state import MINUTE
 from crypto_sentinel.completeness import mark_page
 from crypto_sentinel.engine.candles import Candle
 from crypto_sentinel.lake.query import TRADE_PAGE_COLUMNS
+from crypto_sentinel.sources.venues import DISPLAY_NAMES, venue_of
 
 #: A time as ISO 8601 (2024-01-01T00:00:00Z) or Unix seconds.
 Instant = datetime | float
@@ -58,13 +67,41 @@ def router(ctx: ApiContext) -> APIRouter:
     state = ctx.state
 
     @api.get(
+        "/exchanges",
+        summary="Exchanges with a running source or data, and their source status",
+        response_class=JSONResponse,
+        responses={200: {"model": Exchanges}},
+    )
+    async def exchanges() -> JSONResponse:
+        sources = {s["exchange"]: s for s in ctx.status().get("sources") or []}
+        pairs = ctx.state.pairs() | await ctx.lake_pairs()
+        items = []
+        for exchange in await ctx.exchanges():
+            venue = venue_of(exchange)
+            src = sources.get(exchange)
+            items.append(
+                {
+                    "exchange": exchange,
+                    "venue": venue,
+                    "name": DISPLAY_NAMES.get(venue or ""),
+                    "simulated": exchange.startswith("simulator"),
+                    "source": None if src is None else {
+                        key: src.get(key) for key in
+                        ("kind", "connected", "simulated", "frames", "last_frame_age_seconds")
+                    },
+                    "products": sorted(p for ex, p in pairs if ex == exchange),
+                }
+            )  # fmt: skip
+        return JSONResponse({"data": items})
+
+    @api.get(
         "/products",
         summary="Products with last price and 24 h open, high, low, volume and change",
         response_class=JSONResponse,
         responses={200: {"model": Products}, **errors(422)},
     )
     async def products(exchange: ExchangeParam = None) -> JSONResponse:
-        ex = ctx.exchange(exchange)
+        ex = await ctx.exchange(exchange)
         ids = await ctx.product_ids(ex)
         items = await day_stats(ex, ids)
         for item in items:
@@ -79,7 +116,7 @@ def router(ctx: ApiContext) -> APIRouter:
         responses={200: {"model": Stats}, **errors(404, 422)},
     )
     async def stats(product_id: ProductPath, exchange: ExchangeParam = None) -> JSONResponse:
-        ex = ctx.exchange(exchange)
+        ex = await ctx.exchange(exchange)
         await ctx.check_product(product_id)
         return JSONResponse((await day_stats(ex, [product_id]))[0])
 
@@ -90,7 +127,7 @@ def router(ctx: ApiContext) -> APIRouter:
         responses={200: {"model": TickerOut}, **errors(404, 422)},
     )
     async def ticker(product_id: ProductPath, exchange: ExchangeParam = None) -> JSONResponse:
-        ex = ctx.exchange(exchange)
+        ex = await ctx.exchange(exchange)
         await ctx.check_product(product_id)
         key = (ex, product_id)
         current = state.tickers.get(key)
@@ -121,7 +158,7 @@ def router(ctx: ApiContext) -> APIRouter:
         ] = None,
         exchange: ExchangeParam = None,
     ) -> JSONResponse:
-        ex = ctx.exchange(exchange)
+        ex = await ctx.exchange(exchange)
         await ctx.check_product(product_id)
         ring = state.ring(ex, product_id)
         items: list[dict[str, Any]] = []
@@ -164,7 +201,7 @@ def router(ctx: ApiContext) -> APIRouter:
         end: Annotated[Instant | None, Query(description="default: now")] = None,
         exchange: ExchangeParam = None,
     ) -> JSONResponse:
-        ex = ctx.exchange(exchange)
+        ex = await ctx.exchange(exchange)
         await ctx.check_product(product_id)
         now = datetime.now(UTC)
         g = int(granularity)

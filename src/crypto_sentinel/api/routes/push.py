@@ -76,7 +76,9 @@ def router(ctx: ApiContext) -> APIRouter:
         for product in product_ids:
             if not await ctx.is_known(product):
                 raise LookupError(f"unknown product {product!r}")
-        ex = ctx.exchange(exchange)
+        ex = await ctx.known_exchange(exchange)
+        if ex is None:
+            raise LookupError(f"unknown exchange {exchange!r}")
         return {(ex, p, c) for p in product_ids for c in channels}
 
     def snapshot(client: Client, keys: set[Key]) -> None:
