@@ -154,8 +154,9 @@ class ApiContext:
             not_found(f"unknown product {product_id!r}")
 
     async def product_ids(self, exchange: str) -> list[str]:
-        """Configured products first, then any other product memory or the lake has."""
-        seen = dict.fromkeys(self.products)
+        """Configured products first (those of the default exchange), then any other product
+        memory or the lake has for the exchange."""
+        seen = dict.fromkeys(self.products if exchange == self.default_exchange() else [])
         pairs = self.state.pairs() | await self.lake_pairs()
         for ex, product in sorted(pairs):
             if ex == exchange:

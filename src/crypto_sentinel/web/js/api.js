@@ -6,6 +6,12 @@
 // offers it as a WebSocket subprotocol (browsers cannot set headers on a WebSocket).
 
 let apiToken = null;
+let apiExchange = null; // the exchange every /v1 and /latest call asks for (null: the API's default)
+
+/** Answer for this exchange (a lake name from /v1/exchanges) from now on. */
+export function setExchange(exchange) {
+  apiExchange = exchange || null;
+}
 
 export function setToken(token) {
   apiToken = token || null;
@@ -18,6 +24,7 @@ export class TokenError extends Error {}
 
 async function getJSON(path, params = {}) {
   const url = new URL(path, window.location.origin);
+  if (apiExchange && path.startsWith("/v1/products")) url.searchParams.set("exchange", apiExchange);
   for (const [name, value] of Object.entries(params)) url.searchParams.set(name, value);
   const headers = { Accept: "application/json" };
   if (apiToken) headers.Authorization = `Bearer ${apiToken}`;
@@ -34,6 +41,7 @@ async function getJSON(path, params = {}) {
 const product = (id) => `/v1/products/${encodeURIComponent(id)}`;
 
 export const health = () => getJSON("/health");
+export const exchanges = () => getJSON("/v1/exchanges");
 export const products = () => getJSON("/v1/products");
 export const stats = (id) => getJSON(`${product(id)}/stats`);
 export const trades = (id, limit) => getJSON(`${product(id)}/trades`, { limit });

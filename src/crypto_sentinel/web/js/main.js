@@ -16,7 +16,7 @@ const HEALTH_EVERY_MS = 10000;
 const GRANULARITIES = [60, 300, 900, 3600, 21600, 86400];
 const TOKEN_KEY = "sentinel-api-token";
 
-const view = { product: null, granularity: 60, frozen: false, price: null };
+const view = { exchange: null, product: null, granularity: 60, frozen: false, price: null };
 const chart = new CandleChart($("chart"));
 const tape = new TradeTape($("tape"));
 const ticker = new TickerPanel();
@@ -89,7 +89,7 @@ function onMessage(message) {
     showError(`Live stream: ${message.message}`);
     return;
   }
-  if (message.product_id !== view.product) return; // left over from the previous product
+  if (!current(message)) return; // left over from the previous product or exchange
   if (message.type === "trade") {
     view.price = message.price;
     alert.check(message); // alerts fire even while the display is frozen
@@ -99,8 +99,14 @@ function onMessage(message) {
   else apply(message);
 }
 
+/** The message is about what the page shows (pushed messages name their exchange). */
+function current(message) {
+  const exchange = message.exchange;
+  return message.product_id === view.product && (!exchange || exchange === view.exchange);
+}
+
 function apply(message) {
-  if (view.frozen || message.product_id !== view.product) return;
+  if (view.frozen || !current(message)) return;
   if (message.type === "trade") {
     tape.add(message);
     ticker.showTrade(message);
@@ -210,12 +216,13 @@ function useToken(event) {
 
 function remember() {
   const params = new URLSearchParams({ product: view.product, granularity: view.granularity });
+  if (view.exchange) params.set("exchange", view.exchange);
   window.history.replaceState(null, "", `${window.location.pathname}?${params}`);
 }
 
 function follow() {
   remember();
-  stream.follow(view.product, view.granularity);
+  stream.follow(view.exchange, view.product, view.granularity);
   load();
 }
 
@@ -288,6 +295,27 @@ async function productIds() {
   }
 }
 
+/** Exchanges with a source or data, as [lake name, label] (empty if the API cannot say). */
+async function exchangeChoices() {
+  try {
+    return (await api.exchanges()).data.map((e) => {
+      const label = e.name ? `${e.name}${e.simulated ? " (simulated)" : ""}` : e.exchange;
+      return [e.exchange, label];
+    });
+  } catch {
+    return [];
+  }
+}
+
+async function switchExchange(exchange) {
+  view.exchange = exchange;
+  api.setExchange(exchange);
+  const ids = await productIds();
+  $("product").replaceChildren(...ids.map((id) => new Option(id, id)));
+  $("product").value = ids[0];
+  switchProduct(ids[0]);
+}
+
 async function start() {
   api.setToken(takeToken());
   $("token-form").addEventListener("submit", useToken);
@@ -318,6 +346,16 @@ async function start() {
     view.granularity = Number(granularity.value);
     follow();
   });
+
+  const choices = await exchangeChoices();
+  const exchangeSelect = $("exchange");
+  exchangeSelect.replaceChildren(...choices.map(([value, label]) => new Option(label, value)));
+  const names = choices.map(([value]) => value);
+  view.exchange = names.includes(params.get("exchange")) ? params.get("exchange") : names[0] || null;
+  exchangeSelect.value = view.exchange || "";
+  exchangeSelect.closest("label").hidden = names.length < 2; // one venue: nothing to choose
+  api.setExchange(view.exchange);
+  exchangeSelect.addEventListener("change", () => switchExchange(exchangeSelect.value));
 
   const ids = await productIds();
   const select = $("product");

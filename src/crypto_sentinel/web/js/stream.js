@@ -13,7 +13,7 @@ export class LiveStream {
   constructor(handlers) {
     this.handlers = handlers;
     this.socket = null;
-    this.wanted = null; // {product, granularity}
+    this.wanted = null; // {exchange, product, granularity}
     this.attempts = 0;
     this.opened = false;
     this.watchdog = null;
@@ -23,10 +23,11 @@ export class LiveStream {
     this.connect();
   }
 
-  /** Follow `product` at candle size `granularity` (replaces the previous subscription). */
-  follow(product, granularity) {
+  /** Follow `product` of `exchange` at candle size `granularity` (replaces the previous
+   * subscription). */
+  follow(exchange, product, granularity) {
     const previous = this.wanted;
-    this.wanted = { product, granularity };
+    this.wanted = { exchange, product, granularity };
     if (!this.isOpen()) return;
     if (previous) this.send("unsubscribe", previous);
     this.send("subscribe", this.wanted);
@@ -68,9 +69,11 @@ export class LiveStream {
     socket.addEventListener("close", () => this.closed(socket));
   }
 
-  send(type, { product, granularity }) {
+  send(type, { exchange, product, granularity }) {
     const channels = ["trades", "ticker", `candles:${granularity}`];
-    this.socket.send(JSON.stringify({ type, product_ids: [product], channels }));
+    const message = { type, product_ids: [product], channels };
+    if (exchange) message.exchange = exchange;
+    this.socket.send(JSON.stringify(message));
   }
 
   alive() {
