@@ -18,6 +18,7 @@ ORDER = (
 )
 COLUMNS = (
     ("scenario", "scenario"),
+    ("passed", "passed"),
     ("trades_emitted", "trades emitted"),
     ("disconnects", "disconnects"),
     ("gaps", "gaps"),
@@ -54,8 +55,11 @@ def main() -> int:
     if not found:
         print(f"no results in {RESULTS}; run pytest tests/chaos first", file=sys.stderr)
         return 1
-    ordered = [found[n] for n in ORDER if n in found]
-    ordered += [r for n, r in found.items() if n not in ORDER]
+    # Each scenario, then its runs on other exchanges (`<scenario>_<exchange>`).
+    ordered = []
+    for base in ORDER:
+        ordered += [r for n, r in found.items() if n == base or n.startswith(f"{base}_")]
+    ordered += [r for r in found.values() if r not in ordered]
     print(markdown(ordered))
     return 0
 

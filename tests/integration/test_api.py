@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -28,8 +27,7 @@ def recorded_matches() -> list[dict]:
 @pytest.fixture
 async def api(lake: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Pipeline]]:
     async for served in served_pipeline(lake, replayed=True, **REPLAYED_SESSION):
-        await asyncio.sleep(0.2)  # the last batch
-        yield served
+        yield served  # every replayed frame committed (served_pipeline waits for it)
 
 
 async def test_latest_keeps_the_seed_contract(api: tuple[httpx.AsyncClient, Pipeline]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -25,9 +24,8 @@ def run_pipeline(
 
 @pytest.fixture
 async def api(lake: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Pipeline]]:
-    async for served in run_pipeline(lake):
-        await asyncio.sleep(0.2)  # the last batch
-        yield served
+    async for served in run_pipeline(lake, replayed=True):
+        yield served  # every replayed frame committed (served_pipeline waits for it)
 
 
 def assert_error(r: httpx.Response, status: int) -> dict:

@@ -35,9 +35,13 @@ async def fill_lake(lake: Path, sim: SimulatorServer) -> None:
     )
     pipeline = Pipeline(settings)
     task = asyncio.create_task(pipeline.run(with_api=False, install_signals=False))
-    await sim.wait_done()
-    while pipeline.engine.stats.trades < sim.emitted_count:
+    await asyncio.wait_for(sim.wait_done(), 60)
+    for _ in range(600):  # bounded: 60 s
+        if pipeline.engine.stats.trades >= sim.emitted_count:
+            break
         await asyncio.sleep(0.1)
+    else:
+        raise AssertionError(f"{pipeline.engine.stats} of {sim.emitted_count} trades")
     pipeline.stop_event.set()
     await asyncio.wait_for(task, 60)
 

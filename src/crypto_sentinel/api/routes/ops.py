@@ -36,19 +36,24 @@ def public_error(text: str) -> str:
     return kind if kind.isidentifier() else "error (details in the log)"
 
 
+def _public_source(src: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in src.items() if k != "url"}
+    for key in ("last_error", "last_disconnect"):
+        if key in out:
+            out[key] = public_error(str(out[key] or ""))
+    return out
+
+
 def public_status(status: dict[str, Any]) -> dict[str, Any]:
     """`status` without operator detail: no lake path, no source URL, errors by kind only."""
     out = dict(status)
     lake = out.pop("lake", None)
     if lake is not None:
         out["lake"] = "object storage" if "://" in str(lake) else "local folder"
-    src = out.get("source")
-    if isinstance(src, dict):
-        src = {k: v for k, v in src.items() if k != "url"}
-        for key in ("last_error", "last_disconnect"):
-            if key in src:
-                src[key] = public_error(str(src[key] or ""))
-        out["source"] = src
+    if isinstance(out.get("source"), dict):
+        out["source"] = _public_source(out["source"])
+    if isinstance(out.get("sources"), list):
+        out["sources"] = [_public_source(s) for s in out["sources"] if isinstance(s, dict)]
     producer = out.get("kafka_producer")
     if isinstance(producer, dict) and "last_error" in producer:
         out["kafka_producer"] = {
