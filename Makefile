@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint bench clean system-deps
+.PHONY: install run test test-unit lint bench clean system-deps
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ test: install system-deps
 	$(BIN)/sentinel kafka install
 	$(BIN)/sentinel spark install
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# The fast group: no Java, Kafka, Spark or Chromium needed (about a minute).
+test-unit: install
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests bench

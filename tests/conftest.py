@@ -62,6 +62,9 @@ def lake(tmp_path: Path) -> Path:
 def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Tests never read the developer's sentinel.toml or SENTINEL_* variables."""
     for name in list(os.environ):
-        if name.startswith("SENTINEL_") and name != "SENTINEL_SHARED":
+        if name.startswith("SENTINEL_") and name not in (
+            "SENTINEL_SHARED",
+            "SENTINEL_UPDATE_SCREENSHOT",
+        ):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
