@@ -22,9 +22,9 @@ from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
 from crypto_sentinel.config import Settings, load_settings
-from crypto_sentinel.lake.tables import ensure_tables
+from crypto_sentinel.lake.tables import CANDLES_1M, TRADES, ensure_tables
 from crypto_sentinel.spark import procs
-from crypto_sentinel.spark.sink import LakeSink
+from crypto_sentinel.spark.sink import LakeSink, read_marks
 from crypto_sentinel.spark.storage import s3a_confs, spark_lake_uri
 
 log = logging.getLogger("crypto_sentinel.spark")
@@ -80,10 +80,17 @@ def txn_app_id(settings: Settings, checkpoint: Path) -> str:
 
 
 def start(spark: SparkSession, settings: Settings, available_now: bool) -> StreamingQuery:
-    ensure_tables(settings.lake_root)  # same schemas and partitioning as the engine creates
+    tables = ensure_tables(settings.lake_root)  # same schemas and partitioning as the engine's
     checkpoint = checkpoint_dir(settings)
     lake = spark_lake_uri(settings.lake_root)
-    sink = LakeSink(spark, lake, txn_app_id(settings, checkpoint), settings.kafka_topic_prefix)
+    app_id = txn_app_id(settings, checkpoint)
+    committed = {}  # batches of this app the tables already hold: a re-run skips them
+    for spec in (TRADES, CANDLES_1M):
+        version = tables[spec.name].transaction_version(app_id)
+        if version is not None:
+            committed[spec.name] = int(version)
+    marks = read_marks(tables)
+    sink = LakeSink(spark, lake, app_id, settings.kafka_topic_prefix, committed, marks)
     records = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
