@@ -27,7 +27,7 @@ from crypto_sentinel.sources.replay import ReplaySource
 from crypto_sentinel.spark import ops
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 MARK = "SPARK_PROCS_MARK"
 
 
@@ -111,8 +111,9 @@ def bronze_rows(lake: Path) -> int:
 
 
 def wait_for_a_batch(proc: subprocess.Popen[bytes], lake: Path, log: Path) -> None:
-    """The job runs: a micro-batch reached the lake (so the Python driver is up)."""
-    deadline = time.monotonic() + 240
+    """The job runs: a micro-batch reached the lake (so the Python driver is up). The first
+    batch of a fresh JVM takes minutes on a loaded 2-core machine: a generous deadline."""
+    deadline = time.monotonic() + 900
     while bronze_rows(lake) == 0:
         assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
         assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
@@ -121,7 +122,7 @@ def wait_for_a_batch(proc: subprocess.Popen[bytes], lake: Path, log: Path) -> No
 
 def finish(proc: subprocess.Popen[bytes], log: Path) -> int:
     try:
-        return proc.wait(timeout=240)
+        return proc.wait(timeout=900)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         raise AssertionError(log.read_text(errors="replace")[-3000:]) from None
