@@ -188,11 +188,21 @@ class LakeSink:
             return
         new = self._new_rows(trades, LT.TRADES, scope, marks, "trade_id").persist()
         try:
+            # The partial candles before the trades' commit: `new` anti-joins silver, so
+            # evaluated after the commit (a cache that the write did not fill) it would no
+            # longer hold the late trades it has just inserted.
+            with self._step("candles_partial"):
+                partials = [
+                    _candle(r)
+                    for r in _aggregate(new.withColumn("start", F.date_trunc("minute", "time")))
+                    .select(*_candle_columns())
+                    .collect()
+                ]
             with self._step("trades"):
                 self._append(LT.TRADES, new, batch_id)
             _raise(marks, scope)
             with self._step("candles"):
-                self._upsert_candles(new, scope, batch_id)
+                self._upsert_candles(partials, scope, batch_id)
         finally:
             new.unpersist()
 
@@ -277,14 +287,8 @@ class LakeSink:
             .execute()
         )
 
-    def _upsert_candles(self, new: DataFrame, scope: Scope, batch_id: int) -> None:
+    def _upsert_candles(self, partials: list[Candle], scope: Scope, batch_id: int) -> None:
         """The new trades' partial candles merged into the stored candles of their minutes."""
-        partials = [
-            _candle(r)
-            for r in _aggregate(new.withColumn("start", F.date_trunc("minute", "time")))
-            .select(*_candle_columns())
-            .collect()
-        ]
         if not partials:
             return
         starts = [c.start for c in partials]
