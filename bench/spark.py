@@ -128,15 +128,16 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _group_rss_mb(pgid: int) -> dict[str, float]:
-    """RSS of a process group by program (java, python), in MB."""
+    """RSS of a process group or session (the engine's CLI leads both) by program (java,
+    python), in MB."""
     total: dict[str, float] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(stat[2]) != pgid:
-                continue
+            if pgid not in (int(stat[2]), int(stat[3])):  # the group, or its session: the
+                continue  # submit CLI runs spark-submit in a process group of its own
             comm = (entry / "comm").read_text().strip()
             if comm != "java" and not comm.startswith("python"):
                 continue  # jspawnhelper, chmod, bash: short-lived forks that share the JVM's pages
