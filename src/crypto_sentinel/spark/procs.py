@@ -30,11 +30,12 @@ DRIVER_STOP_S = 20.0  # the driver's own limit, inside the CLI's grace
 KILL_GRACE_S = 15.0
 
 
-def die_with_parent() -> None:
-    """preexec_fn: SIGTERM this child when the process that started it dies (even by SIGKILL)."""
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """`sig` to this process when the one that started it dies (even by SIGKILL); as a
+    preexec_fn, for the child about to run."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(_PR_SET_PDEATHSIG, sig)
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -151,8 +152,14 @@ def run_submit(cmd: list[str], env: dict[str, str]) -> int:
 
 def exit_with_parent(interval: float = 1.0) -> None:
     """In the job's driver: exit when the process that started it (the JVM) is gone, instead of
-    living on as an orphan that nothing will ever stop."""
+    living on as an orphan that nothing will ever stop. The kernel's parent-death signal
+    (SIGKILL: nothing is left to stop cleanly) needs no Python thread: a driver whose threads
+    are stuck (a cluster test saw one wait on a lock for minutes) still ends; the polling
+    thread is the fallback where prctl is not available."""
     parent = os.getppid()
+    die_with_parent(signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the signal was armed
+        os._exit(1)
 
     def watch() -> None:
         while True:
