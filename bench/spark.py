@@ -8,7 +8,13 @@ machine has 2 cores; running both at once would measure the competition):
 * latency: the engine runs and is warmed up, then frames arrive live at a fixed rate; frame ->
   Delta latency of each frame = commit time of the bronze commit holding it (from the Delta
   log) - its receive time (the Kafka header the source set);
-* peak RSS of the engine's whole process group (Python and, for Spark, the JVM).
+* peak RSS of the engine's whole process group (Python and, for Spark, the JVM);
+* Spark scaling (issue 22): the same drain with `local[1]`, `local[2]`, and a standalone
+  cluster of one and of two one-core workers; frames/s between the first and the last bronze
+  commit (the JVM's start-up left out), and the job's own seconds per micro-batch (its log).
+
+Every process it starts ends with it: the engines through `_stop`, the broker and clusters in
+`finally`, also when the bench itself gets SIGTERM (turned into SystemExit).
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import asyncio
 import json
 import os
 import platform
+import re
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -44,6 +52,16 @@ PRODUCTS = ["BTC-USD", "ETH-USD", "SOL-USD"]
 LIVE_RATE = 200  # trades/s in the latency phase (about 2 frames per trade)
 LIVE_SECONDS = 30
 ENGINES = ("embedded", "spark")
+#: (label, master, standalone workers): each standalone worker gets one core
+SCALING = (
+    ("local[1]", "local[1]", 0),
+    ("local[2]", "local[2]", 0),
+    ("standalone, 1 worker", "cluster", 1),
+    ("standalone, 2 workers", "cluster", 2),
+)
+_BATCH_LOG = re.compile(
+    r"batch (\d+) committed in ([\d.]+)s: (\{[^}]*\}); seconds per step (\{.*\})"
+)
 
 
 def _free_port_run(count: int) -> int:
@@ -84,13 +102,15 @@ def _env(work: Path, bootstrap: str, prefix: str) -> dict[str, str]:
         "SENTINEL_KAFKA_GROUP": f"g{uuid.uuid4().hex[:8]}",
         "SENTINEL_LAKE_DIR": str(work / "lake"),
         "SENTINEL_DATA_DIR": str(work / "data"),
-        "SENTINEL_SPARK_JARS_CACHE": str(Path(".sentinel").resolve() / "spark"),
+        "SENTINEL_SPARK_JARS_CACHE": str(_jars_cache()),
         "SENTINEL_MAINTENANCE_ENABLED": "false",  # compaction would rewrite the measured files
     }
 
 
-def _start(engine: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    args = ["process"] if engine == "embedded" else ["spark", "submit", "--master", "local[2]"]
+def _start(
+    engine: str, env: dict[str, str], log: Path, master: str = "local[2]"
+) -> subprocess.Popen[bytes]:
+    args = ["process"] if engine == "embedded" else ["spark", "submit", "--master", master]
     return subprocess.Popen(
         [sys.executable, "-m", "crypto_sentinel.cli", *args],
         env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
@@ -108,15 +128,16 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _group_rss_mb(pgid: int) -> dict[str, float]:
-    """RSS of a process group by program (java, python), in MB."""
+    """RSS of a process group or session (the engine's CLI leads both) by program (java,
+    python), in MB."""
     total: dict[str, float] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(stat[2]) != pgid:
-                continue
+            if pgid not in (int(stat[2]), int(stat[3])):  # the group, or its session: the
+                continue  # submit CLI runs spark-submit in a process group of its own
             comm = (entry / "comm").read_text().strip()
             if comm != "java" and not comm.startswith("python"):
                 continue  # jspawnhelper, chmod, bash: short-lived forks that share the JVM's pages
@@ -193,9 +214,76 @@ def commit_latencies(lake: Path, source: str) -> tuple[list[int], list[int]]:
     return latencies, commits
 
 
-def run_throughput(engine: str, work: Path, bootstrap: str, prefix: str, frames: int) -> dict:
+def batch_log(log: Path) -> list[dict[str, Any]]:
+    """The Spark job's per-batch lines: batch id, seconds, rows by kind, seconds per step."""
+    batches = []
+    for line in log.read_text(errors="replace").splitlines():
+        found = _BATCH_LOG.search(line)
+        if found:
+            batches.append(
+                {
+                    "batch": int(found[1]),
+                    "seconds": float(found[2]),
+                    "rows": eval_dict(found[3]),
+                    "steps": eval_dict(found[4]),
+                }
+            )
+    return batches
+
+
+def eval_dict(text: str) -> dict[str, Any]:
+    """A logged `{'a': 1.5, ...}` (str keys, numbers) without eval."""
+    pairs = re.findall(r"'([^']+)': ([\d.]+)", text)
+    return {k: float(v) for k, v in pairs}
+
+
+def batch_summary(batches: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median and max seconds per batch after the first (JIT warm-up), and the median of
+    each step."""
+    steady = batches[1:] or batches
+    if not steady:
+        return {}
+    steps: dict[str, list[float]] = {}
+    for b in steady:
+        for name, seconds in b["steps"].items():
+            steps.setdefault(name, []).append(seconds)
+    return {
+        "batches": len(batches),
+        "first_batch_s": batches[0]["seconds"],
+        "steady_batch_median_s": round(statistics.median(b["seconds"] for b in steady), 2),
+        "steady_batch_max_s": max(b["seconds"] for b in steady),
+        "steady_step_median_s": {k: round(statistics.median(v), 2) for k, v in steps.items()},
+    }
+
+
+def bronze_commits(lake: Path) -> list[tuple[int, int]]:
+    """(commit time in ms, rows added) of every bronze commit that added rows."""
+    out = []
+    for entry in sorted((T.BRONZE.path(lake) / "_delta_log").glob("*.json")):
+        actions = [json.loads(line) for line in entry.read_text().splitlines() if line]
+        info = next((a["commitInfo"] for a in actions if "commitInfo" in a), None)
+        rows = sum(
+            json.loads(a["add"].get("stats") or "{}").get("numRecords", 0)
+            for a in actions
+            if "add" in a
+        )
+        if info is not None and rows:
+            out.append((int(info["timestamp"]), int(rows)))
+    return out
+
+
+def run_throughput(
+    engine: str,
+    work: Path,
+    bootstrap: str,
+    prefix: str,
+    frames: int,
+    master: str = "local[2]",
+    extra_env: dict[str, str] | None = None,
+) -> dict:
     work.mkdir(parents=True, exist_ok=True)
-    proc = _start(engine, _env(work, bootstrap, prefix), work / "engine.log")
+    log = work / "engine.log"
+    proc = _start(engine, {**_env(work, bootstrap, prefix), **(extra_env or {})}, log, master)
     sampler = RssSampler(proc.pid)
     sampler.start()
     started = time.time()
@@ -205,18 +293,48 @@ def run_throughput(engine: str, work: Path, bootstrap: str, prefix: str, frames:
     finally:
         _stop(proc)
         sampler.done.set()
-    _, commits = commit_latencies(work / "lake", "simulator")
+    commits = bronze_commits(work / "lake")
     trades = DeltaTable(str(T.TRADES.path(work / "lake"))).to_pyarrow_dataset().count_rows()
-    steady = (max(commits) - min(commits)) / 1000 if len(commits) > 1 else float("nan")
+    steady = (commits[-1][0] - commits[0][0]) / 1000 if len(commits) > 1 else float("nan")
+    after_first = sum(rows for _, rows in commits[1:])
     return {
         "frames": frames,
         "trades": trades,
         "seconds_from_start": round(seconds, 2),
         "frames_per_s_from_start": round(frames / seconds, 1),
         "seconds_first_to_last_commit": round(steady, 2),
+        "frames_per_s_first_to_last_commit": round(after_first / steady, 1) if steady else None,
         "bronze_commits": len(commits),
         **sampler.report(),
+        **(batch_summary(batch_log(log)) if engine == "spark" else {}),
     }
+
+
+def run_scaling(run: Path, bootstrap: str, prefix: str, frames: int) -> dict[str, Any]:
+    """The Spark drain at each parallelism of SCALING, one after the other."""
+    out: dict[str, Any] = {}
+    for label, master, workers in SCALING:
+        work = run / f"scale-{re.sub(r'[^a-z0-9]+', '-', label.lower())}"
+        if workers == 0:
+            out[label] = run_throughput("spark", work, bootstrap, prefix, frames, master)
+            continue
+        cluster = load_settings(
+            data_dir=work / "cluster", spark_worker_cores=1, spark_jars_cache=_jars_cache()
+        )
+        state = ops.cluster_start(cluster, workers=workers, timeout=180)
+        try:
+            cores = {"SENTINEL_SPARK_WORKER_CORES": str(workers)}  # spark.cores.max
+            out[label] = run_throughput(
+                "spark", work, bootstrap, prefix, frames, state.master_url, cores
+            )
+            out[label]["note"] = "peak RSS: driver only (executors run under the worker)"
+        finally:
+            ops.cluster_stop(cluster.data_dir)
+    return out
+
+
+def _jars_cache() -> Path:
+    return Path(".sentinel").resolve() / "spark"
 
 
 def run_latency(
@@ -245,9 +363,23 @@ def run_latency(
     }
 
 
-def main(trades: int, workdir: Path, port: int) -> dict[str, Any]:
-    """`port` is unused (no API here); the CLI passes it to every benchmark."""
-    ops.install(load_settings(spark_jars_cache=Path(".sentinel").resolve() / "spark"), quiet=True)
+def _exit_on_sigterm(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through every `finally`: nothing left running
+
+
+def main(trades: int, workdir: Path, port: int, phases: str | None = None) -> dict[str, Any]:
+    """`port` is unused (no API here); the CLI passes it to every benchmark. `phases`: any of
+    throughput, latency, scaling (default all)."""
+    wanted = set((phases or "throughput,latency,scaling").split(","))
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        return _main(trades, workdir, wanted)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(trades: int, workdir: Path, wanted: set[str]) -> dict[str, Any]:
+    ops.install(load_settings(spark_jars_cache=_jars_cache()), quiet=True)
     run = workdir / f"spark-{uuid.uuid4().hex[:6]}"
     backlog = run / "backlog.ndjson"
     write_recording(backlog, PRODUCTS, trades, seed=3)
@@ -256,27 +388,39 @@ def main(trades: int, workdir: Path, port: int) -> dict[str, Any]:
     warmup = run / "warmup.ndjson"
     write_recording(warmup, PRODUCTS, 200, seed=5)
     data = run / "kafka"
-    kafka.start(data, nodes=1, port=_free_port_run(2), timeout=120)
     load_before = os.getloadavg()[0]
     result: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
-        "command": f"sentinel bench spark --trades {trades} --workdir {workdir}",
+        "command": f"sentinel bench spark --trades {trades} --workdir {workdir}"
+        + (
+            ""
+            if wanted >= {"throughput", "latency", "scaling"}
+            else f" --phases {','.join(sorted(wanted))}"
+        ),
         "load_average_start": round(load_before, 1),
     }
+    kafka.start(data, nodes=1, port=_free_port_run(2), timeout=120)
     try:
         bootstrap = kafka.bootstrap_servers(data)
         prefix = f"b{uuid.uuid4().hex[:6]}."
         frames = asyncio.run(_publish(bootstrap, prefix, backlog, "simulator", None))
-        for engine in ENGINES:
-            result[f"{engine}_throughput"] = run_throughput(
-                engine, run / f"{engine}-backlog", bootstrap, prefix, frames
-            )
-        for engine in ENGINES:
-            result[f"{engine}_latency"] = run_latency(
-                engine, run / f"{engine}-live", bootstrap, f"l{uuid.uuid4().hex[:6]}.", live, warmup
-            )
+        if "throughput" in wanted:
+            for engine in ENGINES:
+                result[f"{engine}_throughput"] = run_throughput(
+                    engine, run / f"{engine}-backlog", bootstrap, prefix, frames
+                )
+                result[f"{engine}_throughput"]["load_average"] = round(os.getloadavg()[0], 1)
+        if "latency" in wanted:
+            for engine in ENGINES:
+                result[f"{engine}_latency"] = run_latency(
+                    engine, run / f"{engine}-live", bootstrap, f"l{uuid.uuid4().hex[:6]}.", live,
+                    warmup,
+                )  # fmt: skip
+                result[f"{engine}_latency"]["load_average"] = round(os.getloadavg()[0], 1)
+        if "scaling" in wanted:
+            result["spark_scaling"] = run_scaling(run, bootstrap, prefix, frames)
     finally:
         kafka.stop(data)
     result["load_average_end"] = round(os.getloadavg()[0], 1)
@@ -289,26 +433,55 @@ def markdown(result: dict[str, Any]) -> str:
         f"Machine: {result['machine']}; load average {result['load_average_start']} at start, "
         f"{result['load_average_end']} at the end. Command: `{result['command']}`.",
         "",
-        "| measure | embedded (`sentinel process`) | Spark job (`local[2]`) |",
-        "|---|---|---|",
     ]
-    e, s = result["embedded_throughput"], result["spark_throughput"]
-    rows += [
-        f"| backlog drained: frames ({e['trades']:,} trades) | {e['frames']:,} | {s['frames']:,} |",
-        f"| throughput from process start, frames/s | {e['frames_per_s_from_start']:,} "
-        f"({e['seconds_from_start']} s) | {s['frames_per_s_from_start']:,} "
-        f"({s['seconds_from_start']} s) |",
-        f"| first to last bronze commit | {e['seconds_first_to_last_commit']} s, "
-        f"{e['bronze_commits']} commits | {s['seconds_first_to_last_commit']} s, "
-        f"{s['bronze_commits']} commits |",
-        f"| peak RSS draining, all processes | {e['peak_rss_mb']} MB | {s['peak_rss_mb']} MB "
-        f"(JVM {s.get('peak_rss_java_mb')}, Python {s.get('peak_rss_python_mb')}) |",
-    ]
-    e, s = result["embedded_latency"], result["spark_latency"]
-    rows += [
-        f"| live at {e['frames_per_s']} frames/s: frame -> Delta p50 / p99 | "
-        f"{e['p50_ms']} / {e['p99_ms']} ms | {s['p50_ms']} / {s['p99_ms']} ms |",
-        f"| peak RSS live, all processes | {e['peak_rss_mb']} MB | {s['peak_rss_mb']} MB "
-        f"(JVM {s.get('peak_rss_java_mb')}, Python {s.get('peak_rss_python_mb')}) |",
-    ]
+    if "spark_throughput" in result or "spark_latency" in result:
+        rows += [
+            "| measure | embedded (`sentinel process`) | Spark job (`local[2]`) |",
+            "|---|---|---|",
+        ]
+    if "spark_throughput" in result:
+        e, s = result["embedded_throughput"], result["spark_throughput"]
+        rows += [
+            f"| backlog drained: frames ({e['trades']:,} trades) | {e['frames']:,} | "
+            f"{s['frames']:,} |",
+            f"| throughput from process start, frames/s | {e['frames_per_s_from_start']:,} "
+            f"({e['seconds_from_start']} s) | {s['frames_per_s_from_start']:,} "
+            f"({s['seconds_from_start']} s) |",
+            f"| drain, first to last bronze commit, frames/s | "
+            f"{e['frames_per_s_first_to_last_commit']} ({e['bronze_commits']} commits) | "
+            f"{s['frames_per_s_first_to_last_commit']} ({s['bronze_commits']} commits) |",
+            f"| micro-batch after the first: median / max | - | "
+            f"{s.get('steady_batch_median_s')} / {s.get('steady_batch_max_s')} s "
+            f"(first {s.get('first_batch_s')} s) |",
+            f"| peak RSS draining, all processes | {e['peak_rss_mb']} MB | {s['peak_rss_mb']} MB "
+            f"(JVM {s.get('peak_rss_java_mb')}, Python {s.get('peak_rss_python_mb')}) |",
+            f"| load average after the run | {e['load_average']} | {s['load_average']} |",
+        ]
+    if "spark_latency" in result:
+        e, s = result["embedded_latency"], result["spark_latency"]
+        rows += [
+            f"| live at {e['frames_per_s']} frames/s: frame -> Delta p50 / p99 | "
+            f"{e['p50_ms']} / {e['p99_ms']} ms | {s['p50_ms']} / {s['p99_ms']} ms |",
+            f"| live micro-batch after the first: median / max | - | "
+            f"{s.get('steady_batch_median_s')} / {s.get('steady_batch_max_s')} s |",
+            f"| peak RSS live, all processes | {e['peak_rss_mb']} MB | {s['peak_rss_mb']} MB "
+            f"(JVM {s.get('peak_rss_java_mb')}, Python {s.get('peak_rss_python_mb')}) |",
+            f"| load average after the run | {e['load_average']} | {s['load_average']} |",
+        ]
+    if "spark_throughput" in result:
+        steps = result["spark_throughput"].get("steady_step_median_s", {})
+        rows += ["", f"Spark drain, median seconds per step after the first batch: {steps}"]
+    if "spark_scaling" in result:
+        rows += [
+            "",
+            "| Spark drain | frames/s, first to last commit | from start | median batch |"
+            " peak RSS |",
+            "|---|---|---|---|---|",
+        ]
+        for label, r in result["spark_scaling"].items():
+            rows.append(
+                f"| {label} | {r['frames_per_s_first_to_last_commit']} | "
+                f"{r['frames_per_s_from_start']} | {r.get('steady_batch_median_s')} s | "
+                f"{r['peak_rss_mb']} MB{' (driver only)' if 'note' in r else ''} |"
+            )
     return "\n".join(rows)

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from crypto_sentinel.config import Settings, load_settings
@@ -50,7 +46,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     """Run spark-submit in the foreground; SIGTERM/SIGINT stop the query cleanly."""
-    from crypto_sentinel.spark import ops
+    from crypto_sentinel.spark import ops, procs
 
     settings = _settings(args)
     jars = ops.install(settings, quiet=True)
@@ -62,15 +58,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     env["SENTINEL_LAKE_URI"] = settings.lake_uri or ""
     env["SENTINEL_DATA_DIR"] = str(settings.data_dir.resolve())
     env["SENTINEL_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
-    proc = subprocess.Popen(ops.submit_command(settings, master, jars, *job_args), env=env)
-
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        signal.signal(signum, signal.SIG_IGN)
-        os.killpg(os.getpgrp(), signum)  # the JVM and the Python driver it started
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    return proc.wait()
+    return procs.run_submit(ops.submit_command(settings, master, jars, *job_args), env)
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
@@ -87,8 +75,9 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         command = ops.worker_command(settings, args.master_url, args.host, args.webui_port)
         ops.run_in_foreground(settings, command)
     if args.action == "start":
-        state = ops.cluster_start(settings, timeout=args.timeout)
-        print(f"master {state.master_url} (pid {state.master_pid}), worker pid {state.worker_pid}")
+        state = ops.cluster_start(settings, timeout=args.timeout, workers=args.workers)
+        pids = ", ".join(str(p) for p in state.worker_pids)
+        print(f"master {state.master_url} (pid {state.master_pid}), worker pids {pids}")
         return 0
     if args.action == "stop":
         if not ops.cluster_stop(settings.data_dir):
@@ -136,6 +125,7 @@ def add_cli(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("action", choices=["start", "stop", "status", "master", "worker"])
     p.add_argument("master_url", nargs="?", help="worker: the master, spark://HOST:PORT")
     p.add_argument("--timeout", type=float, default=90.0, help="start-up timeout, seconds")
+    p.add_argument("--workers", type=int, default=1, help="start: how many workers (default 1)")
     p.add_argument("--host", help="master/worker: address to bind and advertise")
     p.add_argument("--port", type=int, default=7077, help="master: port (default 7077)")
     p.add_argument("--webui-port", type=int, default=8080, help="master/worker: web UI port")

@@ -12,6 +12,7 @@ gap record (`gap`, for bronze.gaps), both written by `sources/backfill.py`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from pyspark.sql import Column, DataFrame, Row
@@ -315,12 +316,21 @@ def _ticker_error(m: Column, recv_ns: Column) -> Column:
 def parse(frames_df: DataFrame) -> DataFrame:
     """Frames plus `m` (the parsed message; `rest` and `gap` for those kinds), `kind` and
     `reason` (null when usable)."""
+    m, rest, gap, reason = _parse_columns()
+    parsed = frames_df.select("*", m.alias("m"))
+    parsed = parsed.select("*", rest.alias("rest"), gap.alias("gap"))
+    return parsed.withColumn("kind", F.col("m.type")).withColumn("reason", reason)
+
+
+@functools.cache
+def _parse_columns() -> tuple[Column, Column, Column, Column]:
+    """The decoding expressions, built once per process (a few thousand JVM calls), not once
+    per micro-batch; they refer to columns by name only."""
     options = {"columnNameOfCorruptRecord": CORRUPT}
-    parsed = frames_df.withColumn("m", F.from_json("text", FRAME_SCHEMA, options))
     m, kind, recv_ns = F.col("m"), F.col("m.type"), F.col("recv_ns")
-    parsed = parsed.withColumn(
-        "rest", F.when(kind == "rest_trades", F.from_json("text", REST_SCHEMA, options))
-    ).withColumn("gap", F.when(kind == "gap", F.from_json("text", GAP_SCHEMA, options)))
+    parsed_m = F.from_json("text", FRAME_SCHEMA, options)
+    parsed_rest = F.when(kind == "rest_trades", F.from_json("text", REST_SCHEMA, options))
+    parsed_gap = F.when(kind == "gap", F.from_json("text", GAP_SCHEMA, options))
     rest, gap = F.col("rest"), F.col("gap")
     exchange_error = F.trim(
         F.concat(
@@ -339,13 +349,15 @@ def parse(frames_df: DataFrame) -> DataFrame:
         .when(kind == "gap", _gap_error(gap))
         .when(kind == "error", exchange_error),
     )
-    return parsed.withColumn("kind", kind).withColumn("reason", reason)
+    return parsed_m, parsed_rest, parsed_gap, reason
 
 
 def summary(parsed: DataFrame) -> list[Row]:
-    """One row per kind (trade, ticker, gap, rejected, other): count (of trades for
-    "trade"), dates, and the range of event times (unix micros) and ids (trade_id, ticker
-    sequence), to prune MERGEs. A REST page counts as its trades; an empty one as "other"."""
+    """One row per kind (trade, ticker, gap, rejected, other) and product (exchange,
+    product_id; null but for trades and tickers): count (of trades for "trade"), dates, and
+    the range of event times (unix micros) and ids (trade_id, ticker sequence), to decide
+    which rows can be new and to prune reads. A REST page counts as its trades; an empty one
+    as "other"."""
     m, rest = F.col("m"), F.col("rest")
     kind = (
         F.when(F.col("reason").isNotNull(), "rejected")
@@ -355,6 +367,8 @@ def summary(parsed: DataFrame) -> list[Row]:
         .when(F.col("kind") == "gap", "gap")
         .otherwise("other")
     )
+    keyed = kind.isin("trade", "ticker")
+    product = F.when(keyed, F.coalesce(rest["product_id"], m["product_id"]))
 
     def event(time: Column, ident: Column) -> Column:
         return F.struct(time.alias("time"), ident.alias("id"))
@@ -367,10 +381,15 @@ def summary(parsed: DataFrame) -> list[Row]:
         )
         .when(kind == "trade", F.array(event(_event_time(m), m["trade_id"])))
     )
-    exploded = parsed.select(kind.alias("kind"), F.explode_outer(events).alias("e"))
+    exploded = parsed.select(
+        kind.alias("kind"),
+        F.when(keyed, F.col("exchange")).alias("exchange"),
+        product.alias("product_id"),
+        F.explode_outer(events).alias("e"),
+    )
     event_time, ident = F.col("e.time"), F.col("e.id")
     return (
-        exploded.groupBy("kind")
+        exploded.groupBy("kind", "exchange", "product_id")
         .agg(
             F.count("*").alias("n"),
             F.collect_set(F.to_date(event_time)).alias("dates"),

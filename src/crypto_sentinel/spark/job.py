@@ -22,8 +22,9 @@ from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
 from crypto_sentinel.config import Settings, load_settings
-from crypto_sentinel.lake.tables import ensure_tables
-from crypto_sentinel.spark.sink import LakeSink
+from crypto_sentinel.lake.tables import CANDLES_1M, TRADES, ensure_tables
+from crypto_sentinel.spark import procs
+from crypto_sentinel.spark.sink import LakeSink, read_marks
 from crypto_sentinel.spark.storage import s3a_confs, spark_lake_uri
 
 log = logging.getLogger("crypto_sentinel.spark")
@@ -79,10 +80,17 @@ def txn_app_id(settings: Settings, checkpoint: Path) -> str:
 
 
 def start(spark: SparkSession, settings: Settings, available_now: bool) -> StreamingQuery:
-    ensure_tables(settings.lake_root)  # same schemas and partitioning as the engine creates
+    tables = ensure_tables(settings.lake_root)  # same schemas and partitioning as the engine's
     checkpoint = checkpoint_dir(settings)
     lake = spark_lake_uri(settings.lake_root)
-    sink = LakeSink(spark, lake, txn_app_id(settings, checkpoint), settings.kafka_topic_prefix)
+    app_id = txn_app_id(settings, checkpoint)
+    committed = {}  # batches of this app the tables already hold: a re-run skips them
+    for spec in (TRADES, CANDLES_1M):
+        version = tables[spec.name].transaction_version(app_id)
+        if version is not None:
+            committed[spec.name] = int(version)
+    marks = read_marks(tables)
+    sink = LakeSink(spark, lake, app_id, settings.kafka_topic_prefix, committed, marks)
     records = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
@@ -112,25 +120,34 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     )
-    spark = session(settings)
-    query = start(spark, settings, args.available_now)
-    log.info("streaming %s* -> %s", settings.kafka_topic_prefix, settings.lake_root)
-    stopping = False
+    procs.exit_with_parent()  # the spark-submit JVM: never outlive it
+    stopping: list[int] = []
 
     def stop(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
+        if stopping:  # asked twice: no more waiting
+            os._exit(128 + signum)
+        stopping.append(signum)
+        procs.exit_after(procs.DRIVER_STOP_S, 128 + signum)  # a JVM that no longer answers
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    while query.isActive and not stopping:
-        query.awaitTermination(1)
-    if stopping:
-        query.stop()
-    error = query.exception()
-    spark.stop()
+    spark = session(settings)
+    error: Exception | None = None
+    try:
+        query = start(spark, settings, args.available_now)
+        log.info("streaming %s* -> %s", settings.kafka_topic_prefix, settings.lake_root)
+        while query.isActive and not stopping:
+            query.awaitTermination(1)
+        if stopping:
+            query.stop()
+        error = query.exception()
+    except Exception as exc:  # one line in the log, exit code 1, Spark stopped
+        error = exc
+    finally:
+        spark.stop()
     if error is not None:
-        log.error("streaming query failed: %s", error)
+        first = (str(error).strip().splitlines() or [repr(error)])[0]
+        log.error("streaming query failed: %s", first)
         return 1
     return 0
 

@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -216,6 +216,7 @@ class ClusterState:
     worker_pid: int
     master_log: str
     worker_log: str
+    worker_pids: list[int] = field(default_factory=list)  # every worker; worker_pid is the first
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -252,7 +253,7 @@ def cluster_status(data_dir: Path) -> dict[str, Any] | None:
     return {
         **state.as_dict(),
         "master_alive": _alive(state.master_pid),
-        "worker_alive": _alive(state.worker_pid),
+        "worker_alive": all(_alive(p) for p in state.worker_pids or [state.worker_pid]),
     }
 
 
@@ -287,10 +288,10 @@ def master_command(host: str | None, port: int, webui_port: int) -> list[str]:
 
 
 def worker_command(
-    settings: Settings, master_url: str, host: str | None, webui_port: int
+    settings: Settings, master_url: str, host: str | None, webui_port: int, name: str = "work"
 ) -> list[str]:
     """A standalone worker with the configured cores and memory."""
-    work = settings.data_dir.resolve() / "spark" / "work"
+    work = settings.data_dir.resolve() / "spark" / name
     return [
         str(spark_home() / "bin" / "spark-class"), "org.apache.spark.deploy.worker.Worker",
         master_url, *(["--host", host] if host else []), "--webui-port", str(webui_port),
@@ -311,38 +312,57 @@ def run_in_foreground(settings: Settings, command: list[str]) -> NoReturn:
         raise SparkOpsError(f"cannot run {command[0]}: {exc}") from exc
 
 
-def cluster_start(settings: Settings, host: str = "127.0.0.1", timeout: float = 90) -> ClusterState:
-    """Start one master and one worker (bounded cores and memory) on free ports."""
+def cluster_start(
+    settings: Settings, host: str = "127.0.0.1", timeout: float = 90, workers: int = 1
+) -> ClusterState:
+    """Start one master and `workers` workers (bounded cores and memory) on free ports. Each
+    daemon leads a process group of its own, which its executors join: stopping the group
+    stops them all."""
     data_dir = settings.data_dir
     current = cluster_status(data_dir)
     if current and current["master_alive"] and current["worker_alive"]:
-        return ClusterState(**{k: current[k] for k in ClusterState.__dataclass_fields__})
+        fields = ClusterState.__dataclass_fields__
+        return ClusterState(**{k: v for k, v in current.items() if k in fields})
     env = spark_env(settings)
     env["SPARK_DAEMON_MEMORY"] = settings.spark_daemon_memory
     base = data_dir.resolve() / "spark"
     port = _free_port(host)
     master_url = f"spark://{host}:{port}"
-    master_log, worker_log = base / "logs" / "master.log", base / "logs" / "worker.log"
-    master = _daemon(master_command(host, port, _free_port(host)), master_log, env)
+    master_log = base / "logs" / "master.log"
+    started: list[int] = []
     try:
+        master = _daemon(master_command(host, port, _free_port(host)), master_log, env)
+        started.append(master.pid)
         _wait_for(master_log, "I have been elected leader", master, timeout)
-        worker = _daemon(
-            worker_command(settings, master_url, host, _free_port(host)), worker_log, env
-        )
-        try:
-            _wait_for(worker_log, "Successfully registered with master", worker, timeout)
-        except SparkOpsError:
-            _terminate(worker.pid)
-            raise
-    except SparkOpsError:
-        _terminate(master.pid)
+        logs = []
+        for n in range(workers):
+            suffix = "" if n == 0 else f"-{n + 1}"
+            log = base / "logs" / f"worker{suffix}.log"
+            command = worker_command(
+                settings, master_url, host, _free_port(host), name=f"work{suffix}"
+            )
+            worker = _daemon(command, log, env)
+            started.append(worker.pid)
+            _wait_for(log, "Successfully registered with master", worker, timeout)
+            logs.append(str(log))
+    except BaseException:
+        for pid in reversed(started):
+            _terminate(pid)
         raise
-    state = ClusterState(master_url, master.pid, worker.pid, str(master_log), str(worker_log))
+    state = ClusterState(
+        master_url, master.pid, started[1], str(master_log), logs[0], worker_pids=started[1:]
+    )
     _cluster_file(data_dir).write_text(json.dumps(state.as_dict(), indent=2))
     return state
 
 
 def _terminate(pid: int, timeout: float = 20) -> None:
+    """Stop a daemon and its process group (the executors a worker started)."""
+    from crypto_sentinel.spark import procs
+
+    if procs.group(pid):
+        procs.end_group(pid, grace=timeout)
+        return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -360,7 +380,8 @@ def cluster_stop(data_dir: Path) -> bool:
     state = cluster_status(data_dir)
     if state is None:
         return False
-    _terminate(state["worker_pid"])
+    for pid in state.get("worker_pids") or [state["worker_pid"]]:
+        _terminate(pid)
     _terminate(state["master_pid"])
     _cluster_file(data_dir).unlink(missing_ok=True)
     return True

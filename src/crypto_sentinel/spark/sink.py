@@ -5,11 +5,23 @@ re-runs after a crash skips the tables that already hold it (appends through the
 txnAppId/txnVersion options, MERGEs through the session confs Delta reads for DML).
 Order as in `lake/writer.py`: quarantine, trades, tickers, candles, gaps, bronze last.
 
-Trades (streamed matches and the trades of REST backfill pages alike) are deduplicated on
-(exchange, product_id, trade_id): first by Kafka offset (and position inside a page) in the
-batch, then by an insert-only MERGE against silver. Candles of every minute the batch touched
-are recomputed from silver (the source of truth) and upserted, so late trades and re-runs give
-exactly the candle the embedded engine builds trade by trade.
+Per batch, as few Spark jobs as the tables need (issue 22):
+
+* one summary job (it also fills the cache of the decoded batch): per kind and product, the
+  count, dates, event-time and id range;
+* trades and tickers: deduplicated on their key inside the batch (first arrival in Kafka
+  order). Each product's highest stored id (trade_id, ticker sequence) is known to the sink
+  (read once per process, then kept up to date): a row above it cannot be stored yet, so the
+  common batch is a plain append. Rows at or below it (REST backfill, repeated frames) are
+  checked against silver: trades by an anti-join on the key, pruned by date, product and id
+  range, appended in the same single commit (so the candles know exactly which trades are
+  new); tickers by an insert-only MERGE;
+* candles: the new trades' partial candles (one aggregation job) merged on the driver, with
+  the embedded engine's own `Candle.merge`, into the stored candles of the same minutes (one
+  small pruned read of gold), then upserted: no re-read of silver. Only a batch that Spark
+  re-runs after its trades were committed recomputes its minutes from silver (which trades
+  were new is then unknown);
+* quarantine, gaps and bronze: plain appends.
 """
 
 from __future__ import annotations
@@ -18,17 +30,20 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date
-from decimal import Decimal
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from delta.tables import DeltaTable
-from pyspark.sql import DataFrame, Row, SparkSession, Window
+from deltalake import DeltaTable as DeltaLakeTable
+from pyspark.sql import Column, DataFrame, Row, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from crypto_sentinel.engine.candles import Candle
 from crypto_sentinel.lake import tables as LT
-from crypto_sentinel.model import EXACT, QUANTUM
+from crypto_sentinel.lake.writer import candles_table
 from crypto_sentinel.spark import decode
 
 log = logging.getLogger(__name__)
@@ -37,6 +52,7 @@ TXN_APP_CONF = "spark.databricks.delta.write.txnAppId"
 TXN_VERSION_CONF = "spark.databricks.delta.write.txnVersion"
 CANDLE_KEY = ("exchange", "product_id", "start")
 MINUTE_US = 60_000_000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def spark_type(typ: pa.DataType) -> T.DataType:
@@ -58,22 +74,67 @@ def spark_schema(spec: LT.TableSpec) -> T.StructType:
     return T.StructType([T.StructField(f.name, spark_type(f.type)) for f in spec.schema])
 
 
-class LakeSink:
-    """Callable for `writeStream.foreachBatch`; holds only paths and names (no state)."""
+@dataclass
+class Scope:
+    """What one batch holds of one kind of record (from `decode.summary`)."""
 
-    def __init__(self, spark: SparkSession, lake: str, app_id: str, topic_prefix: str) -> None:
+    n: int = 0
+    dates: set[date] = field(default_factory=set)
+    first_us: int | None = None
+    last_us: int | None = None
+    #: (exchange, product_id) -> (lowest, highest) id of the batch
+    ids: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+
+    def add(self, row: Row) -> None:
+        self.n += int(row["n"])
+        self.dates.update(row["dates"] or [])
+        for name, pick in (("first_us", min), ("last_us", max)):
+            if row[name] is not None:
+                current = getattr(self, name)
+                setattr(self, name, row[name] if current is None else pick(current, row[name]))
+        if row["product_id"] is not None and row["first_id"] is not None:
+            self.ids[(row["exchange"], row["product_id"])] = (row["first_id"], row["last_id"])
+
+    @property
+    def first_id(self) -> int:
+        return min(lo for lo, _ in self.ids.values())
+
+    @property
+    def last_id(self) -> int:
+        return max(hi for _, hi in self.ids.values())
+
+
+class LakeSink:
+    """Callable for `writeStream.foreachBatch`. State: each product's highest stored trade id
+    and ticker sequence (exact: read from the tables at start, raised after every commit),
+    and the app's batches the tables held when this process started."""
+
+    def __init__(
+        self,
+        spark: SparkSession,
+        lake: str,
+        app_id: str,
+        topic_prefix: str,
+        committed: dict[str, int] | None = None,
+        marks: dict[str, dict[tuple[str, str], int]] | None = None,
+    ) -> None:
         self.spark = spark
         self.lake = lake
         self.app_id = app_id
         self.topic_prefix = topic_prefix
+        #: table name -> highest batch id of this app the table held at start (Delta txn)
+        self.committed = committed or {}
+        #: "trades"/"tickers" -> (exchange, product_id) -> highest stored id (see `read_marks`)
+        self.marks = marks or {"trades": {}, "tickers": {}}
+        self.timings: dict[str, float] = {}
 
     def path(self, spec: LT.TableSpec) -> str:
         return spec.uri(self.lake)
 
     def __call__(self, records: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
+        self.timings = {}
         parsed = decode.parse(decode.frames(records, self.topic_prefix)).persist()
-        self.timings: dict[str, float] = {}
         try:
             counts = self.write(parsed, batch_id)
         finally:
@@ -91,32 +152,102 @@ class LakeSink:
 
     def write(self, parsed: DataFrame, batch_id: int) -> dict[str, int]:
         """Write every table of one batch; returns row counts by kind of frame."""
-        with self._step("parse"):
-            scopes = {row["kind"]: row for row in decode.summary(parsed)}  # one small job
+        with self._step("summary"):
+            scopes: dict[str, Scope] = {}
+            for row in decode.summary(parsed):  # one small job; fills parsed's cache
+                scopes.setdefault(row["kind"], Scope()).add(row)
+        marks = self.marks
         if "rejected" in scopes:
             with self._step("quarantine"):
                 self._append(LT.QUARANTINE, decode.quarantine(parsed), batch_id)
         if "trade" in scopes:
-            scope = scopes["trade"]
-            trades = _first_per_key(decode.trades(parsed), LT.TRADES.key).persist()
-            try:
-                with self._step("trades"):
-                    self._insert_new(LT.TRADES, trades, scope, "trade_id", batch_id)
-                with self._step("candles"):
-                    self._upsert_candles(trades, scope, batch_id)
-            finally:
-                trades.unpersist()
+            self._trades(parsed, scopes["trade"], marks["trades"], batch_id)
         if "ticker" in scopes:
-            tickers = _first_per_key(decode.tickers(parsed), LT.TICKERS.key)
             with self._step("tickers"):
-                self._insert_new(LT.TICKERS, tickers, scopes["ticker"], "sequence", batch_id)
+                self._tickers(parsed, scopes["ticker"], marks["tickers"], batch_id)
         if "gap" in scopes:
             with self._step("gaps"):
                 self._append(LT.GAPS, decode.gaps(parsed), batch_id)
         if scopes:
             with self._step("bronze"):
                 self._append(LT.BRONZE, decode.bronze(parsed), batch_id)
-        return {kind: row["n"] for kind, row in scopes.items()}
+        return {kind: scope.n for kind, scope in scopes.items()}
+
+    def _trades(
+        self, parsed: DataFrame, scope: Scope, marks: dict[tuple[str, str], int], batch_id: int
+    ) -> None:
+        trades = _first_per_key(decode.trades(parsed), LT.TRADES.key)
+        if batch_id <= self.committed.get(LT.TRADES.name, -1):
+            # Spark re-runs a batch whose trades are stored: which were new is unknown, so
+            # the candles of its minutes are recomputed from silver.
+            self.timings["trades"] = 0.0
+            if batch_id > self.committed.get(LT.CANDLES_1M.name, -1):
+                with self._step("candles_from_silver"):
+                    self._candles_from_silver(trades, scope, batch_id)
+            _raise(marks, scope)
+            return
+        new = self._new_rows(trades, LT.TRADES, scope, marks, "trade_id").persist()
+        try:
+            # The partial candles before the trades' commit: `new` anti-joins silver, so
+            # evaluated after the commit (a cache that the write did not fill) it would no
+            # longer hold the late trades it has just inserted.
+            with self._step("candles_partial"):
+                partials = [
+                    _candle(r)
+                    for r in _aggregate(new.withColumn("start", F.date_trunc("minute", "time")))
+                    .select(*_candle_columns())
+                    .collect()
+                ]
+            with self._step("trades"):
+                self._append(LT.TRADES, new, batch_id)
+            _raise(marks, scope)
+            with self._step("candles"):
+                self._upsert_candles(partials, scope, batch_id)
+        finally:
+            new.unpersist()
+
+    def _new_rows(
+        self,
+        rows: DataFrame,
+        spec: LT.TableSpec,
+        scope: Scope,
+        marks: dict[tuple[str, str], int],
+        id_column: str,
+    ) -> DataFrame:
+        """The rows whose key the table does not hold: those above their product's mark,
+        and those at or below it that an anti-join against the table does not find."""
+        late = {p: marks[p] for p, (lo, _) in scope.ids.items() if p in marks and lo <= marks[p]}
+        rows = rows.select(*spec.schema.names)
+        if not late:
+            return rows
+        mark = F.create_map(*[F.lit(v) for (e, p), m in late.items() for v in (f"{e}\n{p}", m)])
+        below = F.col(id_column) <= F.coalesce(
+            F.element_at(mark, F.concat("exchange", F.lit("\n"), "product_id")), F.lit(-1)
+        )
+        stored = (
+            self.spark.read.format("delta")
+            .load(self.path(spec))
+            .where(F.col("date").isin(sorted(scope.dates)))
+            .where(F.col("exchange").isin(sorted({e for e, _ in late})))
+            .where(F.col("product_id").isin(sorted({p for _, p in late})))
+            .where(F.col(id_column).between(min(scope.ids[p][0] for p in late), max(late.values())))
+            .select(*spec.key)
+        )
+        return rows.where(~below).unionByName(
+            rows.where(below).join(stored, list(spec.key), "left_anti")
+        )
+
+    def _tickers(
+        self, parsed: DataFrame, scope: Scope, marks: dict[tuple[str, str], int], batch_id: int
+    ) -> None:
+        tickers = _first_per_key(decode.tickers(parsed), LT.TICKERS.key)
+        late = any(p in marks and lo <= marks[p] for p, (lo, _) in scope.ids.items())
+        if late:  # a sequence that may be stored already: insert-only MERGE
+            with self._txn(batch_id):
+                self._insert_new(LT.TICKERS, tickers, scope, "sequence")
+        else:
+            self._append(LT.TICKERS, tickers, batch_id)
+        _raise(marks, scope)
 
     def _append(self, spec: LT.TableSpec, rows: DataFrame, batch_id: int) -> None:
         (
@@ -140,27 +271,86 @@ class LakeSink:
             self.spark.conf.unset(TXN_VERSION_CONF)
 
     def _insert_new(
-        self, spec: LT.TableSpec, rows: DataFrame, scope: Row, id_column: str, batch_id: int
+        self, spec: LT.TableSpec, rows: DataFrame, scope: Scope, id_column: str
     ) -> None:
         """Insert rows whose key the table does not hold yet. The batch's dates and id range
         only prune files (a matching row must lie in them); the key decides."""
         match = " AND ".join(f"t.{k} = s.{k}" for k in spec.key)
         prune = (
-            f"t.date IN ({_date_list(scope['dates'])})"
-            f" AND t.{id_column} BETWEEN {int(scope['first_id'])} AND {int(scope['last_id'])}"
+            f"t.date IN ({_date_list(scope.dates)})"
+            f" AND t.{id_column} BETWEEN {int(scope.first_id)} AND {int(scope.last_id)}"
         )
         target = DeltaTable.forPath(self.spark, self.path(spec)).alias("t")
+        (
+            target.merge(rows.select(*spec.schema.names).alias("s"), f"{prune} AND {match}")
+            .whenNotMatchedInsertAll()
+            .execute()
+        )
+
+    def _upsert_candles(self, partials: list[Candle], scope: Scope, batch_id: int) -> None:
+        """The new trades' partial candles merged into the stored candles of their minutes."""
+        if not partials:
+            return
+        starts = [c.start for c in partials]
+        stored = {
+            (r["exchange"], r["product_id"], _utc(r["_start_us"])): r
+            for r in self._stored_candles(min(starts), max(starts), scope.dates)
+        }
+        merged = []
+        for partial in partials:
+            row = stored.get(partial.key)
+            if row is None:
+                merged.append(partial)
+                continue
+            candle = _candle(row)
+            candle.merge(partial)
+            merged.append(candle)
+        self._write_candles(candles_table(merged), bool(stored), scope.dates, batch_id)
+
+    def _stored_candles(self, first: datetime, last: datetime, dates: set[date]) -> list[Row]:
+        return (
+            self.spark.read.format("delta")
+            .load(self.path(LT.CANDLES_1M))
+            .where(F.col("date").isin(sorted(dates)))
+            .where(F.col("start").between(F.lit(first), F.lit(last)))
+            .select(
+                "exchange", "product_id", F.unix_micros("start").alias("_start_us"),
+                "open", "high", "low", "close", "volume", "buy_volume", "sell_volume",
+                "quote_volume", "trade_count", "first_trade_id", "last_trade_id",
+                F.unix_micros("first_trade_time").alias("_first_us"),
+                F.unix_micros("last_trade_time").alias("_last_us"),
+            )
+            .collect()
+        )  # fmt: skip
+
+    def _write_candles(self, rows: pa.Table, update: bool, dates: set[date], batch_id: int) -> None:
+        """Append when none of the minutes is stored yet, else MERGE (one commit either way)."""
+        source = self.spark.createDataFrame(rows)  # Arrow into the JVM: no Python workers
+        if not update:
+            self._append(LT.CANDLES_1M, source, batch_id)
+            return
+        starts = rows.column("start")
+        first, last = pc.min(starts).as_py(), pc.max(starts).as_py()
+        match = " AND ".join(f"t.{k} = s.{k}" for k in CANDLE_KEY)
+        prune = (
+            f"t.date IN ({_date_list(dates)})"
+            f" AND t.start BETWEEN timestamp_micros({_us(first)})"
+            f" AND timestamp_micros({_us(last)})"
+        )
+        target = DeltaTable.forPath(self.spark, self.path(LT.CANDLES_1M)).alias("t")
         with self._txn(batch_id):
             (
-                target.merge(rows.select(*spec.schema.names).alias("s"), f"{prune} AND {match}")
+                target.merge(source.alias("s"), f"{prune} AND {match}")
+                .whenMatchedUpdateAll()
                 .whenNotMatchedInsertAll()
                 .execute()
             )
 
-    def _upsert_candles(self, trades: DataFrame, scope: Row, batch_id: int) -> None:
+    def _candles_from_silver(self, trades: DataFrame, scope: Scope, batch_id: int) -> None:
         """Recompute every minute the batch touched from silver, upsert the rows."""
-        first = int(scope["first_us"]) // MINUTE_US * MINUTE_US
-        last = int(scope["last_us"]) // MINUTE_US * MINUTE_US
+        assert scope.first_us is not None and scope.last_us is not None
+        first = scope.first_us // MINUTE_US * MINUTE_US
+        last = scope.last_us // MINUTE_US * MINUTE_US
         minutes = f"timestamp_micros({first}) AND timestamp_micros({last})"
         touched = trades.select(
             "exchange", "product_id", F.date_trunc("minute", "time").alias("start")
@@ -168,34 +358,101 @@ class LakeSink:
         silver = (
             self.spark.read.format("delta")
             .load(self.path(LT.TRADES))
-            .where(F.col("date").isin(scope["dates"]))
+            .where(F.col("date").isin(sorted(scope.dates)))
             .where(
                 f"time >= timestamp_micros({first}) AND time < timestamp_micros({last + MINUTE_US})"
             )
             .withColumn("start", F.date_trunc("minute", "time"))
             .join(touched, list(CANDLE_KEY), "left_semi")
         )
-        sums = _aggregate(silver).persist()  # read once: for the VWAPs and for the MERGE
-        try:
-            if sums.isEmpty():
-                return
-            candles = _candles(sums, _vwaps(self.spark, sums))
-            match = " AND ".join(f"t.{k} = s.{k}" for k in CANDLE_KEY)
-            prune = f"t.date IN ({_date_list(scope['dates'])}) AND t.start BETWEEN {minutes}"
-            target = DeltaTable.forPath(self.spark, self.path(LT.CANDLES_1M)).alias("t")
-            with self._txn(batch_id):
-                (
-                    target.merge(candles.alias("s"), f"{prune} AND {match}")
-                    .whenMatchedUpdateAll()
-                    .whenNotMatchedInsertAll()
-                    .execute()
-                )
-        finally:
-            sums.unpersist()
+        candles = [_candle(r) for r in _aggregate(silver).select(*_candle_columns()).collect()]
+        if not candles:
+            return
+        source = self.spark.createDataFrame(candles_table(candles))
+        match = " AND ".join(f"t.{k} = s.{k}" for k in CANDLE_KEY)
+        prune = f"t.date IN ({_date_list(scope.dates)}) AND t.start BETWEEN {minutes}"
+        target = DeltaTable.forPath(self.spark, self.path(LT.CANDLES_1M)).alias("t")
+        with self._txn(batch_id):
+            (
+                target.merge(source.alias("s"), f"{prune} AND {match}")
+                .whenMatchedUpdateAll()
+                .whenNotMatchedInsertAll()
+                .execute()
+            )
 
 
-def _date_list(dates: list[date]) -> str:
-    return ", ".join(f"DATE'{d.isoformat()}'" for d in dates)  # our own values, not input
+def read_marks(tables: dict[str, DeltaLakeTable]) -> dict[str, dict[tuple[str, str], int]]:
+    """Each product's highest trade id and ticker sequence in the tables, read once per
+    process by the driver (delta-rs, record batch by record batch: bounded memory), before
+    Spark's first batch, which then has no extra jobs."""
+    marks: dict[str, dict[tuple[str, str], int]] = {}
+    for name, spec, column in (
+        ("trades", LT.TRADES, "trade_id"),
+        ("tickers", LT.TICKERS, "sequence"),
+    ):
+        found: dict[tuple[str, str], int] = {}
+        dataset = tables[spec.name].to_pyarrow_dataset()
+        for batch in dataset.to_batches(columns=["exchange", "product_id", column]):
+            if not batch.num_rows:
+                continue
+            table = pa.Table.from_batches([batch]).group_by(["exchange", "product_id"])
+            for row in table.aggregate([(column, "max")]).to_pylist():
+                key = (row["exchange"], row["product_id"])
+                found[key] = max(found.get(key, row[f"{column}_max"]), row[f"{column}_max"])
+        marks[name] = found
+    return marks
+
+
+def _raise(marks: dict[tuple[str, str], int], scope: Scope) -> None:
+    """After a commit, every id of the batch is stored: raise the products' marks."""
+    for product, (_, hi) in scope.ids.items():
+        marks[product] = max(marks.get(product, hi), hi)
+
+
+def _candle_columns() -> tuple[str | Column, ...]:
+    """Candle sums as `_candle` reads them (times as unix micros: no time-zone conversion)."""
+    return (
+        "exchange", "product_id", F.unix_micros("start").alias("_start_us"), "open", "high",
+        "low", "close", "volume", "buy_volume", "sell_volume", "quote_volume", "trade_count",
+        F.col("first.trade_id").alias("first_trade_id"),
+        F.col("last.trade_id").alias("last_trade_id"),
+        F.unix_micros("first.time").alias("_first_us"),
+        F.unix_micros("last.time").alias("_last_us"),
+    )  # fmt: skip
+
+
+def _utc(micros: int) -> datetime:
+    return EPOCH + timedelta(microseconds=micros)
+
+
+def _us(when: datetime) -> int:
+    return (when - EPOCH) // timedelta(microseconds=1)
+
+
+def _candle(row: Row) -> Candle:
+    """A candle (or the partial candle of some trades) as the embedded engine holds it."""
+    return Candle(
+        exchange=row["exchange"],
+        product_id=row["product_id"],
+        start=_utc(row["_start_us"]),
+        open=row["open"],
+        high=row["high"],
+        low=row["low"],
+        close=row["close"],
+        volume=row["volume"],
+        buy_volume=row["buy_volume"],
+        sell_volume=row["sell_volume"],
+        quote_volume=row["quote_volume"],
+        trade_count=int(row["trade_count"]),
+        first_trade_id=int(row["first_trade_id"]),
+        last_trade_id=int(row["last_trade_id"]),
+        first_trade_time=_utc(row["_first_us"]),
+        last_trade_time=_utc(row["_last_us"]),
+    )
+
+
+def _date_list(dates: set[date]) -> str:
+    return ", ".join(f"DATE'{d.isoformat()}'" for d in sorted(dates))  # our own values, not input
 
 
 def _first_per_key(rows: DataFrame, key: tuple[str, ...]) -> DataFrame:
@@ -228,46 +485,3 @@ def _aggregate(trades: DataFrame) -> DataFrame:
         F.max(order).alias("last"),
     )
     return agg.withColumn("_start_us", F.unix_micros("start"))
-
-
-def _vwaps(spark: SparkSession, sums: DataFrame) -> DataFrame:
-    """VWAP per candle, computed on the driver: a batch touches few minutes, and Python's
-    Decimal gives the embedded engine's exact half-even rounding. The values go back as
-    literals (not createDataFrame, which would start Python worker processes)."""
-    rows = sums.select("exchange", "product_id", "_start_us", "quote_volume", "volume").collect()
-    vwap_type = spark_type(LT.CANDLES_1M.schema.field("vwap").type)
-    values = [
-        F.struct(
-            F.lit(r["exchange"]).alias("exchange"),
-            F.lit(r["product_id"]).alias("product_id"),
-            F.lit(r["_start_us"]).cast("long").alias("_start_us"),
-            F.lit(str(_vwap(r["quote_volume"], r["volume"]))).cast(vwap_type).alias("vwap"),
-        )
-        for r in rows
-    ]
-    return spark.range(1).select(F.explode(F.array(*values)).alias("v")).select("v.*")
-
-
-def _candles(sums: DataFrame, vwaps: DataFrame) -> DataFrame:
-    types = spark_schema(LT.CANDLES_1M)
-    typed = [
-        F.col(c).cast(types[c].dataType)
-        for c in ("open", "high", "low", "close", "volume", "buy_volume", "sell_volume")
-    ]
-    return sums.join(vwaps, ["exchange", "product_id", "_start_us"]).select(
-        *CANDLE_KEY,
-        *typed,
-        F.col("quote_volume").cast(types["quote_volume"].dataType),
-        "vwap",
-        "trade_count",
-        F.col("first.trade_id").alias("first_trade_id"),
-        F.col("last.trade_id").alias("last_trade_id"),
-        F.col("first.time").alias("first_trade_time"),
-        F.col("last.time").alias("last_trade_time"),
-        F.to_date("start").alias("date"),
-    )
-
-
-def _vwap(quote_volume: Decimal, volume: Decimal) -> Decimal:
-    """Exactly Candle.vwap (half-even at 12 places); Spark's decimal division rounds half-up."""
-    return EXACT.divide(quote_volume, volume).quantize(QUANTUM, context=EXACT)
