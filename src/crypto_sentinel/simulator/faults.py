@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 
-__all__ = ["COINBASE_SHAPE", "FaultPlan", "FaultSpec", "FrameShape"]
+__all__ = ["COINBASE_SHAPE", "FaultPlan", "FaultSpec", "FrameShape", "corruptions", "trade_matcher"]
 
 _MATCH = '{"type":"match"'
 _PRODUCT = re.compile(r'"product_id":"([^"]+)"')
@@ -31,35 +31,46 @@ def _truncated(frame: str) -> str:
     return frame[: len(frame) // 2]
 
 
-def _unknown_type(frame: str) -> str:
-    return frame.replace('"type":"match"', '"type":"match_v2"', 1)
+def _named(name: str, fn: Callable[[str], str]) -> Callable[[str], str]:
+    fn.__name__ = name
+    return fn
 
 
-def _string_trade_id(frame: str) -> str:
-    return re.sub(r'"trade_id":(\d+)', r'"trade_id":"\1"', frame, count=1)
+def corruptions(
+    unknown: tuple[str, str],
+    trade_id: tuple[str, str],
+    size: tuple[str, str],
+    price: tuple[str, str],
+    time: tuple[str, str],
+) -> tuple[Callable[[str], str], ...]:
+    """The six malformed copies of a trade frame every venue gets, in a fixed order (so a seed
+    draws the same kinds everywhere): broken JSON, an unknown type (`unknown`: old, new text),
+    a trade id of the wrong type, size <= 0, price <= 0 and a time far in the future (each a
+    regex and its replacement, applied once)."""
 
+    def once(name: str, pattern: str, replacement: str) -> Callable[[str], str]:
+        rx = re.compile(pattern)
+        return _named(name, lambda frame: rx.sub(replacement, frame, count=1))
 
-def _zero_size(frame: str) -> str:
-    return re.sub(r'"size":"[^"]*"', '"size":"0"', frame, count=1)
-
-
-def _negative_price(frame: str) -> str:
-    return re.sub(r'"price":"[^"]*"', '"price":"-1.5"', frame, count=1)
-
-
-def _future_time(frame: str) -> str:
-    return re.sub(r'"time":"\d{4}', '"time":"2999', frame, count=1)
+    old, new = unknown
+    return (
+        _truncated,
+        _named("_unknown_type", lambda frame: frame.replace(old, new, 1)),
+        once("_wrong_trade_id_type", *trade_id),
+        once("_zero_size", *size),
+        once("_negative_price", *price),
+        once("_future_time", *time),
+    )
 
 
 #: Each kind of malformed frame the issue names: broken JSON, unknown type, wrong field type,
 #: size <= 0, price <= 0, time far in the future.
-CORRUPTIONS: tuple[Callable[[str], str], ...] = (
-    _truncated,
-    _unknown_type,
-    _string_trade_id,
-    _zero_size,
-    _negative_price,
-    _future_time,
+CORRUPTIONS = corruptions(
+    unknown=('"type":"match"', '"type":"match_v2"'),
+    trade_id=(r'"trade_id":(\d+)', r'"trade_id":"\1"'),
+    size=(r'"size":"[^"]*"', '"size":"0"'),
+    price=(r'"price":"[^"]*"', '"price":"-1.5"'),
+    time=(r'"time":"\d{4}', '"time":"2999'),
 )
 
 
@@ -76,6 +87,18 @@ class FrameShape:
     trade: Callable[[str], str | None]
     heartbeat: str | None
     corruptions: tuple[Callable[[str], str], ...]
+
+
+def trade_matcher(pattern: str) -> Callable[[str], str | None]:
+    """`FrameShape.trade` for a venue whose live trade frames match `pattern` at their start
+    (its first group is the product as the venue writes it)."""
+    rx = re.compile(pattern)
+
+    def product(frame: str) -> str | None:
+        m = rx.match(frame)
+        return m.group(1) if m else None
+
+    return product
 
 
 def _coinbase_trade(frame: str) -> str | None:

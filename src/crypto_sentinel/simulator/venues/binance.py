@@ -10,14 +10,13 @@ Binance has no heartbeat message (it pings at the WebSocket level), so there is 
 
 from __future__ import annotations
 
-import re
 import time
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
-from crypto_sentinel.simulator.faults import FrameShape
+from crypto_sentinel.simulator.faults import FrameShape, corruptions, trade_matcher
 from crypto_sentinel.simulator.market import Market, SimTrade
 from crypto_sentinel.simulator.venues.base import (
     Query,
@@ -59,42 +58,16 @@ def pad8(text: str) -> str:
 
 # ------------------------------------------------------------------------------ fault shape
 
-_TRADE = re.compile(r'\{"stream":"([a-z0-9]+)@aggTrade"')
-
-
-def _trade_product(frame: str) -> str | None:
-    m = _TRADE.match(frame)
-    return m.group(1) if m else None
-
-
-def _truncated(frame: str) -> str:
-    return frame[: len(frame) // 2]
-
-
-def _unknown_type(frame: str) -> str:
-    return frame.replace('"e":"aggTrade"', '"e":"aggTrade_v2"', 1)
-
-
-def _string_trade_id(frame: str) -> str:
-    return re.sub(r'"a":(\d+)', r'"a":"\1"', frame, count=1)
-
-
-def _zero_size(frame: str) -> str:
-    return re.sub(r'"q":"[^"]*"', '"q":"0.00000000"', frame, count=1)
-
-
-def _negative_price(frame: str) -> str:
-    return re.sub(r'"p":"[^"]*"', '"p":"-1.50000000"', frame, count=1)
-
-
-def _future_time(frame: str) -> str:
-    return re.sub(r'"T":\d+', '"T":32503680000000', frame, count=1)  # the year 3000
-
-
 BINANCE_SHAPE = FrameShape(
-    _trade_product,
+    trade_matcher(r'\{"stream":"([a-z0-9]+)@aggTrade"'),
     None,
-    (_truncated, _unknown_type, _string_trade_id, _zero_size, _negative_price, _future_time),
+    corruptions(
+        unknown=('"e":"aggTrade"', '"e":"aggTrade_v2"'),
+        trade_id=(r'"a":(\d+)', r'"a":"\1"'),
+        size=(r'"q":"[^"]*"', '"q":"0.00000000"'),
+        price=(r'"p":"[^"]*"', '"p":"-1.50000000"'),
+        time=(r'"T":\d+', '"T":32503680000000'),  # the year 3000
+    ),
 )
 
 

@@ -19,14 +19,13 @@ alone at once, so one never spoils a batch. ``batch_interval=0`` sends one trade
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
-from crypto_sentinel.simulator.faults import FrameShape
+from crypto_sentinel.simulator.faults import FrameShape, corruptions, trade_matcher
 from crypto_sentinel.simulator.market import Market, SimTrade, format_time
 from crypto_sentinel.simulator.venues.base import (
     EPOCH,
@@ -61,45 +60,19 @@ _PRODUCTS = "/api/v3/brokerage/market/products"
 
 # ------------------------------------------------------------------------------ fault shape
 
-_TRADE = re.compile(
-    r'\{"channel":"market_trades","timestamp":"[^"]*","sequence_num":-?\d+,'
-    r'"events":\[\{"type":"update","trades":\[\{"product_id":"([^"]+)"'
-)
-
-
-def _trade_product(frame: str) -> str | None:
-    m = _TRADE.match(frame)
-    return m.group(1) if m else None
-
-
-def _truncated(frame: str) -> str:
-    return frame[: len(frame) // 2]
-
-
-def _unknown_type(frame: str) -> str:
-    return frame.replace('"channel":"market_trades"', '"channel":"market_trades_v2"', 1)
-
-
-def _numeric_trade_id(frame: str) -> str:
-    return re.sub(r'"trade_id":"(\d+)"', r'"trade_id":\1', frame, count=1)
-
-
-def _zero_size(frame: str) -> str:
-    return re.sub(r'"size":"[^"]*"', '"size":"0"', frame, count=1)
-
-
-def _negative_price(frame: str) -> str:
-    return re.sub(r'"price":"[^"]*"', '"price":"-1.5"', frame, count=1)
-
-
-def _future_time(frame: str) -> str:
-    return re.sub(r'"time":"\d{4}', '"time":"2999', frame, count=1)
-
-
 COINBASE_ADVANCED_SHAPE = FrameShape(
-    _trade_product,
+    trade_matcher(
+        r'\{"channel":"market_trades","timestamp":"[^"]*","sequence_num":-?\d+,'
+        r'"events":\[\{"type":"update","trades":\[\{"product_id":"([^"]+)"'
+    ),
     '{"channel":"heartbeats"',
-    (_truncated, _unknown_type, _numeric_trade_id, _zero_size, _negative_price, _future_time),
+    corruptions(
+        unknown=('"channel":"market_trades"', '"channel":"market_trades_v2"'),
+        trade_id=(r'"trade_id":"(\d+)"', r'"trade_id":\1'),  # a number, not the string
+        size=(r'"size":"[^"]*"', '"size":"0"'),
+        price=(r'"price":"[^"]*"', '"price":"-1.5"'),
+        time=(r'"time":"\d{4}', '"time":"2999'),
+    ),
 )
 
 

@@ -10,13 +10,12 @@ first gets the last 50 trades (oldest first; the order of a real snapshot is not
 
 from __future__ import annotations
 
-import re
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
-from crypto_sentinel.simulator.faults import FrameShape
+from crypto_sentinel.simulator.faults import FrameShape, corruptions, trade_matcher
 from crypto_sentinel.simulator.market import Market, SimTrade, format_time
 from crypto_sentinel.simulator.venues.base import (
     Query,
@@ -66,42 +65,16 @@ def pair_key(product: str) -> str:
 
 # ------------------------------------------------------------------------------ fault shape
 
-_TRADE = re.compile(r'\{"channel":"trade","type":"update","data":\[\{"symbol":"([^"]+)"')
-
-
-def _trade_product(frame: str) -> str | None:
-    m = _TRADE.match(frame)
-    return m.group(1) if m else None
-
-
-def _truncated(frame: str) -> str:
-    return frame[: len(frame) // 2]
-
-
-def _unknown_type(frame: str) -> str:
-    return frame.replace('"channel":"trade"', '"channel":"trades"', 1)
-
-
-def _string_trade_id(frame: str) -> str:
-    return re.sub(r'"trade_id":(\d+)', r'"trade_id":"\1"', frame, count=1)
-
-
-def _zero_size(frame: str) -> str:
-    return re.sub(r'"qty":[0-9.]+', '"qty":0', frame, count=1)
-
-
-def _negative_price(frame: str) -> str:
-    return re.sub(r'"price":[0-9.]+', '"price":-1.5', frame, count=1)
-
-
-def _future_time(frame: str) -> str:
-    return re.sub(r'"timestamp":"\d{4}', '"timestamp":"2999', frame, count=1)
-
-
 KRAKEN_SHAPE = FrameShape(
-    _trade_product,
+    trade_matcher(r'\{"channel":"trade","type":"update","data":\[\{"symbol":"([^"]+)"'),
     '{"channel":"heartbeat"',
-    (_truncated, _unknown_type, _string_trade_id, _zero_size, _negative_price, _future_time),
+    corruptions(
+        unknown=('"channel":"trade"', '"channel":"trades"'),
+        trade_id=(r'"trade_id":(\d+)', r'"trade_id":"\1"'),
+        size=(r'"qty":[0-9.]+', '"qty":0'),
+        price=(r'"price":[0-9.]+', '"price":-1.5'),
+        time=(r'"timestamp":"\d{4}', '"timestamp":"2999'),
+    ),
 )
 
 
