@@ -254,14 +254,21 @@ async def poll_latest(
 # --- recordings ----------------------------------------------------------------------------
 
 
-def recording(workdir: Path, trades: int) -> Path:
-    """The simulated recording of `trades` trades (written once, reused by every phase)."""
+#: Products of the simulated recordings per venue, in the lake's normalised form.
+VENUE_PRODUCTS = {"binance": [p.replace("-USD", "-USDT") for p in PRODUCTS]}
+
+
+def recording(workdir: Path, trades: int, exchange: str = "coinbase") -> Path:
+    """The simulated recording of `trades` trades in `exchange`'s protocol (written once,
+    reused by every phase)."""
     from crypto_sentinel.simulator import write_recording
 
-    path = workdir / f"sim-{trades}.ndjson"
+    suffix = "" if exchange == "coinbase" else f"-{exchange}"
+    path = workdir / f"sim-{trades}{suffix}.ndjson"
     if not path.exists():
         print(f"writing a recording of {trades:,} simulated trades to {path}", flush=True)
-        write_recording(path, PRODUCTS, trades, seed=7)
+        products = VENUE_PRODUCTS.get(exchange, PRODUCTS)
+        write_recording(path, products, trades, seed=7, venue=exchange)
     return path
 
 

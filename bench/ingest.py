@@ -35,11 +35,16 @@ __all__ = ["PHASES", "main", "markdown", "peak_rss_mb", "percentiles"]
 PHASES = ("replay", "live", "fast", "kafka")
 
 
-def run_baseline(recording: Path) -> dict[str, Any]:
-    """Decode floor: read + decode every frame, nothing else."""
-    from crypto_sentinel.sources.coinbase_codec import FrameError, decode
+def run_baseline(recording: Path, exchange: str = "simulator") -> dict[str, Any]:
+    """Decode floor: read + decode every frame with the exchange's per-frame codec, nothing
+    else."""
+    from crypto_sentinel.sources.codec import FrameError
     from crypto_sentinel.sources.replay import parse_line
+    from crypto_sentinel.sources.venues import codec_for
 
+    codec = codec_for(exchange)
+    assert codec is not None, exchange
+    decode = codec.decode
     trades = frames = 0
     started = time.perf_counter()
     with recording.open() as fh:
@@ -47,10 +52,10 @@ def run_baseline(recording: Path) -> dict[str, Any]:
             frames += 1
             _, text = parse_line(line.rstrip("\n"))
             try:
-                record = decode(RawFrame("simulator", "bench", seq, time.time_ns(), text))
+                record = decode(RawFrame(exchange, "bench", seq, time.time_ns(), text))
             except FrameError:
                 continue
-            trades += isinstance(record, Trade)
+            trades += len(record) if isinstance(record, list) else isinstance(record, Trade)
     seconds = time.perf_counter() - started
     return {
         "name": "baseline: read + decode only",
@@ -62,13 +67,15 @@ def run_baseline(recording: Path) -> dict[str, Any]:
     }
 
 
-async def _run_pipeline(recording: Path, lake: Path, port: int) -> dict[str, Any]:
+async def _run_pipeline(
+    recording: Path, lake: Path, port: int, exchange: str = "simulator"
+) -> dict[str, Any]:
     from crypto_sentinel.config import load_settings
     from crypto_sentinel.runtime import Pipeline
 
     settings = load_settings(
         source=f"replay:{recording}",
-        replay_exchange="simulator",
+        replay_exchange=exchange,
         lake_dir=lake,
         port=port,
         log_level="WARNING",
@@ -112,16 +119,19 @@ async def _run_pipeline(recording: Path, lake: Path, port: int) -> dict[str, Any
     }
 
 
-def child(kind: str, recording: Path, lake: Path, port: int) -> None:
+def child(kind: str, recording: Path, lake: Path, port: int, exchange: str) -> None:
     if kind == "baseline":
-        result = run_baseline(recording)
+        result = run_baseline(recording, exchange)
     else:
-        result = asyncio.run(_run_pipeline(recording, lake, port))
+        result = asyncio.run(_run_pipeline(recording, lake, port, exchange))
     print("RESULT " + json.dumps(result))
 
 
-def _spawn(kind: str, recording: Path, lake: Path, port: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "bench.ingest", kind, str(recording), str(lake), str(port)]
+def _spawn(
+    kind: str, recording: Path, lake: Path, port: int, exchange: str = "simulator"
+) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.ingest", kind, str(recording), str(lake), str(port),
+           exchange]  # fmt: skip
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -138,9 +148,14 @@ def main(
     live_rate: float = 5_000.0,
     fast_trades: int = 200_000,
     kafka_trades: int = 200_000,
+    exchange: str = "coinbase",
 ) -> dict[str, Any]:
     """Run the chosen phases, one after the other (2 cores: side by side they would measure
-    their competition), after the decode-floor baseline on the `trades` recording."""
+    their competition), after the decode-floor baseline on the `trades` recording.
+    `exchange` other than coinbase: the recording speaks that venue's protocol (replay phase
+    and decode floor only; the live, fast and Kafka phases are Coinbase's)."""
+    if exchange != "coinbase" and set(phases.split(",")) - {"replay"}:
+        phases = "replay"
     chosen = [p.strip() for p in phases.split(",") if p.strip()]
     unknown = set(chosen) - set(PHASES)
     if unknown:
@@ -151,17 +166,20 @@ def main(
         "benchmark": "ingest",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": common.machine(),
-        "command": _command(trades, chosen, live_seconds, live_rate, fast_trades, kafka_trades),
+        "command": _command(trades, chosen, live_seconds, live_rate, fast_trades, kafka_trades)
+        + ("" if exchange == "coinbase" else f" --exchange {exchange}"),
         "trades": trades,
         "phases": chosen,
     }
-    recording = common.recording(workdir, trades)
+    result["exchange"] = exchange
+    recording = common.recording(workdir, trades, exchange)
     lake = workdir / f"lake-{int(time.time())}"
+    stored_as = "simulator" if exchange == "coinbase" else exchange
     print("baseline (decode only)...", flush=True)
-    result["baseline"] = _spawn("baseline", recording, lake, port)
+    result["baseline"] = _spawn("baseline", recording, lake, port, stored_as)
     if "replay" in chosen:
         print("replay: pipeline...", flush=True)
-        result["pipeline"] = _spawn("pipeline", recording, lake, port)
+        result["pipeline"] = _spawn("pipeline", recording, lake, port, stored_as)
     if "live" in chosen:
         print(f"live: {live_rate:,.0f} frames/s for {live_seconds:g} s ...", flush=True)
         result["live"] = ingest_live.run(workdir, port, live_rate, live_seconds)
@@ -190,7 +208,8 @@ def _command(
 def markdown(result: dict[str, Any]) -> str:
     b = result["baseline"]
     rows = [
-        f"### Ingest, {result['trades']:,} simulated trades — {result['date']}",
+        f"### Ingest ({result.get('exchange', 'coinbase')}), {result['trades']:,} simulated"
+        f" trades — {result['date']}",
         f"Machine: {result['machine']}. Command: `{result['command']}`.",
         "",
         "| run | trades/s | frame→/latest p50 / p99 | frame→HTTP poller p50 / p99 "
@@ -218,4 +237,4 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    child(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))
+    child(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), sys.argv[5])

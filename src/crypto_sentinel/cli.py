@@ -247,7 +247,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     # Options of one benchmark only go, as keyword arguments, to the main() that takes them.
     names = ("phases", "live_seconds", "live_rate", "fast_trades", "kafka_trades", "minutes",
-             "rate", "clients")  # fmt: skip
+             "rate", "clients", "exchange")  # fmt: skip
     options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     wrong = [f"--{k.replace('_', '-')}" for k in options
              if k not in inspect.signature(module.main).parameters]  # fmt: skip
@@ -362,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, help="memory: minutes of live feed (default 10)")
     p.add_argument("--rate", type=float, help="memory: simulator trades/s (default 2000)")
     p.add_argument("--clients", type=int, help="memory: API clients polling (default 50)")
+    p.add_argument(
+        "--exchange",
+        choices=("coinbase", "binance", "kraken", "coinbase-advanced"),
+        help="ingest: the recording's protocol and codec (default coinbase; others: replay"
+        " phase and decode floor)",
+    )
     p.set_defaults(func=cmd_bench)
 
     for name in VERB_MODULES:

@@ -40,6 +40,18 @@ def test_live_and_fast_phases(tmp_path: Path) -> None:
     assert "#### Live" in text and "#### Fast" in text and "2,003 / 2,003 (no loss)" in text
 
 
+@pytest.mark.parametrize("exchange", ["binance", "kraken", "coinbase-advanced"])
+def test_replay_phase_per_exchange(tmp_path: Path, exchange: str) -> None:
+    """Each codec's recording replays into the lake whole: the decode floor and the pipeline
+    count every one of its trades, under the venue's own exchange name."""
+    result = ingest.main(1500, tmp_path, free_port(), phases="replay", exchange=exchange)
+    assert result["exchange"] == exchange and "--exchange" in result["command"]
+    assert result["baseline"]["trades"] == 1500
+    assert result["pipeline"]["trades"] == 1500
+    assert result["pipeline"]["trades_per_s"] > 0
+    assert f"### Ingest ({exchange})" in ingest.markdown(result)
+
+
 def test_memory_bench(tmp_path: Path) -> None:
     result = memory.main(0, tmp_path, free_port(), minutes=0.2, rate=200, clients=3)
     assert len(result["curve"]) >= 10 and Path(result["curve_file"]).is_file()

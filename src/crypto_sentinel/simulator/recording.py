@@ -36,6 +36,7 @@ def write_recording(
     rate: float = 50_000.0,
     *,
     start: datetime = RECORDING_START,
+    venue: str = "coinbase",
 ) -> int:
     """Write ``count`` trades as a recorded session; return the number of match frames.
 
@@ -52,6 +53,8 @@ def write_recording(
         raise ValueError("rate must be > 0")
     if start.tzinfo is None:
         raise ValueError("start must be timezone-aware")
+    if venue != "coinbase":
+        return _write_venue_recording(Path(path), venue, products, count, seed, rate, start)
     market = Market(list(products), seed=seed, start_trade_id=start_trade_id, history_limit=0)
     start_us = (start - _EPOCH) // timedelta(microseconds=1)
     dumps = orjson.dumps
@@ -95,6 +98,65 @@ def write_recording(
             if len(lines) >= _CHUNK:
                 out.write("".join(lines))
                 lines.clear()
+        out.write("".join(lines))
+    os.replace(tmp, path)
+    return count
+
+
+class _Session:
+    """What a venue keeps per connection (the recording is one connection)."""
+
+    state: object = None
+
+
+def _write_venue_recording(
+    path: Path,
+    venue: str,
+    products: list[str],
+    count: int,
+    seed: int,
+    rate: float,
+    start: datetime,
+) -> int:
+    """Another venue's frames for the same market: per trade its trade frame and its ticker
+    frame as that venue renders them (Coinbase Advanced: numbered per connection, trades
+    batched every 250 ms of simulated time)."""
+    from crypto_sentinel.simulator.venues import venue_for
+
+    impl = venue_for(venue)
+    assert impl is not None
+    market = Market(list(products), seed=seed, history_limit=0)
+    session = _Session()
+    if impl.stamps:  # numbered per connection: the venue keeps its counter on the session
+        impl.on_open(session, "/", {}, market)
+    dumps = orjson.dumps
+    start_us = (start - _EPOCH) // timedelta(microseconds=1)
+    step_us = 1e6 / rate
+    batch_us = int(impl.batch_interval * 1e6) or None
+    next_flush = start_us + (batch_us or 0)
+    tmp = Path(f"{path}.tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+
+    def add(ts_us: int, frames: list[str]) -> None:
+        for frame in frames:
+            lines.append(f'{{"recv_ts": {ts_us / 1e6!r}, "raw": {dumps(frame).decode()}}}\n')
+
+    with tmp.open("w", encoding="utf-8") as out:
+        for k in range(count):
+            t_us = start_us + int(k * step_us)
+            if batch_us is not None and t_us >= next_flush:
+                add(next_flush + _LATENCY_US, impl.flush(session))
+                next_flush += batch_us * max(1, (t_us - next_flush) // batch_us + 1)
+            trade = market.next_trade(_EPOCH + timedelta(microseconds=t_us))
+            for frame in (impl.trade_frame(market, trade), impl.ticker_frame(market, trade)):
+                stamped = impl.stamp(session, frame) if impl.stamps else frame
+                if stamped is not None:
+                    add(t_us + _LATENCY_US, [stamped])
+            if len(lines) >= _CHUNK:
+                out.write("".join(lines))
+                lines.clear()
+        add(start_us + int(count * step_us) + _LATENCY_US, impl.flush(session))
         out.write("".join(lines))
     os.replace(tmp, path)
     return count
