@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -88,10 +89,15 @@ async def test_trades_beyond_hot_state_come_from_the_lake(
 ) -> None:
     client, pipeline = api
     pipeline.state.trades.clear()  # forget memory: only the lake can answer now
-    r = await client.get("/v1/products/NU-GBP/trades", params={"limit": 1000})
-    ids = [t["trade_id"] for t in r.json()["data"]]
     want = sorted((m["trade_id"] for m in recorded_matches() if m["product_id"] == "NU-GBP"),
                   reverse=True)  # fmt: skip
+    ids: list[int] = []
+    for _ in range(40):  # the reader refreshes the table at most every 0.25 s (TRADES_MAX_AGE)
+        r = await client.get("/v1/products/NU-GBP/trades", params={"limit": 1000})
+        ids = [t["trade_id"] for t in r.json()["data"]]
+        if ids == want:
+            break
+        await asyncio.sleep(0.05)
     assert ids == want
 
 
@@ -99,10 +105,15 @@ async def test_candles(api: tuple[httpx.AsyncClient, Pipeline]) -> None:
     client, pipeline = api
     params = {"granularity": 60, "start": "2021-04-17T16:40:00Z", "end": "2021-04-17T16:50:00Z"}
     pipeline.state.candles.clear()  # answer from the lake
-    r = await client.get("/v1/products/NU-GBP/candles", params=params)
-    assert r.status_code == 200
-    data = r.json()["data"]
     trades = [m for m in recorded_matches() if m["product_id"] == "NU-GBP"]
+    data: list[dict] = []
+    for _ in range(40):  # the reader refreshes candle files at most every 0.25 s
+        r = await client.get("/v1/products/NU-GBP/candles", params=params)
+        assert r.status_code == 200
+        data = r.json()["data"]
+        if sum(c["trade_count"] for c in data) == len(trades):
+            break
+        await asyncio.sleep(0.05)
     assert sum(c["trade_count"] for c in data) == len(trades)
     assert all(c["forming"] is False for c in data)
     starts = [datetime.fromisoformat(c["start"].replace("Z", "+00:00")) for c in data]

@@ -21,6 +21,7 @@ from crypto_sentinel.api.state import HotState
 from crypto_sentinel.api.stream import Hub
 from crypto_sentinel.gapflags import GapFlags, Span
 from crypto_sentinel.lake.query import LakeReader
+from crypto_sentinel.sources.venues import venue_of
 
 T = TypeVar("T")
 
@@ -80,6 +81,8 @@ class ApiContext:
         """The exchange to answer for (the live one if none is asked), None if unknown."""
         if given is None or given == self.default_exchange():
             return self.default_exchange()
+        if venue_of(given) is not None:  # a name the pipeline stores (data may come later)
+            return given
         return given if given in await self.exchanges() else None
 
     async def exchange(self, given: str | None) -> str:

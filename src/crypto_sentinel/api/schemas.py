@@ -158,7 +158,11 @@ class Ready(BaseModel):
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for error statuses (all share the `Error` body)."""
-    text = {404: "unknown product or no data", 422: "invalid parameters", 503: "not ready"}
+    text = {
+        404: "unknown product or exchange, or no data",
+        422: "invalid parameters",
+        503: "not ready",
+    }
     return {code: {"model": Error, "description": text.get(code, "error")} for code in codes}
 
 

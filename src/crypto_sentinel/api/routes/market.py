@@ -98,7 +98,7 @@ def router(ctx: ApiContext) -> APIRouter:
         "/products",
         summary="Products with last price and 24 h open, high, low, volume and change",
         response_class=JSONResponse,
-        responses={200: {"model": Products}, **errors(422)},
+        responses={200: {"model": Products}, **errors(404, 422)},
     )
     async def products(exchange: ExchangeParam = None) -> JSONResponse:
         ex = await ctx.exchange(exchange)
