@@ -303,8 +303,10 @@ def test_two_writers_with_their_own_app_ids_on_one_lake_lose_nothing(tmp_path: P
     trade of both is in silver exactly once and the candles agree with silver."""
     lake = tmp_path / "lake"
     runs = {
-        "alpha": recording(tmp_path / "alpha.ndjson", ["BTC-USD", "ETH-USD"], 3_000, 21, 300),
-        "beta": recording(tmp_path / "beta.ndjson", ["ETH-USD", "SOL-USD"], 3_000, 22, 300),
+        "coinbase": recording(tmp_path / "coinbase.ndjson", ["BTC-USD", "ETH-USD"], 3_000, 21, 300),
+        "simulator": recording(
+            tmp_path / "simulator.ndjson", ["ETH-USD", "SOL-USD"], 3_000, 22, 300
+        ),
     }
     want: Trades = {}
     for exchange, rec in runs.items():
