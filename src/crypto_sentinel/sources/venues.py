@@ -14,7 +14,7 @@ import importlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import cache
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING
 
 import httpx
@@ -93,8 +93,10 @@ def _codec(venue: str) -> Codec:
     return Codec(venue, decode, decode_batch, module.sightings)
 
 
+@lru_cache(maxsize=256)
 def codec_for(exchange: str) -> Codec | None:
-    """The codec of an exchange name, or None for a name no codec speaks."""
+    """The codec of an exchange name, or None for a name no codec speaks (looked up once per
+    name: the per-frame path asks for every frame)."""
     venue = venue_of(exchange)
     return None if venue is None else _codec(venue)
 
