@@ -142,7 +142,7 @@ class Product(Stats):
 
 class Products(BaseModel):
     data: list[Product]
-    exchange: str
+    exchange: str | None = Field(description="the exchange asked for; null: every one with data")
 
 
 class Health(BaseModel):
