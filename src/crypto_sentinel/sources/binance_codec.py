@@ -224,6 +224,7 @@ def _agg(
         time=time,
         recv_ns=frame.recv_ns,
         conn_id=frame.conn_id,
+        venue_symbol=symbol_of(product),
     )
 
 

@@ -271,6 +271,7 @@ class _TradeRows(_Rows):
         c["conn_id"] = ctx.per_row(ctx.conn_id, self.frame_idx)
         c["recv_time"] = ctx.recv_times(self.frame_idx)
         c["date"] = c["time"].cast(pa.date32())
+        c["venue_symbol"] = c["product_id"]  # Coinbase's own product id is the normalised one
         self.table = pa.table({k: c[k] for k in T.TRADES.schema.names}, schema=T.TRADES.schema)
 
 
