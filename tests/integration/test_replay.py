@@ -121,8 +121,9 @@ def expected_venue_trades(exchange: str, path: Path) -> dict[tuple[str, int], tu
     out: dict[tuple[str, int], tuple] = {}
     for line in path.read_text().splitlines():
         msg = json.loads(line)
-        if "raw" in msg:
-            msg = json.loads(msg["raw"])
+        if "raw" in msg:  # a recording with receive times: the frame is in `raw`
+            line = msg["raw"]
+            msg = json.loads(line)
         if exchange == "binance":
             d = msg["data"]
             if d.get("e") == "aggTrade":
