@@ -4,8 +4,9 @@ Everything downstream (engine, hot state, replay, verify) finds the codec of a f
 `codec_for(frame.exchange)`. A frame's exchange is the lake name its rows are stored under: a
 venue (`coinbase`, `binance`, `kraken`, `coinbase-advanced`), or its simulated twin
 (`simulator` for Coinbase Exchange, `simulator-<venue>` for the others), which speaks the
-same protocol but is never mixed with real history. Adding a venue is adding its codec module
-and one line in `_CODECS`.
+same protocol but is never mixed with real history. Each venue is one package under
+`sources/` (`codec` decodes its frames, `feed` connects, subscribes and backfills); adding a
+venue is adding its package, its tests and a line in `_CODECS` and `_CONNECTORS`.
 """
 
 from __future__ import annotations
@@ -40,19 +41,19 @@ class Codec:
 
 
 #: venue -> (codec module, module with a column-wise `decode_batch`, or None: frame by frame),
-#: both in crypto_sentinel.sources.
+#: both under crypto_sentinel.sources (one package per venue).
 _CODECS: dict[str, tuple[str, str | None]] = {
-    "coinbase": ("coinbase_codec", "coinbase_batch"),
-    "binance": ("binance_codec", None),
-    "kraken": ("kraken_codec", None),
-    "coinbase-advanced": ("coinbase_advanced_codec", None),
+    "coinbase": ("coinbase.codec", "coinbase.columnar"),
+    "binance": ("binance.codec", None),
+    "kraken": ("kraken.codec", None),
+    "coinbase-advanced": ("coinbase_advanced.codec", None),
 }
 #: venue -> (module, class) of its live feed's `sources.feed.Connector`.
 _CONNECTORS: dict[str, tuple[str, str]] = {
-    "coinbase": ("coinbase", "CoinbaseConnector"),
-    "binance": ("binance", "BinanceConnector"),
-    "kraken": ("kraken", "KrakenConnector"),
-    "coinbase-advanced": ("coinbase_advanced", "CoinbaseAdvancedConnector"),
+    "coinbase": ("coinbase.feed", "CoinbaseConnector"),
+    "binance": ("binance.feed", "BinanceConnector"),
+    "kraken": ("kraken.feed", "KrakenConnector"),
+    "coinbase-advanced": ("coinbase_advanced.feed", "CoinbaseAdvancedConnector"),
 }
 VENUES = tuple(_CODECS)
 #: How logs and /v1/exchanges name each venue.

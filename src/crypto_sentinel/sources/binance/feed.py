@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from crypto_sentinel.sources.backfill import RestTrades
-from crypto_sentinel.sources.binance_codec import symbol_of
+from crypto_sentinel.sources.binance.codec import symbol_of
 
 #: aggTrades answers at most 1,000 per request and weighs 2 of the 6,000 weight a minute an
 #: IP may spend (developers.binance.com, spot REST limits); 5 requests/s stays far below.

@@ -33,9 +33,9 @@ import pyarrow.compute as pc
 from crypto_sentinel.config import PRODUCT_RE
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.model import SCALE, RawFrame
-from crypto_sentinel.sources import coinbase_codec as codec
 from crypto_sentinel.sources.batch import INT64, DecodedBatch, decode_into, storable
-from crypto_sentinel.sources.coinbase_codec import (
+from crypto_sentinel.sources.coinbase import codec
+from crypto_sentinel.sources.coinbase.codec import (
     MAX_INTEGER_DIGITS,
     MAX_SKEW_SECONDS,
     Decoded,

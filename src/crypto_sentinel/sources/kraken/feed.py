@@ -16,7 +16,7 @@ import httpx
 import orjson
 
 from crypto_sentinel.sources.backfill import RestTrades
-from crypto_sentinel.sources.kraken_codec import symbol_of
+from crypto_sentinel.sources.kraken.codec import symbol_of
 
 PING_SECONDS = 20.0
 
