@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from crypto_sentinel import __version__
-from crypto_sentinel.config import ConfigError, Settings, load_settings
+from crypto_sentinel.config import LIVE_VENUES, ConfigError, Settings, load_settings
 from crypto_sentinel.eventloop import run_event_loop
 from crypto_sentinel.lake.location import lake_overrides, parse_lake
 from crypto_sentinel.lake.lock import LakeLocked
@@ -221,9 +221,6 @@ def cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
-#: The venues `sources.venues` knows, spelled out so the CLI starts without importing it.
-VENUE_CHOICES = ("coinbase", "binance", "kraken", "coinbase-advanced")
-
 #: Benchmarks live in the repo's bench/ folder; each module has main(trades, workdir, port)
 #: returning a JSON-able dict and markdown(result) rendering rows for docs/benchmarks.md.
 BENCHMARKS = ("ingest", "api", "lake", "spark", "memory")
@@ -313,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--venue",
         default="coinbase",
-        choices=VENUE_CHOICES,
+        choices=LIVE_VENUES,
         help="protocol to speak (default coinbase: Coinbase Exchange)",
     )
     p.add_argument("--bind", default="127.0.0.1", help="address (default 127.0.0.1)")
@@ -348,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output file")
     p.add_argument(
         "--exchange",
-        choices=VENUE_CHOICES,
+        choices=LIVE_VENUES,
         default="coinbase",
         help="venue protocol to speak (default coinbase); its products and URL settings apply",
     )
@@ -378,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", type=int, help="memory: API clients polling (default 50)")
     p.add_argument(
         "--exchange",
-        choices=VENUE_CHOICES,
+        choices=LIVE_VENUES,
         help="ingest: the recording's protocol and codec (default coinbase; others: replay"
         " phase and decode floor)",
     )

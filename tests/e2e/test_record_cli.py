@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from crypto_sentinel.cli import VENUE_CHOICES
+from crypto_sentinel.config import LIVE_VENUES
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.simulator import SimulatorServer
 from crypto_sentinel.sources.venues import VENUES
@@ -24,8 +24,8 @@ SENTINEL = [sys.executable, "-m", "crypto_sentinel.cli"]
 PRODUCTS = {"binance": "BTC-USDT,ETH-USDT", "kraken": "BTC-USD", "coinbase-advanced": "BTC-USD"}
 
 
-def test_the_cli_offers_every_venue_the_registry_knows() -> None:
-    assert VENUE_CHOICES == VENUES
+def test_settings_and_cli_offer_every_venue_the_registry_knows() -> None:
+    assert LIVE_VENUES == VENUES
 
 
 @pytest.mark.parametrize("venue", sorted(PRODUCTS))
