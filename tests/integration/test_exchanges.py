@@ -96,6 +96,8 @@ async def check_without_exchange(client: httpx.AsyncClient) -> None:
     listed = {(r["exchange"], r["product_id"]) for r in rows}
     assert listed == {(venue, p) for venue, (p,) in PRODUCTS.items()}, rows
     assert all(r["last"] is not None for r in rows), rows
+    symbols = {r["exchange"]: r["venue_symbol"] for r in rows}
+    assert symbols == {"coinbase": "BTC-USD", "binance": "BTCUSDT", "kraken": "ETH/USD"}
     for venue, (product,) in PRODUCTS.items():  # each product from the venue that has it
         latest = (await client.get("/latest", params={"symbol": product})).json()["data"]
         assert latest and {t["exchange"] for t in latest} == {venue}, latest

@@ -138,6 +138,7 @@ class Stats(BaseModel):
 class Product(Stats):
     base_currency: str
     quote_currency: str
+    venue_symbol: str | None = Field(description="the venue's own name (BTCUSDT, BTC/USD)")
 
 
 class Products(BaseModel):

@@ -38,6 +38,7 @@ class Codec:
     decode: FrameDecoder  # one frame -> record(s); FrameError names what is wrong
     decode_batch: Callable[[Sequence[RawFrame]], DecodedBatch]  # same rows, many frames
     sightings: Callable[[str], list[Sighting]]  # trade ids a frame shows (gap tracking)
+    symbol_of: Callable[[str], str]  # product id -> the venue's own symbol (`venue_symbol`)
 
 
 #: venue -> (codec module, module with a column-wise `decode_batch`, or None: frame by frame),
@@ -91,7 +92,12 @@ def _codec(venue: str) -> Codec:
     else:
         batch = importlib.import_module(f"crypto_sentinel.sources.{batch_module}")
         decode_batch = batch.decode_batch
-    return Codec(venue, decode, decode_batch, module.sightings)
+    symbol_of = getattr(module, "symbol_of", _same)  # Coinbase names products as we do
+    return Codec(venue, decode, decode_batch, module.sightings, symbol_of)
+
+
+def _same(product_id: str) -> str:
+    return product_id
 
 
 @lru_cache(maxsize=256)
@@ -100,6 +106,13 @@ def codec_for(exchange: str) -> Codec | None:
     name: the per-frame path asks for every frame)."""
     venue = venue_of(exchange)
     return None if venue is None else _codec(venue)
+
+
+def venue_symbol(exchange: str, product_id: str) -> str | None:
+    """The venue's own name of a product (`BTC-USDT` on Binance: `BTCUSDT`), None for an
+    exchange no codec speaks."""
+    codec = codec_for(exchange)
+    return None if codec is None else codec.symbol_of(product_id)
 
 
 _TABLES = (("trades", "trade_frames"), ("tickers", "ticker_frames"), ("gaps", "gap_frames"))

@@ -39,7 +39,7 @@ from crypto_sentinel.api.state import MINUTE
 from crypto_sentinel.completeness import mark_page
 from crypto_sentinel.engine.candles import Candle
 from crypto_sentinel.lake.query import TRADE_PAGE_COLUMNS
-from crypto_sentinel.sources.venues import DISPLAY_NAMES, venue_of
+from crypto_sentinel.sources.venues import DISPLAY_NAMES, venue_of, venue_symbol
 
 #: A time as ISO 8601 (2024-01-01T00:00:00Z) or Unix seconds.
 Instant = datetime | float
@@ -112,6 +112,7 @@ def router(ctx: ApiContext) -> APIRouter:
         for item in items:
             base, _, quote = item["product_id"].partition("-")
             item["base_currency"], item["quote_currency"] = base, quote
+            item["venue_symbol"] = venue_symbol(item["exchange"], item["product_id"])
         return JSONResponse({"data": items, "exchange": exchange})
 
     @api.get(
