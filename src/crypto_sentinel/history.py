@@ -1,0 +1,274 @@
+"""`sentinel history`: fill the lake's past from the venue's REST trade history.
+
+Pages go backwards from the newest trade (Coinbase `GET /products/{id}/trades?after=<id>`,
+1,000 a page, within the public 10 requests/s) and take the normal path: each page is a
+`rest_trades` frame on the in-process bus, the same engine and writer as streamed trades
+commit it (bronze first, dedupe, candles, exactly-once batches under their own app id), so
+`sentinel up` may run at the same time.
+
+Resumable: the trade ids the lake holds (islands of contiguous ids) are skipped by moving the
+cursor below them, so a rerun after a kill asks only for what is missing, and dedupe keeps
+anything asked twice from being stored twice. A page REST refuses (after retries with
+backoff on 429, 5xx and network errors) ends that product's walk with a gap record (kind
+`history`, outcome `unfilled`) naming the ids it would have held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+
+from crypto_sentinel.bus.memory import MemoryBus
+from crypto_sentinel.engine.processor import Engine
+from crypto_sentinel.lake.location import LakeRoot
+from crypto_sentinel.lake.lock import lock_for
+from crypto_sentinel.lake.query import LakeReader
+from crypto_sentinel.lake.writer import LakeWriter
+from crypto_sentinel.model import RawFrame, iso_time
+from crypto_sentinel.sources.ratelimit import TokenBucket
+from crypto_sentinel.sources.venues import venue_of
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 1000  # Coinbase's largest page
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
+BATCH_SECONDS = 0.5  # engine micro-batches: ~5 pages each at the public rate
+#: Venues whose REST pages trades backwards by id (the lake name's protocol).
+SUPPORTED = ("coinbase",)
+
+
+class HistoryError(ValueError):
+    """A history run that cannot start (unknown product, unsupported exchange); one line."""
+
+
+@dataclass
+class ProductRun:
+    """What the walk of one product did (the progress bar and the summary show it)."""
+
+    product_id: str
+    pages: int = 0
+    trades: int = 0  # in [since, until), sent down the normal path
+    skipped_ids: int = 0  # held by the lake already: not asked for
+    newest: datetime | None = None
+    oldest: datetime | None = None  # the oldest trade time seen so far
+    outcome: str = "running"  # done | refused
+
+    def covered(self, since: datetime) -> float:
+        """Seconds of [since, newest] walked so far (progress)."""
+        if self.newest is None or self.oldest is None:
+            return 0.0
+        return (self.newest - max(self.oldest, since)).total_seconds()
+
+
+@dataclass
+class Summary:
+    exchange: str
+    products: list[ProductRun] = field(default_factory=list)
+    seconds: float = 0.0
+    requests: int = 0
+    duplicates: int = 0  # trades the engine found stored already
+
+    @property
+    def trades(self) -> int:
+        return sum(p.trades for p in self.products)
+
+    def render(self) -> str:
+        lines = []
+        for p in self.products:
+            span = f" {iso_time(p.oldest)} .. {iso_time(p.newest)}" if p.oldest and p.newest else ""
+            lines.append(
+                f"{self.exchange} {p.product_id}: {p.outcome}, {p.trades} trades in"
+                f" {p.pages} pages,{span} ({p.skipped_ids} ids already stored, skipped)"
+            )
+        rate = self.trades / self.seconds if self.seconds else 0.0
+        lines.append(
+            f"{self.trades} trades, {self.requests} requests in {self.seconds:.1f} s"
+            f" ({rate:,.0f} trades/s); {self.duplicates} already stored"
+        )
+        return "\n".join(lines)
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+class History:
+    """One run of `sentinel history` over some products of one exchange."""
+
+    def __init__(
+        self,
+        lake: LakeRoot,
+        exchange: str,
+        rest_url: str,
+        products: list[str],
+        since: datetime,
+        until: datetime | None = None,
+        rate: float = 10.0,
+        page_size: int = PAGE_SIZE,
+        on_page: Callable[[ProductRun], None] | None = None,
+        retry_delays: tuple[float, ...] = RETRY_DELAYS,
+    ) -> None:
+        if venue_of(exchange) not in SUPPORTED:
+            raise HistoryError(
+                f"no REST trade history for exchange {exchange!r} (supported: coinbase and its"
+                " simulated twin `simulator`)"
+            )
+        if until is not None and until <= since:
+            raise HistoryError("--since must be before --until")
+        if not products:
+            raise HistoryError("at least one --product is needed")
+        self.lake = lake
+        self.exchange = exchange
+        self.rest_url = rest_url.rstrip("/")
+        self.products = list(dict.fromkeys(products))
+        self.since = since
+        self.until = until
+        self.page_size = page_size
+        self.bucket = TokenBucket(rate, max(1, int(rate)))
+        self.on_page = on_page or (lambda run: None)
+        self.retry_delays = retry_delays
+        self.app_id = f"history-{exchange}"
+        self.summary = Summary(exchange, [ProductRun(p) for p in self.products])
+        self._seq = 0
+        self._conn = f"history-{time.time_ns()}"
+
+    async def run(self) -> Summary:
+        """Check the products, then walk them all (sharing the rate limit) and commit."""
+        started = time.monotonic()
+        async with httpx.AsyncClient(base_url=self.rest_url, timeout=30.0) as client:
+            for product in self.products:  # before anything is written: one line, exit 2
+                response = await self._get(client, f"/products/{product}", {})
+                if response is None:
+                    raise HistoryError(f"no answer from {self.rest_url} (is the URL right?)")
+                if response.status_code == 404:
+                    raise HistoryError(f"unknown product {product!r} on {self.rest_url}")
+            lock = lock_for(self.lake, self.app_id).acquire()
+            try:
+                writer = LakeWriter(self.lake, self.app_id)
+                engine = Engine(writer, BATCH_SECONDS, 50)
+                engine.load_state(LakeReader(self.lake))
+                bus = MemoryBus(16)
+                stop = asyncio.Event()
+                committing = asyncio.create_task(engine.run(bus, stop))
+                try:
+                    islands = engine.trade_id_ranges(self.exchange)
+                    walks = [
+                        self._walk(client, run, islands.get(run.product_id, []), bus.publish)
+                        for run in self.summary.products
+                    ]
+                    await asyncio.gather(*walks)
+                finally:
+                    stop.set()
+                    await committing
+                    engine.close()
+                self.summary.duplicates = engine.stats.duplicates
+            finally:
+                lock.release()
+        self.summary.seconds = time.monotonic() - started
+        return self.summary
+
+    async def _walk(
+        self,
+        client: httpx.AsyncClient,
+        run: ProductRun,
+        islands: list[tuple[int, int]],
+        publish: Callable[[RawFrame], Any],
+    ) -> None:
+        """Page one product backwards from its newest trade until `since`."""
+        product = run.product_id
+        cursor: int | None = None
+        while True:
+            params: dict[str, Any] = {"limit": self.page_size}
+            if cursor is not None:
+                params["after"] = cursor
+            response = await self._get(client, f"/products/{product}/trades", params)
+            if response is None or response.status_code != 200:
+                await publish(self._refused(product, cursor))
+                run.outcome = "refused"
+                return
+            body = response.text
+            items = orjson.loads(body)
+            run.pages += 1
+            if not items:  # the start of the venue's history
+                break
+            times = [_time(item["time"]) for item in items]
+            keep = [
+                item
+                for item, t in zip(items, times, strict=True)
+                if t >= self.since and (self.until is None or t < self.until)
+            ]
+            if keep:
+                run.trades += len(keep)
+                text = body if len(keep) == len(items) else orjson.dumps(keep).decode()
+                await publish(
+                    self._frame(
+                        f'{{"type":"rest_trades","product_id":"{product}","trades":{text}}}'
+                    )
+                )
+            run.newest = run.newest or min(max(times), self.until or max(times))
+            run.oldest = min(times) if run.oldest is None else min(run.oldest, *times)
+            self.on_page(run)
+            if min(times) < self.since:
+                break
+            cursor = min(int(item["trade_id"]) for item in items)
+            for lo, hi in islands:  # ids just below the cursor the lake holds: skip them
+                if lo < cursor <= hi + 1:
+                    run.skipped_ids += cursor - lo
+                    cursor = lo
+                    break
+        run.outcome = "done"
+        self.on_page(run)
+
+    async def _get(
+        self, client: httpx.AsyncClient, path: str, params: dict[str, Any]
+    ) -> httpx.Response | None:
+        """One rate-limited GET, retried with backoff on 429, 5xx and network errors; the
+        last response (a refusal) or None when the venue never answered."""
+        response = None
+        for delay in (*self.retry_delays, None):
+            await self.bucket.take()
+            self.summary.requests += 1
+            try:
+                response = await client.get(path, params=params)
+            except httpx.HTTPError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                code = response.status_code
+                if code < 500 and code != 429:
+                    return response
+                problem = f"HTTP {code}"
+            if delay is None:
+                log.error("history: %s %s refused: %s", path, params, problem)
+                return response
+            log.warning("history: %s failed (%s); retrying in %.1f s", path, problem, delay)
+            await asyncio.sleep(delay)
+        return response
+
+    def _refused(self, product: str, cursor: int | None) -> RawFrame:
+        """The gap record of a page REST would not give: the ids below `cursor` it held."""
+        first = None if cursor is None else max(1, cursor - self.page_size)
+        last = None if cursor is None else cursor - 1
+        record = {
+            "type": "gap",
+            "product_id": product,
+            "kind": "history",
+            "detected_at": iso_time(datetime.now(UTC)),
+            "first_missing_id": first,
+            "last_missing_id": last,
+            "missing": 0 if first is None or last is None else last - first + 1,
+            "backfilled": 0,
+            "outcome": "unfilled",
+        }
+        return self._frame(orjson.dumps(record).decode())
+
+    def _frame(self, text: str) -> RawFrame:
+        self._seq += 1
+        return RawFrame(self.exchange, self._conn, self._seq, time.time_ns(), text)
