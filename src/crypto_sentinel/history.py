@@ -10,7 +10,8 @@ Resumable: the trade ids the lake holds (islands of contiguous ids) are skipped 
 cursor below them, so a rerun after a kill asks only for what is missing, and dedupe keeps
 anything asked twice from being stored twice. A page REST refuses (after retries with
 backoff on 429, 5xx and network errors) ends that product's walk with a gap record (kind
-`history`, outcome `unfilled`) naming the ids it would have held.
+`trade_id`, outcome `unfilled`, its `conn_id` starting `history-`) naming the ids it would
+have held.
 """
 
 from __future__ import annotations
@@ -259,7 +260,7 @@ class History:
         record = {
             "type": "gap",
             "product_id": product,
-            "kind": "history",
+            "kind": "trade_id",  # a range of trade ids REST did not give (GAP_KINDS)
             "detected_at": iso_time(datetime.now(UTC)),
             "first_missing_id": first,
             "last_missing_id": last,
