@@ -200,12 +200,20 @@ class History:
             run.pages += 1
             if not items:  # the start of the venue's history
                 break
-            times = [_time(item["time"]) for item in items]
-            keep = [
-                item
-                for item, t in zip(items, times, strict=True)
-                if t >= self.since and (self.until is None or t < self.until)
-            ]
+            # newest first: the ends bound the page; each trade's time is read only on a page
+            # that crosses `since` or `until` (a page inside the range goes as received)
+            ends = sorted((_time(items[0]["time"]), _time(items[-1]["time"])))
+            if ends[0] >= self.since and (self.until is None or ends[1] < self.until):
+                keep = items
+            else:
+                keep = [
+                    item
+                    for item in items
+                    if (t := _time(item["time"])) >= self.since
+                    and (self.until is None or t < self.until)
+                ]
+                times = [_time(item["time"]) for item in items]
+                ends = [min(times), max(times)]
             if keep:
                 run.trades += len(keep)
                 text = body if len(keep) == len(items) else orjson.dumps(keep).decode()
@@ -214,10 +222,10 @@ class History:
                         f'{{"type":"rest_trades","product_id":"{product}","trades":{text}}}'
                     )
                 )
-            run.newest = run.newest or min(max(times), self.until or max(times))
-            run.oldest = min(times) if run.oldest is None else min(run.oldest, *times)
+            run.newest = run.newest or min(ends[1], self.until or ends[1])
+            run.oldest = ends[0] if run.oldest is None else min(run.oldest, ends[0])
             self.on_page(run)
-            if min(times) < self.since:
+            if ends[0] < self.since:
                 break
             cursor = min(int(item["trade_id"]) for item in items)
             for lo, hi in islands:  # ids just below the cursor the lake holds: skip them
