@@ -175,9 +175,9 @@ class Lake:
         hi = None if end is None else utc(end)
         if lo is not None and hi is not None and hi <= lo:
             raise LakeError("start must be before end")
-        # Times are filtered in the scan (row groups skipped by their statistics); names
-        # after it: files written by MERGE hold string_view columns, which Arrow's scan
-        # filters cannot compare with a string.
+        # Everything is filtered in the scan (row groups skipped by their time statistics),
+        # but files written by MERGE hold string_view columns, which Arrow's scan filters
+        # cannot compare with a string: then names are filtered after the scan.
         column = ds.field(TIME_COLUMNS[table])
         where: Any = None
         if lo is not None:
@@ -185,26 +185,33 @@ class Lake:
         if hi is not None:
             upper = column < pa.scalar(hi, T.UTC_TS)
             where = upper if where is None else where & upper
-        rows = self.dataset(table, as_of, lo, hi).to_table(filter=where)
+        names = [(n, v) for n, v in (("product_id", product_id), ("exchange", exchange)) if v]
+        dataset = self.dataset(table, as_of, lo, hi)
+        full = where
+        for name, value in names:
+            full = ds.field(name) == value if full is None else full & (ds.field(name) == value)
+        try:
+            return dataset.to_table(filter=full)
+        except pa.ArrowNotImplementedError:
+            rows = dataset.to_table(filter=where)
         keep: Any = None
-        for name, value in (("product_id", product_id), ("exchange", exchange)):
-            if value is not None:
-                same = pc.equal(rows[name], value)
-                keep = same if keep is None else pc.and_(keep, same)
+        for name, value in names:
+            same = pc.equal(rows[name], value)
+            keep = same if keep is None else pc.and_(keep, same)
         return rows if keep is None else rows.filter(keep)
 
     # --- the analysts' reads ------------------------------------------------------------
 
     def trades(
         self,
-        product_id: str,
+        product_id: str | None,
         start: datetime | str | None = None,
         end: datetime | str | None = None,
         exchange: str | None = None,
     ) -> pa.Table:
-        """Trades of a product with `time` in [start, end) (open ends: all), oldest first.
-
-        Every exchange's unless `exchange` names one; the `date` partition column is left out.
+        """Trades of a product (None: every product) with `time` in [start, end) (open ends:
+        all), oldest first. Every exchange's unless `exchange` names one; the `date` partition
+        column is left out.
         """
         rows = self._read("trades", product_id, start, end, exchange).drop_columns(["date"])
         return rows.sort_by([("time", "ascending"), ("exchange", "ascending"),
