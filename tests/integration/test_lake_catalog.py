@@ -19,11 +19,13 @@ import orjson
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
 
 from crypto_sentinel import Lake
 from crypto_sentinel.api.app import create_app
 from crypto_sentinel.api.state import HotState
 from crypto_sentinel.cli import main
+from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.catalog import AsOfError, LakeError
 from crypto_sentinel.lake.query import LakeReader
 from tests.lakebuild import LakeBuilder, rest_page, simulated
@@ -215,3 +217,27 @@ async def test_as_of_sees_a_backfilled_minute_as_it_was(lake: Path) -> None:
         (d["trade_count"], d["close"]) for d in r_new.json()["data"]]  # fmt: skip
     assert r_bad.status_code == 422
     assert "before the oldest version" in r_bad.text
+
+
+def test_as_of_past_a_trimmed_log_is_refused_not_answered_from_a_later_version(
+    lake: Path,
+) -> None:
+    """Once maintenance trims the Delta log, delta-rs answers an older time with the oldest
+    version it still has: the lake refuses instead of returning later data as earlier."""
+    builder = LakeBuilder(lake)
+    trades = simulated(["BTC-USD"], 300, T0, timedelta(seconds=1))
+    builder.matches(trades[:60])
+    mid = datetime.now(UTC)  # between the first commit and the later ones
+    for i in range(60, 300, 60):
+        builder.matches(trades[i : i + 60])
+    builder.engine.close()
+    early = Lake(lake).candles("BTC-USD", 300, as_of=datetime.now(UTC))
+    assert sum(early["trade_count"].to_pylist()) == 300
+    dt = DeltaTable(str(T.CANDLES_1M.path(lake)))
+    dt.alter.set_table_properties({"delta.logRetentionDuration": "interval 0 seconds"})
+    assert sum(Lake(lake).candles("BTC-USD", 300, as_of=mid)["trade_count"].to_pylist()) == 60
+    dt.create_checkpoint()
+    dt.cleanup_metadata()
+    with pytest.raises(AsOfError, match="before the oldest version"):
+        Lake(lake).candles("BTC-USD", 300, as_of=mid)  # its versions are gone now
+    assert Lake(lake).candles("BTC-USD", 300, as_of=datetime.now(UTC)).equals(early)

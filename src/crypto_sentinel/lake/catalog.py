@@ -108,24 +108,29 @@ class Lake:
         when = utc(as_of)
         dt.load_as_version(when)
         committed = self._commit_time(spec, dt.version())
-        if committed is not None and committed > when:  # delta-rs falls back to the oldest
+        # delta-rs falls back to the oldest version it still has for an older time
+        if committed is None or committed > when:
+            kept = "" if committed is None else f" ({committed.isoformat()})"
             raise AsOfError(
                 f"as_of {when.isoformat()} is before the oldest version of {table} the lake"
-                f" keeps ({committed.isoformat()}); history goes back as far as the Delta log"
-                " and vacuum retention allow"
+                f" keeps{kept}; history goes back as far as the Delta log and vacuum retention"
+                " allow (SENTINEL_MAINTENANCE_LOG_RETENTION_MINUTES,"
+                " SENTINEL_MAINTENANCE_VACUUM_SAFETY_HOURS)"
             )
         return dt
 
     def _commit_time(self, spec: T.TableSpec, version: int) -> datetime | None:
-        """When a version was committed (its log file's modification time, as Delta time
-        travel by timestamp reads it); None when its commit file is gone (checkpoint only)."""
+        """When a version was committed, at the latest: its log file's modification time (as
+        Delta time travel by timestamp reads it), else its checkpoint's (written after the
+        commit); None when the log holds neither (the version cannot be placed in time)."""
         import pyarrow.fs as pafs
 
-        path = f"{spec.uri(self.root)}/_delta_log/{version:020d}.json".removeprefix(self._prefix)
-        info = self._fs.get_file_info(path)
-        if info.type == pafs.FileType.NotFound or info.mtime is None:
-            return None
-        return utc(info.mtime)
+        log = f"{spec.uri(self.root)}/_delta_log/{version:020d}".removeprefix(self._prefix)
+        for suffix in (".json", ".checkpoint.parquet"):
+            info = self._fs.get_file_info(log + suffix)
+            if info.type != pafs.FileType.NotFound and info.mtime is not None:
+                return utc(info.mtime)
+        return None
 
     def dataset(
         self,
