@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from deltalake import DeltaTable
+from deltalake.exceptions import DeltaError
 
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.location import LakeRoot, filesystem, parse_lake, storage_options
@@ -106,7 +107,10 @@ class Lake:
         if as_of is None:
             return dt
         when = utc(as_of)
-        dt.load_as_version(when)
+        try:
+            dt.load_as_version(when)
+        except DeltaError as exc:  # e.g. a log with no commit at or before that time
+            raise AsOfError(f"as_of {when.isoformat()}: {_first_line(exc)}") from None
         committed = self._commit_time(spec, dt.version())
         # delta-rs falls back to the oldest version it still has for an older time
         if committed is None or committed > when:
