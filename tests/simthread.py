@@ -16,10 +16,17 @@ from crypto_sentinel.simulator.market import SimTrade
 
 @contextmanager
 def history_simulator(
-    products: list[str], count: int, since: datetime, until: datetime, first_id: int = 10_000
+    products: list[str],
+    count: int,
+    since: datetime,
+    until: datetime,
+    first_id: int = 10_000,
+    venue: str = "coinbase",
 ) -> Iterator[tuple[SimulatorServer, list[SimTrade]]]:
     """(server, the seeded trades oldest first); no live trades are emitted."""
-    server = SimulatorServer(products, rate=1, port=0, max_trades=0, start_trade_id=first_id)
+    server = SimulatorServer(
+        products, rate=1, port=0, max_trades=0, start_trade_id=first_id, venue=venue
+    )
     trades = seed_history(server.market, count, since, until)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="simulator", daemon=True)

@@ -169,12 +169,19 @@ def add_cli(verbs: Any) -> None:
         " continues where a killed run stopped. Exit 1 if REST refused a page (a gap record"
         " names it).",
     )
-    p.add_argument("--exchange", default="coinbase", help="lake name: coinbase or simulator")
+    p.add_argument(
+        "--exchange",
+        default="coinbase",
+        help="lake name: coinbase, binance, or their simulated twins (simulator,"
+        " simulator-binance: with --rest-url)",
+    )
     p.add_argument("--product", action="append", required=True, help="product id (repeatable)")
     p.add_argument("--since", required=True, help="ISO time: the oldest trade wanted")
     p.add_argument("--until", help="ISO time (exclusive); default: now")
     p.add_argument("--rest-url", help="REST base URL (default: the venue's; or a simulator's)")
-    p.add_argument("--rate", type=float, default=10.0, help="requests/s (default 10)")
+    p.add_argument(
+        "--rate", type=float, help="requests/s (default: the venue's public limit, 10 or 5)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_lake(p)
     p.set_defaults(func=cmd_history)

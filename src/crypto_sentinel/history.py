@@ -39,11 +39,69 @@ from crypto_sentinel.sources.venues import venue_of
 
 log = logging.getLogger(__name__)
 
-PAGE_SIZE = 1000  # Coinbase's largest page
+PAGE_SIZE = 1000  # the largest page of both venues
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 BATCH_SECONDS = 0.5  # engine micro-batches: ~5 pages each at the public rate
-#: Venues whose REST pages trades backwards by id (the lake name's protocol).
-SUPPORTED = ("coinbase",)
+Request = tuple[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class RestHistory:
+    """How a venue serves its past trades by id: a request that tells whether a product
+    exists, the request for the page of ids just below a cursor (None: the newest page), and
+    a page item's trade id and time."""
+
+    check: Callable[[str], Request]
+    known: Callable[[httpx.Response], bool]
+    below: Callable[[str, int | None, int], Request | None]  # None: nothing is below
+    trade_id: Callable[[dict[str, Any]], int]
+    time: Callable[[dict[str, Any]], datetime]
+    rate: float  # requests/s within the venue's public limit
+
+
+def _coinbase_below(product: str, cursor: int | None, page: int) -> Request:
+    params: dict[str, Any] = {"limit": page}
+    if cursor is not None:
+        params["after"] = cursor  # Coinbase: `after` pages to older trades (ids below it)
+    return f"/products/{product}/trades", params
+
+
+def _binance_below(product: str, cursor: int | None, page: int) -> Request | None:
+    from crypto_sentinel.sources.binance_codec import symbol_of
+
+    if cursor is None:
+        return "/api/v3/aggTrades", {"symbol": symbol_of(product), "limit": page}
+    lo = max(0, cursor - page)  # aggregate ids are contiguous: the page below by `fromId`
+    if lo >= cursor:
+        return None
+    return "/api/v3/aggTrades", {"symbol": symbol_of(product), "fromId": lo, "limit": cursor - lo}
+
+
+def _binance_check(product: str) -> Request:
+    from crypto_sentinel.sources.binance_codec import symbol_of
+
+    return "/api/v3/exchangeInfo", {"symbol": symbol_of(product)}
+
+
+VENUES = {
+    "coinbase": RestHistory(
+        check=lambda product: (f"/products/{product}", {}),
+        known=lambda response: response.status_code == 200,
+        below=_coinbase_below,
+        trade_id=lambda item: int(item["trade_id"]),
+        time=lambda item: _time(item["time"]),
+        rate=10.0,  # public REST: 10 requests/s (PROTOCOLS.md section 2)
+    ),
+    "binance": RestHistory(
+        check=_binance_check,
+        known=lambda response: response.status_code == 200 and bool(response.json().get("symbols")),
+        below=_binance_below,
+        trade_id=lambda item: int(item["a"]),
+        time=lambda item: datetime.fromtimestamp(int(item["T"]) / 1000, UTC),
+        rate=5.0,  # aggTrades weighs 2 of 6,000 a minute; the backfill's pace (sources/binance)
+    ),
+}
+SUPPORTED = tuple(VENUES)
 
 
 class HistoryError(ValueError):
@@ -112,16 +170,18 @@ class History:
         products: list[str],
         since: datetime,
         until: datetime | None = None,
-        rate: float = 10.0,
+        rate: float | None = None,
         page_size: int = PAGE_SIZE,
         on_page: Callable[[ProductRun], None] | None = None,
         retry_delays: tuple[float, ...] = RETRY_DELAYS,
     ) -> None:
-        if venue_of(exchange) not in SUPPORTED:
+        venue = VENUES.get(venue_of(exchange) or "")
+        if venue is None:
             raise HistoryError(
-                f"no REST trade history for exchange {exchange!r} (supported: coinbase and its"
-                " simulated twin `simulator`)"
+                f"no REST trade history for exchange {exchange!r} (supported: coinbase,"
+                " binance and their simulated twins simulator, simulator-binance)"
             )
+        self.venue = venue
         if until is not None and until <= since:
             raise HistoryError("--since must be before --until")
         if not products:
@@ -133,6 +193,7 @@ class History:
         self.since = since
         self.until = until
         self.page_size = page_size
+        rate = venue.rate if rate is None else rate
         self.bucket = TokenBucket(rate, max(1, int(rate)))
         self.on_page = on_page or (lambda run: None)
         self.retry_delays = retry_delays
@@ -146,10 +207,10 @@ class History:
         started = time.monotonic()
         async with httpx.AsyncClient(base_url=self.rest_url, timeout=30.0) as client:
             for product in self.products:  # before anything is written: one line, exit 2
-                response = await self._get(client, f"/products/{product}", {})
+                response = await self._get(client, *self.venue.check(product))
                 if response is None:
                     raise HistoryError(f"no answer from {self.rest_url} (is the URL right?)")
-                if response.status_code == 404:
+                if not self.venue.known(response):
                     raise HistoryError(f"unknown product {product!r} on {self.rest_url}")
             lock = lock_for(self.lake, self.app_id).acquire()
             try:
@@ -184,13 +245,13 @@ class History:
         publish: Callable[[RawFrame], Any],
     ) -> None:
         """Page one product backwards from its newest trade until `since`."""
-        product = run.product_id
+        product, venue = run.product_id, self.venue
         cursor: int | None = None
         while True:
-            params: dict[str, Any] = {"limit": self.page_size}
-            if cursor is not None:
-                params["after"] = cursor
-            response = await self._get(client, f"/products/{product}/trades", params)
+            request = venue.below(product, cursor, self.page_size)
+            if request is None:  # the first id: the start of the venue's history
+                break
+            response = await self._get(client, *request)
             if response is None or response.status_code != 200:
                 await publish(self._refused(product, cursor))
                 run.outcome = "refused"
@@ -202,17 +263,17 @@ class History:
                 break
             # newest first: the ends bound the page; each trade's time is read only on a page
             # that crosses `since` or `until` (a page inside the range goes as received)
-            ends = sorted((_time(items[0]["time"]), _time(items[-1]["time"])))
+            ends = sorted((venue.time(items[0]), venue.time(items[-1])))
             if ends[0] >= self.since and (self.until is None or ends[1] < self.until):
                 keep = items
             else:
                 keep = [
                     item
                     for item in items
-                    if (t := _time(item["time"])) >= self.since
+                    if (t := venue.time(item)) >= self.since
                     and (self.until is None or t < self.until)
                 ]
-                times = [_time(item["time"]) for item in items]
+                times = [venue.time(item) for item in items]
                 ends = [min(times), max(times)]
             if keep:
                 run.trades += len(keep)
@@ -227,7 +288,7 @@ class History:
             self.on_page(run)
             if ends[0] < self.since:
                 break
-            cursor = min(int(item["trade_id"]) for item in items)
+            cursor = min(venue.trade_id(item) for item in items)
             for lo, hi in islands:  # ids just below the cursor the lake holds: skip them
                 if lo < cursor <= hi + 1:
                     run.skipped_ids += cursor - lo
