@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 PAGE_SIZE = 1000  # the largest page of both venues
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 BATCH_SECONDS = 0.5  # engine micro-batches: ~5 pages each at the public rate
+WINDOW = 4  # requests in flight per product: the rate limit, not round trips, sets the pace
 Request = tuple[str, dict[str, Any]]
 
 
@@ -155,6 +156,15 @@ class Summary:
         return "\n".join(lines)
 
 
+def _skip(cursor: int, islands: list[tuple[int, int]]) -> tuple[int, int]:
+    """The cursor moved below the ids just under it that the lake holds (islands of
+    contiguous stored ids), and how many ids that skips."""
+    for lo, hi in islands:
+        if lo < cursor <= hi + 1:
+            return lo, cursor - lo
+    return cursor, 0
+
+
 def _time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
@@ -174,6 +184,8 @@ class History:
         page_size: int = PAGE_SIZE,
         on_page: Callable[[ProductRun], None] | None = None,
         retry_delays: tuple[float, ...] = RETRY_DELAYS,
+        window: int = WINDOW,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         venue = VENUES.get(venue_of(exchange) or "")
         if venue is None:
@@ -197,6 +209,8 @@ class History:
         self.bucket = TokenBucket(rate, max(1, int(rate)))
         self.on_page = on_page or (lambda run: None)
         self.retry_delays = retry_delays
+        self.window = max(1, window)
+        self.transport = transport  # tests: a venue answered in process
         self.app_id = f"history-{exchange}"
         self.summary = Summary(exchange, [ProductRun(p) for p in self.products])
         self._seq = 0
@@ -205,7 +219,9 @@ class History:
     async def run(self) -> Summary:
         """Check the products, then walk them all (sharing the rate limit) and commit."""
         started = time.monotonic()
-        async with httpx.AsyncClient(base_url=self.rest_url, timeout=30.0) as client:
+        async with httpx.AsyncClient(
+            base_url=self.rest_url, timeout=30.0, transport=self.transport
+        ) as client:
             for product in self.products:  # before anything is written: one line, exit 2
                 response = await self._get(client, *self.venue.check(product))
                 if response is None:
@@ -244,58 +260,86 @@ class History:
         islands: list[tuple[int, int]],
         publish: Callable[[RawFrame], Any],
     ) -> None:
-        """Page one product backwards from its newest trade until `since`."""
-        product, venue = run.product_id, self.venue
+        """Page one product backwards from its newest trade until `since`.
+
+        Trade ids being contiguous, the cursors of the next pages are known before they
+        arrive (each `page` below the last): up to `window` requests per product are in flight
+        (they share the rate limit). A guess can only overlap the page above it (where the
+        venue skipped ids), never leave a hole: a page holds the ids just below its cursor.
+        """
+        product, venue, page = run.product_id, self.venue, self.page_size
         cursor: int | None = None
         while True:
-            request = venue.below(product, cursor, self.page_size)
-            if request is None:  # the first id: the start of the venue's history
-                break
-            response = await self._get(client, *request)
-            if response is None or response.status_code != 200:
-                await publish(self._refused(product, cursor))
-                run.outcome = "refused"
-                return
-            body = response.text
-            items = orjson.loads(body)
-            run.pages += 1
-            if not items:  # the start of the venue's history
-                break
-            # newest first: the ends bound the page; each trade's time is read only on a page
-            # that crosses `since` or `until` (a page inside the range goes as received)
-            ends = sorted((venue.time(items[0]), venue.time(items[-1])))
-            if ends[0] >= self.since and (self.until is None or ends[1] < self.until):
-                keep = items
-            else:
-                keep = [
-                    item
-                    for item in items
-                    if (t := venue.time(item)) >= self.since
-                    and (self.until is None or t < self.until)
-                ]
-                times = [venue.time(item) for item in items]
-                ends = [min(times), max(times)]
-            if keep:
-                run.trades += len(keep)
-                text = body if len(keep) == len(items) else orjson.dumps(keep).decode()
-                await publish(
-                    self._frame(
-                        f'{{"type":"rest_trades","product_id":"{product}","trades":{text}}}'
-                    )
-                )
-            run.newest = run.newest or min(ends[1], self.until or ends[1])
-            run.oldest = ends[0] if run.oldest is None else min(run.oldest, ends[0])
-            self.on_page(run)
-            if ends[0] < self.since:
-                break
-            cursor = min(venue.trade_id(item) for item in items)
-            for lo, hi in islands:  # ids just below the cursor the lake holds: skip them
-                if lo < cursor <= hi + 1:
-                    run.skipped_ids += cursor - lo
-                    cursor = lo
+            plan: list[tuple[int | None, int]] = [(cursor, 0)]  # (cursor, ids skipped to it)
+            while cursor is not None and len(plan) < self.window:
+                last = plan[-1][0]
+                assert last is not None
+                guess, skipped = _skip(last - page, islands)
+                if guess <= 0:
                     break
+                plan.append((guess, skipped))
+            requests = []
+            for c, _ in plan:
+                request = venue.below(product, c, page)
+                if request is None:  # the first id: the start of the venue's history
+                    break
+                requests.append(request)
+            if not requests:
+                break
+            answers = await asyncio.gather(*(self._get(client, *r) for r in requests))
+            finished = len(requests) < len(plan)
+            lowest = None
+            for (c, skipped), response in zip(plan, answers, strict=False):
+                if response is None or response.status_code != 200:
+                    await publish(self._refused(product, c))
+                    run.outcome = "refused"
+                    return
+                run.skipped_ids += skipped
+                lowest, end = await self._page(run, response.text, publish)
+                if end:
+                    finished = True
+                    break
+            if finished or lowest is None:
+                break
+            cursor, skipped = _skip(lowest, islands)
+            run.skipped_ids += skipped
         run.outcome = "done"
         self.on_page(run)
+
+    async def _page(
+        self, run: ProductRun, body: str, publish: Callable[[RawFrame], Any]
+    ) -> tuple[int | None, bool]:
+        """Send one page's trades in [since, until) down the normal path: (its lowest trade
+        id, whether the walk ends here: an empty page or one reaching below `since`)."""
+        venue = self.venue
+        items = orjson.loads(body)
+        run.pages += 1
+        if not items:  # the start of the venue's history
+            return None, True
+        # the ends bound the page (ids rise with time); each trade's time is read only on a
+        # page that crosses `since` or `until` (a page inside the range goes as received)
+        ends = sorted((venue.time(items[0]), venue.time(items[-1])))
+        if ends[0] >= self.since and (self.until is None or ends[1] < self.until):
+            keep = items
+        else:
+            keep = [
+                item
+                for item in items
+                if (t := venue.time(item)) >= self.since and (self.until is None or t < self.until)
+            ]
+            times = [venue.time(item) for item in items]
+            ends = [min(times), max(times)]
+        if keep:
+            run.trades += len(keep)
+            text = body if len(keep) == len(items) else orjson.dumps(keep).decode()
+            product = run.product_id
+            await publish(
+                self._frame(f'{{"type":"rest_trades","product_id":"{product}","trades":{text}}}')
+            )
+        run.newest = run.newest or min(ends[1], self.until or ends[1])
+        run.oldest = ends[0] if run.oldest is None else min(run.oldest, ends[0])
+        self.on_page(run)
+        return min(venue.trade_id(item) for item in items), ends[0] < self.since
 
     async def _get(
         self, client: httpx.AsyncClient, path: str, params: dict[str, Any]
