@@ -1,7 +1,8 @@
 """`sentinel history`: fill the lake's past from the venue's REST trade history.
 
 Pages go backwards from the newest trade (Coinbase `GET /products/{id}/trades?after=<id>`,
-1,000 a page, within the public 10 requests/s) and take the normal path: each page is a
+Binance `GET /api/v3/aggTrades?fromId=`; 1,000 a page, within the venue's public rate, a few
+pages in flight per product) and take the normal path: each page is a
 `rest_trades` frame on the in-process bus, the same engine and writer as streamed trades
 commit it (bronze first, dedupe, candles, exactly-once batches under their own app id), so
 `sentinel up` may run at the same time.
@@ -9,7 +10,8 @@ commit it (bronze first, dedupe, candles, exactly-once batches under their own a
 Resumable: the trade ids the lake holds (islands of contiguous ids) are skipped by moving the
 cursor below them, so a rerun after a kill asks only for what is missing, and dedupe keeps
 anything asked twice from being stored twice. A page REST refuses (after retries with
-backoff on 429, 5xx and network errors) ends that product's walk with a gap record (kind
+backoff on 429, 5xx and network errors), or answers with a body that is not a page of
+trades, ends that product's walk with a gap record (kind
 `trade_id`, outcome `unfilled`, its `conn_id` starting `history-`) naming the ids it would
 have held.
 """
@@ -295,7 +297,13 @@ class History:
                     run.outcome = "refused"
                     return
                 run.skipped_ids += skipped
-                lowest, end = await self._page(run, response.text, publish)
+                try:
+                    lowest, end = await self._page(run, response.text, publish)
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                    log.error("history: %s: not a page of trades (%s)", product, exc)
+                    await publish(self._refused(product, c))
+                    run.outcome = "refused"
+                    return
                 if end:
                     finished = True
                     break

@@ -227,3 +227,23 @@ async def test_pages_in_flight_lose_nothing_where_the_venue_skipped_ids(lake: Pa
     assert len(asked) > 4 and len(set(asked)) == len(asked)
     rows = read_table(lake, T.TRADES).to_pylist()
     assert sorted(r["trade_id"] for r in rows) == ids
+
+
+async def test_a_body_that_is_not_a_page_is_a_gap_record(lake: Path) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/products/BTC-USD":
+            return httpx.Response(200, json={"id": "BTC-USD"})
+        if "after" not in request.url.params:
+            now = (SEEDED + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            page = [{"trade_id": 5000 - i, "side": "buy", "size": "1", "price": "10",
+                     "time": now} for i in range(1000)]  # fmt: skip
+            return httpx.Response(200, json=page)
+        return httpx.Response(200, text="<html>maintenance</html>")
+
+    run = History(lake, "simulator", "http://venue", ["BTC-USD"], SEEDED, rate=1000,
+                  transport=httpx.MockTransport(answer))  # fmt: skip
+    summary = await run.run()
+    assert [p.outcome for p in summary.products] == ["refused"]
+    assert [(g["first_missing_id"], g["last_missing_id"], g["outcome"]) for g in gap_rows(lake)
+            ] == [(3001, 4000, "unfilled")]  # fmt: skip
+    assert _stored(lake) == 1000
