@@ -88,6 +88,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request drowns the bar
+    if show_progress(args):  # start-up lines (lock, engine state) would break the bar
+        logging.getLogger("crypto_sentinel").setLevel(logging.WARNING)
     try:
         since = utc(args.since)
         until = None if args.until is None else utc(args.until)
@@ -110,7 +112,11 @@ def cmd_history(args: argparse.Namespace) -> int:
         tasks = {p: progress.add_task(p, total=span, trades=0, pages=0) for p in args.product}
 
         def on_page(run: ProductRun) -> None:
-            progress.update(tasks[run.product_id], completed=run.covered(since),
+            """The bar spans [since, the product's newest trade in range] once it is known."""
+            span = None if run.newest is None else (run.newest - since).total_seconds()
+            done = run.outcome != "running"
+            completed = span if done and span is not None else run.covered(since)
+            progress.update(tasks[run.product_id], total=span, completed=completed,
                             trades=run.trades, pages=run.pages)  # fmt: skip
 
         job = History(settings.lake_root, args.exchange, rest_url, args.product, since, until,
