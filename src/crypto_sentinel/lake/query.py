@@ -23,6 +23,8 @@ from deltalake import DeltaTable
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.filecache import FileCache, RowGroupCache
 from crypto_sentinel.lake.location import LakeRoot, filesystem, is_remote, storage_options
+from crypto_sentinel.lake.rollup import CANDLE_AGGREGATES as _CANDLE_AGGREGATES
+from crypto_sentinel.lake.rollup import roll_up
 
 if TYPE_CHECKING:
     import duckdb
@@ -506,32 +508,7 @@ class LakeReader:
         granularity: int,
     ) -> pa.Table:
         table = self._candle_files.table(files)
-        if table is None:
-            return _EMPTY_BUCKETS
-        if granularity == 60:  # the rows themselves: a filter in Arrow, no SQL
-            ts = table.schema.field("start").type
-            keep = pc.and_(
-                pc.and_(
-                    pc.equal(table["exchange"], exchange),
-                    pc.equal(table["product_id"], product_id),
-                ),
-                pc.and_(
-                    pc.greater_equal(table["start"], pa.scalar(start, ts)),
-                    pc.less(table["start"], pa.scalar(end, ts)),
-                ),
-            )
-            rows = table.filter(keep).sort_by([("start", "descending")])
-            return rows.append_column("bucket", rows["start"]).select(_BUCKET_COLUMNS)
-        with self._cursor(candle_files=table) as cur:
-            return cur.sql(
-                "SELECT exchange, product_id,"
-                " to_timestamp((epoch(start)::BIGINT // $g) * $g) AS bucket,"
-                + _CANDLE_AGGREGATES
-                + " FROM candle_files WHERE exchange = $ex AND product_id = $p"
-                " AND start >= $lo AND start < $hi GROUP BY ALL ORDER BY bucket DESC",
-                params={"g": granularity, "ex": exchange, "p": product_id, "lo": start,
-                        "hi": end},
-            ).to_arrow_table().select(_BUCKET_COLUMNS)  # fmt: skip
+        return roll_up(table, self._cursor, exchange, product_id, start, end, granularity)
 
     def neighbor_trade_id(
         self, exchange: str, product_id: str, at: datetime, before: bool
@@ -951,33 +928,10 @@ def _records(rel: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in rel.fetchall()]
 
 
-#: Combining 1-minute candle rows into one candle. Each row is one minute, so first and last
-#: trade times never tie between rows and pick open, close and the trade ids exactly.
-_CANDLE_AGGREGATES = """
-    arg_min(open, first_trade_time) AS open, max(high) AS high, min(low) AS low,
-    arg_max(close, last_trade_time) AS close, sum(volume) AS volume,
-    sum(buy_volume) AS buy_volume, sum(sell_volume) AS sell_volume,
-    sum(quote_volume) AS quote_volume, sum(trade_count)::BIGINT AS trade_count,
-    arg_min(first_trade_id, first_trade_time) AS first_trade_id,
-    min(first_trade_time) AS first_trade_time,
-    arg_max(last_trade_id, last_trade_time) AS last_trade_id,
-    max(last_trade_time) AS last_trade_time
-"""
-
-#: The columns of `candle_buckets`, in order.
-_BUCKET_COLUMNS = [
-    "exchange", "product_id", "bucket", "open", "high", "low", "close", "volume", "buy_volume",
-    "sell_volume", "quote_volume", "trade_count", "first_trade_id", "first_trade_time",
-    "last_trade_id", "last_trade_time",
-]  # fmt: skip
 _EMPTY_TRADES = pa.table(
     {f.name: pa.array([], f.type) for f in T.TRADES.schema if f.name != "date"}
 )
 MINUTE = timedelta(minutes=1)
-_EMPTY_BUCKETS = pa.table(
-    {name: pa.array([], T.CANDLES_1M.schema.field(name).type) for name in _BUCKET_COLUMNS
-     if name != "bucket"} | {"bucket": pa.array([], T.UTC_TS)}
-).select(_BUCKET_COLUMNS)  # fmt: skip
 
 
 def _lower_bound(

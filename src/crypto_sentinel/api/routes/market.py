@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from crypto_sentinel.api.asof import as_of_items
 from crypto_sentinel.api.candles import DAY, CandleService, WindowError, page_window
 from crypto_sentinel.api.context import ApiContext, bad_parameter, not_found
 from crypto_sentinel.api.render import (
@@ -206,6 +207,10 @@ def router(ctx: ApiContext) -> APIRouter:
         start: Annotated[Instant | None, Query(description="default: end - 300 buckets")] = None,
         end: Annotated[Instant | None, Query(description="default: now")] = None,
         exchange: ExchangeParam = None,
+        as_of: Annotated[
+            Instant | None,
+            Query(description="answer as the lake knew it then (Delta time travel)"),
+        ] = None,
     ) -> JSONResponse:
         await ctx.check_product(product_id)
         ex = await ctx.exchange(exchange, product_id)
@@ -217,6 +222,19 @@ def router(ctx: ApiContext) -> APIRouter:
             bad_parameter(exc.field, str(exc))
         except (OverflowError, OSError, ValueError):
             bad_parameter("start", "date out of range")
+        if as_of is not None:  # the lake alone, at its version of that time
+            try:
+                when = instant(as_of)
+                assert when is not None
+                past = await ctx.in_thread(
+                    as_of_items, ctx.reader.lake, ex, product_id, g, lo, hi, when
+                )
+            except (OverflowError, OSError, ValueError) as exc:  # AsOfError: before the log
+                bad_parameter("as_of", str(exc))
+            mark_page(past, g, None, None, await ctx.gap_spans(ex, product_id))
+            return JSONResponse({"data": past, "granularity": g, "product_id": product_id,
+                                 "exchange": ex, "start": iso(lo), "end": iso(hi),
+                                 "as_of": iso(when)})  # fmt: skip
         service = ctx.candles
         book = service.book(ex, product_id)
         cut = CandleService.cut(book, lo, hi)
