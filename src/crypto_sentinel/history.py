@@ -70,7 +70,7 @@ def _coinbase_below(product: str, cursor: int | None, page: int) -> Request:
 
 
 def _binance_below(product: str, cursor: int | None, page: int) -> Request | None:
-    from crypto_sentinel.sources.binance_codec import symbol_of
+    from crypto_sentinel.sources.binance.codec import symbol_of
 
     if cursor is None:
         return "/api/v3/aggTrades", {"symbol": symbol_of(product), "limit": page}
@@ -81,7 +81,7 @@ def _binance_below(product: str, cursor: int | None, page: int) -> Request | Non
 
 
 def _binance_check(product: str) -> Request:
-    from crypto_sentinel.sources.binance_codec import symbol_of
+    from crypto_sentinel.sources.binance.codec import symbol_of
 
     return "/api/v3/exchangeInfo", {"symbol": symbol_of(product)}
 
