@@ -70,20 +70,23 @@ def _coinbase_below(product: str, cursor: int | None, page: int) -> Request:
 
 
 def _binance_below(product: str, cursor: int | None, page: int) -> Request | None:
-    from crypto_sentinel.sources.binance.codec import symbol_of
-
+    symbol = _binance_symbol(product)
     if cursor is None:
-        return "/api/v3/aggTrades", {"symbol": symbol_of(product), "limit": page}
+        return "/api/v3/aggTrades", {"symbol": symbol, "limit": page}
     lo = max(0, cursor - page)  # aggregate ids are contiguous: the page below by `fromId`
     if lo >= cursor:
         return None
-    return "/api/v3/aggTrades", {"symbol": symbol_of(product), "fromId": lo, "limit": cursor - lo}
+    return "/api/v3/aggTrades", {"symbol": symbol, "fromId": lo, "limit": cursor - lo}
 
 
 def _binance_check(product: str) -> Request:
-    from crypto_sentinel.sources.binance.codec import symbol_of
+    return "/api/v3/exchangeInfo", {"symbol": _binance_symbol(product)}
 
-    return "/api/v3/exchangeInfo", {"symbol": symbol_of(product)}
+
+def _binance_symbol(product: str) -> str:
+    from crypto_sentinel.sources.venues import venue_symbol
+
+    return venue_symbol("binance", product) or product
 
 
 VENUES = {
