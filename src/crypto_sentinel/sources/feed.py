@@ -60,6 +60,11 @@ class Connector(Protocol):
         """Per-connection state starts again (sequence numbers)."""
         ...
 
+    async def prepare(self, rest_url: str | None, products: list[str]) -> None:
+        """Before each connection: load what the venue's REST says about its symbols (once;
+        cached). Never raises: a venue that cannot answer leaves the built-in rule in place."""
+        ...
+
 
 class FeedSource:
     def __init__(
@@ -102,6 +107,7 @@ class FeedSource:
                 grace=backfill_grace,
                 linger=backfill_linger,
             )
+        self.rest_url = rest_url
         self.connected = asyncio.Event()
 
     def seed(self, ranges: dict[str, list[tuple[int, int]]]) -> None:
@@ -149,6 +155,7 @@ class FeedSource:
 
     async def _session(self, publish: Publish) -> None:
         connector = self.connector
+        await connector.prepare(self.rest_url, self.products)
         async with websockets.connect(
             connector.url(self.url, self.products),
             max_size=self.max_frame_bytes,
