@@ -365,12 +365,12 @@ class Backfiller:
         if self.rest.pages is not None:
             async for body in self.rest.pages(self._getter(client), product, lo, hi):
                 ids += await self._publish_page(product, body, publish)
-            ids.sort()
+            ids = sorted(set(ids))  # pages may overlap (a cursor's edge, a search step)
         else:
             request = self.rest.request(product, lo, hi)
             response = None if request is None else await self._get(client, *request)
             if response is not None:
-                ids = sorted(await self._publish_page(product, response.text, publish))
+                ids = sorted(set(await self._publish_page(product, response.text, publish)))
         # What this request settled: the whole window, unless a shorter page ended early
         # (then the rest is asked for again in the next window).
         covered_lo = lo

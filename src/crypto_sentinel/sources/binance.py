@@ -58,7 +58,8 @@ _exchange_info = msgspec.json.Decoder(_ExchangeInfo)
 class BinanceSymbols:
     """Product -> Binance symbol, from exchangeInfo once loaded, else the codec's rule."""
 
-    def __init__(self) -> None:
+    def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.transport = transport  # tests answer REST in-process
         self.by_product: dict[str, str] = {}
         self.tried = False  # one attempt: a venue without it must not slow every reconnect
 
@@ -71,7 +72,9 @@ class BinanceSymbols:
             return
         self.tried = True
         try:
-            async with httpx.AsyncClient(base_url=rest_url, timeout=timeout) as client:
+            async with httpx.AsyncClient(
+                base_url=rest_url, timeout=timeout, transport=self.transport
+            ) as client:
                 response = await client.get("/api/v3/exchangeInfo")
             response.raise_for_status()
             info = _exchange_info.decode(response.content)

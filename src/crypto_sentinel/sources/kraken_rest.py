@@ -176,8 +176,11 @@ def trade_times(text: str) -> list[tuple[str, int, int]]:
 class KrakenTrades:
     """The Trades pager and the pair names it asks for (one per connector)."""
 
-    def __init__(self, times: TradeTimes) -> None:
+    def __init__(
+        self, times: TradeTimes, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self.times = times
+        self.transport = transport  # tests answer REST in-process
         self.pairs: dict[str, str] = {}  # product -> REST pair, once AssetPairs answered
         self.tried = False
 
@@ -187,7 +190,9 @@ class KrakenTrades:
             return
         self.tried = True  # one attempt: a venue without it must not slow every reconnect
         try:
-            async with httpx.AsyncClient(base_url=rest_url, timeout=timeout) as client:
+            async with httpx.AsyncClient(
+                base_url=rest_url, timeout=timeout, transport=self.transport
+            ) as client:
                 response = await client.get(PAIRS_PATH)
             response.raise_for_status()
             body = _pairs.decode(response.content)
