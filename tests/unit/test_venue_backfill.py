@@ -16,6 +16,7 @@ import httpx
 import orjson
 import pytest
 
+from crypto_sentinel.config import ConfigError, load_settings
 from crypto_sentinel.model import GapRecord, RawFrame, Trade
 from crypto_sentinel.sources import backfill as backfill_module
 from crypto_sentinel.sources import kraken_rest
@@ -24,10 +25,11 @@ from crypto_sentinel.sources.base import GapTracker, SourceStatus
 from crypto_sentinel.sources.binance import BinanceConnector, BinanceSymbols
 from crypto_sentinel.sources.codec import FrameError
 from crypto_sentinel.sources.coinbase_advanced import CoinbaseAdvancedConnector
+from crypto_sentinel.sources.feed import FeedSource
 from crypto_sentinel.sources.kraken import KrakenConnector
 from crypto_sentinel.sources.kraken_rest import PageError, read_page
 from crypto_sentinel.sources.ratelimit import TokenBucket
-from crypto_sentinel.sources.venues import decode_frame
+from crypto_sentinel.sources.venues import connector_for, decode_frame
 
 T0_NS = 1_700_000_000 * 10**9  # 2023-11-14T22:13:20Z
 SECOND = 10**9
@@ -399,3 +401,16 @@ async def test_binance_unreachable_exchange_info_falls_back_to_the_quote_rule(
     (line,) = [r.message for r in caplog.records]
     assert line.startswith("binance exchangeInfo unavailable (") and "quote rule" in line
     assert symbols.symbol("ETH-BTC") == "ETHBTC"
+
+
+def test_kraken_backfill_rate_is_a_setting() -> None:
+    settings = load_settings(kraken_rest_rate=2.5)
+    assert settings.rest_rate_for("kraken") == 2.5
+    assert settings.rest_rate_for("binance") is None  # the connector's own
+    source = FeedSource(
+        connector_for("kraken"), ["BTC-USD"], "ws://x", "kraken", "kraken",
+        rest_url="http://x", rest_rate=settings.rest_rate_for("kraken"),
+    )  # fmt: skip
+    assert source.backfill is not None and source.backfill.bucket.rate == 2.5
+    with pytest.raises(ConfigError, match="kraken_rest_rate"):
+        load_settings(kraken_rest_rate=0)

@@ -82,6 +82,7 @@ class FeedSource:
         max_frame_bytes: int = MAX_FRAME_BYTES,
         backfill_grace: float = 1.0,
         backfill_linger: float = 5.0,
+        rest_rate: float | None = None,
     ) -> None:
         self.connector = connector
         self.products = products
@@ -102,7 +103,7 @@ class FeedSource:
                 rest_url,
                 self.status,
                 self.gaps,
-                bucket=TokenBucket(rest.rate, rest.burst),
+                bucket=TokenBucket(rest_rate or rest.rate, rest.burst),
                 rest=rest,
                 grace=backfill_grace,
                 linger=backfill_linger,
