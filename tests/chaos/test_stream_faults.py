@@ -177,9 +177,10 @@ async def test_dropped_message_ranges_are_backfilled(lake: Path, venue: str) -> 
     spec = FaultSpec(seed=12, drop=0.02, drop_max=30)
     if venue == "coinbase-advanced":
         # A dropped frame breaks Advanced's sequence_num and the resubscribe snapshot (100
-        # trades) brings it back before any trade id is missed; trades the feed never sends
-        # (hidden: no number skipped) are what only its REST recent-trades window recovers.
-        spec = FaultSpec(seed=12, drop=0.02, drop_max=30, hide_every=37)
+        # trades a product) brings it back before any trade id is missed. What only its REST
+        # recent-trades window recovers is an outage the feed does not number: 400 trades
+        # (about 200 a product) never sent, more than a snapshot holds.
+        spec = FaultSpec(seed=12, drop=0.02, drop_max=30, hide_from=800, hide_count=400)
     report = await run_scenario(
         lake,
         "dropped_ranges",

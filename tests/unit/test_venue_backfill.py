@@ -53,13 +53,15 @@ class FakeKraken:
     exclusive ns cursor and `last` the time of the last row, as Kraken pages. `rows` caps a
     page (Kraken may answer fewer than asked); `answer` overrides a Trades response."""
 
-    def __init__(self, first: int = 1000, last: int = 1300, rows: int = 1000) -> None:
-        self.first, self.last, self.rows = first, last, rows
+    def __init__(
+        self, first: int = 1000, last: int = 1300, rows: int = 1000, t0: int = T0_NS
+    ) -> None:
+        self.first, self.last, self.rows, self.t0 = first, last, rows, t0
         self.requests: list[dict[str, str]] = []
         self.answer: Callable[[int], httpx.Response | None] = lambda n: None
 
     def ns(self, trade_id: int) -> int:
-        return T0_NS + (trade_id - self.first) * SECOND + 123_456_000
+        return self.t0 + (trade_id - self.first) * SECOND + 123_456_000
 
     def seconds(self, trade_id: int) -> str:
         """The row's time as Kraken writes it: seconds, a JSON number with decimals."""
@@ -193,7 +195,8 @@ async def test_kraken_gap_is_paged_by_cursor_from_the_trade_before_it() -> None:
 
 async def test_kraken_start_up_gap_searches_back_for_its_first_page() -> None:
     """The trade before a start-up gap is in the lake, not in memory: step back from the
-    first trade seen after it (10 s, 40 s, 160 s, ...) until a page starts inside the gap."""
+    first trade seen after it (10 s, then 4x further each time) until a page starts at or
+    before the gap's first id."""
     fake = FakeKraken()
     run = Run("kraken", fake)
     await run.connector.prepare("http://x", ["BTC-USD"])
@@ -203,7 +206,24 @@ async def test_kraken_start_up_gap_searches_back_for_its_first_page() -> None:
     assert (record.kind, record.missing, record.outcome) == ("startup", 69, "filled")
     upper = fake.ns(1120)
     sinces = [int(r["since"]) for r in fake.requests]
-    assert sinces == [upper - 10 * SECOND, upper - 40 * SECOND, upper - 160 * SECOND]
+    # Each step goes 4x further back than the last from the latest page found too late.
+    assert sinces == [upper - 10 * SECOND, upper - 50 * SECOND, upper - 210 * SECOND]
+
+
+async def test_kraken_hole_deep_in_the_lake_is_found_by_halving_the_time() -> None:
+    """A hole between stored ranges, reported at start-up before any trade streamed: no
+    time is known on either side, and the market stopped trading 100 s ago. Stepping back
+    from now overshoots the hole by hours; halving the time finds its first page."""
+    t0 = (time.time_ns() // SECOND - 19_100) * SECOND  # ids 1000..20000, one a second
+    fake = FakeKraken(last=20_000, t0=t0)
+    run = Run("kraken", fake)
+    await run.connector.prepare("http://x", ["BTC-USD"])
+    run.tracker.seed("BTC-USD", [(1000, 5000), (5100, 20_000)])
+    (record,) = await run.finish()
+    assert (record.kind, record.first_missing_id, record.last_missing_id) == ("startup", 5001, 5099)
+    assert (record.outcome, record.backfilled) == ("filled", 99)
+    assert len(fake.requests) <= 12  # 7 steps back, a few halvings, the pages themselves
+    assert set(range(5001, 5100)) <= set(run.stored_ids())
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,8 @@ is the next one. Trade ids are sequential per pair, so a WebSocket gap [lo, hi] 
 paging forward from just before the time of the newest trade seen below `lo` until `hi` is
 covered. Those times come from the stream (`TradeTimes`, fed by the connector). When none is
 known (a start-up gap: the trade before it is in the lake, not in memory) the first page is
-searched for by stepping back from the first trade seen after the gap, 4x further each time.
+searched for (`_Search`): step back from the first trade seen after the gap (or now), 4x
+further each time, then halve the time between a page too late and one too early.
 
 REST pair names are not the WebSocket v2 symbols (`XXBTZUSD` / `XBTUSD` vs `BTC/USD`):
 `AssetPairs` is read once (its `wsname`), and Kraken's own XBT rule is the fallback.
@@ -32,10 +33,13 @@ TRADES_PATH = "/0/public/Trades"
 PAIRS_PATH = "/0/public/AssetPairs"
 #: Trades answers at most 1,000 rows per request.
 MAX_COUNT = 1000
-#: Pages one window may take (a window spans at most a page of ids; this bounds a search).
+#: Pages one window may take once it has found where to start (a window spans at most a
+#: page of ids, so two usually do).
 MAX_PAGES = 12
 SEARCH_START_NS = 10 * 1_000_000_000
 SEARCH_MAX_NS = 7 * 86_400 * 1_000_000_000
+#: Requests a search for the first page may take (back-off steps, then halving).
+MAX_SEARCH = 30
 #: Kraken answers a rate-limited call with HTTP 200 and one of these in `error`.
 _THROTTLED = ("EAPI:Rate limit exceeded", "EGeneral:Too many requests")
 THROTTLE_DELAYS = (1.0, 2.0, 4.0)
@@ -173,6 +177,44 @@ def trade_times(text: str) -> list[tuple[str, int, int]]:
     return out
 
 
+class _Search:
+    """Where to start paging for a gap whose preceding trade's time is unknown: step back
+    from the first trade known after it (10 s, then 4x further from the last page found too
+    late) until a page starts at or before `lo`, then halve the time between the last page
+    too late and the first too early until a page holds `lo` or ends within a page of it."""
+
+    def __init__(self, times: TradeTimes, product: str, lo: int) -> None:
+        self.lo = lo
+        self.late = times.at_or_after(product, lo) or time.time_ns()  # pages from here: too late
+        self.early: int | None = None  # pages from here end before lo
+        self.step = SEARCH_START_NS
+        self.probes = 0
+
+    def next_probe(self) -> int | None:
+        """The `since` to ask next, or None when the search gives up."""
+        self.probes += 1
+        if self.probes > MAX_SEARCH or (self.early is None and self.step > SEARCH_MAX_NS):
+            return None
+        if self.early is None:
+            return self.late - self.step
+        if self.late - self.early < 2:
+            return None
+        return (self.early + self.late) // 2
+
+    def found(self, since: int, ids: list[int]) -> bool:
+        """Does the page asked from `since` (its ids) start the paging?"""
+        lo = self.lo
+        if not ids or ids[0] > lo:  # nothing, or it starts after lo: too late
+            self.late = since
+            if self.early is None:
+                self.step *= 4
+            return False
+        if ids[-1] + MAX_COUNT < lo:  # it ends more than a page before lo: too early
+            self.early = since
+            return False
+        return True  # it holds lo, or the pages after it reach lo soon
+
+
 class KrakenTrades:
     """The Trades pager and the pair names it asks for (one per connector)."""
 
@@ -210,16 +252,20 @@ class KrakenTrades:
         """Bodies covering the ids [lo, hi], oldest first. Stops at the first failed or
         unusable page: whatever it would have brought is left for the gap record."""
         anchor = self.times.before(product, lo)
-        searching = anchor is None
-        if anchor is not None:
-            since = anchor - 1  # the trade before the gap comes too: a check that we are early
-        else:
-            upper = self.times.at_or_after(product, lo) or time.time_ns()
-            step = SEARCH_START_NS
-            since = upper - step
-        count = MAX_COUNT if searching else min(MAX_COUNT, hi - lo + 2)
+        search = None if anchor is not None else _Search(self.times, product, lo)
+        since = anchor - 1 if anchor is not None else 0  # (the trade before the gap comes too)
+        count = min(MAX_COUNT, hi - lo + 2)
         params: dict[str, object] = {"pair": self.pair(product)}
-        for _ in range(MAX_PAGES):
+        pages = 0
+        while pages < MAX_PAGES:
+            if search is not None:
+                probe = search.next_probe()
+                if probe is None:
+                    log.error("kraken %s: no Trades page found holding id %d", product, lo)
+                    return
+                since, count = probe, MAX_COUNT
+            else:
+                pages += 1
             body = await self._get(get, {**params, "since": since, "count": count})
             if body is None:
                 return
@@ -230,15 +276,11 @@ class KrakenTrades:
                 yield body  # bronze keeps it and the engine quarantines it, with the reason
                 return
             yield body
-            if not ids:
-                return  # nothing after `since`: Kraken has no more trades
-            if searching and ids[0] > lo and step < SEARCH_MAX_NS:
-                step *= 4  # not far enough back yet
-                since = upper - step
+            if search is not None and not search.found(since, ids):
                 continue
-            searching = False
-            if ids[-1] >= hi or last <= since:
-                return
+            search = None
+            if not ids or ids[-1] >= hi or last <= since:
+                return  # covered, or Kraken has nothing newer
             since, count = last, min(MAX_COUNT, hi - ids[-1] + 1)
         log.error("kraken %s: ids %d..%d not covered after %d pages", product, lo, hi, MAX_PAGES)
 
