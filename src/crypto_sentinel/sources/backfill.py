@@ -9,6 +9,10 @@ writes it to ``bronze.gaps``. Every gap the tracker reports ends in such a recor
 whose every id turned up late on the stream, i.e. reordering, is dropped), however long it
 waited.
 
+A venue that cannot ask by id (Kraken pages by time, Coinbase Advanced serves only recent
+trades) gives a pager (`RestTrades.pages`) that fetches the pages a window needs; each page
+counts only for the trades the venue's codec accepts from it.
+
 Coalescing: the pending gaps of a product are one set of missing ids. A request asks for a
 window of at most one page (``after=<hi + 1>&limit=<hi - lo + 1>``, Coinbase's cursor scheme)
 and serves every missing id the window covers, whichever gap it belongs to; already stored

@@ -5,7 +5,8 @@ reconnect when the feed goes quiet, refuses frames over a maximum size, finds tr
 per product (the venue's rule, through its codec) and has them backfilled from REST
 (sources/backfill.py). What differs per venue is a `Connector`: the URL, the subscribe
 messages, an application-level keep-alive, a check of each frame (a sequence break that calls
-for a resubscribe), and how its REST serves trades by id.
+for a resubscribe; Kraken notes trade times there), what it reads from REST before connecting
+(symbols, pair names), and how its REST serves missed trades (by id, or through a pager).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class Connector(Protocol):
     keepalive: tuple[float, str] | None
     #: Reconnect after this many seconds (the venue closes older connections), or None.
     lifetime: float | None
-    #: How the venue's REST serves trades by id (None: none; gaps are recorded unfilled).
+    #: How the venue's REST serves missed trades (None: not at all; gaps are recorded unfilled).
     rest: RestTrades | None
 
     def url(self, base: str, products: list[str]) -> str:
