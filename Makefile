@@ -32,7 +32,7 @@ system-deps:
 test: install system-deps
 	$(BIN)/sentinel kafka install
 	$(BIN)/sentinel spark install
-	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/pytest -q -p no:cacheprovider --durations=25 $(PYTEST_ARGS)
 
 # The fast group: no Java, Kafka, Spark or Chromium needed (about a minute).
 test-unit: install

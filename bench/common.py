@@ -272,15 +272,17 @@ def recording(workdir: Path, trades: int, exchange: str = "coinbase") -> Path:
     return path
 
 
-def frames_and_trades(path: Path) -> tuple[int, int]:
-    """(frames, distinct trades) of a recording: what a lossless pipeline stores (cached)."""
+def frames_and_trades(path: Path, exchange: str = "simulator") -> tuple[int, int]:
+    """(frames, distinct trades) of a recording of `exchange` (a lake name; the codec is its
+    venue's): what a lossless pipeline stores (cached)."""
     cache = path.with_suffix(".counts.json")
     if cache.exists() and cache.stat().st_mtime >= path.stat().st_mtime:
         counts = json.loads(cache.read_text())
         return int(counts["frames"]), int(counts["trades"])
     from crypto_sentinel.model import RawFrame, Trade
-    from crypto_sentinel.sources.coinbase_codec import FrameError, decode
+    from crypto_sentinel.sources.codec import FrameError
     from crypto_sentinel.sources.replay import parse_line
+    from crypto_sentinel.sources.venues import decode_frame
 
     frames, trades = 0, set()
     with path.open() as fh:
@@ -288,9 +290,10 @@ def frames_and_trades(path: Path) -> tuple[int, int]:
             _, text = parse_line(line.rstrip("\n"))
             frames += 1
             with contextlib.suppress(FrameError):
-                record = decode(RawFrame("simulator", "bench", seq, time.time_ns(), text))
-                if isinstance(record, Trade):
-                    trades.add((record.product_id, record.trade_id))
+                decoded = decode_frame(RawFrame(exchange, "bench", seq, time.time_ns(), text))
+                for record in decoded if isinstance(decoded, list) else [decoded]:
+                    if isinstance(record, Trade):
+                        trades.add((record.product_id, record.trade_id))
     cache.write_text(json.dumps({"frames": frames, "trades": len(trades)}))
     return frames, len(trades)
 

@@ -49,8 +49,8 @@ from typing import Any
 
 from crypto_sentinel.lake import writer
 from crypto_sentinel.model import GapRecord, RawFrame, Ticker, Trade
-from crypto_sentinel.sources.coinbase_batch import decode_batch
-from crypto_sentinel.sources.coinbase_codec import FrameError, decode
+from crypto_sentinel.sources.coinbase.codec import FrameError, decode
+from crypto_sentinel.sources.coinbase.columnar import decode_batch
 from crypto_sentinel.sources.replay import parse_line
 
 
@@ -116,7 +116,7 @@ def alternatives(frames: list[RawFrame], size: int) -> dict[str, Callable[[], ob
     import pyarrow.compute as pc
     import pyarrow.json as pj
 
-    from crypto_sentinel.sources import coinbase_codec
+    from crypto_sentinel.sources.coinbase.feed import codec as coinbase_codec
 
     texts = [[f.text for f in b] for b in batched(frames, size)]
     fields = {

@@ -200,7 +200,7 @@ async def drain(url: str, frames: int) -> dict[str, Any]:
     """Receive `frames` frames with the WebSocket client the pipeline uses, doing nothing else."""
     import websockets
 
-    from crypto_sentinel.sources.coinbase import MAX_FRAME_BYTES, subscribe_message
+    from crypto_sentinel.sources.coinbase.feed import MAX_FRAME_BYTES, subscribe_message
 
     async with websockets.connect(url, max_size=MAX_FRAME_BYTES, compression=None) as ws:
         await ws.send(subscribe_message(PRODUCTS))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from crypto_sentinel import __version__
-from crypto_sentinel.config import ConfigError, Settings, load_settings
+from crypto_sentinel.config import LIVE_VENUES, ConfigError, Settings, load_settings
 from crypto_sentinel.eventloop import run_event_loop
 from crypto_sentinel.lake.location import lake_overrides, parse_lake
 from crypto_sentinel.lake.lock import LakeLocked
@@ -205,14 +205,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    from crypto_sentinel.sources.coinbase import CoinbaseSource
+    from crypto_sentinel.sources.feed import FeedSource
     from crypto_sentinel.sources.record import record
+    from crypto_sentinel.sources.venues import connector_for
 
     settings = _settings(args)
-    url = args.url or settings.coinbase_ws_url
-    source = CoinbaseSource(settings.products, url)
+    venue = args.exchange
+    url = args.url or settings.venue_urls(venue)[0]
+    products = settings.products_for(venue)
+    source = FeedSource(connector_for(venue), products, url, exchange=venue, kind=venue)
     written = asyncio.run(record(source, Path(args.out), args.duration, args.max_frames))
     print(f"recorded {written} frames from {url} to {args.out}")
+    if venue != "coinbase":
+        print(f"replay it with: sentinel replay {args.out} --exchange {venue}")
     return 0
 
 
@@ -305,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--venue",
         default="coinbase",
-        choices=("coinbase", "binance", "kraken", "coinbase-advanced"),
+        choices=LIVE_VENUES,
         help="protocol to speak (default coinbase: Coinbase Exchange)",
     )
     p.add_argument("--bind", default="127.0.0.1", help="address (default 127.0.0.1)")
@@ -338,7 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("record", help="record live frames to NDJSON with receive times")
     p.add_argument("--out", required=True, help="output file")
-    p.add_argument("--url", help="WebSocket URL (default Coinbase; a simulator URL works too)")
+    p.add_argument(
+        "--exchange",
+        choices=LIVE_VENUES,
+        default="coinbase",
+        help="venue protocol to speak (default coinbase); its products and URL settings apply",
+    )
+    p.add_argument("--url", help="WebSocket URL (default: the venue's; a simulator's works too)")
     p.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     _add_common(p, api=False)
@@ -364,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", type=int, help="memory: API clients polling (default 50)")
     p.add_argument(
         "--exchange",
-        choices=("coinbase", "binance", "kraken", "coinbase-advanced"),
+        choices=LIVE_VENUES,
         help="ingest: the recording's protocol and codec (default coinbase; others: replay"
         " phase and decode floor)",
     )

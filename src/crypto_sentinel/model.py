@@ -48,6 +48,7 @@ class Trade(msgspec.Struct):
     maker_order_id: str | None = None
     taker_order_id: str | None = None
     conn_id: str = ""
+    venue_symbol: str = ""  # the venue's own name of the product (BTCUSDT, BTC/USD)
 
 
 class Ticker(msgspec.Struct):

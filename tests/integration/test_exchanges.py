@@ -69,6 +69,7 @@ async def test_three_venues_in_one_process(lake: Path) -> None:
                     assert r.status_code == 200 and r.json()["data"], r.text
                 latest = (await client.get("/latest", params={"exchange": "kraken"})).json()
                 assert {t["exchange"] for t in latest["data"]} == {"kraken"}
+                await check_without_exchange(client)
                 for path in ("/latest", "/v1/products", "/v1/products/BTC-USD/candles"):
                     r = await client.get(path, params={"exchange": "nope"})
                     assert r.status_code == 404, (path, r.text)
@@ -87,6 +88,34 @@ async def test_three_venues_in_one_process(lake: Path) -> None:
         finally:
             pipeline.stop_event.set()
             await asyncio.wait_for(task, 60)
+
+
+async def check_without_exchange(client: httpx.AsyncClient) -> None:
+    """No `exchange`: every venue with data, never one fixed default."""
+    rows = (await client.get("/v1/products")).json()["data"]
+    listed = {(r["exchange"], r["product_id"]) for r in rows}
+    assert listed == {(venue, p) for venue, (p,) in PRODUCTS.items()}, rows
+    assert all(r["last"] is not None for r in rows), rows
+    symbols = {r["exchange"]: r["venue_symbol"] for r in rows}
+    assert symbols == {"coinbase": "BTC-USD", "binance": "BTCUSDT", "kraken": "ETH/USD"}
+    for venue, (product,) in PRODUCTS.items():  # each product from the venue that has it
+        latest = (await client.get("/latest", params={"symbol": product})).json()["data"]
+        assert latest and {t["exchange"] for t in latest} == {venue}, latest
+        r = await client.get(f"/v1/products/{product}/candles")
+        assert r.status_code == 200 and r.json()["exchange"] == venue, r.text
+    newest = (await client.get("/latest")).json()["data"]
+    arrived = [t["processing_time"] for t in newest]  # newest received first, as one venue's
+    assert arrived == sorted(arrived, reverse=True) and len(newest) == 50
+    assert len({t["exchange"] for t in newest}) >= 2, newest  # ~30 trades/s per venue
+    async with websockets.connect(f"ws://127.0.0.1:{client.base_url.port}/v1/stream") as ws:
+        await ws.send(
+            json.dumps({"type": "subscribe", "product_ids": ["BTC-USDT"], "channels": ["trades"]})
+        )
+        answer = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert answer["type"] == "subscriptions", answer
+        assert answer["channels"] == [
+            {"name": "trades", "exchange": "binance", "product_ids": ["BTC-USDT"]}
+        ]
 
 
 async def wait_for_all(client: httpx.AsyncClient, task: asyncio.Task[None]) -> list[dict]:

@@ -137,10 +137,12 @@ async def test_ingest_kafka_process_is_exact(broker: tuple[Path, str], tmp_path:
                     break
                 await asyncio.sleep(0.5)
                 try:
-                    r = await client.get("/latest", params={"exchange": "simulator"})
+                    r = await client.get("/latest")  # no exchange: the README's example
                 except httpx.TransportError:
                     continue
                 live = [t for t in r.json()["data"] if t["processing_time"] != t["recv_time"]]
+            # the replica's configured default (coinbase) has no data: never a fixed default
+            rows = (await client.get("/v1/products")).json()["data"]
         await asyncio.wait_for(sim.wait_done(), 60)
         await cluster.wait_rows(10_000, 90)
     finally:
@@ -148,6 +150,8 @@ async def test_ingest_kafka_process_is_exact(broker: tuple[Path, str], tmp_path:
         await sim.stop()
     cluster.assert_exact()
     assert live, "the serve replica never showed a trade from the Kafka tail"
+    assert {r["exchange"] for r in rows} == {"simulator"}, rows
+    assert rows and all(r["last"] is not None for r in rows), rows
     emitted = {(t.product_id, t.trade_id) for t in sim.market.emitted()}
     assert {(t["symbol"], t["trade_id"]) for t in live} <= emitted
 

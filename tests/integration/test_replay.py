@@ -4,11 +4,14 @@ quarantine with a reason while good data in the same batch is kept."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from deltalake import write_deltalake
 
 from crypto_sentinel.config import load_settings
 from crypto_sentinel.lake import tables as T
@@ -113,12 +116,14 @@ async def test_malformed_frames_are_quarantined_and_good_data_kept(
 
 
 def expected_venue_trades(exchange: str, path: Path) -> dict[tuple[str, int], tuple]:
-    """Independent reading of another venue's recording with plain json and Decimal."""
+    """Independent reading of another venue's recording with plain json and Decimal: price,
+    size, taker side and the venue's own symbol per trade."""
     out: dict[tuple[str, int], tuple] = {}
     for line in path.read_text().splitlines():
         msg = json.loads(line)
-        if "raw" in msg:
-            msg = json.loads(msg["raw"])
+        if "raw" in msg:  # a recording with receive times: the frame is in `raw`
+            line = msg["raw"]
+            msg = json.loads(line)
         if exchange == "binance":
             d = msg["data"]
             if d.get("e") == "aggTrade":
@@ -126,17 +131,17 @@ def expected_venue_trades(exchange: str, path: Path) -> dict[tuple[str, int], tu
                 if quote not in ("USDT", "BUSD"):
                     base, quote = d["s"][:-3], d["s"][-3:]
                 side = "sell" if d["m"] else "buy"
-                out[(f"{base}-{quote}", d["a"])] = (Decimal(d["p"]), Decimal(d["q"]), side)
+                out[(f"{base}-{quote}", d["a"])] = (Decimal(d["p"]), Decimal(d["q"]), side, d["s"])
         elif msg.get("channel") == "trade":  # Kraken v2: numbers are exact decimals
             for t in json.loads(line, parse_float=Decimal, parse_int=Decimal)["data"]:
                 key = (t["symbol"].replace("/", "-"), int(t["trade_id"]))
-                out[key] = (t["price"], t["qty"], t["side"])
+                out[key] = (t["price"], t["qty"], t["side"], t["symbol"])
         elif msg.get("channel") == "market_trades":
             for event in msg["events"]:
                 for t in event["trades"]:
                     side = "sell" if t["side"] == "BUY" else "buy"
                     key = (t["product_id"], int(t["trade_id"]))
-                    out[key] = (Decimal(t["price"]), Decimal(t["size"]), side)
+                    out[key] = (Decimal(t["price"]), Decimal(t["size"]), side, t["product_id"])
     return out
 
 
@@ -160,8 +165,45 @@ async def test_other_venue_recordings_replay_to_exactly_their_trades(
     await Pipeline(settings).run(with_api=False, install_signals=False)
     want = expected_venue_trades(exchange, path)
     assert len(want) == count
-    assert silver_trades(lake) == want
+    rows = read_table(lake, T.TRADES).to_pylist()
+    got = {
+        (r["product_id"], r["trade_id"]): (r["price"], r["size"], r["side"], r["venue_symbol"])
+        for r in rows
+    }
+    assert len(got) == len(rows) and got == want
     assert set(read_table(lake, T.TRADES).column("exchange").to_pylist()) == {exchange}
     assert read_table(lake, T.QUARANTINE).num_rows == 0
     candles = read_table(lake, T.CANDLES_1M)
     assert pc.sum(candles.column("trade_count")).as_py() == count
+
+
+async def test_a_lake_from_before_the_venue_symbol_column_gets_it(lake: Path) -> None:
+    """A lake written by an earlier release (silver.trades without `venue_symbol`) keeps
+    its rows (null symbol) and stores new trades with their symbol."""
+    old_schema = pa.schema([f for f in T.TRADES.schema if f.name != "venue_symbol"])
+    uri = T.TRADES.uri(lake)
+    Path(uri).mkdir(parents=True)
+    old_row = {name: [value] for name, value in OLD_ROW.items()}
+    write_deltalake(
+        uri, pa.table(old_row, schema=old_schema), partition_by=list(T.TRADES.partition_by)
+    )
+    path = SHARED / "data" / "binance" / "aggTrade_combined_stream.ndjson"
+    settings = load_settings(
+        source=f"replay:{path}", replay_exchange="binance", lake_dir=lake, port=free_port(),
+        batch_interval_ms=50,
+    )  # fmt: skip
+    await Pipeline(settings).run(with_api=False, install_signals=False)
+    rows = read_table(lake, T.TRADES).to_pylist()
+    symbols = {(r["exchange"], r["venue_symbol"]) for r in rows}
+    assert ("coinbase", None) in symbols  # the old row, kept
+    want = {t[3] for t in expected_venue_trades("binance", path).values()}
+    assert {s for ex, s in symbols if ex == "binance"} == want
+    assert len(rows) == 1 + 54
+
+
+OLD_ROW = {
+    "exchange": "coinbase", "product_id": "BTC-USD", "trade_id": 1, "price": Decimal("1.5"),
+    "size": Decimal("2"), "side": "buy", "time": datetime(2024, 1, 2, tzinfo=UTC),
+    "recv_time": datetime(2024, 1, 2, tzinfo=UTC), "sequence": None, "maker_order_id": None,
+    "taker_order_id": None, "conn_id": "c", "date": date(2024, 1, 2),
+}  # fmt: skip

@@ -10,7 +10,7 @@ import pytest
 
 from crypto_sentinel.model import RawFrame
 from crypto_sentinel.simulator import Session, SimulatorServer
-from crypto_sentinel.sources.coinbase import CoinbaseSource
+from crypto_sentinel.sources.coinbase.feed import CoinbaseSource
 
 pytestmark = pytest.mark.integration
 

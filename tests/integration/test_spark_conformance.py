@@ -34,8 +34,8 @@ from crypto_sentinel.model import GapRecord, RawFrame
 from crypto_sentinel.simulator import SimulatorServer
 from crypto_sentinel.simulator.faults import FaultPlan, FaultSpec
 from crypto_sentinel.simulator.server import Session
-from crypto_sentinel.sources.coinbase import CoinbaseSource
-from crypto_sentinel.sources.coinbase_codec import Decoded, FrameError, decode
+from crypto_sentinel.sources.coinbase.codec import Decoded, FrameError, decode
+from crypto_sentinel.sources.coinbase.feed import CoinbaseSource
 from crypto_sentinel.sources.replay import ReplaySource
 from crypto_sentinel.spark import ops
 from tests.conftest import COINBASE_DATA, ROOT

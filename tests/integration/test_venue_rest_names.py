@@ -5,8 +5,8 @@ symbol)."""
 from __future__ import annotations
 
 from crypto_sentinel.simulator import SimulatorServer
-from crypto_sentinel.sources.binance import BinanceSymbols
-from crypto_sentinel.sources.kraken_rest import KrakenTrades, TradeTimes
+from crypto_sentinel.sources.binance.feed import BinanceSymbols
+from crypto_sentinel.sources.kraken.rest import KrakenTrades, TradeTimes
 
 
 async def test_kraken_pairs_come_from_asset_pairs() -> None:

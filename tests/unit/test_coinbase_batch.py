@@ -32,8 +32,8 @@ from crypto_sentinel.model import GapRecord, Heartbeat, RawFrame, Ticker, Trade
 from crypto_sentinel.simulator import Market
 from crypto_sentinel.simulator.faults import CORRUPTIONS, FaultPlan, FaultSpec
 from crypto_sentinel.simulator.market import format_time
-from crypto_sentinel.sources.coinbase_batch import DecodedBatch, decode_batch
-from crypto_sentinel.sources.coinbase_codec import FrameError, decode
+from crypto_sentinel.sources.coinbase.codec import FrameError, decode
+from crypto_sentinel.sources.coinbase.columnar import DecodedBatch, decode_batch
 from crypto_sentinel.sources.replay import parse_line
 from tests.conftest import COINBASE_DATA, SHARED
 

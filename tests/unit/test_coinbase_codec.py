@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from crypto_sentinel.model import Heartbeat, RawFrame, Ticker, Trade
-from crypto_sentinel.sources.coinbase_codec import FrameError, decode
+from crypto_sentinel.sources.coinbase.codec import FrameError, decode
 from tests.conftest import COINBASE_DATA
 
 MATCH = {

@@ -21,14 +21,14 @@ from crypto_sentinel.simulator.faults import FaultPlan, FaultSpec
 from crypto_sentinel.sources import backfill as backfill_module
 from crypto_sentinel.sources.backfill import Backfiller
 from crypto_sentinel.sources.base import Gap, GapTracker, SourceStatus
-from crypto_sentinel.sources.coinbase import (
+from crypto_sentinel.sources.coinbase.codec import FrameError, decode
+from crypto_sentinel.sources.coinbase.feed import (
     COINBASE_TRADES,
     REST_BURST,
     REST_PAGE_SIZE,
     REST_RATE,
     CoinbaseSource,
 )
-from crypto_sentinel.sources.coinbase_codec import FrameError, decode
 from crypto_sentinel.sources.ratelimit import TokenBucket
 
 NOW = "2026-01-01T00:00:00.000000Z"

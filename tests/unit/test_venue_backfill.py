@@ -19,15 +19,15 @@ import pytest
 from crypto_sentinel.config import ConfigError, load_settings
 from crypto_sentinel.model import GapRecord, RawFrame, Trade
 from crypto_sentinel.sources import backfill as backfill_module
-from crypto_sentinel.sources import kraken_rest
 from crypto_sentinel.sources.backfill import Backfiller
 from crypto_sentinel.sources.base import GapTracker, SourceStatus
-from crypto_sentinel.sources.binance import BinanceConnector, BinanceSymbols
+from crypto_sentinel.sources.binance.feed import BinanceConnector, BinanceSymbols
 from crypto_sentinel.sources.codec import FrameError
-from crypto_sentinel.sources.coinbase_advanced import CoinbaseAdvancedConnector
+from crypto_sentinel.sources.coinbase_advanced.feed import CoinbaseAdvancedConnector
 from crypto_sentinel.sources.feed import FeedSource
-from crypto_sentinel.sources.kraken import KrakenConnector
-from crypto_sentinel.sources.kraken_rest import PageError, read_page
+from crypto_sentinel.sources.kraken import rest as kraken_rest
+from crypto_sentinel.sources.kraken.feed import KrakenConnector
+from crypto_sentinel.sources.kraken.rest import PageError, read_page
 from crypto_sentinel.sources.ratelimit import TokenBucket
 from crypto_sentinel.sources.venues import connector_for, decode_frame
 

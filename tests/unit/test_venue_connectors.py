@@ -8,7 +8,7 @@ import json
 import pytest
 
 from crypto_sentinel.config import ConfigError, load_settings
-from crypto_sentinel.sources.coinbase_advanced import sequence_of
+from crypto_sentinel.sources.coinbase_advanced.feed import sequence_of
 from crypto_sentinel.sources.venues import connector_for
 from tests.conftest import SHARED
 

@@ -62,10 +62,6 @@ class ApiContext:
         self.candles = CandleService(self.state, self.reader)
         self.gap_flags = GapFlags(self.reader)
 
-    def exchange_or_default(self, given: str | None) -> str:
-        """The asked exchange, unchecked (for memory reads that find nothing if it is not)."""
-        return given or self.default_exchange()
-
     async def exchanges(self) -> list[str]:
         """Exchanges the API can answer for: each running source, and any with data in
         memory or in the lake."""
@@ -85,13 +81,52 @@ class ApiContext:
             return given
         return given if given in await self.exchanges() else None
 
-    async def exchange(self, given: str | None) -> str:
-        """`known_exchange`, or a 404 naming the exchanges there are."""
+    async def exchange(self, given: str | None, product_id: str | None = None) -> str:
+        """`known_exchange`, or a 404 naming the exchanges there are.
+
+        Without `given`, a product is answered from the first exchange with data for it
+        (`exchange_with`), so a process whose data is stored under another name than its
+        configured default (a simulated twin, a `serve` replica) still answers with it."""
+        if given is None and product_id is not None:
+            return await self.exchange_with(product_id)
         found = await self.known_exchange(given)
         if found is None:
             known = ", ".join(await self.exchanges())
             not_found(f"unknown exchange {given!r}; known: {known}")
         return found
+
+    async def exchange_with(self, product_id: str) -> str:
+        """The first exchange (the live ones first) that has data for the product; the
+        default one when none has yet."""
+        pairs = self.state.pairs() | await self.lake_pairs()
+        for exchange in await self.exchanges():
+            if (exchange, product_id) in pairs:
+                return exchange
+        return self.default_exchange()
+
+    async def exchanges_with_data(self, product_id: str | None = None) -> list[str]:
+        """Exchanges memory or the lake has trades of (of the product, if given)."""
+        pairs = self.state.pairs() | await self.lake_pairs()
+        return [
+            exchange
+            for exchange in await self.exchanges()
+            if any(ex == exchange and product_id in (None, p) for ex, p in pairs)
+        ]
+
+    async def products_by_exchange(self) -> list[tuple[str, list[str]]]:
+        """What a route asked without `exchange` lists: each exchange with its products,
+        those with data and, for a running source, its configured ones (never a fixed
+        default that has neither)."""
+        running = {source["exchange"] for source in self.status().get("sources") or []}
+        out = []
+        for exchange in await self.exchanges():
+            ids = await self.product_ids(exchange)
+            if exchange not in running:
+                pairs = self.state.pairs() | await self.lake_pairs()
+                ids = [p for p in ids if (exchange, p) in pairs]
+            if ids:
+                out.append((exchange, ids))
+        return out
 
     async def gap_spans(self, exchange: str, product_id: str) -> list[Span]:
         """Unfilled-gap spans of a product, shared by REST and pushed candles."""

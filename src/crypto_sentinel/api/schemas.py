@@ -138,11 +138,12 @@ class Stats(BaseModel):
 class Product(Stats):
     base_currency: str
     quote_currency: str
+    venue_symbol: str | None = Field(description="the venue's own name (BTCUSDT, BTC/USD)")
 
 
 class Products(BaseModel):
     data: list[Product]
-    exchange: str
+    exchange: str | None = Field(description="the exchange asked for; null: every one with data")
 
 
 class Health(BaseModel):

@@ -318,6 +318,10 @@ class HotState:
         ring = self.ring(exchange, product_id)
         return deque() if ring is None else ring
 
+    def exchanges_of(self, product_id: str) -> list[str]:
+        """Exchanges with trades of the product in memory."""
+        return sorted(ex for ex, p in self.trades if p == product_id)
+
     def pairs(self) -> set[Pair]:
         """Every (exchange, product) memory or the lake (as of warm-up) knows."""
         return set(self.trades) | set(self.tickers) | set(self.candles) | self.lake_pairs

@@ -114,6 +114,7 @@ def _trade(row: dict[str, Any]) -> Trade:
         maker_order_id=row["maker_order_id"],
         taker_order_id=row["taker_order_id"],
         conn_id=row["conn_id"] or "",
+        venue_symbol=row.get("venue_symbol") or row["product_id"],
     )
 
 

@@ -46,6 +46,7 @@ def trade_records(table: pa.Table, recv_ns: pa.Array | pa.ChunkedArray) -> list[
         table["maker_order_id"].to_pylist(),
         table["taker_order_id"].to_pylist(),
         table["conn_id"].to_pylist(),
+        table["venue_symbol"].to_pylist(),
     )
     return [Trade(*values) for values in zip(*columns, strict=True)]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 from deltalake import DeltaTable
+from deltalake.schema import Field
 
 from crypto_sentinel.lake.location import LakeRoot, is_remote, join, storage_options
 from crypto_sentinel.model import SCALE
@@ -69,6 +70,8 @@ TRADES = TableSpec(
             ("taker_order_id", pa.string()),
             ("conn_id", pa.string()),
             ("date", pa.date32()),
+            # last: a lake from before it gets the column appended (`ensure_tables`)
+            ("venue_symbol", pa.string()),
         ]
     ),
     partition_by=("date", "exchange"),
@@ -196,5 +199,22 @@ def ensure_tables(lake: LakeRoot) -> dict[str, DeltaTable]:
             except Exception:  # another process created it at the same moment: use theirs
                 if not DeltaTable.is_deltatable(uri, storage_options=options):
                     raise
-        tables[spec.name] = DeltaTable(uri, storage_options=options)
+        table = DeltaTable(uri, storage_options=options)
+        add_missing_columns(table, spec)
+        tables[spec.name] = table
     return tables
+
+
+def add_missing_columns(table: DeltaTable, spec: TableSpec) -> None:
+    """Append the columns a newer release added to `spec` (nullable; old rows read null), so
+    a lake written by an earlier version keeps working without a rewrite."""
+    have = {f.name for f in table.schema().fields}
+    missing = [f for f in spec.schema if f.name not in have]
+    if missing:
+        fields = [Field.from_arrow(f) for f in missing]
+        try:
+            table.alter.add_columns(fields)
+        except Exception:  # another process added them at the same moment
+            table.update_incremental()
+            if any(f.name not in {g.name for g in table.schema().fields} for f in missing):
+                raise

@@ -419,6 +419,7 @@ def trades_table(trades: Sequence[Trade]) -> pa.Table:
             "taker_order_id": pa.array(v["taker_order_id"], pa.string()),
             "conn_id": pa.array(v["conn_id"], pa.string()),
             "date": _dates(times),
+            "venue_symbol": pa.array(v["venue_symbol"], pa.string()),
         },
         schema=T.TRADES.schema,
     )

@@ -2,7 +2,7 @@
 
 `decode_each` is the reference way to fill one: each frame through the codec's per-frame
 `decode`, the records turned into lake rows as `lake.writer` does. A codec with a faster
-column-wise decoder (Coinbase: `coinbase_batch`) hands it the frames it cannot vouch for, so
+column-wise decoder (Coinbase: `coinbase.columnar`) hands it the frames it cannot vouch for, so
 both ways give the same rows and the same quarantine reasons.
 """
 

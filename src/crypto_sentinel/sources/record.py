@@ -9,11 +9,11 @@ from pathlib import Path
 import orjson
 
 from crypto_sentinel.model import RawFrame
-from crypto_sentinel.sources.coinbase import CoinbaseSource
+from crypto_sentinel.sources.feed import FeedSource
 
 
 async def record(
-    source: CoinbaseSource, out: Path, duration: float | None, max_frames: int | None
+    source: FeedSource, out: Path, duration: float | None, max_frames: int | None
 ) -> int:
     """Record until `duration` seconds or `max_frames` frames; returns frames written."""
     written = 0
@@ -22,6 +22,8 @@ async def record(
 
         async def write(frame: RawFrame) -> None:
             nonlocal written
+            if max_frames is not None and written >= max_frames:
+                return  # frames already in flight before the source is cancelled
             line = {"recv_ts": frame.recv_ns / 1e9, "raw": frame.text}
             fh.write(orjson.dumps(line).decode() + "\n")
             written += 1

@@ -4,8 +4,9 @@ Everything downstream (engine, hot state, replay, verify) finds the codec of a f
 `codec_for(frame.exchange)`. A frame's exchange is the lake name its rows are stored under: a
 venue (`coinbase`, `binance`, `kraken`, `coinbase-advanced`), or its simulated twin
 (`simulator` for Coinbase Exchange, `simulator-<venue>` for the others), which speaks the
-same protocol but is never mixed with real history. Adding a venue is adding its codec module
-and one line in `_CODECS`.
+same protocol but is never mixed with real history. Each venue is one package under
+`sources/` (`codec` decodes its frames, `feed` connects, subscribes and backfills); adding a
+venue is adding its package, its tests and a line in `_CODECS` and `_CONNECTORS`.
 """
 
 from __future__ import annotations
@@ -37,22 +38,23 @@ class Codec:
     decode: FrameDecoder  # one frame -> record(s); FrameError names what is wrong
     decode_batch: Callable[[Sequence[RawFrame]], DecodedBatch]  # same rows, many frames
     sightings: Callable[[str], list[Sighting]]  # trade ids a frame shows (gap tracking)
+    symbol_of: Callable[[str], str]  # product id -> the venue's own symbol (`venue_symbol`)
 
 
 #: venue -> (codec module, module with a column-wise `decode_batch`, or None: frame by frame),
-#: both in crypto_sentinel.sources.
+#: both under crypto_sentinel.sources (one package per venue).
 _CODECS: dict[str, tuple[str, str | None]] = {
-    "coinbase": ("coinbase_codec", "coinbase_batch"),
-    "binance": ("binance_codec", None),
-    "kraken": ("kraken_codec", None),
-    "coinbase-advanced": ("coinbase_advanced_codec", None),
+    "coinbase": ("coinbase.codec", "coinbase.columnar"),
+    "binance": ("binance.codec", None),
+    "kraken": ("kraken.codec", None),
+    "coinbase-advanced": ("coinbase_advanced.codec", None),
 }
 #: venue -> (module, class) of its live feed's `sources.feed.Connector`.
 _CONNECTORS: dict[str, tuple[str, str]] = {
-    "coinbase": ("coinbase", "CoinbaseConnector"),
-    "binance": ("binance", "BinanceConnector"),
-    "kraken": ("kraken", "KrakenConnector"),
-    "coinbase-advanced": ("coinbase_advanced", "CoinbaseAdvancedConnector"),
+    "coinbase": ("coinbase.feed", "CoinbaseConnector"),
+    "binance": ("binance.feed", "BinanceConnector"),
+    "kraken": ("kraken.feed", "KrakenConnector"),
+    "coinbase-advanced": ("coinbase_advanced.feed", "CoinbaseAdvancedConnector"),
 }
 VENUES = tuple(_CODECS)
 #: How logs and /v1/exchanges name each venue.
@@ -90,7 +92,12 @@ def _codec(venue: str) -> Codec:
     else:
         batch = importlib.import_module(f"crypto_sentinel.sources.{batch_module}")
         decode_batch = batch.decode_batch
-    return Codec(venue, decode, decode_batch, module.sightings)
+    symbol_of = getattr(module, "symbol_of", _same)  # Coinbase names products as we do
+    return Codec(venue, decode, decode_batch, module.sightings, symbol_of)
+
+
+def _same(product_id: str) -> str:
+    return product_id
 
 
 @lru_cache(maxsize=256)
@@ -99,6 +106,13 @@ def codec_for(exchange: str) -> Codec | None:
     name: the per-frame path asks for every frame)."""
     venue = venue_of(exchange)
     return None if venue is None else _codec(venue)
+
+
+def venue_symbol(exchange: str, product_id: str) -> str | None:
+    """The venue's own name of a product (`BTC-USDT` on Binance: `BTCUSDT`), None for an
+    exchange no codec speaks."""
+    codec = codec_for(exchange)
+    return None if codec is None else codec.symbol_of(product_id)
 
 
 _TABLES = (("trades", "trade_frames"), ("tickers", "ticker_frames"), ("gaps", "gap_frames"))

@@ -1,6 +1,6 @@
 """Kafka records -> frames -> trades, tickers, gaps and quarantine rows, as Spark expressions.
 
-The rules are those of `sources/coinbase_codec.py` (which the embedded engine runs), written
+The rules are those of `sources/coinbase/codec.py` (which the embedded engine runs), written
 as Spark SQL so decoding stays in the JVM and scales with the cluster: one explicit JSON
 schema, the same checks in the same order, the same quarantine reasons where Spark can tell
 them (a mistyped field gets a generic reason; msgspec's exact wording is not available here).
@@ -22,7 +22,7 @@ from pyspark.sql import types as T
 from crypto_sentinel.config import PRODUCT_RE
 from crypto_sentinel.lake import tables as LT
 from crypto_sentinel.model import SCALE
-from crypto_sentinel.sources.coinbase_codec import (
+from crypto_sentinel.sources.coinbase.codec import (
     GAP_KINDS,
     GAP_OUTCOMES,
     MAX_INTEGER_DIGITS,
@@ -436,6 +436,7 @@ def _streamed_trades(parsed: DataFrame) -> DataFrame:
         m["taker_order_id"].alias("taker_order_id"),
         F.col("conn_id"),
         F.to_date(time).alias("date"),
+        m["product_id"].alias("venue_symbol"),
         F.col("partition").alias("_partition"),
         F.col("offset").alias("_offset"),
         F.lit(0).alias("_pos"),
@@ -469,6 +470,7 @@ def _rest_trades(parsed: DataFrame) -> DataFrame:
         F.lit(None).cast(_S).alias("taker_order_id"),
         F.col("conn_id"),
         F.to_date(time).alias("date"),
+        F.col("product_id").alias("venue_symbol"),
         F.col("partition").alias("_partition"),
         F.col("offset").alias("_offset"),
         F.col("_pos").cast("int").alias("_pos"),

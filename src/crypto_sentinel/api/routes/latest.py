@@ -10,6 +10,7 @@ is also what the OpenAPI document describes; both build the body with `memory_it
 from __future__ import annotations
 
 import re
+from itertools import islice
 from types import SimpleNamespace
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
@@ -22,9 +23,15 @@ from crypto_sentinel.api.context import ApiContext
 from crypto_sentinel.api.render import latest_item, latest_row_item
 from crypto_sentinel.api.responses import JSONResponse
 from crypto_sentinel.api.schemas import Latest, errors
+from crypto_sentinel.api.state import SeenTrade
 
 ExchangeParam = Annotated[
-    str | None, Query(max_length=40, description="lake exchange name; default: the live one")
+    str | None,
+    Query(
+        max_length=40,
+        description="lake exchange name; default: every exchange with data (a product: the"
+        " first with data for it, the live ones first)",
+    ),
 ]
 #: Longest product id accepted anywhere (path, query, push subscriptions).
 MAX_PRODUCT_ID = 40
@@ -37,20 +44,48 @@ _LIMIT = re.compile(r"[0-9]{1,2}")
 
 
 def memory_items(
-    ctx: ApiContext, exchange: str, symbol: str | None, limit: int
+    ctx: ApiContext, exchange: str | None, symbol: str | None, limit: int
 ) -> list[dict[str, Any]]:
-    """The newest trades memory has, newest first (rendered once per trade)."""
-    if symbol is not None:
-        ring = ctx.state.ring(exchange, symbol)
-        seen = list(ring)[-limit:] if ring else []
+    """The newest trades memory has, newest first (rendered once per trade); of every
+    exchange when none is given."""
+    state = ctx.state
+    seen: list[SeenTrade]
+    if symbol is None:
+        newest = reversed(state.latest)
+        if exchange is not None:
+            newest = (s for s in newest if s.trade.exchange == exchange)
+        seen = list(islice(newest, limit))
     else:
-        seen = [s for s in ctx.state.latest if s.trade.exchange == exchange][-limit:]
+        names = [exchange] if exchange is not None else state.exchanges_of(symbol)
+        rings = [ring for name in names if (ring := state.ring(name, symbol))]
+        seen = [s for ring in rings for s in islice(reversed(ring), limit)]
+        if len(rings) > 1:
+            seen.sort(key=lambda s: s.processed_ns, reverse=True)  # as `latest`: arrival
+            del seen[limit:]
     items = []
-    for s in reversed(seen):
+    for s in seen:
         if s.item is None:
             s.item = latest_item(s.trade, s.processed_ns)
         items.append(s.item)
     return items
+
+
+async def lake_items(
+    ctx: ApiContext, exchange: str | None, symbol: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """`/latest` from the lake (memory is empty, e.g. a `sentinel serve` replica); of every
+    exchange with data when none is given."""
+    names = [exchange] if exchange is not None else await ctx.exchanges_with_data(symbol)
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        kept = ctx.reader.kept_newest_trades(name, symbol, limit)  # no thread when kept
+        if kept is None:
+            kept = await ctx.in_thread(ctx.reader.newest_trades, name, symbol, limit)
+        rows += kept
+    if len(names) > 1:
+        rows.sort(key=lambda r: (r["time"], r["trade_id"]), reverse=True)
+        del rows[limit:]
+    return [latest_row_item(r) for r in rows]
 
 
 def router(ctx: ApiContext) -> APIRouter:
@@ -70,15 +105,12 @@ def router(ctx: ApiContext) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = MAX_LIMIT,
         exchange: ExchangeParam = None,
     ) -> JSONResponse:
-        ex = await ctx.exchange(exchange)
+        ex = None if exchange is None else await ctx.exchange(exchange)
         if symbol is not None:
             await ctx.check_product(symbol)
         items = memory_items(ctx, ex, symbol, limit)
         if not items:  # nothing in memory (e.g. `sentinel serve` over a lake): the lake
-            rows = ctx.reader.kept_newest_trades(ex, symbol, limit)  # no thread when kept
-            if rows is None:
-                rows = await ctx.in_thread(ctx.reader.newest_trades, ex, symbol, limit)
-            items = [latest_row_item(r) for r in rows]
+            items = await lake_items(ctx, ex, symbol, limit)
         return JSONResponse({"data": items})
 
     return api
@@ -124,5 +156,5 @@ class LatestFastPath:
             return None
         # memory has trades of the symbol only if it is a known product, so an empty answer
         # (unknown product, or memory empty) is left to the route: 404 or the lake
-        items = memory_items(self.ctx, self.ctx.exchange_or_default(exchange), symbol, int(limit))
+        items = memory_items(self.ctx, exchange, symbol, int(limit))
         return orjson.dumps({"data": items}) if items else None

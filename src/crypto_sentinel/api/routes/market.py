@@ -39,7 +39,7 @@ from crypto_sentinel.api.state import MINUTE
 from crypto_sentinel.completeness import mark_page
 from crypto_sentinel.engine.candles import Candle
 from crypto_sentinel.lake.query import TRADE_PAGE_COLUMNS
-from crypto_sentinel.sources.venues import DISPLAY_NAMES, venue_of
+from crypto_sentinel.sources.venues import DISPLAY_NAMES, venue_of, venue_symbol
 
 #: A time as ISO 8601 (2024-01-01T00:00:00Z) or Unix seconds.
 Instant = datetime | float
@@ -101,13 +101,19 @@ def router(ctx: ApiContext) -> APIRouter:
         responses={200: {"model": Products}, **errors(404, 422)},
     )
     async def products(exchange: ExchangeParam = None) -> JSONResponse:
-        ex = await ctx.exchange(exchange)
-        ids = await ctx.product_ids(ex)
-        items = await day_stats(ex, ids)
+        if exchange is None:  # every venue with data: one row per venue and product
+            listed = await ctx.products_by_exchange()
+        else:
+            ex = await ctx.exchange(exchange)
+            listed = [(ex, await ctx.product_ids(ex))]
+        items = []
+        for ex, ids in listed:
+            items += await day_stats(ex, ids)
         for item in items:
             base, _, quote = item["product_id"].partition("-")
             item["base_currency"], item["quote_currency"] = base, quote
-        return JSONResponse({"data": items, "exchange": ex})
+            item["venue_symbol"] = venue_symbol(item["exchange"], item["product_id"])
+        return JSONResponse({"data": items, "exchange": exchange})
 
     @api.get(
         "/products/{product_id}/stats",
@@ -116,8 +122,8 @@ def router(ctx: ApiContext) -> APIRouter:
         responses={200: {"model": Stats}, **errors(404, 422)},
     )
     async def stats(product_id: ProductPath, exchange: ExchangeParam = None) -> JSONResponse:
-        ex = await ctx.exchange(exchange)
         await ctx.check_product(product_id)
+        ex = await ctx.exchange(exchange, product_id)
         return JSONResponse((await day_stats(ex, [product_id]))[0])
 
     @api.get(
@@ -127,8 +133,8 @@ def router(ctx: ApiContext) -> APIRouter:
         responses={200: {"model": TickerOut}, **errors(404, 422)},
     )
     async def ticker(product_id: ProductPath, exchange: ExchangeParam = None) -> JSONResponse:
-        ex = await ctx.exchange(exchange)
         await ctx.check_product(product_id)
+        ex = await ctx.exchange(exchange, product_id)
         key = (ex, product_id)
         current = state.tickers.get(key)
         last = state.last_trade(ex, product_id)
@@ -158,8 +164,8 @@ def router(ctx: ApiContext) -> APIRouter:
         ] = None,
         exchange: ExchangeParam = None,
     ) -> JSONResponse:
-        ex = await ctx.exchange(exchange)
         await ctx.check_product(product_id)
+        ex = await ctx.exchange(exchange, product_id)
         ring = state.ring(ex, product_id)
         items: list[dict[str, Any]] = []
         lake_before = before
@@ -201,8 +207,8 @@ def router(ctx: ApiContext) -> APIRouter:
         end: Annotated[Instant | None, Query(description="default: now")] = None,
         exchange: ExchangeParam = None,
     ) -> JSONResponse:
-        ex = await ctx.exchange(exchange)
         await ctx.check_product(product_id)
+        ex = await ctx.exchange(exchange, product_id)
         now = datetime.now(UTC)
         g = int(granularity)
         try:

@@ -76,6 +76,9 @@ def router(ctx: ApiContext) -> APIRouter:
         for product in product_ids:
             if not await ctx.is_known(product):
                 raise LookupError(f"unknown product {product!r}")
+        if exchange is None:  # each product from the first exchange with data for it
+            venue = {p: await ctx.exchange_with(p) for p in product_ids}
+            return {(venue[p], p, c) for p in product_ids for c in channels}
         ex = await ctx.known_exchange(exchange)
         if ex is None:
             raise LookupError(f"unknown exchange {exchange!r}")

@@ -4,7 +4,7 @@ Kraken closes idle connections, so the source pings (`{"method":"ping"}`) every 
 heartbeat channel arrives about once a second on its own. Trade ids are sequential per pair,
 so gaps are found by id; Kraken's REST history pages by time (`since`), so the connector
 remembers when the trades it saw happened and the backfill pages `GET /0/public/Trades` from
-just before a gap (sources/kraken_rest.py), at about one request a second (Kraken's public
+just before a gap (sources/kraken/rest.py), at about one request a second (Kraken's public
 limit; `kraken_rest_rate`). REST pair names come from `AssetPairs`, read once at connect.
 """
 
@@ -18,8 +18,8 @@ import httpx
 import orjson
 
 from crypto_sentinel.sources.backfill import RestTrades
-from crypto_sentinel.sources.kraken_codec import symbol_of
-from crypto_sentinel.sources.kraken_rest import (
+from crypto_sentinel.sources.kraken.codec import symbol_of
+from crypto_sentinel.sources.kraken.rest import (
     MAX_COUNT,
     KrakenTrades,
     TradeTimes,

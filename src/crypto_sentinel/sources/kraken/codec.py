@@ -189,6 +189,7 @@ def _trade(frame: RawFrame, t: _Trade) -> Trade:
         time=t.timestamp,
         recv_ns=frame.recv_ns,
         conn_id=frame.conn_id,
+        venue_symbol=t.symbol,  # the WebSocket v2 name (REST pages are mapped to it)
     )
 
 

@@ -10,7 +10,7 @@ Symbols: `GET /api/v3/exchangeInfo` (read once, at the first connect that reache
 each symbol's base and quote asset, so `BTC-USDT` is subscribed and asked for as the symbol
 Binance lists for BTC and USDT, a product Binance does not list is reported, and a symbol
 whose split the codec would read differently is reported too. Decoding stays with the codec's
-pure rule (longest known quote asset at the end, `binance_codec.product_of`): rows must come
+pure rule (longest known quote asset at the end, `binance.codec.product_of`): rows must come
 out the same when bronze is decoded again offline (replay, rebuild, Spark), where no
 exchangeInfo is at hand. Unreachable exchangeInfo: one log line, and the same rule names the
 symbols (`BTC-USDT` -> `BTCUSDT`).
@@ -28,7 +28,7 @@ import httpx
 import msgspec
 
 from crypto_sentinel.sources.backfill import RestTrades
-from crypto_sentinel.sources.binance_codec import product_of, symbol_of
+from crypto_sentinel.sources.binance.codec import product_of, symbol_of
 from crypto_sentinel.sources.codec import FrameError
 
 log = logging.getLogger(__name__)

@@ -193,6 +193,7 @@ def _trade(frame: RawFrame, t: _Trade) -> Trade:
         time=t.time,
         recv_ns=frame.recv_ns,
         conn_id=frame.conn_id,
+        venue_symbol=t.product_id,
     )
 
 

@@ -9,7 +9,7 @@ Binance names symbols `BTCUSDT`; the lake's product id is `BTC-USDT`. The split 
 from the frame alone (a rebuild from bronze decodes it again), so it is the longest known quote
 asset at the end of the symbol; a symbol with none is quarantined with a reason naming it.
 The live source reads exchangeInfo for the symbols it subscribes to and reports any symbol
-this rule would split differently (sources/binance.py).
+this rule would split differently (sources/binance/feed.py).
 """
 
 from __future__ import annotations
@@ -226,6 +226,7 @@ def _agg(
         time=time,
         recv_ns=frame.recv_ns,
         conn_id=frame.conn_id,
+        venue_symbol=symbol_of(product),
     )
 
 

@@ -33,9 +33,9 @@ import pyarrow.compute as pc
 from crypto_sentinel.config import PRODUCT_RE
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.model import SCALE, RawFrame
-from crypto_sentinel.sources import coinbase_codec as codec
 from crypto_sentinel.sources.batch import INT64, DecodedBatch, decode_into, storable
-from crypto_sentinel.sources.coinbase_codec import (
+from crypto_sentinel.sources.coinbase import codec
+from crypto_sentinel.sources.coinbase.codec import (
     MAX_INTEGER_DIGITS,
     MAX_SKEW_SECONDS,
     Decoded,
@@ -271,6 +271,7 @@ class _TradeRows(_Rows):
         c["conn_id"] = ctx.per_row(ctx.conn_id, self.frame_idx)
         c["recv_time"] = ctx.recv_times(self.frame_idx)
         c["date"] = c["time"].cast(pa.date32())
+        c["venue_symbol"] = c["product_id"]  # Coinbase's own product id is the normalised one
         self.table = pa.table({k: c[k] for k in T.TRADES.schema.names}, schema=T.TRADES.schema)
 
 

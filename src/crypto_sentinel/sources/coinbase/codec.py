@@ -185,6 +185,7 @@ def _rest_trade(frame: RawFrame, product_id: str, t: _RestTrade) -> Trade:
         time=t.time,
         recv_ns=frame.recv_ns,
         conn_id=frame.conn_id,
+        venue_symbol=product_id,
     )
 
 
@@ -208,6 +209,7 @@ def _trade(frame: RawFrame, msg: _Match) -> Trade:
         maker_order_id=msg.maker_order_id,
         taker_order_id=msg.taker_order_id,
         conn_id=frame.conn_id,
+        venue_symbol=msg.product_id,
     )
 
 
