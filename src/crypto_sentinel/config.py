@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     kraken_products: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["BTC-USD", "ETH-USD", "SOL-USD"]
     )
+    kraken_rest_rate: float = Field(
+        1.0, gt=0, le=50, description="Kraken public REST requests/s for backfill (about 1)"
+    )
     coinbase_advanced_ws_url: str = "wss://advanced-trade-ws.coinbase.com"
     coinbase_advanced_rest_url: str = "https://api.coinbase.com"
     coinbase_advanced_products: Annotated[list[str], NoDecode] = Field(
@@ -214,6 +217,10 @@ class Settings(BaseSettings):
         if venue in ("binance", "kraken", "coinbase-advanced"):
             return list(getattr(self, f"{venue.replace('-', '_')}_products"))
         return list(self.products)
+
+    def rest_rate_for(self, venue: str) -> float | None:
+        """A venue's backfill request rate when set here (else its connector's own)."""
+        return self.kraken_rest_rate if venue == "kraken" else None
 
     def venue_urls(self, venue: str) -> tuple[str, str]:
         """(WebSocket URL, REST URL) of a live venue."""

@@ -237,6 +237,7 @@ class Pipeline:
             idle_timeout=s.idle_timeout,
             backoff_cap=s.backoff_cap,
             rest_url=rest_url if s.backfill else None,
+            rest_rate=s.rest_rate_for(venue),
         )
         if resume:
             source.seed(self._known_trade_ids(kind))

@@ -32,7 +32,7 @@ PRODUCTS = ["BTC-USD", "ETH-USD"]
 #: Products per venue in the lake's normalised form.
 VENUE_PRODUCTS = {"binance": ["BTC-USDT", "ETH-USDT"]}
 #: Venues whose REST serves history by trade id, so losses on the wire are backfilled.
-BACKFILLED = ("coinbase", "binance")
+BACKFILLED = ("coinbase", "binance", "kraken", "coinbase-advanced")
 ALL = ("coinbase", "binance", "kraken", "coinbase-advanced")
 
 
@@ -175,6 +175,12 @@ async def test_disconnect_every_two_seconds(lake: Path, venue: str) -> None:
 @pytest.mark.parametrize("venue", BACKFILLED)
 async def test_dropped_message_ranges_are_backfilled(lake: Path, venue: str) -> None:
     spec = FaultSpec(seed=12, drop=0.02, drop_max=30)
+    if venue == "coinbase-advanced":
+        # A dropped frame breaks Advanced's sequence_num and the resubscribe snapshot (100
+        # trades a product) brings it back before any trade id is missed. What only its REST
+        # recent-trades window recovers is an outage the feed does not number: 400 trades
+        # (about 200 a product) never sent, more than a snapshot holds.
+        spec = FaultSpec(seed=12, drop=0.02, drop_max=30, hide_from=800, hide_count=400)
     report = await run_scenario(
         lake,
         "dropped_ranges",

@@ -8,7 +8,6 @@ import json
 import pytest
 
 from crypto_sentinel.config import ConfigError, load_settings
-from crypto_sentinel.sources.binance.feed import BINANCE_TRADES
 from crypto_sentinel.sources.coinbase_advanced.feed import sequence_of
 from crypto_sentinel.sources.venues import connector_for
 from tests.conftest import SHARED
@@ -23,10 +22,12 @@ def test_binance_names_its_streams_in_the_url_and_pages_agg_trades_by_id() -> No
     )
     assert connector.subscribe(["BTC-USDT"]) == []
     assert connector.lifetime is not None and connector.lifetime < 24 * 3600
-    assert BINANCE_TRADES.request("BTC-USDT", 100, 149) == (
+    rest = connector.rest
+    assert rest is not None
+    assert rest.request("BTC-USDT", 100, 149) == (
         "/api/v3/aggTrades", {"symbol": "BTCUSDT", "fromId": 100, "limit": 50},
     )  # fmt: skip
-    assert BINANCE_TRADES.ids([{"a": 5}, {"a": 6}]) == [5, 6]
+    assert rest.ids([{"a": 5}, {"a": 6}]) == [5, 6]
 
 
 def test_kraken_subscribes_with_a_snapshot_and_pings() -> None:

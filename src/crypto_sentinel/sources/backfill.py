@@ -9,6 +9,10 @@ writes it to ``bronze.gaps``. Every gap the tracker reports ends in such a recor
 whose every id turned up late on the stream, i.e. reordering, is dropped), however long it
 waited.
 
+A venue that cannot ask by id (Kraken pages by time, Coinbase Advanced serves only recent
+trades) gives a pager (`RestTrades.pages`) that fetches the pages a window needs; each page
+counts only for the trades the venue's codec accepts from it.
+
 Coalescing: the pending gaps of a product are one set of missing ids. A request asks for a
 window of at most one page (``after=<hi + 1>&limit=<hi - lo + 1>``, Coinbase's cursor scheme)
 and serves every missing id the window covers, whichever gap it belongs to; already stored
@@ -37,7 +41,7 @@ import bisect
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,13 +51,22 @@ import orjson
 from crypto_sentinel import metrics
 from crypto_sentinel.model import RawFrame, iso_time, utc_from_ns
 from crypto_sentinel.sources.base import Gap, GapTracker, Publish, SourceStatus, new_conn_id
+from crypto_sentinel.sources.codec import FrameError
 from crypto_sentinel.sources.ratelimit import TokenBucket
+from crypto_sentinel.sources.venues import codec_for
 
 log = logging.getLogger(__name__)
 
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 POLL_SECONDS = 0.1  # how often the scheduler looks at waiting gaps when nothing is due
 BACKLOG_REFRESH_SECONDS = 0.5
+
+
+#: A rate-limited, retried GET of (path, params): the response body, or None when the venue
+#: did not answer usably (the failure is logged; the ids it would have brought stay unfilled).
+Get = Callable[[str, dict[str, Any]], Awaitable[str | None]]
+#: Fetches the pages that cover the ids [lo, hi] of a product, one body at a time.
+Pages = Callable[[Get, str, int, int], AsyncIterator[str]]
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,10 @@ class RestTrades:
     #: `request(product, n + 1, n + page)` returns the trades after n (ids ascending), so a
     #: product that stays quiet after a reconnect can be asked what it missed (`probe_after`).
     asks_forward: bool = False
+    #: For a venue whose REST cannot serve an id range in one request by id (Kraken pages by
+    #: time, Coinbase Advanced serves only its most recent trades): it finds the pages
+    #: itself, and every page it yields goes on the bus and counts like a `request` page.
+    pages: Pages | None = None
 
 
 #: For a venue whose REST cannot serve trades by id: its gaps are still recorded, unfilled
@@ -348,25 +365,22 @@ class Backfiller:
     async def fetch(self, client: httpx.AsyncClient, window: Window, publish: Publish) -> None:
         """One request for `window`; every pending missing id in the page counts."""
         product, lo, hi = window.product, window.lo, window.hi
-        request = self.rest.request(product, lo, hi)
-        response = None if request is None else await self._get(client, *request)
         ids: list[int] = []
-        if response is not None:
-            body = response.text
-            await publish(
-                self._frame(f'{{"type":"rest_trades","product_id":"{product}","trades":{body}}}')
-            )
-            try:
-                ids = sorted(self.rest.ids(orjson.loads(body)))
-            except (orjson.JSONDecodeError, TypeError, KeyError, ValueError, AttributeError):
-                log.error("%s: unusable REST trades page (quarantined)", product)
-                ids = []
+        if self.rest.pages is not None:
+            async for body in self.rest.pages(self._getter(client), product, lo, hi):
+                ids += await self._publish_page(product, body, publish)
+            ids = sorted(set(ids))  # pages may overlap (a cursor's edge, a search step)
+        else:
+            request = self.rest.request(product, lo, hi)
+            response = None if request is None else await self._get(client, *request)
+            if response is not None:
+                ids = sorted(set(await self._publish_page(product, response.text, publish)))
         # What this request settled: the whole window, unless a shorter page ended early
         # (then the rest is asked for again in the next window).
         covered_lo = lo
         inside = ids[bisect.bisect_left(ids, lo) : bisect.bisect_right(ids, hi)]
-        if inside and len(inside) < hi - lo + 1 and ids[0] > lo:
-            covered_lo = ids[0]
+        if self.rest.pages is None and inside and len(inside) < hi - lo + 1 and ids[0] > lo:
+            covered_lo = ids[0]  # (a pager has done all it can for the window)
         for gap in self.pending.get(product, ()):
             a, b = max(gap.first, covered_lo), min(gap.last, hi)
             if a > b:
@@ -437,6 +451,29 @@ class Backfiller:
         }
         await publish(self._frame(orjson.dumps(record).decode()))
         self.status.gap_records += 1
+
+    async def _publish_page(self, product: str, body: str, publish: Publish) -> list[int]:
+        """Put one REST body on the bus (bronze keeps it; the engine decodes its trades) and
+        return the ids of the trades the engine will store from it: the page is decoded here
+        with the venue's own codec, so a page it quarantines recovers nothing."""
+        frame = self._frame(f'{{"type":"rest_trades","product_id":"{product}","trades":{body}}}')
+        await publish(frame)
+        codec = codec_for(frame.exchange)
+        try:
+            decoded = codec.decode(frame) if codec is not None else None
+        except FrameError as exc:
+            log.error("%s: unusable REST trades page (quarantined): %s", product, exc)
+            return []
+        if not isinstance(decoded, list):
+            return []
+        return [t.trade_id for t in decoded if t.product_id == product]
+
+    def _getter(self, client: httpx.AsyncClient) -> Get:
+        async def get(path: str, params: dict[str, Any]) -> str | None:
+            response = await self._get(client, path, params)
+            return None if response is None else response.text
+
+        return get
 
     async def _get(
         self, client: httpx.AsyncClient, path: str, params: dict[str, Any]

@@ -5,7 +5,8 @@ reconnect when the feed goes quiet, refuses frames over a maximum size, finds tr
 per product (the venue's rule, through its codec) and has them backfilled from REST
 (sources/backfill.py). What differs per venue is a `Connector`: the URL, the subscribe
 messages, an application-level keep-alive, a check of each frame (a sequence break that calls
-for a resubscribe), and how its REST serves trades by id.
+for a resubscribe; Kraken notes trade times there), what it reads from REST before connecting
+(symbols, pair names), and how its REST serves missed trades (by id, or through a pager).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class Connector(Protocol):
     keepalive: tuple[float, str] | None
     #: Reconnect after this many seconds (the venue closes older connections), or None.
     lifetime: float | None
-    #: How the venue's REST serves trades by id (None: none; gaps are recorded unfilled).
+    #: How the venue's REST serves missed trades (None: not at all; gaps are recorded unfilled).
     rest: RestTrades | None
 
     def url(self, base: str, products: list[str]) -> str:
@@ -60,6 +61,11 @@ class Connector(Protocol):
         """Per-connection state starts again (sequence numbers)."""
         ...
 
+    async def prepare(self, rest_url: str | None, products: list[str]) -> None:
+        """Before each connection: load what the venue's REST says about its symbols (once;
+        cached). Never raises: a venue that cannot answer leaves the built-in rule in place."""
+        ...
+
 
 class FeedSource:
     def __init__(
@@ -77,6 +83,7 @@ class FeedSource:
         max_frame_bytes: int = MAX_FRAME_BYTES,
         backfill_grace: float = 1.0,
         backfill_linger: float = 5.0,
+        rest_rate: float | None = None,
     ) -> None:
         self.connector = connector
         self.products = products
@@ -97,11 +104,12 @@ class FeedSource:
                 rest_url,
                 self.status,
                 self.gaps,
-                bucket=TokenBucket(rest.rate, rest.burst),
+                bucket=TokenBucket(rest_rate or rest.rate, rest.burst),
                 rest=rest,
                 grace=backfill_grace,
                 linger=backfill_linger,
             )
+        self.rest_url = rest_url
         self.connected = asyncio.Event()
 
     def seed(self, ranges: dict[str, list[tuple[int, int]]]) -> None:
@@ -149,6 +157,7 @@ class FeedSource:
 
     async def _session(self, publish: Publish) -> None:
         connector = self.connector
+        await connector.prepare(self.rest_url, self.products)
         async with websockets.connect(
             connector.url(self.url, self.products),
             max_size=self.max_frame_bytes,

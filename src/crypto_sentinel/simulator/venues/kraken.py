@@ -3,9 +3,11 @@ the public REST ``Trades``, ``AssetPairs`` and ``OHLC`` (PROTOCOLS.md sections 5
 
 WebSocket prices and quantities are JSON numbers: the market's exact decimal text is written
 as the number literal, never through a float. ``side`` is the taker's. Symbols are
-``BTC/USD``; REST pairs use Kraken's own names (``XBTUSD``, key ``XXBTZUSD``), and
-``BTCUSD`` or ``BTC/USD`` are accepted too. A ``trade`` subscription with ``snapshot`` true
-first gets the last 50 trades (oldest first; the order of a real snapshot is not verified).
+``BTC/USD``; REST pairs use Kraken's own names (``XBTUSD``, key ``XXBTZUSD``; ``AssetPairs``
+gives ``wsname`` ``XBT/USD``, as Kraken does), and ``BTCUSD`` or ``BTC/USD`` are accepted
+too. A ``trade`` subscription with ``snapshot`` true first gets the last 50 trades (oldest
+first; the order of a real snapshot is not verified). ``Trades`` serves the trades the feed
+emitted, hidden ones included, and the fault plan's REST delay and 429s apply to it.
 """
 
 from __future__ import annotations
@@ -252,7 +254,7 @@ class Kraken(Venue):
             base, quote = product.split("-")
             result[pair_key(product)] = {
                 "altname": pair_altname(product),
-                "wsname": ws_symbol(product),
+                "wsname": "/".join(_ALIAS.get(a, a) for a in (base, quote)),  # XBT/USD
                 "base": _LEGACY.get(base, base),
                 "quote": _LEGACY.get(quote, quote),
                 "pair_decimals": len(spec.quote_increment.partition(".")[2]),

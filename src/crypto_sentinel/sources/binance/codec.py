@@ -8,6 +8,8 @@ streams (`bookTicker`, `depthUpdate`) are kept raw in bronze and carry no row ye
 Binance names symbols `BTCUSDT`; the lake's product id is `BTC-USDT`. The split must follow
 from the frame alone (a rebuild from bronze decodes it again), so it is the longest known quote
 asset at the end of the symbol; a symbol with none is quarantined with a reason naming it.
+The live source reads exchangeInfo for the symbols it subscribes to and reports any symbol
+this rule would split differently (sources/binance/feed.py).
 """
 
 from __future__ import annotations

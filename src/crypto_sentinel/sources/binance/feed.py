@@ -5,19 +5,33 @@ server pings and the client library answers. Binance ends every connection after
 the source reconnects a little before (the disconnect gap and its backfill cover the switch).
 Missed aggregate trades come back from `GET /api/v3/aggTrades?fromId=`. The same code serves
 Binance.US by URL.
+
+Symbols: `GET /api/v3/exchangeInfo` (read once, at the first connect that reaches it) names
+each symbol's base and quote asset, so `BTC-USDT` is subscribed and asked for as the symbol
+Binance lists for BTC and USDT, a product Binance does not list is reported, and a symbol
+whose split the codec would read differently is reported too. Decoding stays with the codec's
+pure rule (longest known quote asset at the end, `binance.codec.product_of`): rows must come
+out the same when bronze is decoded again offline (replay, rebuild, Spark), where no
+exchangeInfo is at hand. Unreachable exchangeInfo: one log line, and the same rule names the
+symbols (`BTC-USDT` -> `BTCUSDT`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
 import httpx
+import msgspec
 
 from crypto_sentinel.sources.backfill import RestTrades
-from crypto_sentinel.sources.binance.codec import symbol_of
+from crypto_sentinel.sources.binance.codec import product_of, symbol_of
+from crypto_sentinel.sources.codec import FrameError
+
+log = logging.getLogger(__name__)
 
 #: aggTrades answers at most 1,000 per request and weighs 2 of the 6,000 weight a minute an
 #: IP may spend (developers.binance.com, spot REST limits); 5 requests/s stays far below.
@@ -28,35 +42,95 @@ LIFETIME_SECONDS = 23.5 * 3600
 KLINES_PER_REQUEST = 1000
 
 
-def _trades_request(product: str, lo: int, hi: int) -> tuple[str, dict[str, Any]]:
-    return "/api/v3/aggTrades", {"symbol": symbol_of(product), "fromId": lo, "limit": hi - lo + 1}
+class _Symbol(msgspec.Struct):
+    symbol: str
+    baseAsset: str  # Binance's field names
+    quoteAsset: str
 
 
-BINANCE_TRADES = RestTrades(
-    request=_trades_request,
-    ids=lambda body: [int(t["a"]) for t in body],
-    page_size=REST_PAGE_SIZE,
-    rate=REST_RATE,
-    burst=REST_BURST,
-    asks_forward=True,
-)
+class _ExchangeInfo(msgspec.Struct):
+    symbols: list[_Symbol]
 
 
-def streams(products: list[str]) -> list[str]:
-    out = []
-    for product in products:
-        symbol = symbol_of(product).lower()
-        out += [f"{symbol}@aggTrade", f"{symbol}@ticker"]
-    return out
+_exchange_info = msgspec.json.Decoder(_ExchangeInfo)
+
+
+class BinanceSymbols:
+    """Product -> Binance symbol, from exchangeInfo once loaded, else the codec's rule."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.transport = transport  # tests answer REST in-process
+        self.by_product: dict[str, str] = {}
+        self.tried = False  # one attempt: a venue without it must not slow every reconnect
+
+    def symbol(self, product: str) -> str:
+        return self.by_product.get(product) or symbol_of(product)
+
+    async def load(self, rest_url: str, products: list[str], timeout: float = 3.0) -> None:
+        """Read exchangeInfo (once: a loaded mapping is kept); on failure log one line."""
+        if self.tried:
+            return
+        self.tried = True
+        try:
+            async with httpx.AsyncClient(
+                base_url=rest_url, timeout=timeout, transport=self.transport
+            ) as client:
+                response = await client.get("/api/v3/exchangeInfo")
+            response.raise_for_status()
+            info = _exchange_info.decode(response.content)
+        except (httpx.HTTPError, msgspec.DecodeError) as exc:
+            log.warning("binance exchangeInfo unavailable (%s); symbols by the quote rule", exc)
+            return
+        listed = {f"{s.baseAsset}-{s.quoteAsset}": s.symbol for s in info.symbols}
+        self.by_product = {p: listed[p] for p in products if p in listed}
+        for product in products:
+            symbol = self.by_product.get(product)
+            if symbol is None:
+                log.error("binance lists no symbol for %s (exchangeInfo): no trades", product)
+                continue
+            try:
+                read = product_of(symbol)
+            except FrameError as exc:
+                read = f"nothing ({exc})"
+            if read != product:
+                log.error(
+                    "binance symbol %s is %s per exchangeInfo, but stored frames read as %s",
+                    symbol, product, read,
+                )  # fmt: skip
 
 
 class BinanceConnector:
     keepalive: tuple[float, str] | None = None  # the server pings; websockets answers
     lifetime: float | None = LIFETIME_SECONDS
-    rest: RestTrades | None = BINANCE_TRADES
+
+    def __init__(self) -> None:
+        self.symbols = BinanceSymbols()
+        self.rest: RestTrades | None = RestTrades(
+            request=self._trades_request,
+            ids=lambda body: [int(t["a"]) for t in body],
+            page_size=REST_PAGE_SIZE,
+            rate=REST_RATE,
+            burst=REST_BURST,
+            asks_forward=True,
+        )
+
+    def _trades_request(self, product: str, lo: int, hi: int) -> tuple[str, dict[str, Any]]:
+        params = {"symbol": self.symbols.symbol(product), "fromId": lo, "limit": hi - lo + 1}
+        return "/api/v3/aggTrades", params
+
+    def streams(self, products: list[str]) -> list[str]:
+        out = []
+        for product in products:
+            symbol = self.symbols.symbol(product).lower()
+            out += [f"{symbol}@aggTrade", f"{symbol}@ticker"]
+        return out
+
+    async def prepare(self, rest_url: str | None, products: list[str]) -> None:
+        if rest_url:
+            await self.symbols.load(rest_url, products)
 
     def url(self, base: str, products: list[str]) -> str:
-        return f"{base.rstrip('/')}/stream?streams={'/'.join(streams(products))}"
+        return f"{base.rstrip('/')}/stream?streams={'/'.join(self.streams(products))}"
 
     def subscribe(self, products: list[str]) -> list[str]:
         return []

@@ -69,6 +69,9 @@ class CoinbaseConnector:
     def new_connection(self) -> None:
         pass
 
+    async def prepare(self, rest_url: str | None, products: list[str]) -> None:
+        pass  # product ids are the venue's own
+
 
 class CoinbaseSource(FeedSource):
     def __init__(

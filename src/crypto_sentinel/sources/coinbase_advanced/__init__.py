@@ -1,2 +1,3 @@
 """Coinbase Advanced Trade: `market_trades`, `ticker` and `heartbeats` (`feed`, resubscribing
-on a `sequence_num` break) and their codec (`codec`)."""
+on a `sequence_num` break, backfilling from the recent-trades window) and their codec
+(`codec`)."""

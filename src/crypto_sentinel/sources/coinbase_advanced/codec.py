@@ -25,6 +25,7 @@ from crypto_sentinel.sources.codec import (
     check_product,
     check_time,
     decode_gap_frame,
+    is_backfill_page,
 )
 
 _TAKER = {"BUY": "sell", "SELL": "buy"}
@@ -107,11 +108,27 @@ class _Probe(msgspec.Struct):
     message: str = ""
 
 
+class _RecentBody(msgspec.Struct):
+    """The body of GET /api/v3/brokerage/market/products/{id}/ticker (recent trades)."""
+
+    trades: list[_Trade]
+
+
+class _RestTrades(msgspec.Struct, tag_field="type", tag="rest_trades", kw_only=True):
+    """One recent-trades body, wrapped by our backfill."""
+
+    product_id: str
+    trades: _RecentBody
+
+
 _decoder = msgspec.json.Decoder(_Message)
 _probe = msgspec.json.Decoder(_Probe)
+_page = msgspec.json.Decoder(_RestTrades)
 
 
 def decode(frame: RawFrame) -> Decoded:
+    if is_backfill_page(frame):
+        return _rest_page(frame)
     if frame.text.startswith(GAP_RECORD_PREFIX):
         return decode_gap_frame(frame)
     try:
@@ -178,6 +195,24 @@ def _trade(frame: RawFrame, t: _Trade) -> Trade:
         conn_id=frame.conn_id,
         venue_symbol=t.product_id,
     )
+
+
+def _rest_page(frame: RawFrame) -> list[Trade]:
+    """A recent-trades page: newest first, the same trade objects as `market_trades`."""
+    try:
+        page = _page.decode(frame.text)
+    except msgspec.DecodeError as exc:
+        raise FrameError(f"bad rest_trades message: {exc}") from None
+    check_product(page.product_id)
+    out = []
+    for t in reversed(page.trades.trades):
+        if t.product_id != page.product_id:
+            raise FrameError(f"trade {t.trade_id} of a {page.product_id} page is {t.product_id}")
+        try:
+            out.append(_trade(frame, t))
+        except FrameError as exc:
+            raise FrameError(f"trade {t.trade_id} of the REST page: {exc}") from None
+    return out
 
 
 _TICK_AMOUNTS = (

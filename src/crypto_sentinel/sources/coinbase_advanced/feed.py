@@ -4,24 +4,49 @@ One subscribe message per channel. `heartbeats` keeps quiet subscriptions open (
 closes channels without updates after 60-90 s). Every frame carries `sequence_num`, +1 per
 frame across all channels of the connection: a break means the connection lost a frame, and
 the source resubscribes to `market_trades`, whose snapshot (the last 100 trades per product)
-brings short losses back; the trade-id gap check records whatever it does not. The public REST
-has no trade history by id, so those gaps stay unfilled.
+brings short losses back. The public REST has no trade history by id, only the most recent
+trades (`GET /api/v3/brokerage/market/products/{id}/ticker?limit=`, at most 1,000): the
+backfill asks it once per window, so a gap whose trades are still among the recent ones is
+filled, and an older one is recorded with what it could not get (a gap row, never silence).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 
 import httpx
 import orjson
 
-from crypto_sentinel.sources.backfill import RestTrades
+from crypto_sentinel.sources.backfill import Get, RestTrades
 
 CHANNELS = ("market_trades", "ticker", "heartbeats")
 _MARK = '"sequence_num":'
 CANDLES_PER_REQUEST = 350
+#: The recent-trades window: the most the ticker endpoint returns in one request.
+RECENT_LIMIT = 1000
+#: Advanced Trade public REST allows 10 requests/s per IP; the backfill stays at half that.
+REST_RATE = 5.0
+REST_BURST = 5
+
+
+async def recent_pages(get: Get, product: str, lo: int, hi: int) -> AsyncIterator[str]:
+    """The recent-trades window, once per backfill window: it holds [lo, hi] or part of it
+    while those trades are among the newest 1,000 (the backfill counts what it holds)."""
+    body = await get(f"/api/v3/brokerage/market/products/{product}/ticker", {"limit": RECENT_LIMIT})
+    if body is not None:
+        yield body
+
+
+ADVANCED_TRADES = RestTrades(
+    request=lambda product, lo, hi: None,  # no request by id: `pages` asks the recent window
+    ids=lambda body: [],
+    page_size=RECENT_LIMIT,
+    rate=REST_RATE,
+    burst=REST_BURST,
+    pages=recent_pages,
+)
 
 
 def subscribe_messages(products: list[str], kind: str = "subscribe") -> list[str]:
@@ -45,7 +70,7 @@ def sequence_of(text: str) -> int | None:
 class CoinbaseAdvancedConnector:
     keepalive: tuple[float, str] | None = None  # the heartbeats channel
     lifetime: float | None = None
-    rest: RestTrades | None = None
+    rest: RestTrades | None = ADVANCED_TRADES
 
     def __init__(self) -> None:
         self.products: list[str] = []
@@ -75,6 +100,9 @@ class CoinbaseAdvancedConnector:
 
     def new_connection(self) -> None:
         self.last_sequence = None
+
+    async def prepare(self, rest_url: str | None, products: list[str]) -> None:
+        pass  # product ids are the venue's own
 
 
 async def rest_candles(

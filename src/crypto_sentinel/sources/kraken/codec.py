@@ -112,7 +112,8 @@ class _Probe(msgspec.Struct):
 
 
 class _RestTrades(msgspec.Struct, tag_field="type", tag="rest_trades", kw_only=True):
-    """One body of GET /0/public/Trades, wrapped by our backfill."""
+    """One body of GET /0/public/Trades, wrapped by our backfill: the whole body
+    (`{"error": [...], "result": {<PAIR>: rows, "last": cursor}}`) or only its `result`."""
 
     product_id: str
     trades: dict[str, msgspec.Raw]
@@ -124,6 +125,8 @@ _probe = msgspec.json.Decoder(_Probe)
 _page = msgspec.json.Decoder(_RestTrades)
 #: A REST trade row: [price, volume, time, side b|s, order type, misc, trade_id].
 _rest_rows = msgspec.json.Decoder(list[tuple[Decimal, Decimal, Decimal, str, str, str, int]])
+_rest_errors = msgspec.json.Decoder(list[str])
+_rest_result = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
 def decode(frame: RawFrame) -> Decoded:
@@ -226,8 +229,19 @@ def _rest_page(frame: RawFrame) -> list[Trade]:
     except msgspec.DecodeError as exc:
         raise FrameError(f"bad rest_trades message: {exc}") from None
     check_product(page.product_id)
+    result = page.trades
+    try:
+        if "result" in result or "error" in result:  # the whole body
+            errors = _rest_errors.decode(result["error"]) if "error" in result else []
+            if errors:
+                raise FrameError(f"exchange error: {', '.join(errors)}")
+            if "result" not in result:
+                raise FrameError("bad rest_trades message: a Trades body without result")
+            result = _rest_result.decode(result["result"])
+    except msgspec.DecodeError as exc:
+        raise FrameError(f"bad rest_trades message: {exc}") from None
     out: list[Trade] = []
-    for pair, raw in page.trades.items():
+    for pair, raw in result.items():
         if pair == "last":
             continue
         try:

@@ -1,9 +1,11 @@
 """Kraken Spot WebSocket v2 public feed: `trade` (with a snapshot on subscribe) and `ticker`.
 
 Kraken closes idle connections, so the source pings (`{"method":"ping"}`) every 20 s; the
-heartbeat channel arrives about once a second on its own. Kraken's REST trade history pages
-by time (`since`), not by trade id, so gaps are recorded and left unfilled for now: the
-subscribe snapshot (the last 50 trades) fills short ones after a reconnect.
+heartbeat channel arrives about once a second on its own. Trade ids are sequential per pair,
+so gaps are found by id; Kraken's REST history pages by time (`since`), so the connector
+remembers when the trades it saw happened and the backfill pages `GET /0/public/Trades` from
+just before a gap (sources/kraken/rest.py), at about one request a second (Kraken's public
+limit; `kraken_rest_rate`). REST pair names come from `AssetPairs`, read once at connect.
 """
 
 from __future__ import annotations
@@ -17,8 +19,18 @@ import orjson
 
 from crypto_sentinel.sources.backfill import RestTrades
 from crypto_sentinel.sources.kraken.codec import symbol_of
+from crypto_sentinel.sources.kraken.rest import (
+    MAX_COUNT,
+    KrakenTrades,
+    TradeTimes,
+    fallback_pair,
+    trade_times,
+)
 
 PING_SECONDS = 20.0
+#: Third-party clients keep Kraken's public Trades calls to about one a second.
+REST_RATE = 1.0
+REST_BURST = 1
 
 
 def subscribe_messages(products: list[str]) -> list[str]:
@@ -38,7 +50,18 @@ def subscribe_messages(products: list[str]) -> list[str]:
 class KrakenConnector:
     keepalive: tuple[float, str] | None = (PING_SECONDS, '{"method":"ping"}')
     lifetime: float | None = None
-    rest: RestTrades | None = None
+
+    def __init__(self, rest_rate: float = REST_RATE) -> None:
+        self.times = TradeTimes()
+        self.trades = KrakenTrades(self.times)
+        self.rest: RestTrades | None = RestTrades(
+            request=lambda product, lo, hi: None,  # by time, through `pages`
+            ids=lambda body: [],
+            page_size=MAX_COUNT,
+            rate=rest_rate,
+            burst=REST_BURST,
+            pages=self.trades.pages,
+        )
 
     def url(self, base: str, products: list[str]) -> str:
         return base
@@ -47,15 +70,21 @@ class KrakenConnector:
         return subscribe_messages(products)
 
     def check(self, text: str) -> list[str]:
+        for product, trade_id, ns in trade_times(text):
+            self.times.add(product, trade_id, ns)
         return []
 
     def new_connection(self) -> None:
         pass
 
+    async def prepare(self, rest_url: str | None, products: list[str]) -> None:
+        if rest_url:
+            await self.trades.load_pairs(rest_url)
+
 
 def rest_pair(product: str) -> str:
-    """REST pair names call bitcoin XBT: `BTC-USD` -> `XBTUSD`."""
-    return "".join("XBT" if part == "BTC" else part for part in product.split("-"))
+    """REST pair names call bitcoin XBT: `BTC-USD` -> `XBTUSD` (no AssetPairs needed)."""
+    return fallback_pair(product)
 
 
 async def rest_candles(
