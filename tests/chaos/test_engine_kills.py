@@ -140,10 +140,6 @@ async def test_random_kill_9_of_the_engine(tmp_path: Path, venue: str) -> None:
         assert any(g["kind"] == "startup" and g["backfilled"] > 0 for g in gaps), gaps
         for spec in (T.BRONZE, T.TICKERS, T.CANDLES_1M):
             key = list(spec.key)
-            if spec is T.TICKERS and venue != "coinbase":
-                # Kraken's tickers carry no sequence (0) and Advanced numbers frames per
-                # connection: the frame's receive time tells two tickers apart.
-                key.append("recv_time")
             rows = read_table(lake, spec).select(key).to_pylist()
             assert len({tuple(r.values()) for r in rows}) == len(rows), f"duplicates: {spec.name}"
         report["passed"] = True

@@ -104,7 +104,8 @@ TICKERS = TableSpec(
         ]
     ),
     partition_by=("date", "exchange"),
-    key=("exchange", "product_id", "sequence"),
+    # time too: Kraken's ticker has no sequence (0) and Advanced numbers it per connection
+    key=("exchange", "product_id", "sequence", "time"),
 )
 
 CANDLE_FIELDS = [
