@@ -314,10 +314,6 @@ class HotState:
             ring.settle()
         return ring
 
-    def recent_trades(self, exchange: str, product_id: str) -> deque[SeenTrade]:
-        ring = self.ring(exchange, product_id)
-        return deque() if ring is None else ring
-
     def pairs(self) -> set[Pair]:
         """Every (exchange, product) memory or the lake (as of warm-up) knows."""
         return set(self.trades) | set(self.tickers) | set(self.candles) | self.lake_pairs

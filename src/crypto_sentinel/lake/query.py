@@ -261,52 +261,6 @@ class LakeReader:
             partitions=[("exchange", "=", exchange)],
         )
 
-    def latest_trades(self, exchanges: Sequence[str], limit: int) -> list[dict[str, Any]]:
-        """Newest trades, reading only the newest files (see newest_rows)."""
-        if not exchanges:
-            return []
-        return self.newest_rows(
-            T.TRADES,
-            "SELECT * FROM t WHERE list_contains(?, exchange) ORDER BY time DESC, trade_id DESC"
-            " LIMIT ?",
-            [list(exchanges), limit],
-            limit,
-            partitions=[("exchange", "in", list(exchanges))],
-        )
-
-    def candles(
-        self, exchange: str, product_id: str, start: datetime, end: datetime, limit: int
-    ) -> list[dict[str, Any]]:
-        """Candles in [start, end): date partitions, then min/max of `start` prune files."""
-        days = (end.date() - start.date()).days
-        dates = [(start.date() + timedelta(days=i)).isoformat() for i in range(days + 1)]
-        dt = self._table(T.CANDLES_1M)
-        if dt is None:
-            return []
-        with self._lock:
-            files = dt.file_uris(
-                file_pruning_predicate=[
-                    ("date", "in", dates),
-                    ("start", ">=", start),
-                    ("start", "<", end),
-                ]
-            )
-        return self._run(
-            T.CANDLES_1M,
-            files,
-            "SELECT * FROM t WHERE exchange = ? AND product_id = ? AND start >= ? AND start < ?"
-            " ORDER BY start DESC LIMIT ?",
-            [exchange, product_id, start, end, limit],
-        )
-
-    def exchanges_with_product(self, product_id: str) -> list[str]:
-        rows = self.query(
-            T.TRADES, "SELECT DISTINCT exchange FROM t WHERE product_id = ?", [product_id]
-        )
-        return [r["exchange"] for r in rows]
-
-    # --- serving layer: hot-state warm-up and API history (issue 7) --------------------------
-
     def partition_dates(self, spec: T.TableSpec, max_age: float = 0.0) -> list[date]:
         """Date partitions the table holds, oldest first (from the Delta log, no file listing)."""
         dt = self._table(spec, max_age)
@@ -323,10 +277,6 @@ class LakeReader:
             return []
         return [d for d in dates if (dates[-1] - d).days < days]
 
-    def trade_marks(self) -> dict[tuple[str, str], tuple[int, datetime]]:
-        """Highest trade id and newest trade time per (exchange, product) in the lake."""
-        return {k: (v[1], v[3]) for k, v in self.trade_extents().items()}
-
     def trade_extents(self) -> dict[tuple[str, str], tuple[int, int, datetime, datetime]]:
         """Lowest and highest trade id, oldest and newest trade time per (exchange, product)."""
         rows = self.query(
@@ -338,19 +288,6 @@ class LakeReader:
             (r["exchange"], r["product_id"]): (r["lo"], r["hi"], r["oldest"], r["newest"])
             for r in rows
         }
-
-    def newest_trades_per_product(
-        self, per_product: int, dates: Sequence[date]
-    ) -> list[dict[str, Any]]:
-        """The `per_product` highest trade ids of every (exchange, product) within `dates`."""
-        return self.query(
-            T.TRADES,
-            "SELECT * EXCLUDE (rn) FROM (SELECT *, row_number() OVER ("
-            " PARTITION BY exchange, product_id ORDER BY trade_id DESC) AS rn FROM t)"
-            " WHERE rn <= ? ORDER BY exchange, product_id, trade_id",
-            [per_product],
-            dates=dates,
-        )
 
     def candles_since(self, since: dict[tuple[str, str], datetime]) -> list[dict[str, Any]]:
         """1-minute candles of each (exchange, product) from its own `since` minute on."""
@@ -366,16 +303,6 @@ class LakeReader:
             " ON t.exchange = w.exchange AND t.product_id = w.product_id"
             " WHERE t.start >= w.since ORDER BY t.start",
             [[k[0] for k in keys], [k[1] for k in keys], [since[k] for k in keys]],
-            dates=dates,
-        )
-
-    def newest_tickers(self, dates: Sequence[date]) -> list[dict[str, Any]]:
-        """The newest ticker of every (exchange, product) within `dates`."""
-        return self.query(
-            T.TICKERS,
-            "SELECT * EXCLUDE (rn) FROM (SELECT *, row_number() OVER ("
-            " PARTITION BY exchange, product_id ORDER BY time DESC, sequence DESC) AS rn FROM t)"
-            " WHERE rn = 1",
             dates=dates,
         )
 
@@ -604,7 +531,7 @@ class LakeReader:
             dates,
         )
 
-    # --- recent rows by file statistics (issue 9): cost follows the answer, not the lake -----
+    # --- recent rows by file statistics: cost follows the answer, not the lake ----------------
 
     def newest_rows(
         self,
