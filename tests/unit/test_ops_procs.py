@@ -19,9 +19,16 @@ MASTER_URL = "spark://127.0.0.1:7999"
 
 
 def daemon(*args: str) -> subprocess.Popen[bytes]:
-    """A sleeping process leading its own session, its command line ending with `args`."""
+    """A sleeping process leading its own session, its command line ending with `args`
+    (returned once it runs that command line, not the forked parent's)."""
     code = "import time; time.sleep(120)"
-    return subprocess.Popen([sys.executable, "-c", code, *args], start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], start_new_session=True)
+    cmdline = Path(f"/proc/{proc.pid}/cmdline")
+    deadline = time.monotonic() + 10
+    while code not in cmdline.read_bytes().decode(errors="replace"):
+        assert time.monotonic() < deadline, "the daemon did not start"
+        time.sleep(0.01)
+    return proc
 
 
 @pytest.fixture
