@@ -153,8 +153,7 @@ class Pipeline:
         )
         # Frames go through Kafka or, in one process, through this in-memory bus.
         self.bus = None if self.kafka else MemoryBus(settings.bus_capacity)
-        self.state = HotState(settings.hot_trades_per_product, hot_minutes=settings.api_hot_minutes)
-        self.engine.listeners.append(self.state.on_chunk)
+        self.state: HotState | None = None  # the API's memory, built when the API starts
         self.sources: list[Source] = []
         self.simulators: list[Any] = []
         self.stop_event = asyncio.Event()
@@ -482,16 +481,18 @@ class Pipeline:
 
     async def _serve_api(self) -> None:
         s = self.settings
+        self.state = state = HotState(s.hot_trades_per_product, hot_minutes=s.api_hot_minutes)
+        self.engine.listeners.append(state.on_chunk)
         # Rebuild hot state from the lake before the first frame reaches it (this task is
         # started before the engine's; warm-up is synchronous, so nothing interleaves). If
         # frames were processed already, memory keeps its conservative start instead.
         if self.process and self.engine.stats.frames == 0:
-            warm_up(self.state, self.reader, s.api_warmup_seconds)
+            warm_up(state, self.reader, s.api_warmup_seconds)
         settle_heap()
         hub = Hub(s.api_stream_queue, s.api_stream_max_clients, s.api_heartbeat_seconds)
         self.engine.listeners.append(hub.on_chunk)  # after hot state: push reads it
         self.server = api_server(
-            s, self.state, self.reader, hub, default_exchange=self._exchange_name,
+            s, state, self.reader, hub, default_exchange=self._exchange_name,
             status=self.status, ready=self.ready, own_signals=False,
         )  # fmt: skip
         # The engine's writer thread runs Python between Delta commits; with the default 5 ms
