@@ -104,14 +104,8 @@ def api_server(
         cors_origins=settings.api_cors_origins,
         security=ApiSecurity.from_settings(settings),
     )
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        lifespan="off",
-        ws_max_size=64 * 1024,
-    )
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
+                            lifespan="off", ws_max_size=64 * 1024)  # fmt: skip
     return uvicorn.Server(config) if own_signals else _Server(config)
 
 
