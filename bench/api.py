@@ -60,6 +60,9 @@ LOAD_SECONDS = 60
 LOAD_CONNECTIONS = 64
 PHASES = ("latest", "routes", "day", "seed", "lake", "load")
 
+#: Connections of the closed-loop `/latest` throughput runs, ours and the seed's alike.
+MAX_CONNECTIONS = 8
+
 
 # --- numbers ---------------------------------------------------------------------------
 
@@ -502,25 +505,16 @@ def ws_probe(url: str, seconds: float) -> dict[str, Any]:
 
 
 def seed_app(lake: Path) -> Any:
-    """The seed's `/latest`: list every Parquet file, read the newest trades file."""
-    import pyarrow.parquet as pq
+    """The seed's `/latest` (bench/seed.py) as a FastAPI app."""
     from fastapi import FastAPI
+
+    from bench.seed import seed_latest, seed_response
 
     app = FastAPI()
 
     @app.get("/latest")
     def latest(limit: int = 50) -> dict[str, Any]:
-        files = list(lake.rglob("*.parquet"))  # every Parquet file of the lake
-        trades = [f for f in files if "trades" in f.parts and "_delta_log" not in f.parts]
-        newest = max(trades, key=lambda f: f.stat().st_mtime)
-        table = pq.read_table(newest).sort_by([("time", "descending")]).slice(0, limit)
-        return {
-            "data": [
-                {"symbol": r["product_id"], "price": str(r["price"]), "side": r["side"],
-                 "timestamp": r["time"].isoformat(), "processing_time": r["recv_time"].isoformat()}
-                for r in table.to_pylist()
-            ]
-        }  # fmt: skip
+        return seed_response(seed_latest(lake, limit))
 
     return app
 
@@ -592,6 +586,7 @@ async def _measure(
         if "seed" in phases:
             print("baseline: the seed's /latest on the same lake ...", flush=True)
             out["seed_one_client"] = await closed_loop(seed_port, "/latest", 1, 5)
+            out["seed_max"] = await closed_loop(seed_port, "/latest", MAX_CONNECTIONS, 5)
             out["seed_1000"] = await open_loop(seed_port, ["/latest"], LATEST_RATE, 3)
             out["lake_latest_one_client"] = await closed_loop(lake_port, "/latest", 1, 3)
         out["seed_files"] = sum(1 for _ in lake.rglob("*.parquet"))
@@ -641,7 +636,7 @@ async def _latest_phases(out: dict[str, Any], port: int) -> None:
          "5"], stdout=subprocess.PIPE, text=True, preexec_fn=_raise_priority,
     ).communicate(timeout=60)  # fmt: skip
     out["frame_to_ws_client_idle"] = json.loads(alone.split("RESULT ", 1)[1])
-    out["latest_max"] = await closed_loop(port, "/latest", 8, 5)
+    out["latest_max"] = await closed_loop(port, "/latest", MAX_CONNECTIONS, 5)
     out["latest_one_client"] = await closed_loop(port, "/latest", 1, 3)
 
 
@@ -719,6 +714,7 @@ def markdown(result: dict[str, Any]) -> str:
         ws, idle = result["frame_to_ws_client"], result["frame_to_ws_client_idle"]
         seed = result.get("seed_1000")
         seed_one = result.get("seed_one_client")
+        seed_max = result.get("seed_max")
         rows += [
             f"| `/latest` p50 / p99 at {lat['offered_per_s']:.0f} req/s (open loop, "
             f"{lat['requests']:,} requests) | {pp(lat)} (achieved {lat['achieved_per_s']} req/s)"
@@ -727,9 +723,9 @@ def markdown(result: dict[str, Any]) -> str:
             + " | p99 <= 5 ms |",
             f"| `/latest`, one client, p50 / p99 | {pp(result['latest_one_client'])} "
             f"| {pp(seed_one) if seed_one else '—'} | |",
-            f"| `/latest` throughput (8 connections) | "
+            f"| `/latest` throughput ({MAX_CONNECTIONS} connections each) | "
             f"{result['latest_max']['requests_per_s']:,} req/s | "
-            + (f"{seed_one['requests_per_s']} req/s (1 connection)" if seed_one else "—")
+            + (f"{seed_max['requests_per_s']} req/s" if seed_max else "—")
             + " | |",
             f"| frame in -> WebSocket client p50 / p99, during the {lat['offered_per_s']:.0f} "
             f"req/s load ({ws['n']:,} trades) | {pp(ws)} | — | p99 <= 20 ms |",

@@ -96,7 +96,7 @@ async def _run_pipeline(
     while not run.done():
         await asyncio.sleep(0.05)
         src = pipeline.source
-        if src is not None and src.status.finished and pipeline.bus.depth() == 0:
+        if src is not None and src.status.finished and pipeline.bus_depth() == 0:
             pipeline.stop_event.set()
     await run
     await poller

@@ -7,11 +7,11 @@
    (`TAIL_COMMITS` micro-batch commits of `TAIL_ROWS` trades). With a warm `LakeReader` per
    lake (as the API holds one), the two lakes taking turns call by call (the box is shared,
    so load falls on both sizes alike):
-   - latest 50 trades (`LakeReader.latest_trades`: file-statistics pruning);
-   - one hour of 1-minute candles (`LakeReader.candles`: date partition + stats pruning);
-   - baseline, same lake, same run: the seed's `/latest` - list every Parquet file of the
-     lake, read the newest one and answer its newest rows. The seed used pandas; pandas is
-     not installed here, so the file is read with pyarrow.parquet (what pandas calls);
+   - latest 50 trades (`LakeReader.newest_trades`, what `/latest` calls: file statistics);
+   - one hour of 1-minute candles (`LakeReader.candle_buckets`, what the candles route
+     calls: date partition + stats pruning);
+   - baseline, same lake, same run: the seed's `/latest` (bench/seed.py, the same one the
+     API benchmark serves);
    then the same reads after compacting today's partition, and the cold open (new reader).
 2. Storage. N_STORAGE simulated trades (`write_recording`, 20 trades/s of simulated time)
    go through the real pipeline (replay at max speed); `sentinel maintain report` numbers
@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from deltalake import DeltaTable, WriterProperties, write_deltalake
 
+from bench.seed import seed_latest
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.maintenance import Maintainer, Policy, storage_report
 from crypto_sentinel.lake.query import LakeReader
@@ -183,18 +184,6 @@ def summary(times_ms: list[float]) -> dict[str, float]:
     }
 
 
-def seed_latest(lake: Path, limit: int = 50) -> list[dict[str, Any]]:
-    """The seed's /latest: list every Parquet file in the lake, read the newest trades file."""
-    files: list[str] = []
-    for folder, dirs, names in os.walk(lake):
-        dirs[:] = [d for d in dirs if d != "_delta_log"]
-        files.extend(os.path.join(folder, n) for n in names if n.endswith(".parquet"))
-    trades = str(T.TRADES.path(lake))  # the seed's lake held one table: trades
-    newest = max((f for f in files if f.startswith(trades)), key=os.path.getmtime)
-    table = pq.read_table(newest)
-    return table.sort_by([("time", "descending")]).slice(0, limit).to_pylist()
-
-
 def file_counts(lake: Path) -> dict[str, int]:
     on_disk = sum(
         1
@@ -219,21 +208,19 @@ def measure_reads(lakes: dict[str, Path]) -> dict[str, dict[str, Any]]:
     for name, path in lakes.items():
         started = time.perf_counter()
         reader = LakeReader(path)
-        rows = reader.latest_trades([EXCHANGE], 50)
+        rows = reader.newest_trades(EXCHANGE, None, 50)
         out[name]["cold_open_and_latest_ms"] = round((time.perf_counter() - started) * 1000, 1)
         end = rows[0]["time"].replace(second=0, microsecond=0) + timedelta(minutes=1)
-        calls[name] = {
-            "latest50": lambda r=reader: r.latest_trades([EXCHANGE], 50),
-            "candles_1h": lambda r=reader, e=end: r.candles(
+        calls[name] = {  # what the API's `/latest` and candles routes call on the lake
+            "latest50": lambda r=reader: r.newest_trades(EXCHANGE, None, 50),
+            "candles_1h": lambda r=reader, e=end: r.candle_buckets(
                 EXCHANGE, "BTC-USD", e - timedelta(hours=1), e, 60
             ),
             "seed_latest": lambda p=path: seed_latest(p),
         }
-        if hasattr(reader, "newest_trades"):  # the API's /latest lake path (2 newest dates)
-            calls[name]["api_newest_trades"] = lambda r=reader: r.newest_trades(EXCHANGE, None, 50)
     names = list(lakes)
     for metric in calls[names[0]]:
-        repeats = SEED_REPEATS if metric in ("seed_latest", "api_newest_trades") else REPEATS
+        repeats = SEED_REPEATS if metric == "seed_latest" else REPEATS
         samples: dict[str, list[float]] = {name: [] for name in names}
         for i in range(repeats):
             for name in names if i % 2 == 0 else names[::-1]:
@@ -391,9 +378,8 @@ def markdown(result: dict[str, Any]) -> str:
     ):
         s, g = small[phase], large[phase]
         for key, name in (
-            ("latest50", "latest 50 trades (`latest_trades`, stats pruning)"),
-            ("candles_1h", "1 h of 1-minute candles (`candles`)"),
-            ("api_newest_trades", "API `newest_trades` (2 newest date partitions)"),
+            ("latest50", "latest 50 trades (`newest_trades`, as `/latest`; stats pruning)"),
+            ("candles_1h", "1 h of 1-minute candles (`candle_buckets`, as the candles route)"),
             ("seed_latest", "seed /latest: list all files, read newest"),
         ):
             if key not in s or key not in g:

@@ -80,6 +80,35 @@ class _Server(uvicorn.Server):
         yield
 
 
+def api_server(
+    settings: Settings,
+    state: HotState,
+    reader: LakeReader,
+    hub: Hub,
+    *,
+    default_exchange: Callable[[], str],
+    status: Callable[[], dict[str, Any]],
+    ready: Callable[[], bool],
+    own_signals: bool,
+) -> uvicorn.Server:
+    """The API app and its uvicorn server: one builder for `sentinel up` (the pipeline stops
+    it: `own_signals=False`) and `sentinel serve` (uvicorn stops on SIGINT/SIGTERM)."""
+    app = create_app(
+        state,
+        reader,
+        default_exchange=default_exchange,
+        products=settings.products,
+        status=status,
+        ready=ready,
+        hub=hub,
+        cors_origins=settings.api_cors_origins,
+        security=ApiSecurity.from_settings(settings),
+    )
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
+                            lifespan="off", ws_max_size=64 * 1024)  # fmt: skip
+    return uvicorn.Server(config) if own_signals else _Server(config)
+
+
 class Pipeline:
     """One process running any of the roles: ingest, process, and (in `run`) the API."""
 
@@ -116,17 +145,22 @@ class Pipeline:
         self.engine = Engine(
             self.writer, settings.batch_interval_ms / 1000, settings.batch_max_frames
         )
-        self.bus = MemoryBus(settings.bus_capacity)
-        self.state = HotState(settings.hot_trades_per_product, hot_minutes=settings.api_hot_minutes)
-        self.engine.listeners.append(self.state.on_chunk)
+        # Frames go through Kafka or, in one process, through this in-memory bus.
+        self.bus = None if self.kafka else MemoryBus(settings.bus_capacity)
+        self.state: HotState | None = None  # the API's memory, built when the API starts
         self.sources: list[Source] = []
         self.simulators: list[Any] = []
         self.stop_event = asyncio.Event()
         self.started = time.time()
-        self.server: _Server | None = None
+        self.server: uvicorn.Server | None = None
         self.api_socket = api_socket
         self.publisher: KafkaPublisher | None = None
+        self._delivery: asyncio.Task[None] | None = None  # the publisher's delivery reports
         self.consumer: KafkaFrames | None = None
+
+    def bus_depth(self) -> int:
+        """Frames waiting in the in-memory bus (0 over Kafka: the log holds them)."""
+        return self.bus.depth() if self.bus is not None else 0
 
     @property
     def source(self) -> Source | None:
@@ -145,7 +179,7 @@ class Pipeline:
         status: dict[str, Any] = {
             "source": src,
             "sources": [source.status.as_dict() for source in self.sources],
-            "engine": {**self.engine.stats.__dict__, "bus_depth": self.bus.depth()},
+            "engine": {**self.engine.stats.__dict__, "bus_depth": self.bus_depth()},
             "lake": str(self.lake),
             "bus": self.settings.bus,
             "uptime_seconds": round(time.time() - self.started, 3),
@@ -354,9 +388,9 @@ class Pipeline:
         self.engine.close()
         if self.server is not None:
             self.server.should_exit = True
+        if self._delivery is not None:  # it runs until cancelled
+            self._delivery.cancel()
         for task in tasks:
-            if task.get_name() == "kafka-delivery":
-                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for simulator in self.simulators:
@@ -364,13 +398,15 @@ class Pipeline:
         log.info("stopped: %s", self.engine.stats)
 
     async def _start_ingest(self, tasks: list[asyncio.Task[Any]]) -> asyncio.Task[None]:
-        publish = self.bus.publish
-        if self.kafka:
+        if self.bus is not None:
+            publish: Publish = self.bus.publish
+        else:
             self.publisher = KafkaPublisher(self.settings)
             publish = self.publisher.publish
-            tasks.append(
-                asyncio.create_task(self.publisher.run_delivery_reports(), name="kafka-delivery")
+            self._delivery = asyncio.create_task(
+                self.publisher.run_delivery_reports(), name="kafka-delivery"
             )
+            tasks.append(self._delivery)
         self.sources = await self.choose_sources()
         if self.kafka:
             exchanges = [source.status.exchange for source in self.sources]
@@ -387,7 +423,7 @@ class Pipeline:
         await task
 
     def _engine_input(self) -> FrameSource:
-        if not self.kafka:
+        if self.bus is not None:
             return self.bus
         self.consumer = consumer = KafkaFrames(
             self.settings,
@@ -440,34 +476,20 @@ class Pipeline:
 
     async def _serve_api(self) -> None:
         s = self.settings
+        self.state = state = HotState(s.hot_trades_per_product, hot_minutes=s.api_hot_minutes)
+        self.engine.listeners.append(state.on_chunk)
         # Rebuild hot state from the lake before the first frame reaches it (this task is
         # started before the engine's; warm-up is synchronous, so nothing interleaves). If
         # frames were processed already, memory keeps its conservative start instead.
         if self.process and self.engine.stats.frames == 0:
-            warm_up(self.state, self.reader, s.api_warmup_seconds)
+            warm_up(state, self.reader, s.api_warmup_seconds)
         settle_heap()
         hub = Hub(s.api_stream_queue, s.api_stream_max_clients, s.api_heartbeat_seconds)
         self.engine.listeners.append(hub.on_chunk)  # after hot state: push reads it
-        app = create_app(
-            self.state,
-            self.reader,
-            default_exchange=self._exchange_name,
-            products=s.products,
-            status=self.status,
-            ready=self.ready,
-            hub=hub,
-            cors_origins=s.api_cors_origins,
-            security=ApiSecurity.from_settings(s),
-        )
-        config = uvicorn.Config(
-            app,
-            host=s.host,
-            port=s.port,
-            log_level="warning",
-            lifespan="off",
-            ws_max_size=64 * 1024,
-        )
-        self.server = _Server(config)
+        self.server = api_server(
+            s, state, self.reader, hub, default_exchange=self._exchange_name,
+            status=self.status, ready=self.ready, own_signals=False,
+        )  # fmt: skip
         # The engine's writer thread runs Python between Delta commits; with the default 5 ms
         # GIL switch interval a request waiting on the event loop can queue behind it several
         # times. A shorter interval hands the GIL back sooner (API tail latency) for a few
@@ -557,23 +579,14 @@ async def serve_lake(settings: Settings, exchange: str | None) -> None:
             from_end=True,
         )
         feed_task = asyncio.create_task(HotFeed(on_chunk).run(consumer, asyncio.Event()))
-    app = create_app(
-        state,
-        reader,
-        default_exchange=lambda: exchange or settings.exchange,
-        products=settings.products,
-        status=lambda: {"source": None, "lake": str(settings.lake_root)},
-        ready=lambda: True,
-        hub=hub,
-        cors_origins=settings.api_cors_origins,
-        security=ApiSecurity.from_settings(settings),
-    )
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level="warning", ws_max_size=64 * 1024
-    )
+    server = api_server(
+        settings, state, reader, hub, default_exchange=lambda: exchange or settings.exchange,
+        status=lambda: {"source": None, "lake": str(settings.lake_root)}, ready=lambda: True,
+        own_signals=True,
+    )  # fmt: skip
     log.info("API on http://%s:%d", settings.host, sock.getsockname()[1])
     try:
-        await uvicorn.Server(config).serve(sockets=[sock])
+        await server.serve(sockets=[sock])
     finally:
         sock.close()
         if feed_task is not None:

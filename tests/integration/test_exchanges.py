@@ -103,7 +103,11 @@ async def check_without_exchange(client: httpx.AsyncClient) -> None:
         assert latest and {t["exchange"] for t in latest} == {venue}, latest
         r = await client.get(f"/v1/products/{product}/candles")
         assert r.status_code == 200 and r.json()["exchange"] == venue, r.text
-    newest = (await client.get("/latest")).json()["data"]
+    for _ in range(80):  # bounded (20 s): until 50 trades of several venues are in memory
+        newest = (await client.get("/latest")).json()["data"]
+        if len(newest) == 50 and len({t["exchange"] for t in newest}) >= 2:
+            break
+        await asyncio.sleep(0.25)
     arrived = [t["processing_time"] for t in newest]  # newest received first, as one venue's
     assert arrived == sorted(arrived, reverse=True) and len(newest) == 50
     assert len({t["exchange"] for t in newest}) >= 2, newest  # ~30 trades/s per venue

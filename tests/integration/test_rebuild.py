@@ -1,10 +1,15 @@
 """`rebuild` recomputes silver, gold and quarantine from bronze: equal to what the stream wrote,
 idempotent, one atomic overwrite per table, respectful of bronze retention, and it leaves the
-lake alone when someone writes meanwhile."""
+lake alone when someone writes meanwhile. What it writes is also checked against an independent
+reading of the frames (plain json and Decimal, candles summed in plain Python), so a bug shared
+by the stream and the rebuild (both run the same engine) cannot pass."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +25,10 @@ from crypto_sentinel.lake.rebuild import DERIVED, RebuildError, rebuild
 from crypto_sentinel.lake.writer import Batch, LakeWriter
 from crypto_sentinel.model import RawFrame
 from crypto_sentinel.runtime import Pipeline
-from crypto_sentinel.simulator import write_recording
+from crypto_sentinel.simulator import SimTrade, write_recording
 from crypto_sentinel.simulator.market import Market
 from tests.conftest import COINBASE_DATA, free_port, read_table
+from tests.helpers import assert_candles_match_emitted
 
 SESSION = COINBASE_DATA / "session.recv_ts.ndjson"
 BAD_FRAMES = ["{not json", '{"type":"match","trade_id":"oops"}', "[]"]
@@ -35,6 +41,58 @@ def snapshot(lake: Path) -> dict[str, list[dict[str, Any]]]:
         rows = read_table(lake, spec).to_pylist()
         out[spec.name] = sorted(rows, key=lambda r: tuple(str(r[k]) for k in (*spec.key, "date")))
     return out
+
+
+def trades_in(texts: Iterable[str]) -> list[SimTrade]:
+    """The Coinbase trades (`match`, `last_match`) among raw frame texts, each id once,
+    decoded with plain json: the reference the engine's output is held against."""
+    seen: dict[tuple[str, int], SimTrade] = {}
+    for text in texts:
+        try:
+            f = json.loads(text)
+        except ValueError:
+            continue
+        if not isinstance(f, dict) or f.get("type") not in ("match", "last_match"):
+            continue
+        if not isinstance(f.get("trade_id"), int):
+            continue
+        when = datetime.fromisoformat(f["time"])
+        orders = (f["maker_order_id"], f["taker_order_id"])
+        trade = SimTrade(f["product_id"], f["trade_id"], f["price"], f["size"], f["side"],
+                         when, f["sequence"], *orders)  # fmt: skip
+        seen.setdefault((trade.product_id, trade.trade_id), trade)
+    return list(seen.values())
+
+
+def bronze_texts(lake: Path) -> list[str]:
+    return read_table(lake, T.BRONZE).column("frame").to_pylist()
+
+
+def assert_equals_reference(lake: Path, trades: list[SimTrade]) -> None:
+    """Silver trades and gold 1-minute candles are what the frames say, exactly: every
+    trade once with its decimal price and size and the taker's side, every minute's OHLCV."""
+    assert trades, "no reference trades: the check would be empty"
+    taker = {"buy": "sell", "sell": "buy"}  # Coinbase's side is the maker's
+    want = {
+        ("coinbase", t.product_id, t.trade_id): (
+            Decimal(t.price),
+            Decimal(t.size),
+            taker[t.maker_side],
+            t.time,
+        )
+        for t in trades
+    }
+    rows = read_table(lake, T.TRADES).to_pylist()
+    got = {}
+    for r in rows:
+        got[(r["exchange"], r["product_id"], r["trade_id"])] = (
+            r["price"], r["size"], r["side"], r["time"]
+        )  # fmt: skip
+    assert len(got) == len(rows), "a trade stored twice"
+    assert got.keys() == want.keys(), sorted(got.keys() ^ want.keys())[:5]
+    wrong = [k for k in want if got[k] != want[k]]
+    assert not wrong, [(k, got[k], want[k]) for k in wrong[:3]]
+    assert assert_candles_match_emitted(lake, trades, exchange="coinbase") > 0
 
 
 def overwrite_commits(lake: Path, spec: T.TableSpec) -> int:
@@ -78,6 +136,7 @@ async def test_rebuild_gives_silver_and_gold_equal_to_the_stream(
 
     assert result["rebuilt"] and result["replaced_from"] is None
     assert result["bronze_frames"] == read_table(lake, T.BRONZE).num_rows
+    assert_equals_reference(lake, trades_in(bronze_texts(lake)))
     assert snapshot(lake) == original
     for spec in DERIVED:
         assert overwrite_commits(lake, spec) == 1  # one atomic replacement per table
@@ -122,6 +181,7 @@ def test_rebuild_is_idempotent_and_recomputes_lost_rows(lake: Path) -> None:
 
     first = rebuild(lake)
     assert snapshot(lake) == original
+    assert_equals_reference(lake, trades_in(bronze_texts(lake)))
     second = rebuild(lake)
     assert snapshot(lake) == original
     assert first["rows"] == second["rows"]
@@ -132,7 +192,8 @@ def test_rebuild_is_idempotent_and_recomputes_lost_rows(lake: Path) -> None:
 
 def test_rebuild_after_bronze_retention_keeps_what_bronze_no_longer_covers(lake: Path) -> None:
     days = [date(2024, 2, 1), date(2024, 2, 2), date(2024, 2, 3)]
-    stream(lake, market_frames(days, 96))
+    frames = market_frames(days, 96)
+    stream(lake, frames)
     original = snapshot(lake)
     now = datetime(2024, 2, 3, 12, tzinfo=UTC)
     policy = Policy(retention_days={T.BRONZE.name: 1})
@@ -144,6 +205,7 @@ def test_rebuild_after_bronze_retention_keeps_what_bronze_no_longer_covers(lake:
 
     assert result["replaced_from"] == "2024-02-02"
     assert snapshot(lake) == original  # 1 Feb kept as it was, 2-3 Feb recomputed
+    assert_equals_reference(lake, trades_in(f.text for f in frames))
     history = DeltaTable(str(T.TRADES.path(lake))).history(1)[0]
     assert "2024-02-02" in history["operationParameters"]["predicate"]
 
@@ -172,6 +234,7 @@ def test_rebuild_verb(lake: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["rebuild", "--lake", str(lake)]) == 0
     assert '"rebuilt": true' in capsys.readouterr().out
     assert snapshot(lake) == original
+    assert_equals_reference(lake, trades_in(bronze_texts(lake)))
     empty = lake.parent / "empty"
     T.ensure_tables(empty)
     assert cli_main(["rebuild", "--lake", str(empty)]) == 0

@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -68,6 +68,17 @@ async def receive(ws: ClientConnection, timeout: float = 10) -> dict:
     return dict(json.loads(await asyncio.wait_for(ws.recv(), timeout)))
 
 
+async def until(cond: Callable[[], bool | Awaitable[bool]], what: str, timeout: float = 20) -> None:
+    """Poll `cond` (sync or async) until it holds; fail naming `what` past the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = cond()
+        if done if isinstance(done, bool) else await done:
+            return
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        await asyncio.sleep(0.1)
+
+
 async def next_of(ws: ClientConnection, kind: str) -> dict:
     while True:
         msg = await receive(ws)
@@ -96,8 +107,15 @@ async def test_trades_are_pushed_complete_and_exact(pipeline: Pipeline, lake: Pa
         assert Decimal(t["price"]) == Decimal(emitted[t["trade_id"]].price)
         assert Decimal(t["size"]) == Decimal(emitted[t["trade_id"]].size)
         assert t["exchange"] == "simulator" and t["recv_time"].endswith("Z")
-    await asyncio.sleep(0.5)  # committed
-    stored = {(r["product_id"], r["trade_id"]): r for r in read_table(lake, T.TRADES).to_pylist()}
+    stored: dict[tuple[str, int], dict] = {}
+
+    def committed() -> bool:
+        stored.update(
+            ((r["product_id"], r["trade_id"]), r) for r in read_table(lake, T.TRADES).to_pylist()
+        )
+        return all(("BTC-USD", t["trade_id"]) in stored for t in trades)
+
+    await until(committed, "every pushed trade in the lake")
     for t in trades:
         row = stored[("BTC-USD", t["trade_id"])]
         assert (Decimal(t["price"]), Decimal(t["size"]), t["side"]) == (
@@ -136,7 +154,13 @@ async def test_candle_updates_end_equal_to_rest_and_lake(lake: Path) -> None:
                 elif msg["type"] == "heartbeat" and pipeline.simulator.done:
                     quiet += 1
         assert {g for g, _ in last} == {60, 3600}
-        await asyncio.sleep(0.5)  # committed
+        sol = sum(t.product_id == "SOL-USD" for t in pipeline.simulator.market.emitted())
+
+        def committed(want: int = sol) -> bool:
+            rows = read_table(lake, T.CANDLES_1M).to_pylist()
+            return sum(r["trade_count"] for r in rows if r["product_id"] == "SOL-USD") == want
+
+        await until(committed, "every SOL-USD trade in the lake's 1-minute candles")
         async with httpx.AsyncClient(base_url=base(pipeline)) as client:
             for (g, start), pushed in last.items():
                 begin = datetime.fromisoformat(start.replace("Z", "+00:00"))
@@ -166,8 +190,8 @@ async def test_pushed_candle_carries_the_gap_flag(lake: Path) -> None:
     async for pipeline in live(lake, simulator_rate=100):
         async with connect(ws_url(pipeline)) as ws:
             await send(ws, type="subscribe", product_ids=PRODUCTS, channels=["candles:86400"])
-            while len(pipeline.simulator.market.emitted()) < 50:
-                await asyncio.sleep(0.1)
+            sim = pipeline.simulator
+            await until(lambda: len(sim.market.emitted()) >= 50, "50 trades")  # noqa: B023
             victim = next(t for t in reversed(pipeline.simulator.market.emitted())
                           if t.product_id == "BTC-USD")  # fmt: skip
             record = GapRecord(
@@ -232,8 +256,10 @@ async def test_candles_are_incomplete_exactly_where_trades_were_lost(lake: Path)
                       if plan.hides(i, t.product_id, total)}  # fmt: skip
             assert len(hidden) == 60
             batches = pipeline.engine.stats.batches
-            while pipeline.engine.stats.batches < batches + 2:  # the last frames committed
-                await asyncio.sleep(0.05)
+            await until(  # the last frames committed
+                lambda: pipeline.engine.stats.batches >= batches + 2,  # noqa: B023
+                "two more commits",
+            )
             stored = read_table(lake, T.TRADES).num_rows
             assert stored == len(emitted) - len(hidden)
             gaps = read_table(lake, T.GAPS).to_pylist()
@@ -364,12 +390,11 @@ async def test_server_sent_events(pipeline: Pipeline) -> None:
         assert ids == sorted(ids)
     candles = [d for n, d in events if n == "candle"]
     assert candles and all(c["granularity"] == 300 and c["forming"] for c in candles)
-    for _ in range(50):  # the server notices the client left and forgets it
-        if not any(c.transport == "sse" for c in hub_of(pipeline).clients):
-            break
-        await asyncio.sleep(0.1)
-    else:
-        raise AssertionError("SSE client still registered after disconnect")
+    await until(  # the server notices the client left and forgets it
+        lambda: not any(c.transport == "sse" for c in hub_of(pipeline).clients),
+        "the SSE client forgotten after it left",
+        timeout=5,
+    )
 
 
 def hub_of(pipeline: Pipeline) -> Hub:
@@ -445,12 +470,13 @@ async def test_slow_client_is_dropped_and_never_slows_the_pipeline(lake: Path) -
                     last = json.loads(await asyncio.wait_for(slow.recv(), 10))
             assert last["type"] == "error" and "slow consumer" in last["message"]
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
-        for _ in range(300):
+
+        async def took_all() -> bool:
+            nonlocal health
             health = (await http.get("/health")).json()
-            if health["engine"]["trades"] == total:
-                break
-            await asyncio.sleep(0.1)
-        assert health["engine"]["trades"] == total  # the pipeline took every trade
+            return bool(health["engine"]["trades"] == total)
+
+        await until(took_all, f"the pipeline took all {total} trades", timeout=30)
         assert health["push"]["dropped"] == 1
         metrics = (await http.get("/metrics")).text
         assert 'sentinel_push_dropped_clients_total{transport="websocket"} 1.0' in metrics
@@ -458,7 +484,12 @@ async def test_slow_client_is_dropped_and_never_slows_the_pipeline(lake: Path) -
 
 async def test_rest_flags_the_forming_candle_and_sees_live_trades(pipeline: Pipeline) -> None:
     async with httpx.AsyncClient(base_url=base(pipeline)) as client:
-        await asyncio.sleep(0.5)
+
+        async def flowing() -> bool:
+            r = await client.get("/latest", params={"symbol": "BTC-USD", "limit": 1})
+            return bool(r.json()["data"])
+
+        await until(flowing, "a BTC-USD trade at /latest")
         for g in (3600, 86400):
             r = await client.get("/v1/products/BTC-USD/candles", params={"granularity": g})
             data = r.json()["data"]

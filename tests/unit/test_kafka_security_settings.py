@@ -83,7 +83,7 @@ def test_kafka_start_cli_takes_secrets_from_the_environment_only(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from crypto_sentinel.cli import build_parser
-    from crypto_sentinel.ops import kafka
+    from crypto_sentinel.ops import kafka, kafka_cli
 
     files = {"--ssl-keystore": tmp_path / "k.p12", "--ssl-ca": tmp_path / "ca.pem"}
     for path in files.values():
@@ -92,7 +92,7 @@ def test_kafka_start_cli_takes_secrets_from_the_environment_only(
     argv += [str(x) for pair in files.items() for x in pair]
     args = build_parser().parse_args(argv)
     with pytest.raises(KafkaOpsError) as info:  # nothing in the environment yet
-        kafka._cli_security(args)
+        kafka_cli._cli_security(args)
     assert str(info.value) == (
         "--security-protocol SASL_SSL needs $SENTINEL_KAFKA_SASL_USERNAME,"
         " $SENTINEL_KAFKA_SASL_PASSWORD, $SENTINEL_KAFKA_SSL_KEYSTORE_PASSWORD"
@@ -100,14 +100,14 @@ def test_kafka_start_cli_takes_secrets_from_the_environment_only(
     monkeypatch.setenv(kafka.SASL_USERNAME_ENV, "sentinel")
     monkeypatch.setenv(kafka.SASL_PASSWORD_ENV, SECRET)
     monkeypatch.setenv(kafka.KEYSTORE_PASSWORD_ENV, "ks-" + SECRET)
-    sec = kafka._cli_security(args)
+    sec = kafka_cli._cli_security(args)
     assert isinstance(sec, BrokerSecurity)
     assert (sec.mechanism, sec.users, sec.keystore_password) == (
         "PLAIN",
         {"sentinel": SECRET},
         "ks-" + SECRET,
     )
-    assert kafka._cli_security(build_parser().parse_args(["kafka", "start"])) is None
+    assert kafka_cli._cli_security(build_parser().parse_args(["kafka", "start"])) is None
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-512"])

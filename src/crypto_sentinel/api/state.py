@@ -314,10 +314,6 @@ class HotState:
             ring.settle()
         return ring
 
-    def recent_trades(self, exchange: str, product_id: str) -> deque[SeenTrade]:
-        ring = self.ring(exchange, product_id)
-        return deque() if ring is None else ring
-
     def exchanges_of(self, product_id: str) -> list[str]:
         """Exchanges with trades of the product in memory."""
         return sorted(ex for ex, p in self.trades if p == product_id)

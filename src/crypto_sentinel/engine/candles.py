@@ -8,7 +8,7 @@ instead of duplicating it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -149,10 +149,6 @@ class Candle:
     def from_row(cls, row: dict[str, Any]) -> Candle:
         fields = {k: v for k, v in row.items() if k not in ("vwap", "date")}
         return cls(**fields)
-
-
-def candle_date(candle: Candle) -> date:
-    return candle.start.date()
 
 
 _ZERO = pa.scalar(Decimal(0), T.PRICE)

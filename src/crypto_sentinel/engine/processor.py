@@ -279,9 +279,6 @@ class Engine:
 
         return asyncio.create_task(finish())
 
-    async def commit(self, batch: Batch) -> None:
-        await self.submit(batch)
-
     def flush_now(self) -> None:
         """Commit everything pending before returning (blocking; used when Kafka partitions
         are about to move to another processor, so it never re-reads uncommitted work)."""

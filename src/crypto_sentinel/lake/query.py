@@ -6,15 +6,12 @@ merges are never double counted. Every query is parameterised.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
-import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Iterator, Sequence
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,8 +20,11 @@ from deltalake import DeltaTable
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.filecache import FileCache, RowGroupCache
 from crypto_sentinel.lake.location import LakeRoot, filesystem, is_remote, storage_options
+from crypto_sentinel.lake.recent import TRADE_PAGE_COLUMNS, TRADES_MAX_AGE, RecentReads, _Minutes
 from crypto_sentinel.lake.rollup import CANDLE_AGGREGATES as _CANDLE_AGGREGATES
 from crypto_sentinel.lake.rollup import roll_up
+
+__all__ = ["CANDLE_HISTORY_MAX_AGE", "TRADES_MAX_AGE", "TRADE_PAGE_COLUMNS", "LakeReader"]
 
 if TYPE_CHECKING:
     import duckdb
@@ -37,26 +37,14 @@ if TYPE_CHECKING:
 CANDLE_HISTORY_MAX_AGE = 0.25
 #: Rows of `gold.candles_1m` kept decoded in memory: ~115 days of three products' minutes.
 CANDLE_CACHE_ROWS = 500_000
-#: The API's reads of `silver.trades` (`/latest` and trade pages over the lake) may see the
-#: table as of up to this many seconds ago, as candle history does.
-TRADES_MAX_AGE = 0.25
 #: Rows of `silver.trades` row groups kept decoded in memory (~70 bytes a row in
 #: TRADE_PAGE_COLUMNS, ~180 with every column), in two caches: the newest files' rows (what
 #: `/latest` and the first trade pages read), and the row groups older pages read, so that
 #: paging through history never pushes out what `/latest` needs.
 TRADE_CACHE_ROWS = 400_000
 OLD_TRADE_CACHE_ROWS = 600_000
-#: The columns the API shows of a trade (`/latest`, trade pages): the order ids and the
-#: connection id, most of a row's decoding, are left in the files.
-TRADE_PAGE_COLUMNS = ("product_id", "trade_id", "price", "size", "side", "time", "recv_time")
-#: Per (exchange, product): minute starts (µs), first trade ids, running trade counts.
-_Minutes = tuple[list[int], list[int], list[int]]
-#: How old the index of 1-minute candles that guides trade pages below a cursor may be.
-MINUTE_INDEX_MAX_AGE = 5.0
 #: File listings (per table version and dates) and candle pages (per set of files) kept.
 LISTINGS_KEPT = 512
-#: Answers of `newest_trades` kept per table version (one per exchange, product and limit).
-ANSWER_CACHE = 256
 #: DuckDB settings. Its allocator (a jemalloc of its own) returns freed memory only while
 #: DuckDB allocates, unless its background threads purge it: without them the pages of a
 #: start-up scan stay (measured: 38-81 MB kept after warm-up over a 600,000-trade lake, 6 MB
@@ -66,7 +54,7 @@ DUCKDB_CONFIG: dict[str, str | bool | int | float | list[str]] = {
 }
 
 
-class LakeReader:
+class LakeReader(RecentReads):
     """Thread-safe read access for the API and for engine start-up."""
 
     def __init__(self, lake: LakeRoot) -> None:
@@ -263,52 +251,6 @@ class LakeReader:
             partitions=[("exchange", "=", exchange)],
         )
 
-    def latest_trades(self, exchanges: Sequence[str], limit: int) -> list[dict[str, Any]]:
-        """Newest trades, reading only the newest files (see newest_rows)."""
-        if not exchanges:
-            return []
-        return self.newest_rows(
-            T.TRADES,
-            "SELECT * FROM t WHERE list_contains(?, exchange) ORDER BY time DESC, trade_id DESC"
-            " LIMIT ?",
-            [list(exchanges), limit],
-            limit,
-            partitions=[("exchange", "in", list(exchanges))],
-        )
-
-    def candles(
-        self, exchange: str, product_id: str, start: datetime, end: datetime, limit: int
-    ) -> list[dict[str, Any]]:
-        """Candles in [start, end): date partitions, then min/max of `start` prune files."""
-        days = (end.date() - start.date()).days
-        dates = [(start.date() + timedelta(days=i)).isoformat() for i in range(days + 1)]
-        dt = self._table(T.CANDLES_1M)
-        if dt is None:
-            return []
-        with self._lock:
-            files = dt.file_uris(
-                file_pruning_predicate=[
-                    ("date", "in", dates),
-                    ("start", ">=", start),
-                    ("start", "<", end),
-                ]
-            )
-        return self._run(
-            T.CANDLES_1M,
-            files,
-            "SELECT * FROM t WHERE exchange = ? AND product_id = ? AND start >= ? AND start < ?"
-            " ORDER BY start DESC LIMIT ?",
-            [exchange, product_id, start, end, limit],
-        )
-
-    def exchanges_with_product(self, product_id: str) -> list[str]:
-        rows = self.query(
-            T.TRADES, "SELECT DISTINCT exchange FROM t WHERE product_id = ?", [product_id]
-        )
-        return [r["exchange"] for r in rows]
-
-    # --- serving layer: hot-state warm-up and API history (issue 7) --------------------------
-
     def partition_dates(self, spec: T.TableSpec, max_age: float = 0.0) -> list[date]:
         """Date partitions the table holds, oldest first (from the Delta log, no file listing)."""
         dt = self._table(spec, max_age)
@@ -325,10 +267,6 @@ class LakeReader:
             return []
         return [d for d in dates if (dates[-1] - d).days < days]
 
-    def trade_marks(self) -> dict[tuple[str, str], tuple[int, datetime]]:
-        """Highest trade id and newest trade time per (exchange, product) in the lake."""
-        return {k: (v[1], v[3]) for k, v in self.trade_extents().items()}
-
     def trade_extents(self) -> dict[tuple[str, str], tuple[int, int, datetime, datetime]]:
         """Lowest and highest trade id, oldest and newest trade time per (exchange, product)."""
         rows = self.query(
@@ -340,19 +278,6 @@ class LakeReader:
             (r["exchange"], r["product_id"]): (r["lo"], r["hi"], r["oldest"], r["newest"])
             for r in rows
         }
-
-    def newest_trades_per_product(
-        self, per_product: int, dates: Sequence[date]
-    ) -> list[dict[str, Any]]:
-        """The `per_product` highest trade ids of every (exchange, product) within `dates`."""
-        return self.query(
-            T.TRADES,
-            "SELECT * EXCLUDE (rn) FROM (SELECT *, row_number() OVER ("
-            " PARTITION BY exchange, product_id ORDER BY trade_id DESC) AS rn FROM t)"
-            " WHERE rn <= ? ORDER BY exchange, product_id, trade_id",
-            [per_product],
-            dates=dates,
-        )
 
     def candles_since(self, since: dict[tuple[str, str], datetime]) -> list[dict[str, Any]]:
         """1-minute candles of each (exchange, product) from its own `since` minute on."""
@@ -371,86 +296,10 @@ class LakeReader:
             dates=dates,
         )
 
-    def newest_tickers(self, dates: Sequence[date]) -> list[dict[str, Any]]:
-        """The newest ticker of every (exchange, product) within `dates`."""
-        return self.query(
-            T.TICKERS,
-            "SELECT * EXCLUDE (rn) FROM (SELECT *, row_number() OVER ("
-            " PARTITION BY exchange, product_id ORDER BY time DESC, sequence DESC) AS rn FROM t)"
-            " WHERE rn = 1",
-            dates=dates,
-        )
-
     def products(self) -> list[tuple[str, str]]:
         """Every (exchange, product) with trades in the lake."""
         rows = self.query(T.TRADES, "SELECT DISTINCT exchange, product_id FROM t")
         return [(r["exchange"], r["product_id"]) for r in rows]
-
-    def newest_trades(
-        self, exchange: str, product_id: str | None, limit: int
-    ) -> list[dict[str, Any]]:
-        """Newest trades (optionally of one product), newest first by time then trade id.
-
-        Read from the newest files by the Delta log's statistics, their row groups kept in
-        memory; the answer is kept per table version (`/latest` of an API replica asks the
-        same few questions many times a second).
-        """
-        if limit <= 0:
-            return []
-        order = [("time", "descending"), ("trade_id", "descending")]
-        rows = self._kept(
-            ("newest", exchange, product_id, limit),
-            lambda: self._newest_in_memory(
-                exchange, product_id, None, limit, order, TRADE_PAGE_COLUMNS
-            ),
-        )
-        if rows is None:  # a file without statistics: the two newest date partitions
-            rows = self.query(
-                T.TRADES,
-                "SELECT * FROM t WHERE exchange = ? AND (? IS NULL OR product_id = ?)"
-                " ORDER BY time DESC, trade_id DESC LIMIT ?",
-                [exchange, product_id, product_id, limit],
-                dates=self.newest_dates(T.TRADES, 2),
-            )
-        return rows
-
-    def kept_newest_trades(
-        self, exchange: str, product_id: str | None, limit: int
-    ) -> list[dict[str, Any]] | None:
-        """`newest_trades`' answer if it is kept for the current snapshot and the snapshot
-        is fresh enough to use without a look at the Delta log; else None. Never blocks:
-        for the event loop, which then needs no worker thread for most `/latest` calls."""
-        dt = self._tables.get(T.TRADES.name)
-        hit = self._answers.get(("newest", exchange, product_id, limit))
-        if dt is None or hit is None:
-            return None
-        if time.monotonic() - self._updated.get(T.TRADES.name, 0.0) >= TRADES_MAX_AGE:
-            return None
-        cached = self._actions.get(T.TRADES.name)
-        if cached is None or cached[0] != hit[0]:
-            return None
-        return list(hit[1])
-
-    def _kept(
-        self, key: tuple[Any, ...], answer: Callable[[], list[dict[str, Any]] | None]
-    ) -> list[dict[str, Any]] | None:
-        """`answer()`, kept for as long as `silver.trades` stays at the same version (the
-        same question on the same snapshot has the same answer). Callers must not change
-        the rows."""
-        dt = self._table(T.TRADES, TRADES_MAX_AGE)
-        if dt is None:
-            return []
-        version, _ = self._versioned_actions(T.TRADES, dt)
-        hit = self._answers.get(key)
-        if hit is not None and hit[0] == version:
-            return list(hit[1])
-        rows = answer()
-        if rows is not None:
-            if len(self._answers) >= ANSWER_CACHE:
-                self._answers.clear()
-            self._answers[key] = (version, rows)
-            return list(rows)
-        return rows
 
     def newest_ticker(
         self, exchange: str, product_id: str, since: datetime | None = None
@@ -581,298 +430,6 @@ class LakeReader:
             dates,
         )
 
-    # --- recent rows by file statistics (issue 9): cost follows the answer, not the lake -----
-
-    def newest_rows(
-        self,
-        spec: T.TableSpec,
-        sql: str,
-        params: Sequence[Any],
-        limit: int,
-        *,
-        column: str = "time",
-        partitions: Sequence[tuple[str, str, Any]] = (),
-    ) -> list[dict[str, Any]]:
-        """Run `sql` - at most `limit` rows, newest first by `column` - over the newest files.
-
-        The table `t` that `sql` sees holds only rows with `column >= bound`. The bound comes
-        from the Delta log's per-file statistics: the files with the newest max(`column`) that
-        together hold `limit` rows set it to their smallest min(`column`), and only files
-        whose max reaches it are read (then row groups are skipped by the same filter). If
-        `sql`'s own filters leave fewer than `limit` rows, the bound widens (twice the rows)
-        until the answer is complete or every file is read. `partitions` are (column, "=" or
-        "in", value) filters on partition columns.
-        """
-        dt = self._table(spec)
-        if dt is None or limit <= 0:
-            return []
-        actions = self._add_actions(spec, dt)
-        budget = limit
-        while True:
-            bound = _lower_bound(actions, column, partitions, budget)
-            where: list[tuple[str, str, Any]] = [*partitions]
-            if bound is not None:
-                where.append((column, ">=", bound))
-            with self._lock:
-                files = dt.file_uris(file_pruning_predicate=where or None)
-            rows = self._run(
-                spec, files, sql, params, (column, bound) if bound is not None else None
-            )
-            if len(rows) >= limit or bound is None:
-                return rows
-            budget *= 2
-
-    def _add_actions(self, spec: T.TableSpec, dt: DeltaTable) -> pa.Table:
-        """The snapshot's live files with rows and min/max stats, cached per table version."""
-        return self._versioned_actions(spec, dt)[1]
-
-    def _versioned_actions(self, spec: T.TableSpec, dt: DeltaTable) -> tuple[int, pa.Table]:
-        """(table version, `_add_actions`)."""
-        with self._lock:
-            version = dt.version()
-            cached = self._actions.get(spec.name)
-            if cached is not None and cached[0] == version:
-                return cached
-            actions = pa.table(dt.get_add_actions(flatten=True))
-            self._actions[spec.name] = (version, actions)
-            return version, actions
-
-    # --- trades from memory-held row groups (item 8: reads from the lake under load) ---------
-
-    def _trade_files(
-        self, exchange: str, lo: datetime | None, hi: datetime | None
-    ) -> list[tuple[str, int, datetime, datetime]] | None:
-        """(uri, rows, min time, max time) of the exchange's trade files whose time statistics
-        meet [lo, hi) (None: open), newest max first; None when a file lacks statistics."""
-        dt = self._table(T.TRADES, TRADES_MAX_AGE)
-        if dt is None:
-            return []
-        version, actions = self._versioned_actions(T.TRADES, dt)
-        key = ("files", exchange)
-        with self._lock:
-            hit = self._file_lists.get(key)
-        if hit is not None and hit[0] == version:
-            files = hit[1]
-        else:
-            files = self._list_trade_files(actions, exchange)
-            with self._lock:
-                self._file_lists[key] = (version, files)
-        if files is None:
-            return None
-        return [f for f in files if (lo is None or f[3] >= lo) and (hi is None or f[2] < hi)]
-
-    def _list_trade_files(
-        self, actions: pa.Table, exchange: str
-    ) -> list[tuple[str, int, datetime, datetime]] | None:
-        if actions.num_rows == 0:
-            return []
-        if "max.time" not in actions.column_names:
-            return None
-        mine = actions.filter(pc.equal(actions["partition.exchange"], exchange))
-        if mine["min.time"].null_count or mine["max.time"].null_count:
-            return None
-        mine = mine.sort_by([("max.time", "descending")])
-        base = T.TRADES.uri(self.lake).rstrip("/")
-        return [
-            (f"{base}/{unquote(path)}", rows or 0, low, high)
-            for path, rows, low, high in zip(
-                mine["path"].to_pylist(),
-                mine["num_records"].to_pylist(),
-                mine["min.time"].to_pylist(),
-                mine["max.time"].to_pylist(),
-                strict=True,
-            )
-        ]
-
-    def _trade_rows(
-        self,
-        exchange: str,
-        groups: Sequence[tuple[str, int]],
-        product_id: str | None,
-        lo: datetime | None,
-        hi: datetime | None,
-        columns: tuple[str, ...] | None = None,
-        cache: RowGroupCache | None = None,
-    ) -> pa.Table:
-        """The trades of row `groups` (uri, index; kept in `cache`, by default the newest
-        rows' one) in [lo, hi), of one product; only `columns` (and `exchange`) if given."""
-        held = self._trade_groups if cache is None else cache
-        parts = [held.group(uri, i, columns) for uri, i in groups]
-        if not parts:
-            return _EMPTY_TRADES
-        table = pa.concat_tables(parts, promote_options="default")
-        keep: Any = None
-
-        def both(a: Any, b: Any) -> Any:
-            return b if a is None else pc.and_(a, b)
-
-        if product_id is not None:
-            keep = both(keep, pc.equal(table["product_id"], product_id))
-        if lo is not None:
-            keep = both(keep, pc.greater_equal(table["time"], pa.scalar(lo, T.UTC_TS)))
-        if hi is not None:
-            keep = both(keep, pc.less(table["time"], pa.scalar(hi, T.UTC_TS)))
-        if keep is not None:
-            table = table.filter(keep)
-        return table.append_column("exchange", pa.array([exchange] * table.num_rows, pa.string()))
-
-    def _groups_in(
-        self, files: Sequence[tuple[str, int, datetime, datetime]], lo: Any, hi: Any
-    ) -> list[tuple[str, int]]:
-        """Row groups of `files` whose time statistics meet [lo, hi] (None: open)."""
-        out = []
-        for uri, *_ in files:
-            for i, _, low, high in self._trade_groups.stats(uri, "time"):
-                if (lo is None or high is None or high >= lo) and (
-                    hi is None or low is None or low <= hi
-                ):
-                    out.append((uri, i))
-        return out
-
-    def _newest_in_memory(
-        self,
-        exchange: str,
-        product_id: str | None,
-        before: int | None,
-        limit: int,
-        order: list[tuple[str, str]],
-        columns: tuple[str, ...] | None = None,
-    ) -> list[dict[str, Any]] | None:
-        """The `limit` first rows by `order` (newest first) among the exchange's trades (of
-        one product, below `before`), reading only row groups that can hold them.
-
-        As `newest_rows`, but by row group: the row groups with the newest max(time) that
-        together hold `budget` rows set the bound to their smallest min(time), and only row
-        groups whose max reaches it are read (a compacted day is one file of many row
-        groups). If the filters leave fewer than `limit` rows, the budget doubles until the
-        answer is complete or every row group is read. None when a file lacks statistics.
-        """
-        files = self._trade_files(exchange, None, None)
-        if files is None:
-            return None
-        budget = limit
-        while True:
-            bound = self._row_group_bound(files, budget)
-            reach = [f for f in files if bound is None or f[3] >= bound]
-            table = self._trade_rows(
-                exchange, self._groups_in(reach, bound, None), product_id, bound, None, columns
-            )
-            if before is not None:
-                table = table.filter(pc.less(table["trade_id"], before))
-            if table.num_rows >= limit or bound is None:
-                return _rows(table.sort_by(order).slice(0, limit))
-            budget *= 2
-
-    def _row_group_bound(
-        self, files: Sequence[tuple[str, int, datetime, datetime]], budget: int
-    ) -> datetime | None:
-        """A time with at least `budget` rows at or after it, as late as the row group
-        statistics of the newest files tell; None when the files hold fewer rows (or a row
-        group has no statistics): then every row is wanted."""
-        groups: list[tuple[Any, Any, int]] = []  # (max, min, rows) per row group
-        seen = 0
-        for uri, rows, _low, high in files:
-            if seen >= budget and high < _kth_max(groups, budget):
-                break  # row groups of this and older files all end before the bound
-            for _, count, low, top in self._trade_groups.stats(uri, "time"):
-                if low is None or top is None:
-                    return None
-                groups.append((top, low, count))
-            seen += rows
-        return _kth_max(groups, budget) if seen >= budget else None
-
-    def _candle_window(
-        self, exchange: str, product_id: str, before: int, limit: int
-    ) -> tuple[datetime | None, datetime | None] | None:
-        """Trade times [lo, hi) that should hold the `limit` trades of the product below
-        `before`, from 1-minute candles (None: open): hi is the end of the oldest minute whose
-        first trade id is >= before, lo the start of the minute from which the minutes before
-        the newest one starting below `before` add up to `limit` trades. Only a hint (candles
-        may lag the trades, or be rewritten): `_window_page` checks it. None when no minute
-        starts below `before`."""
-        index = self._minute_index().get((exchange, product_id))
-        if index is None:
-            return None
-        starts, firsts, cumulative = index
-        j = bisect.bisect_left(firsts, before)  # minutes with first trade id < before
-        if j == 0:
-            return None
-        hi = _from_micros(starts[j]) + MINUTE if j < len(starts) else None
-        top = j - 1
-        if top == 0:
-            return None, hi
-        enough = cumulative[top - 1] - limit
-        if enough < 0:
-            return None, hi
-        k = bisect.bisect_right(cumulative, enough)
-        return _from_micros(starts[k]), hi
-
-    def _minute_index(self) -> dict[tuple[str, str], _Minutes]:
-        """Per (exchange, product): minute starts (µs), first trade ids (made non-decreasing)
-        and running trade counts of `gold.candles_1m`, oldest first. Rebuilt at most every
-        MINUTE_INDEX_MAX_AGE seconds: it only guides reads that check what they find."""
-        now = time.monotonic()
-        held = self._minutes
-        if held is not None and now - held[0] < MINUTE_INDEX_MAX_AGE:
-            return held[1]
-        with self._index_lock:
-            held = self._minutes
-            if held is not None and now - held[0] < MINUTE_INDEX_MAX_AGE:
-                return held[1]
-            index: dict[tuple[str, str], _Minutes] = {}
-            table = self._candle_files.table(self.files(T.CANDLES_1M, None))
-            if table is not None:
-                table = table.select(
-                    ["exchange", "product_id", "start", "first_trade_id", "trade_count"]
-                ).sort_by([("exchange", "ascending"), ("product_id", "ascending"),
-                           ("start", "ascending")])  # fmt: skip
-                exchanges = table["exchange"].to_pylist()
-                products = table["product_id"].to_pylist()
-                starts = table["start"].cast(pa.int64()).to_pylist()
-                firsts = table["first_trade_id"].fill_null(0).to_pylist()
-                counts = table["trade_count"].fill_null(0).to_pylist()
-                for (ex, product), rows in itertools.groupby(
-                    range(len(starts)), key=lambda i: (exchanges[i], products[i])
-                ):
-                    at = list(rows)
-                    index[(ex, product)] = (
-                        [starts[i] for i in at],
-                        list(itertools.accumulate((firsts[i] for i in at), max)),
-                        list(itertools.accumulate(counts[i] for i in at)),
-                    )
-            self._minutes = (now, index)
-            return index
-
-    def _window_page(
-        self,
-        exchange: str,
-        product_id: str,
-        before: int,
-        limit: int,
-        lo: datetime | None,
-        hi: datetime,
-        columns: tuple[str, ...] | None = None,
-    ) -> list[dict[str, Any]] | None:
-        """The page of trades below `before` if trades in [lo, hi) prove it complete: the
-        window holds a trade with id >= before (so, ids rising with time, no later trade is
-        below it) and `limit` trades below `before` (so no earlier trade is among the
-        newest `limit`), or reaches back to the first trade. Else None."""
-        files = self._trade_files(exchange, lo, hi)
-        if files is None:
-            return None
-        groups = self._groups_in(files, lo, hi)
-        table = self._trade_rows(
-            exchange, groups, product_id, lo, hi, columns, self._old_trade_groups
-        )
-        if table.num_rows == 0:
-            return None
-        if pc.max(table["trade_id"]).as_py() < before:
-            return None
-        table = table.filter(pc.less(table["trade_id"], before))
-        if table.num_rows < limit and lo is not None:
-            return None
-        return _rows(table.sort_by([("trade_id", "descending")]).slice(0, limit))
-
     def _run(
         self,
         spec: T.TableSpec,
@@ -926,73 +483,3 @@ class LakeReader:
 def _records(rel: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     names = [d[0] for d in rel.description or []]
     return [dict(zip(names, row, strict=True)) for row in rel.fetchall()]
-
-
-_EMPTY_TRADES = pa.table(
-    {f.name: pa.array([], f.type) for f in T.TRADES.schema if f.name != "date"}
-)
-MINUTE = timedelta(minutes=1)
-
-
-def _lower_bound(
-    actions: pa.Table, column: str, partitions: Sequence[tuple[str, str, Any]], rows: int
-) -> Any | None:
-    """Smallest min(`column`) over the newest files (by max) that hold `rows` rows; None when
-    those are all the files or a file lacks statistics (then everything must be read)."""
-    if actions.num_rows == 0:
-        return None
-    keep = [True] * actions.num_rows
-    for name, op, value in partitions:
-        wanted = set(value) if op == "in" else {value}
-        values = actions.column(f"partition.{name}").to_pylist()
-        keep = [k and v in wanted for k, v in zip(keep, values, strict=True)]
-    if f"max.{column}" not in actions.column_names:
-        return None
-    highs = actions.column(f"max.{column}").to_pylist()
-    lows = actions.column(f"min.{column}").to_pylist()
-    counts = actions.column("num_records").to_pylist()
-    files = [i for i, k in enumerate(keep) if k]
-    if any(highs[i] is None or lows[i] is None for i in files):
-        return None
-    files.sort(key=lambda i: highs[i], reverse=True)
-    seen, bound = 0, None
-    for n, i in enumerate(files):
-        seen += counts[i] or 0
-        bound = lows[i] if bound is None else min(bound, lows[i])
-        if seen >= rows:
-            return bound if n + 1 < len(files) else None
-    return None
-
-
-def _kth_max(groups: list[tuple[Any, Any, int]], rows: int) -> Any:
-    """The smallest min(time) among the row groups with the newest max that hold `rows`."""
-    taken, bound = 0, None
-    for _top, low, count in sorted(groups, key=lambda g: g[0], reverse=True):
-        taken += count
-        bound = low if bound is None else min(bound, low)
-        if taken >= rows:
-            break
-    return bound
-
-
-def _from_micros(value: Any) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(value))
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _rows(table: pa.Table) -> list[dict[str, Any]]:
-    """Rows as dicts, as `to_pylist` makes them, but timestamps (UTC) built from their
-    integer value: `to_pylist` converts each through its time zone, most of the cost."""
-    columns: dict[str, list[Any]] = {}
-    for field, column in zip(table.schema, table.columns, strict=True):
-        if pa.types.is_timestamp(field.type) and field.type.unit == "us":
-            micros = column.cast(pa.int64()).to_pylist()
-            columns[field.name] = [
-                None if v is None else _EPOCH + timedelta(microseconds=v) for v in micros
-            ]
-        else:
-            columns[field.name] = column.to_pylist()
-    names = list(columns)
-    return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]

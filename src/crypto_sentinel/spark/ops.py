@@ -10,14 +10,12 @@ on the classpath twice. The standalone master and worker run from the same pyspa
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.resources
 import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +25,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from crypto_sentinel.config import Settings
+from crypto_sentinel.ops import maven, procs
 
 DELTA_VERSION = "4.4.0"  # newest delta-spark on Maven Central built for Spark 4.2
 AWS_SDK_VERSION = "2.35.4"  # the AWS SDK v2 that hadoop-aws 3.5.0 declares (its bundle)
@@ -93,51 +92,35 @@ def _artifact(jar: str) -> str:
 
 
 def install(settings: Settings, quiet: bool = False) -> list[Path]:
-    """Resolve the Kafka source and Delta jars (a no-op once done); returns the jar paths."""
+    """Resolve the Kafka source and Delta jars (a no-op once done); returns the jar paths.
+    Concurrent installs into one cache wait for each other (a lock beside the jars)."""
     out = jars_dir(settings)
     found = installed_jars(settings)
     if found is not None:
         return found
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise SparkOpsError("Maven (`mvn`) is not on PATH; it fetches the Spark job's jars")
-    work = out.parent / "maven"
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "pom.xml").write_text(pom_text(), encoding="utf-8")
-    staging = out.parent / "jars.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    cmd = [mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(work / "pom.xml")]
-    if os.environ.get("SENTINEL_MAVEN_REPO"):
-        cmd.append(f"-Dmaven.repo.local={Path(os.environ['SENTINEL_MAVEN_REPO']).resolve()}")
-    cmd += [
-        "dependency:copy-dependencies",
-        f"-DoutputDirectory={staging}",
-        "-DincludeScope=runtime",
-    ]
-    if not quiet:
-        print(f"Resolving the Spark job's jars into {out} via Maven ...", file=sys.stderr)
-    try:
-        proc = subprocess.run(
-            cmd, cwd=work, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-            timeout=_MAVEN_TIMEOUT_S,
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with procs.locked(out.parent / ".install.lock"):
+        found = installed_jars(settings)
+        if found is not None:  # another process finished it while we waited
+            return found
+        if not quiet:
+            print(f"Resolving the Spark job's jars into {out} via Maven ...", file=sys.stderr)
+        staging = out.parent / "jars.partial"
+        maven.resolve(
+            pom_text(), out.parent / "maven", staging, what="the Spark job's jars",
+            error=SparkOpsError,
         )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SparkOpsError(f"cannot run {' '.join(cmd)}: {exc}") from exc
-    (work / "mvn.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
-        raise SparkOpsError(f"mvn failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
-    shipped = {_artifact(j.name) for j in (spark_home() / "jars").glob("*.jar")}
-    for jar in staging.glob("*.jar"):
-        if _artifact(jar.name) in shipped:
-            jar.unlink()  # pyspark has its own (newer) copy; two on one classpath conflict
-    names = sorted(j.name for j in staging.glob("*.jar"))
-    for needed in ("spark-sql-kafka", "delta-spark", "hadoop-aws"):
-        if not any(n.startswith(needed) for n in names):
-            raise SparkOpsError(f"Maven resolved no {needed} jar into {staging}")
-    (staging / _MARKER).write_text(json.dumps({"jars": names}, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+        shipped = {_artifact(j.name) for j in (spark_home() / "jars").glob("*.jar")}
+        for jar in staging.glob("*.jar"):
+            if _artifact(jar.name) in shipped:
+                jar.unlink()  # pyspark has its own (newer) copy; two on one classpath conflict
+        names = sorted(j.name for j in staging.glob("*.jar"))
+        for needed in ("spark-sql-kafka", "delta-spark", "hadoop-aws"):
+            if not any(n.startswith(needed) for n in names):
+                raise SparkOpsError(f"Maven resolved no {needed} jar into {staging}")
+        (staging / _MARKER).write_text(json.dumps({"jars": names}, indent=2))
+        shutil.rmtree(out, ignore_errors=True)
+        staging.rename(out)
     if not quiet:
         print(f"Installed {len(names)} jars into {out}", file=sys.stderr)
     return [out / n for n in names]
@@ -232,16 +215,14 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, os.WNOHANG)
-        return False
-    return True
+MASTER_MAIN = "org.apache.spark.deploy.master.Master"
+WORKER_MAIN = "org.apache.spark.deploy.worker.Worker"
+
+
+def _marks(state: ClusterState) -> tuple[tuple[str, str], tuple[str, str]]:
+    """Arguments that make a recorded pid our master's or a worker's (`procs.alive`)."""
+    port = state.master_url.rsplit(":", 1)[1]
+    return (MASTER_MAIN, port), (WORKER_MAIN, state.master_url)
 
 
 def cluster_status(data_dir: Path) -> dict[str, Any] | None:
@@ -250,20 +231,19 @@ def cluster_status(data_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     state = ClusterState(**raw)
+    master, worker = _marks(state)
     return {
         **state.as_dict(),
-        "master_alive": _alive(state.master_pid),
-        "worker_alive": all(_alive(p) for p in state.worker_pids or [state.worker_pid]),
+        "master_alive": procs.alive(state.master_pid, master),
+        "worker_alive": all(
+            procs.alive(p, worker) for p in state.worker_pids or [state.worker_pid]
+        ),
     }
 
 
 def _daemon(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True,  # survives the CLI; stopped by `sentinel spark cluster stop`
-        )  # fmt: skip
+    log.unlink(missing_ok=True)  # `_wait_for` reads this start's lines only
+    return procs.spawn(cmd, log, env)  # outlives the CLI: `sentinel spark cluster stop` ends it
 
 
 def _wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -347,7 +327,7 @@ def cluster_start(
             logs.append(str(log))
     except BaseException:
         for pid in reversed(started):
-            _terminate(pid)
+            procs.stop_group(pid, ())  # just started by us: no mark to check
         raise
     state = ClusterState(
         master_url, master.pid, started[1], str(master_log), logs[0], worker_pids=started[1:]
@@ -356,32 +336,17 @@ def cluster_start(
     return state
 
 
-def _terminate(pid: int, timeout: float = 20) -> None:
-    """Stop a daemon and its process group (the executors a worker started)."""
-    from crypto_sentinel.spark import procs
-
-    if procs.group(pid):
-        procs.end_group(pid, grace=timeout)
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        while _alive(pid):
-            time.sleep(0.05)
-
-
-def cluster_stop(data_dir: Path) -> bool:
-    """Stop the worker, then the master; False if no cluster was recorded."""
-    state = cluster_status(data_dir)
-    if state is None:
+def cluster_stop(data_dir: Path, timeout: float = 20) -> bool:
+    """Stop the workers (with their executors), then the master; False if no cluster was
+    recorded. A recorded pid that now runs something else is left alone."""
+    raw = cluster_status(data_dir)
+    if raw is None:
         return False
-    for pid in state.get("worker_pids") or [state["worker_pid"]]:
-        _terminate(pid)
-    _terminate(state["master_pid"])
+    fields = ClusterState.__dataclass_fields__
+    state = ClusterState(**{k: v for k, v in raw.items() if k in fields})
+    master, worker = _marks(state)
+    for pid in state.worker_pids or [state.worker_pid]:
+        procs.stop_group(pid, worker, timeout)
+    procs.stop_group(state.master_pid, master, timeout)
     _cluster_file(data_dir).unlink(missing_ok=True)
     return True

@@ -20,6 +20,8 @@ import threading
 import time
 from pathlib import Path
 
+from crypto_sentinel.ops.procs import _stat, end_group
+
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
@@ -38,14 +40,6 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         libc.prctl(_PR_SET_PDEATHSIG, sig)
 
 
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name: [state, ppid, pgrp, session, ...]."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
 def _pids() -> list[int]:
     return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
 
@@ -53,16 +47,6 @@ def _pids() -> list[int]:
 def alive(pid: int) -> bool:
     stat = _stat(pid)
     return stat is not None and stat[0] not in ("Z", "X")
-
-
-def group(pgid: int) -> list[int]:
-    """Living processes of a process group."""
-    found = []
-    for pid in _pids():
-        stat = _stat(pid)
-        if stat is not None and stat[0] not in ("Z", "X") and int(stat[2]) == pgid:
-            found.append(pid)
-    return found
 
 
 def descendants(pid: int) -> list[int]:
@@ -91,18 +75,6 @@ def _comm(pid: int) -> str:
 def _kill(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
-
-
-def end_group(pgid: int, grace: float = KILL_GRACE_S) -> None:
-    """SIGTERM every process left in the group, SIGKILL what is still there after `grace`."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if not group(pgid):
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, sig)
-        deadline = time.monotonic() + grace
-        while group(pgid) and time.monotonic() < deadline:
-            time.sleep(0.1)
 
 
 def stop_driver(jvm: int, sig: int) -> None:
@@ -144,7 +116,7 @@ def run_submit(cmd: list[str], env: dict[str, str]) -> int:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-        end_group(proc.pid)
+        end_group(proc.pid, KILL_GRACE_S)
         proc.wait()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
