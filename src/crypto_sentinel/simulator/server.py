@@ -19,27 +19,21 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from http import HTTPStatus
 from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
-import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from crypto_sentinel.simulator.candles import (
-    CANDLE_GRANULARITIES,
-    REST_MAX_CANDLES,
-    candle_rows,
-)
 from crypto_sentinel.simulator.market import Market, ResumePoint, SimTrade
 from crypto_sentinel.simulator.protocol import (
     ProtocolError,
     Subscriptions,
     parse_client_message,
 )
+from crypto_sentinel.simulator.rest import coinbase_rest, json_response
 from crypto_sentinel.simulator.venues import Venue, venue_for
 
 __all__ = ["DEFAULT_PRODUCTS", "FrameHook", "Session", "SimulatorServer", "ws_text_frame"]
@@ -48,7 +42,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PRODUCTS = ("BTC-USD", "ETH-USD", "SOL-USD")
 MAX_RATE = 50_000.0
-REST_MAX_LIMIT = 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MIN_SLEEP = 0.002  # batch period floor: high rates go out in ~2 ms batches
 _MAX_LAG = 1.0  # seconds of backlog the clock catches up on before it re-anchors
@@ -489,7 +482,7 @@ class SimulatorServer:
         if self.venue is not None:
             return await self._venue_request(conn, url.path, url.query, upgrade)
         if "websocket" in upgrade.lower():
-            return None if url.path == "/" else _json(conn, 404, {"message": "NotFound"})
+            return None if url.path == "/" else json_response(conn, 404, {"message": "NotFound"})
         if url.path.endswith("/trades"):
             self.rest_trade_requests += 1
             rest_fault = getattr(self.faults, "rest_fault", None)
@@ -498,63 +491,10 @@ class SimulatorServer:
                 if delay > 0:
                     await asyncio.sleep(delay)
                 if error is not None:
-                    return _json(conn, error, {"message": "Public rate limit exceeded"})
-        return self._rest(conn, url.path, parse_qs(url.query, keep_blank_values=True))
-
-    def _rest(self, conn: ServerConnection, path: str, query: dict[str, list[str]]) -> Response:
-        parts = [p for p in path.split("/") if p]
-        market = self.market
-        if parts == ["products"]:
-            return _json(conn, 200, [market.specs[p].rest() for p in market.products])
-        if len(parts) >= 2 and parts[0] == "products":
-            product = parts[1]
-            if product not in market.specs:
-                return _json(conn, 404, {"message": "NotFound"})
-            if len(parts) == 2:
-                return _json(conn, 200, market.specs[product].rest())
-            if len(parts) == 3 and parts[2] == "trades":
-                return self._trades(conn, product, query)
-            if len(parts) == 3 and parts[2] == "candles":
-                return self._candles(conn, product, query)
-        return _json(conn, 404, {"message": "NotFound"})
-
-    def _trades(
-        self, conn: ServerConnection, product: str, query: dict[str, list[str]]
-    ) -> Response:
-        """``GET /products/{id}/trades``: newest first, cursor-paginated by trade_id."""
-        try:
-            limit = _int_param(query, "limit", REST_MAX_LIMIT)
-            before = _int_param(query, "before", None)
-            after = _int_param(query, "after", None)
-        except ValueError as exc:
-            return _json(conn, 400, {"message": str(exc)})
-        assert limit is not None
-        if not 1 <= limit <= REST_MAX_LIMIT:
-            return _json(conn, 400, {"message": f"limit must be between 1 and {REST_MAX_LIMIT}"})
-        page = self.market.trades_page(product, limit, before=before, after=after)
-        headers = {}
-        if page:
-            headers = {"CB-BEFORE": str(page[0].trade_id), "CB-AFTER": str(page[-1].trade_id)}
-        return _json(conn, 200, [self.market.rest_trade(t) for t in page], headers)
-
-    def _candles(
-        self, conn: ServerConnection, product: str, query: dict[str, list[str]]
-    ) -> Response:
-        """``GET /products/{id}/candles``: ``[time, low, high, open, close, volume]`` rows,
-        newest first, at most 300, computed from the retained trade history."""
-        try:
-            granularity = _int_param(query, "granularity", 60)
-            start = _time_param(query, "start")
-            end = _time_param(query, "end")
-        except ValueError as exc:
-            return _json(conn, 400, {"message": str(exc)})
-        if granularity not in CANDLE_GRANULARITIES:
-            return _json(conn, 400, {"message": "Unsupported granularity"})
-        assert granularity is not None
-        rows = candle_rows(self.market.history(product), granularity, start, end)
-        if len(rows) > REST_MAX_CANDLES:
-            return _json(conn, 400, {"message": "granularity too small for the requested range"})
-        return _json(conn, 200, rows)
+                    return json_response(conn, error, {"message": "Public rate limit exceeded"})
+        return coinbase_rest(
+            conn, self.market, url.path, parse_qs(url.query, keep_blank_values=True)
+        )
 
     # ------------------------------------------------------------------ venue dispatch
     # Everything a non-Coinbase venue changes goes through these methods (self.venue).
@@ -620,7 +560,7 @@ class SimulatorServer:
         query = parse_qs(raw_query, keep_blank_values=True)
         if "websocket" in upgrade.lower():
             refusal = venue.ws_refusal(path, query, self.market)
-            return None if refusal is None else _json(conn, *refusal)
+            return None if refusal is None else json_response(conn, *refusal)
         if venue.is_trades_path(path):
             self.rest_trade_requests += 1
             rest_fault = getattr(self.faults, "rest_fault", None)
@@ -630,41 +570,6 @@ class SimulatorServer:
                     await asyncio.sleep(delay)
                 if error is not None:
                     answer = venue.throttled()
-                    return _json(conn, error, answer.body, answer.headers)
+                    return json_response(conn, error, answer.body, answer.headers)
         answer = venue.rest(self.market, path, query)
-        return _json(conn, answer.status, answer.body, answer.headers)
-
-
-def _time_param(query: dict[str, list[str]], name: str) -> datetime | None:
-    values = query.get(name)
-    if not values or not values[-1]:
-        return None
-    try:
-        value = datetime.fromisoformat(values[-1].replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"invalid {name}: {values[-1]!r} is not an ISO 8601 time") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _int_param(query: dict[str, list[str]], name: str, default: int | None) -> int | None:
-    values = query.get(name)
-    if not values:
-        return default
-    value = values[-1]
-    if not (value.isascii() and value.isdigit()):
-        raise ValueError(f"invalid {name}: {value!r} is not a positive integer")
-    return int(value)
-
-
-def _json(
-    conn: ServerConnection,
-    status: int,
-    body: object,
-    headers: dict[str, str] | None = None,
-) -> Response:
-    response = conn.respond(HTTPStatus(status), orjson.dumps(body).decode())
-    del response.headers["Content-Type"]
-    response.headers["Content-Type"] = "application/json; charset=utf-8"
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
-    return response
+        return json_response(conn, answer.status, answer.body, answer.headers)
