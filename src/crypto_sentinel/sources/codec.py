@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from decimal import Decimal
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -134,3 +134,15 @@ def decode_gap_frame(frame: RawFrame) -> GapRecord:
         return gap_record(frame, _gap_decoder.decode(frame.text))
     except msgspec.DecodeError as exc:
         raise FrameError(f"bad gap message: {exc}") from None
+
+
+def ids_message(decoder: msgspec.json.Decoder[Any], text: str, marker: str) -> Any | None:
+    """A frame read for its trade ids only when it mentions `marker` (most frames do not, and
+    a substring test is far cheaper than parsing); None when it does not parse either (the
+    full codec quarantines such a frame)."""
+    if marker not in text:
+        return None
+    try:
+        return decoder.decode(text)
+    except msgspec.DecodeError:
+        return None

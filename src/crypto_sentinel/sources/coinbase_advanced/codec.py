@@ -25,6 +25,7 @@ from crypto_sentinel.sources.codec import (
     check_product,
     check_time,
     decode_gap_frame,
+    ids_message,
     is_backfill_page,
 )
 
@@ -270,11 +271,8 @@ _ids = msgspec.json.Decoder(_Ids)
 
 def sightings(text: str) -> list[Sighting]:
     """The trade ids a `market_trades` frame carries, oldest first."""
-    if '"market_trades"' not in text:
-        return []
-    try:
-        msg = _ids.decode(text)
-    except msgspec.DecodeError:
+    msg = ids_message(_ids, text, '"market_trades"')
+    if msg is None:
         return []
     seen = []
     for event in msg.events:

@@ -24,6 +24,7 @@ from crypto_sentinel.sources.codec import (
     check_product,
     check_time,
     decode_gap_frame,
+    ids_message,
     is_backfill_page,
     number_text,
 )
@@ -274,11 +275,8 @@ _ids = msgspec.json.Decoder(_Ids)
 
 def sightings(text: str) -> list[Sighting]:
     """The trade ids a `trade` message carries, oldest first (snapshots come newest first)."""
-    if '"trade"' not in text:
-        return []
-    try:
-        msg = _ids.decode(text)
-    except msgspec.DecodeError:
+    msg = ids_message(_ids, text, '"trade"')
+    if msg is None:
         return []
     if msg.channel != "trade":
         return []
