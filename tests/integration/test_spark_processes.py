@@ -1,6 +1,8 @@
-"""No Spark process outlives what started it (issue 22): `sentinel spark submit` ends its JVM
-and the job's Python driver after a normal end, an error, and a SIGTERM or SIGINT sent to the
-CLI alone; `sentinel spark cluster stop` ends the daemons and the executors they started.
+"""No Spark process outlives what started it (issue 22): `sentinel spark submit` ends its JVM,
+the job's Python driver and the JVM's Python workers after an error, and a SIGTERM or SIGINT
+sent to the CLI alone; `sentinel spark cluster stop` ends the daemons and the executors they
+started. A normal end (and a SIGKILL of the whole job) is checked by the conformance runs
+(test_spark_conformance.py), which end that way anyway: one JVM start fewer here.
 
 Every process of a run is found in the process table by a marker in its environment, which
 the JVM, the driver, the daemons and the executors all inherit."""
@@ -26,39 +28,9 @@ from crypto_sentinel.simulator import write_recording
 from crypto_sentinel.sources.replay import ReplaySource
 from crypto_sentinel.spark import ops
 from tests.conftest import ROOT
+from tests.integration.spark_procs import MARK, marked, wait_until_none
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
-MARK = "SPARK_PROCS_MARK"
-
-
-def marked(mark: str) -> list[str]:
-    """`pid command` of every living process that carries the marker (the command's start
-    and its main class or script: a JVM's class path comes in between)."""
-    found = []
-    needle = f"{MARK}={mark}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle not in (entry / "environ").read_bytes().split(b"\0"):
-                continue
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if state not in ("Z", "X"):
-            main = [a for a in args if a.endswith(".py") or a.startswith("org.apache.spark")]
-            found.append(f"{entry.name} {args[0]} {' '.join(main)}")
-    return found
-
-
-def wait_until_none(mark: str, deadline_s: float = 60) -> list[str]:
-    """Processes of the run still there after the deadline (ending can take a moment when
-    it does not go through the CLI, e.g. after a cluster stop)."""
-    deadline = time.monotonic() + deadline_s
-    while (left := marked(mark)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return left
 
 
 @pytest.fixture(scope="module")
@@ -128,42 +100,39 @@ def finish(proc: subprocess.Popen[bytes], log: Path) -> int:
         raise AssertionError(log.read_text(errors="replace")[-3000:]) from None
 
 
-def test_nothing_outlives_a_normal_end(topics: tuple[str, str], tmp_path: Path) -> None:
-    mark, log = uuid.uuid4().hex, tmp_path / "spark.log"
-    args = ["spark", "submit", "--master", "local[1]", "--available-now"]
-    proc = sentinel(args, env(topics, tmp_path / "lake", mark), log)
-    assert finish(proc, log) == 0, log.read_text(errors="replace")[-3000:]
-    assert bronze_rows(tmp_path / "lake") > 0
-    assert marked(mark) == []  # when the CLI has returned, not some time later
-
-
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_nothing_outlives_a_signal_to_the_parent(
-    topics: tuple[str, str], tmp_path: Path, sig: int
+def test_nothing_outlives_a_signal_to_the_parent_or_an_error(
+    topics: tuple[str, str], tmp_path: Path
 ) -> None:
-    mark, log, lake = uuid.uuid4().hex, tmp_path / "spark.log", tmp_path / "lake"
-    proc = sentinel(["spark", "submit", "--master", "local[1]"], env(topics, lake, mark), log)
+    """Three runs at once (their JVM start-ups and first batches overlap, which saves a few
+    minutes of suite): one ended by SIGTERM, one by SIGINT, each sent to its CLI alone, and
+    one that fails."""
+    runs = {}
+    for name in ("SIGTERM", "SIGINT", "error"):
+        mark, log, lake = uuid.uuid4().hex, tmp_path / f"{name}.log", tmp_path / name / "lake"
+        lake.parent.mkdir()
+        args = ["spark", "submit", "--master", "local[1]"]
+        if name == "error":
+            lake.write_text("a file where the lake folder should be")  # no tables can be made
+            args.append("--available-now")
+        runs[name] = (mark, log, lake, sentinel(args, env(topics, lake, mark), log))
     try:
-        wait_for_a_batch(proc, lake, log)
-        assert len(marked(mark)) >= 3  # the CLI, the JVM and the Python driver
-        os.kill(proc.pid, sig)  # the CLI only, as `kill PID` or Ctrl-C in its terminal
-        finish(proc, log)
-        assert marked(mark) == [], log.read_text(errors="replace")[-3000:]
+        mark, log, _, proc = runs["error"]
+        assert finish(proc, log) != 0
+        text = log.read_text(errors="replace")
+        assert "streaming query failed: " in text, text[-3000:]
+        assert marked(mark) == []
+        for sig, name in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
+            mark, log, lake, proc = runs[name]
+            wait_for_a_batch(proc, lake, log)
+            # the CLI, the JVM, the Python driver and the JVM's Python worker(s)
+            assert len(marked(mark)) >= 4, marked(mark)
+            os.kill(proc.pid, sig)  # the CLI only, as `kill PID` or Ctrl-C in its terminal
+            finish(proc, log)
+            assert marked(mark) == [], log.read_text(errors="replace")[-3000:]
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def test_nothing_outlives_an_error(topics: tuple[str, str], tmp_path: Path) -> None:
-    mark, log = uuid.uuid4().hex, tmp_path / "spark.log"
-    lake = tmp_path / "lake"
-    lake.write_text("a file where the lake folder should be")  # the job cannot create tables
-    args = ["spark", "submit", "--master", "local[1]", "--available-now"]
-    proc = sentinel(args, env(topics, lake, mark), log)
-    assert finish(proc, log) != 0
-    text = log.read_text(errors="replace")
-    assert "streaming query failed: " in text, text[-3000:]
-    assert marked(mark) == []
+        for _, _, _, proc in runs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_cluster_stop_ends_daemons_and_executors(topics: tuple[str, str], tmp_path: Path) -> None:

@@ -9,13 +9,14 @@ Per batch, as few Spark jobs as the tables need (issue 22):
 
 * one summary job (it also fills the cache of the decoded batch): per kind and product, the
   count, dates, event-time and id range;
-* trades and tickers: deduplicated on their key inside the batch (first arrival in Kafka
-  order). Each product's highest stored id (trade_id, ticker sequence) is known to the sink
-  (read once per process, then kept up to date): a row above it cannot be stored yet, so the
-  common batch is a plain append. Rows at or below it (REST backfill, repeated frames) are
-  checked against silver: trades by an anti-join on the key, pruned by date, product and id
-  range, appended in the same single commit (so the candles know exactly which trades are
-  new); tickers by an insert-only MERGE;
+* tickers: those the embedded engine keeps (decode.newer_tickers, against the ticker marks),
+  so a plain append;
+* trades: deduplicated on their key inside the batch (first arrival in Kafka order). Each
+  product's highest stored trade id is known to the sink (read once per process, then kept up
+  to date): a row above it cannot be stored yet, so the common batch is a plain append. Rows
+  at or below it (REST backfill, repeated frames) are checked against silver by an anti-join
+  on the key, pruned by date, product and id range, appended in the same single commit (so
+  the candles know exactly which trades are new);
 * candles: the new trades' partial candles (one aggregation job) merged on the driver, with
   the embedded engine's own `Candle.merge`, into the stored candles of the same minutes (one
   small pruned read of gold), then upserted: no re-read of silver. Only a batch that Spark
@@ -39,7 +40,6 @@ from delta.tables import DeltaTable
 from deltalake import DeltaTable as DeltaLakeTable
 from pyspark.sql import Column, DataFrame, Row, SparkSession, Window
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from crypto_sentinel.engine.candles import Candle
 from crypto_sentinel.lake import tables as LT
@@ -55,25 +55,6 @@ MINUTE_US = 60_000_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def spark_type(typ: pa.DataType) -> T.DataType:
-    """The Spark type Delta maps to the same column type as our Arrow table specs."""
-    if pa.types.is_decimal(typ):
-        return T.DecimalType(typ.precision, typ.scale)
-    if pa.types.is_timestamp(typ):
-        return T.TimestampType()
-    if pa.types.is_date32(typ):
-        return T.DateType()
-    if pa.types.is_int64(typ):
-        return T.LongType()
-    if pa.types.is_string(typ):
-        return T.StringType()
-    raise TypeError(f"no Spark type for {typ}")
-
-
-def spark_schema(spec: LT.TableSpec) -> T.StructType:
-    return T.StructType([T.StructField(f.name, spark_type(f.type)) for f in spec.schema])
-
-
 @dataclass
 class Scope:
     """What one batch holds of one kind of record (from `decode.summary`)."""
@@ -84,6 +65,8 @@ class Scope:
     last_us: int | None = None
     #: (exchange, product_id) -> (lowest, highest) id of the batch
     ids: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    #: (exchange, product_id) -> (id, unix micros) of the batch's last row in Kafka order
+    newest: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
 
     def add(self, row: Row) -> None:
         self.n += int(row["n"])
@@ -94,6 +77,7 @@ class Scope:
                 setattr(self, name, row[name] if current is None else pick(current, row[name]))
         if row["product_id"] is not None and row["first_id"] is not None:
             self.ids[(row["exchange"], row["product_id"])] = (row["first_id"], row["last_id"])
+            self.newest[(row["exchange"], row["product_id"])] = tuple(row["newest"])
 
     @property
     def first_id(self) -> int:
@@ -104,10 +88,21 @@ class Scope:
         return max(hi for _, hi in self.ids.values())
 
 
+@dataclass
+class Marks:
+    """Per product what is stored: read from the tables at start, moved after every commit."""
+
+    #: (exchange, product_id) -> highest stored trade id (exact)
+    trades: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: (exchange, product_id) -> newest ticker's (sequence, unix micros): at start the
+    #: highest of each stored, as the embedded engine starts (lake/query.py
+    #: `ticker_high_water`), then the last one kept
+    tickers: decode.TickerMarks = field(default_factory=dict)
+
+
 class LakeSink:
-    """Callable for `writeStream.foreachBatch`. State: each product's highest stored trade id
-    and ticker sequence (exact: read from the tables at start, raised after every commit),
-    and the app's batches the tables held when this process started."""
+    """Callable for `writeStream.foreachBatch`. State: the `Marks`, and the app's batches the
+    tables held when this process started."""
 
     def __init__(
         self,
@@ -116,7 +111,7 @@ class LakeSink:
         app_id: str,
         topic_prefix: str,
         committed: dict[str, int] | None = None,
-        marks: dict[str, dict[tuple[str, str], int]] | None = None,
+        marks: Marks | None = None,
     ) -> None:
         self.spark = spark
         self.lake = lake
@@ -124,8 +119,7 @@ class LakeSink:
         self.topic_prefix = topic_prefix
         #: table name -> highest batch id of this app the table held at start (Delta txn)
         self.committed = committed or {}
-        #: "trades"/"tickers" -> (exchange, product_id) -> highest stored id (see `read_marks`)
-        self.marks = marks or {"trades": {}, "tickers": {}}
+        self.marks = marks or Marks()
         self.timings: dict[str, float] = {}
 
     def path(self, spec: LT.TableSpec) -> str:
@@ -134,7 +128,8 @@ class LakeSink:
     def __call__(self, records: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
         self.timings = {}
-        parsed = decode.parse(decode.frames(records, self.topic_prefix)).persist()
+        frames = decode.frames(records, self.topic_prefix)
+        parsed = decode.decoded(frames, self.marks.tickers).persist()
         try:
             counts = self.write(parsed, batch_id)
         finally:
@@ -156,15 +151,15 @@ class LakeSink:
             scopes: dict[str, Scope] = {}
             for row in decode.summary(parsed):  # one small job; fills parsed's cache
                 scopes.setdefault(row["kind"], Scope()).add(row)
-        marks = self.marks
         if "rejected" in scopes:
             with self._step("quarantine"):
                 self._append(LT.QUARANTINE, decode.quarantine(parsed), batch_id)
         if "trade" in scopes:
-            self._trades(parsed, scopes["trade"], marks["trades"], batch_id)
-        if "ticker" in scopes:
+            self._trades(parsed, scopes["trade"], self.marks.trades, batch_id)
+        if "ticker" in scopes:  # only newer tickers are decoded: a plain append
             with self._step("tickers"):
-                self._tickers(parsed, scopes["ticker"], marks["tickers"], batch_id)
+                self._append(LT.TICKERS, decode.tickers(parsed), batch_id)
+            self.marks.tickers.update(scopes["ticker"].newest)
         if "gap" in scopes:
             with self._step("gaps"):
                 self._append(LT.GAPS, decode.gaps(parsed), batch_id)
@@ -237,18 +232,6 @@ class LakeSink:
             rows.where(below).join(stored, list(spec.key), "left_anti")
         )
 
-    def _tickers(
-        self, parsed: DataFrame, scope: Scope, marks: dict[tuple[str, str], int], batch_id: int
-    ) -> None:
-        tickers = _first_per_key(decode.tickers(parsed), LT.TICKERS.key)
-        late = any(p in marks and lo <= marks[p] for p, (lo, _) in scope.ids.items())
-        if late:  # a sequence that may be stored already: insert-only MERGE
-            with self._txn(batch_id):
-                self._insert_new(LT.TICKERS, tickers, scope, "sequence")
-        else:
-            self._append(LT.TICKERS, tickers, batch_id)
-        _raise(marks, scope)
-
     def _append(self, spec: LT.TableSpec, rows: DataFrame, batch_id: int) -> None:
         (
             rows.select(*spec.schema.names)
@@ -269,23 +252,6 @@ class LakeSink:
         finally:
             self.spark.conf.unset(TXN_APP_CONF)
             self.spark.conf.unset(TXN_VERSION_CONF)
-
-    def _insert_new(
-        self, spec: LT.TableSpec, rows: DataFrame, scope: Scope, id_column: str
-    ) -> None:
-        """Insert rows whose key the table does not hold yet. The batch's dates and id range
-        only prune files (a matching row must lie in them); the key decides."""
-        match = " AND ".join(f"t.{k} = s.{k}" for k in spec.key)
-        prune = (
-            f"t.date IN ({_date_list(scope.dates)})"
-            f" AND t.{id_column} BETWEEN {int(scope.first_id)} AND {int(scope.last_id)}"
-        )
-        target = DeltaTable.forPath(self.spark, self.path(spec)).alias("t")
-        (
-            target.merge(rows.select(*spec.schema.names).alias("s"), f"{prune} AND {match}")
-            .whenNotMatchedInsertAll()
-            .execute()
-        )
 
     def _upsert_candles(self, partials: list[Candle], scope: Scope, batch_id: int) -> None:
         """The new trades' partial candles merged into the stored candles of their minutes."""
@@ -381,26 +347,35 @@ class LakeSink:
             )
 
 
-def read_marks(tables: dict[str, DeltaLakeTable]) -> dict[str, dict[tuple[str, str], int]]:
-    """Each product's highest trade id and ticker sequence in the tables, read once per
-    process by the driver (delta-rs, record batch by record batch: bounded memory), before
-    Spark's first batch, which then has no extra jobs."""
-    marks: dict[str, dict[tuple[str, str], int]] = {}
-    for name, spec, column in (
-        ("trades", LT.TRADES, "trade_id"),
-        ("tickers", LT.TICKERS, "sequence"),
-    ):
-        found: dict[tuple[str, str], int] = {}
-        dataset = tables[spec.name].to_pyarrow_dataset()
-        for batch in dataset.to_batches(columns=["exchange", "product_id", column]):
-            if not batch.num_rows:
-                continue
-            table = pa.Table.from_batches([batch]).group_by(["exchange", "product_id"])
-            for row in table.aggregate([(column, "max")]).to_pylist():
-                key = (row["exchange"], row["product_id"])
-                found[key] = max(found.get(key, row[f"{column}_max"]), row[f"{column}_max"])
-        marks[name] = found
-    return marks
+def read_marks(tables: dict[str, DeltaLakeTable]) -> Marks:
+    """Each product's highest trade id, and highest ticker sequence and time, in the tables,
+    read once per process by the driver (delta-rs, record batch by record batch: bounded
+    memory), before Spark's first batch, which then has no extra jobs."""
+    trades = _highest(tables[LT.TRADES.name], ["trade_id"])
+    tickers = _highest(tables[LT.TICKERS.name], ["sequence", "time"])
+    return Marks(
+        {key: values[0] for key, values in trades.items()},
+        {key: (values[0], values[1]) for key, values in tickers.items()},
+    )
+
+
+def _highest(table: DeltaLakeTable, columns: list[str]) -> dict[tuple[str, str], list[int]]:
+    found: dict[tuple[str, str], list[int]] = {}
+    dataset = table.to_pyarrow_dataset()
+    for batch in dataset.to_batches(columns=["exchange", "product_id", *columns]):
+        if not batch.num_rows:
+            continue
+        grouped = pa.Table.from_batches([batch]).group_by(["exchange", "product_id"])
+        for row in grouped.aggregate([(c, "max") for c in columns]).to_pylist():
+            key = (row["exchange"], row["product_id"])
+            values = [_int(row[f"{c}_max"]) for c in columns]
+            old = found.get(key, values)
+            found[key] = [max(a, b) for a, b in zip(old, values, strict=True)]
+    return found
+
+
+def _int(value: int | datetime) -> int:
+    return _us(value) if isinstance(value, datetime) else int(value)
 
 
 def _raise(marks: dict[tuple[str, str], int], scope: Scope) -> None:
@@ -469,7 +444,7 @@ def _first_per_key(rows: DataFrame, key: tuple[str, ...]) -> DataFrame:
 def _aggregate(trades: DataFrame) -> DataFrame:
     """OHLCV sums per minute with the embedded engine's definitions (engine/candles.py)."""
     order = F.struct("time", "trade_id")
-    amount = spark_type(LT.CANDLES_1M.schema.field("volume").type)
+    amount = decode.spark_type(LT.CANDLES_1M.schema.field("volume").type)
     zero = F.lit(0).cast(amount)
     agg = trades.groupBy(*CANDLE_KEY).agg(
         F.min_by("price", order).alias("open"),
