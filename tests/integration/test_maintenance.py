@@ -325,7 +325,7 @@ def test_recent_reads_open_only_the_newest_files(lake: Path) -> None:
         return [t.trade_id if isinstance(t, Trade) else t["trade_id"] for t in trades]
 
     newest = sorted(rows, key=lambda t: (t.time, t.trade_id), reverse=True)
-    assert ids(reader.latest_trades(["coinbase"], 50)) == ids(newest[:50])
+    assert ids(reader.newest_trades("coinbase", None, 50)) == ids(newest[:50])
     eth = sorted((t for t in rows if t.product_id == "ETH-USD"), key=lambda t: -t.trade_id)
     assert ids(reader.trades("coinbase", "ETH-USD", None, 10)) == ids(eth[:10])
     assert ids(reader.trades("coinbase", "ETH-USD", eth[9].trade_id, 5)) == ids(eth[10:15])
