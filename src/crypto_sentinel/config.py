@@ -109,6 +109,16 @@ class Settings(BaseSettings):
     hot_trades_per_product: int = Field(1000, ge=50, le=1_000_000)
     log_level: str = "INFO"
 
+    # Level-2 order books (issue 17): subscribe to each venue's book channel, keep the books.
+    books: bool = Field(False, description="capture level-2 order books")
+    book_depth: int = Field(1000, ge=10, le=5000)  # levels per side subscribed / REST snapshot
+    book_snapshot_seconds: float = Field(1.0, gt=0, le=3600)  # gold.book_snapshots interval
+    book_snapshot_levels: int = Field(50, ge=1, le=5000)  # levels per side in those snapshots
+    book_checkpoint_seconds: float = Field(60.0, gt=0, le=86_400)  # full-depth snapshot (at=)
+    coinbase_api_key: str | None = None  # Exchange `level2` needs an authenticated subscribe
+    coinbase_api_secret: SecretStr | None = None
+    coinbase_api_passphrase: SecretStr | None = None
+
     @field_validator("replay_exchange")
     @classmethod
     def _known_exchange(cls, value: str) -> str:
