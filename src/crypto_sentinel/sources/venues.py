@@ -22,6 +22,7 @@ import httpx
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from crypto_sentinel.books.events import BookEvent, BookSync
 from crypto_sentinel.model import RawFrame
 from crypto_sentinel.sources.batch import DecodedBatch, FrameDecoder, decode_each, storable
 from crypto_sentinel.sources.codec import Decoded, FrameError, Sighting
@@ -162,6 +163,44 @@ def decode_frame(frame: RawFrame) -> Decoded:
     if codec is None:
         raise FrameError(f"unknown exchange {frame.exchange!r}")
     return storable(frame, codec.decode)
+
+
+@dataclass(frozen=True)
+class BookCodec:
+    """A venue's level-2 book messages: which frames are book frames (a cheap text test, run
+    on every frame), what they say, and a fresh instance of the venue's sync rule (one per
+    product book)."""
+
+    venue: str
+    is_book: Callable[[str], bool]  # frame text -> is it a book message (no full decode)
+    decode: Callable[[RawFrame], list[BookEvent]]  # FrameError names what is wrong
+    new_sync: Callable[[], BookSync]
+
+
+#: venue -> module under crypto_sentinel.sources with `is_book`, `decode_book` and `BookSync`
+#: (a class whose instances keep one product's book in sync). A venue without one: no books.
+_BOOKS: dict[str, str] = {
+    "coinbase": "coinbase.book",
+    "binance": "binance.book",
+    "kraken": "kraken.book",
+    "coinbase-advanced": "coinbase_advanced.book",
+}
+
+
+@lru_cache(maxsize=256)
+def book_codec_for(exchange: str) -> BookCodec | None:
+    """The book codec of an exchange name, or None when it speaks no book protocol (yet)."""
+    venue = venue_of(exchange)
+    if venue is None or venue not in _BOOKS:
+        return None
+    name = f"crypto_sentinel.sources.{_BOOKS[venue]}"
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as exc:  # a venue whose book module is not written yet
+        if exc.name != name:
+            raise
+        return None
+    return BookCodec(venue, module.is_book, module.decode_book, module.BookSync)
 
 
 def connector_for(venue: str) -> Connector:
