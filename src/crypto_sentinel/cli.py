@@ -10,14 +10,18 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crypto_sentinel import __version__
 from crypto_sentinel.config import LIVE_VENUES, ConfigError, Settings, load_settings
 from crypto_sentinel.eventloop import run_event_loop
 from crypto_sentinel.lake.location import lake_overrides, parse_lake
 from crypto_sentinel.lake.lock import LakeLocked
+
+if TYPE_CHECKING:
+    from crypto_sentinel.runtime import Pipeline
 
 log = logging.getLogger("crypto_sentinel")
 
@@ -125,8 +129,14 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 
 async def _run_pipeline(
-    settings: Settings, with_api: bool, ingest: bool = True, process: bool = True
+    settings: Settings,
+    with_api: bool,
+    ingest: bool = True,
+    process: bool = True,
+    watch: Callable[[Pipeline], Awaitable[Any]] | None = None,
 ) -> None:
+    """Run a pipeline; `watch(pipeline)` runs beside it (a progress bar) and is cancelled
+    when the pipeline ends."""
     from crypto_sentinel.runtime import Pipeline
     from crypto_sentinel.startup import bind_api
 
@@ -138,7 +148,14 @@ async def _run_pipeline(
         if sock is not None:
             sock.close()
         raise
-    await pipeline.run(with_api=with_api)
+    watcher = None if watch is None else asyncio.ensure_future(watch(pipeline))
+    try:
+        await pipeline.run(with_api=with_api)
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -149,7 +166,32 @@ def cmd_replay(args: argparse.Namespace) -> int:
     settings = _settings(
         args, source=f"replay:{path}", replay_speed=args.speed, replay_exchange=args.exchange
     )
-    run_event_loop(_run_pipeline(settings, with_api=args.serve))
+    from crypto_sentinel.progress import bar, wanted
+    from crypto_sentinel.sources.replay import ReplaySource
+
+    if not wanted(args.quiet):
+        run_event_loop(_run_pipeline(settings, with_api=args.serve))
+        return 0
+    logging.getLogger("crypto_sentinel").setLevel(logging.WARNING)  # lines would break the bar
+    size = path.stat().st_size
+    with bar(f"replay {path.name}", size) as shown:
+
+        def show(pipeline: Pipeline) -> None:
+            source = pipeline.source
+            if isinstance(source, ReplaySource):
+                stats = pipeline.engine.stats
+                note = f"{source.status.frames:,} frames read, {stats.frames:,} committed"
+                shown.update(completed=source.bytes_read, note=note)
+
+        async def watch(pipeline: Pipeline) -> None:
+            try:
+                while True:
+                    show(pipeline)
+                    await asyncio.sleep(0.2)
+            finally:  # the end of the replay: where it stopped
+                show(pipeline)
+
+        run_event_loop(_run_pipeline(settings, with_api=args.serve, watch=watch))
     return 0
 
 
@@ -339,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", default="max", help="N x recorded speed, or max (default)")
     p.add_argument("--exchange", default="coinbase", help="exchange name for the lake")
     p.add_argument("--serve", action="store_true", help="keep the API running after the replay")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_common(p)
     p.set_defaults(func=cmd_replay)
 

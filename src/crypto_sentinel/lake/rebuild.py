@@ -53,8 +53,11 @@ def rebuild(
     *,
     batch_frames: int = 100_000,
     progress: Callable[[str], Any] | None = None,
+    on_frames: Callable[[int, int], Any] | None = None,
 ) -> dict[str, Any]:
-    """Recompute the derived tables of `lake` from its bronze table; see the module doc."""
+    """Recompute the derived tables of `lake` from its bronze table; see the module doc.
+    `progress` hears a line per step, `on_frames` (frames fed so far, bronze's frames) the
+    progress of the long part."""
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
     tables = T.ensure_tables(lake)
@@ -69,7 +72,8 @@ def rebuild(
     replace_from = _replace_from(tables, bronze_dates[0])
     staging = lake / "_rebuild" / uuid.uuid4().hex
     try:
-        frames = _stage(bronze, bronze_dates, staging, batch_frames, say)
+        tick = _frame_counter(bronze, on_frames)
+        frames = _stage(bronze, bronze_dates, staging, batch_frames, say, tick)
         _check_unchanged(tables, {T.BRONZE.name: bronze_version, **derived_versions})
         rows = {}
         for spec in DERIVED:
@@ -115,6 +119,7 @@ def _stage(
     staging: Path,
     batch_frames: int,
     say: Callable[[str], Any],
+    tick: Callable[[int], Any] = lambda _n: None,
 ) -> int:
     """Feed bronze through a fresh engine into the staging lake; return the frame count."""
     writer = LakeWriter(staging, STAGING_APP_ID)
@@ -136,11 +141,13 @@ def _stage(
                 chunk.append(frame)
                 if len(chunk) == CHUNK_FRAMES:
                     engine.process_frames(chunk)
+                    tick(len(chunk))
                     count, pending, chunk = count + len(chunk), pending + len(chunk), []
                 if pending >= batch_frames:
                     flush()
                     pending = 0
             engine.process_frames(chunk)
+            tick(len(chunk))
             count += len(chunk)
             total += count
             say(f"bronze {day}: {count:,} frames")
@@ -148,6 +155,24 @@ def _stage(
     finally:
         engine.close()
     return total
+
+
+def _frame_counter(
+    bronze: DeltaTable, on_frames: Callable[[int, int], Any] | None
+) -> Callable[[int], Any]:
+    """A `tick(n)` that reports (frames so far, bronze's frames) to `on_frames`."""
+    if on_frames is None:
+        return lambda _n: None
+    actions = bronze.get_add_actions(flatten=True)
+    total = int(pa.compute.sum(pa.table(actions)["num_records"]).as_py() or 0)
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        on_frames(done, total)
+
+    return tick
 
 
 def _frames(bronze: DeltaTable, day: date) -> Iterator[RawFrame]:

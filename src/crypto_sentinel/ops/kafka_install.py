@@ -10,7 +10,7 @@ import shutil
 import sys
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from crypto_sentinel.ops.kafka_layout import (
     KafkaOpsError,
     kafka_home,
 )
+from crypto_sentinel.progress import Bar, bar, wanted
 
 _POM_RESOURCE = "kafka_pom.xml"
 
@@ -96,10 +97,13 @@ def install(data_dir: Path, version: str = DEFAULT_KAFKA_VERSION, quiet: bool = 
             print(f"Installing Apache Kafka {version} into {home} via Maven ...", file=sys.stderr)
         started = time.monotonic()
         staging = home / "libs.partial"
-        output = maven.resolve(
-            _pom_text(version), home / "maven", staging, what=f"Kafka {version}",
-            error=KafkaOpsError,
-        )  # fmt: skip
+        with bar(f"Kafka {version}: Maven", quiet=quiet) as shown:
+            output = maven.resolve(
+                _pom_text(version), home / "maven", staging, what=f"Kafka {version}",
+                error=KafkaOpsError, on_line=_counter(shown, quiet),
+            )  # fmt: skip
+            jars = len(list(staging.glob("*.jar")))
+            shown.update(completed=jars, total=jars, note="jars in place")
         marker = _verify_classpath(staging, version, output)
         marker["seconds"] = round(time.monotonic() - started, 1)
         (staging / _MARKER).write_text(json.dumps(marker, indent=2) + "\n")
@@ -112,6 +116,11 @@ def install(data_dir: Path, version: str = DEFAULT_KAFKA_VERSION, quiet: bool = 
                 file=sys.stderr,
             )
     return home
+
+
+def _counter(shown: Bar, quiet: bool) -> Callable[[str], object] | None:
+    """Maven's lines counted into the bar's note (None off a terminal: Maven stays quiet)."""
+    return maven.Counter(lambda note: shown.update(note=note)) if wanted(quiet) else None
 
 
 def _verify_classpath(libs: Path, version: str, mvn_output: str) -> dict[str, Any]:

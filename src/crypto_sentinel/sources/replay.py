@@ -64,6 +64,7 @@ class ReplaySource:
         self.speed = speed  # None: as fast as possible
         self.status = SourceStatus(kind="replay", exchange=exchange, url=str(path))
         self.done = asyncio.Event()
+        self.bytes_read = 0  # of the recording, for progress bars
 
     async def run(self, publish: Publish) -> None:
         conn_id = new_conn_id()
@@ -90,6 +91,7 @@ class ReplaySource:
                         await asyncio.sleep(0)  # let the engine and the API run
                 self.status.frames = seq
                 self.status.last_frame_ns = time.time_ns()
+                self.bytes_read = fh.tell()
         self.status.connected = False
         self.status.finished = True
         self.done.set()

@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 
 from crypto_sentinel.config import Settings
 from crypto_sentinel.ops import maven, procs
+from crypto_sentinel.progress import bar, wanted
 
 DELTA_VERSION = "4.4.0"  # newest delta-spark on Maven Central built for Spark 4.2
 AWS_SDK_VERSION = "2.35.4"  # the AWS SDK v2 that hadoop-aws 3.5.0 declares (its bundle)
@@ -106,10 +107,14 @@ def install(settings: Settings, quiet: bool = False) -> list[Path]:
         if not quiet:
             print(f"Resolving the Spark job's jars into {out} via Maven ...", file=sys.stderr)
         staging = out.parent / "jars.partial"
-        maven.resolve(
-            pom_text(), out.parent / "maven", staging, what="the Spark job's jars",
-            error=SparkOpsError,
-        )  # fmt: skip
+        with bar("Spark job's jars: Maven", quiet=quiet) as shown:
+            counter = maven.Counter(lambda note: shown.update(note=note))
+            maven.resolve(
+                pom_text(), out.parent / "maven", staging, what="the Spark job's jars",
+                error=SparkOpsError, on_line=counter if wanted(quiet) else None,
+            )  # fmt: skip
+            jars = len(list(staging.glob("*.jar")))
+            shown.update(completed=jars, total=jars, note="jars in place")
         shipped = {_artifact(j.name) for j in (spark_home() / "jars").glob("*.jar")}
         for jar in staging.glob("*.jar"):
             if _artifact(jar.name) in shipped:

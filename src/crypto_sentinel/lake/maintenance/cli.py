@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from crypto_sentinel.lake.maintenance.maintainer import Maintainer
 from crypto_sentinel.lake.maintenance.policy import MiB, Policy
 from crypto_sentinel.lake.maintenance.report import format_report, storage_report
 from crypto_sentinel.lake.rebuild import RebuildError, rebuild
+from crypto_sentinel.progress import bar, wanted
 
 # --- CLI -------------------------------------------------------------------------------------
 
@@ -54,6 +56,20 @@ def _print(results: list[dict[str, Any]], as_json: bool) -> None:
         print(f"{r['action']:<10} {r['table']:<20} {json.dumps(rest, default=str)}")
 
 
+def _each(
+    args: argparse.Namespace, specs: list[T.TableSpec], verb: str, run: Any
+) -> list[dict[str, Any]]:
+    """`run(spec)` for every table, with a bar naming the table at work (a terminal only)."""
+    results = []
+    with bar(f"maintain {verb}", len(specs), quiet=args.quiet or args.json) as shown:
+        for spec in specs:
+            shown.update(note=spec.name)
+            results.append(run(spec))
+            shown.advance()
+        shown.update(note="")
+    return results
+
+
 def _cmd_compact(args: argparse.Namespace) -> int:
     opened = _open(args)
     if opened is None:
@@ -62,9 +78,9 @@ def _cmd_compact(args: argparse.Namespace) -> int:
     if args.target_mb:
         m.policy = dataclasses.replace(m.policy, target_file_bytes=args.target_mb * MiB)
     max_files = 1 if args.all else args.max_files
-    _print(
-        [m.compact(s, max_files=max_files, zorder=args.zorder or None) for s in specs], args.json
-    )
+    zorder = args.zorder or None
+    compact = partial(m.compact, max_files=max_files, zorder=zorder)
+    _print(_each(args, specs, "compact", compact), args.json)
     return 0
 
 
@@ -73,7 +89,8 @@ def _cmd_retain(args: argparse.Namespace) -> int:
     if opened is None:
         return 2
     m, specs = opened
-    _print([m.retain(s, days=args.days, dry_run=args.dry_run) for s in specs], args.json)
+    retain = partial(m.retain, days=args.days, dry_run=args.dry_run)
+    _print(_each(args, specs, "retain", retain), args.json)
     return 0
 
 
@@ -83,8 +100,8 @@ def _cmd_vacuum(args: argparse.Namespace) -> int:
         return 2
     m, specs = opened
     hours = args.safety_hours
-    results = [m.vacuum(s, safety_hours=hours, full=args.full, dry_run=args.dry_run) for s in specs]
-    _print(results, args.json)
+    vacuum = partial(m.vacuum, safety_hours=hours, full=args.full, dry_run=args.dry_run)
+    _print(_each(args, specs, "vacuum", vacuum), args.json)
     return 0
 
 
@@ -93,7 +110,8 @@ def _cmd_checkpoint(args: argparse.Namespace) -> int:
     if opened is None:
         return 2
     m, specs = opened
-    _print([m.checkpoint(s, force=not args.if_due) for s in specs], args.json)
+    checkpoint = partial(m.checkpoint, force=not args.if_due)
+    _print(_each(args, specs, "checkpoint", checkpoint), args.json)
     return 0
 
 
@@ -127,7 +145,14 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
         print(f"sentinel rebuild: no lake at {lake}", file=sys.stderr)
         return 2
     try:
-        result = rebuild(lake, batch_frames=args.batch_frames, progress=print)
+        with bar("rebuild from bronze", quiet=args.quiet) as shown:
+            steps = (lambda line: shown.update(note=line)) if wanted(args.quiet) else print
+            result = rebuild(
+                lake,
+                batch_frames=args.batch_frames,
+                progress=steps,
+                on_frames=lambda done, total: shown.update(completed=done, total=total),
+            )
     except RebuildError as exc:
         print(f"sentinel rebuild: {exc}", file=sys.stderr)
         return 1
@@ -157,6 +182,7 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "--lake", type=parse_lake, help="lake folder or s3://bucket/prefix (default: settings)"
     )
     common.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_argument("--quiet", action="store_true", help="no progress bar")
     tables = argparse.ArgumentParser(add_help=False)
     tables.add_argument(
         "--table",
@@ -234,4 +260,5 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "--lake", type=parse_lake, help="lake folder (default: from settings; local lakes only)"
     )
     p.add_argument("--batch-frames", type=int, default=100_000, help="frames per staging commit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_rebuild)
