@@ -17,6 +17,16 @@ from crypto_sentinel.lake.query import LakeReader
 
 Span = tuple[datetime, datetime]
 
+#: SQL condition (over `bronze.gaps` as `t`, aliased `g`) of a gap that is still open: not
+#: filled, and no later `filled` record covers its ids (a rerun of `sentinel history`, or a
+#: later backfill, that fetched what was refused before records that it did).
+OPEN_GAP = (
+    "g.outcome <> 'filled' AND g.missing > 0 AND NOT EXISTS (SELECT 1 FROM t AS f"
+    " WHERE f.outcome = 'filled' AND f.exchange = g.exchange AND f.product_id = g.product_id"
+    " AND f.first_missing_id <= g.first_missing_id AND f.last_missing_id >= g.last_missing_id"
+    " AND f.detected_at > g.detected_at)"
+)
+
 
 class GapFlags:
     def __init__(self, reader: LakeReader, ttl: float = 5.0) -> None:
@@ -42,7 +52,7 @@ class GapFlags:
             gaps = self.reader.query(
                 T.GAPS,
                 "SELECT exchange, product_id, first_missing_id AS lo, last_missing_id AS hi,"
-                " detected_at FROM t WHERE outcome <> 'filled' AND missing > 0",
+                f" detected_at FROM t AS g WHERE {OPEN_GAP}",
             )
             for g in gaps:
                 around = self.reader.query(

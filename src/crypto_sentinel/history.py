@@ -31,6 +31,8 @@ import orjson
 
 from crypto_sentinel.bus.memory import MemoryBus
 from crypto_sentinel.engine.processor import Engine
+from crypto_sentinel.gapflags import OPEN_GAP
+from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.location import LakeRoot
 from crypto_sentinel.lake.lock import lock_for
 from crypto_sentinel.lake.query import LakeReader
@@ -248,6 +250,10 @@ class History:
                         for run in self.summary.products
                     ]
                     await asyncio.gather(*walks)
+                    while bus.depth():  # taken frames are processed at once: ids all known
+                        await asyncio.sleep(0.02)
+                    for record in self._filled_since(engine):
+                        await bus.publish(record)
                 finally:
                     stop.set()
                     await committing
@@ -376,6 +382,40 @@ class History:
             log.warning("history: %s failed (%s); retrying in %.1f s", path, problem, delay)
             await asyncio.sleep(delay)
         return response
+
+    def _filled_since(self, engine: Engine) -> list[RawFrame]:
+        """A `filled` gap record for each open gap of a walked product whose ids the lake
+        now holds (a rerun fetched what REST refused before): the refusal stays on record,
+        and readers (candle flags, verify) see the range closed by this later record."""
+        done = [p.product_id for p in self.summary.products if p.outcome == "done"]
+        if not done:
+            return []
+        gaps = LakeReader(self.lake).query(
+            T.GAPS,
+            "SELECT product_id, first_missing_id AS lo, last_missing_id AS hi FROM t AS g"
+            f" WHERE g.exchange = ? AND list_contains(?, g.product_id) AND {OPEN_GAP}",
+            [self.exchange, done],
+        )
+        islands = engine.trade_id_ranges(self.exchange)
+        records = []
+        for gap in gaps:
+            lo, hi = gap["lo"], gap["hi"]
+            held = islands.get(gap["product_id"], [])
+            if lo is None or hi is None or not any(a <= lo and hi <= b for a, b in held):
+                continue
+            record = {
+                "type": "gap",
+                "product_id": gap["product_id"],
+                "kind": "trade_id",
+                "detected_at": iso_time(datetime.now(UTC)),
+                "first_missing_id": lo,
+                "last_missing_id": hi,
+                "missing": hi - lo + 1,
+                "backfilled": hi - lo + 1,
+                "outcome": "filled",
+            }
+            records.append(self._frame(orjson.dumps(record).decode()))
+        return records
 
     def _refused(self, product: str, cursor: int | None) -> RawFrame:
         """The gap record of a page REST would not give: the ids below `cursor` it held."""

@@ -21,9 +21,12 @@ import pytest
 from deltalake import DeltaTable
 
 from crypto_sentinel.cli import main
+from crypto_sentinel.gapflags import GapFlags
 from crypto_sentinel.history import History
 from crypto_sentinel.lake import tables as T
+from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.simulator.market import SimTrade
+from crypto_sentinel.verify import contiguity
 from tests.conftest import read_table
 from tests.helpers import assert_candles_match_silver, assert_silver_exact, emitted_set, gap_rows
 from tests.simthread import history_simulator
@@ -149,10 +152,27 @@ async def test_refused_page_is_a_gap_record_and_a_rerun_fills_it(lake: Path) -> 
         assert gaps[0]["first_missing_id"] == oldest_stored - 1000
         assert _stored(lake) == 2000
 
+        reader = LakeReader(lake)
+        assert contiguity(reader, "simulator", "BTC-USD").unfilled_gaps == 1
+        flags = GapFlags(reader, ttl=0)
+        flags.load()
+        assert flags.spans("simulator", "BTC-USD") != []  # candles there are flagged
+
         sim.faults = None
         summary = await History(lake, "simulator", sim.rest_url, ["BTC-USD"], since).run()
         assert [p.outcome for p in summary.products] == ["done"], summary.render()
         assert_silver_exact(lake, emitted_set(trades))
+        # The refusal stays on record; a later `filled` record of the same ids closes it.
+        refused, filled = sorted(gap_rows(lake), key=lambda g: g["detected_at"])
+        assert refused["outcome"] == "unfilled" and filled["outcome"] == "filled"
+        ids = ("first_missing_id", "last_missing_id")
+        assert [filled[k] for k in ids] == [refused[k] for k in ids]
+        assert filled["backfilled"] == filled["missing"] == 1000
+        reader = LakeReader(lake)
+        assert contiguity(reader, "simulator", "BTC-USD").unfilled_gaps == 0
+        flags = GapFlags(reader, ttl=0)
+        flags.load()
+        assert flags.spans("simulator", "BTC-USD") == []
 
 
 @pytest.mark.parametrize(
