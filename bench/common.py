@@ -27,6 +27,9 @@ from urllib.parse import unquote
 
 import httpx
 
+from crypto_sentinel.ops.ports import free_port as free_port
+from crypto_sentinel.ops.ports import free_port_run as free_port_run
+
 #: Products of every simulated recording and feed.
 PRODUCTS = ["BTC-USD", "ETH-USD", "SOL-USD"]
 
@@ -75,26 +78,6 @@ def machine() -> str:
 
 
 # --- ports ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def free_port_run(count: int) -> int:
-    """A free port followed by count - 1 free neighbours (Kafka broker and controller)."""
-    for _ in range(50):
-        port = free_port()
-        try:
-            for p in range(port, port + count):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError(f"no run of {count} free ports")
 
 
 # --- child processes -----------------------------------------------------------------------

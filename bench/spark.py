@@ -44,6 +44,7 @@ from crypto_sentinel.bus.kafka import KafkaPublisher, ensure_topics
 from crypto_sentinel.config import load_settings
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.ops import kafka
+from crypto_sentinel.ops.ports import free_port_run
 from crypto_sentinel.simulator import write_recording
 from crypto_sentinel.sources.replay import ReplaySource
 from crypto_sentinel.spark import ops
@@ -62,23 +63,6 @@ SCALING = (
 _BATCH_LOG = re.compile(
     r"batch (\d+) committed in ([\d.]+)s: (\{[^}]*\}); seconds per step (\{.*\})"
 )
-
-
-def _free_port_run(count: int) -> int:
-    import socket
-
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        try:
-            for p in range(port, port + count):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free ports")
 
 
 async def _publish(
@@ -401,7 +385,7 @@ def _main(trades: int, workdir: Path, wanted: set[str]) -> dict[str, Any]:
         ),
         "load_average_start": round(load_before, 1),
     }
-    kafka.start(data, nodes=1, port=_free_port_run(2), timeout=120)
+    kafka.start(data, nodes=1, port=free_port_run(2), timeout=120)
     try:
         bootstrap = kafka.bootstrap_servers(data)
         prefix = f"b{uuid.uuid4().hex[:6]}."

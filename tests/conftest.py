@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,34 +12,16 @@ from deltalake import DeltaTable
 
 from crypto_sentinel.lake.tables import TableSpec
 from crypto_sentinel.ops import kafka
+from crypto_sentinel.ops.ports import free_port as free_port
+from crypto_sentinel.ops.ports import free_port_run as free_port_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SENTINEL_SHARED", ROOT.parent / "shared"))
 COINBASE_DATA = SHARED / "data" / "coinbase_exchange"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def read_table(lake: Path, spec: TableSpec) -> pa.Table:
     return DeltaTable(str(spec.path(lake))).to_pyarrow_table()
-
-
-def free_port_run(count: int) -> int:
-    """A free port followed by count - 1 free neighbours (broker and controller listeners)."""
-    for _ in range(50):
-        port = free_port()
-        try:
-            for p in range(port, port + count):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError(f"no run of {count} free ports")
 
 
 @pytest.fixture(scope="module")
