@@ -3,7 +3,7 @@
 Both sides start from the same in-memory `RawFrame`s (one simulated recording, match + ticker
 per trade, heartbeats) cut into batches, and end with the same Arrow tables:
 
-- baseline: `coinbase_codec.decode()` per frame, then `lake.writer`'s `trades_table`,
+- baseline: `coinbase_codec.decode()` per frame, then `lake.rows`' `trades_table`,
   `tickers_table` and `gaps_table` on the records (what the engine does per batch today);
 - batch: `coinbase_batch.decode_batch()` per batch.
 
@@ -47,7 +47,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from crypto_sentinel.lake import writer
+from crypto_sentinel.lake import rows
 from crypto_sentinel.model import GapRecord, RawFrame, Ticker, Trade
 from crypto_sentinel.sources.coinbase.codec import FrameError, decode
 from crypto_sentinel.sources.coinbase.columnar import decode_batch
@@ -65,7 +65,7 @@ def load_frames(recording: Path) -> list[RawFrame]:
 
 
 def per_frame(batch: Sequence[RawFrame]) -> tuple[Any, ...]:
-    """The baseline: the codec per frame, the writer's table builders per batch."""
+    """The baseline: the codec per frame, the lake's row builders (lake.rows) per batch."""
     trades: list[Trade] = []
     tickers: list[Ticker] = []
     gaps: list[GapRecord] = []
@@ -85,9 +85,9 @@ def per_frame(batch: Sequence[RawFrame]) -> tuple[Any, ...]:
         elif isinstance(record, GapRecord):
             gaps.append(record)
     return (
-        writer.trades_table(trades) if trades else None,
-        writer.tickers_table(tickers) if tickers else None,
-        writer.gaps_table(gaps) if gaps else None,
+        rows.trades_table(trades) if trades else None,
+        rows.tickers_table(tickers) if tickers else None,
+        rows.gaps_table(gaps) if gaps else None,
         rejected,
     )
 

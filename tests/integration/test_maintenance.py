@@ -33,7 +33,8 @@ from crypto_sentinel.lake.maintenance import (
     run_maintenance_forever,
 )
 from crypto_sentinel.lake.query import LakeReader
-from crypto_sentinel.lake.writer import Batch, LakeWriter, trades_table
+from crypto_sentinel.lake.rows import trades_table
+from crypto_sentinel.lake.writer import Batch, LakeWriter
 from crypto_sentinel.model import RawFrame, Trade
 from tests.conftest import read_table
 

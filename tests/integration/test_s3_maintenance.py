@@ -28,7 +28,8 @@ from crypto_sentinel.config import load_settings
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.location import storage_options
 from crypto_sentinel.lake.maintenance import Maintainer, Policy, partitions
-from crypto_sentinel.lake.writer import Batch, LakeWriter, trades_table
+from crypto_sentinel.lake.rows import trades_table
+from crypto_sentinel.lake.writer import Batch, LakeWriter
 from crypto_sentinel.model import Trade
 from crypto_sentinel.runtime import Pipeline
 from crypto_sentinel.simulator import SimulatorServer

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crypto_sentinel.lake import tables as T
-from crypto_sentinel.lake.writer import gaps_table, tickers_table, trades_table
+from crypto_sentinel.lake.rows import gaps_table, tickers_table, trades_table
 from crypto_sentinel.model import GapRecord, Heartbeat, RawFrame, Ticker, Trade
 from crypto_sentinel.simulator import Market
 from crypto_sentinel.simulator.faults import CORRUPTIONS, FaultPlan, FaultSpec

@@ -12,7 +12,7 @@ import pytest
 
 from crypto_sentinel.api.state import SeenTrade, TradeRing
 from crypto_sentinel.engine.records import NewTrades
-from crypto_sentinel.lake.writer import trades_table
+from crypto_sentinel.lake.rows import trades_table
 from crypto_sentinel.model import Trade
 
 T0 = datetime(2026, 12, 2, 12, tzinfo=UTC)

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from crypto_sentinel.lake import tables as T
+from crypto_sentinel.lake.rows import gaps_table, tickers_table, trades_table
 from crypto_sentinel.model import GapRecord, Heartbeat, RawFrame, Ticker, Trade
 from crypto_sentinel.sources.codec import Decoded, FrameError, is_backfill_page
 
@@ -136,41 +137,3 @@ def unstorable(record: object) -> str | None:
         if value is not None and not lo <= value <= hi:
             return f"{name} {value} does not fit a 64-bit signed integer"
     return None
-
-
-def recv_us(ns: list[int]) -> pa.Array:
-    return pc.divide(pa.array(ns, pa.int64()), 1000).cast(T.UTC_TS)
-
-
-def _records_table(records: Sequence[Any], schema: pa.Schema, time: str) -> pa.Table:
-    """Rows of codec records, converted as `lake.writer`'s table builders do: `Decimal`
-    values directly, decimal text (tickers) by an Arrow cast."""
-    times = pa.array([getattr(r, time) for r in records], T.UTC_TS)
-    columns: dict[str, Any] = {}
-    for name in schema.names:
-        typ = schema.field(name).type
-        if name == time:
-            columns[name] = times
-        elif name == "recv_time":
-            columns[name] = recv_us([r.recv_ns for r in records])
-        elif name == "date":
-            columns[name] = times.cast(pa.date32())
-        else:
-            values = [getattr(r, name) for r in records]
-            if pa.types.is_decimal(typ) and isinstance(records[0], Ticker):
-                columns[name] = pc.cast(pa.array(values, pa.string()), typ)
-            else:
-                columns[name] = pa.array(values, typ)
-    return pa.table(columns, schema=schema)
-
-
-def trades_table(trades: Sequence[Trade]) -> pa.Table:
-    return _records_table(trades, T.TRADES.schema, "time")
-
-
-def tickers_table(tickers: Sequence[Ticker]) -> pa.Table:
-    return _records_table(tickers, T.TICKERS.schema, "time")
-
-
-def gaps_table(gaps: Sequence[GapRecord]) -> pa.Table:
-    return _records_table(gaps, T.GAPS.schema, "detected_at")

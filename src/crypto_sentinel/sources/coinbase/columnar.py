@@ -276,7 +276,7 @@ class _TradeRows(_Rows):
 
 
 class _TickerRows(_Rows):
-    """Tickers; amounts are checked and cast as text, as `lake.writer.tickers_table` does."""
+    """Tickers; amounts are checked and cast as text, as `lake.rows.tickers_table` does."""
 
     def __init__(self, ctx: _Frames, msgs: list[Any], idx: list[int]) -> None:
         super().__init__(idx)
