@@ -113,7 +113,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 
         def on_page(run: ProductRun) -> None:
             """The bar spans [since, the product's newest trade in range] once it is known."""
-            span = None if run.newest is None else (run.newest - since).total_seconds()
+            end = run.end or run.newest  # a forward walk knows its end from the start
+            span = None if end is None else (end - since).total_seconds()
             done = run.outcome != "running"
             completed = span if done and span is not None else run.covered(since)
             progress.update(tasks[run.product_id], total=span, completed=completed,

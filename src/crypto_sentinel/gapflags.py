@@ -17,15 +17,18 @@ from crypto_sentinel.lake.query import LakeReader
 
 Span = tuple[datetime, datetime]
 
-#: SQL condition (over `bronze.gaps` as `t`, aliased `g`) of a gap that is still open: not
-#: filled, and no later `filled` record covers its ids (a rerun of `sentinel history`, or a
-#: later backfill, that fetched what was refused before records that it did).
-OPEN_GAP = (
-    "g.outcome <> 'filled' AND g.missing > 0 AND NOT EXISTS (SELECT 1 FROM t AS f"
+#: SQL condition (over `bronze.gaps` as `t`, aliased `g`): no later `filled` record covers
+#: the gap's ids (a rerun of `sentinel history`, or a later backfill, fetched what was
+#: refused before; a gap whose last id is unknown is covered from its first id on).
+NOT_CLOSED = (
+    "NOT EXISTS (SELECT 1 FROM t AS f"
     " WHERE f.outcome = 'filled' AND f.exchange = g.exchange AND f.product_id = g.product_id"
-    " AND f.first_missing_id <= g.first_missing_id AND f.last_missing_id >= g.last_missing_id"
+    " AND f.first_missing_id <= g.first_missing_id"
+    " AND (g.last_missing_id IS NULL OR f.last_missing_id >= g.last_missing_id)"
     " AND f.detected_at > g.detected_at)"
 )
+#: A gap with missing trades that is still open.
+OPEN_GAP = f"g.outcome <> 'filled' AND g.missing > 0 AND {NOT_CLOSED}"
 
 
 class GapFlags:

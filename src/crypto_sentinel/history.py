@@ -29,9 +29,10 @@ from typing import Any
 import httpx
 import orjson
 
+from crypto_sentinel import history_forward as forward
 from crypto_sentinel.bus.memory import MemoryBus
 from crypto_sentinel.engine.processor import Engine
-from crypto_sentinel.gapflags import OPEN_GAP
+from crypto_sentinel.gapflags import NOT_CLOSED
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.location import LakeRoot
 from crypto_sentinel.lake.lock import lock_for
@@ -62,6 +63,9 @@ class RestHistory:
     trade_id: Callable[[dict[str, Any]], int]
     time: Callable[[dict[str, Any]], datetime]
     rate: float  # requests/s within the venue's public limit
+    #: Venues that page forward by a time cursor instead (`history_forward`): the request
+    #: of the page after a nanosecond cursor.
+    after: Callable[[str, int, int], Request] | None = None
 
 
 def _coinbase_below(product: str, cursor: int | None, page: int) -> Request:
@@ -109,6 +113,35 @@ VENUES = {
         rate=5.0,  # aggTrades weighs 2 of 6,000 a minute; the backfill's pace (sources/binance)
     ),
 }
+
+
+def _kraken_after(product: str, cursor: int, page: int) -> Request:
+    from crypto_sentinel.sources.kraken.rest import TRADES_PATH, fallback_pair
+
+    return TRADES_PATH, {"pair": fallback_pair(product), "since": cursor, "count": page}
+
+
+def _kraken_known(response: httpx.Response) -> bool:
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return response.status_code == 200 and not body.get("error") and bool(body.get("result"))
+
+
+def _unused(*_args: Any) -> Any:
+    raise AssertionError("a forward venue pages by time")
+
+
+VENUES["kraken"] = RestHistory(
+    check=lambda product: ("/0/public/Trades", {**_kraken_after(product, 0, 1)[1]}),
+    known=_kraken_known,
+    below=_unused,
+    trade_id=_unused,
+    time=_unused,
+    rate=1.0,  # public REST: about one call a second (PROTOCOLS.md; `kraken_rest_rate`)
+    after=_kraken_after,
+)
 SUPPORTED = tuple(VENUES)
 
 
@@ -127,6 +160,8 @@ class ProductRun:
     newest: datetime | None = None
     oldest: datetime | None = None  # the oldest trade time seen so far
     outcome: str = "running"  # done | refused
+    end: datetime | None = None  # where a forward walk stops (until, or when it started)
+    last_id: int | None = None  # a forward walk's newest trade id sent
 
     def covered(self, since: datetime) -> float:
         """Seconds of [since, newest] walked so far (progress)."""
@@ -198,7 +233,7 @@ class History:
         if venue is None:
             raise HistoryError(
                 f"no REST trade history for exchange {exchange!r} (supported: coinbase,"
-                " binance and their simulated twins simulator, simulator-binance)"
+                " binance, kraken and their simulated twins)"
             )
         self.venue = venue
         if until is not None and until <= since:
@@ -245,8 +280,9 @@ class History:
                 committing = asyncio.create_task(engine.run(bus, stop))
                 try:
                     islands = engine.trade_id_ranges(self.exchange)
+                    walk = self._walk if self.venue.after is None else self._walk_forward
                     walks = [
-                        self._walk(client, run, islands.get(run.product_id, []), bus.publish)
+                        walk(client, run, islands.get(run.product_id, []), bus.publish)
                         for run in self.summary.products
                     ]
                     await asyncio.gather(*walks)
@@ -323,6 +359,74 @@ class History:
         run.outcome = "done"
         self.on_page(run)
 
+    async def _walk_forward(
+        self,
+        client: httpx.AsyncClient,
+        run: ProductRun,
+        islands: list[tuple[int, int]],
+        publish: Callable[[RawFrame], Any],
+    ) -> None:
+        """Page one product forward by the venue's time cursor from `since` to `until` or
+        the present (`history_forward`)."""
+        after = self.venue.after
+        assert after is not None
+        product = run.product_id
+        cursor = forward.as_ns(self.since) - 1
+        run.end = self.until or datetime.now(UTC)
+        while True:
+            response = await self._get(client, *after(product, cursor, self.page_size))
+            try:
+                if response is None or response.status_code != 200:
+                    raise ValueError("refused")
+                page = forward.kraken_page(response.text)
+            except ValueError as exc:
+                log.error("history: %s: no usable page after %d (%s)", product, cursor, exc)
+                await publish(self._refused_after(product, run))
+                run.outcome = "refused"
+                return
+            run.pages += 1
+            keep = [
+                r for r in page.rows
+                if r.time >= self.since and (self.until is None or r.time < self.until)
+            ]  # fmt: skip
+            if keep:
+                run.trades += len(keep)
+                run.oldest = run.oldest or keep[0].time
+                run.newest = keep[-1].time
+                run.last_id = keep[-1].trade_id
+                await publish(self._frame(forward.rest_trades_frame(product, page, keep)))
+            self.on_page(run)
+            beyond = self.until is not None and any(r.time >= self.until for r in page.rows)
+            if beyond or len(page.rows) < self.page_size or page.last - 1 <= cursor:
+                break
+            cursor = page.last - 1  # the last trade again: others may share its nanosecond
+            skip = forward.jump(
+                page.rows, islands,
+                lambda i: forward.stored_time(self.lake, self.exchange, product, i),
+            )  # fmt: skip
+            if skip is not None and skip[0] > cursor:
+                cursor, skipped = skip
+                run.skipped_ids += skipped
+        run.outcome = "done"
+        self.on_page(run)
+
+    def _refused_after(self, product: str, run: ProductRun) -> RawFrame:
+        """The gap record of a forward page REST would not give: the ids after the last one
+        sent are missing, how many is unknown (the walk pages by time)."""
+        first = None if run.last_id is None else run.last_id + 1
+        record = {
+            "type": "gap",
+            "product_id": product,
+            "kind": "trade_id",
+            "detected_at": iso_time(datetime.now(UTC)),
+            "first_missing_id": first,
+            "last_missing_id": None,
+            "missing": 0,
+            "backfilled": 0,
+            "outcome": "unfilled",
+        }
+        return self._frame(orjson.dumps(record).decode())
+
     async def _page(
         self, run: ProductRun, body: str, publish: Callable[[RawFrame], Any]
     ) -> tuple[int | None, bool]:
@@ -393,7 +497,8 @@ class History:
         gaps = LakeReader(self.lake).query(
             T.GAPS,
             "SELECT product_id, first_missing_id AS lo, last_missing_id AS hi FROM t AS g"
-            f" WHERE g.exchange = ? AND list_contains(?, g.product_id) AND {OPEN_GAP}",
+            " WHERE g.exchange = ? AND list_contains(?, g.product_id)"
+            f" AND g.outcome <> 'filled' AND {NOT_CLOSED}",
             [self.exchange, done],
         )
         islands = engine.trade_id_ranges(self.exchange)
@@ -401,6 +506,8 @@ class History:
         for gap in gaps:
             lo, hi = gap["lo"], gap["hi"]
             held = islands.get(gap["product_id"], [])
+            if lo is not None and hi is None:  # a forward walk's: filled as far as now held
+                hi = next((b for a, b in held if a <= lo <= b), None)
             if lo is None or hi is None or not any(a <= lo and hi <= b for a, b in held):
                 continue
             record = {

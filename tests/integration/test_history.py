@@ -178,8 +178,8 @@ async def test_refused_page_is_a_gap_record_and_a_rerun_fills_it(lake: Path) -> 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--exchange", "kraken", "--product", "BTC-USD", "--since", "2026-11-01"],
-         "no REST trade history for exchange 'kraken'"),
+        (["--exchange", "coinbase-advanced", "--product", "BTC-USD", "--since", "2026-11-01"],
+         "no REST trade history for exchange 'coinbase-advanced'"),
         (["--exchange", "simulator", "--product", "DOGE-XYZ", "--since", "2026-11-01"],
          "unknown product 'DOGE-XYZ'"),
         (["--exchange", "simulator", "--product", "BTC-USD", "--since", "last week"],
@@ -217,6 +217,34 @@ async def test_binance_aggtrades_history_is_exact(lake: Path) -> None:
     assert_silver_exact(lake, emitted_set(want))
     rows = read_table(lake, T.TRADES).to_pylist()
     assert {r["exchange"] for r in rows} == {"simulator-binance"}
+    assert assert_candles_match_silver(lake) > 50
+
+
+async def test_kraken_trades_history_pages_forward_by_time_and_is_exact(lake: Path) -> None:
+    """Kraken pages forward by a nanosecond cursor (`history_forward`): [since, until) stored
+    exactly; a rerun jumps over what the lake holds; a refused page is an unfilled gap that a
+    later complete rerun closes."""
+    products = ["BTC-USD", "ETH-USD"]
+    with history_simulator(products, 6000, SEEDED, SEEDED + timedelta(hours=1),
+                           venue="kraken") as (sim, trades):  # fmt: skip
+        since, until = SEEDED + timedelta(minutes=10), SEEDED + timedelta(minutes=50)
+        want = [t for t in trades if since <= t.time < until]
+        sim.faults = _RefuseAfter(6)  # type: ignore[assignment]  (2 checks, 4 pages)
+        cut = await History(lake, "simulator-kraken", sim.rest_url, products, since, until,
+                            rate=100, retry_delays=(0.01,)).run()  # fmt: skip
+        assert "refused" in [p.outcome for p in cut.products], cut.render()
+        open_gaps = [g for g in gap_rows(lake) if g["outcome"] == "unfilled"]
+        assert open_gaps and all(g["kind"] == "trade_id" for g in open_gaps)
+        sim.faults = None
+        again = await History(lake, "simulator-kraken", sim.rest_url, products, since, until,
+                              rate=100).run()  # fmt: skip
+        assert [p.outcome for p in again.products] == ["done", "done"], again.render()
+        assert sum(p.skipped_ids for p in again.products) > 0  # it did not start over
+    assert_silver_exact(lake, emitted_set(want))
+    rows = read_table(lake, T.TRADES).to_pylist()
+    assert {r["exchange"] for r in rows} == {"simulator-kraken"}
+    reader = LakeReader(lake)
+    assert all(contiguity(reader, "simulator-kraken", p).unfilled_gaps == 0 for p in products)
     assert assert_candles_match_silver(lake) > 50
 
 
