@@ -31,7 +31,8 @@ DEFAULT_DEPTH: int = Settings.model_fields["book_depth"].default
 
 
 def is_book(text: str) -> bool:
-    return '"channel":"book"' in text
+    """A `book` channel message (a subscribe ack names the channel too, under `method`)."""
+    return '"channel":"book"' in text and '"method"' not in text
 
 
 class _Level(msgspec.Struct):
