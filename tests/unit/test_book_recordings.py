@@ -12,7 +12,7 @@ from itertools import pairwise
 
 import pytest
 
-from crypto_sentinel.books.events import BookEvent, Verdict
+from crypto_sentinel.books.events import BookEvent, BookSync, Verdict
 from crypto_sentinel.books.orderbook import OrderBook
 from crypto_sentinel.model import RawFrame
 from crypto_sentinel.sources.codec import FrameError
@@ -77,7 +77,7 @@ def same(book: OrderBook, ref: RefBook) -> None:
 
 
 def run(
-    exchange: str, events: list[BookEvent], syncs: dict[str, object], books: dict[str, OrderBook]
+    exchange: str, events: list[BookEvent], syncs: dict[str, BookSync], books: dict[str, OrderBook]
 ) -> list[Verdict]:
     verdicts = []
     for event in events:
@@ -85,7 +85,7 @@ def run(
         if product not in books:
             books[product] = OrderBook(exchange, product)
             syncs[product] = codec(exchange).new_sync()
-        verdicts.append(syncs[product].accept(event, books[product]))  # type: ignore[attr-defined]
+        verdicts.append(syncs[product].accept(event, books[product]))
     return verdicts
 
 
@@ -104,11 +104,11 @@ def test_binance_recorded_depth_diffs_rebuild_the_reference_books() -> None:
             assert d["U"] == last_u[product] + 1
         first_u.setdefault(product, d["U"])
         last_u[product] = d["u"]
-        book = ref.setdefault(product, {"bid": {}, "ask": {}})
+        want = ref.setdefault(product, {"bid": {}, "ask": {}})
         for price, size in d["b"]:
-            ref_set(book, "bid", price, size)
+            ref_set(want, "bid", price, size)
         for price, size in d["a"]:
-            ref_set(book, "ask", price, size)
+            ref_set(want, "ask", price, size)
     bc = codec("binance")
     events = [e for t in texts for e in bc.decode(frame("binance", t))]
     assert all(bc.is_book(t) for t in texts) and len(events) == len(texts) == 300
@@ -119,7 +119,7 @@ def test_binance_recorded_depth_diffs_rebuild_the_reference_books() -> None:
                   conn_id="conn")
         for p in symbols
     ]  # fmt: skip
-    syncs: dict[str, object] = {}
+    syncs: dict[str, BookSync] = {}
     books: dict[str, OrderBook] = {}
     verdicts = run("binance", starts + events, syncs, books)
     assert verdicts == [Verdict(True)] * len(verdicts)
@@ -140,14 +140,14 @@ def test_coinbase_recorded_l2updates_rebuild_the_reference_books() -> None:
     for text in texts:
         d = json.loads(text)
         last_time[d["product_id"]] = d["time"]
-        book = ref.setdefault(d["product_id"], {"bid": {}, "ask": {}})
+        want = ref.setdefault(d["product_id"], {"bid": {}, "ask": {}})
         for side, price, size in d["changes"]:
-            ref_set(book, {"buy": "bid", "sell": "ask"}[side], price, size)
+            ref_set(want, {"buy": "bid", "sell": "ask"}[side], price, size)
     bc = codec("coinbase")
     events = [e for t in texts for e in bc.decode(frame("coinbase", t))]
     assert all(bc.is_book(t) for t in texts) and len(events) == 300
     starts = [BookEvent("coinbase", p, "snapshot", conn_id="conn") for p in ref]
-    syncs: dict[str, object] = {}
+    syncs: dict[str, BookSync] = {}
     books: dict[str, OrderBook] = {}
     verdicts = run("coinbase", starts + events, syncs, books)
     assert verdicts == [Verdict(True)] * len(verdicts)
@@ -213,15 +213,17 @@ def test_kraken_recorded_book_verifies_every_checksum_through_the_v2_path() -> N
     assert all(bc.is_book(f) for f in frames)
     events = [e for f in frames for e in bc.decode(frame("kraken", f))]
     assert len(events) == 2000 and sum(e.checksum is not None for e in events) == 1990
-    syncs: dict[str, object] = {}
+    syncs: dict[str, BookSync] = {}
+    kraken: list[KrakenSync] = []
     books: dict[str, OrderBook] = {}
     for event in events:
         if event.product_id not in books:
             books[event.product_id] = OrderBook("kraken", event.product_id)
-            syncs[event.product_id] = KrakenSync(depth=1000)
+            kraken.append(KrakenSync(depth=1000))
+            syncs[event.product_id] = kraken[-1]
     verdicts = run("kraken", events, syncs, books)
     assert verdicts == [Verdict(True)] * 2000
-    assert sum(s.verified for s in syncs.values()) == 1990  # type: ignore[attr-defined]
+    assert sum(s.verified for s in kraken) == 1990
     ref = kraken_reference(texts, 1000)
     assert books.keys() == ref.keys() and len(books) == 10
     for product, book in books.items():
@@ -236,7 +238,7 @@ def test_kraken_a_changed_size_fails_its_recorded_checksum() -> None:
     update = 3  # the snapshot, two updates that verify, then the changed one
     msg = json.loads(texts[update])
     row = next(p for p in msg[1:-2] if isinstance(p, dict) and ("a" in p or "b" in p))
-    old = (row.get("a") or row.get("b"))[0][1]
+    old = (row["a"] if "a" in row else row["b"])[0][1]
     frames[update] = frames[update].replace(f'"qty":{old}', f'"qty":{Decimal(old) + 1}', 1)
     sync, book = KrakenSync(depth=1000), OrderBook("kraken", "ADA-XBT")
     bc = codec("kraken")
