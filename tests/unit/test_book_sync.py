@@ -102,10 +102,24 @@ def test_binance_buffer_overflow_is_reported_never_silent() -> None:
         assert sync.accept(ev("update", u=u, first=u), book) == Verdict(False, buffered=True)
     over = sync.accept(ev("update", u=3, first=3), book)
     assert over == Verdict(False, "buffer overflow", buffered=True)
+    assert book.invalid_reason == "buffer overflow"
     assert sync.dropped == 1 and [e.update_id for e in sync.buffer] == [2, 3]
     # a snapshot older than the dropped update cannot sync with what is left
     verdict = sync.accept(ev("snapshot", SNAP_BIDS, SNAP_ASKS, u=0), book)
     assert verdict == Verdict(True, "sequence break") and not book.valid
+
+
+def test_binance_snapshot_behind_a_valid_book_is_dropped_a_newer_one_loads() -> None:
+    sync, book = binance_book()
+    sync.accept(ev("snapshot", SNAP_BIDS, SNAP_ASKS, u=10), book)
+    sync.accept(ev("update", lv(("100", "2")), u=12, first=11), book)
+    lagging = ev("snapshot", lv(("100", "7")), SNAP_ASKS, u=12)
+    assert sync.accept(lagging, book) == Verdict(False) and sync.dropped == 1
+    assert book.bids[Decimal("100")] == Decimal("2") and book.update_id == 12
+    newer = ev("snapshot", lv(("100", "7")), SNAP_ASKS, u=20)
+    assert sync.accept(newer, book) == Verdict(True) and book.update_id == 20
+    assert sync.accept(ev("update", lv(("99", "1")), u=22, first=19), book) == Verdict(True)
+    assert levels(book)[0] == [("100", "7"), ("99", "1")]
 
 
 def test_binance_reconnect_invalidates_and_drops_the_old_connections_updates() -> None:
