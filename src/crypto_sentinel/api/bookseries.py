@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from crypto_sentinel.api.render import dec, iso
 from crypto_sentinel.books.orderbook import OrderBook
 from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.lake.tables import PRICE, UTC_TS, TableSpec
@@ -57,20 +58,20 @@ def _levels(raw: Any) -> list[tuple[Decimal, Decimal]]:
 def point(time: datetime, valid: bool, bids: Any, asks: Any, bps: int) -> dict[str, Any]:
     """One snapshot's best bid and ask, spread, mid and the sizes within `bps` of the mid."""
     if not valid:
-        return {"time": time, "valid": False, "best_bid": None, "best_ask": None,
+        return {"time": iso(time), "valid": False, "best_bid": None, "best_ask": None,
                 "spread": None, "mid": None, "bid_depth": None, "ask_depth": None}  # fmt: skip
     book = OrderBook("", "")
     book.load_snapshot(_levels(bids), _levels(asks))
     bid_depth, ask_depth = book.depth_within(bps)
     return {
-        "time": time,
+        "time": iso(time),
         "valid": True,
-        "best_bid": book.best_bid(),
-        "best_ask": book.best_ask(),
-        "spread": book.spread(),
-        "mid": book.mid(),
-        "bid_depth": bid_depth,
-        "ask_depth": ask_depth,
+        "best_bid": dec(book.best_bid()),
+        "best_ask": dec(book.best_ask()),
+        "spread": dec(book.spread()),
+        "mid": dec(book.mid()),
+        "bid_depth": dec(bid_depth),
+        "ask_depth": dec(ask_depth),
     }
 
 
