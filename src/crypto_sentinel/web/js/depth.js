@@ -29,8 +29,9 @@ export class DepthChart {
     this.book = null;
     this.queued = false;
     this.drawn = false;
+    // Hiding the chart (no book) resizes it too: only a shown chart is resized.
     new ResizeObserver(() => {
-      if (this.drawn) window.Plotly.Plots.resize(this.element);
+      if (this.drawn && !this.element.hidden) window.Plotly.Plots.resize(this.element);
     }).observe(element);
     this.reset();
   }
