@@ -132,7 +132,8 @@ def router(ctx: ApiContext) -> APIRouter:
             lo = instant(start) or hi - SERIES_DEFAULT
         except (OverflowError, OSError, ValueError):
             bad_parameter("start", "date out of range")
-        hi, lo = (t if t.tzinfo else t.replace(tzinfo=UTC) for t in (hi, lo))
+        # UTC throughout: the lake's date partitions are UTC dates
+        hi, lo = (t.astimezone(UTC) if t.tzinfo else t.replace(tzinfo=UTC) for t in (hi, lo))
         if lo >= hi:
             bad_parameter("start", "start must be before end")
         if hi - lo > MAX_SERIES_WINDOW:
