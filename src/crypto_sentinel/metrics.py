@@ -88,7 +88,7 @@ WARMUP_SECONDS = Gauge("sentinel_hot_state_warmup_seconds", "Time spent rebuildi
 PUSH_CLIENTS = Gauge("sentinel_push_clients", "Connected live-push clients", ["transport"])
 PUSH_MESSAGES = Counter("sentinel_push_messages_total", "Messages pushed", ["transport"])
 PUSH_CONFLATED = Counter(
-    "sentinel_push_conflated_total", "Ticker/candle updates replaced by a newer one before send"
+    "sentinel_push_conflated_total", "Ticker/candle/book updates replaced before send"
 )
 PUSH_DROPPED = Counter(
     "sentinel_push_dropped_clients_total",

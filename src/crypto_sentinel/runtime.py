@@ -29,6 +29,7 @@ from crypto_sentinel.api.security import ApiSecurity
 from crypto_sentinel.api.state import HotState
 from crypto_sentinel.api.stream import Hub
 from crypto_sentinel.api.warmup import warm_up
+from crypto_sentinel.books.registry import BookRegistry
 from crypto_sentinel.bus.kafka import KafkaFrames, KafkaPublisher, ensure_topics, exchange_of
 from crypto_sentinel.bus.memory import MemoryBus
 from crypto_sentinel.config import LIVE_VENUES, Settings
@@ -90,6 +91,7 @@ def api_server(
     status: Callable[[], dict[str, Any]],
     ready: Callable[[], bool],
     own_signals: bool,
+    books: BookRegistry | None = None,
 ) -> uvicorn.Server:
     """The API app and its uvicorn server: one builder for `sentinel up` (the pipeline stops
     it: `own_signals=False`) and `sentinel serve` (uvicorn stops on SIGINT/SIGTERM)."""
@@ -103,6 +105,7 @@ def api_server(
         hub=hub,
         cors_origins=settings.api_cors_origins,
         security=ApiSecurity.from_settings(settings),
+        books=books,
     )
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                             lifespan="off", ws_max_size=64 * 1024)  # fmt: skip
@@ -148,6 +151,7 @@ class Pipeline:
         # Frames go through Kafka or, in one process, through this in-memory bus.
         self.bus = None if self.kafka else MemoryBus(settings.bus_capacity)
         self.state: HotState | None = None  # the API's memory, built when the API starts
+        self.books = BookRegistry()  # live order books: the engine fills, the API serves
         self.sources: list[Source] = []
         self.simulators: list[Any] = []
         self.stop_event = asyncio.Event()
@@ -488,7 +492,7 @@ class Pipeline:
         self.engine.listeners.append(hub.on_chunk)  # after hot state: push reads it
         self.server = api_server(
             s, state, self.reader, hub, default_exchange=self._exchange_name,
-            status=self.status, ready=self.ready, own_signals=False,
+            status=self.status, ready=self.ready, own_signals=False, books=self.books,
         )  # fmt: skip
         # The engine's writer thread runs Python between Delta commits; with the default 5 ms
         # GIL switch interval a request waiting on the event loop can queue behind it several

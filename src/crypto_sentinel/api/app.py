@@ -23,10 +23,11 @@ from crypto_sentinel import __version__, metrics
 from crypto_sentinel.api.candles import GRANULARITIES, MAX_CANDLES
 from crypto_sentinel.api.context import ApiContext
 from crypto_sentinel.api.responses import JSONResponse, error
-from crypto_sentinel.api.routes import dashboard, docs, latest, market, ops, push
+from crypto_sentinel.api.routes import book, dashboard, docs, latest, market, ops, push
 from crypto_sentinel.api.security import ApiSecurity, Guard
 from crypto_sentinel.api.state import HotState
 from crypto_sentinel.api.stream import Hub
+from crypto_sentinel.books.registry import BookRegistry
 from crypto_sentinel.lake.query import LakeReader
 
 __all__ = ["GRANULARITIES", "MAX_CANDLES", "JSONResponse", "create_app"]
@@ -37,7 +38,9 @@ DESCRIPTION = """Real-time crypto market data from exchange feeds and the Delta 
 
 Prices and sizes are exact decimal strings. Recent data comes from memory, history from the
 lake. Live push: WebSocket `/v1/stream` (send `{"type": "subscribe", "product_ids":
-["BTC-USD"], "channels": ["trades", "ticker", "candles:60"]}`) or SSE `/v1/stream/sse`.
+["BTC-USD"], "channels": ["trades", "ticker", "candles:60", "book"], "depth": 10}`) or SSE
+`/v1/stream/sse`. Order books: `/v1/products/{id}/book` (live or `at=` a past time) and
+`/v1/products/{id}/book/series` (spread, mid and depth over time).
 """
 
 
@@ -130,10 +133,12 @@ def create_app(
     hub: Hub | None = None,
     cors_origins: Sequence[str] = (),
     security: ApiSecurity | None = None,
+    books: BookRegistry | None = None,
 ) -> FastAPI:
     """The API over `state` and `reader`. Register `hub.on_chunk` as an engine listener (after
     the hot state's) for live push; without a hub one with default limits is made. Without
-    `security` there is no token and no rate limit."""
+    `security` there is no token and no rate limit. `books` holds the live order books (the
+    engine fills it; without one the book routes answer 404 until a book arrives)."""
     security = security or ApiSecurity()
     security.warn_if_open()
     app = FastAPI(
@@ -152,7 +157,9 @@ def create_app(
         products=list(products),
         status=status,
         ready=ready,
+        books=books if books is not None else BookRegistry(),
     )
+    ctx.books.subscribe(ctx.hub.on_book)  # push: the book channel hears every change
     app.state.ctx = ctx
     app.add_middleware(latest.LatestFastPath, ctx=ctx)  # innermost: CORS and timing apply
     # token, rate limit and request-target bounds before any route (the fast path included);
@@ -182,7 +189,7 @@ def create_app(
         log.exception("unhandled error on %s", request.url.path)
         return error(500, "internal server error")
 
-    for module in (latest, market, push, ops, dashboard, docs):
+    for module in (latest, market, book, push, ops, dashboard, docs):
         app.include_router(module.router(ctx))
     if security.token is not None:
         docs.declare_bearer(app)

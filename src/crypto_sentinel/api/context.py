@@ -1,4 +1,5 @@
-"""What every route needs: hot state, the lake reader, the push hub, and which products exist.
+"""What every route needs: hot state, the lake reader, the push hub, the live order books, and
+which products exist.
 
 Hot-state reads run on the event loop (the engine writes there too, so no locks); lake reads
 go to a worker thread so a slow DuckDB query never stalls the stream or other requests.
@@ -19,6 +20,7 @@ from starlette.exceptions import HTTPException
 from crypto_sentinel.api.candles import CandleService
 from crypto_sentinel.api.state import HotState
 from crypto_sentinel.api.stream import Hub
+from crypto_sentinel.books.registry import BookRegistry
 from crypto_sentinel.gapflags import GapFlags, Span
 from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.sources.venues import venue_of
@@ -50,6 +52,7 @@ class ApiContext:
     products: list[str]
     status: Callable[[], dict[str, Any]]
     ready: Callable[[], bool]
+    books: BookRegistry = field(default_factory=BookRegistry)  # filled by the engine
     candles: CandleService = field(init=False)
     gap_flags: GapFlags = field(init=False)
     _lake_pairs: set[tuple[str, str]] = field(default_factory=set, init=False)
@@ -68,7 +71,7 @@ class ApiContext:
         names = dict.fromkeys([self.default_exchange()])
         for source in self.status().get("sources") or []:
             names.setdefault(source["exchange"])
-        pairs = self.state.pairs() | await self.lake_pairs()
+        pairs = self.state.pairs() | await self.lake_pairs() | set(self.books.products())
         for exchange, _ in sorted(pairs):
             names.setdefault(exchange)
         return list(names)
@@ -96,9 +99,9 @@ class ApiContext:
         return found
 
     async def exchange_with(self, product_id: str) -> str:
-        """The first exchange (the live ones first) that has data for the product; the
-        default one when none has yet."""
-        pairs = self.state.pairs() | await self.lake_pairs()
+        """The first exchange (the live ones first) that has data (trades or a live book) for
+        the product; the default one when none has yet."""
+        pairs = self.state.pairs() | await self.lake_pairs() | set(self.books.products())
         for exchange in await self.exchanges():
             if (exchange, product_id) in pairs:
                 return exchange
@@ -184,6 +187,8 @@ class ApiContext:
         if product_id in self.products:
             return True
         if any(p == product_id for _, p in self.state.pairs()):
+            return True
+        if any(p == product_id for _, p in self.books.products()):
             return True
         return any(p == product_id for _, p in await self.lake_pairs())
 

@@ -1,4 +1,5 @@
-"""JSON shapes of trades, tickers and candles, shared by the REST routes and the live push.
+"""JSON shapes of trades, tickers, candles and order books, shared by the REST routes and the
+live push.
 
 Prices and sizes leave as exact decimal strings, times as ISO-8601 UTC with microseconds and
 a Z. These helpers run on the hot path for every response item, so they avoid generic
@@ -14,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from crypto_sentinel.books.orderbook import BookView
 from crypto_sentinel.engine.candles import Candle
 from crypto_sentinel.model import EXACT, QUANTUM, Ticker, Trade, format_decimal
 
@@ -294,3 +296,21 @@ def stats_item(
         change_24h_percent=format_decimal(percent.quantize(Decimal("0.0001"), context=EXACT)),
     )
     return item
+
+
+def book_item(view: BookView) -> dict[str, Any]:
+    """A book's top levels as `[[price, size], ...]` best first, shared by REST and push.
+
+    A book that is not valid (no snapshot yet, or out of sync) shows no levels: what it still
+    holds is not the market, and `invalid_reason` says why."""
+    shown = view.valid
+    return {
+        "exchange": view.exchange,
+        "product_id": view.product_id,
+        "bids": [[format_decimal(p), format_decimal(s)] for p, s in view.bids] if shown else [],
+        "asks": [[format_decimal(p), format_decimal(s)] for p, s in view.asks] if shown else [],
+        "update_id": view.update_id,
+        "time": None if view.time is None else iso(view.time),
+        "valid": view.valid,
+        "invalid_reason": view.invalid_reason,
+    }

@@ -186,3 +186,47 @@ class ExchangeItem(BaseModel):
 
 class Exchanges(BaseModel):
     data: list[ExchangeItem]
+
+
+Level = Annotated[list[Dec], Field(min_length=2, max_length=2, description="[price, size]")]
+
+
+class DepthWithin(BaseModel):
+    bps: int
+    bids: Dec = Field(description="bid size within `bps` basis points of the mid")
+    asks: Dec = Field(description="ask size within `bps` basis points of the mid")
+
+
+class BookOut(BaseModel):
+    exchange: str
+    product_id: str
+    bids: list[Level] = Field(description="best (highest) first; empty when not valid")
+    asks: list[Level] = Field(description="best (lowest) first; empty when not valid")
+    update_id: int | None = Field(description="the venue's id of the last applied update")
+    time: Time | None = Field(description="exchange time of the last applied update")
+    valid: bool = Field(description="false between a break (gap, checksum) and a new snapshot")
+    invalid_reason: str
+    spread: Dec | None
+    mid: Dec | None
+    depth_within_bps: DepthWithin | None
+    at: Time | None = Field(description="the time asked with `at=`; null: the live book")
+
+
+class BookPoint(BaseModel):
+    time: Time
+    valid: bool
+    best_bid: Dec | None
+    best_ask: Dec | None
+    spread: Dec | None
+    mid: Dec | None
+    bid_depth: Dec | None
+    ask_depth: Dec | None
+
+
+class BookSeries(BaseModel):
+    data: list[BookPoint] = Field(description="one point per stored snapshot, oldest first")
+    exchange: str
+    product_id: str
+    start: Time
+    end: Time
+    bps: int

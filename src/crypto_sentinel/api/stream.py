@@ -2,9 +2,10 @@
 
 The engine calls `Hub.on_chunk` synchronously on the event loop, so fan-out never waits on
 a client: each client has a bounded queue of trade messages and one conflated slot per
-ticker and candle (a newer update replaces one not yet sent). A client whose trade queue
+ticker, candle and order book (a newer update replaces one not yet sent). A client whose trade queue
 overflows is dropped, never waited for. Messages are rendered once per event and shared by
-every client; candle messages are rendered when a client is ready to send them.
+every client; candle and book messages are rendered when a client is ready to send them, so
+a slow client gets the newest book, never a backlog.
 """
 
 from __future__ import annotations
@@ -22,12 +23,17 @@ import orjson
 from crypto_sentinel import metrics
 from crypto_sentinel.api.candles import GRANULARITIES, floor_time
 from crypto_sentinel.api.render import iso_ns, push_trade, ticker_item
+from crypto_sentinel.books.orderbook import OrderBook
 from crypto_sentinel.engine.chunks import ChunkNews
 from crypto_sentinel.model import Ticker
 
-#: (exchange, product_id, channel) where channel is trades, ticker or candles:<granularity>.
+#: (exchange, product_id, channel) where channel is trades, ticker, candles:<granularity> or
+#: book.
 Key = tuple[str, str, str]
-CHANNELS = ("trades", "ticker", *(f"candles:{g}" for g in GRANULARITIES))
+CHANNELS = ("trades", "ticker", *(f"candles:{g}" for g in GRANULARITIES), "book")
+#: Levels per side a book subscription gets by default, and at most.
+BOOK_DEPTH = 10
+MAX_BOOK_DEPTH = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +46,19 @@ class CandleRef:
     start: datetime
 
 
-Outgoing = bytes | CandleRef
+@dataclass(frozen=True, slots=True)
+class BookRef:
+    """A book that changed; its newest top levels are rendered when the client is ready."""
+
+    exchange: str
+    product_id: str
+
+
+Outgoing = bytes | CandleRef | BookRef
 
 
 class Client:
-    """One push subscriber: bounded trade queue plus conflated ticker/candle slots."""
+    """One push subscriber: bounded trade queue plus conflated ticker/candle/book slots."""
 
     def __init__(self, hub: Hub, transport: str, limit: int) -> None:
         self.hub = hub
@@ -53,6 +67,7 @@ class Client:
         self.subs: set[Key] = set()
         self.queue: deque[tuple[bytes, int]] = deque()  # message, frame receive ns
         self.slots: dict[Any, Outgoing] = {}
+        self.book_depth: dict[tuple[str, str], int] = {}  # levels per side per book subscribed
         self.wake = asyncio.Event()
         self.dropped = False
 
@@ -190,6 +205,15 @@ class Hub:
             slot = (ticker.exchange, ticker.product_id, "ticker")
             for client in subs:
                 client.put(slot, message)
+
+    def on_book(self, book: OrderBook) -> None:
+        """A `BookRegistry` listener (called on the event loop, like `on_chunk`): marks the
+        book's slot of each subscriber; the send renders the book as it is then."""
+        subs = self.subscribers.get((book.exchange, book.product_id, "book"))
+        if subs:
+            ref = BookRef(book.exchange, book.product_id)
+            for client in subs:
+                client.put(ref, ref)
 
     # --- messages ------------------------------------------------------------------------
 

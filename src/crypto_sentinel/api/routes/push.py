@@ -2,17 +2,22 @@
 
 WebSocket protocol (JSON text frames):
   client: {"type": "subscribe" | "unsubscribe", "product_ids": [...], "channels": [...],
-           "exchange": optional}    channels: trades, ticker, candles:<granularity>
+           "exchange": optional, "depth": optional}
+           channels: trades, ticker, candles:<granularity>, book
+           depth: levels per side of the book channel, 1 to MAX_BOOK_DEPTH (50), default 10
           {"type": "ping"}
   server: {"type": "subscriptions", "channels": [{"name", "exchange", "product_ids"}]}
-          {"type": "trade" | "ticker" | "candle", "product_id", ...}   (REST shapes)
+          {"type": "trade" | "ticker" | "candle" | "book", "product_id", ...}   (REST shapes;
+           a book: exchange, bids, asks ([[price, size]] best first), update_id, time, valid,
+           invalid_reason, spread, mid)
           {"type": "heartbeat", "time", "sequence"}   at least every heartbeat interval
           {"type": "pong"} | {"type": "error", "message"}
-A subscribe to ticker or candles sends the current value at once. Trades are never
+A subscribe to ticker, candles or book sends the current value at once. Trades are never
 conflated; a client that falls `api_stream_queue` trade messages behind is sent an error and
-closed (code 1013). Tickers and candles are conflated: a slow reader gets the newest value.
+closed (code 1013). Tickers, candles and books are conflated: a slow reader gets the newest
+value (a book is rendered when the client is ready for it, never queued).
 SSE carries the same messages as events named by their type, for the products and channels
-given in the query.
+given in the query (`depth` for the book channel).
 
 Limits (each named in the error that crossing it gets): at most MAX_SUBSCRIPTIONS (200)
 entries per list and subscriptions per connection, ids and exchange names of 1 to 40
@@ -37,11 +42,21 @@ from starlette.websockets import WebSocketDisconnect
 
 from crypto_sentinel.api.candles import CandleService, floor_time
 from crypto_sentinel.api.context import ApiContext, bad_parameter, not_found
-from crypto_sentinel.api.render import candle_item
+from crypto_sentinel.api.render import book_item, candle_item, dec
 from crypto_sentinel.api.routes.latest import MAX_PRODUCT_ID, ExchangeParam
 from crypto_sentinel.api.schemas import errors
 from crypto_sentinel.api.security import PROTOCOL
-from crypto_sentinel.api.stream import CHANNELS, CandleRef, Client, Hub, Key, observe_push
+from crypto_sentinel.api.stream import (
+    BOOK_DEPTH,
+    CHANNELS,
+    MAX_BOOK_DEPTH,
+    BookRef,
+    CandleRef,
+    Client,
+    Hub,
+    Key,
+    observe_push,
+)
 from crypto_sentinel.completeness import contiguous
 from crypto_sentinel.gapflags import overlaps
 
@@ -66,6 +81,7 @@ def router(ctx: ApiContext) -> APIRouter:
     api = APIRouter(prefix="/v1")
     hub = ctx.hub
     rendered: dict[tuple[Any, ...], tuple[int, bool, bool, bool, bytes]] = {}
+    books_rendered: dict[tuple[str, str, int], tuple[int, bytes]] = {}  # by depth: version
 
     async def keys_for(
         product_ids: list[str], channels: list[str], exchange: str | None
@@ -91,6 +107,10 @@ def router(ctx: ApiContext) -> APIRouter:
                 current = ctx.state.tickers.get((ex, product))
                 if current is not None:
                     client.put((ex, product, channel), Hub.ticker_message(current))
+            elif channel == "book":
+                if ctx.books.get(ex, product) is not None:
+                    book_ref = BookRef(ex, product)
+                    client.put(book_ref, book_ref)
             elif channel.startswith("candles:"):
                 book = ctx.candles.book(ex, product)
                 if book is not None and book.newest is not None:
@@ -159,6 +179,25 @@ def router(ctx: ApiContext) -> APIRouter:
             )  # fmt: skip
         return hit[4], complete, previous
 
+    def book_message(client: Client, ref: BookRef) -> bytes | None:
+        """The book's newest top levels at the client's depth (rendered once per version and
+        depth, shared by every client)."""
+        book = ctx.books.get(ref.exchange, ref.product_id)
+        if book is None:
+            return None
+        depth = client.book_depth.get((ref.exchange, ref.product_id), BOOK_DEPTH)
+        key = (ref.exchange, ref.product_id, depth)
+        hit = books_rendered.get(key)
+        if hit is None or hit[0] != book.version:
+            item = {"type": "book", **book_item(book.view(depth))}
+            spread, mid = (book.spread(), book.mid()) if book.valid else (None, None)
+            item["spread"] = dec(spread)
+            item["mid"] = dec(mid)
+            if len(books_rendered) > 10_000:
+                books_rendered.clear()
+            hit = books_rendered[key] = (book.version, orjson.dumps(item))
+        return hit[1]
+
     async def outgoing(client: Client) -> AsyncIterator[bytes]:
         """Messages for one client as they come, heartbeats, and a last error if dropped."""
         beat_at = time.monotonic() + hub.heartbeat
@@ -175,6 +214,12 @@ def router(ctx: ApiContext) -> APIRouter:
                 if isinstance(item, bytes):
                     yield item
                     sent += 1
+                    continue
+                if isinstance(item, BookRef):
+                    message = book_message(client, item)
+                    if message is not None:
+                        yield message
+                        sent += 1
                     continue
                 ref: CandleRef | None = item
                 while ref is not None:  # the candle, then the one before it if it changed
@@ -220,6 +265,10 @@ def router(ctx: ApiContext) -> APIRouter:
         if problem:
             client.push(_error(problem))
             return
+        depth = msg.get("depth", BOOK_DEPTH)
+        if type(depth) is not int or not 1 <= depth <= MAX_BOOK_DEPTH:
+            client.push(_error(f"depth must be an integer from 1 to {MAX_BOOK_DEPTH}"))
+            return
         if exchange is not None and (
             not isinstance(exchange, str) or not 0 < len(exchange) <= MAX_ID
         ):
@@ -235,11 +284,17 @@ def router(ctx: ApiContext) -> APIRouter:
                 client.push(_error(f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection"))
                 return
             new = keys - client.subs
+            books = {key for key in keys if key[2] == "book"}
+            for ex, product, _ in books:  # a new depth applies from the next message on
+                client.book_depth[(ex, product)] = depth
             hub.subscribe(client, keys)
             client.push(subscriptions(client))
-            snapshot(client, new)
+            snapshot(client, new | books)
         else:
             hub.unsubscribe(client, keys)
+            for ex, product, channel in keys:
+                if channel == "book":
+                    client.book_depth.pop((ex, product), None)
             client.push(subscriptions(client))
 
     @api.websocket("/stream")
@@ -280,7 +335,7 @@ def router(ctx: ApiContext) -> APIRouter:
 
     @api.get(
         "/stream/sse",
-        summary="Server-Sent Events: trades, tickers and candles as they happen",
+        summary="Server-Sent Events: trades, tickers, candles and order books as they happen",
         response_class=StreamingResponse,
         responses={
             200: {
@@ -295,9 +350,13 @@ def router(ctx: ApiContext) -> APIRouter:
             str, Query(max_length=2000, description="comma separated, e.g. BTC-USD,ETH-USD")
         ],
         channels: Annotated[
-            str, Query(max_length=2000, description="comma separated: trades, ticker, candles:60")
+            str,
+            Query(max_length=2000, description="comma separated: trades, ticker, candles:60, book"),
         ] = "trades,ticker",
         exchange: ExchangeParam = None,
+        depth: Annotated[
+            int, Query(ge=1, le=MAX_BOOK_DEPTH, description="levels per side of the book channel")
+        ] = BOOK_DEPTH,
     ) -> StreamingResponse:
         products = [p for p in product_ids.split(",") if p]
         wanted = [c for c in channels.split(",") if c]
@@ -320,6 +379,9 @@ def router(ctx: ApiContext) -> APIRouter:
         client = hub.connect("sse")
         if client is None:
             raise HTTPException(503, "too many stream clients")
+        for ex, product, channel in keys:
+            if channel == "book":
+                client.book_depth[(ex, product)] = depth
         hub.subscribe(client, keys)
         client.push(subscriptions(client))
         snapshot(client, keys)

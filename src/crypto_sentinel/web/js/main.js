@@ -5,6 +5,7 @@
 import { PriceAlert } from "./alert.js";
 import * as api from "./api.js";
 import { CandleChart } from "./chart.js";
+import { DepthChart } from "./depth.js";
 import { LiveStream } from "./stream.js";
 import { TradeTape } from "./tape.js";
 import { applyTheme, initialTheme } from "./theme.js";
@@ -18,6 +19,7 @@ const TOKEN_KEY = "sentinel-api-token";
 
 const view = { exchange: null, product: null, granularity: 60, frozen: false, price: null };
 const chart = new CandleChart($("chart"));
+const depth = new DepthChart($("depth"), $("book-note"), $("book-spread"));
 const tape = new TradeTape($("tape"));
 const ticker = new TickerPanel();
 const alert = new PriceAlert(alertFired);
@@ -112,6 +114,8 @@ function apply(message) {
     ticker.showTrade(message);
   } else if (message.type === "ticker") {
     ticker.showTicker(message);
+  } else if (message.type === "book") {
+    depth.show(message);
   } else if (message.type === "candle" && message.granularity === view.granularity) {
     chart.upsert(message);
     ticker.showVolatility(chart.ordered(), view.granularity);
@@ -233,6 +237,7 @@ function switchProduct(product) {
   }
   view.product = product;
   view.price = null;
+  depth.reset(); // until the new product's book arrives
   follow();
 }
 
@@ -323,10 +328,12 @@ async function start() {
   const theme = initialTheme();
   applyTheme(theme, themeButton);
   chart.setTheme(theme);
+  depth.setTheme(theme);
   themeButton.addEventListener("click", () => {
     const next = document.documentElement.dataset.theme === "dark" ? "light" : "dark";
     applyTheme(next, themeButton, true);
     chart.setTheme(next);
+    depth.setTheme(next);
   });
   $("freeze").addEventListener("click", toggleFreeze);
   $("alert-form").addEventListener("submit", setAlert);

@@ -1,9 +1,10 @@
-// The live push connection (WebSocket /v1/stream): subscribes to one product's trades, ticker
-// and candles, reconnects with jittered exponential backoff, and treats a connection that has
+// The live push connection (WebSocket /v1/stream): subscribes to one product's trades, ticker,
+// candles and order book (top BOOK_DEPTH levels), reconnects with jittered exponential backoff, and treats a connection that has
 // been silent for longer than three heartbeats as dead (the server beats every 5 s).
 
 const SILENCE_MS = 16000;
 const MAX_BACKOFF_MS = 10000;
+const BOOK_DEPTH = 50; // levels per side: the most the push sends
 
 export class LiveStream {
   /**
@@ -70,8 +71,8 @@ export class LiveStream {
   }
 
   send(type, { exchange, product, granularity }) {
-    const channels = ["trades", "ticker", `candles:${granularity}`];
-    const message = { type, product_ids: [product], channels };
+    const channels = ["trades", "ticker", `candles:${granularity}`, "book"];
+    const message = { type, product_ids: [product], channels, depth: BOOK_DEPTH };
     if (exchange) message.exchange = exchange;
     this.socket.send(JSON.stringify(message));
   }
