@@ -27,6 +27,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from crypto_sentinel.simulator import level2
+from crypto_sentinel.simulator.depth import BookUpdate, Depth
 from crypto_sentinel.simulator.market import Market, ResumePoint, SimTrade
 from crypto_sentinel.simulator.protocol import (
     ProtocolError,
@@ -142,6 +144,9 @@ class SimulatorServer:
         self._match_subs: dict[str, list[Session]] = {}
         self._ticker_subs: dict[str, list[Session]] = {}
         self._heartbeat_subs: dict[str, list[Session]] = {}
+        self._book_subs: dict[str, list[Session]] = {}
+        # Order books, made for a product when a client first asks for one (depth.py).
+        self.depth = Depth(self.market, getattr(faults, "gap", None))
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -152,6 +157,10 @@ class SimulatorServer:
         use_shape = getattr(faults, "use_shape", None)
         if self.venue is not None and use_shape is not None:
             use_shape(self.venue.shape)
+        elif use_shape is not None:
+            use_shape(level2.SHAPE)
+        if self.venue is not None:
+            self.venue.depth = self.depth
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -168,13 +177,9 @@ class SimulatorServer:
         """True once ``max_trades`` trades have been emitted (heartbeats go on)."""
         return self.max_trades is not None and self._emitted >= self.max_trades
 
-    @property
-    def emitted_count(self) -> int:
-        return self._emitted
+    emitted_count = property(lambda self: self._emitted)
 
-    @property
-    def connection_count(self) -> int:
-        return len(self._sessions)
+    connection_count = property(lambda self: len(self._sessions))
 
     async def wait_done(self) -> None:
         """Wait until ``max_trades`` trades have been emitted (never returns without it)."""
@@ -276,6 +281,7 @@ class SimulatorServer:
         dirty: dict[int, Session] = {}
         match_subs, ticker_subs = self._match_subs, self._ticker_subs
         hides = getattr(self.faults, "hides", None)
+        depth = self.depth if self.depth.books else None
         for i in range(first, end):
             when = _EPOCH + timedelta(microseconds=wall0_us + int(i * per_us))
             trade = market.next_trade(when)
@@ -288,8 +294,19 @@ class SimulatorServer:
             subs = ticker_subs.get(trade.product_id)
             if subs:
                 self._fan_out(subs, self._ticker_text(trade), dirty)
+            update = None if depth is None else depth.on_trade(trade)
+            if update is not None:
+                self._book_out(update, dirty)
         for session in dirty.values():
             self._flush(session)
+
+    def _book_out(self, update: BookUpdate, dirty: dict[int, Session]) -> None:
+        """A book update to each subscriber of the product's book, in its venue's frames."""
+        venue = self.venue
+        for s in self._book_subs.get(update.product_id, ()):
+            for text in venue.book_frames(s, update) if venue else [level2.update_frame(update)]:
+                self._queue(s, text)
+            dirty[s.id] = s
 
     def _fan_out(self, sessions: list[Session], text: str, dirty: dict[int, Session]) -> None:
         if self.faults is None and not self._stamps:
@@ -306,9 +323,9 @@ class SimulatorServer:
         if self.faults is None:
             outs: Iterable[str | bytes] = [text]
         elif self._stamps:
-            dropped = getattr(self.faults, "dropped", 0)
+            dropped = getattr(self.faults, "lost", 0)
             outs = self.faults.outbound(session, text)
-            lost = getattr(self.faults, "dropped", 0) - dropped
+            lost = getattr(self.faults, "lost", 0) - dropped
             if lost > 0:
                 self._venue_lost(session, lost)
         else:
@@ -418,6 +435,10 @@ class SimulatorServer:
         except ProtocolError as exc:
             self._send(session, [exc.frame])
             return
+        refusal = level2.auth_refusal(raw, req)
+        if refusal is not None:
+            self._send(session, [refusal])
+            return
         if req.type == "subscribe":
             added = session.subs.subscribe(req.channels)
             session.subscribed = True
@@ -434,6 +455,7 @@ class SimulatorServer:
                     frames.append(market.ticker_frame(last))
                 if product in new_matches:
                     frames.append(market.match_frame(last, "last_match"))
+            frames += level2.snapshot_frames(self.depth, added)
         else:
             session.subs.unsubscribe(req.channels)
             frames = [session.subs.ack_frame()]
@@ -460,15 +482,17 @@ class SimulatorServer:
             "matches": {},
             "ticker": {},
             "heartbeat": {},
+            "book": {},
         }
         for s in self._sessions.values():
             if s.closed:
                 continue
             for channel, products in s.subs.channels.items():
                 for product in products:
-                    index[channel].setdefault(product, []).append(s)
+                    index[level2.INDEX.get(channel, channel)].setdefault(product, []).append(s)
         self._match_subs = index["matches"]
-        if self._match_subs:
+        self._book_subs = index["book"]
+        if self._match_subs or self._book_subs:
             self._subscribed.set()
         self._ticker_subs = index["ticker"]
         self._heartbeat_subs = index["heartbeat"]

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from crypto_sentinel.simulator.depth import BookUpdate, text
 from crypto_sentinel.simulator.faults import FrameShape, corruptions, trade_matcher
 from crypto_sentinel.simulator.market import Market, SimTrade
 from crypto_sentinel.simulator.venues.base import (
@@ -37,8 +38,11 @@ __all__ = ["BINANCE_SHAPE", "Binance", "pad8", "symbol_of"]
 
 REST_MAX_LIMIT = 1000
 _Q8 = Decimal("0.00000001")
-_STREAM_CHANNELS = {"aggTrade": "matches", "ticker": "ticker"}
-_CHANNEL_STREAMS = {v: k for k, v in _STREAM_CHANNELS.items()}
+_STREAM_CHANNELS = {
+    "aggTrade": "matches", "ticker": "ticker", "depth@100ms": "book", "depth": "book",
+}  # fmt: skip
+DEPTH_DEFAULT_LIMIT = 100
+DEPTH_MAX_LIMIT = 5000
 _INTERVALS = {
     "1m": 60, "3m": 180, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600, "2h": 7200,
     "4h": 14400, "6h": 21600, "8h": 28800, "12h": 43200, "1d": 86400,
@@ -68,6 +72,7 @@ BINANCE_SHAPE = FrameShape(
         price=(r'"p":"[^"]*"', '"p":"-1.50000000"'),
         time=(r'"T":\d+', '"T":32503680000000'),  # the year 3000
     ),
+    book=trade_matcher(r'\{"stream":"([a-z0-9]+)@depth'),
 )
 
 
@@ -117,6 +122,8 @@ class Binance(Venue):
             assert parsed is not None
             channel, product = parsed
             wanted.setdefault(channel, []).append(product)
+            if channel == "book":
+                self.depth.ensure(product)  # the book starts when a client first wants it
             if name not in session.state.streams:
                 session.state.streams.append(name)
         session.subs.subscribe(wanted)
@@ -157,6 +164,24 @@ class Binance(Venue):
             f'"f":{t.trade_id},"l":{t.trade_id},"T":{ms},'
             f'"m":{"true" if t.maker_side == "buy" else "false"},"M":true}}}}'
         )
+
+    def book_frames(self, session: Any, update: BookUpdate) -> list[str]:
+        """A ``depthUpdate`` (``U``/``u`` the update's first and last id) on the stream name
+        the connection subscribed (``@depth@100ms`` or ``@depth``); one per trade."""
+        symbol = symbol_of(update.product_id)
+        lower = symbol.lower()
+        name = (
+            f"{lower}@depth"
+            if f"{lower}@depth" in session.state.streams
+            else lower + "@depth@100ms"
+        )
+        bids = [[pad8(text(p)), pad8(text(q))] for side, p, q in update.changes if side == "bid"]
+        asks = [[pad8(text(p)), pad8(text(q))] for side, p, q in update.changes if side == "ask"]
+        return [
+            f'{{"stream":"{name}","data":{{"e":"depthUpdate","E":{epoch_ms(update.time) + 1},'
+            f'"s":"{symbol}","U":{update.first_id},"u":{update.last_id},'
+            f'"b":{_dump(bids)},"a":{_dump(asks)}}}}}'
+        ]
 
     def ticker_frame(self, market: Market, t: SimTrade) -> str:
         symbol = symbol_of(t.product_id)
@@ -217,6 +242,8 @@ class Binance(Venue):
                 return self._agg_trades(market, query)
             if path == "/api/v3/klines":
                 return self._klines(market, query)
+            if path == "/api/v3/depth":
+                return self._depth(market, query)
         except ValueError as exc:
             return RestAnswer(400, {"code": -1100, "msg": str(exc)})
         return RestAnswer(404, {"code": -1, "msg": "Not found"})
@@ -289,6 +316,24 @@ class Binance(Venue):
         else:
             trades = trades_from_id(market, product, from_id, limit)
         return RestAnswer(200, [_rest_agg(t) for t in trades])
+
+    def _depth(self, market: Market, query: Query) -> RestAnswer:
+        """The REST snapshot: best ``limit`` levels a side and the ``lastUpdateId`` they
+        include (the book is made here if no stream asked for it yet)."""
+        product = self._product(market, query)
+        limit = int_param(query, "limit", DEPTH_DEFAULT_LIMIT)
+        assert limit is not None
+        if not 1 <= limit <= DEPTH_MAX_LIMIT:
+            raise ValueError(f"limit must be between 1 and {DEPTH_MAX_LIMIT}")
+        truth = self.depth.truth(product, limit)
+        return RestAnswer(
+            200,
+            {
+                "lastUpdateId": truth.update_id,
+                "bids": [[pad8(text(p)), pad8(text(q))] for p, q in truth.bids],
+                "asks": [[pad8(text(p)), pad8(text(q))] for p, q in truth.asks],
+            },
+        )
 
     def _klines(self, market: Market, query: Query) -> RestAnswer:
         product = self._product(market, query)
