@@ -52,7 +52,9 @@ class Credentials:
 class BookOptions:
     depth: int  # levels per side asked for (subscription depth, REST snapshot limit)
     rest_url: str | None  # where Binance's REST snapshot comes from
-    on_resync: Callable[[str, str], None]  # (product, reason): log and count a resync
+    #: (product, reason): log and count a resync; reason is one of gap (Binance U/u),
+    #: sequence (Advanced sequence_num), requested (the engine's hook): a metric label.
+    on_resync: Callable[[str, str], None]
     credentials: Credentials | None = None  # Coinbase Exchange level2 only
 
 

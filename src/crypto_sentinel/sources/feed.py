@@ -44,6 +44,8 @@ class Connector(Protocol):
     lifetime: float | None
     #: How the venue's REST serves missed trades (None: not at all; gaps are recorded unfilled).
     rest: RestTrades | None
+    #: Book subscription options once `use_books` took them (None: no books).
+    books: BookOptions | None
 
     def url(self, base: str, products: list[str]) -> str:
         """The URL to connect to (some venues name the streams in it)."""
@@ -145,7 +147,9 @@ class FeedSource:
         """The engine's hook: have the venue send `product_id`'s book afresh (a
         re-subscription; Binance: a new REST snapshot). False when this source does not
         carry that book."""
-        if not self.books or exchange != self.status.exchange or product_id not in self.products:
+        if self.connector.books is None or exchange != self.status.exchange:
+            return False
+        if product_id not in self.products:
             return False
         self._resync(product_id, "requested")
         messages = self.connector.resync_book(product_id)

@@ -168,7 +168,8 @@ class BinanceConnector(BookSubscriber):
             self.pending[symbol] = None  # first event here: the book starts from REST
         elif first != last + 1:
             self.pending[symbol] = None
-            self.books.on_resync(self._product(symbol), f"U/u break after {last}")
+            log.info("binance %s: U %d after u %d", symbol, first, last)
+            self.books.on_resync(self._product(symbol), "gap")
         self.last_u[symbol] = final
         return []
 

@@ -110,7 +110,7 @@ class CoinbaseAdvancedConnector(BookSubscriber):
         messages = resubscribe(self.products, "market_trades")
         if self.books is not None:
             for product in self.products:
-                self.books.on_resync(product, f"sequence break after {last}")
+                self.books.on_resync(product, "sequence")
             messages += resubscribe(self.products, "level2")
         return messages
 
