@@ -285,6 +285,19 @@ async def test_exchange_level2_needs_the_auth_fields_and_rebuilds_the_true_book(
         assert_true_book(books[product], sim)
 
 
+async def test_exchange_level2_and_level2_batch_on_one_connection_send_each_update_once() -> None:
+    sim = server("coinbase", ["BTC-USD"])
+    async with sim, websockets.connect(sim.ws_url) as ws:
+        channels = ["level2", "level2_batch"]
+        await ws.send(json.dumps({"type": "subscribe", "product_ids": ["BTC-USD"],
+                                  "channels": channels, **AUTH}))  # fmt: skip
+        frames = await collect(ws, sim, lambda t: '"type":"l2update"' in t[:20])
+    kinds = [json.loads(f)["type"] for f in frames]
+    assert kinds[:2] == ["subscriptions", "snapshot"]
+    assert kinds.count("snapshot") == 1
+    assert kinds.count("l2update") == sim.depth.updates > 0
+
+
 # ---------------------------------------------------------------------------------- faults
 
 

@@ -478,18 +478,16 @@ class SimulatorServer:
         self._reindex()
 
     def _reindex(self) -> None:
-        index: dict[str, dict[str, list[Session]]] = {
-            "matches": {},
-            "ticker": {},
-            "heartbeat": {},
-            "book": {},
-        }
+        channels = ("matches", "ticker", "heartbeat", "book")
+        index: dict[str, dict[str, list[Session]]] = {c: {} for c in channels}
         for s in self._sessions.values():
             if s.closed:
                 continue
             for channel, products in s.subs.channels.items():
                 for product in products:
-                    index[level2.INDEX.get(channel, channel)].setdefault(product, []).append(s)
+                    subs = index[level2.INDEX.get(channel, channel)].setdefault(product, [])
+                    if not subs or subs[-1] is not s:  # level2 and level2_batch: one feed
+                        subs.append(s)
         self._match_subs = index["matches"]
         self._book_subs = index["book"]
         if self._match_subs or self._book_subs:
