@@ -13,17 +13,22 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from crypto_sentinel import metrics
+from crypto_sentinel.config import load_settings
 from crypto_sentinel.model import RawFrame
+from crypto_sentinel.runtime import Pipeline
 from crypto_sentinel.simulator import SimulatorServer
 from crypto_sentinel.simulator.faults import FaultPlan, FaultSpec
 from crypto_sentinel.sources.bookfeed import Credentials, coinbase_signature, kraken_depth
 from crypto_sentinel.sources.feed import FeedSource
 from crypto_sentinel.sources.venues import connector_for, simulated_name
+from tests.conftest import free_port
 
 PRODUCTS = {
     "coinbase": ["BTC-USD", "ETH-USD"],
@@ -222,3 +227,42 @@ def test_signature_is_coinbase_documented_hmac() -> None:
     }
     assert CREDENTIALS.secret not in repr(CREDENTIALS)
     assert [kraken_depth(d) for d in (10, 24, 25, 999, 1000, 5000)] == [10, 10, 25, 500, 1000, 1000]
+
+
+async def test_pipeline_hook_and_health_counter(lake: Path) -> None:
+    """`up --source kraken` with books on: the pipeline's hook reaches the Kraken feed, and
+    /health shows the resync the feed started."""
+    async with SimulatorServer(["ETH-USD"], rate=30, seed=5, venue="kraken") as sim:
+        port = free_port()
+        settings = load_settings(
+            source="kraken", kraken_products=["ETH-USD"], kraken_ws_url=sim.ws_url,
+            kraken_rest_url=sim.rest_url, lake_dir=lake, port=port, batch_interval_ms=100,
+            fallback_to_simulator=False, books=True, book_depth=30,
+        )  # fmt: skip
+        pipeline = Pipeline(settings)
+        task = asyncio.create_task(pipeline.run(with_api=True, install_signals=False))
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                await until(lambda: sim.depth.books != {}, "book subscribed", 60)
+                assert pipeline.request_book_resync("kraken", "BTC-USD") is False
+                assert pipeline.request_book_resync("binance", "ETH-USD") is False
+                assert pipeline.request_book_resync("kraken", "ETH-USD") is True
+                health: dict[str, Any] = {}
+
+                async def fetch() -> None:
+                    nonlocal health
+                    health = (await client.get("/health")).json()
+
+                for _ in range(120):
+                    with contextlib.suppress(httpx.TransportError):
+                        await fetch()
+                    if health.get("sources"):
+                        break
+                    await asyncio.sleep(0.25)
+                (source,) = health["sources"]
+                assert source["exchange"] == "kraken"
+                assert source["book_resyncs"] == 1
+                assert source["book_snapshots"] == 0  # REST snapshots are Binance's
+        finally:
+            pipeline.stop_event.set()
+            await asyncio.wait_for(task, 60)
