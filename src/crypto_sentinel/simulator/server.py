@@ -8,6 +8,8 @@ once, and the same bytes are appended to every subscriber's batch; each batch go
 with one ``transport.writelines`` per connection. A client that cannot keep up makes
 its transport buffer grow; past ``send_buffer_limit`` it is disconnected with
 ``ErrSlowConsume`` (Coinbase's documented reason) instead of stalling the clock.
+Order books (depth.py) move with the trades once a client asks for one; ``depth.truth``
+is their ground truth for tests, as ``market.emitted()`` is for trades.
 """
 
 from __future__ import annotations

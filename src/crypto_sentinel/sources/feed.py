@@ -7,6 +7,9 @@ per product (the venue's rule, through its codec) and has them backfilled from R
 messages, an application-level keep-alive, a check of each frame (a sequence break that calls
 for a resubscribe; Kraken notes trade times there), what it reads from REST before connecting
 (symbols, pair names), and how its REST serves missed trades (by id, or through a pager).
+With books on, the connector also subscribes every product's book channel, may publish frames
+of its own in the connection (Binance REST depth snapshots), and `request_book_resync` lets
+the engine have a product's book sent afresh (sources/bookfeed.py).
 """
 
 from __future__ import annotations
@@ -275,10 +278,11 @@ class FeedSource:
                 for answer in check(text):
                     await ws.send(answer)
                 if own_frames is not None:
-                    for own in await own_frames():
+                    for own in await own_frames():  # received when the fetch answered
                         seq += 1
                         self.status.book_snapshots += 1
-                        await publish(RawFrame(self.status.exchange, conn_id, seq, now, own))
+                        frame = RawFrame(self.status.exchange, conn_id, seq, time.time_ns(), own)
+                        await publish(frame)
                 if loop.time() - armed > rearm:
                     armed = loop.time()
                     idle.reschedule(armed + self.idle_timeout)
