@@ -102,7 +102,7 @@ async def test_binance_depth_stream_and_rest_snapshot_rebuild_the_true_book() ->
     assert {json.loads(f)["stream"] for f in frames} == {"btcusdt@depth@100ms", "ethusdt@depth"}
     for symbol, product in (("BTCUSDT", "BTC-USDT"), ("ETHUSDT", "ETH-USDT")):
         mine = [e for e in events if e["s"] == symbol]
-        assert len(mine) > 20
+        assert len(mine) > 5  # one event per 100 ms batch
         for before, after in itertools.pairwise(mine):
             assert after["U"] == before["u"] + 1  # contiguous ids
             assert after["u"] >= after["U"]
@@ -122,7 +122,8 @@ async def test_binance_depth_stream_and_rest_snapshot_rebuild_the_true_book() ->
             apply_all(book, "bid", e["b"])
             apply_all(book, "ask", e["a"])
             last, applied = e["u"], applied + 1
-        assert applied > 10
+        assert applied > 3
+        assert any(e["u"] > e["U"] for e in mine)  # an event spans several update ids
         assert last == sim.depth.truth(product).update_id
         assert_true_book(book, sim)
         assert all(len(q.split(".")[1]) == 8 for p, q in snap["bids"][:5])  # padded text
@@ -314,15 +315,16 @@ async def test_book_faults_parse_and_count() -> None:
 
 
 async def test_binance_dropped_and_duplicated_updates() -> None:
-    faults = plan(book_drop=0.05, book_duplicate=0.05)
+    faults = plan(book_drop=0.25, book_duplicate=0.25)
     sim, frames, _ = await binance_run(faults)
     events = binance_frames(frames)
     assert faults.book_dropped > 0 and faults.book_duplicated > 0
-    assert len(events) == sim.depth.updates - faults.book_dropped + faults.book_duplicated
+    sent = sim.venue.depth_events  # type: ignore[union-attr]
+    assert len(events) == sent - faults.book_dropped + faults.book_duplicated
     ids = [(e["U"], e["u"]) for e in events]
     repeats = sum(1 for a, b in itertools.pairwise(ids) if a == b)
     assert repeats == faults.book_duplicated
-    assert len(set(ids)) == sim.depth.updates - faults.book_dropped
+    assert len(set(ids)) == sent - faults.book_dropped
 
 
 async def test_binance_gap_breaks_u_contiguity_exactly_as_counted() -> None:
@@ -339,10 +341,11 @@ async def test_binance_gap_breaks_u_contiguity_exactly_as_counted() -> None:
 
 
 async def test_binance_reordered_updates() -> None:
-    faults = plan(book_reorder=0.05)
+    faults = plan(book_reorder=0.3)
     sim, frames, _ = await binance_run(faults, ["BTC-USDT"])
     events = binance_frames(frames)
-    pending = sim.depth.updates - len(events)  # a last held-back update is never sent
+    sent = sim.venue.depth_events  # type: ignore[union-attr]
+    pending = sent - len(events)  # a last held-back event is never sent
     assert pending in (0, 1)
     inversions = sum(1 for a, b in itertools.pairwise(events) if b["U"] < a["U"])
     assert inversions == faults.book_reordered - pending

@@ -164,8 +164,6 @@ class SimulatorServer:
         if self.venue is not None:
             self.venue.depth = self.depth
 
-    # ------------------------------------------------------------------ lifecycle
-
     @property
     def ws_url(self) -> str:
         return f"ws://{self.host}:{self.port}"
@@ -242,8 +240,6 @@ class SimulatorServer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
-
-    # ------------------------------------------------------------------ trade clock
 
     async def _run_clock(self) -> None:
         """Emit ``rate`` trades per second of wall time, in batches, until ``max_trades``."""
@@ -497,8 +493,6 @@ class SimulatorServer:
         self._ticker_subs = index["ticker"]
         self._heartbeat_subs = index["heartbeat"]
 
-    # ------------------------------------------------------------------ REST
-
     async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         """Route a request: WebSocket upgrades on ``/`` go on, everything else is REST."""
         upgrade = request.headers.get("Upgrade", "")
@@ -531,7 +525,8 @@ class SimulatorServer:
         return text if self.venue is None else self.venue.stamp(session, text)
 
     async def _run_venue_batches(self) -> None:
-        """Every ``batch_interval``, the frames a venue held back go out as its batches."""
+        """Every ``batch_interval``, the frames a venue held back go out as its batches
+        (already stamped, or, from a venue that does not stamp, through the fault plan)."""
         assert self.venue is not None
         venue = self.venue
         while True:
@@ -539,7 +534,11 @@ class SimulatorServer:
             for session in list(self._sessions.values()):
                 frames = venue.flush(session)
                 if frames and not session.closed:
-                    session.pending.extend(ws_text_frame(f.encode()) for f in frames)
+                    for f in frames:
+                        if venue.stamps:
+                            session.pending.append(ws_text_frame(f.encode()))
+                        else:
+                            self._queue(session, f)
                     self._flush(session)
 
     def _venue_lost(self, session: Session, count: int) -> None:

@@ -6,6 +6,9 @@ Every simulated trade is one aggregate trade: ``a`` is the market's trade id (co
 symbol) and ``f`` = ``l`` = that id. ``m`` is true when the buyer made the trade (the taker
 sold). Prices and quantities are exact decimal text padded to 8 places as Binance sends them.
 Binance has no heartbeat message (it pings at the WebSocket level), so there is none here.
+Books: ``<symbol>@depth@100ms`` (and ``@depth``) send one ``depthUpdate`` per product every
+100 ms covering the book updates since the last (``U``..``u`` contiguous; a gap in the ids
+closes the event early, so it shows), and ``GET /api/v3/depth`` gives the ``lastUpdateId``.
 """
 
 from __future__ import annotations
@@ -77,15 +80,40 @@ BINANCE_SHAPE = FrameShape(
 
 
 class _State:
-    __slots__ = ("streams",)
+    __slots__ = ("streams", "windows")
 
     def __init__(self) -> None:
         self.streams: list[str] = []
+        self.windows: dict[str, _Window] = {}  # product -> book updates of this 100 ms
+
+
+class _Window:
+    """The book updates of one product collected for the next ``depthUpdate``: ``U`` is the
+    first one's first id, ``u`` the last one's last id, each level at its final size."""
+
+    __slots__ = ("asks", "bids", "first", "last", "time")
+
+    def __init__(self, update: BookUpdate) -> None:
+        self.first = update.first_id
+        self.bids: dict[Decimal, Decimal] = {}
+        self.asks: dict[Decimal, Decimal] = {}
+        self.add(update)
+
+    def add(self, update: BookUpdate) -> None:
+        for side, price, size in update.changes:
+            (self.bids if side == "bid" else self.asks)[price] = size
+        self.last = update.last_id
+        self.time = update.time
 
 
 class Binance(Venue):
     name = "binance"
     shape = BINANCE_SHAPE
+    #: Depth events go out every 100 ms, each covering the book updates since the last one.
+    batch_interval = 0.1
+
+    def __init__(self) -> None:
+        self.depth_events = 0  # depthUpdate events rendered (before the fault plan)
 
     # ------------------------------------------------------------------ WebSocket
 
@@ -166,22 +194,41 @@ class Binance(Venue):
         )
 
     def book_frames(self, session: Any, update: BookUpdate) -> list[str]:
-        """A ``depthUpdate`` (``U``/``u`` the update's first and last id) on the stream name
-        the connection subscribed (``@depth@100ms`` or ``@depth``); one per trade."""
-        symbol = symbol_of(update.product_id)
+        """Updates are collected per product until the next 100 ms batch; one whose ids do
+        not follow the collected ones (a gap) first sends those, so the gap shows in U/u."""
+        windows: dict[str, _Window] = session.state.windows
+        window = windows.get(update.product_id)
+        if window is not None and update.first_id == window.last + 1:
+            window.add(update)
+            return []
+        windows[update.product_id] = _Window(update)
+        return [] if window is None else [self._depth_event(session, update.product_id, window)]
+
+    def flush(self, session: Any) -> list[str]:
+        state: _State | None = session.state
+        if state is None or not state.windows:
+            return []
+        windows, state.windows = state.windows, {}
+        return [self._depth_event(session, product, w) for product, w in windows.items()]
+
+    def _depth_event(self, session: Any, product: str, window: _Window) -> str:
+        """A ``depthUpdate`` on the stream name the connection subscribed (``@depth@100ms``,
+        or ``@depth``, sent at the same pace)."""
+        self.depth_events += 1
+        symbol = symbol_of(product)
         lower = symbol.lower()
         name = (
             f"{lower}@depth"
             if f"{lower}@depth" in session.state.streams
             else lower + "@depth@100ms"
         )
-        bids = [[pad8(text(p)), pad8(text(q))] for side, p, q in update.changes if side == "bid"]
-        asks = [[pad8(text(p)), pad8(text(q))] for side, p, q in update.changes if side == "ask"]
-        return [
-            f'{{"stream":"{name}","data":{{"e":"depthUpdate","E":{epoch_ms(update.time) + 1},'
-            f'"s":"{symbol}","U":{update.first_id},"u":{update.last_id},'
+        bids = [[pad8(text(p)), pad8(text(q))] for p, q in window.bids.items()]
+        asks = [[pad8(text(p)), pad8(text(q))] for p, q in window.asks.items()]
+        return (
+            f'{{"stream":"{name}","data":{{"e":"depthUpdate","E":{epoch_ms(window.time) + 1},'
+            f'"s":"{symbol}","U":{window.first},"u":{window.last},'
             f'"b":{_dump(bids)},"a":{_dump(asks)}}}}}'
-        ]
+        )
 
     def ticker_frame(self, market: Market, t: SimTrade) -> str:
         symbol = symbol_of(t.product_id)
