@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 import zlib
+from bisect import bisect_left, insort
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -64,7 +65,8 @@ class TrueBook:
 
 
 class SimBook:
-    """One product's book: integer ticks inside, exact `Decimal` levels in `book`."""
+    """One product's book: integer ticks and size units inside (sorted, for cheap walks),
+    mirrored as exact `Decimal` levels in `book` (what truth and snapshots read)."""
 
     def __init__(self, product_id: str, decimals: int, price: int, seed: int) -> None:
         self.product_id = product_id
@@ -73,7 +75,9 @@ class SimBook:
         self.book = OrderBook("simulator", product_id)
         self.update_id = self.rng.randrange(1_000_000, 9_000_000)
         self.time: datetime | None = None
-        self._changes: dict[tuple[Side, Decimal], Decimal] = {}
+        self._units: dict[Side, dict[int, int]] = {"bid": {}, "ask": {}}  # ticks -> units
+        self._sorted: dict[Side, list[int]] = {"bid": [], "ask": []}  # ticks, ascending
+        self._changes: dict[tuple[Side, int], int] = {}  # this trade's levels: final units
         for i in range(LEVELS):
             self._set("bid", price - 1 - i, self._size())
             self._set("ask", price + 1 + i, self._size())
@@ -81,35 +85,30 @@ class SimBook:
         self.book.update_id = self.update_id
         self.book.mark_valid()
 
-    # ------------------------------------------------------------------ levels in ticks
-
-    def _price(self, ticks: int) -> Decimal:
-        return Decimal(ticks).scaleb(-self.decimals)
-
-    def _ticks(self, price: Decimal) -> int:
-        return int(price.scaleb(self.decimals))
-
     def _size(self) -> int:
         return self.rng.randint(1, 400) * self.rng.choice((1_000, 10_000, 100_000, 1_000_000))
 
     def _set(self, side: Side, ticks: int, units: int) -> None:
-        price = self._price(ticks)
-        size = Decimal(max(units, 0)).scaleb(-_SIZE_DECIMALS)
-        levels = self.book.bids if side == "bid" else self.book.asks
-        if units <= 0 and price not in levels:
-            return
-        self.book.apply(side, price, size)
-        self._changes[(side, price)] = size
+        """Set a level to `units` (<= 0 removes it; removing an absent level does nothing)."""
+        levels, ordered = self._units[side], self._sorted[side]
+        if units <= 0:
+            if levels.pop(ticks, None) is None:
+                return
+            del ordered[bisect_left(ordered, ticks)]
+            units = 0
+        else:
+            if ticks not in levels:
+                insort(ordered, ticks)
+            levels[ticks] = units
+        price = Decimal(ticks).scaleb(-self.decimals)
+        self.book.apply(side, price, Decimal(units).scaleb(-_SIZE_DECIMALS))
+        self._changes[(side, ticks)] = units
 
-    def _units(self, side: Side, ticks: int) -> int:
-        levels = self.book.bids if side == "bid" else self.book.asks
-        size = levels.get(self._price(ticks))
-        return 0 if size is None else int(size.scaleb(_SIZE_DECIMALS))
-
-    def _prices(self, side: Side) -> list[int]:
-        """Ticks of a side, best first."""
-        bids, asks = self.book.top()
-        return [self._ticks(p) for p, _ in (bids if side == "bid" else asks)]
+    def _best(self, side: Side) -> int | None:
+        ordered = self._sorted[side]
+        if not ordered:
+            return None
+        return ordered[-1] if side == "bid" else ordered[0]
 
     # ------------------------------------------------------------------ a trade
 
@@ -118,29 +117,31 @@ class SimBook:
         self._changes.clear()
         hit: Side = "ask" if maker_side == "sell" else "bid"  # a taker buy lifts the asks
         other: Side = "bid" if hit == "ask" else "ask"
-        through = (lambda t: t < price) if hit == "ask" else (lambda t: t > price)
-        for ticks in self._prices(hit):  # levels the trade walked through are taken
-            if not through(ticks):
-                break
-            self._set(hit, ticks, 0)
-        self._set(hit, price, self._units(hit, price) - size)
-        crossing = (lambda t: t >= price) if other == "bid" else (lambda t: t <= price)
-        for ticks in self._prices(other):  # the other side backs off: never crossed
-            if not crossing(ticks):
-                break
-            self._set(other, ticks, 0)
+        sign = 1 if hit == "ask" else -1  # asks better below, bids better above
+        # Levels the trade walked through are taken, the one at its price shrinks.
+        while (best := self._best(hit)) is not None and (price - best) * sign > 0:
+            self._set(hit, best, 0)
+        self._set(hit, price, self._units[hit].get(price, 0) - size)
+        # The other side backs off to strictly behind the price: never crossed.
+        while (best := self._best(other)) is not None and (best - price) * sign >= 0:
+            self._set(other, best, 0)
         self._churn(price)
         self._refill(price)
         self.time = when
-        return [(side, p, s) for (side, p), s in self._changes.items()]
+        scale = Decimal(1).scaleb(-self.decimals)
+        return [
+            (side, Decimal(ticks) * scale, Decimal(units).scaleb(-_SIZE_DECIMALS))
+            for (side, ticks), units in self._changes.items()
+        ]
 
     def _churn(self, price: int) -> None:
         rng = self.rng
         for _ in range(rng.randint(1, _CHURN)):
             side: Side = "bid" if rng.random() < 0.5 else "ask"
-            prices = self._prices(side)[:20]
-            if prices and rng.random() < 0.6:
-                ticks = rng.choice(prices)
+            ordered = self._sorted[side]
+            near = ordered[-20:] if side == "bid" else ordered[:20]
+            if near and rng.random() < 0.6:
+                ticks = rng.choice(near)
                 self._set(side, ticks, 0 if rng.random() < 0.3 else self._size())
             else:
                 step = rng.randint(1, 20)
@@ -152,16 +153,18 @@ class SimBook:
         rng = self.rng
         for side, sign in (("bid", -1), ("ask", 1)):
             s: Side = "bid" if side == "bid" else "ask"
-            prices = self._prices(s)
-            if not prices or abs(prices[0] - price) > 3:
+            best = self._best(s)
+            if best is None or abs(best - price) > 3:
                 self._set(s, price + sign * rng.randint(1, 3), self._size())
-                prices = self._prices(s)
-            worst = prices[-1]
-            for _ in range(LEVELS - len(prices)):
+            ordered = self._sorted[s]
+            worst = ordered[0] if s == "bid" else ordered[-1]
+            for _ in range(LEVELS - len(ordered)):
                 worst += sign * rng.randint(1, 3)
                 self._set(s, worst, self._size())
-            for ticks in prices[LEVELS + 20 :]:
-                self._set(s, ticks, 0)
+            extra = len(ordered) - (LEVELS + 20)
+            if extra > 0:
+                for ticks in list(ordered[:extra] if s == "bid" else ordered[-extra:]):
+                    self._set(s, ticks, 0)
 
 
 class Depth:
