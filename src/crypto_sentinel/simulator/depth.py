@@ -26,6 +26,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from crypto_sentinel.books.orderbook import LevelPair, OrderBook, Side
+from crypto_sentinel.simulator.books import _decimals
 from crypto_sentinel.simulator.market import Market, SimTrade
 
 __all__ = ["LEVELS", "BookUpdate", "Change", "Depth", "SimBook", "TrueBook", "text"]
@@ -210,9 +211,3 @@ class Depth:
         book = self.ensure(product_id)
         bids, asks = book.book.top(depth)
         return TrueBook(product_id, book.update_id, bids, asks, book.time)
-
-
-def _decimals(increment: str) -> int:
-    exponent = Decimal(increment).normalize().as_tuple().exponent
-    assert isinstance(exponent, int)
-    return max(0, -exponent)
