@@ -44,6 +44,9 @@ BACKFILL_OLDEST_PENDING = Gauge(
     ["exchange"],
 )
 RECONNECTS = Counter("sentinel_reconnects_total", "Source reconnects", ["exchange"])
+BOOK_RESYNCS = Counter(
+    "sentinel_book_resyncs_total", "Book resyncs a feed started", ["exchange", "reason"]
+)
 BATCHES = Counter("sentinel_batches_total", "Micro-batches committed")
 COMMIT_RETRIES = Counter(
     "sentinel_commit_retries_total",

@@ -42,6 +42,7 @@ from crypto_sentinel.lake.maintenance import run_maintenance_forever
 from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.lake.writer import LakeWriter
 from crypto_sentinel.sources.base import Publish, Source
+from crypto_sentinel.sources.bookfeed import coinbase_credentials
 from crypto_sentinel.sources.feed import FeedSource
 from crypto_sentinel.sources.replay import ReplaySource
 from crypto_sentinel.sources.venues import (
@@ -276,6 +277,10 @@ class Pipeline:
             backoff_cap=s.backoff_cap,
             rest_url=rest_url if s.backfill else None,
             rest_rate=s.rest_rate_for(venue),
+            books=s.books,
+            book_depth=s.book_depth,
+            book_rest_url=rest_url,
+            credentials=coinbase_credentials(s) if venue == "coinbase" else None,
         )
         if resume:
             source.seed(self._known_trade_ids(kind))
@@ -290,6 +295,14 @@ class Pipeline:
             log.warning("cannot read trade ids from the lake (%s): no start-up backfill", exc)
             return {}
         return {p: r for (ex, p), r in ranges.items() if ex == exchange}
+
+    def request_book_resync(self, exchange: str, product_id: str) -> bool:
+        """Ask the live feed carrying `exchange`'s `product_id` book to resync it (the engine
+        calls this on a checksum mismatch or a sequence break it sees); False if none does."""
+        return any(
+            isinstance(src, FeedSource) and src.request_book_resync(exchange, product_id)
+            for src in self.sources
+        )
 
     async def _start_simulator(self, venue: str = "coinbase") -> FeedSource:
         from crypto_sentinel.simulator import SimulatorServer

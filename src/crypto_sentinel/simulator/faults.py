@@ -87,6 +87,10 @@ class FrameShape:
     trade: Callable[[str], str | None]
     heartbeat: str | None
     corruptions: tuple[Callable[[str], str], ...]
+    #: The product of a book update frame (None for any other frame, snapshots included).
+    book: Callable[[str], str | None] | None = None
+    #: A book update with a wrong checksum (venues whose updates carry one).
+    bad_checksum: Callable[[str], str] | None = None
 
 
 def trade_matcher(pattern: str) -> Callable[[str], str | None]:
@@ -128,6 +132,11 @@ class FaultSpec:
     hide_count: int = 0  # (1-based places in the stream): an outage of the matches channel
     rest_delay: float = 0.0  # seconds before each REST trades answer
     rest_429_every: int = 0  # every n-th REST trades request gets HTTP 429
+    book_drop: float = 0.0  # chance a book update frame is lost
+    book_duplicate: float = 0.0  # chance a book update frame is sent twice
+    book_reorder: float = 0.0  # chance a book update is held back until after the next one
+    book_checksum: float = 0.0  # chance a book update carries a wrong checksum (Kraken)
+    book_gap: float = 0.0  # chance a product's update ids jump before an update (Binance U/u)
 
     @classmethod
     def parse(cls, text: str) -> FaultSpec:
@@ -157,13 +166,17 @@ class FaultSpec:
         )
 
 
-_CHANCES = ("drop", "duplicate", "reorder", "malformed")
+_CHANCES = (
+    "drop", "duplicate", "reorder", "malformed",
+    "book_drop", "book_duplicate", "book_reorder", "book_checksum", "book_gap",
+)  # fmt: skip
 
 
 @dataclass
 class _SessionState:
     drop_left: int = 0
     held: str | None = None
+    book_held: str | None = None
 
 
 @dataclass
@@ -178,7 +191,13 @@ class FaultPlan:
     malformed: int = 0
     hidden: int = 0
     rest_throttled: int = 0
+    book_dropped: int = 0
+    book_duplicated: int = 0
+    book_reordered: int = 0
+    book_corrupted: int = 0
+    book_gaps: int = 0
     _rng: random.Random = field(init=False, repr=False)
+    _book_rng: random.Random = field(init=False, repr=False)
     _sessions: dict[int, _SessionState] = field(default_factory=dict, repr=False)
     _started: set[str] = field(default_factory=set, repr=False)
     _hide_started: set[str] = field(default_factory=set, repr=False)
@@ -186,6 +205,7 @@ class FaultPlan:
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.spec.seed)
+        self._book_rng = random.Random(self.spec.seed + 0x5EED)
 
     @property
     def disconnect_every(self) -> float:
@@ -203,7 +223,26 @@ class FaultPlan:
             "malformed": self.malformed,
             "hidden": self.hidden,
             "rest_throttled": self.rest_throttled,
+            "book_dropped": self.book_dropped,
+            "book_duplicated": self.book_duplicated,
+            "book_reordered": self.book_reordered,
+            "book_corrupted": self.book_corrupted,
+            "book_gaps": self.book_gaps,
         }
+
+    @property
+    def lost(self) -> int:
+        """Frames dropped in transit, trades and book updates (venues that number frames
+        skip their numbers)."""
+        return self.dropped + self.book_dropped
+
+    def gap(self, product_id: str) -> int:
+        """Update ids a product's next book update skips (0: none), drawn per update."""
+        draw, length = self._book_rng.random(), self._book_rng.randint(1, 5)
+        if draw < self.spec.book_gap:
+            self.book_gaps += 1
+            return length
+        return 0
 
     def hides(self, index: int, product_id: str, total: int | None) -> bool:
         """Is the match of the trade at 0-based place `index` (of `total`) hidden?"""
@@ -233,9 +272,13 @@ class FaultPlan:
     def outbound(self, session: object, frame: str) -> Iterable[str | bytes]:
         state = self._sessions.setdefault(id(session), _SessionState())
         shape = self.shape
-        if shape.heartbeat and frame.startswith(shape.heartbeat) and state.held is not None:
-            held, state.held = state.held, None  # never keep a trade back past a heartbeat
-            return [held, frame]
+        if shape.heartbeat and frame.startswith(shape.heartbeat):
+            # Never keep a trade or a book update back past a heartbeat.
+            held = [h for h in (state.held, state.book_held) if h is not None]
+            state.held = state.book_held = None
+            return [*held, frame]
+        if shape.book is not None and shape.book(frame) is not None:
+            return self._book_outbound(state, frame)
         product = shape.trade(frame)
         if product is None:
             return [frame]
@@ -271,6 +314,28 @@ class FaultPlan:
         elif reorder < spec.reorder:
             state.held = frame
             self.reordered += 1
+            out.remove(frame)
+        return out
+
+    def _book_outbound(self, state: _SessionState, frame: str) -> list[str | bytes]:
+        spec, rng = self.spec, self._book_rng
+        drop, duplicate, reorder, corrupt = rng.random(), rng.random(), rng.random(), rng.random()
+        if drop < spec.book_drop:
+            self.book_dropped += 1
+            return []
+        if corrupt < spec.book_checksum and self.shape.bad_checksum is not None:
+            frame = self.shape.bad_checksum(frame)
+            self.book_corrupted += 1
+        out: list[str | bytes] = [frame]
+        if duplicate < spec.book_duplicate:
+            out.append(frame)
+            self.book_duplicated += 1
+        if state.book_held is not None:
+            out.append(state.book_held)
+            state.book_held = None
+        elif reorder < spec.book_reorder:
+            state.book_held = frame
+            self.book_reordered += 1
             out.remove(frame)
         return out
 

@@ -25,8 +25,8 @@ __all__ = [
     "parse_client_message",
 ]
 
-CHANNELS = ("matches", "ticker", "heartbeat")
-"""Channels the simulator serves (the public trade channels the sources use)."""
+CHANNELS = ("matches", "ticker", "heartbeat", "level2", "level2_batch")
+"""Channels the simulator serves (the trade channels the sources use, and the books)."""
 
 
 def error_frame(message: str, reason: str) -> str:

@@ -8,6 +8,8 @@ once, and the same bytes are appended to every subscriber's batch; each batch go
 with one ``transport.writelines`` per connection. A client that cannot keep up makes
 its transport buffer grow; past ``send_buffer_limit`` it is disconnected with
 ``ErrSlowConsume`` (Coinbase's documented reason) instead of stalling the clock.
+Order books (depth.py) move with the trades once a client asks for one; ``depth.truth``
+is their ground truth for tests, as ``market.emitted()`` is for trades.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from crypto_sentinel.simulator import level2
+from crypto_sentinel.simulator.depth import BookUpdate, Depth
 from crypto_sentinel.simulator.market import Market, ResumePoint, SimTrade
 from crypto_sentinel.simulator.protocol import (
     ProtocolError,
@@ -142,6 +146,9 @@ class SimulatorServer:
         self._match_subs: dict[str, list[Session]] = {}
         self._ticker_subs: dict[str, list[Session]] = {}
         self._heartbeat_subs: dict[str, list[Session]] = {}
+        self._book_subs: dict[str, list[Session]] = {}
+        # Order books, made for a product when a client first asks for one (depth.py).
+        self.depth = Depth(self.market, getattr(faults, "gap", None))
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -152,8 +159,10 @@ class SimulatorServer:
         use_shape = getattr(faults, "use_shape", None)
         if self.venue is not None and use_shape is not None:
             use_shape(self.venue.shape)
-
-    # ------------------------------------------------------------------ lifecycle
+        elif use_shape is not None:
+            use_shape(level2.SHAPE)
+        if self.venue is not None:
+            self.venue.depth = self.depth
 
     @property
     def ws_url(self) -> str:
@@ -168,13 +177,9 @@ class SimulatorServer:
         """True once ``max_trades`` trades have been emitted (heartbeats go on)."""
         return self.max_trades is not None and self._emitted >= self.max_trades
 
-    @property
-    def emitted_count(self) -> int:
-        return self._emitted
+    emitted_count = property(lambda self: self._emitted)
 
-    @property
-    def connection_count(self) -> int:
-        return len(self._sessions)
+    connection_count = property(lambda self: len(self._sessions))
 
     async def wait_done(self) -> None:
         """Wait until ``max_trades`` trades have been emitted (never returns without it)."""
@@ -236,8 +241,6 @@ class SimulatorServer:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
-    # ------------------------------------------------------------------ trade clock
-
     async def _run_clock(self) -> None:
         """Emit ``rate`` trades per second of wall time, in batches, until ``max_trades``."""
         if self.wait_for_subscriber:
@@ -276,6 +279,7 @@ class SimulatorServer:
         dirty: dict[int, Session] = {}
         match_subs, ticker_subs = self._match_subs, self._ticker_subs
         hides = getattr(self.faults, "hides", None)
+        depth = self.depth if self.depth.books else None
         for i in range(first, end):
             when = _EPOCH + timedelta(microseconds=wall0_us + int(i * per_us))
             trade = market.next_trade(when)
@@ -288,8 +292,19 @@ class SimulatorServer:
             subs = ticker_subs.get(trade.product_id)
             if subs:
                 self._fan_out(subs, self._ticker_text(trade), dirty)
+            update = None if depth is None else depth.on_trade(trade)
+            if update is not None:
+                self._book_out(update, dirty)
         for session in dirty.values():
             self._flush(session)
+
+    def _book_out(self, update: BookUpdate, dirty: dict[int, Session]) -> None:
+        """A book update to each subscriber of the product's book, in its venue's frames."""
+        venue = self.venue
+        for s in self._book_subs.get(update.product_id, ()):
+            for text in venue.book_frames(s, update) if venue else [level2.update_frame(update)]:
+                self._queue(s, text)
+            dirty[s.id] = s
 
     def _fan_out(self, sessions: list[Session], text: str, dirty: dict[int, Session]) -> None:
         if self.faults is None and not self._stamps:
@@ -306,9 +321,9 @@ class SimulatorServer:
         if self.faults is None:
             outs: Iterable[str | bytes] = [text]
         elif self._stamps:
-            dropped = getattr(self.faults, "dropped", 0)
+            dropped = getattr(self.faults, "lost", 0)
             outs = self.faults.outbound(session, text)
-            lost = getattr(self.faults, "dropped", 0) - dropped
+            lost = getattr(self.faults, "lost", 0) - dropped
             if lost > 0:
                 self._venue_lost(session, lost)
         else:
@@ -418,6 +433,10 @@ class SimulatorServer:
         except ProtocolError as exc:
             self._send(session, [exc.frame])
             return
+        refusal = level2.auth_refusal(raw, req)
+        if refusal is not None:
+            self._send(session, [refusal])
+            return
         if req.type == "subscribe":
             added = session.subs.subscribe(req.channels)
             session.subscribed = True
@@ -434,6 +453,7 @@ class SimulatorServer:
                     frames.append(market.ticker_frame(last))
                 if product in new_matches:
                     frames.append(market.match_frame(last, "last_match"))
+            frames += level2.snapshot_frames(self.depth, added)
         else:
             session.subs.unsubscribe(req.channels)
             frames = [session.subs.ack_frame()]
@@ -456,24 +476,22 @@ class SimulatorServer:
         self._reindex()
 
     def _reindex(self) -> None:
-        index: dict[str, dict[str, list[Session]]] = {
-            "matches": {},
-            "ticker": {},
-            "heartbeat": {},
-        }
+        channels = ("matches", "ticker", "heartbeat", "book")
+        index: dict[str, dict[str, list[Session]]] = {c: {} for c in channels}
         for s in self._sessions.values():
             if s.closed:
                 continue
             for channel, products in s.subs.channels.items():
                 for product in products:
-                    index[channel].setdefault(product, []).append(s)
+                    subs = index[level2.INDEX.get(channel, channel)].setdefault(product, [])
+                    if not subs or subs[-1] is not s:  # level2 and level2_batch: one feed
+                        subs.append(s)
         self._match_subs = index["matches"]
-        if self._match_subs:
+        self._book_subs = index["book"]
+        if self._match_subs or self._book_subs:
             self._subscribed.set()
         self._ticker_subs = index["ticker"]
         self._heartbeat_subs = index["heartbeat"]
-
-    # ------------------------------------------------------------------ REST
 
     async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         """Route a request: WebSocket upgrades on ``/`` go on, everything else is REST."""
@@ -507,7 +525,8 @@ class SimulatorServer:
         return text if self.venue is None else self.venue.stamp(session, text)
 
     async def _run_venue_batches(self) -> None:
-        """Every ``batch_interval``, the frames a venue held back go out as its batches."""
+        """Every ``batch_interval``, the frames a venue held back go out as its batches
+        (already stamped, or, from a venue that does not stamp, through the fault plan)."""
         assert self.venue is not None
         venue = self.venue
         while True:
@@ -515,7 +534,11 @@ class SimulatorServer:
             for session in list(self._sessions.values()):
                 frames = venue.flush(session)
                 if frames and not session.closed:
-                    session.pending.extend(ws_text_frame(f.encode()) for f in frames)
+                    for f in frames:
+                        if venue.stamps:
+                            session.pending.append(ws_text_frame(f.encode()))
+                        else:
+                            self._queue(session, f)
                     self._flush(session)
 
     def _venue_lost(self, session: Session, count: int) -> None:

@@ -46,6 +46,8 @@ class SourceStatus:
     backfill_pending_gaps: int = 0
     backfill_pending_trades: int = 0  # missing ids no request has covered yet
     backfill_oldest_pending_ns: int = 0  # when the oldest id not yet fetched went missing
+    book_resyncs: int = 0  # book resyncs the feed started (re-subscribe, REST snapshot)
+    book_snapshots: int = 0  # REST book snapshots published as frames (Binance)
 
     def as_dict(self) -> dict[str, Any]:
         now = time.time_ns()

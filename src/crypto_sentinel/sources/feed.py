@@ -7,6 +7,9 @@ per product (the venue's rule, through its codec) and has them backfilled from R
 messages, an application-level keep-alive, a check of each frame (a sequence break that calls
 for a resubscribe; Kraken notes trade times there), what it reads from REST before connecting
 (symbols, pair names), and how its REST serves missed trades (by id, or through a pager).
+With books on, the connector also subscribes every product's book channel, may publish frames
+of its own in the connection (Binance REST depth snapshots), and `request_book_resync` lets
+the engine have a product's book sent afresh (sources/bookfeed.py).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from crypto_sentinel import metrics
 from crypto_sentinel.model import RawFrame
 from crypto_sentinel.sources.backfill import NO_REST, Backfiller, RestTrades
 from crypto_sentinel.sources.base import GapTracker, Publish, SourceStatus, new_conn_id
+from crypto_sentinel.sources.bookfeed import BookOptions, Credentials
 from crypto_sentinel.sources.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -43,6 +47,8 @@ class Connector(Protocol):
     lifetime: float | None
     #: How the venue's REST serves missed trades (None: not at all; gaps are recorded unfilled).
     rest: RestTrades | None
+    #: Book subscription options once `use_books` took them (None: no books).
+    books: BookOptions | None
 
     def url(self, base: str, products: list[str]) -> str:
         """The URL to connect to (some venues name the streams in it)."""
@@ -66,6 +72,18 @@ class Connector(Protocol):
         cached). Never raises: a venue that cannot answer leaves the built-in rule in place."""
         ...
 
+    def use_books(self, options: BookOptions) -> None:
+        """Subscribe to the book channel of every product too (bookfeed.BookSubscriber)."""
+        ...
+
+    def resync_book(self, product: str) -> list[str]:
+        """Messages that make the venue send the product's book afresh."""
+        ...
+
+    async def own_frames(self) -> list[str]:
+        """Frames of our own to publish now, in this connection (Binance REST snapshots)."""
+        ...
+
 
 class FeedSource:
     def __init__(
@@ -84,6 +102,10 @@ class FeedSource:
         backfill_grace: float = 1.0,
         backfill_linger: float = 5.0,
         rest_rate: float | None = None,
+        books: bool = False,
+        book_depth: int = 1000,
+        book_rest_url: str | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.connector = connector
         self.products = products
@@ -111,6 +133,41 @@ class FeedSource:
             )
         self.rest_url = rest_url
         self.connected = asyncio.Event()
+        self.books = books
+        self._ws: websockets.ClientConnection | None = None
+        self._sends: set[asyncio.Task[None]] = set()
+        if books:
+            options = BookOptions(book_depth, book_rest_url or rest_url, self._resync, credentials)
+            connector.use_books(options)
+
+    def _resync(self, product: str, reason: str) -> None:
+        """Every book resync the feed starts: one log line and two counters."""
+        self.status.book_resyncs += 1
+        metrics.BOOK_RESYNCS.labels(self.status.exchange, reason).inc()
+        log.info("%s %s book resync (%s)", self.status.exchange, product, reason)
+
+    def request_book_resync(self, exchange: str, product_id: str) -> bool:
+        """The engine's hook: have the venue send `product_id`'s book afresh (a
+        re-subscription; Binance: a new REST snapshot). False when this source does not
+        carry that book."""
+        if self.connector.books is None or exchange != self.status.exchange:
+            return False
+        if product_id not in self.products:
+            return False
+        self._resync(product_id, "requested")
+        messages = self.connector.resync_book(product_id)
+        ws = self._ws
+        if messages and ws is not None:
+            task = asyncio.get_running_loop().create_task(self._send(ws, messages))
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
+        return True
+
+    @staticmethod
+    async def _send(ws: websockets.ClientConnection, messages: list[str]) -> None:
+        with contextlib.suppress(WebSocketException, OSError):  # the reconnect resubscribes
+            for message in messages:
+                await ws.send(message)
 
     def seed(self, ranges: dict[str, list[tuple[int, int]]]) -> None:
         """Trade ids the lake holds per product: start-up backfill starts from them."""
@@ -178,6 +235,7 @@ class FeedSource:
             self.status.last_error = ""
             self.connected.set()
             log.info("connected to %s (%s), conn %s", self.url, self.status.exchange, conn_id)
+            self._ws = ws
             keepalive = None
             if connector.keepalive is not None:
                 keepalive = asyncio.create_task(self._keepalive(ws, *connector.keepalive))
@@ -189,6 +247,7 @@ class FeedSource:
                     raise
                 raise TimeoutError("connection lifetime reached (the venue ends it)") from None
             finally:
+                self._ws = None
                 if keepalive is not None:
                     keepalive.cancel()
 
@@ -198,6 +257,7 @@ class FeedSource:
         seq = 0
         loop = asyncio.get_running_loop()
         check = self.connector.check
+        own_frames = self.connector.own_frames if self.books else None
         # One idle timer for the session, moved on at most every `rearm` seconds: a timer
         # per frame cost more than the rest of receiving it. asyncio.timeout, not
         # wait_for: on 3.11 wait_for can swallow a cancellation that races with a frame
@@ -217,6 +277,12 @@ class FeedSource:
                 await publish(RawFrame(self.status.exchange, conn_id, seq, now, text))
                 for answer in check(text):
                     await ws.send(answer)
+                if own_frames is not None:
+                    for own in await own_frames():  # received when the fetch answered
+                        seq += 1
+                        self.status.book_snapshots += 1
+                        frame = RawFrame(self.status.exchange, conn_id, seq, time.time_ns(), own)
+                        await publish(frame)
                 if loop.time() - armed > rearm:
                     armed = loop.time()
                     idle.reschedule(armed + self.idle_timeout)

@@ -17,6 +17,7 @@ from decimal import Decimal
 
 import orjson
 
+from crypto_sentinel.simulator.depth import BookUpdate, Depth
 from crypto_sentinel.simulator.faults import FrameShape
 from crypto_sentinel.simulator.market import Market, SimTrade
 
@@ -59,6 +60,12 @@ class Venue:
     stamps = False
     #: Seconds between batches: ``stamp`` may hold frames back and ``flush`` sends them.
     batch_interval = 0.0
+    #: The market's order books (the server sets it); book snapshots and REST depth read it.
+    depth: Depth
+
+    def book_frames(self, session: object, update: BookUpdate) -> list[str]:
+        """The frames a connection subscribed to the product's book gets for one update."""
+        return []
 
     def ws_refusal(self, path: str, query: Query, market: Market) -> tuple[int, object] | None:
         """None to accept a WebSocket upgrade on ``path``; else (HTTP status, JSON body)."""

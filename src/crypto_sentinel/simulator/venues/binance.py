@@ -6,6 +6,9 @@ Every simulated trade is one aggregate trade: ``a`` is the market's trade id (co
 symbol) and ``f`` = ``l`` = that id. ``m`` is true when the buyer made the trade (the taker
 sold). Prices and quantities are exact decimal text padded to 8 places as Binance sends them.
 Binance has no heartbeat message (it pings at the WebSocket level), so there is none here.
+Books: ``<symbol>@depth@100ms`` (and ``@depth``) send one ``depthUpdate`` per product every
+100 ms covering the book updates since the last (``U``..``u`` contiguous; a gap in the ids
+closes the event early, so it shows), and ``GET /api/v3/depth`` gives the ``lastUpdateId``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from crypto_sentinel.simulator.depth import BookUpdate, text
 from crypto_sentinel.simulator.faults import FrameShape, corruptions, trade_matcher
 from crypto_sentinel.simulator.market import Market, SimTrade
 from crypto_sentinel.simulator.venues.base import (
@@ -37,8 +41,11 @@ __all__ = ["BINANCE_SHAPE", "Binance", "pad8", "symbol_of"]
 
 REST_MAX_LIMIT = 1000
 _Q8 = Decimal("0.00000001")
-_STREAM_CHANNELS = {"aggTrade": "matches", "ticker": "ticker"}
-_CHANNEL_STREAMS = {v: k for k, v in _STREAM_CHANNELS.items()}
+_STREAM_CHANNELS = {
+    "aggTrade": "matches", "ticker": "ticker", "depth@100ms": "book", "depth": "book",
+}  # fmt: skip
+DEPTH_DEFAULT_LIMIT = 100
+DEPTH_MAX_LIMIT = 5000
 _INTERVALS = {
     "1m": 60, "3m": 180, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600, "2h": 7200,
     "4h": 14400, "6h": 21600, "8h": 28800, "12h": 43200, "1d": 86400,
@@ -68,19 +75,45 @@ BINANCE_SHAPE = FrameShape(
         price=(r'"p":"[^"]*"', '"p":"-1.50000000"'),
         time=(r'"T":\d+', '"T":32503680000000'),  # the year 3000
     ),
+    book=trade_matcher(r'\{"stream":"([a-z0-9]+)@depth'),
 )
 
 
 class _State:
-    __slots__ = ("streams",)
+    __slots__ = ("streams", "windows")
 
     def __init__(self) -> None:
         self.streams: list[str] = []
+        self.windows: dict[str, _Window] = {}  # product -> book updates of this 100 ms
+
+
+class _Window:
+    """The book updates of one product collected for the next ``depthUpdate``: ``U`` is the
+    first one's first id, ``u`` the last one's last id, each level at its final size."""
+
+    __slots__ = ("asks", "bids", "first", "last", "time")
+
+    def __init__(self, update: BookUpdate) -> None:
+        self.first = update.first_id
+        self.bids: dict[Decimal, Decimal] = {}
+        self.asks: dict[Decimal, Decimal] = {}
+        self.add(update)
+
+    def add(self, update: BookUpdate) -> None:
+        for side, price, size in update.changes:
+            (self.bids if side == "bid" else self.asks)[price] = size
+        self.last = update.last_id
+        self.time = update.time
 
 
 class Binance(Venue):
     name = "binance"
     shape = BINANCE_SHAPE
+    #: Depth events go out every 100 ms, each covering the book updates since the last one.
+    batch_interval = 0.1
+
+    def __init__(self) -> None:
+        self.depth_events = 0  # depthUpdate events rendered (before the fault plan)
 
     # ------------------------------------------------------------------ WebSocket
 
@@ -117,6 +150,8 @@ class Binance(Venue):
             assert parsed is not None
             channel, product = parsed
             wanted.setdefault(channel, []).append(product)
+            if channel == "book":
+                self.depth.ensure(product)  # the book starts when a client first wants it
             if name not in session.state.streams:
                 session.state.streams.append(name)
         session.subs.subscribe(wanted)
@@ -156,6 +191,43 @@ class Binance(Venue):
             f'"s":"{symbol}","a":{t.trade_id},"p":"{pad8(t.price)}","q":"{pad8(t.size)}",'
             f'"f":{t.trade_id},"l":{t.trade_id},"T":{ms},'
             f'"m":{"true" if t.maker_side == "buy" else "false"},"M":true}}}}'
+        )
+
+    def book_frames(self, session: Any, update: BookUpdate) -> list[str]:
+        """Updates are collected per product until the next 100 ms batch; one whose ids do
+        not follow the collected ones (a gap) first sends those, so the gap shows in U/u."""
+        windows: dict[str, _Window] = session.state.windows
+        window = windows.get(update.product_id)
+        if window is not None and update.first_id == window.last + 1:
+            window.add(update)
+            return []
+        windows[update.product_id] = _Window(update)
+        return [] if window is None else [self._depth_event(session, update.product_id, window)]
+
+    def flush(self, session: Any) -> list[str]:
+        state: _State | None = session.state
+        if state is None or not state.windows:
+            return []
+        windows, state.windows = state.windows, {}
+        return [self._depth_event(session, product, w) for product, w in windows.items()]
+
+    def _depth_event(self, session: Any, product: str, window: _Window) -> str:
+        """A ``depthUpdate`` on the stream name the connection subscribed (``@depth@100ms``,
+        or ``@depth``, sent at the same pace)."""
+        self.depth_events += 1
+        symbol = symbol_of(product)
+        lower = symbol.lower()
+        name = (
+            f"{lower}@depth"
+            if f"{lower}@depth" in session.state.streams
+            else lower + "@depth@100ms"
+        )
+        bids = [[pad8(text(p)), pad8(text(q))] for p, q in window.bids.items()]
+        asks = [[pad8(text(p)), pad8(text(q))] for p, q in window.asks.items()]
+        return (
+            f'{{"stream":"{name}","data":{{"e":"depthUpdate","E":{epoch_ms(window.time) + 1},'
+            f'"s":"{symbol}","U":{window.first},"u":{window.last},'
+            f'"b":{_dump(bids)},"a":{_dump(asks)}}}}}'
         )
 
     def ticker_frame(self, market: Market, t: SimTrade) -> str:
@@ -217,6 +289,8 @@ class Binance(Venue):
                 return self._agg_trades(market, query)
             if path == "/api/v3/klines":
                 return self._klines(market, query)
+            if path == "/api/v3/depth":
+                return self._depth(market, query)
         except ValueError as exc:
             return RestAnswer(400, {"code": -1100, "msg": str(exc)})
         return RestAnswer(404, {"code": -1, "msg": "Not found"})
@@ -289,6 +363,24 @@ class Binance(Venue):
         else:
             trades = trades_from_id(market, product, from_id, limit)
         return RestAnswer(200, [_rest_agg(t) for t in trades])
+
+    def _depth(self, market: Market, query: Query) -> RestAnswer:
+        """The REST snapshot: best ``limit`` levels a side and the ``lastUpdateId`` they
+        include (the book is made here if no stream asked for it yet)."""
+        product = self._product(market, query)
+        limit = int_param(query, "limit", DEPTH_DEFAULT_LIMIT)
+        assert limit is not None
+        if not 1 <= limit <= DEPTH_MAX_LIMIT:
+            raise ValueError(f"limit must be between 1 and {DEPTH_MAX_LIMIT}")
+        truth = self.depth.truth(product, limit)
+        return RestAnswer(
+            200,
+            {
+                "lastUpdateId": truth.update_id,
+                "bids": [[pad8(text(p)), pad8(text(q))] for p, q in truth.bids],
+                "asks": [[pad8(text(p)), pad8(text(q))] for p, q in truth.asks],
+            },
+        )
 
     def _klines(self, market: Market, query: Query) -> RestAnswer:
         product = self._product(market, query)

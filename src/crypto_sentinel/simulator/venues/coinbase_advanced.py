@@ -25,6 +25,8 @@ from typing import Any
 
 import orjson
 
+from crypto_sentinel.books.orderbook import Side
+from crypto_sentinel.simulator.depth import BookUpdate, text
 from crypto_sentinel.simulator.faults import FrameShape, corruptions, trade_matcher
 from crypto_sentinel.simulator.market import Market, SimTrade, format_time
 from crypto_sentinel.simulator.venues.base import (
@@ -48,7 +50,10 @@ __all__ = ["COINBASE_ADVANCED_SHAPE", "CoinbaseAdvanced"]
 SNAPSHOT_TRADES = 100
 REST_MAX_LIMIT = 1000
 MAX_CANDLES = 350
-_CHANNELS = {"market_trades": "matches", "ticker": "ticker", "heartbeats": "heartbeat"}
+_CHANNELS = {
+    "market_trades": "matches", "ticker": "ticker", "heartbeats": "heartbeat", "level2": "book",
+}  # fmt: skip
+_L2_SIDES = {"bid": "bid", "ask": "offer"}
 _NAMES = {v: k for k, v in _CHANNELS.items()}
 _GRANULARITIES = {
     "ONE_MINUTE": 60, "FIVE_MINUTE": 300, "FIFTEEN_MINUTE": 900, "THIRTY_MINUTE": 1800,
@@ -72,6 +77,10 @@ COINBASE_ADVANCED_SHAPE = FrameShape(
         size=(r'"size":"[^"]*"', '"size":"0"'),
         price=(r'"price":"[^"]*"', '"price":"-1.5"'),
         time=(r'"time":"\d{4}', '"time":"2999'),
+    ),
+    book=trade_matcher(
+        r'\{"channel":"l2_data","timestamp":"[^"]*","sequence_num":-?\d+,'
+        r'"events":\[\{"type":"update","product_id":"([^"]+)"'
     ),
 )
 
@@ -186,6 +195,12 @@ class CoinbaseAdvanced(Venue):
     def _snapshot(self, market: Market, channel: str, product: str) -> list[str]:
         if channel == "heartbeats":
             return []
+        if channel == "level2":
+            truth = self.depth.truth(product)
+            when = format_time(truth.time) if truth.time else _now_text()
+            levels: list[tuple[Side, Decimal, Decimal]] = [("bid", p, q) for p, q in truth.bids]
+            levels += [("ask", p, q) for p, q in truth.asks]
+            return [_envelope("l2_data", _l2_event("snapshot", product, levels, when))]
         if channel == "market_trades":
             trades = market.trades_page(product, SNAPSHOT_TRADES)  # newest first
             rows = ",".join(_trade_obj(t) for t in trades)
@@ -194,6 +209,10 @@ class CoinbaseAdvanced(Venue):
         if channel == "ticker" and last is not None:
             return [self._ticker(market, last, "snapshot")]
         return []
+
+    def book_frames(self, session: Any, update: BookUpdate) -> list[str]:
+        event = _l2_event("update", update.product_id, update.changes, format_time(update.time))
+        return [_envelope("l2_data", event)]
 
     def heartbeat_frames(self, session: Any, now_ns: int, tick: int) -> list[str]:
         if "heartbeat" not in session.subs.channels:
@@ -342,6 +361,23 @@ def _parts(path: str) -> list[str] | None:
 def _rest_trade(t: SimTrade) -> str:
     obj = _trade_obj(t)[:-1]
     return f'{obj},"bid":"","ask":"","exchange":"coinbase"}}'
+
+
+def _l2_event(
+    kind: str, product: str, levels: list[tuple[Side, Decimal, Decimal]], when: str
+) -> str:
+    updates = ",".join(
+        f'{{"side":"{_L2_SIDES[side]}","event_time":"{when}","price_level":"{text(p)}",'
+        f'"new_quantity":"{text(q)}"}}'
+        for side, p, q in levels
+    )
+    return f'[{{"type":"{kind}","product_id":"{product}","updates":[{updates}]}}]'
+
+
+def _now_text() -> str:
+    import time
+
+    return rfc3339_ns(time.time_ns())
 
 
 def _error(message: str) -> str:

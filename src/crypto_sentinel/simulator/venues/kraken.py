@@ -12,11 +12,14 @@ emitted, hidden ones included, and the fault plan's REST delay and 429s apply to
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
+from crypto_sentinel.books.orderbook import LevelPair, OrderBook, kraken_checksum
+from crypto_sentinel.simulator.depth import BookUpdate, text
 from crypto_sentinel.simulator.faults import FrameShape, corruptions, trade_matcher
 from crypto_sentinel.simulator.market import Market, SimTrade, format_time
 from crypto_sentinel.simulator.venues.base import (
@@ -40,7 +43,9 @@ __all__ = ["KRAKEN_SHAPE", "Kraken", "pair_altname", "pair_key"]
 SNAPSHOT_TRADES = 50
 REST_MAX_COUNT = 1000
 OHLC_MAX = 720
-_CHANNELS = {"trade": "matches", "ticker": "ticker"}
+_CHANNELS = {"trade": "matches", "ticker": "ticker", "book": "book"}
+BOOK_DEPTHS = (10, 25, 100, 500, 1000)
+_CHECKSUM = re.compile(r'"checksum":(\d+)')
 _NAMES = {v: k for k, v in _CHANNELS.items()}
 _LEGACY = {"BTC": "XXBT", "ETH": "XETH", "USD": "ZUSD", "EUR": "ZEUR", "GBP": "ZGBP"}
 _ALIAS = {"BTC": "XBT"}
@@ -77,7 +82,22 @@ KRAKEN_SHAPE = FrameShape(
         price=(r'"price":[0-9.]+', '"price":-1.5'),
         time=(r'"timestamp":"\d{4}', '"timestamp":"2999'),
     ),
+    book=trade_matcher(r'\{"channel":"book","type":"update","data":\[\{"symbol":"([^"]+)"'),
+    bad_checksum=lambda frame: _CHECKSUM.sub(
+        lambda m: f'"checksum":{(int(m.group(1)) + 1) % 2**32}', frame, count=1
+    ),
 )
+
+
+class _State:
+    """A connection's book subscriptions: per product, the subscribed depth and the book as
+    the client holds it (the best `depth` levels), so each update sends exactly what changed
+    in that window, levels coming into view included, and its checksum."""
+
+    __slots__ = ("books",)
+
+    def __init__(self) -> None:
+        self.books: dict[str, tuple[int, OrderBook]] = {}
 
 
 def _now() -> str:
@@ -103,6 +123,7 @@ class Kraken(Venue):
 
     def on_open(self, session: Any, path: str, query: Query, market: Market) -> list[str]:
         session.subscribed = True  # Kraken does not close a connection that has not subscribed
+        session.state = _State()
         status = {
             "channel": "status",
             "type": "update",
@@ -148,7 +169,12 @@ class Kraken(Venue):
                            "method": method, "success": False, **tail,
                            "time_out": _now()})]  # fmt: skip
         assert isinstance(params, dict)
-        snapshot = params.get("snapshot", channel == "ticker")  # trade defaults to no snapshot
+        depth = params.get("depth", 10)
+        if channel == "book" and depth not in BOOK_DEPTHS:
+            return [_dump({"error": f"Invalid depth: {depth!r}", "method": method,
+                           "success": False, **tail, "time_out": _now()})]  # fmt: skip
+        # trade defaults to no snapshot
+        snapshot = params.get("snapshot", channel in ("ticker", "book"))
         by_symbol = {ws_symbol(p): p for p in market.products}
         frames: list[str] = []
         for symbol in symbols:
@@ -160,14 +186,21 @@ class Kraken(Venue):
                 continue
             internal = {_CHANNELS[channel]: [product]}
             result: dict[str, object] = {"channel": channel, "symbol": symbol}
+            if channel == "book":
+                result["depth"] = depth
+                session.state.books.pop(product, None)
             if method == "subscribe":
                 session.subs.subscribe(internal)
                 result["snapshot"] = bool(snapshot)
+                if channel == "book":
+                    session.state.books[product] = (depth, self._book_start(product, depth))
             else:
                 session.subs.unsubscribe(internal)
             frames.append(_dump({"method": method, "result": result, "success": True,
                                  **tail, "time_out": _now()}))  # fmt: skip
-            if method == "subscribe" and snapshot:
+            if method == "subscribe" and snapshot and channel == "book":
+                frames.append(self._book_snapshot(product, session.state.books[product][1]))
+            elif method == "subscribe" and snapshot:
                 frames.extend(self._snapshot(market, channel, product))
         return frames
 
@@ -181,6 +214,43 @@ class Kraken(Venue):
         trades = market.trades_page(product, SNAPSHOT_TRADES)[::-1]
         rows = ",".join(_trade_row(t) for t in trades)
         return [f'{{"channel":"trade","type":"snapshot","data":[{rows}]}}']
+
+    def _book_start(self, product: str, depth: int) -> OrderBook:
+        held = OrderBook("kraken", product)
+        truth = self.depth.truth(product, depth)
+        held.load_snapshot(truth.bids, truth.asks, truth.update_id)
+        return held
+
+    @staticmethod
+    def _book_snapshot(product: str, held: OrderBook) -> str:
+        bids, asks = held.top()
+        item = (
+            f'{{"symbol":"{ws_symbol(product)}","bids":{_levels(bids)},"asks":{_levels(asks)},'
+            f'"checksum":{kraken_checksum(held)}}}'
+        )
+        return f'{{"channel":"book","type":"snapshot","data":[{item}]}}'
+
+    def book_frames(self, session: Any, update: BookUpdate) -> list[str]:
+        """What changed in the connection's window of the book (nothing: no frame)."""
+        entry = session.state.books.get(update.product_id)
+        if entry is None:
+            return []
+        depth, held = entry
+        truth = self.depth.truth(update.product_id, depth)
+        was_bids, was_asks = held.top()
+        bids = _diff(dict(was_bids), truth.bids)
+        asks = _diff(dict(was_asks), truth.asks)
+        if not bids and not asks:
+            return []
+        for side, levels in (("bid", bids), ("ask", asks)):
+            for price, qty in levels:
+                held.apply(side, price, qty)
+        stamp = format_time(update.time)
+        item = (
+            f'{{"symbol":"{ws_symbol(update.product_id)}","bids":{_levels(bids)},'
+            f'"asks":{_levels(asks)},"checksum":{kraken_checksum(held)},"timestamp":"{stamp}"}}'
+        )
+        return [f'{{"channel":"book","type":"update","data":[{item}]}}']
 
     def heartbeat_frames(self, session: Any, now_ns: int, tick: int) -> list[str]:
         return ['{"channel":"heartbeat"}'] if session.subs.channels else []
@@ -310,6 +380,18 @@ def _trade_row(t: SimTrade) -> str:
         f'"qty":{t.size},"ord_type":"{_ord_type(t)}","trade_id":{t.trade_id},'
         f'"timestamp":"{format_time(t.time)}"}}'
     )
+
+
+def _levels(levels: list[LevelPair]) -> str:
+    """Levels as Kraken v2 writes them: JSON numbers with the pair's fixed places."""
+    return "[" + ",".join(f'{{"price":{text(p)},"qty":{text(q)}}}' for p, q in levels) + "]"
+
+
+def _diff(was: dict[Decimal, Decimal], now: list[LevelPair]) -> list[LevelPair]:
+    """Levels to send so a window holding `was` holds `now`: gone ones with qty 0 first."""
+    current = dict(now)
+    gone = [(p, Decimal(0)) for p in was if p not in current]
+    return gone + [(p, q) for p, q in now if was.get(p) != q]
 
 
 def _ord_type(t: SimTrade) -> str:

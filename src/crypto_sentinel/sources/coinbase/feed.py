@@ -3,11 +3,15 @@
 Real network code: the same source talks to wss://ws-feed.exchange.coinbase.com and to our
 simulator (the shared connection code is sources/feed.py). Heartbeats keep quiet products
 gap-checked; missed trades come back from GET /products/{id}/trades.
+Books: `level2` needs an authenticated subscribe since 2023-08; with an API key (key, secret,
+passphrase) the feed sends a signed one, without it one log line says books need credentials
+and the trades go on alone. A resync re-subscribes the product's `level2` (signed afresh).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -17,6 +21,7 @@ import httpx
 import orjson
 
 from crypto_sentinel.sources.backfill import RestTrades
+from crypto_sentinel.sources.bookfeed import BookOptions, BookSubscriber, coinbase_signature
 from crypto_sentinel.sources.feed import MAX_FRAME_BYTES, FeedSource
 from crypto_sentinel.sources.ratelimit import COINBASE_PUBLIC_BURST, COINBASE_PUBLIC_RATE
 
@@ -29,6 +34,7 @@ REST_PAGE_SIZE = 1000
 REST_RATE = COINBASE_PUBLIC_RATE
 REST_BURST = COINBASE_PUBLIC_BURST
 CANDLES_PER_REQUEST = 300
+log = logging.getLogger(__name__)
 
 
 def subscribe_message(products: list[str]) -> str:
@@ -51,7 +57,7 @@ COINBASE_TRADES = RestTrades(
 )
 
 
-class CoinbaseConnector:
+class CoinbaseConnector(BookSubscriber):
     #: The heartbeat channel keeps the connection and the gap check alive.
     keepalive: tuple[float, str] | None = None
     lifetime: float | None = None
@@ -60,8 +66,30 @@ class CoinbaseConnector:
     def url(self, base: str, products: list[str]) -> str:
         return base
 
+    def use_books(self, options: BookOptions) -> None:
+        if options.credentials is None:
+            log.warning(
+                "Coinbase Exchange books need credentials (coinbase_api_key, _secret,"
+                " _passphrase): level2 is not subscribed, trades go on"
+            )
+            return
+        self.books = options
+
+    def _level2(self, products: list[str], kind: str = "subscribe") -> str:
+        assert self.books is not None and self.books.credentials is not None
+        channels = [{"name": "level2", "product_ids": list(products)}]
+        message = {"type": kind, "channels": channels, **coinbase_signature(self.books.credentials)}
+        return orjson.dumps(message).decode()
+
     def subscribe(self, products: list[str]) -> list[str]:
-        return [subscribe_message(products)]
+        if self.books is None:
+            return [subscribe_message(products)]
+        return [subscribe_message(products), self._level2(products)]
+
+    def resync_book(self, product: str) -> list[str]:
+        if self.books is None:
+            return []
+        return [self._level2([product], "unsubscribe"), self._level2([product])]
 
     def check(self, text: str) -> list[str]:
         return []

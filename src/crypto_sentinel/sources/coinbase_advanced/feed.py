@@ -8,6 +8,9 @@ brings short losses back. The public REST has no trade history by id, only the m
 trades (`GET /api/v3/brokerage/market/products/{id}/ticker?limit=`, at most 1,000): the
 backfill asks it once per window, so a gap whose trades are still among the recent ones is
 filled, and an older one is recorded with what it could not get (a gap row, never silence).
+Books: the public `level2` channel (its frames come as `l2_data`); a sequence break also
+re-subscribes every product's `level2` (a fresh snapshot each), and so does the engine's
+resync request for one product.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import httpx
 import orjson
 
 from crypto_sentinel.sources.backfill import Get, RestTrades
+from crypto_sentinel.sources.bookfeed import BookSubscriber
 
 CHANNELS = ("market_trades", "ticker", "heartbeats")
 _MARK = '"sequence_num":'
@@ -49,10 +53,20 @@ ADVANCED_TRADES = RestTrades(
 )
 
 
-def subscribe_messages(products: list[str], kind: str = "subscribe") -> list[str]:
+def subscribe_messages(
+    products: list[str], kind: str = "subscribe", channels: tuple[str, ...] = CHANNELS
+) -> list[str]:
     return [
         orjson.dumps({"type": kind, "product_ids": list(products), "channel": channel}).decode()
-        for channel in CHANNELS
+        for channel in channels
+    ]
+
+
+def resubscribe(products: list[str], channel: str) -> list[str]:
+    """Unsubscribe and subscribe again: the venue sends the channel's snapshot afresh."""
+    return [
+        *subscribe_messages(products, "unsubscribe", (channel,)),
+        *subscribe_messages(products, "subscribe", (channel,)),
     ]
 
 
@@ -67,7 +81,7 @@ def sequence_of(text: str) -> int | None:
     return int(text[start:end]) if end > start else None
 
 
-class CoinbaseAdvancedConnector:
+class CoinbaseAdvancedConnector(BookSubscriber):
     keepalive: tuple[float, str] | None = None  # the heartbeats channel
     lifetime: float | None = None
     rest: RestTrades | None = ADVANCED_TRADES
@@ -82,7 +96,8 @@ class CoinbaseAdvancedConnector:
 
     def subscribe(self, products: list[str]) -> list[str]:
         self.products = list(products)
-        return subscribe_messages(products)
+        channels = (*CHANNELS, "level2") if self.books is not None else CHANNELS
+        return subscribe_messages(products, channels=channels)
 
     def check(self, text: str) -> list[str]:
         sequence = sequence_of(text)
@@ -92,11 +107,15 @@ class CoinbaseAdvancedConnector:
         if last is None or sequence == last + 1:
             return []
         self.resubscribes += 1
-        trades = {"product_ids": self.products, "channel": "market_trades"}
-        return [
-            orjson.dumps({"type": "unsubscribe", **trades}).decode(),
-            orjson.dumps({"type": "subscribe", **trades}).decode(),
-        ]
+        messages = resubscribe(self.products, "market_trades")
+        if self.books is not None:
+            for product in self.products:
+                self.books.on_resync(product, "sequence")
+            messages += resubscribe(self.products, "level2")
+        return messages
+
+    def resync_book(self, product: str) -> list[str]:
+        return resubscribe([product], "level2") if self.books is not None else []
 
     def new_connection(self) -> None:
         self.last_sequence = None

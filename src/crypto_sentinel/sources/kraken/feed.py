@@ -6,6 +6,9 @@ so gaps are found by id; Kraken's REST history pages by time (`since`), so the c
 remembers when the trades it saw happened and the backfill pages `GET /0/public/Trades` from
 just before a gap (sources/kraken/rest.py), at about one request a second (Kraken's public
 limit; `kraken_rest_rate`). REST pair names come from `AssetPairs`, read once at connect.
+Books: the `book` channel at `book_depth` clamped to a depth Kraken offers; a resync (asked for
+by the engine after a checksum mismatch) unsubscribes and subscribes the product's book, and
+Kraken sends a new snapshot.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import httpx
 import orjson
 
 from crypto_sentinel.sources.backfill import RestTrades
+from crypto_sentinel.sources.bookfeed import BookSubscriber, kraken_depth
 from crypto_sentinel.sources.kraken.codec import symbol_of
 from crypto_sentinel.sources.kraken.rest import (
     MAX_COUNT,
@@ -47,7 +51,12 @@ def subscribe_messages(products: list[str]) -> list[str]:
     ]  # fmt: skip
 
 
-class KrakenConnector:
+def book_messages(products: list[str], depth: int, method: str = "subscribe") -> str:
+    params = {"channel": "book", "symbol": [symbol_of(p) for p in products], "depth": depth}
+    return orjson.dumps({"method": method, "params": params, "req_id": 3}).decode()
+
+
+class KrakenConnector(BookSubscriber):
     keepalive: tuple[float, str] | None = (PING_SECONDS, '{"method":"ping"}')
     lifetime: float | None = None
 
@@ -67,7 +76,16 @@ class KrakenConnector:
         return base
 
     def subscribe(self, products: list[str]) -> list[str]:
-        return subscribe_messages(products)
+        messages = subscribe_messages(products)
+        if self.books is not None:
+            messages.append(book_messages(products, kraken_depth(self.books.depth)))
+        return messages
+
+    def resync_book(self, product: str) -> list[str]:
+        if self.books is None:
+            return []
+        depth = kraken_depth(self.books.depth)
+        return [book_messages([product], depth, "unsubscribe"), book_messages([product], depth)]
 
     def check(self, text: str) -> list[str]:
         for product, trade_id, ns in trade_times(text):
