@@ -29,6 +29,7 @@ class BookEvent:
     first_update_id: int | None = None  # Binance `U`
     checksum: int | None = None  # Kraken CRC32 of the top 10 levels after this message
     time: datetime | None = None  # exchange time, when the venue sends one
+    conn_id: str = ""  # the connection it came on: a new one makes the old book stale
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,8 +37,10 @@ class Verdict:
     """What the sync rule made of one event: applied to the book, dropped as stale or
     duplicate, or a break that makes the book invalid until the next snapshot."""
 
-    applied: bool
+    applied: bool  # its levels were written into the book (a later check may still fail)
     resync: str = ""  # reason of a break ("" when none): sequence break, checksum mismatch...
+    buffered: bool = False  # kept for after the next snapshot (Binance), not dropped
+    replayed: int = 0  # buffered updates applied together with this snapshot (Binance)
 
 
 class BookSync(Protocol):

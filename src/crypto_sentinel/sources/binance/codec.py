@@ -3,7 +3,9 @@
 Trades come from `<symbol>@aggTrade`: the aggregate id `a` is contiguous per symbol, so it is
 the trade id gaps are found with (`sightings`). `m` says whether the buyer was the maker, so
 `m: true` means the taker sold. Tickers come from the 24 h `<symbol>@ticker` stream. Other
-streams (`bookTicker`, `depthUpdate`) are kept raw in bronze and carry no row yet.
+streams (`bookTicker`, `depthUpdate`) and the REST depth snapshot our feed publishes
+(`depthSnapshot`) are kept raw in bronze and carry no row: books are read from them by
+sources/binance/book.py.
 
 Binance names symbols `BTCUSDT`; the lake's product id is `BTC-USDT`. The split must follow
 from the frame alone (a rebuild from bronze decodes it again), so it is the longest known quote
@@ -99,7 +101,11 @@ class _Depth(msgspec.Struct, tag_field="e", tag="depthUpdate"):
     pass
 
 
-_Event = _AggTrade | _DayTicker | _Depth
+class _DepthSnapshot(msgspec.Struct, tag_field="e", tag="depthSnapshot"):
+    """Our feed's REST depth snapshot, published in its connection (sources/binance/book)."""
+
+
+_Event = _AggTrade | _DayTicker | _Depth | _DepthSnapshot
 
 
 class _Combined(msgspec.Struct):
