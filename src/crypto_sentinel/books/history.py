@@ -169,14 +169,15 @@ class BookHistory:
 
     def book_before(
         self, exchange: str, product_id: str, before: FrameKey | None
-    ) -> tuple[OrderBook, int] | None:
-        """(book, book time in unix us) after every change stored before the frame `before`
-        (None: after every stored change): how a restarted engine continues."""
+    ) -> tuple[OrderBook, int, str] | None:
+        """(book, book time in unix us, connection of its last frame) after every change
+        stored before the frame `before` (None: after every stored change): how a restarted
+        engine continues."""
         return self._rebuild(exchange, product_id, at_us=None, before=before)
 
     def _rebuild(
         self, exchange: str, product_id: str, at_us: int | None, before: FrameKey | None
-    ) -> tuple[OrderBook, int] | None:
+    ) -> tuple[OrderBook, int, str] | None:
         snap = self._full_snapshot(exchange, product_id, at_us, before)
         if snap is None:
             return None
@@ -191,10 +192,11 @@ class BookHistory:
         start: tuple[int, str, int, int] = (
             _us(snap["recv_time"]), snap["conn_id"], snap["recv_seq"], snap["position"],
         )  # fmt: skip
+        conn_id = snap["conn_id"]
         rows = self._updates(exchange, product_id, moment, at_us, before)
         if rows is not None:
-            moment = _replay(book, rows, start, snap["max_depth"], moment)
-        return book, moment
+            moment, conn_id = _replay(book, rows, start, snap["max_depth"], moment, conn_id)
+        return book, moment, conn_id
 
     def _full_snapshot(
         self, exchange: str, product_id: str, at_us: int | None, before: FrameKey | None
@@ -290,9 +292,10 @@ def _snapshot_keys(table: pa.Table) -> list[tuple[Any, ...]]:
 
 def _replay(
     book: OrderBook, rows: pa.Table, start: tuple[int, str, int, int], max_depth: int | None,
-    moment: int,
-) -> int:  # fmt: skip
-    """Apply the rows after `start` frame by frame as the processor did; the new book time."""
+    moment: int, conn_id: str,
+) -> tuple[int, str]:  # fmt: skip
+    """Apply the rows after `start` frame by frame as the processor did; the new book time
+    and the connection of the last frame applied."""
     recv = pc.cast(rows["recv_time"], pa.int64()).to_pylist()
     conn = rows["conn_id"].to_pylist()
     seq = rows["recv_seq"].to_pylist()
@@ -333,9 +336,10 @@ def _replay(
             if update_id[last] is not None:
                 book.update_id = update_id[last]
             moment = max(moment, book_time[last])
+            conn_id = conn[last]
         if max_depth is not None and (len(book.bids) > max_depth or len(book.asks) > max_depth):
             book.truncate(max_depth)
-    return moment
+    return moment, conn_id
 
 
 def _column_us(table: pa.Table, name: str) -> list[int | None]:

@@ -20,6 +20,7 @@ then built into Arrow once per chunk: no per-level Python objects beyond the dec
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from crypto_sentinel.books.events import BookEvent, BookSync
+from crypto_sentinel.books.events import BookEvent, BookSync, Verdict
 from crypto_sentinel.books.orderbook import BookView, LevelPair, OrderBook
 from crypto_sentinel.books.registry import BookRegistry
 from crypto_sentinel.lake import tables as T
@@ -82,7 +83,8 @@ class BookOutput:
     snapshots: pa.Table | None = None  # gold.book_snapshots rows
     gaps: list[GapRecord] = field(default_factory=list)  # one per break
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (frame index, reason)
-    dropped: int = 0  # events the sync rule dropped as stale (documented, counted)
+    dropped: int = 0  # events the sync rule dropped (stale, repeated, pushed out of a buffer)
+    buffered: int = 0  # events the sync rule keeps for after the next snapshot (Binance)
 
 
 @dataclass
@@ -91,6 +93,11 @@ class _Product:
     sync: BookSync
     depth: int
     moment_us: int = -1  # book time of the last change (-1: none yet)
+    last_break: str = ""  # reason of the newest break
+    #: The events the sync rule buffered (a copy, to write the rows of those it replays
+    #: when a snapshot comes: they change the book at the snapshot's frame).
+    buffered: deque[BookEvent] = field(default_factory=deque)
+    buffer_limit: int = 1000
 
 
 class _Rows:
@@ -267,6 +274,8 @@ class BookProcessor:
                 depth = min(depth, venue_depth)
             book = self.registry.book(*key)
             product = self._products[key] = _Product(book, sync, depth)
+            limit = getattr(sync, "buffer_limit", None)
+            product.buffer_limit = limit if isinstance(limit, int) and limit > 0 else 1000
         return product
 
     def process(self, frames: Sequence[RawFrame]) -> BookOutput:
@@ -308,25 +317,37 @@ class BookProcessor:
         book = product.book
         was_update_id, was_valid = book.update_id, book.valid
         verdict = product.sync.accept(event, book)
-        if not verdict.applied and not verdict.resync:
-            out.dropped += 1
+        # a break is news once: repeats while the book is still invalid (Binance's buffer
+        # overflowing at every update) are counted, not written again
+        broke = bool(verdict.resync) and (was_valid or verdict.resync != product.last_break)
+        flipped = book.valid != was_valid
+        if not (verdict.applied or broke or flipped):
+            if verdict.buffered:
+                product.buffered.append(event)
+                if len(product.buffered) > product.buffer_limit:
+                    product.buffered.popleft()
+            if verdict.buffered and not verdict.resync:
+                out.buffered += 1
+            else:
+                out.dropped += 1
             return position
+        if verdict.resync:
+            product.last_break = verdict.resync
         when = frame.recv_ns // 1000 if event.time is None else us_of(event.time)
         previous = product.moment_us
-        moment = max(previous, when)
-        product.moment_us = moment
+        moment = product.moment_us = max(previous, when)
         changed[(event.exchange, event.product_id)] = book
-        if verdict.applied:
-            if event.time is not None:
-                book.time = event.time
-            if event.update_id is not None:
-                book.update_id = event.update_id
+        if verdict.applied:  # the sync rule wrote the levels, ids and time into the book
             if len(book.bids) > product.depth or len(book.asks) > product.depth:
                 book.truncate(product.depth)
             position = rows.event(event, frame, moment, position)
-        if verdict.resync:
+            if event.kind == "snapshot":
+                position = self._replayed(product, event, verdict, frame, moment, position, rows)
+        elif verdict.buffered:
+            product.buffered.append(event)
+        if broke:
             out.gaps.append(self._gap(event, frame, moment, was_update_id, verdict.resync))
-        if verdict.resync or event.kind == "snapshot" or book.valid != was_valid:
+        if broke or flipped or (verdict.applied and event.kind == "snapshot"):
             # the book was replaced, broken or (in)validated in ways no level row says
             self._snapshot(product, frame, rows, position, "resync", None)
         elif previous < 0 or moment // self._checkpoint_us > previous // self._checkpoint_us:
@@ -334,6 +355,25 @@ class BookProcessor:
         elif moment // self._snapshot_us > previous // self._snapshot_us:
             levels = self.settings.snapshot_levels
             self._snapshot(product, frame, rows, position, "interval", levels)
+        return position
+
+    def _replayed(
+        self, product: _Product, snapshot: BookEvent, verdict: Verdict, frame: RawFrame,
+        moment: int, position: int, rows: _Rows,
+    ) -> int:  # fmt: skip
+        """Rows of the buffered updates the sync rule applied right after a snapshot: those of
+        the snapshot's connection newer than it, in buffer order (`Verdict.replayed`)."""
+        waiting = [
+            e for e in product.buffered
+            if e.conn_id == snapshot.conn_id
+            and (e.update_id is None or snapshot.update_id is None
+                 or e.update_id > snapshot.update_id)
+        ]  # fmt: skip
+        product.buffered.clear()
+        for event in waiting[: verdict.replayed]:
+            position = rows.event(event, frame, moment, position)
+        if verdict.resync:
+            product.buffered.extend(waiting[verdict.replayed :])
         return position
 
     def _snapshot(
@@ -360,22 +400,26 @@ class BookProcessor:
             missing, 0, "unfilled", frame.recv_ns, frame.conn_id, reason,
         )  # fmt: skip
 
-    def restore(self, exchange: str, product_id: str, view: BookView, moment: datetime) -> None:
+    def restore(
+        self, exchange: str, product_id: str, view: BookView, moment: datetime, conn_id: str
+    ) -> None:
         """Continue from a book read back from the lake (after a restart): the live book gets
-        its levels, and a fresh sync rule is primed with it as a snapshot, so the updates
-        that follow in the stream apply as they did before the restart."""
+        its levels, and a fresh sync rule is primed with it as a snapshot of its connection,
+        so the updates that follow in the stream apply as they did before the restart (a
+        venue's buffer of updates waiting for a snapshot is not restored)."""
         codec = self.codec_for(exchange)
         if codec is None:
             return
         event = BookEvent(
             exchange, product_id, "snapshot", list(view.bids), list(view.asks),
-            view.update_id, None, None, view.time,
+            view.update_id, None, None, view.time, conn_id,
         )  # fmt: skip
         product = self._product(event, codec)
         book = product.book
         if view.valid:
             product.sync.accept(event, book)
-        book.load_snapshot(view.bids, view.asks, view.update_id, view.time)
-        if not view.valid:
+        else:
+            book.load_snapshot(view.bids, view.asks, view.update_id, view.time)
             book.mark_invalid(view.invalid_reason)
+            product.last_break = view.invalid_reason
         product.moment_us = us_of(moment)

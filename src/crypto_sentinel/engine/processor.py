@@ -79,7 +79,8 @@ class EngineStats:
     book_changes: int = 0  # level changes applied to books (silver.book_updates rows)
     book_snapshots: int = 0
     book_resyncs: int = 0
-    book_events_dropped: int = 0  # events a venue's sync rule drops as stale (documented)
+    book_events_dropped: int = 0  # events a venue's sync rule drops (stale, repeated, overflow)
+    book_events_buffered: int = 0  # kept by a venue's sync rule until the next snapshot
     batches: int = 0
     last_commit_seconds: float = 0.0
 
@@ -181,8 +182,9 @@ class Engine:
         for exchange, product_id in history.recent_products():
             found = history.book_before(exchange, product_id, before)
             if found is not None:
-                book, moment = found
-                self.books.restore(exchange, product_id, book.view(), datetime_of(moment))
+                book, moment, conn_id = found
+                view = book.view()
+                self.books.restore(exchange, product_id, view, datetime_of(moment), conn_id)
                 restored += 1
         if restored:
             log.info("books restored from the lake: %d", restored)
@@ -257,6 +259,7 @@ class Engine:
         stats.gap_records += len(out.gaps)
         stats.book_resyncs += len(out.gaps)
         stats.book_events_dropped += out.dropped
+        stats.book_events_buffered += out.buffered
 
     def _add_to_book(self, delta: Candle) -> None:
         """Merge a chunk's candle of a minute into the book (or keep it as partial while the
