@@ -94,7 +94,7 @@ def test_heartbeat() -> None:
     ("text", "reason"),
     [
         ('{"type":"match","trade_id":', "invalid JSON"),
-        ('{"type":"l2update","product_id":"BTC-USD"}', "unknown message type 'l2update'"),
+        ('{"type":"received","product_id":"BTC-USD"}', "unknown message type 'received'"),
         ("[1, 2]", "not a message object"),
         (orjson.dumps({**MATCH, "trade_id": "12"}).decode(), "Expected `int`, got `str`"),
         (orjson.dumps({k: v for k, v in MATCH.items() if k != "price"}).decode(), "price"),

@@ -11,7 +11,9 @@ updates until a snapshot; drop those with `u` <= `lastUpdateId`; the first one a
 have `U` <= `lastUpdateId` + 1 <= `u`, every later one `U` == previous `u` + 1. Anything else
 is a sequence break: the book is invalid and updates are buffered again until the next
 snapshot. The buffer is bounded: when full, its oldest update is dropped and the verdict says
-"buffer overflow" (a snapshot can then only sync if it is newer than what was dropped).
+"buffer overflow" (a snapshot can then only sync if it is newer than what was dropped). A
+snapshot no newer than a valid book of its connection is dropped (a REST answer that lagged
+the stream would move the book back).
 """
 
 from __future__ import annotations
@@ -128,17 +130,31 @@ class BookSync:
 
     def accept(self, event: BookEvent, book: OrderBook) -> Verdict:
         if event.kind == "snapshot":
+            if self._behind(event, book):
+                self.dropped += 1
+                return DROPPED
             return self._snapshot(event, book)
         if book.valid and event.conn_id != self.conn_id:
             self.buffer.clear()  # updates of the old connection can never apply again
             book.mark_invalid(RECONNECT)
-            return self._buffer(event, RECONNECT)
+            return self._buffer(event, book, RECONNECT)
         if not book.valid:
-            return self._buffer(event, "")
+            return self._buffer(event, book, "")
         verdict = self._update(event, book)
         if verdict.resync == SEQUENCE_BREAK:
-            return self._buffer(event, SEQUENCE_BREAK)
+            return self._buffer(event, book, SEQUENCE_BREAK)
         return verdict
+
+    def _behind(self, event: BookEvent, book: OrderBook) -> bool:
+        """A snapshot of the book's connection no newer than what a valid book already holds
+        (a REST answer that lagged the stream): loading it would move the book back."""
+        return (
+            book.valid
+            and event.conn_id == self.conn_id
+            and event.update_id is not None
+            and self.last_u is not None
+            and event.update_id <= self.last_u
+        )
 
     def _snapshot(self, event: BookEvent, book: OrderBook) -> Verdict:
         load(book, event)
@@ -181,10 +197,11 @@ class BookSync:
         apply_levels(book, event)
         return settle(book)
 
-    def _buffer(self, event: BookEvent, reason: str) -> Verdict:
+    def _buffer(self, event: BookEvent, book: OrderBook, reason: str) -> Verdict:
         self.buffer.append(event)
         if len(self.buffer) > self.buffer_limit:
             self.buffer.popleft()
             self.dropped += 1
+            book.mark_invalid(BUFFER_OVERFLOW)
             reason = reason or BUFFER_OVERFLOW
         return Verdict(False, reason, buffered=True)

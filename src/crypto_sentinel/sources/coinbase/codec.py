@@ -83,6 +83,14 @@ class _Subscriptions(msgspec.Struct, tag_field="type", tag="subscriptions", kw_o
     channels: list[msgspec.Raw] = []
 
 
+class _Snapshot(msgspec.Struct, tag_field="type", tag="snapshot", kw_only=True):
+    """level2 book frames carry no row here: sources/coinbase/book.py reads them."""
+
+
+class _L2Update(msgspec.Struct, tag_field="type", tag="l2update", kw_only=True):
+    pass
+
+
 class _Error(msgspec.Struct, tag_field="type", tag="error", kw_only=True):
     message: str = ""
     reason: str = ""
@@ -110,7 +118,10 @@ class _Envelope(msgspec.Struct):
     type: str
 
 
-_Message = _Match | _LastMatch | _Ticker | _Heartbeat | _Subscriptions | _Error | _RestTrades | _Gap
+_Message = (
+    _Match | _LastMatch | _Ticker | _Heartbeat | _Subscriptions | _Snapshot | _L2Update | _Error
+    | _RestTrades | _Gap
+)  # fmt: skip
 _decoder = msgspec.json.Decoder(_Message)
 _envelope = msgspec.json.Decoder(_Envelope)
 
@@ -155,7 +166,8 @@ def _explain(text: str, exc: msgspec.DecodeError) -> str:
 
 
 _KNOWN_TYPES = {
-    "match", "last_match", "ticker", "heartbeat", "subscriptions", "error", "rest_trades", "gap"
+    "match", "last_match", "ticker", "heartbeat", "subscriptions", "snapshot", "l2update", "error",
+    "rest_trades", "gap",
 }  # fmt: skip
 
 
