@@ -268,12 +268,9 @@ class BookProcessor:
         product = self._products.get(key)
         if product is None:
             sync = codec.new_sync()
-            venue_depth = getattr(sync, "depth", None)  # a venue that truncates (Kraken)
-            depth = self.settings.depth
-            if isinstance(venue_depth, int) and venue_depth > 0:
-                depth = min(depth, venue_depth)
             book = self.registry.book(*key)
-            product = self._products[key] = _Product(book, sync, depth)
+            product = self._products[key] = _Product(book, sync, self.settings.depth)
+            product.depth = self._depth(product)
             limit = getattr(sync, "buffer_limit", None)
             product.buffer_limit = limit if isinstance(limit, int) and limit > 0 else 1000
         return product
@@ -315,12 +312,14 @@ class BookProcessor:
     ) -> int:  # fmt: skip
         product = self._product(event, codec)
         book = product.book
-        was_update_id, was_valid = book.update_id, book.valid
+        was_update_id, was_valid, was_reason = book.update_id, book.valid, book.invalid_reason
         verdict = product.sync.accept(event, book)
+        if event.kind == "snapshot":  # a venue's depth may follow its snapshot (Kraken)
+            product.depth = self._depth(product)
         # a break is news once: repeats while the book is still invalid (Binance's buffer
         # overflowing at every update) are counted, not written again
         broke = bool(verdict.resync) and (was_valid or verdict.resync != product.last_break)
-        flipped = book.valid != was_valid
+        flipped = book.valid != was_valid or book.invalid_reason != was_reason
         if not (verdict.applied or broke or flipped):
             if verdict.buffered:
                 product.buffered.append(event)
@@ -356,6 +355,14 @@ class BookProcessor:
             levels = self.settings.snapshot_levels
             self._snapshot(product, frame, rows, position, "interval", levels)
         return position
+
+    def _depth(self, product: _Product) -> int:
+        """Levels a side the engine keeps: the setting, or less when the venue's sync rule
+        truncates to its subscribed depth (`depth` attribute, Kraken)."""
+        venue_depth = getattr(product.sync, "depth", None)
+        if isinstance(venue_depth, int) and venue_depth > 0:
+            return min(self.settings.depth, venue_depth)
+        return self.settings.depth
 
     def _replayed(
         self, product: _Product, snapshot: BookEvent, verdict: Verdict, frame: RawFrame,
