@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from crypto_sentinel.books.events import BookEvent, BookSync, Verdict
-from crypto_sentinel.books.orderbook import BookView, LevelPair, OrderBook
+from crypto_sentinel.books.orderbook import BookView, OrderBook
 from crypto_sentinel.books.registry import BookRegistry
 from crypto_sentinel.lake import tables as T
-from crypto_sentinel.model import SCALE, GapRecord, RawFrame
+from crypto_sentinel.model import GapRecord, RawFrame
 from crypto_sentinel.sources.codec import FrameError
 from crypto_sentinel.sources.venues import BookCodec, book_codec_for
 
@@ -228,18 +228,6 @@ class _Rows:
         return pa.table(columns, schema=T.BOOK_SNAPSHOTS.schema)
 
 
-def _fits(levels: Iterable[LevelPair]) -> str:
-    """ "" when every price and size fits the lake's decimals, else what does not."""
-    for price, size in levels:
-        for value in (price, size):
-            exponent = value.as_tuple().exponent
-            if not isinstance(exponent, int) or exponent < -SCALE or value.adjusted() >= 16:
-                return f"{value} does not fit decimal(28, {SCALE})"
-            if value < 0:
-                return f"negative price or size {value}"
-    return ""
-
-
 class BookProcessor:
     """Keeps the live books of one engine and turns its chunks into book rows."""
 
@@ -288,12 +276,8 @@ class BookProcessor:
                 codec = codecs[exchange] = self.codec_for(exchange)
             if codec is None or not codec.is_book(frame.text):
                 continue
-            try:
+            try:  # the venue's decode validates every amount (`check_amount`): they fit
                 events = codec.decode(frame)
-                for event in events:
-                    problem = _fits(event.bids) or _fits(event.asks)
-                    if problem:
-                        raise FrameError(f"book level: {problem}")
             except FrameError as exc:
                 out.rejected.append((index, str(exc)))
                 continue
