@@ -88,14 +88,18 @@ class BookHistory:
         return dt
 
     def _file_list(self, spec: T.TableSpec, exchange: str, column: str) -> list[_File]:
-        """The exchange's files of `spec` with the min/max of `column`, per table version."""
+        """The exchange's files of `spec` with the min/max of `column`, per table version
+        (one caller at a time: API threads share the table objects)."""
+        with self._lock:
+            return self._list_files(spec, exchange, column)
+
+    def _list_files(self, spec: T.TableSpec, exchange: str, column: str) -> list[_File]:
         dt = self._table(spec)
         if dt is None:
             return []
         version = dt.version()
         key = (spec.name, exchange, column)
-        with self._lock:
-            hit = self._files.get(key)
+        hit = self._files.get(key)
         if hit is not None and hit[0] == version:
             return hit[1]
         actions = pa.table(dt.get_add_actions(flatten=True))
@@ -111,8 +115,7 @@ class BookHistory:
             ):
                 when = day if isinstance(day, date) or day is None else date.fromisoformat(day)
                 files.append(_File(f"{base}/{unquote(path)}", when, low, high))
-        with self._lock:
-            self._files[key] = (version, files)
+        self._files[key] = (version, files)
         return files
 
     def _read(
@@ -133,10 +136,11 @@ class BookHistory:
     def recent_products(self, days: int = 2) -> list[tuple[str, str]]:
         """(exchange, product) of the full snapshots of the newest `days` date partitions:
         the books a restarted engine continues (older ones are stale anyway)."""
-        dt = self._table(T.BOOK_SNAPSHOTS)
-        if dt is None:
-            return []
-        actions = pa.table(dt.get_add_actions(flatten=True))
+        with self._lock:
+            dt = self._table(T.BOOK_SNAPSHOTS)
+            if dt is None:
+                return []
+            actions = pa.table(dt.get_add_actions(flatten=True))
         if not actions.num_rows:
             return []
         rows = zip(
