@@ -32,6 +32,7 @@ from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.lake.writer import CRASH_AT_ENV, LakeWriter
 from crypto_sentinel.model import RawFrame
 from tests.conftest import read_table
+from tests.unit.test_book_recordings import DATA, v2_frame
 
 EXCHANGE, SYMBOL, PRODUCT = "binance", "BTCUSDT", "BTC-USDT"
 SETTINGS = BookSettings(depth=1000, snapshot_seconds=0.5, snapshot_levels=5, checkpoint_seconds=5)
@@ -163,12 +164,19 @@ class Built:
     seen: list[tuple[Any, BookView]]  # (book time, live view) after each chunk
 
 
-def build(lake: Path, stream: Stream, frames: list[RawFrame] | None = None) -> Built:
+def build(
+    lake: Path,
+    stream: Stream,
+    frames: list[RawFrame] | None = None,
+    settings: BookSettings = SETTINGS,
+) -> Built:
     """Frames through the engine, a chunk at a time, a commit every BATCH frames."""
     registry = BookRegistry()
-    books = BookProcessor(registry, SETTINGS)
+    books = BookProcessor(registry, settings)
     seen: list[tuple[Any, BookView]] = []
-    registry.subscribe(lambda book: seen.append((books.moment(EXCHANGE, PRODUCT), book.view())))
+    registry.subscribe(
+        lambda book: seen.append((books.moment(book.exchange, book.product_id), book.view()))
+    )
     writer = LakeWriter(lake, "books-test")
     engine = Engine(writer, 1.0, 1_000_000, books=books)
     engine.load_state(LakeReader(lake))
@@ -228,7 +236,7 @@ def test_snapshots_at_the_interval_and_after_each_sync(built: Built) -> None:
 
 
 def test_book_at_equals_the_live_book_at_100_random_moments(built: Built) -> None:
-    seen = [(t, v) for t, v in built.seen if t is not None]
+    seen = [(t, v) for t, v in built.seen if t is not None and v.product_id == PRODUCT]
     assert len(seen) > 150
     for when, view in random.Random(5).sample(seen, 100):
         assert book_at(built.lake, EXCHANGE, PRODUCT, when, None) == view, when
@@ -303,3 +311,31 @@ def test_a_kill_between_commits_is_derived_again(built: Built, tmp_path: Path, p
     book, moment, _ = restored
     assert book.view() == built.seen[-1][1]
     assert datetime_of(moment) == built.seen[-1][0]
+
+
+@pytest.mark.parametrize("depth", [1000, 100])
+def test_kraken_recording_book_at_equals_the_live_books(tmp_path: Path, depth: int) -> None:
+    """The real Kraken book recording (v1 frames as v2; subscribed 1,000 deep, every checksum
+    verified). Kept 1,000 deep every message applies; kept 100 deep, levels fall off without a
+    delete row: `book_at` must truncate as the engine did."""
+    texts = (DATA / "kraken_v1" / "v1_book.ndjson").read_text().splitlines()
+    frames = [
+        RawFrame("kraken", "k1", i + 1, (E0 + 10 * i) * 1_000_000, v2_frame(text))
+        for i, text in enumerate(texts)
+    ]
+    settings = dataclasses.replace(SETTINGS, depth=depth)
+    built = build(tmp_path / "lake", Stream(frames, [], []), settings=settings)
+    gaps = [g for g in read_table(built.lake, T.GAPS).to_pylist() if g["kind"] == "book"]
+    seen = [(t, v) for t, v in built.seen if t is not None]
+    assert len(seen) > 500
+    if depth == 1000:
+        levels = [json.loads(f.text)["data"][0] for f in frames]  # every message applies
+        assert len(read_table(built.lake, T.BOOK_UPDATES)) == sum(
+            len(m["bids"]) + len(m["asks"]) for m in levels
+        )
+        assert not gaps and all(v.valid for _, v in seen)
+    else:  # snapshots 150 to 850 levels a side deep: truncated at every message
+        assert max(len(v.bids) for _, v in seen) == depth == max(len(v.asks) for _, v in seen)
+        assert all(g["reason"] == "checksum mismatch" for g in gaps)
+    for when, view in random.Random(8).sample(seen, 100):
+        assert book_at(built.lake, "kraken", view.product_id, when, None) == view
