@@ -44,6 +44,13 @@ BACKFILL_OLDEST_PENDING = Gauge(
     ["exchange"],
 )
 RECONNECTS = Counter("sentinel_reconnects_total", "Source reconnects", ["exchange"])
+BOOK_CHANGES = Counter("sentinel_book_level_changes_total", "Level changes applied to books")
+BOOK_RESYNCS = Counter(
+    "sentinel_book_resyncs_total", "Book breaks (sequence, checksum, reconnect)", ["exchange"]
+)
+BOOK_DROPPED = Counter(
+    "sentinel_book_events_dropped_total", "Book events a sync rule dropped (stale, repeated)"
+)
 BATCHES = Counter("sentinel_batches_total", "Micro-batches committed")
 COMMIT_RETRIES = Counter(
     "sentinel_commit_retries_total",

@@ -260,6 +260,12 @@ class Engine:
         stats.book_resyncs += len(out.gaps)
         stats.book_events_dropped += out.dropped
         stats.book_events_buffered += out.buffered
+        if not self._rederiving:
+            metrics.BOOK_DROPPED.inc(out.dropped)
+            if out.updates is not None:
+                metrics.BOOK_CHANGES.inc(out.updates.num_rows)
+            for gap in out.gaps:
+                metrics.BOOK_RESYNCS.labels(gap.exchange).inc()
 
     def _add_to_book(self, delta: Candle) -> None:
         """Merge a chunk's candle of a minute into the book (or keep it as partial while the
