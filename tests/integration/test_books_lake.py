@@ -101,38 +101,35 @@ def levels(msg: dict[str, Any], snapshot: bool) -> list[Row]:
 
 
 def generate(seed: int = 11, steady: int = 250) -> Stream:
+    """A first sync (updates buffered, the old ones dropped, the newer replayed), a
+    sequence break and its resync, a reconnect and its resync, steady updates between."""
     venue = Venue(seed)
     frames: list[RawFrame] = []
     expected: list[Row] = []
     breaks = []
+    seqs: dict[str, int] = {}
+    conn = "c1"
 
-    def emit(data: dict[str, Any], recv_ms: int) -> None:
+    def emit(data: dict[str, Any], recv_ms: int, text: str = "") -> None:
         stream = "btcusdt@depthSnapshot" if data["e"] == "depthSnapshot" else "btcusdt@depth@100ms"
-        text = json.dumps({"stream": stream, "data": data}, separators=(",", ":"))
-        frames.append(RawFrame(EXCHANGE, "c1", len(frames) + 1, recv_ms * 1_000_000, text))
+        text = text or json.dumps({"stream": stream, "data": data}, separators=(",", ":"))
+        seqs[conn] = seqs.get(conn, 0) + 1
+        frames.append(RawFrame(EXCHANGE, conn, seqs[conn], recv_ms * 1_000_000, text))
 
-    def sync_from_snapshot(waiting: list[dict[str, Any]], snap_after: int) -> None:
-        """Buffered events, a snapshot after `waiting[snap_after]`: the later ones replay."""
-        snap = venue.snapshot(waiting[snap_after]["u"])
+    def buffered_then_snapshot(count: int, snap_after: int) -> None:
+        """`count` updates arrive first; the snapshot is the true book after update
+        `snap_after`: those before it are dropped, the later ones replay behind it."""
+        waiting = []
+        for i in range(count):
+            event = venue.event()
+            waiting.append(event)
+            emit(event, event["E"] + 5)
+            if i == snap_after:
+                snap = venue.snapshot(event["u"])
         emit(snap, waiting[-1]["E"] + 50)
         expected.extend(levels(snap, True))
         for event in waiting[snap_after + 1 :]:
             expected.extend(levels(event, False))
-
-    # before the first snapshot: updates are buffered, the old ones dropped at the snapshot
-    waiting = []
-    for i in range(4):
-        event = venue.event()
-        waiting.append(event)
-        emit(event, event["E"] + 5)
-        if i == 1:
-            snap = venue.snapshot(event["u"])  # the true book after the second update
-    frames_before = len(frames)
-    emit(snap, waiting[-1]["E"] + 50)
-    assert len(frames) == frames_before + 1
-    expected.extend(levels(snap, True))
-    for event in waiting[2:]:
-        expected.extend(levels(event, False))
 
     def steady_run(count: int) -> None:
         for n in range(count):
@@ -140,20 +137,17 @@ def generate(seed: int = 11, steady: int = 250) -> Stream:
             emit(event, event["E"] + 5)
             expected.extend(levels(event, False))
             if n == count // 2:
-                frames.append(RawFrame(EXCHANGE, "c1", len(frames) + 1,
-                                       (event["E"] + 7) * 1_000_000, BAD))  # fmt: skip
+                emit({"e": "bad"}, event["E"] + 7, BAD)
 
+    buffered_then_snapshot(4, 1)
     steady_run(steady)
-    # a missed update: the next one breaks the sequence; a new snapshot resyncs
-    missed = venue.event()
+    missed = venue.event()  # never arrives: the next update breaks the sequence
     breaks.append((missed["U"], missed["u"]))
-    waiting = []
-    for _ in range(4):
-        event = venue.event()
-        waiting.append(event)
-        emit(event, event["E"] + 5)
-    sync_from_snapshot(waiting, 1)
-    steady_run(steady)
+    buffered_then_snapshot(4, 1)
+    steady_run(steady // 2)
+    conn = "c2"  # a reconnect: the new connection's first update breaks the old book
+    buffered_then_snapshot(5, 2)
+    steady_run(steady // 2)
     return Stream(frames, expected, breaks)
 
 
@@ -211,15 +205,16 @@ def test_book_updates_hold_every_level_change_exactly(built: Built) -> None:
     assert got == built.stream.expected
     assert {r["product_id"] for r in rows} == {PRODUCT}
     quarantined = read_table(built.lake, T.QUARANTINE).to_pylist()
-    assert [q["frame"] for q in quarantined] == [BAD, BAD]  # one row per bad frame
+    assert [q["frame"] for q in quarantined] == [BAD] * 3  # one row per bad frame
 
 
 def test_snapshots_at_the_interval_and_after_each_sync(built: Built) -> None:
     snaps = ordered(read_table(built.lake, T.BOOK_SNAPSHOTS))
     reasons = [s["reason"] for s in snaps]
     resyncs = [s for s in snaps if s["reason"] == "resync"]
-    assert [s["valid"] for s in resyncs] == [True, False, True]  # sync, break, resync
-    assert resyncs[1]["invalid_reason"] == "sequence break"
+    # sync, break, resync, reconnect, resync
+    assert [s["valid"] for s in resyncs] == [True, False, True, False, True]
+    assert [s["invalid_reason"] for s in resyncs[1::2]] == ["sequence break", "reconnect"]
     assert all(s["depth"] is None for s in resyncs)
     # every half second of book time entered has a snapshot (top 5, or a full checkpoint)
     times = [s["time"] for s in snaps]
@@ -248,13 +243,15 @@ def test_book_at_equals_the_live_book_at_100_random_moments(built: Built) -> Non
 
 def test_a_sequence_break_leaves_a_gaps_row(built: Built) -> None:
     gaps = [g for g in read_table(built.lake, T.GAPS).to_pylist() if g["kind"] == "book"]
-    assert len(gaps) == 1
-    gap = gaps[0]
+    gaps.sort(key=lambda g: g["detected_at"])
+    assert [(g["exchange"], g["product_id"], g["reason"]) for g in gaps] == [
+        (EXCHANGE, PRODUCT, "sequence break"),
+        (EXCHANGE, PRODUCT, "reconnect"),
+    ]
     (first, last) = built.stream.breaks[0]
-    assert (gap["exchange"], gap["product_id"], gap["reason"]) == (EXCHANGE, PRODUCT,
-                                                                   "sequence break")  # fmt: skip
-    assert (gap["first_missing_id"], gap["last_missing_id"]) == (first, last)
-    assert gap["missing"] == last - first + 1
+    assert (gaps[0]["first_missing_id"], gaps[0]["last_missing_id"]) == (first, last)
+    assert gaps[0]["missing"] == last - first + 1
+    assert gaps[1]["missing"] == 0 and gaps[1]["conn_id"] == "c2"  # no update id skipped
 
 
 def book_tables(lake: Path) -> dict[str, list[dict[str, Any]]]:
@@ -300,9 +297,10 @@ def test_a_kill_between_commits_is_derived_again(built: Built, tmp_path: Path, p
         env=env, cwd=root, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert done.returncode == 70, done.stderr[-2000:]
-    held = set(read_table(lake, T.BRONZE)["recv_seq"].to_pylist())
+    bronze = read_table(lake, T.BRONZE)
+    held = set(zip(bronze["conn_id"].to_pylist(), bronze["recv_seq"].to_pylist(), strict=True))
     assert 0 < len(held) < len(frames)
-    rest = [f for f in frames if f.recv_seq not in held]
+    rest = [f for f in frames if (f.conn_id, f.recv_seq) not in held]
     build(lake, built.stream, rest)  # start (derive again), then the frames bronze lacks
     assert book_tables(lake) == book_tables(built.lake)
     history = BookHistory(lake)

@@ -228,6 +228,19 @@ class _Rows:
         return pa.table(columns, schema=T.BOOK_SNAPSHOTS.schema)
 
 
+def _remember(product: _Product, event: BookEvent) -> None:
+    """Mirror the sync rule's buffer: bounded as it is, and (as it does on a reconnect)
+    holding the updates of one connection only."""
+    buffered = product.buffered
+    if buffered and buffered[-1].conn_id != event.conn_id:
+        kept = [e for e in buffered if e.conn_id == event.conn_id]
+        buffered.clear()
+        buffered.extend(kept)
+    buffered.append(event)
+    if len(buffered) > product.buffer_limit:
+        buffered.popleft()
+
+
 class BookProcessor:
     """Keeps the live books of one engine and turns its chunks into book rows."""
 
@@ -306,9 +319,7 @@ class BookProcessor:
         flipped = book.valid != was_valid or book.invalid_reason != was_reason
         if not (verdict.applied or broke or flipped):
             if verdict.buffered:
-                product.buffered.append(event)
-                if len(product.buffered) > product.buffer_limit:
-                    product.buffered.popleft()
+                _remember(product, event)
             if verdict.buffered and not verdict.resync:
                 out.buffered += 1
             else:
@@ -327,7 +338,7 @@ class BookProcessor:
             if event.kind == "snapshot":
                 position = self._replayed(product, event, verdict, frame, moment, position, rows)
         elif verdict.buffered:
-            product.buffered.append(event)
+            _remember(product, event)
         if broke:
             out.gaps.append(self._gap(event, frame, moment, was_update_id, verdict.resync))
         if broke or flipped or (verdict.applied and event.kind == "snapshot"):
