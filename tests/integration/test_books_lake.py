@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from decimal import Decimal
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from deltalake import DeltaTable
 
 from crypto_sentinel.books.history import BookHistory, book_at
 from crypto_sentinel.books.orderbook import BookView
@@ -337,3 +339,14 @@ def test_kraken_recording_book_at_equals_the_live_books(tmp_path: Path, depth: i
         assert all(g["reason"] == "checksum mismatch" for g in gaps)
     for when, view in random.Random(8).sample(seen, 100):
         assert book_at(built.lake, "kraken", view.product_id, when, None) == view
+
+
+def test_book_at_says_none_once_retention_removed_the_updates(built: Built, tmp_path: Path) -> None:
+    """Gold outlives silver by default: a snapshot whose updates are gone cannot give an
+    exact book, so `book_at` answers None rather than a stale one."""
+    lake = tmp_path / "lake"
+    shutil.copytree(built.lake, lake)
+    when, view = built.seen[-1]
+    assert book_at(lake, EXCHANGE, PRODUCT, when, None) == view
+    DeltaTable(str(T.BOOK_UPDATES.path(lake))).delete()  # what retention does to old dates
+    assert BookHistory(lake).book_at(EXCHANGE, PRODUCT, when) is None

@@ -183,7 +183,7 @@ class BookHistory:
         self, exchange: str, product_id: str, at_us: int | None, before: FrameKey | None
     ) -> tuple[OrderBook, int, str] | None:
         snap = self._full_snapshot(exchange, product_id, at_us, before)
-        if snap is None:
+        if snap is None or self._expired(exchange, _us(snap["time"])):
             return None
         book = OrderBook(exchange, product_id)
         bids = [(lv["price"], lv["size"]) for lv in snap["bids"]]
@@ -236,6 +236,13 @@ class BookHistory:
         )  # fmt: skip
         assert rows is not None
         return dict(rows.slice(0, 1).to_pylist()[0])
+
+    def _expired(self, exchange: str, from_us: int) -> bool:
+        """Whether retention removed updates after a snapshot (gold outlives silver by
+        default): the book then cannot be rebuilt exactly, and no answer beats a wrong one."""
+        days = [f.day for f in self._file_list(T.BOOK_UPDATES, exchange, "book_time")]
+        oldest = min((d for d in days if d is not None), default=None)
+        return oldest is None or oldest > _when(from_us).date()
 
     def _updates(
         self, exchange: str, product_id: str, from_us: int, at_us: int | None,
