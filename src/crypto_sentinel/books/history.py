@@ -61,6 +61,7 @@ class _File:
     day: date | None
     low: int | None  # min of the pruning column (unix us), None: no statistics
     high: int | None
+    full: bool = True  # may hold full snapshots (rows with a null `depth`)
 
 
 class BookHistory:
@@ -110,28 +111,40 @@ class BookHistory:
             lows = _column_us(mine, f"min.{column}")
             highs = _column_us(mine, f"max.{column}")
             days = mine["partition.date"].to_pylist()
-            for path, day, low, high in zip(
-                mine["path"].to_pylist(), days, lows, highs, strict=True
+            nulls = (
+                mine["null_count.depth"].to_pylist()
+                if "null_count.depth" in mine.column_names
+                else [None] * mine.num_rows
+            )
+            for path, day, low, high, null in zip(
+                mine["path"].to_pylist(), days, lows, highs, nulls, strict=True
             ):
                 when = day if isinstance(day, date) or day is None else date.fromisoformat(day)
-                files.append(_File(f"{base}/{unquote(path)}", when, low, high))
+                full = null is None or null > 0
+                files.append(_File(f"{base}/{unquote(path)}", when, low, high, full))
         self._files[key] = (version, files)
         return files
 
     def _read(
         self, files: Sequence[_File], columns: list[str] | None, filters: Any
     ) -> pa.Table | None:
-        parts = []
-        for f in files:
+        """The rows of `files` that pass `filters` (row groups pruned by their statistics);
+        several files are read together, in parallel."""
+        if not files:
+            return None
+        paths = [f.uri.removeprefix(self._prefix) for f in files]
+        try:
             table = pq.read_table(
-                f.uri.removeprefix(self._prefix), columns=columns, filters=filters,
+                paths if len(paths) > 1 else paths[0], columns=columns, filters=filters,
                 filesystem=self._fs,
             )  # fmt: skip
-            if table.num_rows:
-                parts.append(_plain(table))
-        if not parts:
-            return None
-        return pa.concat_tables(parts, promote_options="default")
+        except pa.ArrowInvalid:  # files of different schemas: one at a time
+            parts = [
+                _plain(pq.read_table(p, columns=columns, filters=filters, filesystem=self._fs))
+                for p in paths
+            ]
+            table = pa.concat_tables(parts, promote_options="default")
+        return _plain(table) if table.num_rows else None
 
     def recent_products(self, days: int = 2) -> list[tuple[str, str]]:
         """(exchange, product) of the full snapshots of the newest `days` date partitions:
@@ -208,7 +221,7 @@ class BookHistory:
         column = "time" if before is None else "recv_time"
         bound = at_us if before is None else before[0]
         files = self._file_list(T.BOOK_SNAPSHOTS, exchange, column)
-        files = [f for f in files if bound is None or f.low is None or f.low <= bound]
+        files = [f for f in files if f.full and (bound is None or f.low is None or f.low <= bound)]
         files.sort(key=lambda f: -(f.high if f.high is not None else 1 << 62))
         filters: list[Any] = [("product_id", "=", product_id), ("reason", "in", _FULL)]
         if bound is not None:
