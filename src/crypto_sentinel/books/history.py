@@ -146,9 +146,24 @@ class BookHistory:
             table = pa.concat_tables(parts, promote_options="default")
         return _plain(table) if table.num_rows else None
 
-    def recent_products(self, days: int = 2) -> list[tuple[str, str]]:
-        """(exchange, product) of the full snapshots of the newest `days` date partitions:
-        the books a restarted engine continues (older ones are stale anyway)."""
+    def recent_products(self, seconds: float) -> list[tuple[str, str]]:
+        """(exchange, product) of the snapshots in the newest `seconds` of book time (every
+        kept book has a full one per checkpoint interval): the books a restarted engine
+        continues; a book silent for longer is stale anyway."""
+        found: set[tuple[str, str]] = set()
+        for exchange in self._exchanges():
+            files = self._file_list(T.BOOK_SNAPSHOTS, exchange, "time")
+            highs = [f.high for f in files if f.high is not None]
+            if not highs:
+                continue
+            since = max(highs) - int(seconds * 1_000_000)
+            recent = [f for f in files if f.high is None or f.high >= since]
+            table = self._read(recent, ["product_id"], None)
+            if table is not None:
+                found.update((exchange, p) for p in pc.unique(table["product_id"]).to_pylist())
+        return sorted(found)
+
+    def _exchanges(self) -> list[str]:
         with self._lock:
             dt = self._table(T.BOOK_SNAPSHOTS)
             if dt is None:
@@ -156,23 +171,7 @@ class BookHistory:
             actions = pa.table(dt.get_add_actions(flatten=True))
         if not actions.num_rows:
             return []
-        rows = zip(
-            actions["path"].to_pylist(), actions["partition.date"].to_pylist(),
-            actions["partition.exchange"].to_pylist(), strict=True,
-        )  # fmt: skip
-        files = [(p, d if isinstance(d, date) else date.fromisoformat(d), e) for p, d, e in rows]
-        newest = max(d for _, d, _ in files)
-        base = T.BOOK_SNAPSHOTS.uri(self.lake).rstrip("/")
-        found: set[tuple[str, str]] = set()
-        for path, day, exchange in files:
-            if (newest - day).days >= days:
-                continue
-            table = self._read(
-                [_File(f"{base}/{unquote(path)}", day, None, None)], ["product_id"], None
-            )
-            if table is not None:
-                found.update((exchange, p) for p in set(table["product_id"].to_pylist()))
-        return sorted(found)
+        return sorted(set(actions["partition.exchange"].to_pylist()))
 
     # --- the rebuild -----------------------------------------------------------------------
 

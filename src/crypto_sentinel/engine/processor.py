@@ -179,7 +179,8 @@ class Engine:
         history = BookHistory(self.writer.lake)
         before = min(((f.recv_ns // 1000, f.conn_id, f.recv_seq) for f in in_doubt), default=None)
         restored = 0
-        for exchange, product_id in history.recent_products():
+        window = 2 * self.books.settings.checkpoint_seconds
+        for exchange, product_id in history.recent_products(window):
             found = history.book_before(exchange, product_id, before)
             if found is not None:
                 book, moment, conn_id = found
