@@ -28,12 +28,14 @@ from crypto_sentinel.books.orderbook import BookView
 from crypto_sentinel.books.processor import BookProcessor, BookSettings, datetime_of
 from crypto_sentinel.books.registry import BookRegistry
 from crypto_sentinel.cli import main as cli_main
+from crypto_sentinel.config import load_settings
 from crypto_sentinel.engine.processor import Engine
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.lake.writer import CRASH_AT_ENV, LakeWriter
 from crypto_sentinel.model import RawFrame
-from tests.conftest import read_table
+from crypto_sentinel.runtime import Pipeline
+from tests.conftest import free_port, read_table
 from tests.unit.test_book_recordings import DATA, v2_frame
 
 EXCHANGE, SYMBOL, PRODUCT = "binance", "BTCUSDT", "BTC-USDT"
@@ -102,7 +104,7 @@ def levels(msg: dict[str, Any], snapshot: bool) -> list[Row]:
     ]
 
 
-def generate(seed: int = 11, steady: int = 250) -> Stream:
+def generate(seed: int = 11, steady: int = 250, reconnect: bool = True) -> Stream:
     """A first sync (updates buffered, the old ones dropped, the newer replayed), a
     sequence break and its resync, a reconnect and its resync, steady updates between."""
     venue = Venue(seed)
@@ -147,9 +149,10 @@ def generate(seed: int = 11, steady: int = 250) -> Stream:
     breaks.append((missed["U"], missed["u"]))
     buffered_then_snapshot(4, 1)
     steady_run(steady // 2)
-    conn = "c2"  # a reconnect: the new connection's first update breaks the old book
-    buffered_then_snapshot(5, 2)
-    steady_run(steady // 2)
+    if reconnect:
+        conn = "c2"  # the new connection's first update breaks the old book
+        buffered_then_snapshot(5, 2)
+        steady_run(steady // 2)
     return Stream(frames, expected, breaks)
 
 
@@ -350,3 +353,30 @@ def test_book_at_says_none_once_retention_removed_the_updates(built: Built, tmp_
     assert book_at(lake, EXCHANGE, PRODUCT, when, None) == view
     DeltaTable(str(T.BOOK_UPDATES.path(lake))).delete()  # what retention does to old dates
     assert BookHistory(lake).book_at(EXCHANGE, PRODUCT, when) is None
+
+
+async def test_sentinel_replay_with_books_on_stores_the_books(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runtime's wiring: a Binance recording replayed by a pipeline with books on (one
+    connection, so no reconnect) stores exactly the level changes, and the pipeline's
+    registry holds the book `book_at` gives for its last change."""
+    stream = generate(steady=120, reconnect=False)
+    path = tmp_path / "depth.ndjson"
+    path.write_text("".join(f.text + "\n" for f in stream.frames))
+    lake = tmp_path / "lake"
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(
+        source=f"replay:{path}", replay_exchange=EXCHANGE, lake_dir=lake, port=free_port(),
+        batch_interval_ms=50, books=True,
+    )  # fmt: skip
+    registry = BookRegistry()
+    await Pipeline(settings, books=registry).run(with_api=False, install_signals=False)
+    rows = ordered(read_table(lake, T.BOOK_UPDATES))
+    got = [(r["side"], r["price"], r["size"], r["update_id"], r["snapshot"]) for r in rows]
+    assert got == stream.expected
+    live = registry.get(EXCHANGE, PRODUCT)
+    assert live is not None and live.valid
+    last = max(r["book_time"] for r in rows)
+    assert book_at(lake, EXCHANGE, PRODUCT, last, None) == live.view()

@@ -109,7 +109,8 @@ class BookHistory:
             mine = actions.filter(pc.equal(actions["partition.exchange"], exchange))
             base = spec.uri(self.lake).rstrip("/")
             lows = _column_us(mine, f"min.{column}")
-            highs = _column_us(mine, f"max.{column}")
+            # the log's timestamp statistics keep milliseconds: a max may be 999 us short
+            highs = [None if h is None else h + 999 for h in _column_us(mine, f"max.{column}")]
             days = mine["partition.date"].to_pylist()
             nulls = (
                 mine["null_count.depth"].to_pylist()

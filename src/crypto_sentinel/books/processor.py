@@ -94,6 +94,7 @@ class _Product:
     depth: int
     moment_us: int = -1  # book time of the last change (-1: none yet)
     last_break: str = ""  # reason of the newest break
+    seen_us: int = -1  # newest exchange time of any of its events (applied or not)
     #: The events the sync rule buffered (a copy, to write the rows of those it replays
     #: when a snapshot comes: they change the book at the snapshot's frame).
     buffered: deque[BookEvent] = field(default_factory=deque)
@@ -310,6 +311,8 @@ class BookProcessor:
         product = self._product(event, codec)
         book = product.book
         was_update_id, was_valid, was_reason = book.update_id, book.valid, book.invalid_reason
+        if event.time is not None:
+            product.seen_us = max(product.seen_us, us_of(event.time))
         verdict = product.sync.accept(event, book)
         if event.kind == "snapshot":  # a venue's depth may follow its snapshot (Kraken)
             product.depth = self._depth(product)
@@ -327,7 +330,10 @@ class BookProcessor:
             return position
         if verdict.resync:
             product.last_break = verdict.resync
-        when = frame.recv_ns // 1000 if event.time is None else us_of(event.time)
+        if event.time is not None:
+            when = us_of(event.time)
+        else:  # (Binance's REST snapshot) the venue's clock as last seen, else ours
+            when = product.seen_us if product.seen_us >= 0 else frame.recv_ns // 1000
         previous = product.moment_us
         moment = product.moment_us = max(previous, when)
         changed[(event.exchange, event.product_id)] = book
@@ -424,4 +430,4 @@ class BookProcessor:
             book.load_snapshot(view.bids, view.asks, view.update_id, view.time)
             book.mark_invalid(view.invalid_reason)
             product.last_break = view.invalid_reason
-        product.moment_us = us_of(moment)
+        product.moment_us = product.seen_us = us_of(moment)

@@ -183,8 +183,9 @@ GAPS = TableSpec(
 #: order of one product's changes is (recv_time, conn_id, recv_seq, position): frames in
 #: arrival order (one connection per product at a time; receive times never go back within a
 #: connection, and a new connection starts later), changes in the order of their frame.
-#: `book_time` is the moment the book reached the change (exchange time, else receive time,
-#: never before the product's previous change): `at=` reads select by it.
+#: `book_time` is the moment the book reached the change: its exchange time; for a message
+#: without one (Binance's REST snapshot) the newest exchange time seen of the product, else
+#: the receive time; never before the product's previous change. `at=` reads select by it.
 BOOK_UPDATES = TableSpec(
     "silver.book_updates",
     pa.schema(
