@@ -265,7 +265,7 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 #: Benchmarks live in the repo's bench/ folder; each module has main(trades, workdir, port)
 #: returning a JSON-able dict and markdown(result) rendering rows for docs/benchmarks.md.
-BENCHMARKS = ("ingest", "api", "lake", "spark", "memory", "history")
+BENCHMARKS = ("ingest", "api", "lake", "spark", "memory", "history", "books")
 
 #: Optional dependencies -> the extra that installs them (pyproject's optional-dependencies).
 EXTRAS = {"pyspark": "spark", "delta": "spark", "py4j": "spark"}

@@ -27,8 +27,10 @@ NOT_CLOSED = (
     " AND (g.last_missing_id IS NULL OR f.last_missing_id >= g.last_missing_id)"
     " AND f.detected_at > g.detected_at)"
 )
+#: A gap of trades (a book resync misses no trade: kind `book`).
+TRADE_GAP = "g.kind <> 'book'"
 #: A gap with missing trades that is still open.
-OPEN_GAP = f"g.outcome <> 'filled' AND g.missing > 0 AND {NOT_CLOSED}"
+OPEN_GAP = f"g.outcome <> 'filled' AND g.missing > 0 AND {TRADE_GAP} AND {NOT_CLOSED}"
 
 
 class GapFlags:

@@ -32,7 +32,7 @@ import orjson
 from crypto_sentinel import history_forward as forward
 from crypto_sentinel.bus.memory import MemoryBus
 from crypto_sentinel.engine.processor import Engine
-from crypto_sentinel.gapflags import NOT_CLOSED
+from crypto_sentinel.gapflags import NOT_CLOSED, TRADE_GAP
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.location import LakeRoot
 from crypto_sentinel.lake.lock import lock_for
@@ -498,7 +498,7 @@ class History:
             T.GAPS,
             "SELECT product_id, first_missing_id AS lo, last_missing_id AS hi FROM t AS g"
             " WHERE g.exchange = ? AND list_contains(?, g.product_id)"
-            f" AND g.outcome <> 'filled' AND {NOT_CLOSED}",
+            f" AND g.outcome <> 'filled' AND {TRADE_GAP} AND {NOT_CLOSED}",
             [self.exchange, done],
         )
         islands = engine.trade_id_ranges(self.exchange)

@@ -47,6 +47,15 @@ RECONNECTS = Counter("sentinel_reconnects_total", "Source reconnects", ["exchang
 BOOK_RESYNCS = Counter(
     "sentinel_book_resyncs_total", "Book resyncs a feed started", ["exchange", "reason"]
 )
+BOOK_CHANGES = Counter("sentinel_book_level_changes_total", "Level changes applied to books")
+BOOK_BREAKS = Counter(
+    "sentinel_book_breaks_total",
+    "Book breaks the engine found (sequence, checksum, reconnect)",
+    ["exchange"],
+)
+BOOK_DROPPED = Counter(
+    "sentinel_book_events_dropped_total", "Book events a sync rule dropped (stale, repeated)"
+)
 BATCHES = Counter("sentinel_batches_total", "Micro-batches committed")
 COMMIT_RETRIES = Counter(
     "sentinel_commit_retries_total",

@@ -103,6 +103,7 @@ class GapRecord(msgspec.Struct):
     outcome: str  # filled | partial | unfilled
     recv_ns: int = 0
     conn_id: str = ""
+    reason: str | None = None  # kind "book": why the book was resynced
 
 
 class Rejected(msgspec.Struct):

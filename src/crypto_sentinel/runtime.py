@@ -29,6 +29,7 @@ from crypto_sentinel.api.security import ApiSecurity
 from crypto_sentinel.api.state import HotState
 from crypto_sentinel.api.stream import Hub
 from crypto_sentinel.api.warmup import warm_up
+from crypto_sentinel.books.processor import BookProcessor, BookSettings
 from crypto_sentinel.books.registry import BookRegistry
 from crypto_sentinel.bus.kafka import KafkaFrames, KafkaPublisher, ensure_topics, exchange_of
 from crypto_sentinel.bus.memory import MemoryBus
@@ -122,9 +123,13 @@ class Pipeline:
         ingest: bool = True,
         process: bool = True,
         api_socket: socket.socket | None = None,
+        books: BookRegistry | None = None,
     ) -> None:
-        """`api_socket`: the API's socket if bound already (see `startup.bind_api`)."""
+        """`api_socket`: the API's socket if bound already (see `startup.bind_api`);
+        `books`: the process's live books (created here when `settings.books` is on and
+        none is given; None while books are off)."""
         self.settings = settings
+        self.books = (books or BookRegistry()) if settings.books else None
         self.ingest = ingest
         self.process = process
         self.kafka = settings.bus == "kafka"
@@ -146,8 +151,14 @@ class Pipeline:
             if isinstance(self.lake, str):
                 raise
             raise StartupError(lake_problem(self.lake, exc)) from exc
+        processor = None
+        if self.books is not None:
+            processor = BookProcessor(self.books, BookSettings.from_settings(settings))
         self.engine = Engine(
-            self.writer, settings.batch_interval_ms / 1000, settings.batch_max_frames
+            self.writer,
+            settings.batch_interval_ms / 1000,
+            settings.batch_max_frames,
+            books=processor,
         )
         # Frames go through Kafka or, in one process, through this in-memory bus.
         self.bus = None if self.kafka else MemoryBus(settings.bus_capacity)

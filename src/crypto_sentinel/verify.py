@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from crypto_sentinel.completeness import minute_flags
-from crypto_sentinel.gapflags import NOT_CLOSED, GapFlags, Span
+from crypto_sentinel.gapflags import NOT_CLOSED, TRADE_GAP, GapFlags, Span
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.location import LakeRoot, parse_lake
 from crypto_sentinel.lake.query import LakeReader
@@ -99,7 +99,7 @@ def contiguity(reader: LakeReader, exchange: str, product: str) -> ProductReport
     gaps = reader.query(
         T.GAPS,
         "SELECT count(*) AS n FROM t AS g WHERE g.exchange = ? AND g.product_id = ?"
-        f" AND g.outcome <> 'filled' AND {NOT_CLOSED}",
+        f" AND g.outcome <> 'filled' AND {TRADE_GAP} AND {NOT_CLOSED}",
         [exchange, product],
     )
     report.unfilled_gaps = int(gaps[0]["n"]) if gaps else 0

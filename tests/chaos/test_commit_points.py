@@ -26,7 +26,9 @@ from tests.helpers import assert_candles_match_silver
 
 pytestmark = pytest.mark.chaos
 
-POINTS = [spec.name for spec in T.ALL_TABLES]
+#: The book tables' commit points are killed in tests/integration/test_books_lake.py (this
+#: recording has no book frames, so nothing commits to them here).
+POINTS = [spec.name for spec in T.ALL_TABLES if spec not in (T.BOOK_UPDATES, T.BOOK_SNAPSHOTS)]
 TAKER = {"buy": "sell", "sell": "buy"}
 BAD_FRAMES = ["{not json", '{"type":"match","trade_id":"oops"}', '{"type":"ticker"}']
 

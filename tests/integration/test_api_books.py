@@ -1,7 +1,7 @@
 """Order books over the real API: a uvicorn server on a free port serving `create_app` with a
 `BookRegistry` the test fills; REST through httpx, push over a real WebSocket and SSE, the
 series from a real Delta `gold.book_snapshots` table written here with the layout
-`api.bookseries.BOOK_SNAPSHOTS` reads. `at=` goes through a stand-in for the lake's
+`lake.tables.BOOK_SNAPSHOTS` defines. `at=` goes through a stand-in for the lake's
 `books.history.book_at` (its own tests cover the rebuild)."""
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from crypto_sentinel import metrics
 from crypto_sentinel.api.app import create_app
-from crypto_sentinel.api.bookseries import BOOK_SNAPSHOTS
 from crypto_sentinel.api.state import HotState
 from crypto_sentinel.api.stream import Hub
 from crypto_sentinel.books.orderbook import BookView, OrderBook
 from crypto_sentinel.books.registry import BookRegistry
 from crypto_sentinel.lake.query import LakeReader
+from crypto_sentinel.lake.tables import BOOK_SNAPSHOTS
 from tests.conftest import free_port
 
 D = Decimal
@@ -188,21 +188,23 @@ def write_snapshots(lake: Path) -> None:
          [("101.01", "0.25"), ("102", "9")]),
         ("kraken", T0, True, [("1", "1")], [("2", "1")]),
     ]  # fmt: skip
-    table = pa.Table.from_pylist(
-        [
-            {
-                "exchange": ex,
-                "product_id": "BTC-USD",
-                "time": t,
-                "valid": valid,
-                "bids": levels(bids),
-                "asks": levels(asks),
-                "date": t.date(),
-            }
-            for ex, t, valid, bids, asks in rows
-        ],
-        schema=BOOK_SNAPSHOTS.schema,
-    )
+    stored = [
+        {
+            "exchange": ex,
+            "product_id": "BTC-USD",
+            "time": t,
+            "reason": "interval",
+            "depth": 50,
+            "valid": valid,
+            "bids": levels(bids),
+            "asks": levels(asks),
+            "date": t.date(),
+        }
+        for ex, t, valid, bids, asks in rows
+    ]
+    # a full-depth checkpoint at the same moment as the first interval row: one point
+    stored.append({**stored[0], "reason": "checkpoint", "depth": None})
+    table = pa.Table.from_pylist(stored, schema=BOOK_SNAPSHOTS.schema)
     write_deltalake(BOOK_SNAPSHOTS.uri(lake), table, partition_by=list(BOOK_SNAPSHOTS.partition_by))
 
 

@@ -11,38 +11,21 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import pyarrow as pa
-
 from crypto_sentinel.api.render import dec, iso
 from crypto_sentinel.books.orderbook import OrderBook
 from crypto_sentinel.lake.query import LakeReader
-from crypto_sentinel.lake.tables import PRICE, UTC_TS, TableSpec
+from crypto_sentinel.lake.tables import BOOK_SNAPSHOTS
 
-#: One price level as stored: exact price and size.
-LEVEL = pa.struct([("price", PRICE), ("size", PRICE)])
-#: The layout this module reads (one place: the lake's writer of the table must agree).
-BOOK_SNAPSHOTS = TableSpec(
-    "gold.book_snapshots",
-    pa.schema(
-        [
-            ("exchange", pa.string()),
-            ("product_id", pa.string()),
-            ("time", UTC_TS),
-            ("valid", pa.bool_()),
-            ("bids", pa.list_(LEVEL)),  # best first
-            ("asks", pa.list_(LEVEL)),  # best first
-            ("date", pa.date32()),
-        ]
-    ),
-    partition_by=("date", "exchange"),
-    key=("exchange", "product_id", "time"),
-)
 #: Longest window one request may ask (3,600 points at the default one-second interval).
 MAX_SERIES_WINDOW = timedelta(hours=1)
 
+#: One point per snapshot time: a checkpoint or resync (the whole book) may share its time
+#: with the interval's top levels; the smaller row answers the same.
 _SQL = (
     "SELECT time, valid, bids, asks FROM t WHERE exchange = ? AND product_id = ?"
-    " AND time >= ? AND time < ? ORDER BY time"
+    " AND time >= ? AND time < ?"
+    " QUALIFY row_number() OVER (PARTITION BY time ORDER BY depth NULLS LAST) = 1"
+    " ORDER BY time"
 )
 
 

@@ -21,6 +21,8 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from crypto_sentinel import metrics
+from crypto_sentinel.books.history import BookHistory
+from crypto_sentinel.books.processor import BookProcessor, datetime_of
 from crypto_sentinel.engine import recovery
 from crypto_sentinel.engine.candles import Candle, CandleKey
 from crypto_sentinel.engine.chunks import ChunkAcceptor, Listener  # noqa: F401 (re-exported)
@@ -74,6 +76,11 @@ class EngineStats:
     quarantined: int = 0
     backfill_pages: int = 0
     gap_records: int = 0
+    book_changes: int = 0  # level changes applied to books (silver.book_updates rows)
+    book_snapshots: int = 0
+    book_resyncs: int = 0
+    book_events_dropped: int = 0  # events a venue's sync rule drops (stale, repeated, overflow)
+    book_events_buffered: int = 0  # kept by a venue's sync rule until the next snapshot
     batches: int = 0
     last_commit_seconds: float = 0.0
 
@@ -87,8 +94,16 @@ class CommitRecord:
 
 
 class Engine:
-    def __init__(self, writer: LakeWriter, batch_interval: float, batch_max_frames: int) -> None:
+    def __init__(
+        self,
+        writer: LakeWriter,
+        batch_interval: float,
+        batch_max_frames: int,
+        books: BookProcessor | None = None,
+    ) -> None:
         self.writer = writer
+        #: Level-2 books (None: `settings.books` is off, and no book work is done at all).
+        self.books = books
         self.batch_interval = batch_interval
         self.batch_max_frames = batch_max_frames
         self.stats = EngineStats()
@@ -133,12 +148,15 @@ class Engine:
         returns how many bronze commits were fed through again."""
         lake = self.writer.lake
         commits = recovery.in_doubt(lake, self.writer.tables[T.BRONZE.name], owns)
+        in_doubt = [(commit, list(recovery.frames_of(lake, commit))) for commit in commits]
+        if self.books is not None:
+            self._restore_books([f for _, frames in in_doubt for f in frames])
         stats = replace(self.stats)  # counters describe the input, not the recovery
         self._rederiving = True  # ... and so do the metrics
         pending, self._pending = self._pending, Batch(version=0)
         try:
-            for commit in commits:
-                self.process_frames(list(recovery.frames_of(lake, commit)))
+            for commit, frames in in_doubt:
+                self.process_frames(frames)
                 batch = self.cut(version=max(commit.txns.values()))
                 if batch is None:
                     continue
@@ -153,6 +171,24 @@ class Engine:
             self._rederiving = False
             self._pending = pending
         return len(commits)
+
+    def _restore_books(self, in_doubt: Sequence[RawFrame]) -> None:
+        """Continue the books the lake holds from where the stored rows end: before the
+        first in-doubt frame (those are derived again next), or after everything stored."""
+        assert self.books is not None
+        history = BookHistory(self.writer.lake)
+        before = min(((f.recv_ns // 1000, f.conn_id, f.recv_seq) for f in in_doubt), default=None)
+        restored = 0
+        window = 2 * self.books.settings.checkpoint_seconds
+        for exchange, product_id in history.recent_products(window):
+            found = history.book_before(exchange, product_id, before)
+            if found is not None:
+                book, moment, conn_id = found
+                view = book.view()
+                self.books.restore(exchange, product_id, view, datetime_of(moment), conn_id)
+                restored += 1
+        if restored:
+            log.info("books restored from the lake: %d", restored)
 
     def trade_id_ranges(self, exchange: str) -> dict[str, list[tuple[int, int]]]:
         """Trade ids known per product (start-up backfill fills the holes and the tail)."""
@@ -199,6 +235,38 @@ class Engine:
             metrics.count_chunk(frames, accepted.trades)
         for candle in accepted.candles:
             self._add_to_book(candle)
+        if self.books is not None:
+            self._process_books(frames, {i for i, _ in accepted.rejected})
+
+    def _process_books(self, frames: Sequence[RawFrame], rejected: set[int]) -> None:
+        """The chunk's book frames through the live books; their rows join the batch."""
+        assert self.books is not None
+        out = self.books.process(frames)
+        pending, stats = self._pending, self.stats
+        for index, reason in out.rejected:
+            if index in rejected:  # the frame's own codec quarantined it already
+                continue
+            frame = frames[index]
+            pending.rejected.append(Rejected(frame, reason))
+            metrics.QUARANTINED.labels(frame.exchange).inc()
+            stats.quarantined += 1
+        if out.updates is not None:
+            pending.book_update_tables.append(out.updates)
+            stats.book_changes += out.updates.num_rows
+        if out.snapshots is not None:
+            pending.book_snapshot_tables.append(out.snapshots)
+            stats.book_snapshots += out.snapshots.num_rows
+        pending.gaps.extend(out.gaps)
+        stats.gap_records += len(out.gaps)
+        stats.book_resyncs += len(out.gaps)
+        stats.book_events_dropped += out.dropped
+        stats.book_events_buffered += out.buffered
+        if not self._rederiving:
+            metrics.BOOK_DROPPED.inc(out.dropped)
+            if out.updates is not None:
+                metrics.BOOK_CHANGES.inc(out.updates.num_rows)
+            for gap in out.gaps:
+                metrics.BOOK_BREAKS.labels(gap.exchange).inc()
 
     def _add_to_book(self, delta: Candle) -> None:
         """Merge a chunk's candle of a minute into the book (or keep it as partial while the

@@ -26,6 +26,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 from deltalake import DeltaTable, write_deltalake
 
+from crypto_sentinel.books.processor import BookProcessor, BookSettings
+from crypto_sentinel.books.registry import BookRegistry
 from crypto_sentinel.engine.processor import CHUNK_FRAMES, Engine
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.maintenance.files import partitions
@@ -36,6 +38,9 @@ from crypto_sentinel.model import RawFrame
 #: Tables derived from bronze, in the order they are replaced (candles last: they summarise
 #: the trades).
 DERIVED = (T.QUARANTINE, T.TICKERS, T.TRADES, T.CANDLES_1M)
+#: ... and, when books are kept, the book tables (after them: a reader of books sees the
+#: updates and snapshots of one rebuild together).
+BOOK_TABLES = (T.BOOK_UPDATES, T.BOOK_SNAPSHOTS)
 
 #: Commits that leave a table's rows as they were; anything else during a rebuild means
 #: someone is writing and the rebuild must not replace the table.
@@ -54,29 +59,32 @@ def rebuild(
     batch_frames: int = 100_000,
     progress: Callable[[str], Any] | None = None,
     on_frames: Callable[[int, int], Any] | None = None,
+    books: BookSettings | None = None,
 ) -> dict[str, Any]:
     """Recompute the derived tables of `lake` from its bronze table; see the module doc.
     `progress` hears a line per step, `on_frames` (frames fed so far, bronze's frames) the
-    progress of the long part."""
+    progress of the long part. With `books`, the book tables are derived again too (with
+    those settings); without, they are left as they are."""
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
     tables = T.ensure_tables(lake)
     bronze = tables[T.BRONZE.name]
     bronze_version = bronze.version()
     bronze_dates = sorted(p.date for p in partitions(bronze, T.BRONZE) if p.date is not None)
-    derived_versions = {spec.name: tables[spec.name].version() for spec in DERIVED}
+    derived = DERIVED + (BOOK_TABLES if books is not None else ())
+    derived_versions = {spec.name: tables[spec.name].version() for spec in derived}
     if not bronze_dates:
-        if any(tables[s.name].file_uris() for s in DERIVED):
+        if any(tables[s.name].file_uris() for s in derived):
             raise RebuildError("bronze is empty: nothing to rebuild from; tables left as they are")
         return {"rebuilt": False, "reason": "empty lake"}
-    replace_from = _replace_from(tables, bronze_dates[0])
+    replace_from = _replace_from(tables, bronze_dates[0], derived)
     staging = lake / "_rebuild" / uuid.uuid4().hex
     try:
         tick = _frame_counter(bronze, on_frames)
-        frames = _stage(bronze, bronze_dates, staging, batch_frames, say, tick)
+        frames = _stage(bronze, bronze_dates, staging, batch_frames, say, tick, books)
         _check_unchanged(tables, {T.BRONZE.name: bronze_version, **derived_versions})
         rows = {}
-        for spec in DERIVED:
+        for spec in derived:
             rows[spec.name] = _replace(tables[spec.name], spec, staging, replace_from)
             say(f"replaced {spec.name}: {rows[spec.name]:,} rows")
     finally:
@@ -92,13 +100,15 @@ def rebuild(
     }
 
 
-def _replace_from(tables: dict[str, DeltaTable], first_bronze: date) -> date | None:
+def _replace_from(
+    tables: dict[str, DeltaTable], first_bronze: date, derived: tuple[T.TableSpec, ...]
+) -> date | None:
     """First date to replace: None (all) while bronze still holds every frame the derived rows
     came from. After retention, rows received before bronze's first day cannot be recomputed:
     keep every date that has such a row and replace from the day after the newest of them."""
     kept = None
     received = datetime.combine(first_bronze, datetime.min.time(), UTC)
-    for spec in (T.TRADES, T.TICKERS, T.QUARANTINE):
+    for spec in (T.TRADES, T.TICKERS, T.QUARANTINE, *(s for s in derived if s in BOOK_TABLES)):
         files = tables[spec.name].file_uris(file_pruning_predicate=[("recv_time", "<", received)])
         if not files:
             continue
@@ -120,10 +130,12 @@ def _stage(
     batch_frames: int,
     say: Callable[[str], Any],
     tick: Callable[[int], Any] = lambda _n: None,
+    books: BookSettings | None = None,
 ) -> int:
     """Feed bronze through a fresh engine into the staging lake; return the frame count."""
     writer = LakeWriter(staging, STAGING_APP_ID)
-    engine = Engine(writer, batch_interval=1.0, batch_max_frames=batch_frames)
+    processor = None if books is None else BookProcessor(BookRegistry(), books)
+    engine = Engine(writer, batch_interval=1.0, batch_max_frames=batch_frames, books=processor)
     total = pending = 0
 
     def flush() -> None:

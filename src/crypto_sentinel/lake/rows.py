@@ -80,6 +80,7 @@ def gaps_table(gaps: Sequence[GapRecord]) -> pa.Table:
             "recv_time": _timestamps_us([g.recv_ns for g in gaps]),
             "conn_id": [g.conn_id for g in gaps],
             "date": _dates(detected),
+            "reason": pa.array([g.reason for g in gaps], pa.string()),
         },
         schema=T.GAPS.schema,
     )

@@ -171,13 +171,79 @@ GAPS = TableSpec(
             ("recv_time", UTC_TS),
             ("conn_id", pa.string()),
             ("date", pa.date32()),
+            # last: appended to older lakes (`add_missing_columns`); null for trade gaps
+            ("reason", pa.string()),  # kind "book": why the book was resynced
         ]
     ),
     partition_by=("date",),
     key=("exchange", "product_id", "detected_at", "kind"),
 )
 
-ALL_TABLES = (BRONZE, QUARANTINE, TRADES, TICKERS, CANDLES_1M, GAPS)
+#: Every level change the engine applied to a book, snapshot levels included. The engine's
+#: order of one product's changes is (recv_time, conn_id, recv_seq, position): frames in
+#: arrival order (one connection per product at a time; receive times never go back within a
+#: connection, and a new connection starts later), changes in the order of their frame.
+#: `book_time` is the moment the book reached the change: its exchange time; for a message
+#: without one (Binance's REST snapshot) the newest exchange time seen of the product, else
+#: the receive time; never before the product's previous change. `at=` reads select by it.
+BOOK_UPDATES = TableSpec(
+    "silver.book_updates",
+    pa.schema(
+        [
+            ("exchange", pa.string()),
+            ("product_id", pa.string()),
+            ("side", pa.string()),  # bid | ask
+            ("price", PRICE),
+            ("size", PRICE),  # absolute size; 0 removes the level
+            ("update_id", pa.int64()),  # the venue's id of the message (Binance `u`)
+            ("first_update_id", pa.int64()),  # Binance `U`; null elsewhere
+            ("snapshot", pa.bool_()),  # part of a snapshot: the book was replaced by it
+            ("time", UTC_TS),  # exchange time, null when the venue sent none
+            ("book_time", UTC_TS),
+            ("recv_time", UTC_TS),
+            ("conn_id", pa.string()),
+            ("recv_seq", pa.int64()),
+            ("position", pa.int32()),  # the change's index within its frame
+            ("date", pa.date32()),  # of book_time
+        ]
+    ),
+    partition_by=("date", "exchange"),
+    key=("exchange", "product_id", "conn_id", "recv_seq", "position"),
+)
+
+BOOK_LEVEL = pa.struct([("price", PRICE), ("size", PRICE)])
+
+#: Books as the engine had them: the top `depth` levels every interval, the full book
+#: (`depth` null) at every checkpoint and after every snapshot or break ("resync"). A full
+#: one plus the updates after it gives the book at any later moment (`books/history.py`).
+BOOK_SNAPSHOTS = TableSpec(
+    "gold.book_snapshots",
+    pa.schema(
+        [
+            ("exchange", pa.string()),
+            ("product_id", pa.string()),
+            ("time", UTC_TS),  # book_time of the last change applied
+            ("recv_time", UTC_TS),  # position of the last frame applied:
+            ("conn_id", pa.string()),  # (recv_time, conn_id, recv_seq) as in book_updates
+            ("recv_seq", pa.int64()),
+            ("position", pa.int32()),  # that frame's changes before it (later ones follow it)
+            ("update_id", pa.int64()),
+            ("exchange_time", UTC_TS),  # of the last update applied (the view's `time`)
+            ("reason", pa.string()),  # interval | checkpoint | resync
+            ("depth", pa.int32()),  # levels per side kept here; null: the whole book
+            ("max_depth", pa.int32()),  # the engine truncates its books to this many levels
+            ("valid", pa.bool_()),
+            ("invalid_reason", pa.string()),
+            ("bids", pa.list_(BOOK_LEVEL)),  # best first
+            ("asks", pa.list_(BOOK_LEVEL)),
+            ("date", pa.date32()),
+        ]
+    ),
+    partition_by=("date", "exchange"),
+    key=("exchange", "product_id", "recv_time", "conn_id", "recv_seq", "position", "reason"),
+)
+
+ALL_TABLES = (BRONZE, QUARANTINE, TRADES, TICKERS, CANDLES_1M, GAPS, BOOK_UPDATES, BOOK_SNAPSHOTS)
 
 
 def ensure_tables(lake: LakeRoot) -> dict[str, DeltaTable]:

@@ -63,6 +63,9 @@ class Batch:
     trade_tables: list[pa.Table] = field(default_factory=list)
     ticker_tables: list[pa.Table] = field(default_factory=list)
     gap_tables: list[pa.Table] = field(default_factory=list)
+    #: Level-2 book rows (`books/processor.py`), in their tables' schemas.
+    book_update_tables: list[pa.Table] = field(default_factory=list)
+    book_snapshot_tables: list[pa.Table] = field(default_factory=list)
     #: Durable-log positions the batch covers: (exchange, partition) -> last offset.
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
     #: Delta transactions to record instead of the ones derived from version/positions (a
@@ -182,6 +185,13 @@ class LakeWriter:
         tickers = _combined(T.TICKERS, batch.tickers, tickers_table, batch.ticker_tables)
         if tickers is not None:
             self._with_retry(self._append, T.TICKERS, tickers, _same, txns)
+        for spec, parts in (
+            (T.BOOK_UPDATES, batch.book_update_tables),
+            (T.BOOK_SNAPSHOTS, batch.book_snapshot_tables),
+        ):
+            books = _combined(spec, [], None, parts)
+            if books is not None:
+                self._with_retry(self._append, spec, books, _same, txns)
         if candles:
             self._with_retry(self._upsert_candles, candles_table(candles), txns)
         gaps = _combined(T.GAPS, batch.gaps, gaps_table, batch.gap_tables)

@@ -11,6 +11,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from deltalake import DeltaTable
+
+from crypto_sentinel.books.processor import BookSettings
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.location import is_remote, parse_lake
 from crypto_sentinel.lake.maintenance.files import lake_exists
@@ -144,6 +147,9 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
     if not lake.is_dir():
         print(f"sentinel rebuild: no lake at {lake}", file=sys.stderr)
         return 2
+    books = None
+    if settings.books or _has_books(lake):  # books kept now, or once: derive them again
+        books = BookSettings.from_settings(settings)
     try:
         with bar("rebuild from bronze", quiet=args.quiet) as shown:
             steps = (lambda line: shown.update(note=line)) if wanted(args.quiet) else print
@@ -152,12 +158,19 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
                 batch_frames=args.batch_frames,
                 progress=steps,
                 on_frames=lambda done, total: shown.update(completed=done, total=total),
+                books=books,
             )
     except RebuildError as exc:
         print(f"sentinel rebuild: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2, default=str))
     return 0
+
+
+def _has_books(lake: Path) -> bool:
+    """Whether the lake holds book rows (written while `books` was on)."""
+    path = T.BOOK_UPDATES.path(lake)
+    return DeltaTable.is_deltatable(str(path)) and bool(DeltaTable(str(path)).file_uris())
 
 
 def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -34,6 +34,8 @@ ZORDER_COLUMNS: dict[str, tuple[str, ...]] = {
     T.TRADES.name: ("product_id", "time"),
     T.TICKERS.name: ("product_id", "time"),
     T.CANDLES_1M.name: ("product_id", "start"),
+    T.BOOK_UPDATES.name: ("product_id", "book_time"),
+    T.BOOK_SNAPSHOTS.name: ("product_id", "time"),
 }
 
 
@@ -67,6 +69,8 @@ class Policy:
                 T.TRADES.name: silver,
                 T.TICKERS.name: silver,
                 T.CANDLES_1M.name: gold,
+                T.BOOK_UPDATES.name: silver,
+                T.BOOK_SNAPSHOTS.name: gold,
             },
             vacuum_safety_hours=s.maintenance_vacuum_safety_hours,
             checkpoint_interval=s.maintenance_checkpoint_interval,
