@@ -196,7 +196,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from crypto_sentinel.runtime import serve_lake
+    from crypto_sentinel.api.serving import serve_lake
 
     settings = _settings(args)
     run_event_loop(serve_lake(settings, args.exchange))

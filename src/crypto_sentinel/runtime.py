@@ -10,38 +10,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import socket
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from crypto_sentinel import metrics
-from crypto_sentinel.api.app import create_app
-from crypto_sentinel.api.security import ApiSecurity
+from crypto_sentinel.api.serving import api_server, settle_heap
 from crypto_sentinel.api.state import HotState
 from crypto_sentinel.api.stream import Hub
 from crypto_sentinel.api.warmup import warm_up
 from crypto_sentinel.books.processor import BookProcessor, BookSettings
 from crypto_sentinel.books.registry import BookRegistry
+from crypto_sentinel.books.sync import ENGINE_ONLY_BREAKS
 from crypto_sentinel.bus.kafka import KafkaFrames, KafkaPublisher, ensure_topics, exchange_of
 from crypto_sentinel.bus.memory import MemoryBus
 from crypto_sentinel.config import LIVE_VENUES, Settings
-from crypto_sentinel.engine.chunks import ChunkNews
-from crypto_sentinel.engine.hotfeed import HotFeed
 from crypto_sentinel.engine.processor import Engine, FrameSource
 from crypto_sentinel.health import heartbeat_path, heartbeats
 from crypto_sentinel.lake.lock import writer_lock
 from crypto_sentinel.lake.maintenance import run_maintenance_forever
 from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.lake.writer import LakeWriter
+from crypto_sentinel.model import GapRecord
 from crypto_sentinel.sources.base import Publish, Source
 from crypto_sentinel.sources.bookfeed import coinbase_credentials
 from crypto_sentinel.sources.feed import FeedSource
@@ -62,56 +59,6 @@ KAFKA_RESUME_TAIL = 2000
 API_SWITCH_INTERVAL = 0.001
 
 log = logging.getLogger(__name__)
-
-
-def settle_heap() -> None:
-    """Move what start-up loaded (trade ids, hot state) out of the garbage collector's sight.
-
-    Those objects live as long as the process; left in the tracked heap, every full
-    collection walks all of them again - a pause of tens of milliseconds on the event loop
-    (measured: 24 ms after 40 s of a fresh `sentinel up`), growing with what was loaded.
-    """
-    gc.collect()
-    gc.freeze()
-
-
-class _Server(uvicorn.Server):
-    """Uvicorn without its own signal handling: the pipeline decides when to stop."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def api_server(
-    settings: Settings,
-    state: HotState,
-    reader: LakeReader,
-    hub: Hub,
-    *,
-    default_exchange: Callable[[], str],
-    status: Callable[[], dict[str, Any]],
-    ready: Callable[[], bool],
-    own_signals: bool,
-    books: BookRegistry | None = None,
-) -> uvicorn.Server:
-    """The API app and its uvicorn server: one builder for `sentinel up` (the pipeline stops
-    it: `own_signals=False`) and `sentinel serve` (uvicorn stops on SIGINT/SIGTERM)."""
-    app = create_app(
-        state,
-        reader,
-        default_exchange=default_exchange,
-        products=settings.products,
-        status=status,
-        ready=ready,
-        hub=hub,
-        cors_origins=settings.api_cors_origins,
-        security=ApiSecurity.from_settings(settings),
-        books=books,
-    )
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
-                            lifespan="off", ws_max_size=64 * 1024)  # fmt: skip
-    return uvicorn.Server(config) if own_signals else _Server(config)
 
 
 class Pipeline:
@@ -160,10 +107,10 @@ class Pipeline:
             settings.batch_max_frames,
             books=processor,
         )
+        self.engine.on_book_break.append(self._resync_after_break)
         # Frames go through Kafka or, in one process, through this in-memory bus.
         self.bus = None if self.kafka else MemoryBus(settings.bus_capacity)
         self.state: HotState | None = None  # the API's memory, built when the API starts
-        self.books = BookRegistry()  # live order books: the engine fills, the API serves
         self.sources: list[Source] = []
         self.simulators: list[Any] = []
         self.stop_event = asyncio.Event()
@@ -306,6 +253,13 @@ class Pipeline:
             log.warning("cannot read trade ids from the lake (%s): no start-up backfill", exc)
             return {}
         return {p: r for (ex, p), r in ranges.items() if ex == exchange}
+
+    def _resync_after_break(self, gap: GapRecord) -> None:
+        """A break only the engine can see (a checksum, a crossed book, an overflowing
+        buffer): ask the venue for the book afresh. Sequence breaks and reconnects the feed
+        sees itself and resyncs already."""
+        if gap.reason in ENGINE_ONLY_BREAKS:
+            self.request_book_resync(gap.exchange, gap.product_id)
 
     def request_book_resync(self, exchange: str, product_id: str) -> bool:
         """Ask the live feed carrying `exchange`'s `product_id` book to resync it (the engine
@@ -583,42 +537,3 @@ def fault_plan(text: str) -> Any:
 
     spec = FaultSpec.parse(text)
     return FaultPlan(spec) if spec.active else None
-
-
-async def serve_lake(settings: Settings, exchange: str | None) -> None:
-    """API only, over what the lake holds (history; no live stream)."""
-    check_lake(settings, writes=False)
-    sock = bind_api(settings.host, settings.port)  # a taken port stops start-up at once
-    reader = LakeReader(settings.lake_root)
-    state = HotState(settings.hot_trades_per_product, hot_minutes=settings.api_hot_minutes)
-    hub = Hub(settings.api_stream_queue, settings.api_stream_max_clients,
-              settings.api_heartbeat_seconds)  # fmt: skip
-
-    def on_chunk(news: ChunkNews) -> None:  # hot state first: push reads it
-        state.on_chunk(news)
-        hub.on_chunk(news)
-
-    feed_task = None
-    if settings.bus == "kafka":  # live data from the log's tail, history from the lake
-        consumer = KafkaFrames(
-            settings,
-            position=lambda _exchange, _partition: None,
-            group=f"{settings.kafka_group}-serve-{uuid.uuid4().hex[:8]}",
-            from_end=True,
-        )
-        feed_task = asyncio.create_task(HotFeed(on_chunk).run(consumer, asyncio.Event()))
-    server = api_server(
-        settings, state, reader, hub, default_exchange=lambda: exchange or settings.exchange,
-        status=lambda: {"source": None, "lake": str(settings.lake_root)}, ready=lambda: True,
-        own_signals=True,
-    )  # fmt: skip
-    log.info("API on http://%s:%d", settings.host, sock.getsockname()[1])
-    try:
-        await server.serve(sockets=[sock])
-    finally:
-        sock.close()
-        if feed_task is not None:
-            feed_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await feed_task
-            consumer.close()

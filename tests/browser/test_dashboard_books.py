@@ -47,14 +47,16 @@ async def churn(pipeline: Pipeline, paused: threading.Event) -> None:
     """Replace the book ten times a second and tell the registry, as the engine would."""
     while not pipeline.sources:
         await asyncio.sleep(0.05)
-    book = pipeline.books.book(pipeline.sources[0].status.exchange, BOOKED)
+    books = pipeline.books
+    assert books is not None  # books are on
+    book = books.book(pipeline.sources[0].status.exchange, BOOKED)
     n = 0
     while True:
         if not paused.is_set():
             n += 1
             bids, asks = levels(n)
             book.load_snapshot(bids, asks, update_id=n, time=datetime.now(UTC))
-            pipeline.books.changed(book)
+            books.changed(book)
         await asyncio.sleep(0.1)
 
 
@@ -70,7 +72,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         pipeline = Pipeline(
             load_settings(lake_dir=lake, port=port, source="simulator",
                           products=f"{BOOKED},ETH-USD", simulator_rate=20, simulator_seed=3,
-                          batch_interval_ms=100)
+                          batch_interval_ms=100, books=True)
         )  # fmt: skip
         started.extend([asyncio.get_running_loop(), pipeline])
         task = asyncio.create_task(churn(pipeline, paused))

@@ -22,6 +22,9 @@ SEQUENCE_BREAK = "sequence break"
 CROSSED = "crossed book"
 CHECKSUM_MISMATCH = "checksum mismatch"
 BUFFER_OVERFLOW = "buffer overflow"
+#: Breaks the feed cannot see from the frames it passes on (it sees sequence breaks and its
+#: own reconnects): the engine asks it for the book afresh.
+ENGINE_ONLY_BREAKS = frozenset({CROSSED, CHECKSUM_MISMATCH, BUFFER_OVERFLOW})
 
 DROPPED = Verdict(applied=False)
 

@@ -32,7 +32,7 @@ from crypto_sentinel.engine.repair import repair_candles
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.lake.writer import Batch, CommitResult, LakeWriter
-from crypto_sentinel.model import RawFrame, Rejected
+from crypto_sentinel.model import GapRecord, RawFrame, Rejected
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,9 @@ class Engine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-writer")
         self._inflight: Future[CommitResult] | None = None
         self.on_commit: list[Callable[[Batch], None]] = []
+        #: Called with each book break found live (a resync record): the venue can be asked
+        #: for the book afresh (`Pipeline.request_book_resync`).
+        self.on_book_break: list[Callable[[GapRecord], None]] = []
         self._rederiving = False  # feeding bronze through again at start (not new input)
 
     def load_state(self, reader: LakeReader, owns: Callable[[str], bool] | None = None) -> None:
@@ -267,6 +270,8 @@ class Engine:
                 metrics.BOOK_CHANGES.inc(out.updates.num_rows)
             for gap in out.gaps:
                 metrics.BOOK_BREAKS.labels(gap.exchange).inc()
+                for hook in self.on_book_break:
+                    hook(gap)
 
     def _add_to_book(self, delta: Candle) -> None:
         """Merge a chunk's candle of a minute into the book (or keep it as partial while the
