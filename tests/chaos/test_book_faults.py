@@ -9,7 +9,7 @@ ids), `sentinel up`'s pipeline keeps the books with books on, and then:
 - after the faults stop (the run's last trades go out clean, so the last break is found and
   resynced) and the simulator is quiet, the book served by the API equals the simulator's
   true book level by level;
-- `book_at` over the lake answers, for random moments of the run, exactly the live book the
+- `book_at` over the lake answers, for 100 random moments of the run, exactly the live book the
   registry showed at that moment.
 """
 
@@ -147,9 +147,9 @@ async def test_books_survive_book_faults(venue: str, tmp_path: Path) -> None:
 
     # at=: random moments of the run, each answered as the registry showed it then.
     moments = [(t, view) for (t, view), (later, _) in itertools.pairwise(seen) if later > t]
-    assert len(moments) > 50
+    assert len(moments) >= 100
     rng = random.Random(5)
-    for when, view in rng.sample(moments, 30):
+    for when, view in rng.sample(moments, 100):
         stored = book_at(lake, venue, product, when, None)
         assert stored is not None, when
         assert stored.valid == view.valid, when
