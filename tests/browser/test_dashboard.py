@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from deltalake import DeltaTable
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from crypto_sentinel.lake import tables as LT
 from crypto_sentinel.lake.writer import Batch, LakeWriter
@@ -40,7 +40,6 @@ from tests.conftest import COINBASE_DATA, ROOT, free_port
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = Path("/usr/bin/chromium")
 #: The README's picture is refreshed only on request (SENTINEL_UPDATE_SCREENSHOT=1); a plain
 #: test run writes its screenshot to the test's own folder, never over the committed one.
 README_SCREENSHOT = ROOT / "docs" / "dashboard.png"
@@ -239,17 +238,6 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
 @pytest.fixture(scope="module")
 def server(market: Market) -> str:
     return market.base
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)"
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM))
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @dataclass

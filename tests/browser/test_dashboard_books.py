@@ -16,11 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
 from crypto_sentinel.config import load_settings
 from crypto_sentinel.runtime import Pipeline
-from tests.browser.test_dashboard import CHROMIUM, eventually, open_dashboard
+from tests.browser.test_dashboard import eventually, open_dashboard
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.e2e
@@ -111,17 +111,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             loop.call_soon_threadsafe(pipeline.stop_event.set)
         thread.join(60)
         assert not thread.is_alive(), "the pipeline did not stop"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)"
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM))
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 DRAWN = "() => { const d = document.getElementById('depth'); return d.dataset.updateId; }"
