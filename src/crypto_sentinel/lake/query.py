@@ -71,6 +71,7 @@ class LakeReader(RecentReads):
         self._trade_groups = RowGroupCache(TRADE_CACHE_ROWS, *self._fs)
         self._old_trade_groups = RowGroupCache(OLD_TRADE_CACHE_ROWS, *self._fs)
         self._answers: dict[tuple[Any, ...], tuple[int, list[dict[str, Any]]]] = {}
+        self._computing: dict[tuple[Any, ...], threading.Lock] = {}
         self._file_lists: dict[tuple[Any, ...], tuple[int, Any]] = {}
         self._listings: dict[tuple[Any, ...], list[str]] = {}
         self._buckets: dict[tuple[Any, ...], pa.Table] = {}

@@ -54,6 +54,7 @@ class RecentReads:
     _updated: dict[str, float]
     _actions: dict[str, tuple[int, pa.Table]]
     _answers: dict[tuple[Any, ...], tuple[int, list[dict[str, Any]]]]
+    _computing: dict[tuple[Any, ...], threading.Lock]  # one computation of an answer at a time
     _file_lists: dict[tuple[Any, ...], tuple[int, Any]]
     _minutes: tuple[float, dict[tuple[str, str], _Minutes]] | None
     _candle_files: FileCache
@@ -145,13 +146,28 @@ class RecentReads:
         hit = self._answers.get(key)
         if hit is not None and hit[0] == version:
             return list(hit[1])
-        rows = answer()
-        if rows is not None:
-            if len(self._answers) >= ANSWER_CACHE:
-                self._answers.clear()
-            self._answers[key] = (version, rows)
-            return list(rows)
-        return rows
+        # One thread computes a new version's answer; the others asking meanwhile take the
+        # previous version's (as old as a version, like any answer kept for TRADES_MAX_AGE)
+        # instead of each decoding the same row groups at once: the tail of `/latest` under
+        # many clients.
+        computing = self._computing.setdefault(key, threading.Lock())
+        if not computing.acquire(blocking=hit is None):
+            assert hit is not None
+            return list(hit[1])
+        try:
+            hit = self._answers.get(key)
+            if hit is not None and hit[0] == version:  # computed while this one waited
+                return list(hit[1])
+            rows = answer()
+            if rows is not None:
+                if len(self._answers) >= ANSWER_CACHE:
+                    self._answers.clear()
+                    self._computing.clear()
+                self._answers[key] = (version, rows)
+                return list(rows)
+            return rows
+        finally:
+            computing.release()
 
     def newest_rows(
         self,
