@@ -216,7 +216,8 @@ async def test_head_works_wherever_get_does(api: tuple[httpx.AsyncClient, Pipeli
             assert head.headers["content-type"].startswith("text/event-stream")
             continue
         got = await client.get(path)
-        assert head.status_code == got.status_code == 200, (path, head.status_code)
+        expected = 404 if path.endswith("/book") else 200  # books are off here: none to show
+        assert head.status_code == got.status_code == expected, (path, head.status_code)
         assert head.content == b"", path
         assert head.headers["content-type"] == got.headers["content-type"], path
     assert (await client.head("/v1/products/NOPE-USD/ticker")).status_code == 404
