@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from crypto_sentinel.books.history import book_at
 from crypto_sentinel.books.orderbook import BookView, OrderBook
@@ -44,8 +45,8 @@ DEPTH = 100  # the books' depth: Kraken's subscription, Binance's REST snapshot
 #: Levels a side compared with the truth: a book kept to DEPTH levels knows its top exactly
 #: (Binance's deeper levels are known only where a diff touched them after the snapshot).
 COMPARED = 10
-TRADES = 500
-CLEAN_TAIL = 100  # the last trades of the run go out without faults
+TRADES = 800
+CLEAN_TAIL = 150  # the last trades of the run go out without faults
 
 
 def levels(pairs: list[tuple[Decimal, Decimal]]) -> list[tuple[str, str]]:
@@ -81,6 +82,7 @@ async def test_books_survive_book_faults(venue: str, tmp_path: Path) -> None:
         if moment is not None:
             seen.append((moment, book.view()))
 
+    breaks_before = REGISTRY.get_sample_value("sentinel_book_breaks_total", {"exchange": venue})
     async with sim:
         port = free_port()
         settings = load_settings(
@@ -138,6 +140,8 @@ async def test_books_survive_book_faults(venue: str, tmp_path: Path) -> None:
     assert crossed == [], crossed[:3]
     stats = pipeline.engine.stats
     assert stats.book_resyncs > 0, stats  # breaks were found ...
+    breaks = REGISTRY.get_sample_value("sentinel_book_breaks_total", {"exchange": venue})
+    assert (breaks or 0) - (breaks_before or 0) == stats.book_resyncs  # ... counted at /metrics
     gaps = [g for g in read_table(lake, T.GAPS).to_pylist() if g["kind"] == "book"]
     assert len(gaps) == stats.book_resyncs and all(g["reason"] for g in gaps)
     if venue == "kraken":  # ... a checksum only the engine sees made it ask the feed

@@ -1,7 +1,8 @@
 """Every metric declared at /metrics moves when its event happens, over a real pipeline.
 
 The simulator source injects the events (disconnects, dropped ranges that REST backfills,
-duplicates, malformed frames), a WebSocket client takes live push, and the lake holds a batch
+duplicates, malformed frames, repeated book updates; books on, over the Exchange's signed
+level2), a WebSocket client takes live push, and the lake holds a batch
 whose commit was interrupted (a replay killed after its bronze commit), so start-up derives it
 again. /metrics is scraped while it runs, until each family has moved or the deadline passes.
 """
@@ -9,6 +10,7 @@ again. /metrics is scraped while it runs, until each family has moved or the dea
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -34,6 +36,16 @@ ELSEWHERE = {
     "sentinel_push_dropped_clients": "tests/integration/test_stream.py (a slow reader)",
     # Kafka mode only (set from the consumer's client statistics); no broker test checks it yet.
     "sentinel_kafka_consumer_lag_messages": "Kafka mode only",
+    # Coinbase Exchange's level2 has no sequence: its feed never starts a resync by itself.
+    "sentinel_book_resyncs": "tests/integration/test_book_feeds.py (a Binance U/u gap)",
+    # A reconnect's new connection starts with a snapshot: a break needs a faulty venue.
+    "sentinel_book_breaks": "tests/chaos/test_book_faults.py (dropped, corrupted updates)",
+}
+#: Books on the Exchange feed need a signed subscribe (the simulator checks the fields only).
+CREDENTIALS = {
+    "coinbase_api_key": "metrics-key",
+    "coinbase_api_secret": base64.b64encode(b"metrics secret").decode(),
+    "coinbase_api_passphrase": "metrics-phrase",
 }
 
 
@@ -109,12 +121,16 @@ async def test_every_declared_metric_moves(lake: Path, tmp_path: Path) -> None:
         name: REGISTRY.get_sample_value(name, {"exchange": "simulator"}) or 0.0
         for name in ("sentinel_frames_total", "sentinel_trades_total")
     }
-    faults = "disconnect_every=2,drop=0.03,drop_max=3,duplicate=0.05,malformed=0.02,seed=4"
+    faults = (
+        "disconnect_every=2,drop=0.03,drop_max=3,duplicate=0.05,malformed=0.02,"
+        "book_duplicate=0.05,seed=4"
+    )
     moves = Moves()
     counts: dict[str, int] = {}
     async for client, pipeline in served_pipeline(
         lake, source="simulator", products=",".join(PRODUCTS), simulator_rate=400,
-        simulator_faults=faults, batch_interval_ms=50, bus_capacity=20,
+        simulator_faults=faults, batch_interval_ms=50, bus_capacity=20, books=True,
+        **CREDENTIALS,
     ):  # fmt: skip
         port = pipeline.settings.port
         reader = asyncio.create_task(push_reader(port, counts))
