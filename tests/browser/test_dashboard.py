@@ -696,7 +696,12 @@ def test_empty_chart_says_so_without_a_made_up_time_axis(browser: Browser, serve
         axes += " document.querySelectorAll('#chart .xtick, #chart .ytick').length]; }"
         assert page.evaluate(axes) == [False, False, False, 0]
         expect(chart).to_contain_text("Loading candles…")
-        eventually(lambda: held or None, "the page to ask for candles")  # [] is not None
+
+        def asked() -> list[Any] | None:
+            page.wait_for_timeout(50)  # route handlers run only inside Playwright's calls
+            return held or None  # [] is not None
+
+        eventually(asked, "the page to ask for candles")
         held[0].fulfill(json={"data": [], "granularity": 60, "product_id": "BTC-USD",
                               "exchange": "simulator", "start": "x", "end": "y"})  # fmt: skip
         expect(chart).to_have_attribute("data-state", "empty")
