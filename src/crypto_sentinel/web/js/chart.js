@@ -4,6 +4,8 @@
 // not prove `complete` (trade ids missing in it or next to it, or a gap the backfill could not
 // fill) gets a marker above its high.
 
+import { PlotView } from "./plotview.js";
+
 const COLOURS = {
   light: {
     paper: "#ffffff", text: "#1f2933", grid: "#e4e7eb", up: "#0a7d45", down: "#c5221f",
@@ -16,20 +18,12 @@ const COLOURS = {
 };
 const MAX_CANDLES = 600;
 
-export class CandleChart {
+export class CandleChart extends PlotView {
   constructor(element) {
-    this.element = element;
+    super(element);
     this.candles = new Map(); // start (ISO text) -> candle as the API sends it
-    this.theme = "light";
     this.view = ""; // product and granularity: zoom is kept until they change
     this.loaded = false; // false until the first history arrives: "loading", not "empty"
-    this.queued = false;
-    this.drawn = false;
-    // The panel can change size without the window doing so (the side column grows, a
-    // banner appears): follow it, so the chart never overflows or leaves space unused.
-    new ResizeObserver(() => {
-      if (this.drawn) window.Plotly.Plots.resize(this.element);
-    }).observe(element);
   }
 
   /** Show `list` (any order) for `view`, dropping what was shown before. */
@@ -49,23 +43,9 @@ export class CandleChart {
     this.draw();
   }
 
-  setTheme(name) {
-    this.theme = name;
-    this.draw();
-  }
-
   /** Candles oldest first (the API's ISO times sort as text). */
   ordered() {
     return [...this.candles.values()].sort((a, b) => (a.start < b.start ? -1 : 1));
-  }
-
-  draw() {
-    if (this.queued) return;
-    this.queued = true;
-    requestAnimationFrame(() => {
-      this.queued = false;
-      this.render();
-    });
   }
 
   render() {

@@ -3,6 +3,8 @@
 // conflates them), so a redraw per animation frame shows the latest one. Without a book the
 // panel says why instead of drawing empty axes.
 
+import { PlotView } from "./plotview.js";
+
 const COLOURS = {
   light: { paper: "#ffffff", text: "#1f2933", grid: "#e4e7eb", bid: "#0a7d45", ask: "#c5221f" },
   dark: { paper: "#161b22", text: "#e6edf3", grid: "#30363d", bid: "#3fb950", ask: "#f85149" },
@@ -20,19 +22,12 @@ function cumulative(levels) {
   });
 }
 
-export class DepthChart {
+export class DepthChart extends PlotView {
   constructor(element, note, readout) {
-    this.element = element;
+    super(element);
     this.note = note;
     this.readout = readout;
-    this.theme = "light";
     this.book = null;
-    this.queued = false;
-    this.drawn = false;
-    // Hiding the chart (no book) resizes it too: only a shown chart is resized.
-    new ResizeObserver(() => {
-      if (this.drawn && !this.element.hidden) window.Plotly.Plots.resize(this.element);
-    }).observe(element);
     this.reset();
   }
 
@@ -46,20 +41,6 @@ export class DepthChart {
   show(book) {
     this.book = book;
     this.draw();
-  }
-
-  setTheme(name) {
-    this.theme = name;
-    this.draw();
-  }
-
-  draw() {
-    if (this.queued) return;
-    this.queued = true;
-    requestAnimationFrame(() => {
-      this.queued = false;
-      this.render();
-    });
   }
 
   render() {
