@@ -10,10 +10,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
+import pytest
+
+from crypto_sentinel.api.app import create_app
+from crypto_sentinel.api.render import latest_row_item
+from crypto_sentinel.api.routes import latest as latest_route
+from crypto_sentinel.api.state import HotState
 from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.lake.recent import TRADES_MAX_AGE
 from crypto_sentinel.lake.writer import Batch, LakeWriter
 from tests.integration.test_maintenance import MIDNIGHT, trade
+
+PRODUCTS = ["BTC-USD", "ETH-USD"]
 
 
 def test_a_new_version_is_computed_once_and_others_take_the_previous_answer(
@@ -53,3 +63,38 @@ def test_a_new_version_is_computed_once_and_others_take_the_previous_answer(
     # once computed, the new version's answer is the one kept
     assert reader._kept(key, counted) == [{"trade_id": "new"}]
     assert calls == ["slow"]
+
+
+async def test_latest_of_a_lake_replica_is_rendered_once_per_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`/latest` with memory empty (`sentinel serve`): the route reads the lake once, then the
+    fast path answers from the kept answer with the same bytes, rendering them once per table
+    version; a new commit is answered once the reader has looked at the log again."""
+    lake = tmp_path / "lake"
+    writer = LakeWriter(lake, "stream")
+    writer.commit(Batch(version=1, trades=[trade(i, "coinbase", MIDNIGHT) for i in range(4)]))
+    rendered: list[int] = []
+
+    def counted(row: dict[str, Any]) -> dict[str, Any]:
+        rendered.append(row["trade_id"])
+        return latest_row_item(row)
+
+    monkeypatch.setattr(latest_route, "latest_row_item", counted)
+    app = create_app(HotState(), LakeReader(lake), lambda: "coinbase", PRODUCTS, dict, lambda: True)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        bodies = [(await client.get("/latest")).content for _ in range(4)]
+        assert [d["trade_id"] for d in orjson.loads(bodies[0])["data"]] == [1003, 1002, 1001, 1000]
+        assert len(set(bodies)) == 1
+        assert len(rendered) == 8  # the route once, the fast path once: not once a request
+
+        writer.commit(Batch(version=2, trades=[trade(9, "coinbase", MIDNIGHT)]))
+        time.sleep(TRADES_MAX_AGE + 0.05)
+        newer = [(await client.get("/latest")).content for _ in range(3)]
+        assert [d["trade_id"] for d in orjson.loads(newer[-1])["data"]][:2] == [1009, 1003]
+        assert len(set(newer)) == 1
+        assert len(rendered) == 8 + 2 * 5
+
+        r = await client.get("/latest", params={"symbol": "NOPE-USD"})  # still the route's 404
+        assert r.status_code == 404, r.text

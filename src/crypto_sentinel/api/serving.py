@@ -101,9 +101,10 @@ async def serve_lake(settings: Settings, exchange: str | None) -> None:
             from_end=True,
         )
         feed_task = asyncio.create_task(HotFeed(on_chunk).run(consumer, asyncio.Event()))
+    lake = str(settings.lake_root)  # resolved once: status is asked on every request
     server = api_server(
         settings, state, reader, hub, default_exchange=lambda: exchange or settings.exchange,
-        status=lambda: {"source": None, "lake": str(settings.lake_root)}, ready=lambda: True,
+        status=lambda: {"source": None, "lake": lake}, ready=lambda: True,
         own_signals=True,
     )  # fmt: skip
     log.info("API on http://%s:%d", settings.host, sock.getsockname()[1])

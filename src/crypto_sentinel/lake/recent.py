@@ -122,6 +122,14 @@ class RecentReads:
         """`newest_trades`' answer if it is kept for the current snapshot and the snapshot
         is fresh enough to use without a look at the Delta log; else None. Never blocks:
         for the event loop, which then needs no worker thread for most `/latest` calls."""
+        kept = self.kept_newest(exchange, product_id, limit)
+        return None if kept is None else list(kept[1])
+
+    def kept_newest(
+        self, exchange: str, product_id: str | None, limit: int
+    ) -> tuple[int, Sequence[dict[str, Any]]] | None:
+        """(table version, rows) of `kept_newest_trades`, the rows not copied (read only):
+        the version lets a caller keep what it makes of them (a rendered body) as long."""
         dt = self._tables.get(T.TRADES.name)
         hit = self._answers.get(("newest", exchange, product_id, limit))
         if dt is None or hit is None:
@@ -131,7 +139,7 @@ class RecentReads:
         cached = self._actions.get(T.TRADES.name)
         if cached is None or cached[0] != hit[0]:
             return None
-        return list(hit[1])
+        return hit
 
     def _kept(
         self, key: tuple[Any, ...], answer: Callable[[], list[dict[str, Any]] | None]

@@ -1,10 +1,12 @@
 """`GET /latest`: the seed's contract, newest trades first, from memory.
 
 The seed's frontend polls this, so it is the busiest route. A well-formed request that
-memory can answer is served by `LatestFastPath`, a pure ASGI layer in front of the app that
-skips FastAPI's per-request parameter machinery (about half the route's CPU). Anything else
-(bad parameters, unknown products, the lake fallback) reaches the FastAPI route below, which
-is also what the OpenAPI document describes; both build the body with `memory_items`.
+memory can answer, or that the lake reader has an answer kept for (a `sentinel serve`
+replica), is served by `LatestFastPath`, a pure ASGI layer in front of the app that skips
+FastAPI's per-request parameter machinery (about half the route's CPU); a lake answer is
+rendered once per table version. Anything else (bad parameters, unknown products, a lake
+answer still to be read) reaches the FastAPI route below, which is also what the OpenAPI
+document describes; both build the body with `memory_items` and `latest_row_item`.
 """
 
 from __future__ import annotations
@@ -121,13 +123,20 @@ class LatestFastPath:
 
     ROUTE = SimpleNamespace(path="/latest")  # what the metrics middleware labels it
 
+    #: Rendered lake answers kept at most (a key is the exchanges, symbol and limit asked).
+    LAKE_BODIES = 256
+
     def __init__(self, app: ASGIApp, ctx: ApiContext) -> None:
         self.app = app
         self.ctx = ctx
+        self._lake_bodies: dict[tuple[Any, ...], tuple[tuple[int, ...], bytes]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/latest" and scope["method"] == "GET":
-            body = self.answer(scope["query_string"])
+            query = self.parameters(scope["query_string"])
+            body = None if query is None else self.memory_body(*query)
+            if body is None and query is not None:
+                body = await self.lake_body(*query)
             if body is not None:
                 scope["route"] = self.ROUTE
                 headers = [
@@ -139,12 +148,14 @@ class LatestFastPath:
                 return
         await self.app(scope, receive, send)
 
-    def answer(self, query: bytes) -> bytes | None:
-        """The response body, or None to let the FastAPI route decide."""
+    @staticmethod
+    def parameters(query: bytes) -> tuple[str | None, str | None, int] | None:
+        """(exchange, symbol, limit) of a well-formed query, or None to let the FastAPI route
+        apply its rules and errors."""
         pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
         params = dict(pairs)
         if len(params) != len(pairs):
-            return None  # a repeated parameter: let FastAPI apply its rules
+            return None  # a repeated parameter
         limit = params.get("limit", str(MAX_LIMIT))
         if not _LIMIT.fullmatch(limit) or not 1 <= int(limit) <= MAX_LIMIT:
             return None
@@ -152,9 +163,38 @@ class LatestFastPath:
         if exchange is not None and not 0 < len(exchange) <= 40:
             return None
         symbol = params.get("symbol")
-        if symbol is not None and not 0 < len(symbol) <= 40:
+        if symbol is not None and not 0 < len(symbol) <= MAX_PRODUCT_ID:
             return None
-        # memory has trades of the symbol only if it is a known product, so an empty answer
-        # (unknown product, or memory empty) is left to the route: 404 or the lake
-        items = memory_items(self.ctx, exchange, symbol, int(limit))
+        return exchange, symbol, int(limit)
+
+    def memory_body(self, exchange: str | None, symbol: str | None, limit: int) -> bytes | None:
+        """The body from memory. Memory has trades of the symbol only if it is a known
+        product, so an empty answer (unknown product, or memory empty) is None."""
+        items = memory_items(self.ctx, exchange, symbol, limit)
         return orjson.dumps({"data": items}) if items else None
+
+    async def lake_body(self, exchange: str | None, symbol: str | None, limit: int) -> bytes | None:
+        """The body from the lake reader's answers kept for the current snapshot, rendered
+        once per table version; None when one is still to be read (the route reads it in a
+        thread) or the lake has no such trades (the route answers 404 or an empty list)."""
+        names = [exchange] if exchange is not None else await self.ctx.exchanges_with_data(symbol)
+        kept = [self.ctx.reader.kept_newest(name, symbol, limit) for name in names]
+        answers = [k for k in kept if k is not None]
+        if not answers or len(answers) != len(kept):
+            return None
+        versions = tuple(version for version, _ in answers)
+        key = (tuple(names), symbol, limit)
+        hit = self._lake_bodies.get(key)
+        if hit is not None and hit[0] == versions:
+            return hit[1]
+        rows = [row for _, rows in answers for row in rows]
+        if not rows:
+            return None
+        if len(names) > 1:
+            rows.sort(key=lambda r: (r["time"], r["trade_id"]), reverse=True)
+            del rows[limit:]
+        body = orjson.dumps({"data": [latest_row_item(r) for r in rows]})
+        if len(self._lake_bodies) >= self.LAKE_BODIES:
+            self._lake_bodies.clear()
+        self._lake_bodies[key] = (versions, body)
+        return body
