@@ -269,3 +269,40 @@ async def test_lake_reads_equal_a_full_scan_compacted_or_not(
     check_old_candles(reader, db)
     await check_api(reader, db)
     check_newest(LakeReader(lake), db)  # and a new one
+
+
+def test_a_kept_old_page_follows_a_trade_stored_later_into_its_window(tmp_path: Path) -> None:
+    """Old trade pages are kept per question and per the row groups that answer it: a trade
+    stored later into the page's window (a backfill fills a hole) is in the next answer."""
+    lake = tmp_path / "lake"
+    tables = T.ensure_tables(lake)
+    parts = [_trades("coinbase", commit) for commit in range(4)]
+    for part in parts:
+        write_deltalake(tables[T.TRADES.name], part, mode="append",
+                        partition_by=["date", "exchange"],
+                        writer_properties=SMALL_GROUPS)  # fmt: skip
+    write_deltalake(tables[T.CANDLES_1M.name], _candles(pa.concat_tables(parts)), mode="append",
+                    partition_by=["date"])  # fmt: skip
+    db = full_scan(lake)
+    ids = [r[0] for r in db.execute("SELECT trade_id FROM trades WHERE product_id = 'BTC-USD'"
+                                    " ORDER BY trade_id").fetchall()]  # fmt: skip
+    before = ids[len(ids) // 2]
+    hole = next(i for i in range(before - 1, ids[0], -1) if i not in set(ids))
+    reader = LakeReader(lake)
+    window = reader._candle_window("coinbase", "BTC-USD", before, 50)
+    assert window is not None and window[1] is not None  # answered by the candle window
+    first = reader.trades("coinbase", "BTC-USD", before, 50)
+    assert reader.trades("coinbase", "BTC-USD", before, 50) == first  # the kept answer
+    assert hole not in [r["trade_id"] for r in first] and hole > first[-1]["trade_id"]
+
+    stored = [r for part in parts for r in part.to_pylist() if r["product_id"] == "BTC-USD"]
+    neighbour = max((r for r in stored if r["trade_id"] < hole), key=lambda r: r["trade_id"])
+    late = {**neighbour, "trade_id": hole, "sequence": -1}
+    write_deltalake(tables[T.TRADES.name], pa.Table.from_pylist([late], schema=T.TRADES.schema),
+                    mode="append", partition_by=["date", "exchange"])  # fmt: skip
+    time.sleep(Q.TRADES_MAX_AGE + 0.05)  # the reader sees the new version
+    again = reader.trades("coinbase", "BTC-USD", before, 50)
+    assert hole in [r["trade_id"] for r in again]
+    want = scan_rows(full_scan(lake), "SELECT * FROM trades WHERE product_id = 'BTC-USD' AND"
+                     " trade_id < ? ORDER BY trade_id DESC LIMIT 50", [before])  # fmt: skip
+    same_trades(again, want)

@@ -73,6 +73,7 @@ class LakeReader(RecentReads):
         self._answers: dict[tuple[Any, ...], tuple[int, list[dict[str, Any]]]] = {}
         self._computing: dict[tuple[Any, ...], threading.Lock] = {}
         self._file_lists: dict[tuple[Any, ...], tuple[int, Any]] = {}
+        self._window_pages: dict[tuple[Any, ...], list[dict[str, Any]] | None] = {}
         self._listings: dict[tuple[Any, ...], list[str]] = {}
         self._buckets: dict[tuple[Any, ...], pa.Table] = {}
         self._minutes: tuple[float, dict[tuple[str, str], _Minutes]] | None = None

@@ -33,6 +33,8 @@ TRADES_MAX_AGE = 0.25
 TRADE_PAGE_COLUMNS = ("product_id", "trade_id", "price", "size", "side", "time", "recv_time")
 #: Answers of `newest_trades` kept per table version (one per exchange, product and limit).
 ANSWER_CACHE = 256
+#: Trade pages below a cursor kept (per question and the row groups that answer it).
+WINDOW_PAGES = 256
 _EMPTY_TRADES = pa.table(
     {f.name: pa.array([], f.type) for f in T.TRADES.schema if f.name != "date"}
 )
@@ -56,6 +58,7 @@ class RecentReads:
     _answers: dict[tuple[Any, ...], tuple[int, list[dict[str, Any]]]]
     _computing: dict[tuple[Any, ...], threading.Lock]  # one computation of an answer at a time
     _file_lists: dict[tuple[Any, ...], tuple[int, Any]]
+    _window_pages: dict[tuple[Any, ...], list[dict[str, Any]] | None]
     _minutes: tuple[float, dict[tuple[str, str], _Minutes]] | None
     _candle_files: FileCache
     _trade_groups: RowGroupCache
@@ -130,8 +133,27 @@ class RecentReads:
     ) -> tuple[int, Sequence[dict[str, Any]]] | None:
         """(table version, rows) of `kept_newest_trades`, the rows not copied (read only):
         the version lets a caller keep what it makes of them (a rendered body) as long."""
+        return self._kept_now(("newest", exchange, product_id, limit))
+
+    def kept_trades(
+        self,
+        exchange: str,
+        product_id: str,
+        before: int | None,
+        limit: int,
+        columns: tuple[str, ...] | None = None,
+    ) -> list[dict[str, Any]] | None:
+        """`trades`' answer if a recent page's is kept for the current, fresh snapshot; else
+        None (never blocks: the trade route then needs no worker thread for it)."""
+        key = ("trades", exchange, product_id, before, limit, columns)
+        kept = self._kept_now(key)
+        return None if kept is None else list(kept[1])
+
+    def _kept_now(self, key: tuple[Any, ...]) -> tuple[int, Sequence[dict[str, Any]]] | None:
+        """The answer kept under `key` if it is of the current snapshot and that snapshot
+        was looked up less than TRADES_MAX_AGE ago."""
         dt = self._tables.get(T.TRADES.name)
-        hit = self._answers.get(("newest", exchange, product_id, limit))
+        hit = self._answers.get(key)
         if dt is None or hit is None:
             return None
         if time.monotonic() - self._updated.get(T.TRADES.name, 0.0) >= TRADES_MAX_AGE:
@@ -453,6 +475,30 @@ class RecentReads:
         if files is None:
             return None
         groups = self._groups_in(files, lo, hi)
+        # the same question over the same row groups (files never change) has the same
+        # answer: kept, as history pages are asked again and again
+        key = (exchange, product_id, before, limit, lo, hi, columns, tuple(groups))
+        if key in self._window_pages:
+            page = self._window_pages[key]
+            return None if page is None else list(page)
+        page = self._read_window(exchange, product_id, before, limit, lo, hi, columns, groups)
+        if len(self._window_pages) >= WINDOW_PAGES:
+            self._window_pages.clear()
+        self._window_pages[key] = page
+        return None if page is None else list(page)
+
+    def _read_window(
+        self,
+        exchange: str,
+        product_id: str,
+        before: int,
+        limit: int,
+        lo: datetime | None,
+        hi: datetime,
+        columns: tuple[str, ...] | None,
+        groups: list[tuple[str, int]],
+    ) -> list[dict[str, Any]] | None:
+        """`_window_page` read from the row groups."""
         table = self._trade_rows(
             exchange, groups, product_id, lo, hi, columns, self._old_trade_groups
         )

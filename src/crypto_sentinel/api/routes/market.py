@@ -16,6 +16,7 @@ from crypto_sentinel.api.asof import as_of_items
 from crypto_sentinel.api.candles import DAY, CandleService, WindowError, page_window
 from crypto_sentinel.api.context import ApiContext, bad_parameter, not_found
 from crypto_sentinel.api.render import (
+    TradeRowItems,
     candle_item,
     iso,
     stats_item,
@@ -66,6 +67,7 @@ class Granularity(IntEnum):
 def router(ctx: ApiContext) -> APIRouter:
     api = APIRouter(prefix="/v1")
     state = ctx.state
+    rendered = TradeRowItems()  # trade pages from the lake
 
     @api.get(
         "/exchanges",
@@ -178,11 +180,11 @@ def router(ctx: ApiContext) -> APIRouter:
             floor = ring.complete_from
             lake_before = floor if before is None else min(before, floor)
         if len(items) < limit:
-            rows = await ctx.in_thread(
-                ctx.reader.trades, ex, product_id, lake_before, limit - len(items),
-                TRADE_PAGE_COLUMNS,
-            )  # fmt: skip
-            items += [trade_row_item(r) for r in rows]
+            page = (ex, product_id, lake_before, limit - len(items), TRADE_PAGE_COLUMNS)
+            rows = ctx.reader.kept_trades(*page)  # no thread when kept
+            if rows is None:
+                rows = await ctx.in_thread(ctx.reader.trades, *page)
+            items += [rendered(product_id, r) for r in rows]
         headers = {}
         if items:
             headers = {
