@@ -306,3 +306,39 @@ def test_a_kept_old_page_follows_a_trade_stored_later_into_its_window(tmp_path: 
     want = scan_rows(full_scan(lake), "SELECT * FROM trades WHERE product_id = 'BTC-USD' AND"
                      " trade_id < ? ORDER BY trade_id DESC LIMIT 50", [before])  # fmt: skip
     same_trades(again, want)
+
+
+async def test_a_kept_old_candle_page_follows_rewritten_candles(tmp_path: Path) -> None:
+    """A candle page of the past from the lake alone is rendered once and kept while its
+    files stay the same; rewritten candles (new files) are in the next answer."""
+    lake = tmp_path / "lake"
+    tables = T.ensure_tables(lake)
+    trades = pa.concat_tables([_trades("coinbase", commit) for commit in range(2)])
+    write_deltalake(tables[T.TRADES.name], trades, mode="append",
+                    partition_by=["date", "exchange"])  # fmt: skip
+    candles = _candles(trades)
+    write_deltalake(tables[T.CANDLES_1M.name], candles, mode="append", partition_by=["date"])
+    app = create_app(HotState(), LakeReader(lake), lambda: "coinbase", PRODUCTS, dict, lambda: True)
+    transport = httpx.ASGITransport(app=app)
+    page = {"granularity": 60, "start": "2024-03-01T12:00:00Z", "end": "2024-03-01T13:00:00Z"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        first, again = [await client.get("/v1/products/BTC-USD/candles", params=page)
+                        for _ in range(2)]  # fmt: skip
+        assert first.status_code == 200, first.text
+        assert first.content == again.content
+        minute = {d["start"]: d for d in first.json()["data"]}["2024-03-01T12:10:00.000000Z"]
+        assert minute["trade_count"] == 2 and minute["forming"] is False
+
+        at = pc.and_(pc.equal(candles["product_id"], "BTC-USD"),
+                     pc.equal(candles["start"], pa.scalar(START + timedelta(minutes=10),
+                                                          T.UTC_TS)))  # fmt: skip
+        rewritten = candles.set_column(
+            candles.schema.get_field_index("trade_count"), "trade_count",
+            pc.if_else(at, pa.scalar(7, candles["trade_count"].type), candles["trade_count"]),
+        )  # fmt: skip
+        write_deltalake(tables[T.CANDLES_1M.name], rewritten, mode="overwrite",
+                        partition_by=["date"])  # fmt: skip
+        time.sleep(Q.CANDLE_HISTORY_MAX_AGE + 0.05)  # the reader looks at the log again
+        later = await client.get("/v1/products/BTC-USD/candles", params=page)
+        minute = {d["start"]: d for d in later.json()["data"]}["2024-03-01T12:10:00.000000Z"]
+        assert minute["trade_count"] == 7

@@ -139,8 +139,17 @@ class CandleService:
 
         The reader hands back the same table while the page's files stay the same, so the
         rendering is kept for it (copies: the route marks items `forming`)."""
+        _, items = self.lake_page(exchange, product_id, granularity, lo, cut)
+        return {start: dict(item) for start, item in items.items()}
+
+    def lake_page(
+        self, exchange: str, product_id: str, granularity: int, lo: datetime, cut: datetime
+    ) -> tuple[object, dict[datetime, dict[str, Any]]]:
+        """(token, items) of `lake_items`, the items not copied (read only). The token is the
+        same object for as long as the page's files stay the same, so a caller can keep what
+        it makes of the items (a rendered page) as long (blocking: call in a thread)."""
         if cut <= lo:
-            return {}
+            return None, {}
         rows = self.reader.candle_buckets(exchange, product_id, lo, cut, granularity)
         key = (exchange, product_id, granularity, lo, cut)
         hit = self._lake_pages.get(key)
@@ -148,7 +157,7 @@ class CandleService:
             if len(self._lake_pages) > 512:
                 self._lake_pages.clear()
             hit = self._lake_pages[key] = (rows, candle_items(rows, granularity))
-        return {start: dict(item) for start, item in hit[1].items()}
+        return hit
 
     def lake_part(
         self, exchange: str, product_id: str, granularity: int, bucket: datetime, cut: datetime
