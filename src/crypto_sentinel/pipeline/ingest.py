@@ -107,10 +107,10 @@ class IngestRole:
         return asyncio.create_task(_all(feeds), name="source")
 
     async def stop(self, task: asyncio.Task[None]) -> None:
-        """Stop the sources (`task` from `start`) and hand Kafka what they published."""
+        """Stop the sources (`task` from `start`; a failure it ended with is the
+        supervisor's to raise) and hand Kafka what they published."""
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await asyncio.wait([task])
         if self.publisher is not None:
             left = await asyncio.to_thread(self.publisher.flush, 30)
             if left:

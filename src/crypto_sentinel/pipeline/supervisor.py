@@ -12,7 +12,6 @@ its final commit, then the API stops.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import socket
@@ -200,6 +199,8 @@ class Pipeline:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.stop_event.set)
         tasks: list[asyncio.Task[Any]] = []
+        # Roles whose end stops the process (with the stop event and the sources).
+        waiting: set[asyncio.Task[Any]] = {asyncio.create_task(self.stop_event.wait())}
         if with_api and self.api_socket is not None:
             # Started before the engine: the API's warm-up fills hot state before any frame.
             self.api = ApiRole(
@@ -207,7 +208,9 @@ class Pipeline:
                 self.books, status=self.status, ready=self.ready,
                 default_exchange=self._exchange_name,
             )  # fmt: skip
-            tasks.append(asyncio.create_task(self.api.serve(self.api_socket), name="api"))
+            api_task = asyncio.create_task(self.api.serve(self.api_socket), name="api")
+            tasks.append(api_task)
+            waiting.add(api_task)
         if processing is not None:
             maintain = processing.maintenance(self.stop_event)
             tasks.append(asyncio.create_task(maintain, name="maintenance"))
@@ -216,7 +219,6 @@ class Pipeline:
             heartbeat_path(self.settings.data_dir, role), self.ready, self.status, self.stop_event
         )
         tasks.append(asyncio.create_task(beat, name="heartbeat"))
-        waiting: set[asyncio.Task[Any]] = {asyncio.create_task(self.stop_event.wait())}
         source_task = await ingesting.start(self.bus) if ingesting is not None else None
         if source_task is not None:
             waiting.add(source_task)
@@ -225,31 +227,54 @@ class Pipeline:
         if processing is not None:
             engine_task = processing.start(self.bus, input_done)
             waiting.add(engine_task)
-        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        if source_task is not None and source_task in done and self.sources:
-            source_task.result()  # a source that fails for good is fatal: raise it
-            log.info("sources finished (%s frames)", sum(x.status.frames for x in self.sources))
-            if not self.settings.source.startswith("replay:") or not with_api:
-                self.stop_event.set()
-        ends = {t for t in waiting if t is not source_task}
-        await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
-        if engine_task is not None and engine_task.done():
-            engine_task.result()  # an engine failure is fatal: raise it
+        failure = await self._wait_for_the_end(waiting, source_task, with_api)
         log.info("stopping: draining and committing what was received")
+        self.stop_event.set()  # maintenance and heartbeat end with it
         if ingesting is not None and source_task is not None:
             await ingesting.stop(source_task)
         input_done.set()
         if engine_task is not None:
-            await engine_task
+            await asyncio.wait([engine_task])
+            failure = failure or _failure(engine_task)
         if processing is not None:
             processing.close()
         if self.api is not None:
             self.api.stop()
         if ingesting is not None:
             await ingesting.close()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if tasks:
+            await asyncio.wait(tasks)
         if ingesting is not None:
             await ingesting.stop_simulators()
         log.info("stopped: %s", processing.engine.stats if processing else "ingest only")
+        for task in tasks:
+            failure = failure or _failure(task)
+        if failure is not None:
+            raise failure
+
+    async def _wait_for_the_end(
+        self,
+        waiting: set[asyncio.Task[Any]],
+        source_task: asyncio.Task[None] | None,
+        with_api: bool,
+    ) -> BaseException | None:
+        """Until a stop is asked for or a role ends; the failure that ended it, if any. A
+        replay that finishes while the API serves keeps the process up for its readers."""
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if source_task is not None and source_task in done and self.sources:
+            failure = _failure(source_task)  # a source that fails for good is fatal
+            if failure is not None:
+                return failure
+            log.info("sources finished (%s frames)", sum(x.status.frames for x in self.sources))
+            if not self.settings.source.startswith("replay:") or not with_api:
+                self.stop_event.set()
+        ends = {t for t in waiting if t is not source_task}
+        done, _ = await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+        return next((f for t in done if (f := _failure(t)) is not None), None)
+
+
+def _failure(task: asyncio.Task[Any]) -> BaseException | None:
+    """The error a finished task ended with (None if it returned or was cancelled)."""
+    if not task.done() or task.cancelled():
+        return None
+    return task.exception()
