@@ -36,8 +36,9 @@ def is_type_checking(test: ast.expr) -> bool:
 
 
 def module_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
-    """Imports that run when the module is imported: the body, and the branches of
-    module-level if/try blocks (not `if TYPE_CHECKING:`), never function or class bodies."""
+    """Imports that run when the module is imported: the body, class bodies and the
+    branches of module-level if/try/with blocks (not `if TYPE_CHECKING:`), never function
+    bodies."""
     found: list[ast.Import | ast.ImportFrom] = []
     pending: list[ast.stmt] = list(tree.body)
     while pending:
@@ -52,7 +53,7 @@ def module_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
             pending.extend(node.body + node.orelse + node.finalbody)
             for handler in node.handlers:
                 pending.extend(handler.body)
-        elif isinstance(node, ast.With):
+        elif isinstance(node, ast.With | ast.ClassDef):  # a class body runs at import
             pending.extend(node.body)
     return found
 
@@ -182,6 +183,14 @@ def write(root: Path, files: dict[str, str]) -> Path:
                 ),
             },
             [],
+        ),
+        # a class body runs at import time: its imports count
+        (
+            {
+                "a.py": "import crypto_sentinel.b\n",
+                "b.py": "class K:\n    import crypto_sentinel.a\n",
+            },
+            [["crypto_sentinel.a", "crypto_sentinel.b"]],
         ),
         # a package __init__ importing its submodule, which imports a sibling: no cycle
         (
