@@ -204,7 +204,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from crypto_sentinel.runtime import fault_plan
+    from crypto_sentinel.pipeline.simulated import fault_plan
     from crypto_sentinel.simulator import SimulatorServer, write_recording
 
     settings = _settings(
@@ -223,7 +223,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     resume = {}
     if not args.fresh:  # continue what the lake holds of an earlier run
         from crypto_sentinel.lake.query import LakeReader
-        from crypto_sentinel.runtime import simulator_resume
+        from crypto_sentinel.pipeline.simulated import simulator_resume
         from crypto_sentinel.sources.venues import simulated_name
 
         resume = simulator_resume(

@@ -79,14 +79,21 @@ def api_server(
     return uvicorn.Server(config) if own_signals else _Server(config)
 
 
+def live_memory(settings: Settings) -> tuple[HotState, Hub]:
+    """The API's memory of recent data and its push hub, sized by the settings: built only
+    when an API runs (`sentinel up` or `sentinel serve`)."""
+    state = HotState(settings.hot_trades_per_product, hot_minutes=settings.api_hot_minutes)
+    hub = Hub(settings.api_stream_queue, settings.api_stream_max_clients,
+              settings.api_heartbeat_seconds)  # fmt: skip
+    return state, hub
+
+
 async def serve_lake(settings: Settings, exchange: str | None) -> None:
     """API only, over what the lake holds (history; no live stream)."""
     check_lake(settings, writes=False)
     sock = bind_api(settings.host, settings.port)  # a taken port stops start-up at once
     reader = LakeReader(settings.lake_root)
-    state = HotState(settings.hot_trades_per_product, hot_minutes=settings.api_hot_minutes)
-    hub = Hub(settings.api_stream_queue, settings.api_stream_max_clients,
-              settings.api_heartbeat_seconds)  # fmt: skip
+    state, hub = live_memory(settings)
 
     def on_chunk(news: ChunkNews) -> None:  # hot state first: push reads it
         state.on_chunk(news)

@@ -21,6 +21,9 @@ from crypto_sentinel.model import EXACT, QUANTUM, Trade
 
 CandleKey = tuple[str, str, datetime]  # exchange, product_id, bucket start
 
+#: The candle table's columns a Candle holds (or computes: vwap); the date is the start's.
+_ROW_FIELDS = tuple(name for name in T.CANDLES_1M.schema.names if name != "date")
+
 
 def minute_start(time: datetime) -> datetime:
     return time.replace(second=0, microsecond=0)
@@ -124,26 +127,10 @@ class Candle:
         self.trade_count += other.trade_count
 
     def to_row(self) -> dict[str, Any]:
-        return {
-            "exchange": self.exchange,
-            "product_id": self.product_id,
-            "start": self.start,
-            "open": self.open,
-            "high": self.high,
-            "low": self.low,
-            "close": self.close,
-            "volume": self.volume,
-            "buy_volume": self.buy_volume,
-            "sell_volume": self.sell_volume,
-            "quote_volume": self.quote_volume,
-            "vwap": self.vwap,
-            "trade_count": self.trade_count,
-            "first_trade_id": self.first_trade_id,
-            "last_trade_id": self.last_trade_id,
-            "first_trade_time": self.first_trade_time,
-            "last_trade_time": self.last_trade_time,
-            "date": self.start.date(),
-        }
+        """The candle as a gold.candles_1m row (vwap computed, date of the start)."""
+        row = {name: getattr(self, name) for name in _ROW_FIELDS}
+        row["date"] = self.start.date()
+        return row
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Candle:

@@ -5,6 +5,7 @@ One place defines the layout so the embedded engine, the API and later the Spark
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,28 +38,39 @@ class TableSpec:
         return join(lake, *self.name.split("."))
 
 
+DATE = ("date", pa.date32())  # the partition column every table has
+
+#: A frame as it arrived: bronze and quarantine both keep these, in this order.
+RECEIVED = [
+    ("source", pa.string()),
+    ("conn_id", pa.string()),
+    ("recv_seq", pa.int64()),
+    ("recv_time", UTC_TS),
+    ("frame", pa.string()),
+]
+
+
+def product_schema(
+    columns: list[tuple[str, pa.DataType]], appended: Sequence[tuple[str, pa.DataType]] = ()
+) -> pa.Schema:
+    """A per-product table: exchange and product id first, then `columns`, then the date;
+    `appended` are columns a later release added, kept after the date so older lakes get
+    them appended in the same order (`add_missing_columns`)."""
+    head = [("exchange", pa.string()), ("product_id", pa.string())]
+    return pa.schema([*head, *columns, DATE, *appended])
+
+
 BRONZE = TableSpec(
     "bronze.raw_messages",
-    pa.schema(
-        [
-            ("source", pa.string()),
-            ("conn_id", pa.string()),
-            ("recv_seq", pa.int64()),
-            ("recv_time", UTC_TS),
-            ("frame", pa.string()),
-            ("date", pa.date32()),
-        ]
-    ),
+    pa.schema([*RECEIVED, DATE]),
     partition_by=("date", "source"),
     key=("source", "conn_id", "recv_seq"),
 )
 
 TRADES = TableSpec(
     "silver.trades",
-    pa.schema(
+    product_schema(
         [
-            ("exchange", pa.string()),
-            ("product_id", pa.string()),
             ("trade_id", pa.int64()),
             ("price", PRICE),
             ("size", PRICE),
@@ -69,10 +81,8 @@ TRADES = TableSpec(
             ("maker_order_id", pa.string()),
             ("taker_order_id", pa.string()),
             ("conn_id", pa.string()),
-            ("date", pa.date32()),
-            # last: a lake from before it gets the column appended (`ensure_tables`)
-            ("venue_symbol", pa.string()),
-        ]
+        ],
+        appended=[("venue_symbol", pa.string())],
     ),
     partition_by=("date", "exchange"),
     key=("exchange", "product_id", "trade_id"),
@@ -80,10 +90,8 @@ TRADES = TableSpec(
 
 TICKERS = TableSpec(
     "silver.tickers",
-    pa.schema(
+    product_schema(
         [
-            ("exchange", pa.string()),
-            ("product_id", pa.string()),
             ("sequence", pa.int64()),
             ("price", PRICE),
             ("best_bid", PRICE),
@@ -100,55 +108,41 @@ TICKERS = TableSpec(
             ("trade_id", pa.int64()),
             ("time", UTC_TS),
             ("recv_time", UTC_TS),
-            ("date", pa.date32()),
-        ]
+        ],
     ),
     partition_by=("date", "exchange"),
     # time too: Kraken's ticker has no sequence (0) and Advanced numbers it per connection
     key=("exchange", "product_id", "sequence", "time"),
 )
 
-CANDLE_FIELDS = [
-    ("exchange", pa.string()),
-    ("product_id", pa.string()),
-    ("start", UTC_TS),
-    ("open", PRICE),
-    ("high", PRICE),
-    ("low", PRICE),
-    ("close", PRICE),
-    ("volume", AMOUNT),
-    ("buy_volume", AMOUNT),
-    ("sell_volume", AMOUNT),
-    ("quote_volume", NOTIONAL),
-    ("vwap", PRICE),
-    ("trade_count", pa.int64()),
-    ("first_trade_id", pa.int64()),
-    ("last_trade_id", pa.int64()),
-    ("first_trade_time", UTC_TS),
-    ("last_trade_time", UTC_TS),
-    ("date", pa.date32()),
-]
-
 CANDLES_1M = TableSpec(
     "gold.candles_1m",
-    pa.schema(CANDLE_FIELDS),
+    product_schema(
+        [
+            ("start", UTC_TS),
+            ("open", PRICE),
+            ("high", PRICE),
+            ("low", PRICE),
+            ("close", PRICE),
+            ("volume", AMOUNT),
+            ("buy_volume", AMOUNT),
+            ("sell_volume", AMOUNT),
+            ("quote_volume", NOTIONAL),
+            ("vwap", PRICE),
+            ("trade_count", pa.int64()),
+            ("first_trade_id", pa.int64()),
+            ("last_trade_id", pa.int64()),
+            ("first_trade_time", UTC_TS),
+            ("last_trade_time", UTC_TS),
+        ]
+    ),
     partition_by=("date",),
     key=("exchange", "product_id", "start"),
 )
 
 QUARANTINE = TableSpec(
     "quarantine.frames",
-    pa.schema(
-        [
-            ("source", pa.string()),
-            ("conn_id", pa.string()),
-            ("recv_seq", pa.int64()),
-            ("recv_time", UTC_TS),
-            ("frame", pa.string()),
-            ("reason", pa.string()),
-            ("date", pa.date32()),
-        ]
-    ),
+    pa.schema([*RECEIVED, ("reason", pa.string()), DATE]),
     partition_by=("date",),
     key=("source", "conn_id", "recv_seq"),
 )
@@ -157,10 +151,8 @@ QUARANTINE = TableSpec(
 #: Candles whose minute overlaps an unfilled gap are flagged at read time from this table.
 GAPS = TableSpec(
     "bronze.gaps",
-    pa.schema(
+    product_schema(
         [
-            ("exchange", pa.string()),
-            ("product_id", pa.string()),
             ("kind", pa.string()),  # disconnect | trade_id | heartbeat | startup
             ("detected_at", UTC_TS),
             ("first_missing_id", pa.int64()),
@@ -170,10 +162,9 @@ GAPS = TableSpec(
             ("outcome", pa.string()),  # filled | partial | unfilled
             ("recv_time", UTC_TS),
             ("conn_id", pa.string()),
-            ("date", pa.date32()),
-            # last: appended to older lakes (`add_missing_columns`); null for trade gaps
-            ("reason", pa.string()),  # kind "book": why the book was resynced
-        ]
+        ],
+        # null for trade gaps; kind "book": why the book was resynced
+        appended=[("reason", pa.string())],
     ),
     partition_by=("date",),
     key=("exchange", "product_id", "detected_at", "kind"),
@@ -188,10 +179,8 @@ GAPS = TableSpec(
 #: the receive time; never before the product's previous change. `at=` reads select by it.
 BOOK_UPDATES = TableSpec(
     "silver.book_updates",
-    pa.schema(
+    product_schema(  # its date: of book_time
         [
-            ("exchange", pa.string()),
-            ("product_id", pa.string()),
             ("side", pa.string()),  # bid | ask
             ("price", PRICE),
             ("size", PRICE),  # absolute size; 0 removes the level
@@ -204,8 +193,7 @@ BOOK_UPDATES = TableSpec(
             ("conn_id", pa.string()),
             ("recv_seq", pa.int64()),
             ("position", pa.int32()),  # the change's index within its frame
-            ("date", pa.date32()),  # of book_time
-        ]
+        ],
     ),
     partition_by=("date", "exchange"),
     key=("exchange", "product_id", "conn_id", "recv_seq", "position"),
@@ -218,10 +206,8 @@ BOOK_LEVEL = pa.struct([("price", PRICE), ("size", PRICE)])
 #: one plus the updates after it gives the book at any later moment (`books/history.py`).
 BOOK_SNAPSHOTS = TableSpec(
     "gold.book_snapshots",
-    pa.schema(
+    product_schema(
         [
-            ("exchange", pa.string()),
-            ("product_id", pa.string()),
             ("time", UTC_TS),  # book_time of the last change applied
             ("recv_time", UTC_TS),  # position of the last frame applied:
             ("conn_id", pa.string()),  # (recv_time, conn_id, recv_seq) as in book_updates
@@ -236,8 +222,7 @@ BOOK_SNAPSHOTS = TableSpec(
             ("invalid_reason", pa.string()),
             ("bids", pa.list_(BOOK_LEVEL)),  # best first
             ("asks", pa.list_(BOOK_LEVEL)),
-            ("date", pa.date32()),
-        ]
+        ],
     ),
     partition_by=("date", "exchange"),
     key=("exchange", "product_id", "recv_time", "conn_id", "recv_seq", "position", "reason"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Generic, TypeVar
 
 import msgspec
 
@@ -30,6 +31,7 @@ from crypto_sentinel.sources.codec import (
 )
 
 _SIDES = ("buy", "sell")
+_Item = TypeVar("_Item")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -57,9 +59,15 @@ class _Trade(msgspec.Struct):
     ord_type: str | None = None
 
 
-class _TradeMsg(msgspec.Struct, tag_field="channel", tag="trade"):
-    data: list[_Trade]
+class _Data(msgspec.Struct, Generic[_Item]):
+    """The shape of every data channel: `type` is "snapshot" on subscribe, then "update"."""
+
+    data: list[_Item]
     type: str = "update"
+
+
+class _TradeMsg(_Data[_Trade], tag_field="channel", tag="trade"):
+    pass
 
 
 class _Tick(msgspec.Struct):
@@ -75,9 +83,8 @@ class _Tick(msgspec.Struct):
     timestamp: datetime | None = None
 
 
-class _TickerMsg(msgspec.Struct, tag_field="channel", tag="ticker"):
-    data: list[_Tick]
-    type: str = "update"
+class _TickerMsg(_Data[_Tick], tag_field="channel", tag="ticker"):
+    pass
 
 
 class _Quiet(msgspec.Struct):
