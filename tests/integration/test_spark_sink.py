@@ -14,12 +14,14 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
+from crypto_sentinel.config import load_settings
 from crypto_sentinel.engine.processor import Engine
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.lake.writer import Batch, CommitPlan, LakeWriter, TableWrite
 from crypto_sentinel.model import RawFrame
 from crypto_sentinel.simulator.market import Market
+from crypto_sentinel.spark import job
 from crypto_sentinel.spark.commit import ParallelCommit
 from crypto_sentinel.spark.sink import LakeSink, collect_frames
 from tests.lakebuild import rest_page
@@ -82,10 +84,8 @@ def _embedded(lake: Path, batches: list[list[RawFrame]]) -> None:
 
 
 def _sink(lake: Path) -> LakeSink:
-    """As the job makes it at start (spark/job.py `sink`)."""
-    engine = Engine(LakeWriter(lake, APP), 1.0, 10_000)
-    engine.load_state(LakeReader(lake))
-    return LakeSink(engine, APP, "t.")
+    """As the job makes it at start."""
+    return job.sink(load_settings(lake_dir=lake, kafka_topic_prefix="t."), APP)
 
 
 def _rows(lake: Path, spec: T.TableSpec) -> list[dict[str, Any]]:

@@ -80,9 +80,10 @@ def sink(settings: Settings, app_id: str) -> LakeSink:
     return LakeSink(engine, app_id, settings.kafka_topic_prefix)
 
 
-def start(spark: SparkSession, settings: Settings, available_now: bool) -> StreamingQuery:
+def start(
+    spark: SparkSession, settings: Settings, lake_sink: LakeSink, available_now: bool
+) -> StreamingQuery:
     checkpoint = checkpoint_dir(settings)
-    lake_sink = sink(settings, txn_app_id(settings, checkpoint))
     records = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
@@ -125,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     spark = session(settings)
     error: Exception | None = None
+    lake_sink: LakeSink | None = None
     try:
-        query = start(spark, settings, args.available_now)
+        lake_sink = sink(settings, txn_app_id(settings, checkpoint_dir(settings)))
+        query = start(spark, settings, lake_sink, args.available_now)
         log.info("streaming %s* -> %s", settings.kafka_topic_prefix, settings.lake_root)
         while query.isActive and not stopping:
             query.awaitTermination(1)
@@ -137,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         error = exc
     finally:
         spark.stop()
+        if lake_sink is not None:
+            lake_sink.close()
     if error is not None:
         first = (str(error).strip().splitlines() or [repr(error)])[0]
         log.error("streaming query failed: %s", first)
