@@ -7,7 +7,7 @@ decodes, validates, deduplicates, keeps the newer tickers and folds the candles
 first, then the derived tables in parallel threads (spark/commit.py).
 
 Why on the driver (issue 22; docs/benchmarks.md, session 9): planned as Spark work, a batch
-was six Spark jobs and five delta-spark commits of about a second each on a 2-core box,
+was six Spark jobs and four or more delta-spark commits, about a second each on 2 cores,
 whatever the batch held; a delta-rs commit of a small batch costs tens of milliseconds and
 the engine's column-wise decode of 10,000 frames well under a second. A batch is bounded by
 `spark_max_offsets_per_trigger`, so what the driver holds is bounded too; the executors read
