@@ -124,8 +124,9 @@ def test_nothing_outlives_a_signal_to_the_parent_or_an_error(
         for sig, name in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
             mark, log, lake, proc = runs[name]
             wait_for_a_batch(proc, lake, log)
-            # the CLI, the JVM, the Python driver and the JVM's Python worker(s)
-            assert len(marked(mark)) >= 4, marked(mark)
+            # the CLI, the JVM and the Python driver (the job starts no Python workers: Spark
+            # only reads Kafka, the driver decodes)
+            assert len(marked(mark)) >= 3, marked(mark)
             os.kill(proc.pid, sig)  # the CLI only, as `kill PID` or Ctrl-C in its terminal
             finish(proc, log)
             assert marked(mark) == [], log.read_text(errors="replace")[-3000:]

@@ -12,11 +12,12 @@ derives it again from bronze at start.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -81,6 +82,21 @@ class CommitResult:
 
 
 Txns = dict[str, int]  # Delta app transactions of one batch: app_id -> version
+
+
+@dataclass
+class TableWrite:
+    """One table's commit of a batch (with its retries)."""
+
+    table: str
+    run: Callable[[], object]
+
+
+@dataclass
+class CommitPlan:
+    merged: list[Candle]  # partial candles after combining with the lake
+    writes: list[TableWrite]  # in commit order: bronze first
+
 
 #: Test hook: `SENTINEL_CRASH_AT=<table>:<n>` ends the process (os._exit) right after the n-th
 #: commit to that table, to prove every commit point recoverable (tests/chaos).
@@ -171,35 +187,54 @@ class LakeWriter:
 
     def _commit(self, batch: Batch) -> CommitResult:
         started = time.perf_counter()
+        plan = self.plan(batch)
+        for write in plan.writes:
+            write.run()
+        self.done(batch)
+        return CommitResult(batch.version, plan.merged, time.perf_counter() - started)
+
+    def plan(self, batch: Batch) -> CommitPlan:
+        """A batch's table writes in commit order, bronze first, each retried on its own;
+        `commit` runs them one after another. Exposed for the Spark driver (spark/commit.py),
+        which runs the derived tables' writes in threads once bronze is committed. Call with
+        `lock` held; then `done`."""
         self._refresh_if_stale()
         txns = self.transactions(batch)
         merged = self._with_retry(self._merge_partials, batch)
         candles = batch.candles + merged
+        writes: list[TableWrite] = []
+
+        def add(spec: T.TableSpec, fn: Any, *args: Any) -> None:
+            writes.append(TableWrite(spec.name, functools.partial(self._with_retry, fn, *args)))
+
         if batch.frames:
-            self._with_retry(self._append, T.BRONZE, batch.frames, bronze_table, txns)
+            add(T.BRONZE, self._append, T.BRONZE, batch.frames, bronze_table, txns)
         if batch.rejected:
-            self._with_retry(self._append, T.QUARANTINE, batch.rejected, quarantine_table, txns)
+            add(T.QUARANTINE, self._append, T.QUARANTINE, batch.rejected, quarantine_table, txns)
         trades = _combined(T.TRADES, batch.trades, trades_table, batch.trade_tables)
         if trades is not None:
-            self._with_retry(self._append, T.TRADES, trades, _same, txns)
+            add(T.TRADES, self._append, T.TRADES, trades, _same, txns)
         tickers = _combined(T.TICKERS, batch.tickers, tickers_table, batch.ticker_tables)
         if tickers is not None:
-            self._with_retry(self._append, T.TICKERS, tickers, _same, txns)
+            add(T.TICKERS, self._append, T.TICKERS, tickers, _same, txns)
         for spec, parts in (
             (T.BOOK_UPDATES, batch.book_update_tables),
             (T.BOOK_SNAPSHOTS, batch.book_snapshot_tables),
         ):
             books = _combined(spec, [], None, parts)
             if books is not None:
-                self._with_retry(self._append, spec, books, _same, txns)
+                add(spec, self._append, spec, books, _same, txns)
         if candles:
-            self._with_retry(self._upsert_candles, candles_table(candles), txns)
+            add(T.CANDLES_1M, self._upsert_candles, candles_table(candles), txns)
         gaps = _combined(T.GAPS, batch.gaps, gaps_table, batch.gap_tables)
         if gaps is not None:
-            self._with_retry(self._append, T.GAPS, gaps, _same, txns)
+            add(T.GAPS, self._append, T.GAPS, gaps, _same, txns)
+        return CommitPlan(merged, writes)
+
+    def done(self, batch: Batch) -> None:
+        """Every table holds the batch now."""
         for name in self.versions:
             self.versions[name] = max(self.versions[name], batch.version)
-        return CommitResult(batch.version, merged, time.perf_counter() - started)
 
     def _refresh_if_stale(self) -> None:
         if self._stale:

@@ -22,10 +22,11 @@ from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
 from crypto_sentinel.config import Settings, load_settings
-from crypto_sentinel.lake.tables import CANDLES_1M, TRADES, ensure_tables
+from crypto_sentinel.engine.processor import Engine
+from crypto_sentinel.lake.query import LakeReader
+from crypto_sentinel.lake.writer import LakeWriter
 from crypto_sentinel.spark import procs
-from crypto_sentinel.spark.sink import LakeSink, read_marks
-from crypto_sentinel.spark.storage import s3a_confs, spark_lake_uri
+from crypto_sentinel.spark.sink import LakeSink
 
 log = logging.getLogger("crypto_sentinel.spark")
 
@@ -37,23 +38,14 @@ def checkpoint_dir(settings: Settings) -> Path:
 def session(
     settings: Settings, master: str | None = None, jars: list[Path] | None = None
 ) -> SparkSession:
-    """Session confs the job depends on (exact decimals, UTC, Delta); sized for small boxes.
-    Under spark-submit, master and jars come from its command line instead."""
-    partitions = str(settings.spark_shuffle_partitions)
+    """Session confs the job depends on (UTC); sized for small boxes. Spark reads Kafka only:
+    the lake is written by the driver (spark/sink.py), so no Delta or s3a settings. Under
+    spark-submit, master and jars come from its command line instead."""
     confs = {
-        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
-        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.sql.session.timeZone": "UTC",
-        "spark.sql.shuffle.partitions": partitions,
-        "spark.databricks.delta.snapshotPartitions": partitions,
-        # price * size must stay exact: decimal(38,24), never rounded to fit
-        "spark.sql.decimalOperations.allowPrecisionLoss": "false",
-        "spark.sql.parquet.compression.codec": "zstd",
-        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+        "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
         "spark.ui.enabled": "false",
     }
-    if settings.lake_uri:
-        confs.update(s3a_confs(os.environ))
     if master is not None:
         confs["spark.master"] = master
         confs["spark.driver.memory"] = settings.spark_driver_memory
@@ -79,18 +71,19 @@ def txn_app_id(settings: Settings, checkpoint: Path) -> str:
         return app_id
 
 
-def start(spark: SparkSession, settings: Settings, available_now: bool) -> StreamingQuery:
-    tables = ensure_tables(settings.lake_root)  # same schemas and partitioning as the engine's
+def sink(settings: Settings, app_id: str) -> LakeSink:
+    """The embedded engine over the lake, as `sentinel process` starts it: what the tables
+    hold is learnt, and what a killed run left half committed is finished."""
+    writer = LakeWriter(settings.lake_root, app_id)
+    engine = Engine(writer, settings.spark_trigger_seconds, settings.spark_max_offsets_per_trigger)
+    engine.load_state(LakeReader(settings.lake_root))
+    return LakeSink(engine, app_id, settings.kafka_topic_prefix)
+
+
+def start(
+    spark: SparkSession, settings: Settings, lake_sink: LakeSink, available_now: bool
+) -> StreamingQuery:
     checkpoint = checkpoint_dir(settings)
-    lake = spark_lake_uri(settings.lake_root)
-    app_id = txn_app_id(settings, checkpoint)
-    committed = {}  # batches of this app the tables already hold: a re-run skips them
-    for spec in (TRADES, CANDLES_1M):
-        version = tables[spec.name].transaction_version(app_id)
-        if version is not None:
-            committed[spec.name] = int(version)
-    marks = read_marks(tables)
-    sink = LakeSink(spark, lake, app_id, settings.kafka_topic_prefix, committed, marks)
     records = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
@@ -102,7 +95,7 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> Strea
         .option("kafka.metadata.max.age.ms", "5000")  # see new exchanges' topics soon
         .load()
     )
-    writer = records.writeStream.foreachBatch(sink).option(
+    writer = records.writeStream.foreachBatch(lake_sink).option(
         "checkpointLocation", str(checkpoint / "query")
     )
     if available_now:
@@ -133,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     spark = session(settings)
     error: Exception | None = None
+    lake_sink: LakeSink | None = None
     try:
-        query = start(spark, settings, args.available_now)
+        lake_sink = sink(settings, txn_app_id(settings, checkpoint_dir(settings)))
+        query = start(spark, settings, lake_sink, args.available_now)
         log.info("streaming %s* -> %s", settings.kafka_topic_prefix, settings.lake_root)
         while query.isActive and not stopping:
             query.awaitTermination(1)
@@ -145,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         error = exc
     finally:
         spark.stop()
+        if lake_sink is not None:
+            lake_sink.close()
     if error is not None:
         first = (str(error).strip().splitlines() or [repr(error)])[0]
         log.error("streaming query failed: %s", first)
