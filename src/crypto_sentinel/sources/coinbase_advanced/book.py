@@ -22,15 +22,15 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections import OrderedDict
 from datetime import datetime
-from decimal import Decimal
 
 import msgspec
 
 from crypto_sentinel.books.events import BookEvent, EventKind, Verdict
-from crypto_sentinel.books.orderbook import LevelPair, OrderBook
+from crypto_sentinel.books.levels import level
+from crypto_sentinel.books.orderbook import OrderBook
 from crypto_sentinel.books.sync import DROPPED, SEQUENCE_BREAK, SnapshotSync, break_book
 from crypto_sentinel.model import RawFrame
-from crypto_sentinel.sources.codec import FrameError, check_amount, check_product, check_time
+from crypto_sentinel.sources.codec import FrameError, check_product, check_time
 
 _SIDES = {"bid": "bid", "offer": "ask"}
 
@@ -92,10 +92,8 @@ def decode_book(frame: RawFrame) -> list[BookEvent]:
             side = _SIDES.get(u.side)
             if side is None:
                 raise FrameError(f"side must be 'bid' or 'offer', got {u.side!r}")
-            check_amount("price", u.price_level)
-            check_amount("size", u.new_quantity, allow_zero=True)
-            level: LevelPair = (Decimal(u.price_level), Decimal(u.new_quantity))
-            (event.bids if side == "bid" else event.asks).append(level)
+            pair = level(u.price_level, u.new_quantity)
+            (event.bids if side == "bid" else event.asks).append(pair)
     return out
 
 
