@@ -51,7 +51,7 @@ class OrderBook:
     time: datetime | None = None
     valid: bool = False  # a book is valid only between a snapshot and the next break
     invalid_reason: str = "no snapshot yet"
-    version: int = 0  # bumped by every change: lets readers cache a view
+    version: int = 0  # bumped by every change (levels, ids, time, validity): readers cache by it
     _bid_prices: list[Decimal] = field(default_factory=list)  # ascending
     _ask_prices: list[Decimal] = field(default_factory=list)  # ascending
 
@@ -124,6 +124,7 @@ class OrderBook:
     def mark_valid(self) -> None:
         self.valid = True
         self.invalid_reason = ""
+        self.version += 1
 
     def mark_invalid(self, reason: str) -> None:
         """Out of sync (a sequence break, a checksum mismatch, a reconnect): levels stay for

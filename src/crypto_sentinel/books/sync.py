@@ -37,6 +37,7 @@ def apply_levels(book: OrderBook, event: BookEvent) -> None:
         book.update_id = event.update_id
     if event.time is not None:
         book.time = event.time
+    book.version += 1  # the ids and time are part of what a reader caches by version
 
 
 def load(book: OrderBook, event: BookEvent) -> None:
