@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -48,10 +49,19 @@ def _wait_valid_book(port: int, seconds: float = 60.0) -> dict[str, Any]:
     raise RuntimeError(f"no valid book at {path()} after {seconds} s: {last}")
 
 
+def _usable(port: int) -> int:
+    """`port` when it is free (the CLI's default may be taken on a shared machine)."""
+    if port:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                return port
+    return free_port()
+
+
 def main(workdir: Path, port: int, seconds: float = SECONDS) -> dict[str, Any]:
     """Start the simulator and the pipeline, load the route, stop both."""
     run = workdir / "book-route"
-    sim_port, api_port = free_port(), port or free_port()
+    sim_port, api_port = free_port(), _usable(port)
     logs = run / "logs"
     sim = up = None
     try:
