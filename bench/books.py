@@ -243,8 +243,8 @@ def lake_phase(trades: int, workdir: Path) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"### Books: level changes into the lake, and books at any moment — {result['date']}",
-        f"Machine: {result['machine']}; load average {result['load_average_start']} at the"
-        f" start, {result['load_average_end']} at the end. Command: `{result['command']}`.",
+        f"Machine: {result['machine']}; load average {result['load_average_end']} at the end."
+        f" Command: `{result['command']}`.",
     ]
     if "ours" in result:
         lines += ["", _lake_table(result)]

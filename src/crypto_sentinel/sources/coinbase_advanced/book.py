@@ -7,9 +7,9 @@ Each message is `{channel, timestamp, sequence_num, events}`; an event is a `sna
 Why the rule needs more than the book's own messages: `sequence_num` numbers every message
 of a connection (trades, tickers, heartbeats too), so a jump between two `l2_data` messages is
 not by itself a loss. The connection's numbers are kept in one shared `Sequences` object per
-process (`SEQUENCES`, bounded to the newest connections): the engine calls `note_frame` for
-every non-book frame of the venue, in frame order (a whole micro-batch before its book frames
-is fine), and each product's `BookSync` notes its own messages and asks whether any number
+process (`SEQUENCES`, bounded to the newest connections): the engine's book processor calls
+`note_frame` (the venue's `BookCodec.note`) for every non-book frame of the venue, in frame
+order, and each product's `BookSync` notes its own messages and asks whether any number
 between its previous message and this one was never seen. A shared object rather than a
 method on each `BookSync` because one missing number breaks every book of the connection,
 whichever product it was for, and a sync instance only knows its own product. An engine
