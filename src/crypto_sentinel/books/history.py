@@ -7,8 +7,11 @@ and the same update id / time bookkeeping as `books/processor.py`. Validity come
 snapshot: every change of validity is a full snapshot of its own.
 
 Reads prune by partition (date, exchange) and by the Delta log's per-file min/max of the
-time columns, then by Parquet row-group statistics (`pyarrow.parquet` filters); the add
-actions are cached per table version, so a read costs the files that can hold the answer.
+time columns, then by Parquet row-group statistics (`pyarrow.parquet` filters; the engine
+writes book rows in 16,384-row groups); the add actions are cached per table version, so a
+read costs the files that can hold the answer. Data files never change, so the full
+snapshots' keys are cached per file and the newest few snapshot rows are kept: a read
+usually decodes only the updates after its checkpoint.
 """
 
 from __future__ import annotations
@@ -411,13 +414,20 @@ class _ReplayColumns:
         return any(self.snapshot[a:b])
 
 
+#: Decimal of each stored text seen (bounded): a book's prices and sizes repeat across reads.
+_DECIMALS: dict[str, Decimal] = {}
+_DECIMALS_LIMIT = 200_000
+
+
 def _decimals(column: pa.ChunkedArray | pa.Array) -> list[Decimal]:
     """Exact decimal128 values as `Decimal`s by way of their text (Arrow's own `to_pylist`
     of decimals is several times slower); the same text gives the same object. The engine
     never stores a level without price or size."""
     if column.null_count:
         raise ValueError("a stored book level has no price or size")
-    made: dict[str, Decimal] = {}
+    made = _DECIMALS
+    if len(made) > _DECIMALS_LIMIT:
+        made.clear()
     out: list[Decimal] = []
     for text in pc.cast(column, pa.string()).to_pylist():
         value = made.get(text)
