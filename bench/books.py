@@ -10,7 +10,10 @@ our `depthSnapshot` frame first), about `changes` level changes in all.
    silver.book_updates rows over the wall time, bronze and every derived table included),
    bytes of silver.book_updates and gold.book_snapshots per level change, and `book_at`
    p50/p99 at AT_SAMPLES random moments (full depth).
-2. Baseline: what the seed would do - each update as one row per level change (decoded,
+2. The book route from memory under load (`bench/book_route.py`): `GET
+   /v1/products/{id}/book?depth=50` at 500 requests/s, open loop, against a running pipeline
+   with books (phase "route"; `--live-seconds` sets its length).
+3. Baseline: what the seed would do - each update as one row per level change (decoded,
    appended, no snapshots), and a book at a moment rebuilt by replaying every row from the
    start. Same frames, same machine, same run.
 """
@@ -32,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 
+from bench import book_route
 from bench.common import machine, percentiles
 from crypto_sentinel.books.history import BookHistory
 from crypto_sentinel.books.orderbook import OrderBook
@@ -192,36 +196,74 @@ def baseline_at(lake: Path, at: list[datetime]) -> dict[str, Any]:
     return percentiles(took)
 
 
-def main(trades: int, workdir: Path, port: int) -> dict[str, Any]:
-    """`trades`: level changes to generate (the CLI's --trades)."""
-    del port  # no API in this benchmark
+PHASES = ("lake", "route")
+
+
+def main(
+    trades: int, workdir: Path, port: int, phases: str | None = None,
+    live_seconds: float | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """`trades`: level changes to generate (the CLI's --trades); `phases`: "lake" (level
+    changes and `at=`, beside the baseline), "route" (the live route under load), or both."""
+    chosen = [p.strip() for p in (phases or ",".join(PHASES)).split(",") if p.strip()]
+    unknown = set(chosen) - set(PHASES)
+    if unknown:
+        raise ValueError(f"unknown phases {sorted(unknown)}; choose from {', '.join(PHASES)}")
+    result: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(),
+        "machine": machine(),
+        "command": f"sentinel bench books --trades {trades}"
+        + (f" --phases {phases}" if phases else ""),
+        "load_average_start": round(os.getloadavg()[0], 1),
+    }
+    if "lake" in chosen:
+        result.update(lake_phase(trades, workdir))
+    if "route" in chosen:
+        _say("books: the book route at 500 requests/s ...")
+        result["route"] = book_route.main(workdir, port, live_seconds or book_route.SECONDS)
+    result["load_average_end"] = round(os.getloadavg()[0], 1)
+    return result
+
+
+def lake_phase(trades: int, workdir: Path) -> dict[str, Any]:
     lake = workdir / "books-lake"
     shutil.rmtree(lake, ignore_errors=True)
     stream = frames(trades)
     _say(f"books: {len(stream):,} frames")
-    result: dict[str, Any] = {
-        "date": datetime.now(UTC).isoformat(),
-        "machine": machine(),
-        "command": f"sentinel bench books --trades {trades}",
-    }
-    result["ours"] = ours(lake, stream)
+    result: dict[str, Any] = {"ours": ours(lake, stream)}
     _say(f"books: ours {result['ours']['level_changes_per_s']:,} changes/s")
     result["baseline"] = baseline(lake, stream)
     at = moments(stream, min(AT_SAMPLES, max(len(stream) // 2, 1)))
     result["ours"]["at"] = ours_at(lake, at)
     result["baseline"]["at"] = baseline_at(lake, at[: max(len(at) // 10, 1)])
-    result["load_average_end"] = round(os.getloadavg()[0], 1)
     shutil.rmtree(lake, ignore_errors=True)
     return result
 
 
 def markdown(result: dict[str, Any]) -> str:
-    o, b = result["ours"], result["baseline"]
-    return "\n".join([
+    lines = [
         f"### Books: level changes into the lake, and books at any moment — {result['date']}",
         f"Machine: {result['machine']}; load average {result['load_average_end']} at the end."
         f" Command: `{result['command']}`.",
-        "",
+    ]
+    if "ours" in result:
+        lines += ["", _lake_table(result)]
+    if "route" in result:
+        r = result["route"]
+        lines += [
+            "",
+            f"Book route from memory: `GET {r['path']}` at {r['rate']} requests/s for"
+            f" {r['seconds']} s (open loop, {r['connections']} connections, a live Binance"
+            f" book from the simulator): p50 {r['p50_ms']} / p99 {r['p99_ms']} ms, achieved"
+            f" {r['achieved_per_s']}/s, statuses {r['statuses']}, timeouts {r['timeouts']},"
+            f" errors {r['errors']}.",
+        ]
+    return "\n".join(lines)
+
+
+def _lake_table(result: dict[str, Any]) -> str:
+    o, b = result["ours"], result["baseline"]
+    return "\n".join([
         "| measure | ours (engine, snapshots) | baseline (row per change, replay from start) |",
         "|---|---|---|",
         f"| level changes/s into the lake | {o['level_changes_per_s']:,}"

@@ -406,9 +406,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8090, help="API port during the run")
     p.add_argument(
         "--phases",
-        help="ingest: comma-separated phases of replay,live,fast,kafka (default all of them)",
+        help="ingest: comma-separated phases of replay,live,fast,kafka; books: lake,route"
+        " (default all of them)",
     )
-    p.add_argument("--live-seconds", type=float, help="ingest live phase: seconds (default 60)")
+    p.add_argument(
+        "--live-seconds",
+        type=float,
+        help="ingest live phase: seconds (default 60); books route phase (default 20)",
+    )
     p.add_argument(
         "--live-rate", type=float, help="ingest live phase: frames/s, 2 per trade (default 5000)"
     )

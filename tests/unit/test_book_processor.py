@@ -221,3 +221,30 @@ def test_books_on_in_the_engine_adds_rows_and_quarantines_once(tmp_path: Path) -
     assert sum(t.num_rows for t in batch.book_snapshot_tables) == 1
     # "fake" has no trade codec: that quarantine names the exchange, the book one is skipped
     assert [r.frame.recv_seq for r in batch.rejected] == [1, 2, 3]
+
+
+def _advanced(seq: int, channel: str, events: str) -> RawFrame:
+    text = (f'{{"channel":"{channel}","client_id":"","timestamp":"2026-01-01T00:00:0{seq}Z",'
+            f'"sequence_num":{seq},"events":{events}}}')  # fmt: skip
+    return RawFrame("coinbase-advanced", "a1", seq, 1_767_225_600 * 10**9 + seq, text)
+
+
+def _l2(seq: int, kind: str, side: str, price: str, size: str) -> RawFrame:
+    update = f'{{"side":"{side}","price_level":"{price}","new_quantity":"{size}"}}'
+    return _advanced(seq, "l2_data", f'[{{"type":"{kind}","product_id":"BTC-USD",'
+                                      f'"updates":[{update}]}}]')  # fmt: skip
+
+
+def test_advanced_books_count_the_other_channels_messages() -> None:
+    """Coinbase Advanced numbers every message of a connection: a trade between two book
+    messages is not a loss (the processor notes it), a number that never came is."""
+    trade = _advanced(2, "market_trades", '[{"type":"update","trades":[]}]')
+    books = BookRegistry()
+    real = BookProcessor(books, BookSettings())  # the venue's own codec and sync rule
+    real.process([_l2(1, "snapshot", "bid", "100", "1"), trade,
+                  _l2(3, "update", "bid", "100", "2")])  # fmt: skip
+    book = books.get("coinbase-advanced", "BTC-USD")
+    assert book is not None and book.valid and book.bids == {Decimal(100): Decimal(2)}
+    out = real.process([_l2(5, "update", "offer", "101", "1")])  # 4 never came
+    assert not book.valid and book.invalid_reason == "sequence break"
+    assert [g.reason for g in out.gaps] == ["sequence break"]

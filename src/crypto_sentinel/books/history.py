@@ -7,16 +7,21 @@ and the same update id / time bookkeeping as `books/processor.py`. Validity come
 snapshot: every change of validity is a full snapshot of its own.
 
 Reads prune by partition (date, exchange) and by the Delta log's per-file min/max of the
-time columns, then by Parquet row-group statistics (`pyarrow.parquet` filters); the add
-actions are cached per table version, so a read costs the files that can hold the answer.
+time columns, then by Parquet row-group statistics (`pyarrow.parquet` filters; the engine
+writes book rows in 16,384-row groups); the add actions are cached per table version, so a
+read costs the files that can hold the answer. Data files never change, so the full
+snapshots' keys are cached per file and the newest few snapshot rows are kept: a read
+usually decodes only the updates after its checkpoint.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
@@ -36,6 +41,8 @@ FrameKey = tuple[int, str, int]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
 _FULL = ("checkpoint", "resync")
+KEY_CACHE = 4096  # (file, product) lists of full snapshot keys kept
+ROW_CACHE = 32  # full snapshot rows kept (one of 1,000 levels a side is ~0.3 MB)
 _SNAPSHOT_KEYS = [
     "product_id", "time", "recv_time", "conn_id", "recv_seq", "position", "depth", "reason",
 ]  # fmt: skip
@@ -73,10 +80,12 @@ class BookHistory:
         self._tables: dict[str, DeltaTable] = {}
         self._files: dict[tuple[str, str, str], tuple[int, list[_File]]] = {}
         self._lock = threading.Lock()
+        self._keys: OrderedDict[tuple[str, str], list[tuple[Any, ...]]] = OrderedDict()
+        self._rows: OrderedDict[tuple[str, str, tuple[Any, ...]], dict[str, Any]] = OrderedDict()
 
     # --- files ---------------------------------------------------------------------------
 
-    def _table(self, spec: T.TableSpec) -> DeltaTable | None:
+    def _table(self, spec: T.TableSpec, refresh: bool = True) -> DeltaTable | None:
         dt = self._tables.get(spec.name)
         if dt is None:
             uri = spec.uri(self.lake)
@@ -84,18 +93,23 @@ class BookHistory:
             if not DeltaTable.is_deltatable(uri, storage_options=options):
                 return None
             dt = self._tables[spec.name] = DeltaTable(uri, storage_options=options)
-        else:
+        elif refresh:
             dt.update_incremental()
         return dt
 
-    def _file_list(self, spec: T.TableSpec, exchange: str, column: str) -> list[_File]:
+    def _file_list(
+        self, spec: T.TableSpec, exchange: str, column: str, refresh: bool = True
+    ) -> list[_File]:
         """The exchange's files of `spec` with the min/max of `column`, per table version
-        (one caller at a time: API threads share the table objects)."""
+        (one caller at a time: API threads share the table objects); `refresh=False` when
+        the caller has just brought the table up to date."""
         with self._lock:
-            return self._list_files(spec, exchange, column)
+            return self._list_files(spec, exchange, column, refresh)
 
-    def _list_files(self, spec: T.TableSpec, exchange: str, column: str) -> list[_File]:
-        dt = self._table(spec)
+    def _list_files(
+        self, spec: T.TableSpec, exchange: str, column: str, refresh: bool
+    ) -> list[_File]:
+        dt = self._table(spec, refresh)
         if dt is None:
             return []
         version = dt.version()
@@ -199,10 +213,8 @@ class BookHistory:
         if snap is None or self._expired(exchange, _us(snap["time"])):
             return None
         book = OrderBook(exchange, product_id)
-        bids = [(lv["price"], lv["size"]) for lv in snap["bids"]]
-        asks = [(lv["price"], lv["size"]) for lv in snap["asks"]]
         exchange_time = snap["exchange_time"]
-        book.load_snapshot(bids, asks, snap["update_id"], exchange_time)
+        book.load_snapshot(snap["bids"], snap["asks"], snap["update_id"], exchange_time)
         if not snap["valid"]:
             book.mark_invalid(snap["invalid_reason"] or "")
         moment = _us(snap["time"])
@@ -223,32 +235,68 @@ class BookHistory:
         files = self._file_list(T.BOOK_SNAPSHOTS, exchange, column)
         files = [f for f in files if f.full and (bound is None or f.low is None or f.low <= bound)]
         files.sort(key=lambda f: -(f.high if f.high is not None else 1 << 62))
-        filters: list[Any] = [("product_id", "=", product_id), ("reason", "in", _FULL)]
-        if bound is not None:
-            filters.append((column, "<=", pa.scalar(bound, pa.int64()).cast(T.UTC_TS)))
+        at = 0 if before is None else 1  # the key's field `bound` limits
         best: tuple[Any, ...] | None = None
         best_file: _File | None = None
         for f in files:  # newest first: stop once a file cannot hold anything newer
             if best is not None and f.high is not None and f.high < best[0]:
                 break
-            table = self._read([f], _SNAPSHOT_KEYS, filters)
-            if table is None:
-                continue
-            for key in _snapshot_keys(table):
+            for key in self._snapshot_keys(f, product_id):
+                if bound is not None and key[at] > bound:
+                    continue
                 if before is not None and key[1:4] >= before:
                     continue
                 if best is None or key > best:
                     best, best_file = key, f
         if best is None or best_file is None:
             return None
+        return self._snapshot_row(best_file, product_id, best)
+
+    def _snapshot_keys(self, f: _File, product_id: str) -> list[tuple[Any, ...]]:
+        """The product's full snapshots in one file (files never change: cached by path)."""
+        cache_key = (f.uri, product_id)
+        with self._lock:
+            hit = self._keys.get(cache_key)
+            if hit is not None:
+                self._keys.move_to_end(cache_key)
+                return hit
+        table = self._read([f], _SNAPSHOT_KEYS, [("product_id", "=", product_id),
+                                                 ("reason", "in", _FULL)])  # fmt: skip
+        keys = [] if table is None else _snapshot_keys(table)
+        with self._lock:
+            self._keys[cache_key] = keys
+            while len(self._keys) > KEY_CACHE:
+                self._keys.popitem(last=False)
+        return keys
+
+    def _snapshot_row(self, f: _File, product_id: str, key: tuple[Any, ...]) -> dict[str, Any]:
+        """One full snapshot row as Python values, the newest few kept: the moments asked of
+        a book cluster, and most share a checkpoint."""
+        cache_key = (f.uri, product_id, key)
+        with self._lock:
+            hit = self._rows.get(cache_key)
+            if hit is not None:
+                self._rows.move_to_end(cache_key)
+                return hit
         rows = self._read(
-            [best_file], None,
+            [f], None,
             [("product_id", "=", product_id), ("reason", "in", _FULL),
-             ("recv_time", "=", pa.scalar(best[1], pa.int64()).cast(T.UTC_TS)),
-             ("conn_id", "=", best[2]), ("recv_seq", "=", best[3]), ("position", "=", best[4])],
+             ("recv_time", "=", pa.scalar(key[1], pa.int64()).cast(T.UTC_TS)),
+             ("conn_id", "=", key[2]), ("recv_seq", "=", key[3]), ("position", "=", key[4])],
         )  # fmt: skip
         assert rows is not None
-        return dict(rows.slice(0, 1).to_pylist()[0])
+        first = rows.slice(0, 1)
+        row = dict(first.drop_columns(["bids", "asks"]).to_pylist()[0])
+        for name in ("bids", "asks"):  # levels by way of their text: see `_decimals`
+            levels = pc.list_flatten(first[name])
+            prices = _decimals(pc.struct_field(levels, "price"))
+            sizes = _decimals(pc.struct_field(levels, "size"))
+            row[name] = list(zip(prices, sizes, strict=True))
+        with self._lock:
+            self._rows[cache_key] = row
+            while len(self._rows) > ROW_CACHE:
+                self._rows.popitem(last=False)
+        return row
 
     def _expired(self, exchange: str, from_us: int) -> bool:
         """Whether retention removed updates after a snapshot (gold outlives silver by
@@ -261,7 +309,8 @@ class BookHistory:
         self, exchange: str, product_id: str, from_us: int, at_us: int | None,
         before: FrameKey | None,
     ) -> pa.Table | None:  # fmt: skip
-        files = self._file_list(T.BOOK_UPDATES, exchange, "book_time")
+        # `_expired` brought the table up to date a moment ago
+        files = self._file_list(T.BOOK_UPDATES, exchange, "book_time", refresh=False)
         first_day = _when(from_us).date()
         keep = []
         for f in files:
@@ -319,51 +368,134 @@ def _replay(
     moment: int, conn_id: str,
 ) -> tuple[int, str]:  # fmt: skip
     """Apply the rows after `start` frame by frame as the processor did; the new book time
-    and the connection of the last frame applied."""
+    and the connection of the last frame applied.
+
+    A frame of plain updates is applied one side at a time (`apply_many`): the two sides are
+    separate, so this is the processor's order level by level; a frame holding a snapshot
+    takes the row by row path."""
     recv = pc.cast(rows["recv_time"], pa.int64()).to_pylist()
     conn = rows["conn_id"].to_pylist()
     seq = rows["recv_seq"].to_pylist()
     pos = rows["position"].to_pylist()
-    side = rows["side"].to_pylist()
-    price = rows["price"].to_pylist()
-    size = rows["size"].to_pylist()
-    update_id = rows["update_id"].to_pylist()
-    snapshot = rows["snapshot"].to_pylist()
-    times = rows["time"].to_pylist()
-    book_time = pc.cast(rows["book_time"], pa.int64()).to_pylist()
     n = len(recv)
     i = 0
     while i < n and (recv[i], conn[i], seq[i], pos[i]) < start:
         i += 1
-    while i < n:
-        frame = (recv[i], conn[i], seq[i])
-        while i < n and (recv[i], conn[i], seq[i]) == frame:
-            if snapshot[i]:  # a snapshot event: the book is replaced by its levels
-                j = i
-                while j < n and snapshot[j] and (recv[j], conn[j], seq[j]) == frame \
-                        and update_id[j] == update_id[i]:  # fmt: skip
-                    j += 1
-                levels = list(zip(side[i:j], price[i:j], size[i:j], strict=True))
-                book.load_snapshot(
-                    [(p, s) for d, p, s in levels if d == "bid"],
-                    [(p, s) for d, p, s in levels if d == "ask"],
-                    update_id[i], times[i],
-                )  # fmt: skip
-                last = j - 1
-                i = j
-            else:
-                book.apply(side[i], price[i], size[i])
-                last = i
-                i += 1
-            if times[last] is not None:
-                book.time = times[last]
-            if update_id[last] is not None:
-                book.update_id = update_id[last]
-            moment = max(moment, book_time[last])
-            conn_id = conn[last]
+    if i == n:
+        return moment, conn_id
+    rows = rows.slice(i)
+    conn = conn[i:]
+    cols = _ReplayColumns(rows)
+    for a, b in _frames(rows):
+        if cols.any_snapshot(a, b):
+            _apply_rows(book, cols, a, b)
+        else:
+            _apply_frame(book, cols, a, b)
+        moment = max(moment, max(cols.book_time[a:b]))
+        conn_id = conn[b - 1]
         if max_depth is not None and (len(book.bids) > max_depth or len(book.asks) > max_depth):
             book.truncate(max_depth)
     return moment, conn_id
+
+
+class _ReplayColumns:
+    """The update rows' columns as Python lists, once per replay."""
+
+    def __init__(self, rows: pa.Table) -> None:
+        self.side = rows["side"].to_pylist()
+        self.price = _decimals(rows["price"])
+        self.size = _decimals(rows["size"])
+        self.update_id = rows["update_id"].to_pylist()
+        self.snapshot = rows["snapshot"].to_pylist()
+        self.times = pc.cast(rows["time"], pa.int64()).to_pylist()  # unix us
+        self.book_time = pc.cast(rows["book_time"], pa.int64()).to_pylist()
+
+    def any_snapshot(self, a: int, b: int) -> bool:
+        return any(self.snapshot[a:b])
+
+
+#: Decimal of each stored text seen (bounded): a book's prices and sizes repeat across reads.
+_DECIMALS: dict[str, Decimal] = {}
+_DECIMALS_LIMIT = 200_000
+
+
+def _decimals(column: pa.ChunkedArray | pa.Array) -> list[Decimal]:
+    """Exact decimal128 values as `Decimal`s by way of their text (Arrow's own `to_pylist`
+    of decimals is several times slower); the same text gives the same object. The engine
+    never stores a level without price or size."""
+    if column.null_count:
+        raise ValueError("a stored book level has no price or size")
+    made = _DECIMALS
+    if len(made) > _DECIMALS_LIMIT:
+        made.clear()
+    out: list[Decimal] = []
+    for text in pc.cast(column, pa.string()).to_pylist():
+        value = made.get(text)
+        if value is None:
+            value = made[text] = Decimal(text)
+        out.append(value)
+    return out
+
+
+def _frames(rows: pa.Table) -> list[tuple[int, int]]:
+    """[start, end) row ranges of the frames (rows are in the engine's order)."""
+    n = rows.num_rows
+    if n == 0:
+        return []
+    changed = pc.or_(
+        pc.or_(
+            pc.not_equal(rows["recv_time"].slice(1), rows["recv_time"].slice(0, n - 1)),
+            pc.not_equal(rows["conn_id"].slice(1), rows["conn_id"].slice(0, n - 1)),
+        ),
+        pc.not_equal(rows["recv_seq"].slice(1), rows["recv_seq"].slice(0, n - 1)),
+    )
+    starts = [0] + [k + 1 for k in pc.indices_nonzero(changed).to_pylist()]
+    return list(zip(starts, [*starts[1:], n], strict=True))
+
+
+def _apply_frame(book: OrderBook, c: _ReplayColumns, a: int, b: int) -> None:
+    """A frame of plain updates: each side's changes in order, then the ids and time of its
+    last row that has them."""
+    sides = c.side[a:b]
+    pairs = list(zip(c.price[a:b], c.size[a:b], strict=True))
+    book.apply_many("bid", [pair for d, pair in zip(sides, pairs, strict=True) if d == "bid"])
+    book.apply_many("ask", [pair for d, pair in zip(sides, pairs, strict=True) if d == "ask"])
+    for t in reversed(c.times[a:b]):
+        if t is not None:
+            book.time = _when(t)
+            break
+    for u in reversed(c.update_id[a:b]):
+        if u is not None:
+            book.update_id = u
+            break
+
+
+def _apply_rows(book: OrderBook, c: _ReplayColumns, i: int, end: int) -> None:
+    """A frame holding a snapshot event, row by row: a snapshot's rows replace the book."""
+    side, price, size, update_id, snapshot, times = (
+        c.side, c.price, c.size, c.update_id, c.snapshot, c.times,
+    )  # fmt: skip
+    while i < end:
+        if snapshot[i]:  # a snapshot event: the book is replaced by its levels
+            j = i
+            while j < end and snapshot[j] and update_id[j] == update_id[i]:
+                j += 1
+            levels = list(zip(side[i:j], price[i:j], size[i:j], strict=True))
+            book.load_snapshot(
+                [(p, s) for d, p, s in levels if d == "bid"],
+                [(p, s) for d, p, s in levels if d == "ask"],
+                update_id[i], None if times[i] is None else _when(times[i]),
+            )  # fmt: skip
+            last = j - 1
+            i = j
+        else:
+            book.apply(side[i], price[i], size[i])
+            last = i
+            i += 1
+        if times[last] is not None:
+            book.time = _when(times[last])
+        if update_id[last] is not None:
+            book.update_id = update_id[last]
 
 
 def _column_us(table: pa.Table, name: str) -> list[int | None]:

@@ -288,7 +288,11 @@ class BookProcessor:
                 codec = codecs[exchange]
             else:
                 codec = codecs[exchange] = self.codec_for(exchange)
-            if codec is None or not codec.is_book(frame.text):
+            if codec is None:
+                continue
+            if not codec.is_book(frame.text):
+                if codec.note is not None:  # the venue's rule counts every message
+                    codec.note(frame)
                 continue
             try:  # the venue's decode validates every amount (`check_amount`): they fit
                 events = codec.decode(frame)

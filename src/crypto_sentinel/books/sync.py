@@ -31,14 +31,13 @@ DROPPED = Verdict(applied=False)
 
 def apply_levels(book: OrderBook, event: BookEvent) -> None:
     """Write an update's absolute sizes (0 removes) and its ids/time into the book."""
-    for price, size in event.bids:
-        book.apply("bid", price, size)
-    for price, size in event.asks:
-        book.apply("ask", price, size)
+    book.apply_many("bid", event.bids)
+    book.apply_many("ask", event.asks)
     if event.update_id is not None:
         book.update_id = event.update_id
     if event.time is not None:
         book.time = event.time
+    book.version += 1  # the ids and time are part of what a reader caches by version
 
 
 def load(book: OrderBook, event: BookEvent) -> None:

@@ -31,7 +31,7 @@ from crypto_sentinel.books.registry import BookRegistry
 from crypto_sentinel.engine.processor import CHUNK_FRAMES, Engine
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.maintenance.files import partitions
-from crypto_sentinel.lake.maintenance.policy import COMPACT_PROPERTIES
+from crypto_sentinel.lake.maintenance.policy import compact_properties
 from crypto_sentinel.lake.writer import LakeWriter
 from crypto_sentinel.model import RawFrame
 
@@ -244,7 +244,7 @@ def _replace(dt: DeltaTable, spec: T.TableSpec, staging: Path, since: date | Non
         mode="overwrite",
         predicate=f"date >= '{since.isoformat()}'" if since else None,
         partition_by=list(spec.partition_by),
-        writer_properties=COMPACT_PROPERTIES,
+        writer_properties=compact_properties(spec),
     )
     return rows
 

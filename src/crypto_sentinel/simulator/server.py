@@ -164,13 +164,8 @@ class SimulatorServer:
         if self.venue is not None:
             self.venue.depth = self.depth
 
-    @property
-    def ws_url(self) -> str:
-        return f"ws://{self.host}:{self.port}"
-
-    @property
-    def rest_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+    ws_url = property(lambda self: f"ws://{self.host}:{self.port}")
+    rest_url = property(lambda self: f"http://{self.host}:{self.port}")
 
     @property
     def done(self) -> bool:
@@ -178,7 +173,6 @@ class SimulatorServer:
         return self.max_trades is not None and self._emitted >= self.max_trades
 
     emitted_count = property(lambda self: self._emitted)
-
     connection_count = property(lambda self: len(self._sessions))
 
     async def wait_done(self) -> None:
@@ -388,10 +382,14 @@ class SimulatorServer:
         every = float(getattr(self.faults, "disconnect_every", 0))
         while True:
             await asyncio.sleep(every)
-            for session in list(self._sessions.values()):
-                self._forget(session)
-                session.ws.transport.abort()
-                self.disconnects += 1
+            self.disconnect_all()
+
+    def disconnect_all(self) -> None:
+        """Cut every connection abruptly (faults; tests that need a venue's resync)."""
+        for session in list(self._sessions.values()):
+            self._forget(session)
+            session.ws.transport.abort()
+            self.disconnects += 1
 
     # ------------------------------------------------------------------ WebSocket
 

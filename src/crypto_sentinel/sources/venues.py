@@ -175,6 +175,9 @@ class BookCodec:
     is_book: Callable[[str], bool]  # frame text -> is it a book message (no full decode)
     decode: Callable[[RawFrame], list[BookEvent]]  # FrameError names what is wrong
     new_sync: Callable[[], BookSync]
+    #: Told every other frame of the venue, in order, when the sync rule needs them (Coinbase
+    #: Advanced numbers every message of a connection: `note_frame`).
+    note: Callable[[RawFrame], None] | None = None
 
 
 #: venue -> module under crypto_sentinel.sources with `is_book`, `decode_book` and `BookSync`
@@ -200,7 +203,8 @@ def book_codec_for(exchange: str) -> BookCodec | None:
         if exc.name != name:
             raise
         return None
-    return BookCodec(venue, module.is_book, module.decode_book, module.BookSync)
+    note = getattr(module, "note_frame", None)
+    return BookCodec(venue, module.is_book, module.decode_book, module.BookSync, note)
 
 
 def connector_for(venue: str) -> Connector:

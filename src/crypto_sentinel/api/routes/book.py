@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from starlette.responses import Response
 
 from crypto_sentinel.api.bookseries import MAX_SERIES_WINDOW, book_series
 from crypto_sentinel.api.context import ApiContext, bad_parameter, not_found
@@ -59,8 +60,39 @@ def rebuilt(view: BookView) -> OrderBook:
     return book
 
 
+def body(book: OrderBook, depth: int, bps: int, at: datetime | None) -> dict[str, Any]:
+    """The one answer of the book route, live (`at` None) or rebuilt from the lake."""
+    shown = None if at is None else iso(at)
+    return {**book_item(book.view(depth)), **stats(book, bps), "at": shown}
+
+
+class RenderedBooks:
+    """Live answers rendered once per book version: at hundreds of requests a second a book
+    changes far less often than it is asked for, and rendering 2 x depth decimals and the
+    depth near the mid is most of a request's work. A hit needs the book's version to be
+    the one the answer was rendered at, so no answer is older than the book."""
+
+    LIMIT = 4096  # (exchange, product, depth, bps) answers kept
+
+    def __init__(self) -> None:
+        self._held: dict[tuple[str, str, int, int], tuple[int, bytes]] = {}
+
+    def render(self, book: OrderBook, depth: int, bps: int) -> bytes:
+        key = (book.exchange, book.product_id, depth, bps)
+        version = book.version  # read first: a change while rendering makes the next a miss
+        hit = self._held.get(key)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        rendered = bytes(JSONResponse(body(book, depth, bps, None)).body)
+        if len(self._held) >= self.LIMIT:
+            self._held.clear()
+        self._held[key] = (version, rendered)
+        return rendered
+
+
 def router(ctx: ApiContext) -> APIRouter:
     api = APIRouter(prefix="/v1")
+    rendered = RenderedBooks()
 
     @api.get(
         "/products/{product_id}/book",
@@ -77,7 +109,7 @@ def router(ctx: ApiContext) -> APIRouter:
             Instant | None,
             Query(description="the book as it was then (ISO 8601 or Unix seconds), from the lake"),
         ] = None,
-    ) -> JSONResponse:
+    ) -> Response:
         ex = await ctx.exchange(exchange, product_id)
         if at is not None:
             return await past_book(ex, product_id, at, depth, bps)
@@ -87,8 +119,7 @@ def router(ctx: ApiContext) -> APIRouter:
                 f"no order book for {product_id!r} on {ex!r}: order books are off"
                 " (SENTINEL_BOOKS=false) or none has been received yet"
             )
-        item = {**book_item(live.view(depth)), **stats(live, bps), "at": None}
-        return JSONResponse(item)
+        return Response(rendered.render(live, depth, bps), media_type="application/json")
 
     async def past_book(ex: str, product_id: str, at: Instant, depth: int, bps: int) -> Any:
         try:
@@ -109,9 +140,7 @@ def router(ctx: ApiContext) -> APIRouter:
             not_found(
                 f"no book data in the lake for {product_id!r} on {ex!r} at or before {iso(when)}"
             )
-        past = rebuilt(found)
-        item = {**book_item(past.view(depth)), **stats(past, bps), "at": iso(when)}
-        return JSONResponse(item)
+        return JSONResponse(body(rebuilt(found), depth, bps, when))
 
     @api.get(
         "/products/{product_id}/book/series",

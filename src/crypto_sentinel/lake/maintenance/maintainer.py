@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from deltalake import DeltaTable
+from deltalake import DeltaTable, WriterProperties
 from deltalake.exceptions import CommitFailedError
 
 from crypto_sentinel.lake import tables as T
@@ -23,9 +23,9 @@ from crypto_sentinel.lake.maintenance.files import (
     partitions,
 )
 from crypto_sentinel.lake.maintenance.policy import (
-    COMPACT_PROPERTIES,
     ZORDER_COLUMNS,
     Policy,
+    compact_properties,
     compaction_target,
     expired_dates,
     utc_now,
@@ -142,7 +142,9 @@ class Maintainer:
             z = bool(use_zorder and columns and sealed and target == self.policy.target_file_bytes)
             started = time.perf_counter()
             metrics = self._retry(
-                spec, "compact", self._compactor(part, target, columns if z else ())
+                spec,
+                "compact",
+                self._compactor(part, target, columns if z else (), compact_properties(spec)),
             )
             entry = {
                 "partition": part.label(),
@@ -159,14 +161,14 @@ class Maintainer:
 
     @staticmethod
     def _compactor(
-        part: Partition, target: int, zorder: Sequence[str]
+        part: Partition, target: int, zorder: Sequence[str], properties: WriterProperties
     ) -> Callable[[DeltaTable], dict[str, Any]]:
         def run(dt: DeltaTable) -> dict[str, Any]:
             options: dict[str, Any] = {
                 "partition_filters": part.filters(),
                 "target_size": target,
                 "max_concurrent_tasks": 1,  # leave the other core to the stream
-                "writer_properties": COMPACT_PROPERTIES,
+                "writer_properties": properties,
             }
             if zorder:
                 return dict(dt.optimize.z_order(list(zorder), **options))

@@ -28,6 +28,17 @@ TIER_DIVISORS = (64, 8, 1)
 #: and decode a group in the API's columns in 5 ms instead of 40 (docs/benchmarks.md).
 ROW_GROUP_ROWS = 16_384
 COMPACT_PROPERTIES = WriterProperties(compression="ZSTD", max_row_group_size=ROW_GROUP_ROWS)
+#: Rows per row group of gold.book_snapshots (appended and compacted): a row holds up to
+#: 2 x `book_depth` levels, so at ROW_GROUP_ROWS one `at=` read of a checkpoint would decode
+#: the levels of thousands of snapshots around it.
+SNAPSHOT_GROUP_ROWS = 256
+SNAPSHOT_PROPERTIES = WriterProperties(compression="ZSTD", max_row_group_size=SNAPSHOT_GROUP_ROWS)
+
+
+def compact_properties(spec: T.TableSpec) -> WriterProperties:
+    """How compaction and rebuild write a table's files."""
+    return SNAPSHOT_PROPERTIES if spec == T.BOOK_SNAPSHOTS else COMPACT_PROPERTIES
+
 
 #: Z-order columns per table (tables without an entry are only bin-packed).
 ZORDER_COLUMNS: dict[str, tuple[str, ...]] = {

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from collections import deque
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 
 import msgspec
 
 from crypto_sentinel.books.events import BookEvent, Verdict
-from crypto_sentinel.books.orderbook import LevelPair, OrderBook
+from crypto_sentinel.books.levels import levels
+from crypto_sentinel.books.orderbook import OrderBook
 from crypto_sentinel.books.sync import (
     BUFFER_OVERFLOW,
     DROPPED,
@@ -38,7 +38,7 @@ from crypto_sentinel.books.sync import (
 )
 from crypto_sentinel.model import RawFrame
 from crypto_sentinel.sources.binance.codec import product_of
-from crypto_sentinel.sources.codec import FrameError, check_amount
+from crypto_sentinel.sources.codec import FrameError
 
 #: Updates kept while waiting for a snapshot: 100 s of one symbol at 100 ms.
 BUFFER_LIMIT = 1000
@@ -93,7 +93,7 @@ def decode_book(frame: RawFrame) -> list[BookEvent]:
             raise FrameError(f"lastUpdateId must be >= 0, got {msg.lastUpdateId}")
         return [
             BookEvent(
-                frame.exchange, product, "snapshot", _levels(msg.bids), _levels(msg.asks),
+                frame.exchange, product, "snapshot", levels(msg.bids), levels(msg.asks),
                 update_id=msg.lastUpdateId, conn_id=frame.conn_id,
             )
         ]  # fmt: skip
@@ -102,19 +102,10 @@ def decode_book(frame: RawFrame) -> list[BookEvent]:
     time = None if msg.E is None else _EPOCH + timedelta(milliseconds=msg.E)
     return [
         BookEvent(
-            frame.exchange, product, "update", _levels(msg.b), _levels(msg.a), update_id=msg.u,
+            frame.exchange, product, "update", levels(msg.b), levels(msg.a), update_id=msg.u,
             first_update_id=msg.U, time=time, conn_id=frame.conn_id,
         )
     ]  # fmt: skip
-
-
-def _levels(rows: list[tuple[str, str]]) -> list[LevelPair]:
-    out = []
-    for price, qty in rows:
-        check_amount("price", price)
-        check_amount("size", qty, allow_zero=True)
-        out.append((Decimal(price), Decimal(qty)))
-    return out
 
 
 class BookSync:

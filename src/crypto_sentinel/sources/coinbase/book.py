@@ -9,15 +9,14 @@ a new connection (a reconnect) makes the book stale until its own snapshot.
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
 
 import msgspec
 
 from crypto_sentinel.books.events import BookEvent, EventKind
-from crypto_sentinel.books.orderbook import LevelPair
+from crypto_sentinel.books.levels import level, levels
 from crypto_sentinel.books.sync import SnapshotSync
 from crypto_sentinel.model import RawFrame
-from crypto_sentinel.sources.codec import FrameError, check_amount, check_product, check_time
+from crypto_sentinel.sources.codec import FrameError, check_product, check_time
 
 _SIDES = {"buy": "bid", "sell": "ask"}
 
@@ -52,7 +51,7 @@ def decode_book(frame: RawFrame) -> list[BookEvent]:
         check_time(frame, msg.time)
     kind: EventKind
     if isinstance(msg, _Snapshot):
-        bids, asks = _levels(msg.bids), _levels(msg.asks)
+        bids, asks = levels(msg.bids), levels(msg.asks)
         kind = "snapshot"
     else:
         bids, asks = [], []
@@ -60,7 +59,7 @@ def decode_book(frame: RawFrame) -> list[BookEvent]:
             book_side = _SIDES.get(side)
             if book_side is None:
                 raise FrameError(f"side must be 'buy' or 'sell', got {side!r}")
-            (bids if book_side == "bid" else asks).append(_level(price, size))
+            (bids if book_side == "bid" else asks).append(level(price, size))
         kind = "update"
     return [
         BookEvent(
@@ -68,16 +67,6 @@ def decode_book(frame: RawFrame) -> list[BookEvent]:
             conn_id=frame.conn_id,
         )
     ]  # fmt: skip
-
-
-def _level(price: str, size: str) -> LevelPair:
-    check_amount("price", price)
-    check_amount("size", size, allow_zero=True)
-    return Decimal(price), Decimal(size)
-
-
-def _levels(rows: list[tuple[str, str]]) -> list[LevelPair]:
-    return [_level(price, size) for price, size in rows]
 
 
 class BookSync(SnapshotSync):

@@ -7,9 +7,9 @@ Each message is `{channel, timestamp, sequence_num, events}`; an event is a `sna
 Why the rule needs more than the book's own messages: `sequence_num` numbers every message
 of a connection (trades, tickers, heartbeats too), so a jump between two `l2_data` messages is
 not by itself a loss. The connection's numbers are kept in one shared `Sequences` object per
-process (`SEQUENCES`, bounded to the newest connections): the engine calls `note_frame` for
-every non-book frame of the venue, in frame order (a whole micro-batch before its book frames
-is fine), and each product's `BookSync` notes its own messages and asks whether any number
+process (`SEQUENCES`, bounded to the newest connections): the engine's book processor calls
+`note_frame` (the venue's `BookCodec.note`) for every non-book frame of the venue, in frame
+order, and each product's `BookSync` notes its own messages and asks whether any number
 between its previous message and this one was never seen. A shared object rather than a
 method on each `BookSync` because one missing number breaks every book of the connection,
 whichever product it was for, and a sync instance only knows its own product. An engine
@@ -22,15 +22,15 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections import OrderedDict
 from datetime import datetime
-from decimal import Decimal
 
 import msgspec
 
 from crypto_sentinel.books.events import BookEvent, EventKind, Verdict
-from crypto_sentinel.books.orderbook import LevelPair, OrderBook
+from crypto_sentinel.books.levels import level
+from crypto_sentinel.books.orderbook import OrderBook
 from crypto_sentinel.books.sync import DROPPED, SEQUENCE_BREAK, SnapshotSync, break_book
 from crypto_sentinel.model import RawFrame
-from crypto_sentinel.sources.codec import FrameError, check_amount, check_product, check_time
+from crypto_sentinel.sources.codec import FrameError, check_product, check_time
 
 _SIDES = {"bid": "bid", "offer": "ask"}
 
@@ -92,10 +92,8 @@ def decode_book(frame: RawFrame) -> list[BookEvent]:
             side = _SIDES.get(u.side)
             if side is None:
                 raise FrameError(f"side must be 'bid' or 'offer', got {u.side!r}")
-            check_amount("price", u.price_level)
-            check_amount("size", u.new_quantity, allow_zero=True)
-            level: LevelPair = (Decimal(u.price_level), Decimal(u.new_quantity))
-            (event.bids if side == "bid" else event.asks).append(level)
+            pair = level(u.price_level, u.new_quantity)
+            (event.bids if side == "bid" else event.asks).append(pair)
     return out
 
 
