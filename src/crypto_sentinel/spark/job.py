@@ -21,9 +21,11 @@ from types import FrameType
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
+from crypto_sentinel.books.processor import BookSettings
 from crypto_sentinel.config import Settings, load_settings
 from crypto_sentinel.lake.tables import CANDLES_1M, TRADES, ensure_tables
 from crypto_sentinel.spark import procs
+from crypto_sentinel.spark.books import SparkBooks
 from crypto_sentinel.spark.sink import LakeSink, read_marks
 from crypto_sentinel.spark.storage import s3a_confs, spark_lake_uri
 
@@ -91,6 +93,9 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> Strea
             committed[spec.name] = int(version)
     marks = read_marks(tables)
     sink = LakeSink(spark, lake, app_id, settings.kafka_topic_prefix, committed, marks)
+    if settings.books:  # kept on the driver, in bus order (spark/books.py)
+        book_settings = BookSettings.from_settings(settings)
+        sink.books = SparkBooks(spark, lake, settings.lake_root, app_id, book_settings)
     records = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap)

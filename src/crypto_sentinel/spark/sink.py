@@ -45,6 +45,7 @@ from crypto_sentinel.engine.candles import Candle
 from crypto_sentinel.lake import tables as LT
 from crypto_sentinel.lake.writer import candles_table
 from crypto_sentinel.spark import decode
+from crypto_sentinel.spark.books import SparkBooks
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,8 @@ class LakeSink:
         self.committed = committed or {}
         self.marks = marks or Marks()
         self.timings: dict[str, float] = {}
+        #: The order books (spark/books.py), when `settings.books` is on.
+        self.books: SparkBooks | None = None
 
     def path(self, spec: LT.TableSpec) -> str:
         return spec.uri(self.lake)
@@ -131,6 +134,9 @@ class LakeSink:
         frames = decode.frames(records, self.topic_prefix)
         parsed = decode.decoded(frames, self.marks.tickers).persist()
         try:
+            if self.books is not None:  # before bronze, which the sink writes last
+                with self._step("books"):
+                    log.info("batch %d books: %s", batch_id, self.books.write(parsed, batch_id))
             counts = self.write(parsed, batch_id)
         finally:
             parsed.unpersist()
