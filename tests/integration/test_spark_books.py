@@ -63,7 +63,7 @@ TRADES = 150  # per simulated venue
 VENUES: dict[str, tuple[list[str], FaultSpec]] = {
     "coinbase": (["BTC-USD", "ETH-USD"], FaultSpec(seed=3, book_drop=0.03, book_reorder=0.03)),
     "binance": (["BTC-USDT", "ETH-USDT"], FaultSpec(seed=4)),
-    "kraken": (["BTC-USD", "ETH-USD"], FaultSpec(seed=5, book_checksum=0.02)),
+    "kraken": (["BTC-USD", "ETH-USD"], FaultSpec(seed=5, book_checksum=0.05)),
     "coinbase-advanced": (["BTC-USD", "ETH-USD"], FaultSpec(seed=6, book_drop=0.03)),
 }
 CREDENTIALS = Credentials("key-1", base64.b64encode(b"a secret").decode(), "phrase")
