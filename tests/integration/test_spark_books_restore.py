@@ -68,7 +68,7 @@ def test_a_restarted_driver_continues_the_books_from_the_lake(tmp_path: Path, cu
     after = reference.process(frames[cut:])
     lake = tmp_path / "lake"
     _store(lake, 1, before)
-    books = SparkBooks(None, str(lake), lake, "spark", SETTINGS)
+    books = SparkBooks(lake, "spark", SETTINGS)
     out = books.restored(frames[cut:]).process(frames[cut:])
     _same(out.updates, after.updates)
     _same(out.snapshots, after.snapshots)
@@ -86,7 +86,7 @@ def test_a_batch_run_again_whose_updates_are_stored_continues_from_before_it(
     lake = tmp_path / "lake"
     _store(lake, 1, first)
     _store(lake, 2, again, snapshots=False)  # killed before the snapshots' commit
-    books = SparkBooks(None, str(lake), lake, "spark", SETTINGS)
+    books = SparkBooks(lake, "spark", SETTINGS)
     processor = books.restored(frames[200:260])
     _same(processor.process(frames[200:260]).snapshots, again.snapshots)
     _same(processor.process(frames[260:]).updates, rest.updates)

@@ -6,8 +6,9 @@ state between them (the book, the last update id, Binance's buffer), so it canno
 over executors. The executors only pick the batch's book frames out (the venue's cheap
 `is_book`, in `mapInArrow`); the driver sorts them into bus order (per Kafka partition, by
 offset: a product's frames share one partition, as the embedded consumer reads them) and runs
-the engine's own `BookProcessor` over them. Its Arrow rows are appended with the batch's
-Delta transaction, so a batch Spark runs again skips what is stored.
+the engine's own `BookProcessor` over them. Its Arrow rows are committed by the engine's
+own `LakeWriter` with the batch's Delta transaction, so a batch Spark runs again skips what is
+stored.
 
 Two transactions: the book tables carry the sink's (app id, batch id); bronze.gaps and the
 quarantine, which the sink also appends to under that pair within the same batch, carry
@@ -27,7 +28,7 @@ import logging
 from collections.abc import Iterator, Sequence
 
 import pyarrow as pa
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame
 from pyspark.sql.types import StringType, StructField, StructType
 from pyspark.sql.udf import UserDefinedFunction
 from pyspark.util import PythonEvalType
@@ -37,7 +38,7 @@ from crypto_sentinel.books.processor import BookOutput, BookProcessor, BookSetti
 from crypto_sentinel.books.registry import BookRegistry
 from crypto_sentinel.lake import tables as LT
 from crypto_sentinel.lake.location import LakeRoot
-from crypto_sentinel.lake.rows import gaps_table, quarantine_table
+from crypto_sentinel.lake.writer import Batch, LakeWriter
 from crypto_sentinel.model import RawFrame, Rejected
 from crypto_sentinel.sources.codec import FrameError
 from crypto_sentinel.sources.venues import book_codec_for
@@ -94,30 +95,22 @@ def raw_frames(table: pa.Table) -> tuple[list[RawFrame], set[int]]:
 class SparkBooks:
     """The driver's books of one Spark job: `write(parsed, batch_id)` once per micro-batch."""
 
-    def __init__(
-        self,
-        spark: SparkSession,
-        lake: str,
-        lake_root: LakeRoot,
-        app_id: str,
-        settings: BookSettings,
-    ) -> None:
-        self.spark = spark
-        self.lake = lake  # as Spark writes it (s3a:// for S3)
-        self.lake_root = lake_root  # as delta-rs reads it (the restore)
+    def __init__(self, lake: LakeRoot, app_id: str, settings: BookSettings) -> None:
+        self.lake = lake
         self.app_id = app_id
         self.settings = settings
         self.processor: BookProcessor | None = None  # made (and restored) at the first batch
+        self._writer: LakeWriter | None = None
 
     def write(self, parsed: DataFrame, batch_id: int) -> dict[str, int]:
-        """Run the batch's book frames through the books and append their rows; returns
+        """Run the batch's book frames through the books and commit their rows; returns
         the row counts. A failure leaves the books to be restored again from the lake."""
         frames, refused = raw_frames(book_frames(parsed))
         if self.processor is None:
             self.processor = self.restored(frames)
         try:
             out = self.processor.process(frames)
-            return self._append(out, frames, refused, batch_id)
+            return self._commit(out, frames, refused, batch_id)
         except BaseException:
             self.processor = None  # its state may be ahead of the lake
             raise
@@ -126,7 +119,7 @@ class SparkBooks:
         """A processor that continues the lake's books from before `frames` (see module)."""
         processor = BookProcessor(BookRegistry(), self.settings)
         first = first_frames(frames)
-        history = BookHistory(self.lake_root)
+        history = BookHistory(self.lake)
         count = 0
         for exchange, product_id in history.recent_products(2 * self.settings.checkpoint_seconds):
             found = history.book_before(exchange, product_id, first.get((exchange, product_id)))
@@ -134,37 +127,35 @@ class SparkBooks:
                 book, moment, conn_id = found
                 processor.restore(exchange, product_id, book.view(), datetime_of(moment), conn_id)
                 count += 1
-        if count:
-            log.info("books restored from the lake: %d", count)
+        log.info("books restored from the lake: %d", count)
         return processor
 
-    def _append(
+    def _commit(
         self, out: BookOutput, frames: Sequence[RawFrame], refused: set[int], batch_id: int
     ) -> dict[str, int]:
+        """Through the embedded engine's writer: its files are what `BookHistory` reads (Spark
+        also writes the partition columns into its Parquet files, which those plain Parquet
+        reads of hive-style folders refuse), and it skips a table that holds the batch."""
+        if self._writer is None:
+            self._writer = LakeWriter(self.lake, self.app_id)
+        books = Batch(version=batch_id, txns={self.app_id: batch_id})
+        if out.updates is not None:
+            books.book_update_tables.append(out.updates)
+        if out.snapshots is not None:
+            books.book_snapshot_tables.append(out.snapshots)
+        self._writer.commit(books)
         rejected = [Rejected(frames[i], reason) for i, reason in out.rejected if i not in refused]
-        parts = [
-            (LT.BOOK_UPDATES, out.updates, self.app_id),
-            (LT.BOOK_SNAPSHOTS, out.snapshots, self.app_id),
-            (LT.QUARANTINE, quarantine_table(rejected) if rejected else None, self.shared_app_id),
-            (LT.GAPS, gaps_table(out.gaps) if out.gaps else None, self.shared_app_id),
-        ]
-        counts = {}
-        for spec, table, app_id in parts:
-            if table is None or not table.num_rows:
-                continue
-            (
-                self.spark.createDataFrame(table)  # Arrow into the JVM: no Python workers
-                .write.format("delta")
-                .mode("append")
-                .option("txnAppId", app_id)
-                .option("txnVersion", batch_id)
-                .save(spec.uri(self.lake))
-            )
-            counts[spec.name] = table.num_rows
-        if out.dropped or out.buffered:
-            counts["book events dropped"] = out.dropped  # the engine's counters, logged
-            counts["book events buffered"] = out.buffered
-        return counts
+        shared = Batch(version=batch_id, rejected=rejected, gaps=list(out.gaps))
+        shared.txns = {self.shared_app_id: batch_id}
+        self._writer.commit(shared)
+        return {
+            LT.BOOK_UPDATES.name: 0 if out.updates is None else out.updates.num_rows,
+            LT.BOOK_SNAPSHOTS.name: 0 if out.snapshots is None else out.snapshots.num_rows,
+            "book gaps": len(out.gaps),
+            "book quarantine": len(rejected),
+            "book events dropped": out.dropped,  # the engine's counters
+            "book events buffered": out.buffered,
+        }
 
     @property
     def shared_app_id(self) -> str:

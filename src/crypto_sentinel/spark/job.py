@@ -95,7 +95,7 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> Strea
     sink = LakeSink(spark, lake, app_id, settings.kafka_topic_prefix, committed, marks)
     if settings.books:  # kept on the driver, in bus order (spark/books.py)
         book_settings = BookSettings.from_settings(settings)
-        sink.books = SparkBooks(spark, lake, settings.lake_root, app_id, book_settings)
+        sink.books = SparkBooks(settings.lake_root, app_id, book_settings)
     records = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
