@@ -17,7 +17,11 @@ Left out of the inputs on purpose: repeated messages of the venues without updat
 embedded engine's restart does, without the sync rule's memory of the previous message or of
 a buffer waiting for a snapshot: a kill between a message and its repeat, or inside such a
 buffer, gives rows that differ from an uninterrupted run by design (an extra, harmless level
-row, or a visible gap row)."""
+row, or a visible gap row). Nor can a Kraken book continued from the lake verify its next
+checksum: the lake keeps the levels as decimal(28,12), and Kraken's checksum is over the
+venue's text (trailing zeros count), so that book breaks at once ("checksum mismatch", a gap
+row, never silently wrong; test_spark_books_restore.py). Kraken's books here break before the
+kill so that the runs stay comparable."""
 
 from __future__ import annotations
 
@@ -64,7 +68,8 @@ TRADES = 150  # per simulated venue
 VENUES: dict[str, tuple[list[str], FaultSpec]] = {
     "coinbase": (["BTC-USD", "ETH-USD"], FaultSpec(seed=3, book_drop=0.03, book_reorder=0.03)),
     "binance": (["BTC-USDT", "ETH-USDT"], FaultSpec(seed=4)),
-    "kraken": (["BTC-USD", "ETH-USD"], FaultSpec(seed=5, book_checksum=0.05)),
+    # checksums corrupted early: both books are broken before the kill (see the docstring)
+    "kraken": (["BTC-USD", "ETH-USD"], FaultSpec(seed=5, book_checksum=0.3)),
     "coinbase-advanced": (["BTC-USD", "ETH-USD"], FaultSpec(seed=6, book_drop=0.03)),
 }
 CREDENTIALS = Credentials("key-1", base64.b64encode(b"a secret").decode(), "phrase")
