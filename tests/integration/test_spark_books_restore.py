@@ -3,7 +3,8 @@ JVM: the recorded Binance `depthUpdate` and Coinbase `l2update` frames are cut a
 places; the rows of the frames before the cut are stored as the embedded engine's writer
 stores them, and a fresh driver continues from the lake. The rows it makes after the cut
 equal those of one processor that never stopped, also when the lake already holds part of
-the batch being run again (a kill between the book tables' commits)."""
+the batch being run again (a kill between the book tables' commits). A restored Kraken book
+breaks visibly at its next checksum (a known limit, shared with the engine's restart)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,12 @@ from crypto_sentinel.lake.writer import Batch, LakeWriter
 from crypto_sentinel.model import RawFrame
 from crypto_sentinel.sources.venues import book_codec_for
 from crypto_sentinel.spark.books import SparkBooks, first_frames, raw_frames
+from tests.conftest import SHARED
 from tests.integration.test_spark_books import _recorded
+from tests.unit.test_book_recordings import v2_frame
 
 pytestmark = pytest.mark.integration
+RECORDED = SHARED / "data"
 SETTINGS = BookSettings(depth=1000, snapshot_seconds=0.5, snapshot_levels=5, checkpoint_seconds=60)
 
 
@@ -117,3 +121,31 @@ def test_first_frames_and_the_sinks_refusals() -> None:
         for event in codec.decode(frame):
             assert first[(event.exchange, event.product_id)] <= key
     assert (frames[0].recv_ns // 1000, "rec-binance", 1) in first.values()
+
+
+def test_a_kraken_book_continued_from_the_lake_breaks_visibly_at_its_next_checksum(
+    tmp_path: Path,
+) -> None:
+    """A known limit, shared with the embedded engine's restart: the lake keeps levels as
+    decimal(28,12), Kraken's checksum is over the venue's text (trailing zeros count), so a
+    restored Kraken book fails its next checksum. It must break (a gap row, not valid), never
+    go on silently with levels it cannot verify."""
+    start = time.time_ns()
+    texts = (RECORDED / "kraken_v1" / "v1_book.ndjson").read_text().splitlines()[:400]
+    frames = [
+        RawFrame("kraken", "rec-kraken", seq, start + seq * 1_000_000, v2_frame(text))
+        for seq, text in enumerate(texts, 1)
+    ]
+    reference = BookProcessor(BookRegistry(), SETTINGS)
+    before = reference.process(frames[:200])
+    after = reference.process(frames[200:])
+    assert not before.gaps and not after.gaps  # every recorded checksum verifies
+    lake = tmp_path / "lake"
+    _store(lake, 1, before)
+    processor = SparkBooks(lake, "spark", SETTINGS).restored(frames[200:])
+    out = processor.process(frames[200:])
+    broken = {g.product_id for g in out.gaps}
+    assert broken and {g.reason for g in out.gaps} == {"checksum mismatch"}
+    for product in broken:
+        book = processor.registry.get("kraken", product)
+        assert book is not None and not book.valid
