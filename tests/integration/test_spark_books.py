@@ -49,7 +49,7 @@ from crypto_sentinel.sources.bookfeed import Credentials
 from crypto_sentinel.sources.feed import FeedSource
 from crypto_sentinel.sources.venues import connector_for, simulated_name
 from tests.conftest import ROOT, SHARED
-from tests.integration.spark_procs import MARK, wait_until_none
+from tests.integration.spark_procs import MARK, marked, wait_until_none
 from tests.integration.test_spark_conformance import (
     _count,
     _finish,
@@ -225,6 +225,7 @@ def test_spark_books_equal_the_embedded_engines_across_a_driver_kill(
     env.pop("SENTINEL_SPARK_MAX_OFFSETS_PER_TRIGGER")
     log = tmp_path / "spark-restart.log"
     _finish(_submit(env, log, "--master", "local[2]", "--available-now"), log)
+    assert marked(mark) == []  # a normal end: nothing left once the CLI has returned
     restored = re.findall(r"books restored from the lake: (\d+)", log.read_text(errors="replace"))
     assert restored and int(restored[0]) > 0, restored  # the restart began with stored books
     assert _count(spark, T.BRONZE) == frames
