@@ -21,6 +21,8 @@ from types import FrameType
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
+from crypto_sentinel.books.processor import BookProcessor, BookSettings
+from crypto_sentinel.books.registry import BookRegistry
 from crypto_sentinel.config import Settings, load_settings
 from crypto_sentinel.engine.processor import Engine
 from crypto_sentinel.lake.query import LakeReader
@@ -75,7 +77,12 @@ def sink(settings: Settings, app_id: str) -> LakeSink:
     """The embedded engine over the lake, as `sentinel process` starts it: what the tables
     hold is learnt, and what a killed run left half committed is finished."""
     writer = LakeWriter(settings.lake_root, app_id)
-    engine = Engine(writer, settings.spark_trigger_seconds, settings.spark_max_offsets_per_trigger)
+    books = None  # a book follows its venue's rule message after message: on the driver
+    if settings.books:
+        books = BookProcessor(BookRegistry(), BookSettings.from_settings(settings))
+    engine = Engine(
+        writer, settings.spark_trigger_seconds, settings.spark_max_offsets_per_trigger, books=books
+    )
     engine.load_state(LakeReader(settings.lake_root))
     return LakeSink(engine, app_id, settings.kafka_topic_prefix)
 
