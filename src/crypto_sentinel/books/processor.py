@@ -435,3 +435,25 @@ class BookProcessor:
             book.mark_invalid(view.invalid_reason)
             product.last_break = view.invalid_reason
         product.moment_us = product.seen_us = us_of(moment)
+
+
+def first_book_frames(frames: Sequence[RawFrame]) -> dict[tuple[str, str], tuple[int, str, int]]:
+    """Each product's first book frame among `frames` as a `BookHistory` frame key (receive
+    time in us, connection, sequence): where a restarted engine continues that product's book
+    from, when those frames are derived again. Per product, not one cut for all: frames from
+    several Kafka partitions interleave, and one cut would hide another product's stored rows."""
+    first: dict[tuple[str, str], tuple[int, str, int]] = {}
+    for frame in frames:
+        codec = book_codec_for(frame.exchange)
+        if codec is None or not codec.is_book(frame.text):
+            continue
+        try:
+            events = codec.decode(frame)
+        except FrameError:
+            continue
+        key = (frame.recv_ns // 1000, frame.conn_id, frame.recv_seq)
+        for event in events:
+            product = (event.exchange, event.product_id)
+            if product not in first or key < first[product]:
+                first[product] = key
+    return first

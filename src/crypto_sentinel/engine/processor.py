@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from crypto_sentinel import metrics
 from crypto_sentinel.books.history import BookHistory
-from crypto_sentinel.books.processor import BookProcessor, datetime_of
+from crypto_sentinel.books.processor import BookProcessor, datetime_of, first_book_frames
 from crypto_sentinel.engine import recovery
 from crypto_sentinel.engine.candles import Candle, CandleKey
 from crypto_sentinel.engine.chunks import ChunkAcceptor, Listener  # noqa: F401 (re-exported)
@@ -141,8 +141,9 @@ class Engine:
         self.rederive(owns or (lambda app: app == self.writer.app_id))
         repair_candles(self.writer, reader)
         log.info(
-            "engine state loaded: %d products, next batch version %d",
+            "engine state loaded: %d products, %d books, next batch version %d",
             len(self._trade_ids),
+            0 if self.books is None else len(self.books.registry.products()),
             self.next_version,
         )
 
@@ -177,14 +178,15 @@ class Engine:
 
     def _restore_books(self, in_doubt: Sequence[RawFrame]) -> None:
         """Continue the books the lake holds from where the stored rows end: before the
-        first in-doubt frame (those are derived again next), or after everything stored."""
+        product's first in-doubt frame (those are derived again next), or after everything
+        stored."""
         assert self.books is not None
         history = BookHistory(self.writer.lake)
-        before = min(((f.recv_ns // 1000, f.conn_id, f.recv_seq) for f in in_doubt), default=None)
+        first = first_book_frames(in_doubt)
         restored = 0
         window = 2 * self.books.settings.checkpoint_seconds
         for exchange, product_id in history.recent_products(window):
-            found = history.book_before(exchange, product_id, before)
+            found = history.book_before(exchange, product_id, first.get((exchange, product_id)))
             if found is not None:
                 book, moment, conn_id = found
                 view = book.view()
