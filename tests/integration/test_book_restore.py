@@ -4,7 +4,8 @@ places; the rows of the frames before the cut are stored as the embedded engine'
 stores them, and a fresh driver continues from the lake. The rows it makes after the cut
 equal those of one processor that never stopped, also when the lake already holds part of
 the batch being run again (a kill between the book tables' commits). A restored Kraken book
-breaks visibly at its next checksum (a known limit, shared with the engine's restart)."""
+verifies the next checksums although the lake keeps its levels at its own scale, not in
+Kraken's text (the real Kraken recording, cut at many places)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from crypto_sentinel.lake.writer import Batch, LakeWriter
 from crypto_sentinel.model import RawFrame
 from tests.conftest import SHARED
 from tests.integration.test_spark_books import _recorded
+from tests.unit.test_book_recordings import DATA, v2_frame
 
 pytestmark = pytest.mark.integration
 RECORDED = SHARED / "data"
@@ -120,3 +122,32 @@ def test_partitions_cut_at_different_times_each_continue_from_their_own_cut(
     out = _restored(lake, again).process(again)
     _same(out.updates, after.updates)
     _same(out.snapshots, after.snapshots)
+
+
+@pytest.mark.parametrize("cut", [3, 40, 250, 900])
+def test_a_restored_kraken_book_verifies_the_next_checksums(tmp_path: Path, cut: int) -> None:
+    """Kraken's checksum is over its text (trailing zeros count) and the lake keeps decimals
+    at its scale: a book continued from the lake must still verify every later message."""
+    texts = (DATA / "kraken_v1" / "v1_book.ndjson").read_text().splitlines()
+    start = time.time_ns()
+    frames = [
+        RawFrame("kraken", "k1", i + 1, start + i * 1_000_000, v2_frame(text))
+        for i, text in enumerate(texts)
+    ]
+    assert len(frames) > cut + 500
+    reference = BookProcessor(BookRegistry(), SETTINGS)
+    before = reference.process(frames[:cut])
+    after = reference.process(frames[cut:])
+    assert not before.gaps and not after.gaps  # every recorded checksum verifies
+    lake = tmp_path / "lake"
+    _store(lake, 1, before)
+    restored = _restored(lake, frames[cut:])
+    out = restored.process(frames[cut:])
+    assert [g.reason for g in out.gaps] == []
+    # the same level rows; not the same moments: these frames carry no exchange time, so a
+    # book's moment comes from when the lake last saw it
+    assert out.updates is not None and after.updates is not None
+    moments = ["book_time", "date"]
+    assert out.updates.drop(moments).to_pylist() == after.updates.drop(moments).to_pylist()
+    for key, kept in restored._products.items():
+        assert kept.book.valid and kept.book.view() == reference._products[key].book.view()

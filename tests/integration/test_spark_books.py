@@ -17,11 +17,8 @@ Left out of the inputs on purpose: repeated messages of the venues without updat
 embedded engine's restart does, without the sync rule's memory of the previous message or of
 a buffer waiting for a snapshot: a kill between a message and its repeat, or inside such a
 buffer, gives rows that differ from an uninterrupted run by design (an extra, harmless level
-row, or a visible gap row). Nor can a Kraken book continued from the lake verify its next
-checksum: the lake keeps the levels as decimal(28,12), and Kraken's checksum is over the
-venue's text (trailing zeros count), so that book breaks at once ("checksum mismatch", a gap
-row, never silently wrong). Kraken's books here break before the
-kill so that the runs stay comparable."""
+row, or a visible gap row). Kraken's books here carry corrupted checksums from early on
+(a Kraken book continued from the lake verifies its next checksums: test_book_restore.py)."""
 
 from __future__ import annotations
 
@@ -68,7 +65,7 @@ TRADES = 150  # per simulated venue
 VENUES: dict[str, tuple[list[str], FaultSpec]] = {
     "coinbase": (["BTC-USD", "ETH-USD"], FaultSpec(seed=3, book_drop=0.03, book_reorder=0.03)),
     "binance": (["BTC-USDT", "ETH-USDT"], FaultSpec(seed=4)),
-    # checksums corrupted early: both books are broken before the kill (see the docstring)
+    # checksums corrupted early: both books break and resync before the kill
     "kraken": (["BTC-USD", "ETH-USD"], FaultSpec(seed=5, book_checksum=0.3)),
     "coinbase-advanced": (["BTC-USD", "ETH-USD"], FaultSpec(seed=6, book_drop=0.03)),
 }

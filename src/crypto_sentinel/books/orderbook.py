@@ -189,15 +189,29 @@ class OrderBook:
         return len(self.bids) + len(self.asks)
 
 
-def kraken_checksum(book: OrderBook) -> int:
+def kraken_checksum(book: OrderBook, places: tuple[int, int] | None = None) -> int:
     """CRC32 of the top 10 levels as Kraken defines it (asks low->high, then bids
     high->low; each price and size with the '.' removed and leading zeros stripped),
-    computed from the exact decimal text the venue sent."""
+    computed from the exact decimal text the venue sent; or, given `places` (the pair's
+    price and size decimals), from each value written with that many decimals, as Kraken
+    writes them (a book read back from the lake holds the lake's scale, not the text)."""
     import zlib
 
     bids, asks = book.top(10)
-    parts = [_checksum_text(p) + _checksum_text(s) for p, s in asks]
-    parts += [_checksum_text(p) + _checksum_text(s) for p, s in bids]
+    if places is None:
+        text = _checksum_text
+        size_text = _checksum_text
+    else:
+        price_unit, size_unit = (Decimal(1).scaleb(-n) for n in places)
+
+        def text(value: Decimal) -> str:
+            return _checksum_text(value.quantize(price_unit))
+
+        def size_text(value: Decimal) -> str:
+            return _checksum_text(value.quantize(size_unit))
+
+    parts = [text(p) + size_text(s) for p, s in asks]
+    parts += [text(p) + size_text(s) for p, s in bids]
     return zlib.crc32("".join(parts).encode())
 
 

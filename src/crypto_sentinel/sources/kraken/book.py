@@ -103,6 +103,8 @@ class BookSync(SnapshotSync):
         self.configured = DEFAULT_DEPTH if depth is None else depth
         self.depth = self.configured
         self.verified = 0  # checksums that matched
+        #: The pair's price and size decimals, as the venue's messages show them.
+        self.places: tuple[int, int] | None = None
 
     def after_snapshot(self, event: BookEvent, book: OrderBook) -> Verdict:
         deepest = max(len(event.bids), len(event.asks))
@@ -118,7 +120,23 @@ class BookSync(SnapshotSync):
     def _verify(self, event: BookEvent, book: OrderBook) -> Verdict:
         book.truncate(self.depth)
         if event.checksum is not None:
-            if kraken_checksum(book) != event.checksum:
+            self.places = places_of(event) or self.places
+            if kraken_checksum(book) != event.checksum and (
+                self.places is None or kraken_checksum(book, self.places) != event.checksum
+            ):
                 return break_book(book, CHECKSUM_MISMATCH, applied=True)
             self.verified += 1
         return settle(book)
+
+
+def places_of(event: BookEvent) -> tuple[int, int] | None:
+    """The decimals of the message's prices and (non-zero) sizes: Kraken writes every value
+    of a pair with the same places, so a book continued from the lake (whose decimals have
+    the lake's scale) can be checked as Kraken wrote it (a removal's `0.00000000` shows them
+    too). None when the message shows no size's places (only a bare `0`)."""
+    levels = event.bids + event.asks
+    sizes = [-int(s.as_tuple().exponent) for _, s in levels]
+    sizes = [n for n in sizes if n > 0]
+    if not sizes:
+        return None
+    return max(-int(p.as_tuple().exponent) for p, _ in levels), max(sizes)
