@@ -344,6 +344,7 @@ def run_latency(
         **percentiles(latencies),
         "bronze_commits": len(commits),
         **sampler.report(),
+        **(batch_summary(batch_log(work / "engine.log")) if engine == "spark" else {}),
     }
 
 
