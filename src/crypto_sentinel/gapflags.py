@@ -44,6 +44,11 @@ class GapFlags:
     def fresh(self) -> bool:
         return time.monotonic() - self._loaded < self.ttl
 
+    @property
+    def loaded(self) -> bool:
+        """Read at least once (the spans may be stale, not missing)."""
+        return self._loaded > float("-inf")
+
     def spans(self, exchange: str, product_id: str) -> list[Span]:
         """Unfilled-gap spans of one product (from the cache; call `load` when not fresh)."""
         return self._spans.get((exchange, product_id), [])

@@ -342,3 +342,39 @@ async def test_a_kept_old_candle_page_follows_rewritten_candles(tmp_path: Path) 
         later = await client.get("/v1/products/BTC-USD/candles", params=page)
         minute = {d["start"]: d for d in later.json()["data"]}["2024-03-01T12:10:00.000000Z"]
         assert minute["trade_count"] == 7
+
+
+def test_an_old_candle_window_is_kept_while_only_newer_minutes_are_committed(
+    tmp_path: Path,
+) -> None:
+    """The files of a candle window are those whose minutes meet it (the Delta log's `start`
+    statistics), not the whole date: a commit of a later minute of the same day leaves an
+    old window's rolled-up buckets as they were (kept, not rolled up again), while a commit
+    that lands a minute inside the window is in the next answer."""
+    lake = tmp_path / "lake"
+    tables = T.ensure_tables(lake)
+    candles = _candles(_trades("coinbase", 0))
+    old = candles.filter(pc.less(candles["start"], pa.scalar(START + timedelta(hours=1), T.UTC_TS)))
+    write_deltalake(tables[T.CANDLES_1M.name], old, mode="append", partition_by=["date"])
+    reader = LakeReader(lake)
+    lo, hi = START, START + timedelta(minutes=30)
+    first = reader.candle_buckets("coinbase", "BTC-USD", lo, hi, 300)
+    assert first.num_rows == 6
+
+    later = candles.filter(pc.greater_equal(candles["start"], pa.scalar(hi + timedelta(hours=1),
+                                                                         T.UTC_TS)))  # fmt: skip
+    assert later.num_rows and set(later["date"].to_pylist()) <= set(old["date"].to_pylist())
+    write_deltalake(tables[T.CANDLES_1M.name], later, mode="append", partition_by=["date"])
+    time.sleep(Q.CANDLE_HISTORY_MAX_AGE + 0.05)  # the reader looks at the log again
+    assert reader.candle_buckets("coinbase", "BTC-USD", lo, hi, 300) is first
+
+    late = old.filter(pc.equal(old["start"], pa.scalar(START + timedelta(minutes=5), T.UTC_TS)))
+    late = late.set_column(late.schema.get_field_index("trade_count"), "trade_count",
+                           pc.multiply(late["trade_count"], 10))  # fmt: skip
+    write_deltalake(tables[T.CANDLES_1M.name], late, mode="append", partition_by=["date"])
+    time.sleep(Q.CANDLE_HISTORY_MAX_AGE + 0.05)
+    again = reader.candle_buckets("coinbase", "BTC-USD", lo, hi, 300)
+    assert again is not first
+    counts = {r["bucket"]: r["trade_count"] for r in again.to_pylist()}
+    before = {r["bucket"]: r["trade_count"] for r in first.to_pylist()}
+    assert counts[START + timedelta(minutes=5)] > before[START + timedelta(minutes=5)]

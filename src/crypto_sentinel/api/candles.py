@@ -9,6 +9,7 @@ recomputation from the trades.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -79,6 +80,7 @@ class CandleService:
         self.reader = reader
         self._lake_parts: dict[tuple[Any, ...], Candle | None] = {}
         self._lake_pages: dict[tuple[Any, ...], tuple[Any, dict[datetime, dict[str, Any]]]] = {}
+        self._rendering = threading.Lock()
 
     def book(self, exchange: str, product_id: str) -> MinuteBook | None:
         return self.state.candles.get((exchange, product_id))
@@ -153,10 +155,14 @@ class CandleService:
         rows = self.reader.candle_buckets(exchange, product_id, lo, cut, granularity)
         key = (exchange, product_id, granularity, lo, cut)
         hit = self._lake_pages.get(key)
-        if hit is None or hit[0] is not rows:
-            if len(self._lake_pages) > 512:
-                self._lake_pages.clear()
-            hit = self._lake_pages[key] = (rows, candle_items(rows, granularity))
+        if hit is not None and hit[0] is rows:
+            return hit
+        with self._rendering:  # many clients asking for a changed page render it once
+            hit = self._lake_pages.get(key)
+            if hit is None or hit[0] is not rows:
+                if len(self._lake_pages) > 512:
+                    self._lake_pages.clear()
+                hit = self._lake_pages[key] = (rows, candle_items(rows, granularity))
         return hit
 
     def lake_part(

@@ -7,8 +7,10 @@ go to a worker thread so a slow DuckDB query never stalls the stream or other re
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NoReturn, TypeVar
@@ -18,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from crypto_sentinel.api.candles import CandleService
-from crypto_sentinel.api.state import HotState
+from crypto_sentinel.api.state import HotState, MinuteBook
 from crypto_sentinel.api.stream import Hub
 from crypto_sentinel.books.registry import BookRegistry
 from crypto_sentinel.gapflags import GapFlags, Span
@@ -26,6 +28,7 @@ from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.sources.venues import venue_of
 
 T = TypeVar("T")
+log = logging.getLogger("crypto_sentinel.api")
 
 #: How long the lake's product list is trusted before it is read again (at most once per TTL,
 #: however many unknown products are asked for).
@@ -60,6 +63,7 @@ class ApiContext:
     _neighbors: dict[tuple[Any, ...], tuple[float, tuple[int | None, int | None]]] = field(
         default_factory=dict, init=False
     )
+    _refreshing: dict[Any, asyncio.Future[Any]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.candles = CandleService(self.state, self.reader)
@@ -132,10 +136,30 @@ class ApiContext:
         return out
 
     async def gap_spans(self, exchange: str, product_id: str) -> list[Span]:
-        """Unfilled-gap spans of a product, shared by REST and pushed candles."""
-        if not self.gap_flags.fresh():
-            await self.in_thread(self.gap_flags.load)
-        return self.gap_flags.spans(exchange, product_id)
+        """Unfilled-gap spans of a product, shared by REST and pushed candles. Once loaded,
+        a stale set is re-read by one task while requests go on with the set before (as
+        old as one re-read), instead of every request waiting for it."""
+        flags = self.gap_flags
+        if not flags.fresh():
+            refresh = self._refreshing.get("gaps")
+            if refresh is None:
+                refresh = self._refresh("gaps", self.in_thread(flags.load))
+            if not flags.loaded:
+                await asyncio.shield(refresh)
+        return flags.spans(exchange, product_id)
+
+    def _refresh(self, key: Any, work: Awaitable[Any]) -> asyncio.Future[Any]:
+        """Run `work` once for `key` (later askers of the same key share it)."""
+        task = asyncio.ensure_future(work)
+        self._refreshing[key] = task
+
+        def done(finished: asyncio.Future[Any]) -> None:
+            self._refreshing.pop(key, None)
+            if not finished.cancelled() and finished.exception() is not None:
+                log.warning("lake read for the API failed: %s", finished.exception())
+
+        task.add_done_callback(done)
+        return task
 
     async def trade_neighbors(
         self, exchange: str, product_id: str, lo: datetime, hi: datetime
@@ -152,20 +176,33 @@ class ApiContext:
         if not known_before and book is not None and book.since is not None:
             lo = min(lo, book.since)
         key = (exchange, product_id, None if known_before else lo, None if known_after else hi)
-        now = time.monotonic()
         hit = self._neighbors.get(key)
-        if hit is None or now - hit[0] > NEIGHBOR_TTL:
-            found = await self.in_thread(
-                self.candles.lake_neighbors, exchange, product_id, key[2], key[3], book
-            )
-            if len(self._neighbors) > 4096:
-                self._neighbors.clear()
-            hit = self._neighbors[key] = (now, found)
+        if hit is None or time.monotonic() - hit[0] > NEIGHBOR_TTL:
+            # one lake read per window at a time; others go on with the answer before
+            refresh = self._refreshing.get(key)
+            if refresh is None:
+                refresh = self._refresh(key, self._read_neighbors(key, book))
+            if hit is None:
+                hit = await asyncio.shield(refresh)
+        assert hit is not None
         lake_before, lake_after = hit[1]
         return (
             before if known_before else lake_before,
             after if known_after else lake_after,
         )
+
+    async def _read_neighbors(
+        self, key: tuple[Any, ...], book: MinuteBook | None
+    ) -> tuple[float, tuple[int | None, int | None]]:
+        started = time.monotonic()
+        exchange, product_id, lo, hi = key
+        found = await self.in_thread(
+            self.candles.lake_neighbors, exchange, product_id, lo, hi, book
+        )
+        if len(self._neighbors) > 4096:
+            self._neighbors.clear()
+        hit = self._neighbors[key] = (started, found)
+        return hit
 
     async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await run_in_threadpool(fn, *args)

@@ -75,7 +75,7 @@ class LakeReader(RecentReads):
         self._file_lists: dict[tuple[Any, ...], tuple[int, Any]] = {}
         self._window_pages: dict[tuple[Any, ...], list[dict[str, Any]] | None] = {}
         self._listings: dict[tuple[Any, ...], list[str]] = {}
-        self._buckets: dict[tuple[Any, ...], pa.Table] = {}
+        self._buckets: dict[tuple[Any, ...], tuple[tuple[str, ...], pa.Table]] = {}
         self._minutes: tuple[float, dict[tuple[str, str], _Minutes]] | None = None
         self._index_lock = threading.Lock()
         self._updated: dict[str, float] = {}  # monotonic time of each table's last refresh
@@ -99,25 +99,32 @@ class LakeReader(RecentReads):
         return dt
 
     def files(
-        self, spec: T.TableSpec, dates: Sequence[date] | None = None, max_age: float = 0.0
+        self,
+        spec: T.TableSpec,
+        dates: Sequence[date] | None = None,
+        max_age: float = 0.0,
+        starts: tuple[datetime, datetime] | None = None,
     ) -> list[str]:
-        """Live data files of the table, pruned to the given date partitions."""
+        """Live data files of the table, pruned to the given date partitions and, given
+        `starts`, to files whose `start` statistics meet [first, end) (a file without
+        statistics is kept)."""
         dt = self._table(spec, max_age)
         if dt is None:
             return []
         if dates is not None and not dates:
             return []
-        with self._lock:  # listing files by a predicate costs ms: kept per table version
-            key = (spec.name, dt.version(), None if dates is None else tuple(dates))
-            held = self._listings.get(key)
-            if held is not None:
-                return held
-            if dates is None:
-                found = dt.file_uris()
-            else:
-                found = dt.file_uris(
-                    file_pruning_predicate=[("date", "in", [d.isoformat() for d in dates])]
-                )
+        # listing files by a predicate costs ms: kept per table version
+        key = (spec.name, dt.version(), None if dates is None else tuple(dates), starts)
+        held = self._listings.get(key)
+        if held is not None:
+            return held
+        with self._lock:
+            where: list[tuple[str, str, Any]] = []
+            if dates is not None:
+                where.append(("date", "in", [d.isoformat() for d in dates]))
+            if starts is not None:
+                where += [("start", ">=", starts[0]), ("start", "<", starts[1])]
+            found = dt.file_uris(file_pruning_predicate=where or None)
             if len(self._listings) >= LISTINGS_KEPT:
                 self._listings.clear()
             self._listings[key] = found
@@ -338,16 +345,31 @@ class LakeReader(RecentReads):
         """
         days = (end - timedelta(microseconds=1)).date() - start.date()
         dates = [start.date() + timedelta(days=i) for i in range(days.days + 1)]
-        files = self.files(T.CANDLES_1M, dates, max_age=CANDLE_HISTORY_MAX_AGE)
+        # only files whose minutes meet the window: a new commit of the live minute leaves
+        # an old window's files, and so its page, as they were
+        files = tuple(self.files(T.CANDLES_1M, dates, CANDLE_HISTORY_MAX_AGE, (start, end)))
         # the same files give the same page (Delta data files never change): the same table
-        key = (exchange, product_id, start, end, granularity, tuple(files))
+        key = (exchange, product_id, start, end, granularity)
         held = self._buckets.get(key)
-        if held is None:
-            held = self._candle_buckets(files, exchange, product_id, start, end, granularity)
+        if held is not None and held[0] == files:
+            return held[1]
+        # one computation per window at a time: while it runs, the others answer with the
+        # page of the files before (as old as a commit), instead of all rolling up the same
+        computing = self._computing.setdefault(("buckets", *key), threading.Lock())
+        if not computing.acquire(blocking=held is None):
+            assert held is not None
+            return held[1]
+        try:
+            again = self._buckets.get(key)
+            if again is not None and again[0] == files:
+                return again[1]
+            table = self._candle_buckets(list(files), exchange, product_id, start, end, granularity)
             if len(self._buckets) >= LISTINGS_KEPT:
                 self._buckets.clear()
-            self._buckets[key] = held
-        return held
+            self._buckets[key] = (files, table)
+            return table
+        finally:
+            computing.release()
 
     def _candle_buckets(
         self,

@@ -243,15 +243,26 @@ class RecentReads:
         return self._versioned_actions(spec, dt)[1]
 
     def _versioned_actions(self, spec: T.TableSpec, dt: DeltaTable) -> tuple[int, pa.Table]:
-        """(table version, `_add_actions`)."""
-        with self._lock:
-            version = dt.version()
+        """(table version, `_add_actions`). Listing a snapshot's files with their statistics
+        costs tens of ms: one thread lists a new version while the others go on with the
+        version before (as answers kept for TRADES_MAX_AGE are) instead of queueing for it."""
+        version = dt.version()
+        cached = self._actions.get(spec.name)
+        if cached is not None and cached[0] == version:
+            return cached
+        computing = self._computing.setdefault(("actions", spec.name), threading.Lock())
+        if not computing.acquire(blocking=cached is None):
+            assert cached is not None
+            return cached
+        try:
             cached = self._actions.get(spec.name)
             if cached is not None and cached[0] == version:
                 return cached
             actions = pa.table(dt.get_add_actions(flatten=True))
             self._actions[spec.name] = (version, actions)
             return version, actions
+        finally:
+            computing.release()
 
     def _trade_files(
         self, exchange: str, lo: datetime | None, hi: datetime | None
@@ -263,14 +274,12 @@ class RecentReads:
             return []
         version, actions = self._versioned_actions(T.TRADES, dt)
         key = ("files", exchange)
-        with self._lock:
-            hit = self._file_lists.get(key)
+        hit = self._file_lists.get(key)  # a dict's get and set need no lock of ours
         if hit is not None and hit[0] == version:
             files = hit[1]
         else:
             files = self._list_trade_files(actions, exchange)
-            with self._lock:
-                self._file_lists[key] = (version, files)
+            self._file_lists[key] = (version, files)
         if files is None:
             return None
         return [f for f in files if (lo is None or f[3] >= lo) and (hi is None or f[2] < hi)]
