@@ -51,12 +51,12 @@ def fake_maven(monkeypatch: pytest.MonkeyPatch, jars: list[str]) -> None:
 
 def test_install_keeps_what_pyspark_lacks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     shipped = next((ops.spark_home() / "jars").glob("commons-lang3-*.jar")).name
-    fake_maven(monkeypatch, ["spark-sql-kafka-0-10_2.13-4.2.0.jar", "kafka-clients-3.9.2.jar",
-                             shipped])  # fmt: skip
+    kafka = ["spark-sql-kafka-0-10_2.13-4.2.0.jar", "kafka-clients-3.9.2.jar"]
+    fake_maven(monkeypatch, [*kafka, shipped])
     settings = load_settings(spark_jars_cache=tmp_path)
     jars = ops.install(settings, quiet=True)
     out = ops.jars_dir(settings)
-    names = ["kafka-clients-3.9.2.jar", "spark-sql-kafka-0-10_2.13-4.2.0.jar"]
+    names = sorted(kafka)
     assert jars == [out / n for n in names]  # pyspark's own copy is not on the path twice
     assert json.loads((out / "installed.json").read_text()) == {"jars": names}
     assert ops.installed_jars(settings) == jars
