@@ -1,6 +1,6 @@
 # Crypto Sentinel images. Targets:
 #   app   (default) - the pipeline and API: slim Python, non-root, ~no build tools at run time
-#   spark           - app + a Java runtime, pyspark/delta-spark and the Spark job's jars
+#   spark           - app + a Java runtime, pyspark and the Spark job's jars (Kafka source)
 # Build: docker build -t crypto-sentinel .            (or --target spark -t crypto-sentinel-spark)
 
 FROM python:3.11-slim AS build

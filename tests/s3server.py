@@ -22,7 +22,7 @@ BUCKET = "sentinel-lake"
 @dataclass
 class S3:
     endpoint: str
-    env: dict[str, str]  # the AWS_* variables every client (delta-rs, Arrow, s3a) reads
+    env: dict[str, str]  # the AWS_* variables every client (delta-rs, Arrow, boto3) reads
 
     def client(self) -> Any:
         """A boto3 S3 client: checks what is on the server independently of delta-rs/Arrow."""

@@ -5,12 +5,21 @@ Bad values stop start-up with a message naming the setting, never a traceback.
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -23,6 +32,13 @@ PRODUCT_RE = re.compile(r"^[A-Z0-9]{1,12}-[A-Z0-9]{1,12}$")
 SOURCE_KINDS = ("coinbase", "simulator", "replay:PATH")
 #: Live venues a source list may name (each also as `simulator-<venue>`, its simulated twin).
 LIVE_VENUES = ("coinbase", "binance", "kraken", "coinbase-advanced")
+#: Settings that no longer exist, and why. An old sentinel.toml or environment that still sets
+#: one must not stop start-up: the value is ignored with a warning, not an "unknown setting".
+RETIRED = {
+    "spark_shuffle_partitions": "the Spark job's plan has no shuffle since issue 22",
+}
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -118,6 +134,23 @@ class Settings(BaseSettings):
     coinbase_api_key: str | None = None  # Exchange `level2` needs an authenticated subscribe
     coinbase_api_secret: SecretStr | None = None
     coinbase_api_passphrase: SecretStr | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired(cls, data: Any) -> Any:
+        """Ignore retired settings (env or sentinel.toml), each with one warning."""
+        if not isinstance(data, dict):
+            return data
+        for name, why in RETIRED.items():
+            env = f"SENTINEL_{name.upper()}"
+            origins = [f"env {env}"] if env in os.environ else []
+            if name in data:  # the env source reads known fields only: this is the file's
+                origins.append("sentinel.toml")
+            if origins:
+                where = ", ".join(origins)
+                log.warning("setting %s (%s) is no longer used, ignored: %s", name, where, why)
+                data = {k: v for k, v in data.items() if k != name}
+        return data
 
     @field_validator("replay_exchange")
     @classmethod
@@ -325,7 +358,6 @@ class Settings(BaseSettings):
     spark_jars_cache: Path | None = None  # Maven-resolved jars; default <data dir>/spark
     spark_trigger_seconds: float = Field(1.0, gt=0, le=3600)  # micro-batch interval
     spark_max_offsets_per_trigger: int = Field(10_000, ge=1, le=100_000_000)  # Kafka records
-    spark_shuffle_partitions: int = Field(2, ge=1, le=10_000)  # default 200 is for big clusters
     spark_driver_memory: str = Field("768m", pattern=r"^\d+[kmg]$")  # heap; JVM RSS is ~2x
     spark_executor_memory: str = Field("512m", pattern=r"^\d+[kmg]$")
     spark_worker_memory: str = Field("1g", pattern=r"^\d+[kmg]$")  # standalone worker's limit

@@ -440,7 +440,8 @@ def test_spark_driver_killed_mid_stream_and_restarted_on_s3(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """SIGKILL of the whole job (driver and JVM) between or inside commits, then a re-run
-    to the end of the topics; the lake is on S3 (moto) through s3a. Same lake, row for row."""
+    to the end of the topics; the lake is on S3 (moto), written by the driver through delta-rs
+    (Spark reads Kafka only). Same lake, row for row."""
     mark = uuid.uuid4().hex
     with moto_s3() as s3:
         for name, value in s3.env.items():  # our own reads of the lake go to the same server

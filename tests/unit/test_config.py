@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,30 @@ def test_unknown_key_in_toml(tmp_path: Path) -> None:
     (tmp_path / "sentinel.toml").write_text("prots = 1\n")
     with pytest.raises(ConfigError, match="unknown setting"):
         load_settings()
+
+
+def test_retired_setting_in_toml_is_ignored_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sentinel.toml written before issue 22 still starts; what it set is said to be unused."""
+    (tmp_path / "sentinel.toml").write_text("spark_shuffle_partitions = 8\nport = 8100\n")
+    with caplog.at_level(logging.WARNING, logger="crypto_sentinel.config"):
+        s = load_settings()
+    assert s.port == 8100 and "spark_shuffle_partitions" not in s.model_dump()
+    assert [r.getMessage() for r in caplog.records] == [
+        "setting spark_shuffle_partitions (sentinel.toml) is no longer used, ignored:"
+        " the Spark job's plan has no shuffle since issue 22"
+    ]
+
+
+def test_retired_setting_in_env_is_ignored_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("SENTINEL_SPARK_SHUFFLE_PARTITIONS", "8")
+    with caplog.at_level(logging.WARNING, logger="crypto_sentinel.config"):
+        s = load_settings()
+    assert "spark_shuffle_partitions" not in s.model_dump()
+    assert "env SENTINEL_SPARK_SHUFFLE_PARTITIONS" in caplog.text and "ignored" in caplog.text
 
 
 def test_cli_reports_bad_config_without_traceback(

@@ -100,7 +100,7 @@ def add_cli(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", type=Path, help="state folder (default .sentinel)")
 
-    p = sub.add_parser("install", parents=[common], help="resolve Kafka and Delta jars (Maven)")
+    p = sub.add_parser("install", parents=[common], help="resolve the Kafka source jars (Maven)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_guard(cmd_install))
 

@@ -40,12 +40,14 @@ def checkpoint_dir(settings: Settings) -> Path:
 def session(
     settings: Settings, master: str | None = None, jars: list[Path] | None = None
 ) -> SparkSession:
-    """Session confs the job depends on (UTC); sized for small boxes. Spark reads Kafka only:
-    the lake is written by the driver (spark/sink.py), so no Delta or s3a settings. Under
-    spark-submit, master and jars come from its command line instead."""
+    """Session confs the job depends on. UTC: no value may depend on the host's time zone (the
+    collected columns are integers today; a timestamp added later must not shift lake dates).
+    No web UI: nobody reads it on a headless box, and it is a port and threads less. Spark
+    reads Kafka only and the plan has no shuffle (the driver writes the lake, spark/sink.py),
+    so no Delta, s3a or shuffle settings. Under spark-submit, master and jars come from its
+    command line instead."""
     confs = {
         "spark.sql.session.timeZone": "UTC",
-        "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
         "spark.ui.enabled": "false",
     }
     if master is not None:

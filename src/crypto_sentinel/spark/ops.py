@@ -2,7 +2,8 @@
 
 Why: the machines have Java and Maven but no Spark distribution and no Ivy access at run time.
 pyspark from PyPI brings Spark itself (jars and launch scripts); Maven Central brings the Kafka
-source, Delta Lake and the s3a filesystem, resolved once into ``<data dir>/spark/<key>/jars``
+source (the only jar Spark needs: the driver writes the lake through delta-rs, so Spark never
+touches Delta or S3), resolved once into ``<data dir>/spark/<key>/jars``
 (the key names the versions and a digest of the pom, so a changed jar set is resolved anew)
 and passed to ``spark-submit --jars``. Jars pyspark already ships are left out, so nothing is
 on the classpath twice. The standalone master and worker run from the same pyspark installation.
@@ -28,8 +29,6 @@ from crypto_sentinel.config import Settings
 from crypto_sentinel.ops import maven, procs
 from crypto_sentinel.progress import bar, wanted
 
-DELTA_VERSION = "4.4.0"  # newest delta-spark on Maven Central built for Spark 4.2
-AWS_SDK_VERSION = "2.35.4"  # the AWS SDK v2 that hadoop-aws 3.5.0 declares (its bundle)
 SCALA_VERSION = "2.13"
 _MARKER = "installed.json"
 _JAR_NAME = re.compile(r"^(?P<artifact>.+?)-(?P<version>\d[^-]*(?:-\d+)?)\.jar$")
@@ -57,33 +56,21 @@ def spark_version() -> str:
     return str(pyspark.__version__)
 
 
-def hadoop_version() -> str:
-    """The Hadoop client pyspark ships; hadoop-aws must be the same version."""
-    for jar in (spark_home() / "jars").glob("hadoop-client-api-*.jar"):
-        return jar.name.removeprefix("hadoop-client-api-").removesuffix(".jar")
-    raise SparkOpsError(f"no hadoop-client-api jar in {spark_home() / 'jars'}")
-
-
 def pom_text() -> str:
     """The throw-away pom with this installation's versions filled in."""
-    version = spark_version()
     return (
         importlib.resources.files("crypto_sentinel.ops")
         .joinpath("spark_pom.xml")
         .read_text(encoding="utf-8")
-        .replace("@SPARK_VERSION@", version)
-        .replace("@SPARK_MINOR@", ".".join(version.split(".")[:2]))
+        .replace("@SPARK_VERSION@", spark_version())
         .replace("@SCALA_VERSION@", SCALA_VERSION)
-        .replace("@DELTA_VERSION@", DELTA_VERSION)
-        .replace("@HADOOP_VERSION@", hadoop_version())
-        .replace("@AWS_SDK_VERSION@", AWS_SDK_VERSION)
     )
 
 
 def jars_dir(settings: Settings) -> Path:
     cache = settings.spark_jars_cache or settings.data_dir / "spark"
     digest = hashlib.sha256(pom_text().encode()).hexdigest()[:8]
-    key = f"spark-{spark_version()}-delta-{DELTA_VERSION}-{digest}"
+    key = f"spark-{spark_version()}-{digest}"
     return cache.resolve() / key / "jars"
 
 
@@ -93,7 +80,7 @@ def _artifact(jar: str) -> str:
 
 
 def install(settings: Settings, quiet: bool = False) -> list[Path]:
-    """Resolve the Kafka source and Delta jars (a no-op once done); returns the jar paths.
+    """Resolve the Kafka source's jars (a no-op once done); returns the jar paths.
     Concurrent installs into one cache wait for each other (a lock beside the jars)."""
     out = jars_dir(settings)
     found = installed_jars(settings)
@@ -120,9 +107,8 @@ def install(settings: Settings, quiet: bool = False) -> list[Path]:
             if _artifact(jar.name) in shipped:
                 jar.unlink()  # pyspark has its own (newer) copy; two on one classpath conflict
         names = sorted(j.name for j in staging.glob("*.jar"))
-        for needed in ("spark-sql-kafka", "delta-spark", "hadoop-aws"):
-            if not any(n.startswith(needed) for n in names):
-                raise SparkOpsError(f"Maven resolved no {needed} jar into {staging}")
+        if not any(n.startswith("spark-sql-kafka") for n in names):
+            raise SparkOpsError(f"Maven resolved no spark-sql-kafka jar into {staging}")
         (staging / _MARKER).write_text(json.dumps({"jars": names}, indent=2))
         shutil.rmtree(out, ignore_errors=True)
         staging.rename(out)
