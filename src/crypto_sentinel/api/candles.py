@@ -80,7 +80,7 @@ class CandleService:
         self.reader = reader
         self._lake_parts: dict[tuple[Any, ...], Candle | None] = {}
         self._lake_pages: dict[tuple[Any, ...], tuple[Any, dict[datetime, dict[str, Any]]]] = {}
-        self._rendering = threading.Lock()
+        self._rendering: dict[tuple[Any, ...], threading.Lock] = {}
 
     def book(self, exchange: str, product_id: str) -> MinuteBook | None:
         return self.state.candles.get((exchange, product_id))
@@ -157,13 +157,22 @@ class CandleService:
         hit = self._lake_pages.get(key)
         if hit is not None and hit[0] is rows:
             return hit
-        with self._rendering:  # many clients asking for a changed page render it once
+        # many clients asking for a changed page: one renders it, the others meanwhile
+        # answer with the page before (as old as one commit)
+        rendering = self._rendering.setdefault(key, threading.Lock())
+        if not rendering.acquire(blocking=hit is None):
+            assert hit is not None
+            return hit
+        try:
             hit = self._lake_pages.get(key)
             if hit is None or hit[0] is not rows:
                 if len(self._lake_pages) > 512:
                     self._lake_pages.clear()
+                    self._rendering.clear()
                 hit = self._lake_pages[key] = (rows, candle_items(rows, granularity))
-        return hit
+            return hit
+        finally:
+            rendering.release()
 
     def lake_part(
         self, exchange: str, product_id: str, granularity: int, bucket: datetime, cut: datetime

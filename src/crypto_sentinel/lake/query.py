@@ -74,7 +74,7 @@ class LakeReader(RecentReads):
         self._computing: dict[tuple[Any, ...], threading.Lock] = {}
         self._file_lists: dict[tuple[Any, ...], tuple[int, Any]] = {}
         self._window_pages: dict[tuple[Any, ...], list[dict[str, Any]] | None] = {}
-        self._listings: dict[tuple[Any, ...], list[str]] = {}
+        self._listings: dict[tuple[Any, ...], tuple[int, list[str]]] = {}
         self._buckets: dict[tuple[Any, ...], tuple[tuple[str, ...], pa.Table]] = {}
         self._minutes: tuple[float, dict[tuple[str, str], _Minutes]] | None = None
         self._index_lock = threading.Lock()
@@ -113,12 +113,21 @@ class LakeReader(RecentReads):
             return []
         if dates is not None and not dates:
             return []
-        # listing files by a predicate costs ms: kept per table version
-        key = (spec.name, dt.version(), None if dates is None else tuple(dates), starts)
+        # listing files by a predicate costs ms: kept per table version, and listed by one
+        # thread at a time while the others go on with the version before
+        key = (spec.name, None if dates is None else tuple(dates), starts)
+        version = dt.version()
         held = self._listings.get(key)
-        if held is not None:
-            return held
-        with self._lock:
+        if held is not None and held[0] == version:
+            return held[1]
+        computing = self._computing.setdefault(("files", *key), threading.Lock())
+        if not computing.acquire(blocking=held is None):
+            assert held is not None
+            return held[1]
+        try:
+            held = self._listings.get(key)
+            if held is not None and held[0] == version:
+                return held[1]
             where: list[tuple[str, str, Any]] = []
             if dates is not None:
                 where.append(("date", "in", [d.isoformat() for d in dates]))
@@ -127,8 +136,10 @@ class LakeReader(RecentReads):
             found = dt.file_uris(file_pruning_predicate=where or None)
             if len(self._listings) >= LISTINGS_KEPT:
                 self._listings.clear()
-            self._listings[key] = found
+            self._listings[key] = (version, found)
             return found
+        finally:
+            computing.release()
 
     def query(
         self,

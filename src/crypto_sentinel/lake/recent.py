@@ -102,13 +102,8 @@ class RecentReads:
         """
         if limit <= 0:
             return []
-        order = [("time", "descending"), ("trade_id", "descending")]
-        rows = self._kept(
-            ("newest", exchange, product_id, limit),
-            lambda: self._newest_in_memory(
-                exchange, product_id, None, limit, order, TRADE_PAGE_COLUMNS
-            ),
-        )
+        kept = self.newest(exchange, product_id, limit)
+        rows = None if kept is None else list(kept[1])
         if rows is None:  # a file without statistics: the two newest date partitions
             rows = self.query(
                 T.TRADES,
@@ -167,15 +162,36 @@ class RecentReads:
         self, key: tuple[Any, ...], answer: Callable[[], list[dict[str, Any]] | None]
     ) -> list[dict[str, Any]] | None:
         """`answer()`, kept for as long as `silver.trades` stays at the same version (the
-        same question on the same snapshot has the same answer). Callers must not change
-        the rows."""
+        same question on the same snapshot has the same answer)."""
+        kept = self._kept_versioned(key, answer)
+        return None if kept is None else list(kept[1])
+
+    def newest(
+        self, exchange: str, product_id: str | None, limit: int
+    ) -> tuple[int, Sequence[dict[str, Any]]] | None:
+        """(table version, rows) of `newest_trades`, the rows not copied (read only), or
+        None when a file lacks statistics (then `newest_trades` answers). Blocking: for a
+        thread; the version lets a caller keep what it makes of the rows."""
+        order = [("time", "descending"), ("trade_id", "descending")]
+        return self._kept_versioned(
+            ("newest", exchange, product_id, limit),
+            lambda: self._newest_in_memory(
+                exchange, product_id, None, limit, order, TRADE_PAGE_COLUMNS
+            ),
+        )
+
+    def _kept_versioned(
+        self, key: tuple[Any, ...], answer: Callable[[], list[dict[str, Any]] | None]
+    ) -> tuple[int, Sequence[dict[str, Any]]] | None:
+        """(version, `answer()`) as `_kept`, the rows not copied: callers must not change
+        them."""
         dt = self._table(T.TRADES, TRADES_MAX_AGE)
         if dt is None:
-            return []
+            return 0, []
         version, _ = self._versioned_actions(T.TRADES, dt)
         hit = self._answers.get(key)
         if hit is not None and hit[0] == version:
-            return list(hit[1])
+            return hit
         # One thread computes a new version's answer; the others asking meanwhile take the
         # previous version's (as old as a version, like any answer kept for TRADES_MAX_AGE)
         # instead of each decoding the same row groups at once: the tail of `/latest` under
@@ -183,19 +199,19 @@ class RecentReads:
         computing = self._computing.setdefault(key, threading.Lock())
         if not computing.acquire(blocking=hit is None):
             assert hit is not None
-            return list(hit[1])
+            return hit
         try:
             hit = self._answers.get(key)
             if hit is not None and hit[0] == version:  # computed while this one waited
-                return list(hit[1])
+                return hit
             rows = answer()
-            if rows is not None:
-                if len(self._answers) >= ANSWER_CACHE:
-                    self._answers.clear()
-                    self._computing.clear()
-                self._answers[key] = (version, rows)
-                return list(rows)
-            return rows
+            if rows is None:
+                return None
+            if len(self._answers) >= ANSWER_CACHE:
+                self._answers.clear()
+                self._computing.clear()
+            self._answers[key] = (version, rows)
+            return version, rows
         finally:
             computing.release()
 

@@ -174,13 +174,20 @@ class LatestFastPath:
         return orjson.dumps({"data": items}) if items else None
 
     async def lake_body(self, exchange: str | None, symbol: str | None, limit: int) -> bytes | None:
-        """The body from the lake reader's answers kept for the current snapshot, rendered
-        once per table version; None when one is still to be read (the route reads it in a
-        thread) or the lake has no such trades (the route answers 404 or an empty list)."""
+        """The body from the lake reader's answers for the current snapshot (read in a
+        thread when not kept), rendered once per table version; None when the lake has no
+        such trades (the route answers 404 or an empty list) or a file lacks statistics."""
+        reader = self.ctx.reader
         names = [exchange] if exchange is not None else await self.ctx.exchanges_with_data(symbol)
-        kept = [self.ctx.reader.kept_newest(name, symbol, limit) for name in names]
-        answers = [k for k in kept if k is not None]
-        if not answers or len(answers) != len(kept):
+        answers = []
+        for name in names:
+            kept = reader.kept_newest(name, symbol, limit)  # no thread while fresh
+            if kept is None:
+                kept = await self.ctx.in_thread(reader.newest, name, symbol, limit)
+            if kept is None:
+                return None
+            answers.append(kept)
+        if not answers:
             return None
         versions = tuple(version for version, _ in answers)
         key = (tuple(names), symbol, limit)
