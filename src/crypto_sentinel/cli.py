@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from crypto_sentinel import __version__
 from crypto_sentinel.config import LIVE_VENUES, ConfigError, Settings, load_settings
-from crypto_sentinel.eventloop import run_event_loop
+from crypto_sentinel.eventloop import keep_pandas_out, run_event_loop
 from crypto_sentinel.lake.location import lake_overrides, parse_lake
 from crypto_sentinel.lake.lock import LakeLocked
 
@@ -196,11 +196,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    run_event_loop(_serve_lake(settings, args.exchange))
+    return 0
+
+
+async def _serve_lake(settings: Settings, exchange: str | None) -> None:
+    """`serve_lake`, imported inside the event loop (see `run_event_loop`)."""
     from crypto_sentinel.api.serving import serve_lake
 
-    settings = _settings(args)
-    run_event_loop(serve_lake(settings, args.exchange))
-    return 0
+    await serve_lake(settings, exchange)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -446,8 +451,15 @@ def _debug(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("SENTINEL_LOG_LEVEL", "").upper() == "DEBUG"
 
 
+#: Verbs that run a long-lived process. pandas is kept out of them before the verb modules
+#: are imported (`eventloop.keep_pandas_out`: pyarrow would import it at its first conversion).
+LONG_LIVED = frozenset({"up", "ingest", "process", "serve", "simulate", "replay", "record"})
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if next((a for a in argv if not a.startswith("-")), None) in LONG_LIVED:
+        keep_pandas_out()
     debug = _debug(argv)
     args = build_parser().parse_args([a for a in argv if a != "--debug"])
     try:

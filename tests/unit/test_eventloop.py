@@ -1,9 +1,13 @@
-"""The long-lived processes' event loop: the collector tuned before it starts."""
+"""The long-lived processes' event loop: the collector tuned and pandas kept out before it
+starts."""
 
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 
+from crypto_sentinel import eventloop
 from crypto_sentinel.eventloop import FULL_COLLECTION_EVERY, run_event_loop
 
 
@@ -21,3 +25,46 @@ def test_the_loop_runs_with_start_up_objects_frozen_and_full_collections_spaced(
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+        if eventloop._PandasAbsent in sys.meta_path:
+            sys.meta_path.remove(eventloop._PandasAbsent)
+
+
+PROBE = """
+import sys
+from decimal import Decimal
+from crypto_sentinel.eventloop import keep_pandas_out
+keep_pandas_out()
+import duckdb
+import pyarrow as pa
+pa.scalar(Decimal("1.5"), pa.decimal128(28, 12))  # pyarrow's first conversion
+pa.array([1, None])
+assert duckdb.sql("SELECT 41 + 1").fetchall() == [(42,)]
+import crypto_sentinel.api.serving  # what `sentinel serve` and `up` load
+from crypto_sentinel import cli
+cli.build_parser()  # every verb's module
+try:
+    import pandas
+except ModuleNotFoundError:
+    print("pandas absent", "pandas" in sys.modules)
+"""
+
+
+def test_pandas_stays_out_of_a_long_lived_process() -> None:
+    """pandas is installed here (the dev extra), yet pyarrow's conversions, DuckDB and the
+    API's modules work without it once it is kept out, and nothing imported it."""
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "pandas absent False"
+    installed = subprocess.run([sys.executable, "-c", "import pandas"], capture_output=True)
+    assert installed.returncode == 0  # the probe's absence is ours, not the venv's
+
+
+def test_a_long_lived_verb_keeps_pandas_out_before_its_modules_load() -> None:
+    probe = (
+        "import sys\n"
+        "from crypto_sentinel import cli\n"
+        "code = cli.main(['serve', '--port', '-1'])  # refused by its settings, after parsing\n"
+        "print(code, 'pandas' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "2 False", out.stderr
