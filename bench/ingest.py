@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common, ingest_fast, ingest_kafka, ingest_live
-from bench.common import peak_rss_mb, percentiles, poll_latest
+from bench.common import peak_rss_mb, percentiles
 from crypto_sentinel.engine.chunks import ChunkNews
 from crypto_sentinel.model import RawFrame, Trade
 
@@ -81,26 +81,39 @@ async def _run_pipeline(
         log_level="WARNING",
     )
     pipeline = Pipeline(settings)
-    visible_ns: list[int] = []
+    shown: list[tuple[int, list[int]]] = []  # (when shown, receive times): work after the run
 
     def on_chunk(news: ChunkNews) -> None:  # runs after the hot state's: shown by now
-        now = time.time_ns()
-        visible_ns.extend(now - recv for recv in news.trades.recv_times())
+        shown.append((time.time_ns(), news.trades.recv_times()))
 
     pipeline.engine.listeners.append(on_chunk)
     pipeline.engine.commit_log = []
-    http_ns: list[int] = []
-    run = asyncio.create_task(pipeline.run(with_api=True, install_signals=False))
-    started = time.perf_counter()
-    poller = asyncio.create_task(poll_latest(port, lambda: not run.done(), http_ns))
-    while not run.done():
-        await asyncio.sleep(0.05)
-        src = pipeline.source
-        if src is not None and src.status.finished and pipeline.bus_depth() == 0:
-            pipeline.stop_event.set()
-    await run
-    await poller
-    seconds = time.perf_counter() - started
+    # The HTTP client is a process of its own, as users' clients are: in this one it would
+    # take the interpreter from the pipeline it measures.
+    stop_file = lake.parent / f"{lake.name}.poller-stop"
+    poller = subprocess.Popen(
+        [sys.executable, "-m", "bench.ingest_live", "poll", str(port), "3600", str(stop_file),
+         "0.01"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        run = asyncio.create_task(pipeline.run(with_api=True, install_signals=False))
+        started = time.perf_counter()
+        while not run.done():
+            await asyncio.sleep(0.05)
+            src = pipeline.source
+            if src is not None and src.status.finished and pipeline.bus_depth() == 0:
+                pipeline.stop_event.set()
+        await run
+        seconds = time.perf_counter() - started
+    finally:
+        stop_file.touch()
+        out, _ = poller.communicate(timeout=60)
+        stop_file.unlink(missing_ok=True)
+    http = next(
+        (json.loads(line[7:]) for line in out.splitlines() if line.startswith("RESULT ")), {}
+    )
+    visible_ns = [when - recv for when, recvs in shown for recv in recvs]
     commit_ns = [
         rec.committed_ns - r for rec in pipeline.engine.commit_log or [] for r in rec.recv_ns
     ]
@@ -113,7 +126,7 @@ async def _run_pipeline(
         "seconds": round(seconds, 3),
         "trades_per_s": round(stats.trades / seconds),
         "frame_to_visible": percentiles(visible_ns),
-        "frame_to_http_client": percentiles(http_ns),
+        "frame_to_http_client": http,
         "frame_to_delta_commit": percentiles(commit_ns),
         "peak_rss_mb": peak_rss_mb(),
     }
@@ -123,7 +136,10 @@ def child(kind: str, recording: Path, lake: Path, port: int, exchange: str) -> N
     if kind == "baseline":
         result = run_baseline(recording, exchange)
     else:
-        result = asyncio.run(_run_pipeline(recording, lake, port, exchange))
+        from crypto_sentinel.eventloop import run_event_loop
+
+        # as `sentinel up` runs it: uvloop when installed, the collector tuned, pandas kept out
+        result = run_event_loop(_run_pipeline(recording, lake, port, exchange))
     print("RESULT " + json.dumps(result))
 
 

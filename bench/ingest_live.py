@@ -161,10 +161,17 @@ async def simulate(port: int, rate: float, trades: int) -> dict[str, Any]:
     return {"emitted": server.emitted_count, "slow_disconnects": server.slow_disconnects}
 
 
-async def poll(port: int, seconds: float) -> dict[str, float]:
+async def poll(
+    port: int, seconds: float, stop_file: Path | None = None, interval: float = 0.001
+) -> dict[str, float]:
+    """Poll for `seconds`, or until `stop_file` exists (the replay phase's end)."""
     out: list[int] = []
     deadline = time.monotonic() + seconds
-    await poll_latest(port, lambda: time.monotonic() < deadline, out, interval=0.001)
+
+    def running() -> bool:
+        return time.monotonic() < deadline and not (stop_file is not None and stop_file.exists())
+
+    await poll_latest(port, running, out, interval=interval)
     return percentiles(out)
 
 
@@ -172,7 +179,9 @@ def child(kind: str, *args: str) -> None:
     if kind == "simulator":
         result = asyncio.run(simulate(int(args[0]), float(args[1]), int(args[2])))
     else:
-        result = asyncio.run(poll(int(args[0]), float(args[1])))
+        stop_file = Path(args[2]) if len(args) > 2 else None
+        interval = float(args[3]) if len(args) > 3 else 0.001
+        result = asyncio.run(poll(int(args[0]), float(args[1]), stop_file, interval))
     print("RESULT " + json.dumps(result), flush=True)
 
 

@@ -33,25 +33,33 @@ def parse_line(line: str) -> tuple[float | None, str]:
 def _frame_texts(lines: list[bytes]) -> list[tuple[float | None, str]]:
     """`parse_line` for a block of lines (blank lines left out), with one C-level `map` of
     the JSON decoder over the block: the per-line Python work was most of a replay's cost."""
+    texts = _recorded_texts(lines)
+    if texts is not None:
+        return texts
     out: list[tuple[float | None, str]] = []
-    try:
-        wrappers = list(map(orjson.loads, lines))
-    except orjson.JSONDecodeError:  # a bare or malformed line in the block: line by line
-        wrappers = None
-    for k, raw_line in enumerate(lines):
-        wrapper = wrappers[k] if wrappers is not None else None
-        if (
-            isinstance(wrapper, dict)
-            and isinstance(wrapper.get("raw"), str)
-            and raw_line.startswith(b'{"recv_ts"')
-        ):
-            ts = wrapper.get("recv_ts")
-            out.append(((float(ts) if isinstance(ts, int | float) else None), wrapper["raw"]))
-            continue
+    for raw_line in lines:
         line = raw_line.decode("utf-8", errors="replace").rstrip("\r\n")
         if line:
             out.append(parse_line(line))
     return out
+
+
+def _recorded_texts(lines: list[bytes]) -> list[tuple[float | None, str]] | None:
+    """The common block, every line a `sentinel record` wrapper, in a few C-level passes;
+    None for any other block (`_frame_texts` then goes line by line)."""
+    try:
+        wrappers = list(map(orjson.loads, lines))
+        texts = [w["raw"] for w in wrappers]
+        stamps = [w["recv_ts"] for w in wrappers]
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        return None
+    if not (
+        all(type(t) is str for t in texts)
+        and all(type(ts) is float for ts in stamps)
+        and all(line.startswith(b'{"recv_ts"') for line in lines)
+    ):
+        return None
+    return list(zip(stamps, texts, strict=True))
 
 
 #: Bytes of the recording read and parsed at a time.
