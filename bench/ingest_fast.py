@@ -5,9 +5,10 @@ The feed is a small purpose-built sender (its own child): it streams a pre-gener
 as ready-made WebSocket frames, whole frames per write, waiting only for the socket to drain,
 so the client's reading is the only limit. The simulator cannot do this: it renders every
 trade in Python and tops out below what a client can take. Measured, one after the other on
-the same frames: a client that only drains the socket (the socket floor: the most any
-WebSocket consumer in Python gets here), then `sentinel up` (API on) from its first frame to
-its last trade committed in silver.trades, and that silver then holds every trade (no loss).
+the same frames: the feeds' own WebSocket client (sources/wsclient.py) only draining the
+socket (the socket floor: the most any consumer built on it gets here), then `sentinel up`
+(API on) from its first frame to its last trade committed in silver.trades, and that silver
+then holds every trade (no loss).
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def rows(r: dict[str, Any], decode_floor: dict[str, Any]) -> list[str]:
         "|---|---|---|---|",
         f"| baseline: read + decode only (decode floor) | {decode_floor['trades_per_s']:,} | — "
         f"| {decode_floor['peak_rss_mb']} MB |",
-        f"| socket floor: a `websockets` client that only drains the socket | "
+        f"| socket floor: the feeds' WebSocket client (picows) only draining the socket | "
         f"{floor['trades_per_s']:,} ({floor['frames_per_s']:,} frames/s) | — "
         f"| {floor['peak_rss_mb']} MB |",
         f"| `sentinel up`, first frame → last trade committed in silver.trades "
@@ -198,11 +199,10 @@ async def send(port: int, path: Path) -> dict[str, Any]:
 
 async def drain(url: str, frames: int) -> dict[str, Any]:
     """Receive `frames` frames with the WebSocket client the pipeline uses, doing nothing else."""
-    import websockets
-
     from crypto_sentinel.sources.coinbase.feed import MAX_FRAME_BYTES, subscribe_message
+    from crypto_sentinel.sources.wsclient import connect
 
-    async with websockets.connect(url, max_size=MAX_FRAME_BYTES, compression=None) as ws:
+    async with connect(url, MAX_FRAME_BYTES, 10.0) as ws:
         await ws.send(subscribe_message(PRODUCTS))
         await ws.recv()
         started = time.perf_counter()

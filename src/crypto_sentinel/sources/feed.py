@@ -21,15 +21,13 @@ import random
 import time
 from typing import Protocol
 
-import websockets
-from websockets.exceptions import WebSocketException
-
 from crypto_sentinel import metrics
 from crypto_sentinel.model import RawFrame
 from crypto_sentinel.sources.backfill import NO_REST, Backfiller, RestTrades
 from crypto_sentinel.sources.base import GapTracker, Publish, SourceStatus, new_conn_id
 from crypto_sentinel.sources.bookfeed import BookOptions, Credentials
 from crypto_sentinel.sources.ratelimit import TokenBucket
+from crypto_sentinel.sources.wsclient import FeedConnection, WSError, connect
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +132,7 @@ class FeedSource:
         self.rest_url = rest_url
         self.connected = asyncio.Event()
         self.books = books
-        self._ws: websockets.ClientConnection | None = None
+        self._ws: FeedConnection | None = None
         self._sends: set[asyncio.Task[None]] = set()
         if books:
             options = BookOptions(book_depth, book_rest_url or rest_url, self._resync, credentials)
@@ -164,8 +162,8 @@ class FeedSource:
         return True
 
     @staticmethod
-    async def _send(ws: websockets.ClientConnection, messages: list[str]) -> None:
-        with contextlib.suppress(WebSocketException, OSError):  # the reconnect resubscribes
+    async def _send(ws: FeedConnection, messages: list[str]) -> None:
+        with contextlib.suppress(OSError):  # the reconnect resubscribes
             for message in messages:
                 await ws.send(message)
 
@@ -193,7 +191,7 @@ class FeedSource:
             connections = self.status.connections
             try:
                 await self._session(publish)
-            except (OSError, TimeoutError, WebSocketException) as exc:
+            except (OSError, TimeoutError, WSError) as exc:
                 self.status.last_error = f"{type(exc).__name__}: {exc}"
                 self.status.last_disconnect = self.status.last_error
             finally:
@@ -215,13 +213,8 @@ class FeedSource:
     async def _session(self, publish: Publish) -> None:
         connector = self.connector
         await connector.prepare(self.rest_url, self.products)
-        async with websockets.connect(
-            connector.url(self.url, self.products),
-            max_size=self.max_frame_bytes,
-            open_timeout=self.open_timeout,
-            ping_interval=20,
-            ping_timeout=20,
-            compression=None,
+        async with connect(
+            connector.url(self.url, self.products), self.max_frame_bytes, self.open_timeout
         ) as ws:
             connector.new_connection()
             for message in connector.subscribe(self.products):
@@ -251,9 +244,7 @@ class FeedSource:
                 if keepalive is not None:
                     keepalive.cancel()
 
-    async def _receive(
-        self, ws: websockets.ClientConnection, conn_id: str, publish: Publish
-    ) -> None:
+    async def _receive(self, ws: FeedConnection, conn_id: str, publish: Publish) -> None:
         seq = 0
         loop = asyncio.get_running_loop()
         check = self.connector.check
@@ -288,8 +279,8 @@ class FeedSource:
                     idle.reschedule(armed + self.idle_timeout)
 
     @staticmethod
-    async def _keepalive(ws: websockets.ClientConnection, every: float, message: str) -> None:
-        with contextlib.suppress(WebSocketException, OSError):
+    async def _keepalive(ws: FeedConnection, every: float, message: str) -> None:
+        with contextlib.suppress(OSError):
             while True:
                 await asyncio.sleep(every)
                 await ws.send(message)

@@ -1,0 +1,123 @@
+"""The feeds' WebSocket client (sources/wsclient.py) against a real `websockets` server on
+127.0.0.1: whole and fragmented messages, the peer's close, the size limit, a paused socket."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from crypto_sentinel.sources import wsclient
+from crypto_sentinel.sources.wsclient import ConnectionClosed, connect
+
+Handler = Callable[[ServerConnection], Awaitable[None]]
+
+
+async def with_server(handler: Handler, client: Callable[[str], Awaitable[Any]]) -> Any:
+    async with serve(handler, "127.0.0.1", 0, compression=None, max_size=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        return await asyncio.wait_for(client(f"ws://127.0.0.1:{port}"), 20)
+
+
+def test_messages_arrive_whole_and_in_order_then_the_close_is_raised() -> None:
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send("first")
+        await ws.send(b"\x00binary")
+        await ws.send(["frag", "mented ", "caf\u00e9"])  # one text message in three frames
+        await ws.close(4000, "venue restart")
+
+    async def client(url: str) -> tuple[list[str | bytes], str]:
+        got: list[str | bytes] = []
+        async with connect(url, 1 << 20, 5.0) as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    got.append(await ws.recv())
+        return got, str(closed.value)
+
+    got, why = asyncio.run(with_server(handler, client))
+    assert got == ["first", b"\x00binary", "fragmented caf\u00e9"]
+    assert "4000" in why and "venue restart" in why
+
+
+def test_a_message_over_the_limit_ends_the_connection() -> None:
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send("small")
+        await ws.send("x" * 5000)
+        await ws.send("after")
+        await ws.wait_closed()
+
+    async def client(url: str) -> list[str | bytes]:
+        got: list[str | bytes] = []
+        async with connect(url, 1000, 5.0) as ws:
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    got.append(await ws.recv())
+        return got
+
+    assert asyncio.run(with_server(handler, client)) == ["small"]
+
+
+def test_a_fragmented_message_over_the_limit_ends_the_connection() -> None:
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(["y" * 600, "y" * 600])  # each frame under the limit, the message over
+        await ws.wait_closed()
+
+    async def client(url: str) -> list[str | bytes]:
+        got: list[str | bytes] = []
+        async with connect(url, 1000, 5.0) as ws:
+            with pytest.raises(ConnectionClosed, match="size limit"):
+                while True:
+                    got.append(await ws.recv())
+        return got
+
+    assert asyncio.run(with_server(handler, client)) == []
+
+
+def test_a_slow_reader_pauses_the_socket_and_loses_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(wsclient, "HIGH_WATER", 50)
+    monkeypatch.setattr(wsclient, "LOW_WATER", 10)
+    total = 3000
+
+    async def handler(ws: ServerConnection) -> None:
+        for i in range(total):
+            await ws.send(str(i))
+        await ws.wait_closed()
+
+    async def client(url: str) -> tuple[list[str | bytes], bool, int]:
+        async with connect(url, 1 << 20, 5.0) as ws:
+            await asyncio.sleep(0.5)  # the server sends while nothing reads
+            listener = ws._listener
+            paused, queued = listener.paused, len(listener.messages)
+            got = [await ws.recv() for _ in range(total)]
+        return got, paused, queued
+
+    got, paused, queued = asyncio.run(with_server(handler, client))
+    assert got == [str(i) for i in range(total)]
+    assert paused and queued < total  # reading stopped near the high-water mark
+
+
+def test_sent_text_reaches_the_server() -> None:
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send("echo:" + str(await ws.recv()))
+        await ws.wait_closed()
+
+    async def client(url: str) -> str | bytes:
+        async with connect(url, 1 << 20, 5.0) as ws:
+            await ws.send('{"type":"subscribe"}')
+            return await ws.recv()
+
+    assert asyncio.run(with_server(handler, client)) == 'echo:{"type":"subscribe"}'
+
+
+def test_no_server_is_an_os_error() -> None:
+    async def client() -> None:
+        async with connect("ws://127.0.0.1:9/", 1 << 20, 2.0):
+            pass
+
+    with pytest.raises((OSError, wsclient.WSError)):
+        asyncio.run(client())
