@@ -121,3 +121,27 @@ def test_no_server_is_an_os_error() -> None:
 
     with pytest.raises((OSError, wsclient.WSError)):
         asyncio.run(client())
+
+
+def test_recv_many_takes_every_waiting_message_in_order() -> None:
+    total = 500
+
+    async def handler(ws: ServerConnection) -> None:
+        for i in range(total):
+            await ws.send(str(i))
+        await ws.close()
+
+    async def client(url: str) -> tuple[list[str | bytes], int]:
+        got: list[str | bytes] = []
+        calls = 0
+        async with connect(url, 1 << 20, 5.0) as ws:
+            await asyncio.sleep(0.3)  # let them queue up
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    got += await ws.recv_many()
+                    calls += 1
+        return got, calls
+
+    got, calls = asyncio.run(with_server(handler, client))
+    assert got == [str(i) for i in range(total)]
+    assert calls < total  # taken by the many, not one by one

@@ -254,26 +254,27 @@ class FeedSource:
         # wait_for: on 3.11 wait_for can swallow a cancellation that races with a frame
         # arriving, and the source would never stop.
         rearm = min(0.25, self.idle_timeout / 4)  # so idle is noticed within 75-100 %
+        status, gaps, exchange = self.status, self.gaps, self.status.exchange
         async with asyncio.timeout(self.idle_timeout) as idle:
             armed = loop.time()
             while True:
-                text = await ws.recv()
-                if isinstance(text, bytes):
-                    text = text.decode("utf-8", errors="replace")
-                now = time.time_ns()
-                seq += 1
-                self.status.frames += 1
-                self.status.last_frame_ns = now
-                self.gaps.observe(text)
-                await publish(RawFrame(self.status.exchange, conn_id, seq, now, text))
-                for answer in check(text):
-                    await ws.send(answer)
-                if own_frames is not None:
-                    for own in await own_frames():  # received when the fetch answered
-                        seq += 1
-                        self.status.book_snapshots += 1
-                        frame = RawFrame(self.status.exchange, conn_id, seq, time.time_ns(), own)
-                        await publish(frame)
+                for text in await ws.recv_many():
+                    if isinstance(text, bytes):
+                        text = text.decode("utf-8", errors="replace")
+                    now = time.time_ns()
+                    seq += 1
+                    status.frames += 1
+                    status.last_frame_ns = now
+                    gaps.observe(text)
+                    await publish(RawFrame(exchange, conn_id, seq, now, text))
+                    for answer in check(text):
+                        await ws.send(answer)
+                    if own_frames is not None:
+                        for own in await own_frames():  # received when the fetch answered
+                            seq += 1
+                            status.book_snapshots += 1
+                            frame = RawFrame(exchange, conn_id, seq, time.time_ns(), own)
+                            await publish(frame)
                 if loop.time() - armed > rearm:
                     armed = loop.time()
                     idle.reschedule(armed + self.idle_timeout)
