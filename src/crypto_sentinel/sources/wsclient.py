@@ -169,33 +169,28 @@ class FeedConnection:
 
     async def recv(self) -> str | bytes:
         """The next message; `ConnectionClosed` once none is left and the connection ended."""
-        listener = self._listener
-        messages = listener.messages
-        while not messages:
-            if listener.closed is not None:
-                raise listener.closed
-            listener.waiter = asyncio.get_running_loop().create_future()
-            await listener.waiter
-        message = messages.popleft()
-        if listener.paused:
-            listener.resume_if_drained()
+        message = (await self._waiting()).popleft()
+        self._listener.resume_if_drained()
         return message
 
     async def recv_many(self) -> list[str | bytes]:
         """Every message that waits (at least one): a feed at full speed takes them by the
         hundred, one await instead of one per message."""
+        messages = await self._waiting()
+        taken = list(messages)
+        messages.clear()
+        self._listener.resume_if_drained()
+        return taken
+
+    async def _waiting(self) -> deque[str | bytes]:
+        """The queue once it holds a message; `ConnectionClosed` if none will come."""
         listener = self._listener
-        messages = listener.messages
-        while not messages:
+        while not listener.messages:
             if listener.closed is not None:
                 raise listener.closed
             listener.waiter = asyncio.get_running_loop().create_future()
             await listener.waiter
-        taken = list(messages)
-        messages.clear()
-        if listener.paused:
-            listener.resume_if_drained()
-        return taken
+        return listener.messages
 
     async def send(self, text: str) -> None:
         if self._listener.closed is not None or self._transport.is_disconnected:
