@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -145,3 +146,60 @@ def test_recv_many_takes_every_waiting_message_in_order() -> None:
     got, calls = asyncio.run(with_server(handler, client))
     assert got == [str(i) for i in range(total)]
     assert calls < total  # taken by the many, not one by one
+
+
+def clear_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http", "https", "ws", "wss", "socks", "all", "no"):
+        monkeypatch.delenv(f"{name}_proxy", raising=False)
+        monkeypatch.delenv(f"{name.upper()}_PROXY", raising=False)
+
+
+def test_the_proxy_is_the_one_the_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_proxies(monkeypatch)
+    assert wsclient.system_proxy("wss://ws-feed.exchange.coinbase.com") is None
+    monkeypatch.setenv("http_proxy", "http://plain:3128")
+    assert wsclient.system_proxy("wss://ws-feed.exchange.coinbase.com") is None  # not for wss
+    assert wsclient.system_proxy("ws://127.0.0.1:9000/feed") == "http://plain:3128"
+    monkeypatch.setenv("https_proxy", "http://tls:3128")
+    assert wsclient.system_proxy("wss://ws-feed.exchange.coinbase.com") == "http://tls:3128"
+    assert wsclient.system_proxy("ws://127.0.0.1:9000/feed") == "http://tls:3128"
+    monkeypatch.setenv("no_proxy", "ws-feed.exchange.coinbase.com")
+    assert wsclient.system_proxy("wss://ws-feed.exchange.coinbase.com") is None
+    assert wsclient.system_proxy("wss://stream.binance.com:9443/ws") == "http://tls:3128"
+
+
+def test_a_feed_goes_through_the_http_proxy_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A real CONNECT proxy on 127.0.0.1 between the client and the server."""
+    clear_proxies(monkeypatch)
+    tunnels: list[bytes] = []
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def tunnel(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        tunnels.append(head.split(b"\r\n")[0])
+        host, port = head.split()[1].decode().rsplit(":", 1)
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await writer.drain()
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send("through the proxy")
+        await ws.wait_closed()
+
+    async def client(url: str) -> str | bytes:
+        proxy = await asyncio.start_server(tunnel, "127.0.0.1", 0)
+        monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{proxy.sockets[0].getsockname()[1]}")
+        async with proxy, connect(url, 1 << 20, 5.0) as ws:
+            return await ws.recv()
+
+    assert asyncio.run(with_server(handler, client)) == "through the proxy"
+    assert len(tunnels) == 1 and tunnels[0].startswith(b"CONNECT 127.0.0.1:")

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import urllib.parse
+import urllib.request
 from collections import deque
 from collections.abc import AsyncIterator
 
@@ -209,13 +211,36 @@ class FeedConnection:
                 await transport.wait_disconnected()
 
 
+def system_proxy(url: str) -> str | None:
+    """The proxy the environment (or the system) names for `url`, as `websockets` chose it
+    before the feeds moved to picows: none for a host `no_proxy` covers; else, in this order,
+    the proxy for the WebSocket scheme itself, a SOCKS proxy (as socks5h), the HTTPS proxy,
+    and for plain ws the HTTP proxy."""
+    parts = urllib.parse.urlsplit(url)
+    secure = parts.scheme == "wss"
+    port = parts.port or (443 if secure else 80)
+    if urllib.request.proxy_bypass(f"{parts.hostname}:{port}"):
+        return None
+    proxies = urllib.request.getproxies()
+    for scheme in ("wss", "socks", "https") if secure else ("ws", "socks", "https", "http"):
+        proxy = proxies.get(scheme)
+        if proxy is None:
+            continue
+        if scheme == "socks" and proxy.startswith("http://"):
+            return "socks5h://" + proxy.removeprefix("http://")
+        return proxy
+    return None
+
+
 @contextlib.asynccontextmanager
 async def connect(url: str, max_size: int, open_timeout: float) -> AsyncIterator[FeedConnection]:
-    """Open `url` (ws or wss) within `open_timeout` s; messages over `max_size` bytes close it."""
+    """Open `url` (ws or wss) within `open_timeout` s, through the system's proxy if it names
+    one; messages over `max_size` bytes close it."""
     async with asyncio.timeout(open_timeout):
         transport, listener = await ws_connect(
             lambda: _Listener(max_size),
             url,
+            proxy=system_proxy(url),
             websocket_handshake_timeout=open_timeout,
             enable_auto_ping=True,
             auto_ping_idle_timeout=PING_SECONDS,
