@@ -203,3 +203,22 @@ def test_a_feed_goes_through_the_http_proxy_the_environment_names(
 
     assert asyncio.run(with_server(handler, client)) == "through the proxy"
     assert len(tunnels) == 1 and tunnels[0].startswith(b"CONNECT 127.0.0.1:")
+
+
+def test_a_peer_that_hangs_up_at_once_is_a_closed_connection() -> None:
+    """Accepted, then reset before the handshake (a proxy refusing for a while): an OSError
+    the feed reconnects after, not some other error that would end the source."""
+
+    async def client() -> None:
+        async def hang_up(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.transport.abort()
+
+        server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+        async with server:
+            url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+            for _ in range(2):
+                with pytest.raises(OSError):  # ConnectionClosed, or a reset picows saw
+                    async with connect(url, 1 << 20, 5.0):
+                        pass
+
+    asyncio.run(client())

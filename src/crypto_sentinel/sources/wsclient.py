@@ -247,7 +247,9 @@ async def connect(url: str, max_size: int, open_timeout: float) -> AsyncIterator
             auto_ping_reply_timeout=PING_SECONDS,
             max_frame_size=max_size,
         )
-    assert isinstance(listener, _Listener)
+    if not isinstance(listener, _Listener):  # picows gives no listener when the peer hung up
+        transport.disconnect(graceful=False)  # during the handshake
+        raise ConnectionClosed("the connection closed during the WebSocket handshake")
     connection = FeedConnection(transport, listener)
     try:
         yield connection
