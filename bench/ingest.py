@@ -91,11 +91,10 @@ async def _run_pipeline(
     # The HTTP client is a process of its own, as users' clients are: in this one it would
     # take the interpreter from the pipeline it measures.
     stop_file = lake.parent / f"{lake.name}.poller-stop"
-    poller = subprocess.Popen(
-        [sys.executable, "-m", "bench.ingest_live", "poll", str(port), "3600", str(stop_file),
-         "0.01"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    poller_log = lake.parent / f"{lake.name}-poller.log"
+    poller = common.spawn(
+        ["-m", "bench.ingest_live", "poll", str(port), "3600", str(stop_file), "0.01"], poller_log
+    )
     try:
         run = asyncio.create_task(pipeline.run(with_api=True, install_signals=False))
         started = time.perf_counter()
@@ -108,11 +107,9 @@ async def _run_pipeline(
         seconds = time.perf_counter() - started
     finally:
         stop_file.touch()
-        out, _ = poller.communicate(timeout=60)
+        poller.wait(timeout=60)
         stop_file.unlink(missing_ok=True)
-    http = next(
-        (json.loads(line[7:]) for line in out.splitlines() if line.startswith("RESULT ")), {}
-    )
+    http = common.result_of(poller_log)
     visible_ns = [when - recv for when, recvs in shown for recv in recvs]
     commit_ns = [
         rec.committed_ns - r for rec in pipeline.engine.commit_log or [] for r in rec.recv_ns

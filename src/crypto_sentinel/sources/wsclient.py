@@ -82,13 +82,8 @@ class _Listener(WSListener):
         if frame.payload_size > self.max_size:
             self._fail(transport, WSCloseCode.MESSAGE_TOO_BIG, "message over the size limit")
             return
-        kind = frame.msg_type
-        if kind == WSMsgType.TEXT and frame.fin and not self._parts:
-            try:
-                self._deliver(frame.get_payload_as_utf8_text())
-            except UnicodeDecodeError:
-                self._fail(transport, WSCloseCode.INVALID_TEXT, "invalid UTF-8 in a text message")
-        elif kind == WSMsgType.BINARY and frame.fin and not self._parts:
+        kind = frame.msg_type  # a whole text message took on_ws_frame's path
+        if kind == WSMsgType.BINARY and frame.fin and not self._parts:
             self._deliver(frame.get_payload_as_bytes())
         elif kind in (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION):
             self._fragment(transport, frame)
