@@ -152,6 +152,13 @@ class Settings(BaseSettings):
                 data = {k: v for k, v in data.items() if k != name}
         return data
 
+    @field_validator("app_id", "spark_app_id")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value.startswith("_"):
+            raise ValueError(f"{value!r}: names starting with '_' are the lake's own locks")
+        return value
+
     @field_validator("replay_exchange")
     @classmethod
     def _known_exchange(cls, value: str) -> str:

@@ -377,3 +377,70 @@ def test_in_process_maintenance_takes_turns_with_the_writer(lake: Path, shared_l
         assert retried > 0, "no conflict without the lock: the test proves nothing"
     ids = [r["trade_id"] for r in read_table(lake, T.TRADES).to_pylist()]
     assert sorted(ids) == [1_000 + i for i in range(150)]
+
+
+def overlapping_compactions(lake: Any) -> tuple[list[int], list[dict[str, Any]]]:
+    """Two maintaining processes (two Kafka processors, or `sentinel maintain` beside
+    `sentinel up`) whose compactions of silver overlap: the second starts while the first
+    holds its snapshot. Returns the trade ids silver holds after both, and the second pass.
+
+    deltalake lets both of two such compactions commit, so without the lake's maintenance
+    lock silver holds every row twice."""
+    writer = LakeWriter(lake, "stream")
+    for i in range(12):
+        writer.commit(Batch(version=i + 1, trades=[trade(i, "coinbase", MIDNIGHT)]))
+    policy = Policy(max_files_per_partition=2)
+    first, second = Maintainer(lake, policy), Maintainer(lake, policy)
+    first.configure(T.TRADES)  # as after a first pass: the table's properties are set
+    second_pass: list[dict[str, Any]] = []
+    compactor = first._compactor
+
+    def racing(*args: Any) -> Any:
+        run = compactor(*args)
+
+        def run_after_the_other(dt: DeltaTable) -> Any:
+            second_pass.extend(second.run_once())  # the other process's scheduled pass
+            return run(dt)  # on the snapshot read before it
+
+        return run_after_the_other
+
+    first._compactor = racing  # type: ignore[method-assign]
+    first.compact(T.TRADES)
+    reader = DeltaTable(T.TRADES.uri(lake), storage_options=first._options)
+    ids = sorted(reader.to_pyarrow_table(columns=["trade_id"]).column("trade_id").to_pylist())
+    return ids, second_pass
+
+
+def test_overlapping_maintenance_never_doubles_a_table(
+    lake: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="crypto_sentinel.lake.maintenance.maintainer")
+    ids, second_pass = overlapping_compactions(lake)
+    assert ids == [1_000 + i for i in range(12)]
+    assert second_pass == []  # it stood aside, and said so
+    skipped = "lake maintenance pass skipped: another process maintains the lake"
+    assert f"{skipped} {lake} (pid {os.getpid()}" in caplog.text
+    assert len(files_per_partition(lake, T.TRADES)) == 1
+
+
+def test_maintain_verb_names_the_process_that_maintains_the_lake(
+    lake: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sentinel maintain compact` waits for a running pass, then refuses with one line."""
+    from crypto_sentinel.lake.lock import maintenance_lock
+    from crypto_sentinel.lake.maintenance import maintainer as module
+
+    LakeWriter(lake, "stream").commit(Batch(version=1, trades=[trade(1, "coinbase", MIDNIGHT)]))
+    monkeypatch.setattr(module, "CLI_LOCK_WAIT_S", 0.6)
+    monkeypatch.setattr("crypto_sentinel.lake.maintenance.cli.CLI_LOCK_WAIT_S", 0.6)
+    with maintenance_lock(lake):
+        rc = cli_main(["maintain", "compact", "--lake", str(lake), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1
+    assert len(err) == 1, err
+    holder = f"pid {os.getpid()} on host {os.uname().nodename} since 20"
+    assert err[0].startswith(
+        f"sentinel maintain: another process maintains the lake {lake} ({holder}"
+    ), err
+    assert err[0].endswith("Z); try again when its pass ends"), err
+    assert cli_main(["maintain", "compact", "--lake", str(lake), "--quiet"]) == 0  # released

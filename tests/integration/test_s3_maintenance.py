@@ -33,7 +33,13 @@ from crypto_sentinel.lake.writer import Batch, LakeWriter
 from crypto_sentinel.model import Trade
 from crypto_sentinel.runtime import Pipeline
 from crypto_sentinel.simulator import SimulatorServer
-from tests.integration.test_maintenance import MIDNIGHT, bronze_frames, sorted_rows, trade
+from tests.integration.test_maintenance import (
+    MIDNIGHT,
+    bronze_frames,
+    overlapping_compactions,
+    sorted_rows,
+    trade,
+)
 from tests.s3server import BUCKET, S3, moto_s3
 
 pytestmark = pytest.mark.integration
@@ -116,6 +122,14 @@ def test_compaction_on_s3_keeps_every_row_and_exact_decimal(lake: str, s3: S3) -
     for t in expected:
         assert prices[t.trade_id] == (t.price, t.size)
     assert dt.transaction_version("stream") == 24
+
+
+def test_overlapping_maintenance_of_an_s3_lake_never_doubles_a_table(lake: str, s3: S3) -> None:
+    """One maintaining process at a time on S3 too (a lease object, as the writer's)."""
+    ids, second_pass = overlapping_compactions(lake)
+    assert ids == [1_000 + i for i in range(12)]
+    assert second_pass == []
+    assert not any("_maintenance" in key for key in objects(s3, lake))  # released
 
 
 def test_retention_on_s3_drops_exactly_the_expired_date_partitions(lake: str, s3: S3) -> None:

@@ -40,6 +40,7 @@ def test_toml_file_and_flags_win(tmp_path: Path) -> None:
         ("SENTINEL_SOURCE", "bitstamp", "unknown source 'bitstamp'"),
         ("SENTINEL_PORT", "70000", "less than or equal to 65535"),
         ("SENTINEL_REPLAY_SPEED", "-2", "replay speed"),
+        ("SENTINEL_APP_ID", "_maintenance", "names starting with '_' are the lake's own locks"),
     ],
 )
 def test_bad_values_name_the_setting(

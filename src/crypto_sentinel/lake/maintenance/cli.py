@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import sys
@@ -17,7 +18,11 @@ from crypto_sentinel.books.processor import BookSettings
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.location import is_remote, parse_lake
 from crypto_sentinel.lake.maintenance.files import lake_exists
-from crypto_sentinel.lake.maintenance.maintainer import Maintainer
+from crypto_sentinel.lake.maintenance.maintainer import (
+    CLI_LOCK_WAIT_S,
+    Maintainer,
+    MaintenanceBusy,
+)
 from crypto_sentinel.lake.maintenance.policy import MiB, Policy
 from crypto_sentinel.lake.maintenance.report import format_report, storage_report
 from crypto_sentinel.lake.rebuild import RebuildError, rebuild
@@ -47,7 +52,9 @@ def _open(args: argparse.Namespace) -> tuple[Maintainer, list[T.TableSpec]] | No
             print(f"sentinel maintain: unknown table {unknown}; one of {names}", file=sys.stderr)
             return None
         specs = [known[t] for t in args.table]
-    return Maintainer(lake, policy), specs
+    maintainer = Maintainer(lake, policy)
+    maintainer.lock_wait = CLI_LOCK_WAIT_S  # a running pipeline's pass ends within seconds
+    return maintainer, specs
 
 
 def _print(results: list[dict[str, Any]], as_json: bool) -> None:
@@ -73,6 +80,21 @@ def _each(
     return results
 
 
+def _refusing_busy(command: Any) -> Any:
+    """A maintain verb that says in one line which process keeps the lake's maintenance."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(command(args))
+        except MaintenanceBusy as busy:
+            print(f"sentinel maintain: {busy}; try again when its pass ends", file=sys.stderr)
+            return 1
+
+    return run
+
+
+@_refusing_busy
 def _cmd_compact(args: argparse.Namespace) -> int:
     opened = _open(args)
     if opened is None:
@@ -87,6 +109,7 @@ def _cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
+@_refusing_busy
 def _cmd_retain(args: argparse.Namespace) -> int:
     opened = _open(args)
     if opened is None:
@@ -97,6 +120,7 @@ def _cmd_retain(args: argparse.Namespace) -> int:
     return 0
 
 
+@_refusing_busy
 def _cmd_vacuum(args: argparse.Namespace) -> int:
     opened = _open(args)
     if opened is None:
@@ -108,6 +132,7 @@ def _cmd_vacuum(args: argparse.Namespace) -> int:
     return 0
 
 
+@_refusing_busy
 def _cmd_checkpoint(args: argparse.Namespace) -> int:
     opened = _open(args)
     if opened is None:

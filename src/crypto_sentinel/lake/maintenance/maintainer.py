@@ -4,17 +4,19 @@ properties, compaction, retention, vacuum, checkpoints, and one pass over every 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from deltalake import DeltaTable, WriterProperties
 from deltalake.exceptions import CommitFailedError
 
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.location import LakeRoot, storage_options
+from crypto_sentinel.lake.lock import LakeLocked, WriterLock, describe, maintenance_lock
 from crypto_sentinel.lake.maintenance.files import (
     Partition,
     file_sizes,
@@ -36,6 +38,30 @@ log = logging.getLogger(__name__)
 RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 R = TypeVar("R")
+P = ParamSpec("P")
+#: How long `sentinel maintain` waits for another process's maintenance pass to end.
+CLI_LOCK_WAIT_S = 120.0
+
+
+class MaintenanceBusy(Exception):
+    """Another process maintains this lake now; the text is for the user."""
+
+    def __init__(self, lake: LakeRoot, holder: dict[str, Any]) -> None:
+        super().__init__(f"another process maintains the lake {lake} ({describe(holder)})")
+
+
+def _exclusively(
+    op: Callable[Concatenate[Maintainer, P], R],
+) -> Callable[Concatenate[Maintainer, P], R]:
+    """Run a maintenance operation holding the lake's maintenance lock."""
+
+    @functools.wraps(op)
+    def run(self: Maintainer, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self.exclusive():
+            return op(self, *args, **kwargs)
+
+    return run
+
 
 # --- operations ------------------------------------------------------------------------------
 
@@ -61,6 +87,39 @@ class Maintainer:
         self.should_stop = should_stop
         self._options = storage_options(lake)
         self._tables: dict[str, DeltaTable] = {}
+        #: Seconds an operation waits for another process's pass before MaintenanceBusy.
+        self.lock_wait = 0.0
+        self._lake_lock: WriterLock | None = None
+        self._held = 0  # nesting depth of `exclusive` (a pass holds it around its steps)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the lake's maintenance lock: one maintaining process per lake at a time (two
+        overlapping compactions of a table would both commit and double its rows). Raises
+        MaintenanceBusy when another process keeps it longer than `lock_wait`."""
+        if self._held:
+            self._held += 1
+            try:
+                yield
+            finally:
+                self._held -= 1
+            return
+        lock = self._lake_lock = self._lake_lock or maintenance_lock(self.lake)
+        deadline = time.monotonic() + self.lock_wait
+        while True:
+            try:
+                lock.acquire()
+                break
+            except LakeLocked as locked:
+                if time.monotonic() >= deadline:
+                    raise MaintenanceBusy(self.lake, locked.holder) from None
+                time.sleep(0.5)
+        self._held = 1
+        try:
+            yield
+        finally:
+            self._held = 0
+            lock.release()
 
     def table(self, spec: T.TableSpec) -> DeltaTable | None:
         """The table at its newest version, or None if it does not exist yet."""
@@ -97,6 +156,7 @@ class Maintainer:
 
     # - table properties
 
+    @_exclusively
     def configure(self, spec: T.TableSpec) -> dict[str, Any]:
         """Write the policy's properties into the table (one metadata commit, only on change)."""
         dt = self.table(spec)
@@ -116,6 +176,7 @@ class Maintainer:
 
     # - compaction
 
+    @_exclusively
     def compact(
         self,
         spec: T.TableSpec,
@@ -178,6 +239,7 @@ class Maintainer:
 
     # - retention
 
+    @_exclusively
     def retain(
         self, spec: T.TableSpec, *, days: int | None = None, dry_run: bool = False
     ) -> dict[str, Any]:
@@ -207,6 +269,7 @@ class Maintainer:
 
     # - vacuum
 
+    @_exclusively
     def vacuum(
         self,
         spec: T.TableSpec,
@@ -238,6 +301,7 @@ class Maintainer:
 
     # - checkpoints and log
 
+    @_exclusively
     def checkpoint(self, spec: T.TableSpec, *, force: bool = False) -> dict[str, Any]:
         """Checkpoint a table nobody else checkpoints, and drop its expired log files.
 
@@ -276,7 +340,11 @@ class Maintainer:
         (measured; reopened each pass, the process stayed flat).
         """
         try:
-            return self._run_steps()
+            with self.exclusive():
+                return self._run_steps()
+        except MaintenanceBusy as busy:
+            log.info("lake maintenance pass skipped: %s", busy)
+            return []
         finally:
             self._tables.clear()
 
