@@ -98,3 +98,28 @@ async def test_latest_of_a_lake_replica_is_rendered_once_per_version(
 
         r = await client.get("/latest", params={"symbol": "NOPE-USD"})  # still the route's 404
         assert r.status_code == 404, r.text
+
+
+def test_the_engine_learns_trade_ids_from_the_newest_version_only(tmp_path: Path) -> None:
+    """The API may answer with the version before while another thread lists a table; the
+    engine's start-up (and Kafka rebalance) reads must not, or it learns fewer trade ids and
+    stores trades again."""
+    from crypto_sentinel.lake import tables as T
+
+    lake = tmp_path / "lake"
+    writer = LakeWriter(lake, "stream")
+    writer.commit(Batch(version=1, trades=[trade(i, "coinbase", MIDNIGHT) for i in range(4)]))
+    reader = LakeReader(lake)
+    assert len(reader.files(T.TRADES)) == 1  # the listing of version 1 is kept
+    writer.commit(Batch(version=2, trades=[trade(9, "coinbase", MIDNIGHT)]))
+    listing = reader._computing.setdefault(("files", T.TRADES.name, None, None), threading.Lock())
+    learned: list[Any] = []
+    with listing:  # another thread lists version 2 meanwhile
+        assert len(reader.files(T.TRADES)) == 1  # the API: the version before, at once
+        engine = threading.Thread(target=lambda: learned.append(reader.trade_id_ranges()))
+        engine.start()
+        engine.join(0.3)
+        assert learned == []  # it waits for the newest listing
+    engine.join(10)
+    ids = learned[0][("coinbase", "BTC-USD")] + learned[0][("coinbase", "ETH-USD")]
+    assert sorted(ids) == [(1000, 1000), (1001, 1001), (1002, 1002), (1003, 1003), (1009, 1009)]

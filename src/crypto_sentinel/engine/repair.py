@@ -42,6 +42,7 @@ def repair_candles(writer: LakeWriter, reader: LakeReader) -> int:
         "SELECT DISTINCT exchange, product_id, date_trunc('minute', time) AS start"
         " FROM t WHERE recv_time >= ?",
         [since],
+        newest=True,
     )
     if not touched:
         return 0
@@ -52,6 +53,7 @@ def repair_candles(writer: LakeWriter, reader: LakeReader) -> int:
         T.TRADES,
         "SELECT * FROM t WHERE time >= ? AND time < ? ORDER BY time, trade_id",
         [first, last],
+        newest=True,
     )
     candles: dict[tuple[str, str, datetime], Candle] = {}
     for row in rows:

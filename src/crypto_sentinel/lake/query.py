@@ -104,10 +104,12 @@ class LakeReader(RecentReads):
         dates: Sequence[date] | None = None,
         max_age: float = 0.0,
         starts: tuple[datetime, datetime] | None = None,
+        newest: bool = False,
     ) -> list[str]:
         """Live data files of the table, pruned to the given date partitions and, given
         `starts`, to files whose `start` statistics meet [first, end) (a file without
-        statistics is kept)."""
+        statistics is kept). While another thread lists the same files, the listing of the
+        version before is the answer, unless `newest` (what the engine learns at start)."""
         dt = self._table(spec, max_age)
         if dt is None:
             return []
@@ -121,7 +123,7 @@ class LakeReader(RecentReads):
         if held is not None and held[0] == version:
             return held[1]
         computing = self._computing.setdefault(("files", *key), threading.Lock())
-        if not computing.acquire(blocking=held is None):
+        if not computing.acquire(blocking=held is None or newest):
             assert held is not None
             return held[1]
         try:
@@ -147,9 +149,11 @@ class LakeReader(RecentReads):
         sql: str,
         params: Sequence[Any] = (),
         dates: Sequence[date] | None = None,
+        newest: bool = False,
     ) -> list[dict[str, Any]]:
-        """Run `sql` with the table available as `t`; [] when there is no data."""
-        return self._run(spec, self.files(spec, dates), sql, params)
+        """Run `sql` with the table available as `t`; [] when there is no data. `newest`:
+        over the table's newest version, never the one before (see `files`)."""
+        return self._run(spec, self.files(spec, dates, newest=newest), sql, params)
 
     def query_candles(
         self, sql: str, params: Sequence[Any], dates: Sequence[date]
@@ -205,6 +209,7 @@ class LakeReader(RecentReads):
             GROUP BY exchange, product_id, island
             ORDER BY exchange, product_id, lo
             """,
+            newest=True,  # an engine that learned fewer ids would store trades twice
         )
         ranges: dict[tuple[str, str], list[tuple[int, int]]] = {}
         for r in rows:
@@ -216,6 +221,7 @@ class LakeReader(RecentReads):
             T.TICKERS,
             "SELECT exchange, product_id, max(sequence) AS seq, max(time) AS time"
             " FROM t GROUP BY exchange, product_id",
+            newest=True,
         )
         return {(r["exchange"], r["product_id"]): (r["seq"], r["time"]) for r in rows}
 
