@@ -123,3 +123,28 @@ def test_the_engine_learns_trade_ids_from_the_newest_version_only(tmp_path: Path
     engine.join(10)
     ids = learned[0][("coinbase", "BTC-USD")] + learned[0][("coinbase", "ETH-USD")]
     assert sorted(ids) == [(1000, 1000), (1001, 1001), (1002, 1002), (1003, 1003), (1009, 1009)]
+
+
+def test_long_lived_table_handles_are_opened_afresh(tmp_path: Path) -> None:
+    """The writer's and a reader's tables are reopened from the newest checkpoint every
+    `REOPEN_AFTER_VERSIONS` versions (their native state only grows while updated in place);
+    nothing they answer changes across it."""
+    from crypto_sentinel.lake import tables as T
+
+    lake = tmp_path / "lake"
+    writer = LakeWriter(lake, "stream")
+    reader = LakeReader(lake)
+    opened = writer.tables[T.TRADES.name]
+    reader.files(T.TRADES)
+    read = reader._tables[T.TRADES.name]
+    for i in range(T.REOPEN_AFTER_VERSIONS + 1):
+        writer.commit(Batch(version=i + 1, trades=[trade(2 * i, "coinbase", MIDNIGHT)]))
+        assert len(reader.files(T.TRADES)) == i + 1
+    assert writer.tables[T.TRADES.name] is not opened
+    assert reader._tables[T.TRADES.name] is not read
+    assert writer.tables[T.TRADES.name].version() == T.REOPEN_AFTER_VERSIONS + 1
+    ranges = reader.trade_id_ranges()[("coinbase", "BTC-USD")]
+    assert [lo for lo, _ in ranges] == [1000 + 2 * i for i in range(T.REOPEN_AFTER_VERSIONS + 1)]
+    # the writer goes on on its new handles: a batch it holds already is still skipped
+    writer.commit(Batch(version=1, trades=[trade(999, "coinbase", MIDNIGHT)]))
+    assert len(reader.files(T.TRADES)) == T.REOPEN_AFTER_VERSIONS + 1

@@ -79,6 +79,7 @@ class LakeReader(RecentReads):
         self._minutes: tuple[float, dict[tuple[str, str], _Minutes]] | None = None
         self._index_lock = threading.Lock()
         self._updated: dict[str, float] = {}  # monotonic time of each table's last refresh
+        self._grown: dict[str, int] = {}  # versions each table was brought forward since opened
 
     def _table(self, spec: T.TableSpec, max_age: float = 0.0) -> DeltaTable | None:
         """The table at its newest version, or at one read at most `max_age` seconds ago."""
@@ -92,10 +93,17 @@ class LakeReader(RecentReads):
         elif time.monotonic() - self._updated.get(spec.name, 0.0) >= max_age:
             self._updated[spec.name] = time.monotonic()
             with self._lock:
+                before = dt.version()
                 try:
                     dt.update_incremental()
                 except OSError:  # log trimmed under us (maintenance): reopen at the checkpoint
                     dt = self._tables[spec.name] = DeltaTable(path, storage_options=self._options)
+                grown = self._grown.get(spec.name, 0) + dt.version() - before
+                if grown >= T.REOPEN_AFTER_VERSIONS:
+                    # kept up to date forever, a table's native state only grows (writer.py)
+                    dt = self._tables[spec.name] = DeltaTable(path, storage_options=self._options)
+                    grown = 0
+                self._grown[spec.name] = grown
         return dt
 
     def files(

@@ -21,7 +21,6 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
 from deltalake import DeltaTable, write_deltalake
@@ -112,6 +111,8 @@ def _replace_from(
         files = tables[spec.name].file_uris(file_pruning_predicate=[("recv_time", "<", received)])
         if not files:
             continue
+        import duckdb  # here: `sentinel up` imports this module (its CLI), never runs it
+
         with duckdb.connect(":memory:") as db:
             (newest,) = db.execute(
                 "SELECT max(date) FROM read_parquet(?, hive_partitioning = true,"
@@ -192,6 +193,8 @@ def _frames(bronze: DeltaTable, day: date) -> Iterator[RawFrame]:
     files = bronze.file_uris(file_pruning_predicate=[("date", "=", day.isoformat())])
     if not files:
         return
+    import duckdb
+
     db = duckdb.connect(":memory:")
     try:
         reader = db.sql(

@@ -231,6 +231,13 @@ BOOK_SNAPSHOTS = TableSpec(
 ALL_TABLES = (BRONZE, QUARANTINE, TRADES, TICKERS, CANDLES_1M, GAPS, BOOK_UPDATES, BOOK_SNAPSHOTS)
 
 
+#: A long-lived DeltaTable handle (the writer's, a reader's) is opened afresh after it has been
+#: brought forward this many versions. Why: a handle updated commit after commit keeps growing
+#: in native memory; one opened from the newest checkpoint holds the live state. `sentinel
+#: bench memory`, 2 minutes: peak RSS 282 MB never reopened, 270 MB at 100, 265 MB at 30.
+REOPEN_AFTER_VERSIONS = 30
+
+
 def ensure_tables(lake: LakeRoot) -> dict[str, DeltaTable]:
     """Create missing tables (empty, with their schema) so readers never meet a missing path."""
     tables = {}

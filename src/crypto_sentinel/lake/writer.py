@@ -30,7 +30,7 @@ from deltalake.exceptions import CommitFailedError
 from crypto_sentinel import metrics
 from crypto_sentinel.engine.candles import Candle
 from crypto_sentinel.lake import tables as T
-from crypto_sentinel.lake.location import LakeRoot
+from crypto_sentinel.lake.location import LakeRoot, storage_options
 from crypto_sentinel.lake.maintenance.policy import COMPACT_PROPERTIES, SNAPSHOT_PROPERTIES
 from crypto_sentinel.lake.rows import (
     bronze_table,
@@ -164,6 +164,7 @@ class LakeWriter:
         self.lock = threading.Lock()
         self.maintenance_turn = _MaintenanceTurn(self)
         self._stale = False  # maintenance committed since: refresh the snapshots first
+        self._since_open = 0  # batches committed since the tables were opened
         self._crash = _crash_hook()
 
     @property
@@ -243,6 +244,20 @@ class LakeWriter:
         """Every table holds the batch now."""
         for name in self.versions:
             self.versions[name] = max(self.versions[name], batch.version)
+        self._since_open += 1
+        if self._since_open >= T.REOPEN_AFTER_VERSIONS:
+            self._reopen()
+
+    def _reopen(self) -> None:
+        """Open every table afresh, from its newest checkpoint.
+
+        Why: see `tables.REOPEN_AFTER_VERSIONS`."""
+        self._since_open = 0
+        options = storage_options(self.lake)
+        self.tables = {
+            name: DeltaTable(dt.table_uri, storage_options=options)
+            for name, dt in self.tables.items()
+        }
 
     def _refresh_if_stale(self) -> None:
         if self._stale:
