@@ -8,8 +8,8 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
+from crypto_sentinel.clierrors import one_line_errors
 from crypto_sentinel.ops.kafka import (
     bootstrap_servers,
     start,
@@ -41,18 +41,8 @@ def _cli_data_dir(args: argparse.Namespace) -> Path:
     return _abs(raw)
 
 
-def _cli_guard(func: Any) -> Any:
-    """Turn KafkaOpsError into a one-line message + exit code 1 instead of a traceback."""
-
-    def handler(args: argparse.Namespace) -> int:
-        try:
-            return int(func(args))
-        except KafkaOpsError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-
-    handler.__doc__ = func.__doc__
-    return handler
+#: KafkaOpsError -> one line on stderr and exit 1, not a traceback.
+_cli_guard = one_line_errors("error", KafkaOpsError)
 
 
 def _cmd_install(args: argparse.Namespace) -> int:

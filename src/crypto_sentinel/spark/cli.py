@@ -6,10 +6,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
+from crypto_sentinel.clierrors import one_line_errors
 from crypto_sentinel.config import Settings, load_settings
 from crypto_sentinel.lake.location import lake_overrides, parse_lake
+from crypto_sentinel.spark.ops import SparkOpsError
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -21,19 +22,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(**overrides)
 
 
-def _guard(func: Any) -> Any:
-    """SparkOpsError -> one line on stderr and exit 1, not a traceback."""
-
-    def handler(args: argparse.Namespace) -> int:
-        from crypto_sentinel.spark.ops import SparkOpsError
-
-        try:
-            return int(func(args))
-        except SparkOpsError as exc:
-            print(f"sentinel spark: {exc}", file=sys.stderr)
-            return 1
-
-    return handler
+#: SparkOpsError -> one line on stderr and exit 1, not a traceback.
+_guard = one_line_errors("sentinel spark", SparkOpsError)
 
 
 def cmd_install(args: argparse.Namespace) -> int:

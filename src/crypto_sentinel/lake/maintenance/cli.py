@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import logging
 import sys
@@ -15,6 +14,7 @@ from typing import Any
 from deltalake import DeltaTable
 
 from crypto_sentinel.books.processor import BookSettings
+from crypto_sentinel.clierrors import one_line_errors
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.location import is_remote, parse_lake
 from crypto_sentinel.lake.maintenance.files import lake_exists
@@ -80,18 +80,10 @@ def _each(
     return results
 
 
-def _refusing_busy(command: Any) -> Any:
-    """A maintain verb that says in one line which process keeps the lake's maintenance."""
-
-    @functools.wraps(command)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return int(command(args))
-        except MaintenanceBusy as busy:
-            print(f"sentinel maintain: {busy}; try again when its pass ends", file=sys.stderr)
-            return 1
-
-    return run
+#: A maintain verb says in one line which process keeps the lake's maintenance.
+_refusing_busy = one_line_errors(
+    "sentinel maintain", MaintenanceBusy, hint="; try again when its pass ends"
+)
 
 
 @_refusing_busy
