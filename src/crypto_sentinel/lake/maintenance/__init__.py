@@ -15,7 +15,9 @@ without blocking it:
   an older snapshot never meets a missing file;
 - the checkpoint interval and a short log retention are written into each table, so every
   delta-rs writer checkpoints and trims the log as it commits; maintenance checkpoints only
-  tables nobody else does.
+  tables nobody else does;
+- one process maintains a lake at a time (a lake-wide lock held for the pass): two
+  compactions of one table at the same moment would both commit and leave its rows twice.
 
 A lake on S3-compatible storage is maintained the same way: tables open with the lake's
 delta-rs storage options, and the few looks at files (log entries, sizes of files about to be
