@@ -23,6 +23,17 @@ T = TypeVar("T")
 FULL_COLLECTION_EVERY = 100
 
 
+def settle_heap() -> None:
+    """Move what start-up loaded (trade ids, hot state) out of the garbage collector's sight.
+
+    Those objects live as long as the process; left in the tracked heap, every full
+    collection walks all of them again - a pause of tens of milliseconds on the event loop
+    (measured: 24 ms after 40 s of a fresh `sentinel up`), growing with what was loaded.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def tune_gc() -> None:
     """Fewer and shorter full collections: a full collection stops the event loop and every
     thread for as long as it walks every tracked object (40-100 ms in `sentinel serve` under

@@ -68,3 +68,20 @@ def test_a_long_lived_verb_keeps_pandas_out_before_its_modules_load() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "2 False", out.stderr
+
+
+def test_processes_without_the_api_never_load_its_stack() -> None:
+    """`sentinel process` and `sentinel ingest` serve no API: every verb's module and the
+    pipeline load without FastAPI and uvicorn (about 10 MB and 0.1 s of start-up); the API
+    role brings them when a process serves it."""
+    probe = (
+        "import sys\n"
+        "from crypto_sentinel import cli, runtime\n"
+        "cli.build_parser()\n"
+        "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette') if m in sys.modules))\n"
+        "import crypto_sentinel.pipeline.api\n"
+        "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["[]", "['fastapi', 'starlette', 'uvicorn']"]

@@ -11,12 +11,13 @@ from typing import Any
 
 import uvicorn
 
-from crypto_sentinel.api.serving import api_server, live_memory, settle_heap
+from crypto_sentinel.api.serving import api_server, live_memory
 from crypto_sentinel.api.state import HotState
 from crypto_sentinel.api.warmup import warm_up
 from crypto_sentinel.books.registry import BookRegistry
 from crypto_sentinel.config import Settings
 from crypto_sentinel.engine.processor import Engine
+from crypto_sentinel.eventloop import settle_heap
 from crypto_sentinel.lake.query import LakeReader
 
 #: GIL switch interval (seconds) of a process that serves the API next to the engine.

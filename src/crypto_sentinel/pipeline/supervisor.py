@@ -16,23 +16,25 @@ import logging
 import signal
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crypto_sentinel import metrics
-from crypto_sentinel.api.serving import settle_heap
 from crypto_sentinel.api.state import HotState
 from crypto_sentinel.books.registry import BookRegistry
 from crypto_sentinel.bus.memory import MemoryBus
 from crypto_sentinel.config import Settings
 from crypto_sentinel.engine.processor import Engine, EngineStats
+from crypto_sentinel.eventloop import settle_heap
 from crypto_sentinel.health import heartbeat_path, heartbeats
 from crypto_sentinel.lake.lock import writer_lock
 from crypto_sentinel.lake.query import LakeReader
-from crypto_sentinel.pipeline.api import ApiRole
 from crypto_sentinel.pipeline.ingest import IngestRole, source_counters
 from crypto_sentinel.pipeline.process import ProcessRole
 from crypto_sentinel.sources.base import Source
 from crypto_sentinel.startup import StartupError, bind_api, check_lake, check_source, lake_problem
+
+if TYPE_CHECKING:  # the API stack (FastAPI, uvicorn) loads only in processes that serve it
+    from crypto_sentinel.pipeline.api import ApiRole
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +204,8 @@ class Pipeline:
         # Roles whose end stops the process (with the stop event and the sources).
         waiting: set[asyncio.Task[Any]] = {asyncio.create_task(self.stop_event.wait())}
         if with_api and self.api_socket is not None:
+            from crypto_sentinel.pipeline.api import ApiRole
+
             # Started before the engine: the API's warm-up fills hot state before any frame.
             self.api = ApiRole(
                 self.settings, self.reader, processing.engine if processing else None,
