@@ -294,6 +294,9 @@ def test_single_node_roundtrip_and_restart(data_dir: Path) -> None:
     assert bootstrap == f"127.0.0.1:{port}"
     assert kafka.start(data_dir)[0].pid == procs[0].pid  # already running: left alone
     assert Path(kafka.status(data_dir)[0]["log"]).stat().st_size > 0  # log4j writes files
+    # a fresh node is ready with its consumer-offsets topic: the first group joins at once
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    assert "__consumer_offsets" in admin.list_topics(timeout=10).topics
 
     topic = "trades"
     _create_topic(bootstrap, topic, rf=1, config={})
