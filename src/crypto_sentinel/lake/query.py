@@ -100,7 +100,7 @@ class LakeReader(RecentReads):
                     dt = self._tables[spec.name] = DeltaTable(path, storage_options=self._options)
                 grown = self._grown.get(spec.name, 0) + dt.version() - before
                 if grown >= T.REOPEN_AFTER_VERSIONS:
-                    # kept up to date forever, a table's native state only grows (writer.py)
+                    # kept up to date forever, its native state only grows (REOPEN_AFTER_VERSIONS)
                     dt = self._tables[spec.name] = DeltaTable(path, storage_options=self._options)
                     grown = 0
                 self._grown[spec.name] = grown

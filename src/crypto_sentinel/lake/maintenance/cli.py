@@ -52,9 +52,8 @@ def _open(args: argparse.Namespace) -> tuple[Maintainer, list[T.TableSpec]] | No
             print(f"sentinel maintain: unknown table {unknown}; one of {names}", file=sys.stderr)
             return None
         specs = [known[t] for t in args.table]
-    maintainer = Maintainer(lake, policy)
-    maintainer.lock_wait = CLI_LOCK_WAIT_S  # a running pipeline's pass ends within seconds
-    return maintainer, specs
+    # a running pipeline's pass ends within seconds: wait for it
+    return Maintainer(lake, policy, lock_wait=CLI_LOCK_WAIT_S), specs
 
 
 def _print(results: list[dict[str, Any]], as_json: bool) -> None:

@@ -77,6 +77,7 @@ class Maintainer:
         now: Callable[[], datetime] = utc_now,
         should_stop: Callable[[], bool] = lambda: False,
         writer_lock: contextlib.AbstractContextManager[Any] | None = None,
+        lock_wait: float = 0.0,
     ) -> None:
         self.lake = lake
         #: The lock of the stream writer in this process: each step holds it, so the writer
@@ -88,7 +89,7 @@ class Maintainer:
         self._options = storage_options(lake)
         self._tables: dict[str, DeltaTable] = {}
         #: Seconds an operation waits for another process's pass before MaintenanceBusy.
-        self.lock_wait = 0.0
+        self.lock_wait = lock_wait
         self._lake_lock: WriterLock | None = None
         self._held = 0  # nesting depth of `exclusive` (a pass holds it around its steps)
 
