@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from crypto_sentinel import __version__
 from crypto_sentinel.config import LIVE_VENUES, ConfigError, Settings, load_settings
-from crypto_sentinel.eventloop import keep_pandas_out, run_event_loop
+from crypto_sentinel.eventloop import keep_analysis_libraries_out, run_event_loop
 from crypto_sentinel.lake.location import lake_overrides, parse_lake
 from crypto_sentinel.lake.lock import LakeLocked
 
@@ -451,15 +451,15 @@ def _debug(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("SENTINEL_LOG_LEVEL", "").upper() == "DEBUG"
 
 
-#: Verbs that run a long-lived process. pandas is kept out of them before the verb modules
-#: are imported (`eventloop.keep_pandas_out`: pyarrow would import it at its first conversion).
+#: Verbs that run a long-lived process. pandas and NumPy are kept out of them before the verb
+#: modules are imported (`eventloop.keep_analysis_libraries_out`: pyarrow would import them).
 LONG_LIVED = frozenset({"up", "ingest", "process", "serve", "simulate", "replay", "record"})
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if next((a for a in argv if not a.startswith("-")), None) in LONG_LIVED:
-        keep_pandas_out()
+        keep_analysis_libraries_out()
     debug = _debug(argv)
     args = build_parser().parse_args([a for a in argv if a != "--debug"])
     try:

@@ -4,8 +4,8 @@ uvloop (pulled in by `uvicorn[standard]`, with the httptools HTTP parser) cuts t
 own cost per socket event roughly in half, which is most of what a `/latest` request costs us.
 Plain asyncio remains the fallback, so nothing depends on it.
 
-The cyclic garbage collector is tuned for these processes too (`tune_gc`), and pandas is kept
-out of them (`keep_pandas_out`).
+The cyclic garbage collector is tuned for these processes too (`tune_gc`), and pandas and NumPy
+are kept out of them (`keep_analysis_libraries_out`).
 """
 
 from __future__ import annotations
@@ -47,29 +47,38 @@ def tune_gc() -> None:
     gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 
 
-class _PandasAbsent:
-    """A module finder for which pandas is not installed (see `keep_pandas_out`)."""
-
-    @staticmethod
-    def find_spec(name: str, path: object = None, target: object = None) -> None:
-        if name == "pandas" or name.startswith("pandas."):
-            raise ModuleNotFoundError("pandas is kept out of this process", name=name)
+#: Installed by the dev extra (pandas, which brings NumPy) for the analysis notebook; a plain
+#: install has neither, and no pipeline or API code uses them.
+ANALYSIS_LIBRARIES = ("pandas", "numpy")
 
 
-def keep_pandas_out() -> None:
-    """When pandas is installed (the dev extra brings it for the analysis notebook), pyarrow
-    imports it at its first conversion of Python values, about 30 MB of memory that no
-    pipeline or API code uses (`sentinel up` measured 305 -> 274 MB RSS). pyarrow and DuckDB
-    treat a pandas that cannot be imported as not installed. A process that has it already
-    keeps it."""
-    if "pandas" not in sys.modules and _PandasAbsent not in sys.meta_path:
-        sys.meta_path.insert(0, _PandasAbsent)
+class _AnalysisLibrariesAbsent:
+    """A module finder for which the libraries in `kept_out` are not installed."""
+
+    kept_out: set[str] = set()
+
+    @classmethod
+    def find_spec(cls, name: str, path: object = None, target: object = None) -> None:
+        if name.partition(".")[0] in cls.kept_out:
+            raise ModuleNotFoundError(f"{name} is kept out of this process", name=name)
+
+
+def keep_analysis_libraries_out() -> None:
+    """When pandas and NumPy are installed, pyarrow imports NumPy when it loads (10 MB of
+    RSS) and pandas at its first conversion of Python values (about 30 MB: `sentinel up`
+    measured 305 -> 274 MB). pyarrow and DuckDB treat a library that cannot be imported as
+    not installed, as in a plain install. A library the process has already stays."""
+    _AnalysisLibrariesAbsent.kept_out.update(
+        name for name in ANALYSIS_LIBRARIES if name not in sys.modules
+    )
+    if _AnalysisLibrariesAbsent not in sys.meta_path:
+        sys.meta_path.insert(0, _AnalysisLibrariesAbsent)
 
 
 def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
     """`asyncio.run(main)`, on a uvloop event loop if uvloop is available, for a long-lived
-    process: the garbage collector tuned, pandas kept out."""
-    keep_pandas_out()
+    process: the garbage collector tuned, pandas and NumPy kept out."""
+    keep_analysis_libraries_out()
     tune_gc()
     try:
         import uvloop

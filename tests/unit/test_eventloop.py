@@ -25,15 +25,15 @@ def test_the_loop_runs_with_start_up_objects_frozen_and_full_collections_spaced(
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
-        if eventloop._PandasAbsent in sys.meta_path:
-            sys.meta_path.remove(eventloop._PandasAbsent)
+        if eventloop._AnalysisLibrariesAbsent in sys.meta_path:
+            sys.meta_path.remove(eventloop._AnalysisLibrariesAbsent)
 
 
 PROBE = """
 import sys
 from decimal import Decimal
-from crypto_sentinel.eventloop import keep_pandas_out
-keep_pandas_out()
+from crypto_sentinel.eventloop import keep_analysis_libraries_out
+keep_analysis_libraries_out()
 import duckdb
 import pyarrow as pa
 pa.scalar(Decimal("1.5"), pa.decimal128(28, 12))  # pyarrow's first conversion
@@ -42,32 +42,43 @@ assert duckdb.sql("SELECT 41 + 1").fetchall() == [(42,)]
 import crypto_sentinel.api.serving  # what `sentinel serve` and `up` load
 from crypto_sentinel import cli
 cli.build_parser()  # every verb's module
-try:
-    import pandas
-except ModuleNotFoundError:
-    print("pandas absent", "pandas" in sys.modules)
+import tempfile
+from deltalake import DeltaTable, write_deltalake
+with tempfile.TemporaryDirectory() as lake:  # the writer's and the readers' conversions
+    write_deltalake(lake, pa.table({"price": pa.array([Decimal("1.5")], pa.decimal128(28, 12))}))
+    read = DeltaTable(lake).to_pyarrow_table()
+    assert read.column("price").to_pylist() == [Decimal("1.5")]
+    assert duckdb.sql("SELECT sum(price) FROM read").fetchall() == [(Decimal("1.5"),)]
+for name in ("pandas", "numpy"):
+    try:
+        __import__(name)
+    except ModuleNotFoundError:
+        print(name, "absent", name in sys.modules)
 """
 
 
-def test_pandas_stays_out_of_a_long_lived_process() -> None:
-    """pandas is installed here (the dev extra), yet pyarrow's conversions, DuckDB and the
-    API's modules work without it once it is kept out, and nothing imported it."""
+def test_pandas_and_numpy_stay_out_of_a_long_lived_process() -> None:
+    """pandas and NumPy are installed here (the dev extra), yet pyarrow's conversions, Delta
+    writes and reads, DuckDB and the API's modules work without them once they are kept out,
+    and nothing imported them."""
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "pandas absent False"
-    installed = subprocess.run([sys.executable, "-c", "import pandas"], capture_output=True)
-    assert installed.returncode == 0  # the probe's absence is ours, not the venv's
+    assert out.stdout.split("\n")[-3:] == ["pandas absent False", "numpy absent False", ""]
+    for name in ("pandas", "numpy"):  # the probe's absence is ours, not the venv's
+        installed = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True)
+        assert installed.returncode == 0
 
 
-def test_a_long_lived_verb_keeps_pandas_out_before_its_modules_load() -> None:
+def test_a_long_lived_verb_keeps_pandas_and_numpy_out_before_its_modules_load() -> None:
     probe = (
         "import sys\n"
         "from crypto_sentinel import cli\n"
         "code = cli.main(['serve', '--port', '-1'])  # refused by its settings, after parsing\n"
-        "print(code, 'pandas' in sys.modules)\n"
+        "import pyarrow\n"  # what `serve` loads next; with NumPy installed it imports it
+        "print(code, 'pandas' in sys.modules, 'numpy' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip() == "2 False", out.stderr
+    assert out.stdout.strip() == "2 False False", out.stderr
 
 
 def test_processes_without_the_api_never_load_its_stack() -> None:
