@@ -1,5 +1,5 @@
-"""Memory settings (issue 15): deltalake's allocator options, and what `sentinel up` leaves
-unloaded until it is needed (DuckDB, pyarrow.dataset)."""
+"""Memory settings (issue 15): deltalake's and Arrow's allocator options, and what `sentinel up`
+leaves unloaded until it is needed (DuckDB, pyarrow.dataset)."""
 
 from __future__ import annotations
 
@@ -54,6 +54,23 @@ def test_up_loads_neither_duckdb_nor_pyarrow_dataset_at_import() -> None:
     conf, delta, duck, dataset = json.loads(out.stdout.strip().splitlines()[-1])
     assert conf == native.DELTA_JEMALLOC and delta
     assert not duck and not dataset
+
+
+def test_arrow_allocates_with_the_system_pool_unless_set() -> None:
+    """A fresh process importing the package uses the C library's allocator for Arrow (it
+    kept less memory than mimalloc); a pool named in the environment wins."""
+    code = (
+        "import crypto_sentinel.runtime, pyarrow as pa\n"
+        "print(pa.default_memory_pool().backend_name, pa.array([1, 2]).sum().as_py())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != native.ARROW_POOL_ENV}
+    for chosen, expected in ((None, "system 3"), ("mimalloc", "mimalloc 3")):
+        if chosen is not None:
+            env[native.ARROW_POOL_ENV] = chosen
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        assert out.stdout.strip().splitlines()[-1] == expected
 
 
 def test_reader_opens_duckdb_at_the_first_query_with_files(tmp_path: Path) -> None:
