@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 from deltalake import DeltaTable, write_deltalake
 
 from crypto_sentinel.books.processor import BookProcessor, BookSettings
@@ -230,6 +229,8 @@ def _check_unchanged(tables: dict[str, DeltaTable], versions: dict[str, int]) ->
 
 def _replace(dt: DeltaTable, spec: T.TableSpec, staging: Path, since: date | None) -> int:
     """Replace the table's rows (from `since`, or all) with the staging table's, one commit."""
+    import pyarrow.dataset as ds  # here, like DuckDB: `sentinel up` imports this module
+
     source = DeltaTable(str(spec.path(staging))).to_pyarrow_dataset()
     condition = ds.field("date") >= pa.scalar(since, pa.date32()) if since else None
     rows = 0
