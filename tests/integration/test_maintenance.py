@@ -18,6 +18,7 @@ from typing import Any
 import duckdb
 import msgspec
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
@@ -32,6 +33,7 @@ from crypto_sentinel.lake.maintenance import (
     partitions,
     run_maintenance_forever,
 )
+from crypto_sentinel.lake.maintenance.policy import RAW_GROUP_ROWS, ROW_GROUP_ROWS
 from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.lake.rows import trades_table
 from crypto_sentinel.lake.writer import Batch, LakeWriter
@@ -153,6 +155,30 @@ def bronze_frames(day: date, n: int) -> list[RawFrame]:
         RawFrame("coinbase", f"conn-{day}", i, int(noon.timestamp() * 1e9) + i, f'{{"i":{i}}}')
         for i in range(n)
     ]
+
+
+def test_compaction_writes_raw_frames_in_smaller_row_groups(lake: Path) -> None:
+    """Raw frames are wide: compaction (and rebuild) write them in groups of RAW_GROUP_ROWS
+    rows, a compaction holding less of them at once; derived rows keep ROW_GROUP_ROWS."""
+    writer = LakeWriter(lake, "stream")
+    day = MIDNIGHT.date()
+    frames = bronze_frames(day, 3 * RAW_GROUP_ROWS)
+    for v, start in enumerate(range(0, len(frames), RAW_GROUP_ROWS // 2), start=1):
+        part = frames[start : start + RAW_GROUP_ROWS // 2]
+        when = MIDNIGHT + timedelta(seconds=v)
+        trades = [trade(i, "coinbase", when) for i in range(start, start + len(part))]
+        writer.commit(Batch(version=v, frames=part, trades=trades))
+    m = Maintainer(lake, Policy())
+    groups = {}
+    for spec in (T.BRONZE, T.TRADES):
+        m.compact(spec, max_files=1)
+        [path] = _live_files(lake, spec)
+        meta = pq.ParquetFile(path).metadata
+        groups[spec.name] = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    assert groups[T.BRONZE.name] == [RAW_GROUP_ROWS] * 3
+    assert groups[T.TRADES.name] == [3 * RAW_GROUP_ROWS]  # under ROW_GROUP_ROWS: one group
+    assert 3 * RAW_GROUP_ROWS <= ROW_GROUP_ROWS
+    assert read_table(lake, T.BRONZE).num_rows == len(frames)
 
 
 def test_retention_removes_exactly_the_expired_partitions(lake: Path) -> None:
