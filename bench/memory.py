@@ -30,6 +30,7 @@ from bench.common import (
     machine,
     percentiles,
     rss_mb,
+    rss_parts_mb,
     sentinel_env,
     spawn,
     wait_ready,
@@ -82,7 +83,7 @@ def main(
         wait_ready(port, up)
         print(f"memory: {minutes:g} min at {rate:g} trades/s, {clients} API clients ...",
               flush=True)  # fmt: skip
-        curve, load = asyncio.run(measure(port, up.pid, seconds, clients))
+        curve, parts, load = asyncio.run(measure(port, up.pid, seconds, clients))
         status = health(port)
         deadline = time.monotonic() + 30  # the feed started before the clients: nearly done
         while delta_rows(silver) < trades and time.monotonic() < deadline:
@@ -93,8 +94,13 @@ def main(
         kill_all(up, sim)
     stamp = started.isoformat(timespec="seconds")
     csv = workdir / f"memory-{stamp[:19].replace(':', '')}-rss.csv"
-    csv.write_text("seconds,rss_mb\n" + "".join(f"{t},{mb}\n" for t, mb in curve))
+    csv.write_text(
+        "seconds,rss_mb,anon_mb,file_mb\n"
+        + "".join(f"{t},{mb},{a},{f}\n" for (t, mb), (a, f) in zip(curve, parts, strict=True))
+    )
     values = [mb for _, mb in curve]
+    anon = [a for a, _ in parts]
+    files = [f for _, f in parts]
     steady = [(t, mb) for t, mb in curve if t >= STEADY_FROM * seconds]
     return {
         "benchmark": "memory",
@@ -118,6 +124,8 @@ def main(
             "steady_max": max((mb for _, mb in steady), default=0.0),
         },
         "steady_slope_mb_per_min": slope_per_minute(steady),
+        "anon_mb": _spread(anon),
+        "file_mb": _spread(files),
         "peak_rss_mb": max(peak, *values) if values else peak,
         "trades_sent": sent["emitted"],
         "trades_stored": delta_rows(silver),
@@ -130,9 +138,11 @@ def main(
 
 async def measure(
     port: int, pid: int, seconds: float, clients: int
-) -> tuple[list[tuple[float, float]], dict[str, Any]]:
-    """RSS every second while `clients` clients poll; returns (curve, request summary)."""
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]], dict[str, Any]]:
+    """RSS every second while `clients` clients poll; returns (curve, its (anonymous,
+    file-backed) parts, request summary)."""
     curve: list[tuple[float, float]] = []
+    parts: list[tuple[float, float]] = []
     latencies: dict[str, list[int]] = {route: [] for route in ROUTES}
     statuses: Counter[int] = Counter()
     errors = 0
@@ -143,6 +153,7 @@ async def measure(
         tick = 0
         while (now := time.monotonic()) < end:
             curve.append((round(now - t0, 2), rss_mb(pid)))
+            parts.append(rss_parts_mb(pid))
             tick += 1
             await asyncio.sleep(max(0.0, t0 + tick - time.monotonic()))
 
@@ -172,7 +183,13 @@ async def measure(
         "statuses": {str(k): v for k, v in sorted(statuses.items())},  # status: count
         "request_errors": errors,
     }
-    return curve, load
+    return curve, parts, load
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"min": 0.0, "median": 0.0, "max": 0.0}
+    return {"min": min(values), "median": round(statistics.median(values), 1), "max": max(values)}
 
 
 def slope_per_minute(points: list[tuple[float, float]]) -> float:
@@ -219,6 +236,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"| steady state (last 80 %): min / max, slope | {rss['steady_min']} / "
         f"{rss['steady_max']} MB, {result['steady_slope_mb_per_min']} MB/min | no growth |",
         f"| peak RSS (every 0.1 s, and the kernel's mark at exit) | {result['peak_rss_mb']} MB | |",
+        f"| of it anonymous (own memory) min / median / max | {_mmm(result.get('anon_mb'))} | |",
+        f"| of it file-backed (library pages) min / median / max | {_mmm(result.get('file_mb'))} "
+        "| |",
         f"| trades sent / stored in silver | {result['trades_sent']:,} / "
         f"{result['trades_stored']:,} | equal |",
         f"| API requests answered ({result['clients']} clients x {result['client_rate']:g}/s) "
@@ -243,6 +263,12 @@ def markdown(result: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(rows)
+
+
+def _mmm(spread: dict[str, float] | None) -> str:
+    if not spread:
+        return "—"
+    return f"{spread['min']} / {spread['median']} / {spread['max']} MB"
 
 
 def _tenths(values: list[float]) -> list[float]:

@@ -181,6 +181,24 @@ def test_compaction_writes_raw_frames_in_smaller_row_groups(lake: Path) -> None:
     assert read_table(lake, T.BRONZE).num_rows == len(frames)
 
 
+def test_batches_append_raw_frames_in_small_row_groups(lake: Path) -> None:
+    """A batch's raw frames (bronze, and quarantine likewise) are appended in groups of
+    RAW_GROUP_ROWS rows, since compaction later reads the files it merges a group at a time;
+    derived rows of the same batch stay in one group."""
+    writer = LakeWriter(lake, "stream")
+    frames = bronze_frames(MIDNIGHT.date(), 2 * RAW_GROUP_ROWS + RAW_GROUP_ROWS // 2)
+    trades = [trade(i, "coinbase", MIDNIGHT + timedelta(seconds=1)) for i in range(len(frames))]
+    writer.commit(Batch(version=1, frames=frames, trades=trades))
+    groups = {}
+    for spec in (T.BRONZE, T.TRADES):
+        [path] = _live_files(lake, spec)
+        meta = pq.ParquetFile(path).metadata
+        groups[spec.name] = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    assert groups[T.BRONZE.name] == [RAW_GROUP_ROWS, RAW_GROUP_ROWS, RAW_GROUP_ROWS // 2]
+    assert groups[T.TRADES.name] == [len(frames)]
+    assert read_table(lake, T.BRONZE).num_rows == len(frames)
+
+
 def test_retention_removes_exactly_the_expired_partitions(lake: Path) -> None:
     now = datetime(2024, 3, 10, 6, 0, tzinfo=UTC)
     days = [now.date() - timedelta(days=k) for k in (10, 8, 7, 6, 1, 0)]

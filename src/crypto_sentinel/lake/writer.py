@@ -31,7 +31,11 @@ from crypto_sentinel import metrics
 from crypto_sentinel.engine.candles import Candle
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.location import LakeRoot, storage_options
-from crypto_sentinel.lake.maintenance.policy import COMPACT_PROPERTIES, SNAPSHOT_PROPERTIES
+from crypto_sentinel.lake.maintenance.policy import (
+    COMPACT_PROPERTIES,
+    RAW_PROPERTIES,
+    SNAPSHOT_PROPERTIES,
+)
 from crypto_sentinel.lake.rows import (
     bronze_table,
     candles_table,
@@ -45,12 +49,15 @@ from crypto_sentinel.model import GapRecord, RawFrame, Rejected, Ticker, Trade
 log = logging.getLogger(__name__)
 
 WRITER_PROPERTIES = WriterProperties(compression="ZSTD")
-#: Book rows come in engine order (time ascending), so row groups of the compaction's sizes
-#: let `book_at` skip all but the groups of the moment it rebuilds (one group per file made
-#: it decode a whole batch's level changes, or every snapshot's levels).
-BOOK_PROPERTIES = {
+#: Appends whose row groups are sized as compaction sizes them. Book rows come in engine order
+#: (time ascending), so such groups let `book_at` skip all but the groups of the moment it
+#: rebuilds (one group per file made it decode a whole batch's level changes, or every
+#: snapshot's levels). Raw frames: compaction reads a group at a time (`RAW_GROUP_ROWS`).
+APPEND_PROPERTIES = {
     T.BOOK_UPDATES.name: COMPACT_PROPERTIES,
     T.BOOK_SNAPSHOTS.name: SNAPSHOT_PROPERTIES,
+    T.BRONZE.name: RAW_PROPERTIES,
+    T.QUARANTINE.name: RAW_PROPERTIES,
 }
 RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
@@ -305,7 +312,7 @@ class LakeWriter:
             build(rows),
             mode="append",
             partition_by=list(spec.partition_by),
-            writer_properties=BOOK_PROPERTIES.get(spec.name, WRITER_PROPERTIES),
+            writer_properties=APPEND_PROPERTIES.get(spec.name, WRITER_PROPERTIES),
             commit_properties=CommitProperties(
                 app_transactions=[Transaction(app, v) for app, v in txns.items()]
             ),

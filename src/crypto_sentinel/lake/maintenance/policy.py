@@ -33,12 +33,14 @@ COMPACT_PROPERTIES = WriterProperties(compression="ZSTD", max_row_group_size=ROW
 #: the levels of thousands of snapshots around it.
 SNAPSHOT_GROUP_ROWS = 256
 SNAPSHOT_PROPERTIES = WriterProperties(compression="ZSTD", max_row_group_size=SNAPSHOT_GROUP_ROWS)
-#: Rows per row group of the raw frames (bronze, quarantine): a frame is wide (a Coinbase match
-#: about 400 bytes), so 4,096 of them are about the bytes of ROW_GROUP_ROWS trades. A
-#: compaction holds a group of the file it reads and one of the file it writes at once:
-#: bronze's compaction in a process of its own peaked 9 MB lower than with 16,384-row groups,
-#: and in `sentinel up` its 16 MB tier rose 28 MB instead of 50 (one run each).
-RAW_GROUP_ROWS = 4_096
+#: Rows per row group of the raw frames (bronze, quarantine), appended and compacted: a frame
+#: is wide (a Coinbase match about 400 bytes). delta-rs's compaction decodes a whole row group
+#: of the files it reads at a time, so its memory follows the groups it reads, not the file
+#: sizes: compacting 16 bronze files of 18,000 frames in one 16 MB file took +39-42 MB with a
+#: group per file, +25-26 MB with 4,096-row groups and +12-13 MB with 1,024-row groups (three
+#: runs each, docs/benchmarks.md). Appends cost the same (17-21 ms per 6,000 frames) and the
+#: files are 2.4 % larger.
+RAW_GROUP_ROWS = 1_024
 RAW_PROPERTIES = WriterProperties(compression="ZSTD", max_row_group_size=RAW_GROUP_ROWS)
 
 
