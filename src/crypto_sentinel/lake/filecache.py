@@ -89,6 +89,16 @@ class RowGroupCache:
         self._rows = 0
         self._lock = threading.Lock()
 
+    def keep_only(self, live: set[str]) -> None:
+        """Forget the row groups and footers of files not in `live` (a compaction retired
+        them): held until the row bound pushed them out, they stood beside the compacted
+        file's groups that replace them."""
+        with self._lock:
+            for key in [k for k in self._groups if k[0] not in live]:
+                self._rows -= self._groups.pop(key).num_rows
+            for footer in [k for k in self._footers if k[0] not in live]:
+                del self._footers[footer]
+
     def stats(self, uri: str, column: str) -> list[tuple[int, int, Any, Any]]:
         """(index, rows, min, max of `column`) per row group of `uri`; None where the file
         has no min/max statistics. Read from the file's footer once, then kept."""

@@ -276,6 +276,11 @@ class RecentReads:
                 return cached
             actions = pa.table(dt.get_add_actions(flatten=True))
             self._actions[spec.name] = (version, actions)
+            if spec == T.TRADES:
+                base = T.TRADES.uri(self.lake).rstrip("/")
+                live = {f"{base}/{unquote(path)}" for path in actions["path"].to_pylist()}
+                self._trade_groups.keep_only(live)
+                self._old_trade_groups.keep_only(live)
             return version, actions
         finally:
             computing.release()
