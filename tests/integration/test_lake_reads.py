@@ -274,6 +274,8 @@ async def test_lake_reads_equal_a_full_scan_compacted_or_not(
     caches = (reader._trade_groups, reader._old_trade_groups)
     held = {key[0] for cache in caches for key in [*cache._groups, *cache._footers]}
     assert held and held <= live, sorted(held - live)[:3]
+    live_candles = set(DeltaTable(str(T.CANDLES_1M.path(lake))).file_uris())
+    assert reader._candle_files._tables and set(reader._candle_files._tables) <= live_candles
     check_newest(LakeReader(lake), db)  # and a new one
 
 

@@ -37,6 +37,13 @@ class FileCache:
             return None
         return pa.concat_tables(parts, promote_options="default")
 
+    def keep_only(self, live: set[str]) -> None:
+        """Forget the files not in `live`: every MERGE of candles and every compaction retires
+        files, which would otherwise stay until the row bound pushed them out."""
+        with self._lock:
+            for uri in [u for u in self._tables if u not in live]:
+                self._rows -= self._tables.pop(uri).num_rows
+
     def _file(self, uri: str) -> pa.Table:
         with self._lock:
             held = self._tables.get(uri)

@@ -144,6 +144,8 @@ class LakeReader(RecentReads):
             if starts is not None:
                 where += [("start", ">=", starts[0]), ("start", "<", starts[1])]
             found = dt.file_uris(file_pruning_predicate=where or None)
+            if spec == T.CANDLES_1M:  # a new version: drop the files it retired
+                self._candle_files.keep_only(set(dt.file_uris() if where else found))
             if len(self._listings) >= LISTINGS_KEPT:
                 self._listings.clear()
             self._listings[key] = (version, found)
