@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from bench import ingest, memory
+from bench import compaction, ingest, memory
 from bench.memory import slope_per_minute, sparkline
 
 from tests.conftest import free_port
@@ -62,8 +62,24 @@ def test_memory_bench(tmp_path: Path) -> None:
     assert result["request_errors"] == 0 and set(result["statuses"]) == {"200"}
     for route in memory.ROUTES:
         _sane(result["requests"][route])
+    for part in ("anon_mb", "file_mb"):  # what RSS is made of: both present, each below it
+        spread = result[part]
+        assert 0 < spread["min"] <= spread["median"] <= spread["max"] < result["peak_rss_mb"]
+    csv_header = Path(result["curve_file"]).read_text().splitlines()[0]
+    assert csv_header == "seconds,rss_mb,anon_mb,file_mb"
     text = memory.markdown(result)
     assert "| RSS MB (median) |" in text and sparkline([1.0, 2.0]) == "▁█"
+    assert "| of it anonymous (own memory)" in text
+
+
+def test_compaction_bench_small() -> None:
+    """Each way of writing the appended files is compacted into one file, the rise of
+    memory measured per run (not judged: that is the benchmark's report)."""
+    result = compaction.main(files=3, rows=1000, repeat=1)
+    assert set(result["runs"]) == set(compaction.GROUPS)
+    for run in result["runs"].values():
+        assert len(run["rise_mb"]) == 1 and run["rise_mb"][0] >= 0 and run["seconds"][0] > 0
+    assert "| 1,024-row groups |" in compaction.markdown(result)
 
 
 def test_slope() -> None:
