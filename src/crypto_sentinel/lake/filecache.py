@@ -159,3 +159,9 @@ class RowGroupCache:
                     _, old = self._groups.popitem(last=False)
                     self._rows -= old.num_rows
         return table
+
+
+def keep_only(live: set[str], *caches: RowGroupCache | FileCache) -> None:
+    """Each cache forgets the files not in `live` (those a new table version retired)."""
+    for cache in caches:
+        cache.keep_only(live)

@@ -2,8 +2,7 @@
 than by listing or scanning the lake, so a read costs what its answer holds, not what the lake
 holds: `/latest`, the first trade pages, and older trade pages placed by the 1-minute candles.
 
-`RecentReads` is the part of `LakeReader` (lake/query.py) that does this; it uses the
-reader's table cache, row-group caches and DuckDB runner.
+`RecentReads`, part of `LakeReader` (lake/query.py), does this with the reader's caches.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable
 
 from crypto_sentinel.lake import tables as T
-from crypto_sentinel.lake.filecache import FileCache, RowGroupCache
+from crypto_sentinel.lake.filecache import FileCache, RowGroupCache, keep_only
 from crypto_sentinel.lake.location import LakeRoot
 
 #: The API's reads of `silver.trades` (`/latest` and trade pages over the lake) may see the
@@ -259,9 +258,8 @@ class RecentReads:
         return self._versioned_actions(spec, dt)[1]
 
     def _versioned_actions(self, spec: T.TableSpec, dt: DeltaTable) -> tuple[int, pa.Table]:
-        """(table version, `_add_actions`). Listing a snapshot's files with their statistics
-        costs tens of ms: one thread lists a new version while the others go on with the
-        version before (as answers kept for TRADES_MAX_AGE are) instead of queueing for it."""
+        """(table version, `_add_actions`). Listing files with statistics costs tens of ms: one
+        thread lists a new version while the others go on with the one before, not queueing."""
         version = dt.version()
         cached = self._actions.get(spec.name)
         if cached is not None and cached[0] == version:
@@ -276,11 +274,10 @@ class RecentReads:
                 return cached
             actions = pa.table(dt.get_add_actions(flatten=True))
             self._actions[spec.name] = (version, actions)
-            if spec == T.TRADES:
+            if spec == T.TRADES:  # the caches forget the files this version retired
                 base = T.TRADES.uri(self.lake).rstrip("/")
                 live = {f"{base}/{unquote(path)}" for path in actions["path"].to_pylist()}
-                self._trade_groups.keep_only(live)
-                self._old_trade_groups.keep_only(live)
+                keep_only(live, self._trade_groups, self._old_trade_groups)
             return version, actions
         finally:
             computing.release()
