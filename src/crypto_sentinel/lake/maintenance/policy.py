@@ -36,10 +36,10 @@ SNAPSHOT_PROPERTIES = WriterProperties(compression="ZSTD", max_row_group_size=SN
 #: Rows per row group of the raw frames (bronze, quarantine), appended and compacted: a frame
 #: is wide (a Coinbase match about 400 bytes). delta-rs's compaction decodes a whole row group
 #: of the files it reads at a time, so its memory follows the groups it reads, not the file
-#: sizes: compacting 16 bronze files of 18,000 frames in one 16 MB file took +39-42 MB with a
-#: group per file, +25-26 MB with 4,096-row groups and +12-13 MB with 1,024-row groups (three
-#: runs each, docs/benchmarks.md). Appends cost the same (17-21 ms per 6,000 frames) and the
-#: files are 2.4 % larger.
+#: sizes: compacting 16 bronze files of 18,000 frames into one took +34.0 MB with a group per
+#: file, +21.5 MB with 4,096-row groups and +12.2 MB with 1,024-row groups (medians of three,
+#: `python -m bench.compaction`, docs/benchmarks.md). Appends cost the same (17-21 ms per
+#: 6,000 frames) and the files are 2.4 % larger.
 RAW_GROUP_ROWS = 1_024
 RAW_PROPERTIES = WriterProperties(compression="ZSTD", max_row_group_size=RAW_GROUP_ROWS)
 
