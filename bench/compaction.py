@@ -8,7 +8,9 @@ it into one file with 1,024-row groups, as `sentinel up` does in the background.
 the rise of the process's anonymous memory (RssAnon, sampled every 5 ms) over what it held
 before. The baseline is one row group per appended file (what the writer did before 2026-12-04).
 
-    python -m bench.compaction [--files 16] [--rows 18000] [--repeat 3]
+    python -m bench.compaction [--files 16] [--rows 18000] [--repeat 3] [--sweep 4,16,48]
+
+`--sweep` adds how the rise grows with the bytes one bin merges (the target size bounds a bin).
 """
 
 from __future__ import annotations
@@ -75,7 +77,12 @@ def frames(path: Path, n: int) -> list[RawFrame]:
 
 
 def run_once(
-    path: Path, raw: list[RawFrame], files: int, rows: int, group_rows: int | None
+    path: Path,
+    raw: list[RawFrame],
+    files: int,
+    rows: int,
+    group_rows: int | None,
+    target: int = 16 << 20,
 ) -> dict[str, float]:
     shutil.rmtree(path, ignore_errors=True)
     props = WriterProperties(compression="ZSTD", max_row_group_size=group_rows or 1 << 30)
@@ -94,7 +101,7 @@ def run_once(
     watch.start()
     started = time.perf_counter()
     result = table.optimize.compact(
-        target_size=16 << 20, max_concurrent_tasks=1, writer_properties=RAW_PROPERTIES
+        target_size=target, max_concurrent_tasks=1, writer_properties=RAW_PROPERTIES
     )
     seconds = time.perf_counter() - started
     time.sleep(0.05)
@@ -102,22 +109,51 @@ def run_once(
     watch.join()
     if result["numFilesRemoved"] != files:
         raise RuntimeError(f"compaction merged {result['numFilesRemoved']} of {files} files")
-    return {"rise_mb": round(watch.peak - before, 1), "seconds": round(seconds, 3)}
+    merged = json.loads(result["filesRemoved"])["totalSize"] / (1 << 20)  # a JSON text
+    return {
+        "rise_mb": round(watch.peak - before, 1),
+        "seconds": round(seconds, 3),
+        "merged_mb": round(merged, 1),
+    }
 
 
-def main(files: int, rows: int, repeat: int) -> dict[str, Any]:
+def merge_sweep(
+    tmp: Path, raw: list[RawFrame], counts: list[int], rows: int, repeat: int
+) -> dict[str, Any]:
+    """The rise against the bytes one bin merges: `count` files of `rows` frames (1,024-row
+    groups) compacted into a single file (the target is larger than all of them)."""
+    runs: dict[str, list[dict[str, float]]] = {str(n): [] for n in counts}
+    for _ in range(repeat):
+        for n in counts:
+            runs[str(n)].append(run_once(tmp / "s", raw, n, rows, 1024, target=1 << 30))
+    return {
+        n: {
+            "merged_mb": rs[0]["merged_mb"],
+            "rise_mb": [r["rise_mb"] for r in rs],
+            "median_rise_mb": statistics.median(r["rise_mb"] for r in rs),
+        }
+        for n, rs in runs.items()
+    }
+
+
+def main(files: int, rows: int, repeat: int, sweep: list[int]) -> dict[str, Any]:
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in GROUPS}
+    most = max([files, *sweep])
     with tempfile.TemporaryDirectory(prefix="bench-compaction-") as tmp:
-        raw = frames(recording(Path(tmp), files * rows // 2 + 1), files * rows)
+        raw = frames(recording(Path(tmp), most * rows // 2 + 1), most * rows)
         run_once(Path(tmp) / "warm", raw, 2, 1000, None)  # the first compaction builds its runtime
         for _ in range(repeat):  # interleaved: the machine is shared
             for name, group_rows in GROUPS.items():
                 runs[name].append(run_once(Path(tmp) / "t", raw, files, rows, group_rows))
+        swept = merge_sweep(Path(tmp), raw, sweep, rows, repeat) if sweep else {}
+    counts = ",".join(str(n) for n in sweep)
     return {
         "benchmark": "compaction",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
-        "command": f"python -m bench.compaction --files {files} --rows {rows} --repeat {repeat}",
+        "command": f"python -m bench.compaction --files {files} --rows {rows} --repeat {repeat}"
+        + (f" --sweep {counts}" if sweep else ""),
+        "sweep": swept,
         "runs": {
             name: {
                 "rise_mb": [r["rise_mb"] for r in rs],
@@ -141,6 +177,12 @@ def markdown(result: dict[str, Any]) -> str:
         rises = " / ".join(str(v) for v in r["rise_mb"])
         secs = " / ".join(str(v) for v in r["seconds"])
         rows.append(f"| {name} | {rises} MB | {r['median_rise_mb']} MB | {secs} |")
+    if result.get("sweep"):
+        rows += ["", "| files merged into one | MB merged | rise (each run) | median |",
+                 "|---|---|---|---|"]  # fmt: skip
+        for n, r in result["sweep"].items():
+            rises = " / ".join(str(v) for v in r["rise_mb"])
+            rows.append(f"| {n} | {r['merged_mb']} | {rises} MB | {r['median_rise_mb']} MB |")
     return "\n".join(rows)
 
 
@@ -149,7 +191,11 @@ if __name__ == "__main__":
     parser.add_argument("--files", type=int, default=16)
     parser.add_argument("--rows", type=int, default=18_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--sweep", default="", help="also merge this many files into one, e.g. 4,16,48"
+    )
     args = parser.parse_args()
-    out = main(args.files, args.rows, args.repeat)
+    sweep = [int(n) for n in args.sweep.split(",") if n.strip()]
+    out = main(args.files, args.rows, args.repeat, sweep)
     print(markdown(out))
     print("RESULT " + json.dumps(out))

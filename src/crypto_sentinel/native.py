@@ -79,12 +79,12 @@ def release_free_heap() -> bool:
 
 
 async def release_free_heap_every(interval: float, stop: asyncio.Event) -> None:
-    """`release_free_heap` every `interval` seconds until `stop` (0 or less: never), in a
-    worker thread: the event loop goes on while glibc walks its arenas."""
+    """`release_free_heap` every `interval` seconds until `stop` (0 or less: never). Called
+    on the event loop itself: a worker thread would get an arena of its own from glibc."""
     if interval <= 0 or _TRIM is None:
         return
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), timeout=interval)
         except TimeoutError:
-            await asyncio.to_thread(release_free_heap)
+            release_free_heap()

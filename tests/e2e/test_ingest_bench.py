@@ -75,11 +75,14 @@ def test_memory_bench(tmp_path: Path) -> None:
 def test_compaction_bench_small() -> None:
     """Each way of writing the appended files is compacted into one file, the rise of
     memory measured per run (not judged: that is the benchmark's report)."""
-    result = compaction.main(files=3, rows=1000, repeat=1)
+    result = compaction.main(files=3, rows=1000, repeat=1, sweep=[2, 4])
     assert set(result["runs"]) == set(compaction.GROUPS)
     for run in result["runs"].values():
         assert len(run["rise_mb"]) == 1 and run["rise_mb"][0] >= 0 and run["seconds"][0] > 0
-    assert "| 1,024-row groups |" in compaction.markdown(result)
+    two, four = result["sweep"]["2"], result["sweep"]["4"]
+    assert 0 < two["merged_mb"] < four["merged_mb"]  # the bins really grew
+    text = compaction.markdown(result)
+    assert "| 1,024-row groups |" in text and "| 4 |" in text
 
 
 def test_slope() -> None:
