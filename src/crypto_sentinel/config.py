@@ -96,7 +96,6 @@ class Settings(BaseSettings):
     batch_interval_ms: int = Field(250, ge=10, le=60_000)
     batch_max_frames: int = Field(20_000, ge=1, le=1_000_000)
     bus_capacity: int = Field(5_000, ge=1, le=10_000_000)
-    heap_trim_interval_s: float = Field(2.0, ge=0, le=3600)  # free C heap back to the OS; 0 off
     app_id: str = Field("sentinel-embedded", min_length=1, max_length=200)
 
     simulator_rate: float = Field(20.0, ge=1, le=50_000)

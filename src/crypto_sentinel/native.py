@@ -1,5 +1,4 @@
-"""Memory settings of the native libraries, applied before they load, and the C heap's
-free pages handed back to the kernel while a process runs.
+"""Memory settings of the native libraries, applied before they load.
 
 deltalake's Rust core allocates through its own jemalloc, which by default keeps 8 arenas on
 this 2-core machine, per-thread caches of blocks up to 32 KiB and freed pages for 10 s. Every
@@ -22,12 +21,8 @@ Both libraries read their variable once, when they load: `configure()` runs from
 
 from __future__ import annotations
 
-import asyncio
-import ctypes
-import ctypes.util
 import os
 import sys
-from collections.abc import Callable
 
 #: The variable deltalake's jemalloc (tikv-jemallocator, symbol prefix `_rjem_`) reads.
 DELTA_JEMALLOC_ENV = "_RJEM_MALLOC_CONF"
@@ -49,42 +44,3 @@ def configure() -> bool:
         return False
     os.environ.setdefault(DELTA_JEMALLOC_ENV, DELTA_JEMALLOC)
     return True
-
-
-def _heap_trimmer() -> Callable[[int], int] | None:
-    """glibc's `malloc_trim`, or None where the C library has none (musl, macOS)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim: Callable[[int], int] = libc.malloc_trim
-    except (OSError, AttributeError):
-        return None
-    return trim
-
-
-_TRIM = _heap_trimmer()
-
-
-def release_free_heap() -> bool:
-    """Hand the C heap's free pages back to the kernel; False where that is not possible.
-
-    Python's larger objects, Arrow's system pool and the web stack allocate through the C
-    library, and glibc keeps what they free inside its heap unless the free space sits at the
-    top: in `sentinel up` at 2,000 trades/s its heap held 10-15 MB of freed pages after a few
-    minutes (`mallinfo2`, growing). `malloc_trim` returns every free page of every arena and
-    took 0.1-1.4 ms there (measured), so the pipeline calls it every few seconds."""
-    if _TRIM is None:
-        return False
-    _TRIM(0)
-    return True
-
-
-async def release_free_heap_every(interval: float, stop: asyncio.Event) -> None:
-    """`release_free_heap` every `interval` seconds until `stop` (0 or less: never). Called
-    on the event loop itself: a worker thread would get an arena of its own from glibc."""
-    if interval <= 0 or _TRIM is None:
-        return
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=interval)
-        except TimeoutError:
-            release_free_heap()

@@ -3,7 +3,6 @@ leaves unloaded until it is needed (DuckDB, pyarrow.dataset)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -120,40 +119,3 @@ def test_maintenance_lets_its_tables_go_after_a_pass(tmp_path: Path) -> None:
     maintainer = Maintainer(lake, Policy())
     assert maintainer.run_once()
     assert maintainer._tables == {}
-
-
-def test_released_heap_pages_go_back_to_the_kernel() -> None:
-    """Freed memory below a live block stays in glibc's heap (and in RSS) until the pipeline
-    hands it back; `release_free_heap` does."""
-    code = (
-        "from crypto_sentinel import native\n"
-        "def anon():\n"
-        "    line = next(l for l in open('/proc/self/status') if l.startswith('RssAnon'))\n"
-        "    return int(line.split()[1]) / 1024\n"
-        "blocks = [bytes(1000) + bytes([i % 256]) for i in range(60_000)]\n"
-        "pin = bytes(3000) + b'top'  # allocated last: the heap's top stays in use\n"
-        "del blocks\n"
-        "before = anon()\n"
-        "released = native.release_free_heap()\n"
-        "print(released, before - anon())\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    released, freed_mb = out.stdout.split()
-    assert released == "True"
-    assert float(freed_mb) > 30, out.stdout  # ~60 MB were freed below the pin
-
-
-async def test_heap_is_released_every_interval_until_stopped(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    calls: list[int] = []
-    monkeypatch.setattr(native, "_TRIM", lambda pad: calls.append(pad) or 1)
-    stop = asyncio.Event()
-    task = asyncio.create_task(native.release_free_heap_every(0.01, stop))
-    while len(calls) < 3:
-        await asyncio.sleep(0.01)
-    stop.set()
-    await asyncio.wait_for(task, 1)
-    assert calls[:3] == [0, 0, 0]
-    never = asyncio.Event()
-    await asyncio.wait_for(native.release_free_heap_every(0, never), 1)  # 0: returns at once
