@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -78,20 +78,30 @@ class Cluster:
         assert len(out) == len(rows), "duplicate trades in silver"
         return out
 
-    async def wait_rows(self, n: int, timeout: float) -> None:
+    async def _until(
+        self, check: Callable[[], bool], failure: Callable[[], str], timeout: float
+    ) -> None:
+        """Poll `check` every 0.5 s; after `timeout`, fail with `failure()` and the logs."""
         for _ in range(int(timeout / 0.5)):
-            if len(self.silver()) >= n:
+            if check():
                 return
             await asyncio.sleep(0.5)
-        raise AssertionError(f"silver has {len(self.silver())} of {n} trades\n" + self.logs())
+        raise AssertionError(failure() + "\n" + self.logs())
+
+    async def wait_rows(self, n: int, timeout: float) -> None:
+        await self._until(
+            lambda: len(self.silver()) >= n,
+            lambda: f"silver has {len(self.silver())} of {n} trades",
+            timeout,
+        )
 
     async def wait_logged(self, text: str, timeout: float) -> None:
         """Until some process's whole log holds `text`."""
-        for _ in range(int(timeout / 0.5)):
-            if any(text in p.read_text(errors="replace") for _, p in self.procs):
-                return
-            await asyncio.sleep(0.5)
-        raise AssertionError(f"no process logged {text!r}\n" + self.logs())
+        await self._until(
+            lambda: any(text in p.read_text(errors="replace") for _, p in self.procs),
+            lambda: f"no process logged {text!r}",
+            timeout,
+        )
 
     def logs(self) -> str:
         return "\n".join(
