@@ -121,6 +121,13 @@ KAFKA_LAG = Gauge(
     ["topic", "partition"],
 )
 
+KAFKA_OFFSET_SKIPS = Counter(
+    "sentinel_kafka_offsets_skipped_total",
+    "Kafka mode: offsets a partition jumped over between two messages this consumer read"
+    " (frames the lake will not hold, e.g. deleted by retention before they were read)",
+    ["topic", "partition"],
+)
+
 #: (exchange, product id) -> unix ns of the newest frame seen for that product.
 LastFrames = Callable[[], Mapping[tuple[str, str], int]]
 

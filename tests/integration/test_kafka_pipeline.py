@@ -5,6 +5,7 @@ with two processors, a processor killed with SIGKILL, a broker restart and a los
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from deltalake import DeltaTable
 
 from crypto_sentinel.lake import tables as T
@@ -91,9 +93,33 @@ class Cluster:
     async def wait_rows(self, n: int, timeout: float) -> None:
         await self._until(
             lambda: len(self.silver()) >= n,
-            lambda: f"silver has {len(self.silver())} of {n} trades",
+            lambda: f"silver has {len(self.silver())} of {n} trades\n{self.where_missing()}",
             timeout,
         )
+
+    def where_missing(self, limit: int = 5) -> str:
+        """Where the first trades silver lacks are: their frame's Kafka partition and offset,
+        and whether bronze holds it; so a shortfall in CI says which step lost them."""
+        emitted = {(t.product_id, t.trade_id) for t in self.sim.market.emitted()}
+        missing = set(sorted(emitted - self.silver().keys())[:limit])
+        bronze = DeltaTable(str(T.BRONZE.path(self.lake))).to_pyarrow_table(
+            columns=["conn_id", "recv_seq"]
+        )
+        held = set(zip(*(bronze[c].to_pylist() for c in ("conn_id", "recv_seq")), strict=True))
+        lines = [f"bronze: {bronze.num_rows} rows, {len(held)} distinct frames"]
+        topic = self.env["SENTINEL_KAFKA_TOPIC_PREFIX"] + "simulator"
+        for partition, offset, headers, text in topic_messages(self.env, topic):
+            try:
+                frame = json.loads(text)
+            except ValueError:
+                continue
+            key = (frame.get("product_id"), frame.get("trade_id"))
+            if frame.get("type") == "match" and key in missing:
+                missing.discard(key)
+                where = (headers.get("conn_id", b"").decode(), int(headers.get("recv_seq", -1)))
+                lines.append(f"{key}: Kafka {partition}@{offset}, in bronze: {where in held}")
+        lines += [f"{key}: in no Kafka match frame" for key in sorted(missing)]
+        return "\n".join(lines)
 
     async def wait_logged(self, text: str, timeout: float) -> None:
         """Until some process's whole log holds `text`."""
@@ -129,6 +155,28 @@ class Cluster:
         extra = stored.keys() - emitted.keys()
         assert not missing and not extra, (len(missing), len(extra), self.logs())
         assert stored == emitted
+
+
+def topic_messages(env: dict[str, str], topic: str) -> Iterator[tuple[int, int, dict, str]]:
+    """Every message of a topic: partition, offset, headers, text (read by assignment)."""
+    consumer = Consumer(
+        {"bootstrap.servers": env["SENTINEL_KAFKA_BOOTSTRAP"], "group.id": "test-reader"}
+    )
+    try:
+        for partition in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), 10)
+            consumer.assign([TopicPartition(topic, partition, low)])
+            offset = low
+            while offset < high:
+                messages = [m for m in consumer.consume(1000, timeout=5) if m.error() is None]
+                if not messages:
+                    break  # bounded: a partition that stops answering ends the listing
+                for msg in messages:
+                    offset = msg.offset() + 1
+                    text = (msg.value() or b"").decode()
+                    yield partition, msg.offset(), dict(msg.headers() or ()), text
+    finally:
+        consumer.close()
 
 
 async def run_simulator(rate: float, trades: int, seed: int) -> SimulatorServer:

@@ -275,6 +275,11 @@ class KafkaFrames:
         self.after_assign = after_assign
         self.from_end = from_end
         self.assigned: list[tuple[str, int]] = []
+        #: (topic, partition) -> the offset the next message must have (-1: any, where the
+        #: start was not an offset); only assigned partitions are present.
+        self._next: dict[tuple[str, int], int] = {}
+        self.stale = 0  # messages of partitions no longer (or not yet) assigned, dropped
+        self._stale_seen = 0  # ... as of the last assignment (logged then)
         self._consumer = Consumer(
             {
                 **client_config(settings),
@@ -299,6 +304,11 @@ class KafkaFrames:
                 done = self.position(exchange_of(self.settings, tp.topic), tp.partition)
                 tp.offset = OFFSET_BEGINNING if done is None else done + 1
         self.assigned = [(tp.topic, tp.partition) for tp in partitions]
+        self._next = {(tp.topic, tp.partition): max(-1, tp.offset) for tp in partitions}
+        if self.stale > self._stale_seen:
+            log.info("left %d messages fetched before the rebalance to their partitions' owners",
+                     self.stale - self._stale_seen)  # fmt: skip
+            self._stale_seen = self.stale
         log.info("assigned %s", [(tp.topic, tp.partition, tp.offset) for tp in partitions])
         consumer.assign(partitions)
         self.after_assign()
@@ -334,6 +344,7 @@ class KafkaFrames:
                 metrics.KAFKA_LAG.remove(tp.topic, str(tp.partition))
         self.before_revoke()
         self.assigned = []
+        self._next = {}
 
     def depth(self) -> int:
         return 0
@@ -351,11 +362,13 @@ class KafkaFrames:
                 return []
 
     def _frame(self, msg: Any) -> RawFrame | None:
-        """The frame a message carries (None for an error event); its headers say where
-        and when the ingest process received it."""
+        """The frame a message carries (None for an error event, or a message this consumer
+        must not process); its headers say where and when the ingest process received it."""
         if msg.error() is not None:
             if msg.error().code() != KafkaError._PARTITION_EOF:
                 log.warning("kafka consumer: %s", msg.error())
+            return None
+        if not self._in_order(msg.topic(), msg.partition(), msg.offset()):
             return None
         headers = dict(msg.headers() or ())
         recv_ns = headers.get("recv_ns")
@@ -375,6 +388,27 @@ class KafkaFrames:
             msg.partition(),
             msg.offset(),
         )
+
+    def _in_order(self, topic: str, partition: int, offset: int) -> bool:
+        """Whether to process this message: its partition is assigned and it is the next one.
+
+        A batch consume can return messages fetched before a rebalance revoked their
+        partition; the new owner reads them from the lake's position, so processing them
+        here too would write them twice. A jump over offsets is counted and logged: those
+        frames are not in the lake."""
+        key = (topic, partition)
+        expected = self._next.get(key)
+        if expected is None or offset < expected:
+            self.stale += 1
+            return False
+        if 0 <= expected < offset:
+            metrics.KAFKA_OFFSET_SKIPS.labels(topic, str(partition)).inc(offset - expected)
+            log.warning(
+                "kafka partition %s[%d]: offsets %d..%d skipped (not readable any more)",
+                topic, partition, expected, offset - 1,
+            )  # fmt: skip
+        self._next[key] = offset + 1
+        return True
 
     def commit(self, positions: dict[tuple[str, int], int]) -> None:
         """Tell Kafka how far we are (for lag monitoring only; Delta is the truth)."""
