@@ -19,6 +19,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from typing import Protocol
 
 from crypto_sentinel import metrics
@@ -245,6 +246,11 @@ class FeedSource:
                     keepalive.cancel()
 
     async def _receive(self, ws: FeedConnection, conn_id: str, publish: Publish) -> None:
+        """Hand every received frame on, in order. A frame leaves `received` only once the bus
+        took it, and the gap tracker sees only what the bus took. When the session ends while
+        the bus holds the feed back (a full bus outlasting the idle timer) or the socket
+        closes, what was received is still handed on before the reconnect."""
+        received: deque[str | bytes] = deque()
         seq = 0
         loop = asyncio.get_running_loop()
         check = self.connector.check
@@ -255,29 +261,44 @@ class FeedSource:
         # arriving, and the source would never stop.
         rearm = min(0.25, self.idle_timeout / 4)  # so idle is noticed within 75-100 %
         status, gaps, exchange = self.status, self.gaps, self.status.exchange
-        async with asyncio.timeout(self.idle_timeout) as idle:
-            armed = loop.time()
-            while True:
-                for text in await ws.recv_many():
-                    if isinstance(text, bytes):
-                        text = text.decode("utf-8", errors="replace")
-                    now = time.time_ns()
-                    seq += 1
-                    status.frames += 1
-                    status.last_frame_ns = now
-                    gaps.observe(text)
-                    await publish(RawFrame(exchange, conn_id, seq, now, text))
-                    for answer in check(text):
-                        await ws.send(answer)
-                    if own_frames is not None:
-                        for own in await own_frames():  # received when the fetch answered
-                            seq += 1
-                            status.book_snapshots += 1
-                            frame = RawFrame(exchange, conn_id, seq, time.time_ns(), own)
-                            await publish(frame)
-                if loop.time() - armed > rearm:
-                    armed = loop.time()
-                    idle.reschedule(armed + self.idle_timeout)
+        try:
+            async with asyncio.timeout(self.idle_timeout) as idle:
+                armed = loop.time()
+                while True:
+                    received.extend(await ws.recv_many())
+                    while received:
+                        text = received[0]
+                        if isinstance(text, bytes):
+                            text = text.decode("utf-8", errors="replace")
+                        now = time.time_ns()
+                        await publish(RawFrame(exchange, conn_id, seq + 1, now, text))
+                        received.popleft()  # taken: from here on it cannot be lost
+                        seq += 1
+                        status.frames += 1
+                        status.last_frame_ns = now
+                        gaps.observe(text)
+                        for answer in check(text):
+                            await ws.send(answer)
+                        if own_frames is not None:
+                            for own in await own_frames():  # received when the fetch answered
+                                seq += 1
+                                status.book_snapshots += 1
+                                frame = RawFrame(exchange, conn_id, seq, time.time_ns(), own)
+                                await publish(frame)
+                    if loop.time() - armed > rearm:
+                        armed = loop.time()
+                        idle.reschedule(armed + self.idle_timeout)
+        except Exception:
+            while received:  # not a cancellation (shutdown): the bus will take them
+                message = received.popleft()
+                text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+                seq += 1
+                now = time.time_ns()
+                await publish(RawFrame(exchange, conn_id, seq, now, text))
+                status.frames += 1
+                status.last_frame_ns = now
+                gaps.observe(text)
+            raise
 
     @staticmethod
     async def _keepalive(ws: FeedConnection, every: float, message: str) -> None:
