@@ -293,6 +293,32 @@ async def test_processor_ended_between_bronze_and_silver_loses_nothing(
     assert assert_candles_match_silver(cluster.lake) > 0
 
 
+async def test_processor_ended_between_bronze_and_silver_beside_a_busy_one(
+    broker: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The survivor of two processors gets the ended one's partitions only after the group's
+    session timeout, many of its own commits later: it finds the ended one's last bronze
+    commit and derives it again (test_kafka_recovery.py has the search past bronze's newest
+    64 commits), and the candles end up equal to silver's trades."""
+    sim = await run_simulator(1500, 30_000, seed=15)
+    # short batches: the survivor commits faster than the old search depth over its session
+    cluster = Cluster(tmp_path, broker[1], sim, SENTINEL_BATCH_INTERVAL_MS="20")
+    try:
+        survivor = cluster.process()
+        victim = cluster.start("process", env={CRASH_AT_ENV: f"{T.BRONZE.name}:60"})
+        cluster.ingest()
+        rc = await asyncio.to_thread(victim.wait, 120)
+        assert rc == 70, cluster.logs()
+        await asyncio.wait_for(sim.wait_done(), 90)
+        await cluster.wait_rows(30_000, 120)
+    finally:
+        cluster.stop_all()
+        await sim.stop()
+    cluster.assert_exact()
+    assert cluster.log_of(survivor).count("assigned [('t") >= 2, cluster.logs()
+    assert assert_candles_match_silver(cluster.lake) > 0
+
+
 async def test_broker_restart_during_ingest(broker: tuple[Path, str], tmp_path: Path) -> None:
     data, bootstrap = broker
     sim = await run_simulator(500, 8000, seed=14)

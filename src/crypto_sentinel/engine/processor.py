@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -28,7 +28,7 @@ from crypto_sentinel.engine.candles import Candle, CandleKey
 from crypto_sentinel.engine.chunks import ChunkAcceptor, Listener  # noqa: F401 (re-exported)
 from crypto_sentinel.engine.dedupe import IdRanges
 from crypto_sentinel.engine.records import unix_us
-from crypto_sentinel.engine.repair import repair_candles
+from crypto_sentinel.engine.repair import lacks_candles, minutes_of, repair_candles
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.lake.writer import Batch, CommitResult, LakeWriter
@@ -128,7 +128,7 @@ class Engine:
         self.on_book_break: list[Callable[[GapRecord], None]] = []
         self._rederiving = False  # feeding bronze through again at start (not new input)
 
-    def load_state(self, reader: LakeReader, owns: Callable[[str], bool] | None = None) -> None:
+    def load_state(self, reader: LakeReader, owns: Collection[str] | None = None) -> None:
         """Learn what the lake already holds so replays and reconnects never duplicate rows,
         and finish what an interrupted commit of the app ids in `owns` left (default: the
         writer's own app id; Kafka passes the partitions it was assigned)."""
@@ -138,8 +138,8 @@ class Engine:
                 ids.add_range(lo, hi)
         for key, (sequence, when) in reader.ticker_high_water().items():
             self._ticker_marks[key] = (sequence, unix_us(when))
-        self.rederive(owns or (lambda app: app == self.writer.app_id))
-        repair_candles(self.writer, reader)
+        unfinished = self.rederive({self.writer.app_id} if owns is None else owns)
+        repair_candles(self.writer, reader, unfinished)
         log.info(
             "engine state loaded: %d products, %d books, next batch version %d",
             len(self._trade_ids),
@@ -147,12 +147,17 @@ class Engine:
             self.next_version,
         )
 
-    def rederive(self, owns: Callable[[str], bool]) -> int:
+    def rederive(self, owns: Collection[str]) -> set[CandleKey]:
         """Derive again the newest bronze batch of each owned app id (see engine/recovery.py);
-        returns how many bronze commits were fed through again."""
+        returns the candle minutes of those batches whose trades silver holds and gold lacks
+        (engine/repair.py recomputes them)."""
         lake = self.writer.lake
         commits = recovery.in_doubt(lake, self.writer.tables[T.BRONZE.name], owns)
         in_doubt = [(commit, list(recovery.frames_of(lake, commit))) for commit in commits]
+        unfinished: set[CandleKey] = set()
+        for commit, frames in in_doubt:  # before this derivation records gold's transactions
+            if lacks_candles(self.writer, commit.txns, owns):
+                unfinished |= minutes_of(frames)
         if self.books is not None:
             self._restore_books([f for _, frames in in_doubt for f in frames])
         stats = replace(self.stats)  # counters describe the input, not the recovery
@@ -166,7 +171,7 @@ class Engine:
                     continue
                 batch.frames = []  # bronze holds them: that is where they came from
                 batch.positions = {}
-                batch.txns = {app: v for app, v in commit.txns.items() if owns(app)}
+                batch.txns = {app: v for app, v in commit.txns.items() if app in owns}
                 result = self.writer.commit(batch)
                 self.committed(batch, result)
                 metrics.REDERIVED_BATCHES.inc()
@@ -174,7 +179,7 @@ class Engine:
             self.stats = stats
             self._rederiving = False
             self._pending = pending
-        return len(commits)
+        return unfinished
 
     def _restore_books(self, in_doubt: Sequence[RawFrame]) -> None:
         """Continue the books the lake holds from where the stored rows end: before the
@@ -366,7 +371,7 @@ class Engine:
             for hook in self.on_commit:
                 hook(batch)
 
-    def forget(self, reader: LakeReader, owns: Callable[[str], bool]) -> None:
+    def forget(self, reader: LakeReader, owns: Collection[str]) -> None:
         """Drop per-product state and relearn it from the lake (after a Kafka rebalance,
         another processor may have written these products meanwhile); finish what a crashed
         owner of the app ids in `owns` left half committed."""

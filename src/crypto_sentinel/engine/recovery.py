@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -27,9 +28,15 @@ from crypto_sentinel.model import RawFrame
 
 log = logging.getLogger(__name__)
 
-#: How many of bronze's newest commits are searched for the in-doubt ones (maintenance adds a
-#: few commits between batches; a batch interval holds one commit per writer).
+#: Bronze's newest commits are searched for each owned app id's newest one, newest first, until
+#: every app id that bronze records is found: at least SEARCH_DEPTH commits, beyond that only
+#: those made in the last RECENT_SECONDS, and never more than SEARCH_LIMIT. Over Kafka the
+#: in-doubt commit of a processor that died is found by the one that takes its partitions
+#: after the group's session timeout, when the other processors may have committed hundreds
+#: of times (a fixed depth of 64 could miss it, and the batch's trades were lost).
 SEARCH_DEPTH = 64
+RECENT_SECONDS = 300
+SEARCH_LIMIT = 50_000
 
 
 @dataclass
@@ -39,6 +46,7 @@ class BronzeCommit:
     version: int
     txns: dict[str, int] = field(default_factory=dict)
     files: list[tuple[str, dict[str, str | None]]] = field(default_factory=list)
+    timestamp_ms: int = 0
 
 
 def _read_commit(lake: LakeRoot, version: int) -> BronzeCommit | None:
@@ -56,23 +64,31 @@ def _read_commit(lake: LakeRoot, version: int) -> BronzeCommit | None:
         action = json.loads(line)
         if "txn" in action:
             commit.txns[action["txn"]["appId"]] = int(action["txn"]["version"])
+        elif "commitInfo" in action:
+            commit.timestamp_ms = int(action["commitInfo"].get("timestamp") or 0)
         elif "add" in action:
             add = action["add"]
             commit.files.append((add["path"], add.get("partitionValues") or {}))
     return commit
 
 
-def in_doubt(lake: LakeRoot, bronze: DeltaTable, owns: Callable[[str], bool]) -> list[BronzeCommit]:
+def in_doubt(lake: LakeRoot, bronze: DeltaTable, owns: Collection[str]) -> list[BronzeCommit]:
     """The newest bronze commit of every owned app id, oldest first."""
     bronze.update_incremental()
+    wanted = {app for app in owns if bronze.transaction_version(app) is not None}
     newest: dict[str, BronzeCommit] = {}
     version = bronze.version()
-    for v in range(version, max(-1, version - SEARCH_DEPTH), -1):
+    since_ms = int((time.time() - RECENT_SECONDS) * 1000)
+    for v in range(version, max(-1, version - SEARCH_LIMIT), -1):
+        if len(newest) == len(wanted):
+            break
         commit = _read_commit(lake, v)
         if commit is None:
-            break
+            break  # the log is trimmed here
+        if version - v >= SEARCH_DEPTH and 0 < commit.timestamp_ms < since_ms:
+            break  # older than any commit still in doubt
         for app in commit.txns:
-            if owns(app) and app not in newest:
+            if app in wanted and app not in newest:
                 newest[app] = commit
     unique = {c.version: c for c in newest.values()}
     return [unique[v] for v in sorted(unique)]

@@ -1,52 +1,55 @@
-"""Recompute candles from silver for minutes a crash may have left behind.
+"""Recompute from silver the candles a crash left without their trades' contribution.
 
-A batch commits table by table (trades before candles). A process killed between the two
-leaves trades whose candle contribution is missing, and on restart those trades are known
-duplicates, so nothing would add them. At start-up, every minute with trades committed after
-the last candle commit is recomputed from silver, which is the source of truth.
+A batch commits table by table (trades before candles). A process ended between the two
+leaves trades in silver whose candle contribution gold lacks; derived again from bronze
+(engine/recovery.py), those trades are known duplicates, so nothing would add them. For such a
+batch, every minute its trades fall in is recomputed from silver, the source of truth.
+
+Only the minutes of that batch: recomputing every recent minute (as this did before, from the
+time of the newest candle commit) would, over Kafka, overwrite candles that another processor
+was updating at that moment from trades this one had not read.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from collections.abc import Collection, Sequence
+from datetime import timedelta
 
-from deltalake import DeltaTable
-
-from crypto_sentinel.engine.candles import Candle, minute_start
+from crypto_sentinel.engine.candles import Candle, CandleKey, candles_of, minute_start
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.lake.writer import LakeWriter
-from crypto_sentinel.model import Trade
+from crypto_sentinel.model import RawFrame, Trade
+from crypto_sentinel.sources.venues import decode_frames
 
 log = logging.getLogger(__name__)
 
 
-def _last_commit(dt: DeltaTable) -> datetime | None:
-    dt.update_incremental()
-    history = dt.history(1)
-    if not history:
-        return None
-    return datetime.fromtimestamp(int(history[0]["timestamp"]) / 1000, UTC)
+def lacks_candles(writer: LakeWriter, txns: dict[str, int], owns: Collection[str]) -> bool:
+    """Whether silver holds this batch of an owned app id and gold does not."""
+    trades, candles = writer.tables[T.TRADES.name], writer.tables[T.CANDLES_1M.name]
+    trades.update_incremental()
+    candles.update_incremental()
+    for app, version in txns.items():
+        if app not in owns:
+            continue
+        in_trades = trades.transaction_version(app)
+        in_candles = candles.transaction_version(app)
+        if in_trades is not None and in_trades >= version > (in_candles or -1):
+            return True
+    return False
 
 
-def repair_candles(writer: LakeWriter, reader: LakeReader) -> int:
-    """Returns how many candles were recomputed (0 when the lake is consistent)."""
-    trades_at = _last_commit(writer.tables[T.TRADES.name])
-    candles_at = _last_commit(writer.tables[T.CANDLES_1M.name])
-    if trades_at is None or (candles_at is not None and candles_at >= trades_at):
+def minutes_of(frames: Sequence[RawFrame]) -> set[CandleKey]:
+    """The candle minutes of every trade in `frames` (duplicates included)."""
+    return {candle.key for candle in candles_of(decode_frames(frames).trades)}
+
+
+def repair_candles(writer: LakeWriter, reader: LakeReader, keys: Collection[CandleKey]) -> int:
+    """Recompute the candles of `keys` from silver; returns how many were written."""
+    if not keys:
         return 0
-    since = (candles_at or datetime(1970, 1, 1, tzinfo=UTC)) - timedelta(seconds=5)
-    touched = reader.query(
-        T.TRADES,
-        "SELECT DISTINCT exchange, product_id, date_trunc('minute', time) AS start"
-        " FROM t WHERE recv_time >= ?",
-        [since],
-        newest=True,
-    )
-    if not touched:
-        return 0
-    keys = {(r["exchange"], r["product_id"], r["start"]) for r in touched}
     first = min(k[2] for k in keys)
     last = max(k[2] for k in keys) + timedelta(minutes=1)
     rows = reader.query(
@@ -55,7 +58,7 @@ def repair_candles(writer: LakeWriter, reader: LakeReader) -> int:
         [first, last],
         newest=True,
     )
-    candles: dict[tuple[str, str, datetime], Candle] = {}
+    candles: dict[CandleKey, Candle] = {}
     for row in rows:
         trade = Trade(
             row["exchange"], row["product_id"], row["trade_id"], row["price"], row["size"],

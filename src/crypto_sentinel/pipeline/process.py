@@ -96,7 +96,7 @@ class ProcessRole:
         self.engine.on_commit.append(lambda batch: consumer.commit(batch.positions))
         return consumer
 
-    def _assigned_app_ids(self) -> Callable[[str], bool]:
+    def _assigned_app_ids(self) -> set[str]:
         """The partition app ids of what the Kafka consumer was just assigned."""
         consumer = self.consumer
         assigned = set()
@@ -104,4 +104,4 @@ class ProcessRole:
             for topic, partition in consumer.assigned:
                 exchange = exchange_of(self.settings, topic)
                 assigned.add(self.writer.partition_app_id(exchange, partition))
-        return assigned.__contains__
+        return assigned
