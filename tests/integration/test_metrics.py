@@ -36,6 +36,7 @@ ELSEWHERE = {
     "sentinel_push_dropped_clients": "tests/integration/test_stream.py (a slow reader)",
     # Kafka mode only (set from the consumer's client statistics); no broker test checks it yet.
     "sentinel_kafka_consumer_lag_messages": "Kafka mode only",
+    "sentinel_kafka_offsets_skipped": "tests/unit/test_kafka_frames.py (a jump over offsets)",
     # Coinbase Exchange's level2 has no sequence: its feed never starts a resync by itself.
     "sentinel_book_resyncs": "tests/integration/test_book_feeds.py (a Binance U/u gap)",
     # A reconnect's new connection starts with a snapshot: a break needs a faulty venue.
