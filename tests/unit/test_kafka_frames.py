@@ -76,9 +76,12 @@ def test_messages_of_partitions_not_assigned_are_left_to_their_owner(frames: Kaf
     assert frames.stale == 4
 
 
-def test_messages_before_the_lake_position_are_not_taken_again(frames: KafkaFrames) -> None:
+def test_messages_before_the_lake_position_are_not_taken_again(
+    frames: KafkaFrames, caplog: pytest.LogCaptureFixture
+) -> None:
     frames._on_assign(Assigner(), [TopicPartition(TOPIC, 0)])
     assert taken(frames, Message(0, 98), Message(0, 99), Message(0, 100)) == [(0, 100)]
+    assert caplog.text.count("before the lake's position") == 1  # said, once
 
 
 def test_a_jump_over_offsets_is_counted(

@@ -280,6 +280,7 @@ class KafkaFrames:
         self._next: dict[tuple[str, int], int] = {}
         self.stale = 0  # messages of partitions no longer (or not yet) assigned, dropped
         self._stale_seen = 0  # ... as of the last assignment (logged then)
+        self._behind: set[tuple[str, int]] = set()  # assigned, but sent offsets before the lake's
         self._consumer = Consumer(
             {
                 **client_config(settings),
@@ -305,6 +306,7 @@ class KafkaFrames:
                 tp.offset = OFFSET_BEGINNING if done is None else done + 1
         self.assigned = [(tp.topic, tp.partition) for tp in partitions]
         self._next = {(tp.topic, tp.partition): max(-1, tp.offset) for tp in partitions}
+        self._behind = set()
         if self.stale > self._stale_seen:
             log.info("left %d messages fetched before the rebalance to their partitions' owners",
                      self.stale - self._stale_seen)  # fmt: skip
@@ -400,6 +402,12 @@ class KafkaFrames:
         expected = self._next.get(key)
         if expected is None or offset < expected:
             self.stale += 1
+            if expected is not None and key not in self._behind:
+                self._behind.add(key)  # once per assignment: the topic may have been recreated
+                log.warning(
+                    "kafka partition %s[%d]: offset %d is before the lake's position %d;"
+                    " left out (was the topic recreated?)", topic, partition, offset, expected,
+                )  # fmt: skip
             return False
         if 0 <= expected < offset:
             metrics.KAFKA_OFFSET_SKIPS.labels(topic, str(partition)).inc(offset - expected)
