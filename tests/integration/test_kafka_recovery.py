@@ -10,11 +10,15 @@ import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
+import pytest
 from deltalake import DeltaTable
 
 from crypto_sentinel.engine import recovery
+from crypto_sentinel.engine.candles import Candle
 from crypto_sentinel.engine.processor import Engine
+from crypto_sentinel.engine.repair import repair_candles
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.location import parse_lake
 from crypto_sentinel.lake.query import LakeReader
@@ -62,3 +66,88 @@ def test_recovery_leaves_the_candles_another_processor_is_committing(tmp_path: P
     engine.load_state(LakeReader(lake), {"group:coinbase:0"})  # this one owns partition 0
     candles = DeltaTable(str(T.CANDLES_1M.path(tmp_path / "lake")))
     assert candles.to_pyarrow_table().num_rows == 0  # the other's minute is the other's to write
+
+
+# --- a candle write retried after a conflict computes its candles again -----------------------
+
+MINUTE = datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
+
+
+def trade_at(trade_id: int, price: str) -> Trade:
+    when = MINUTE.replace(second=trade_id)
+    return Trade("coinbase", "ETH-USD", trade_id, Decimal(price), Decimal("1"), "buy", when, 0)
+
+
+def candle_of(*trades: Trade) -> Candle:
+    candle = Candle.from_trade(trades[0], MINUTE)
+    for trade in trades[1:]:
+        candle.add(trade)
+    return candle
+
+
+def stored_candle(path: Path) -> Candle:
+    rows = DeltaTable(str(T.CANDLES_1M.path(path))).to_pyarrow_table().to_pylist()
+    assert len(rows) == 1, rows
+    return Candle.from_row(rows[0])
+
+
+def test_a_partial_candle_retried_after_a_conflict_keeps_the_winners_update(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A processor that took a partition over folds its partial candle into the lake's row.
+    If another commit updates that row between its read and its commit (a repair, or the
+    previous owner's last batch), the retry must fold into the new row: folding into the
+    old one again would write the other's update away."""
+    lake = parse_lake(str(tmp_path / "lake"))
+    t1, t2, t3 = trade_at(1, "100"), trade_at(2, "103"), trade_at(3, "99")
+    first = LakeWriter(lake, "group")
+    first.commit(Batch(version=1, trades=[t1], candles=[candle_of(t1)]))
+    taker = LakeWriter(lake, "group")  # the processor that now owns the product
+    other = LakeWriter(lake, "other")
+    merge = taker._merge_partials
+    calls = []
+
+    def merge_then_lose_the_race(batch: Batch) -> list[Candle]:
+        merged = merge(batch)
+        if not calls:  # the other commit lands between this read and the commit
+            other.commit(Batch(version=1, trades=[t2], candles=[candle_of(t1, t2)]))
+        calls.append(merged)
+        return merged
+
+    monkeypatch.setattr(taker, "_merge_partials", merge_then_lose_the_race)
+    partial = candle_of(t3)
+    plan = taker.plan(Batch(version=2, trades=[t3], partial_candles=[partial]))
+    for write in plan.writes:
+        write.run()
+    assert len(calls) == 2  # the first commit conflicted with the other's, and was retried
+    assert stored_candle(tmp_path / "lake") == candle_of(t1, t2, t3)
+    assert plan.merged == [candle_of(t1, t2, t3)]  # the engine adopts what the lake holds
+
+
+def test_a_candle_repair_retried_after_a_conflict_reads_silver_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repair recomputes a minute from silver. If the minute's owner commits a trade and its
+    candle between the repair's read and its commit, the retried repair must read silver
+    again: the candle it computed first lacks that trade."""
+    lake = parse_lake(str(tmp_path / "lake"))
+    t1, t2, t3 = trade_at(1, "100"), trade_at(2, "103"), trade_at(3, "99")
+    dead = LakeWriter(lake, "group")
+    dead.commit(Batch(version=1, trades=[t1], candles=[candle_of(t1)]))
+    dead.commit(Batch(version=2, trades=[t2]))  # ended before this batch's candle commit
+    owner = LakeWriter(lake, "owner")
+    reader = LakeReader(lake)
+    query = reader.query
+    reads = []
+
+    def read_then_lose_the_race(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        rows = query(*args, **kwargs)
+        if not reads:  # the owner's trade and candle land between this read and the commit
+            owner.commit(Batch(version=1, trades=[t3], candles=[candle_of(t1, t3)]))
+        reads.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(reader, "query", read_then_lose_the_race)
+    written = repair_candles(LakeWriter(lake, "group"), reader, {candle_of(t1).key})
+    assert reads == [2, 3] and written == 1
+    assert stored_candle(tmp_path / "lake") == candle_of(t1, t2, t3)

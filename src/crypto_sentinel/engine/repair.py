@@ -50,6 +50,13 @@ def repair_candles(writer: LakeWriter, reader: LakeReader, keys: Collection[Cand
     """Recompute the candles of `keys` from silver; returns how many were written."""
     if not keys:
         return 0
+    written = writer.upsert_candles(lambda: candles_from_silver(reader, keys))
+    log.warning("recomputed %d candles from silver after an interrupted commit", written)
+    return written
+
+
+def candles_from_silver(reader: LakeReader, keys: Collection[CandleKey]) -> list[Candle]:
+    """The candles of `keys` from every trade silver holds now."""
     first = min(k[2] for k in keys)
     last = max(k[2] for k in keys) + timedelta(minutes=1)
     rows = reader.query(
@@ -71,6 +78,4 @@ def repair_candles(writer: LakeWriter, reader: LakeReader, keys: Collection[Cand
             candles[key].add(trade)
         else:
             candles[key] = Candle.from_trade(trade, key[2])
-    writer.upsert_candles(list(candles.values()))
-    log.warning("recomputed %d candles from silver after an interrupted commit", len(candles))
-    return len(candles)
+    return list(candles.values())

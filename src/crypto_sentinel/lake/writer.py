@@ -216,9 +216,8 @@ class LakeWriter:
         `lock` held; then `done`."""
         self._refresh_if_stale()
         txns = self.transactions(batch)
-        merged = self._with_retry(self._merge_partials, batch)
-        candles = batch.candles + merged
         writes: list[TableWrite] = []
+        plan = CommitPlan([], writes)
 
         def add(spec: T.TableSpec, fn: Any, *args: Any) -> None:
             writes.append(TableWrite(spec.name, functools.partial(self._with_retry, fn, *args)))
@@ -240,12 +239,12 @@ class LakeWriter:
             books = _combined(spec, [], None, parts)
             if books is not None:
                 add(spec, self._append, spec, books, _same, txns)
-        if candles:
-            add(T.CANDLES_1M, self._upsert_candles, candles_table(candles), txns)
+        if batch.candles or batch.partial_candles:
+            add(T.CANDLES_1M, self._write_candles, batch, plan.merged, txns)
         gaps = _combined(T.GAPS, batch.gaps, gaps_table, batch.gap_tables)
         if gaps is not None:
             add(T.GAPS, self._append, T.GAPS, gaps, _same, txns)
-        return CommitPlan(merged, writes)
+        return plan
 
     def done(self, batch: Batch) -> None:
         """Every table holds the batch now."""
@@ -327,12 +326,21 @@ class LakeWriter:
         app = self.partition_app_id(frame.exchange, frame.partition)
         return frame.offset <= recorded.get(app, -1)
 
-    def upsert_candles(self, candles: Sequence[Candle]) -> None:
-        """Write complete candles outside any batch (repairs, rebuilds)."""
+    def upsert_candles(self, compute: Callable[[], Sequence[Candle]]) -> int:
+        """Write complete candles outside any batch (repairs); returns how many.
+
+        `compute` reads what they are made of, and is called again on every attempt: after a
+        conflict, candles computed before the winning commit could undo its update.
+        """
+        with self.lock:
+            self._refresh_if_stale()
+            return int(self._with_retry(self._compute_and_upsert, compute))
+
+    def _compute_and_upsert(self, compute: Callable[[], Sequence[Candle]]) -> int:
+        candles = compute()
         if candles:
-            with self.lock:
-                self._refresh_if_stale()
-                self._with_retry(self._upsert_candles, candles_table(candles), {})
+            self._upsert_candles(candles_table(candles), {})
+        return len(candles)
 
     def _upsert_candles(self, data: pa.Table, txns: Txns) -> None:
         recorded = self._recorded(T.CANDLES_1M, txns)
@@ -363,6 +371,16 @@ class LakeWriter:
         )
         if self._crash is not None:
             self._crash.committed(T.CANDLES_1M.name)
+
+    def _write_candles(self, batch: Batch, merged: list[Candle], txns: Txns) -> None:
+        """Upsert the batch's candles, its partial ones combined with the lake's rows first.
+
+        The combination is redone on every attempt: a retry after a conflict must see what the
+        winning commit wrote for the same minutes (another processor's, or a repair's), or it
+        would write them back as they were before it. `merged` is left holding the last one.
+        """
+        merged[:] = self._merge_partials(batch)
+        self._upsert_candles(candles_table(batch.candles + merged), txns)
 
     def _merge_partials(self, batch: Batch) -> list[Candle]:
         """Fold partial candles into the candle rows already stored for their minutes."""

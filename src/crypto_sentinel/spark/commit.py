@@ -35,7 +35,6 @@ class ParallelCommit:
         self.timings = {}
         with self.writer.lock:
             plan = self.writer.plan(batch)
-            self.timings["candles_read"] = round(time.perf_counter() - started, 3)
             first = [w for w in plan.writes if w.table == T.BRONZE.name]
             chain = [w for w in plan.writes if w.table in CHAINED]
             others = [w for w in plan.writes if w.table not in (T.BRONZE.name, *CHAINED)]
