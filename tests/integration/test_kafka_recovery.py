@@ -6,6 +6,7 @@ again, never those another processor is committing at that moment."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -151,3 +152,27 @@ def test_a_candle_repair_retried_after_a_conflict_reads_silver_again(
     written = repair_candles(LakeWriter(lake, "group"), reader, {candle_of(t1).key})
     assert reads == [2, 3] and written == 1
     assert stored_candle(tmp_path / "lake") == candle_of(t1, t2, t3)
+
+
+def test_a_commit_that_lands_after_a_rebalance_leaves_the_relearnt_book_alone(
+    tmp_path: Path,
+) -> None:
+    """A batch in flight when the engine relearns its state (`forget`, at a Kafka assignment)
+    ends after it: its candles are not adopted as the book's (their products may belong to
+    another processor now), and adopting them used to fail on the book's cleared index."""
+    lake = parse_lake(str(tmp_path / "lake"))
+    reader = LakeReader(lake)
+    engine = Engine(LakeWriter(lake, "group"), 0.1, 1000)
+    engine.load_state(reader, {"group:coinbase:0"})
+    t1 = trade_at(1, "100")
+    batch = Batch(version=engine.next_version, trades=[t1], partial_candles=[candle_of(t1)])
+
+    async def commit_across_a_rebalance() -> None:
+        task = engine.submit(batch)
+        engine.forget(reader, {"group:coinbase:0"})
+        await task
+
+    asyncio.run(commit_across_a_rebalance())
+    assert engine._book == {}  # relearnt from the lake: the next trade of the minute is merged
+    assert engine.stats.batches == 1
+    assert stored_candle(tmp_path / "lake") == candle_of(t1)

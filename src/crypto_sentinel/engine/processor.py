@@ -119,6 +119,7 @@ class Engine:
         self._partial: dict[CandleKey, Candle] = {}  # minutes whose stored row is unknown
         self._dirty: set[CandleKey] = set()
         self._newest_minute: dict[tuple[str, str], datetime] = {}
+        self._generation = 0  # `forget` calls so far: a commit's result adopts only its own
         self._pending = Batch(version=0)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-writer")
         self._inflight: Future[CommitResult] | None = None
@@ -317,9 +318,10 @@ class Engine:
         self._pending = Batch(version=0)
         return batch
 
-    def committed(self, batch: Batch, result: CommitResult) -> None:
-        """Adopt the lake's view of merged candles and keep the in-memory book bounded."""
-        for merged in result.merged_candles:
+    def committed(self, batch: Batch, result: CommitResult, adopt: bool = True) -> None:
+        """Adopt the lake's view of merged candles (unless the state was relearnt from the
+        lake since the batch was cut: `adopt` False) and keep the in-memory book bounded."""
+        for merged in result.merged_candles if adopt else ():
             late = self._partial.pop(merged.key, None)
             if late is not None:  # trades for this minute arrived while it was committing
                 merged.merge(late)
@@ -350,10 +352,13 @@ class Engine:
         """Hand the batch to the writer thread now (not when a task first runs), so that
         `flush_now` always sees it in flight; the task adopts the result when it lands."""
         future = self._inflight = self._executor.submit(self.writer.commit, batch)
+        generation = self._generation
 
         async def finish() -> None:
             result = await asyncio.wrap_future(future)
-            self.committed(batch, result)
+            # After a `forget` (a Kafka rebalance) its candles are no longer this book's: the
+            # products may be another processor's now, and the book was relearnt without them.
+            self.committed(batch, result, adopt=generation == self._generation)
             for hook in self.on_commit:
                 hook(batch)
 
@@ -375,6 +380,7 @@ class Engine:
         """Drop per-product state and relearn it from the lake (after a Kafka rebalance,
         another processor may have written these products meanwhile); finish what a crashed
         owner of the app ids in `owns` left half committed."""
+        self._generation += 1
         self._trade_ids.clear()
         self._ticker_marks.clear()
         self._book.clear()
