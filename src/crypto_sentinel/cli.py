@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from crypto_sentinel import __version__
 from crypto_sentinel.config import LIVE_VENUES, ConfigError, Settings, load_settings
 from crypto_sentinel.eventloop import keep_analysis_libraries_out, run_event_loop
+from crypto_sentinel.lake.errors import LakeWriteFailed
 from crypto_sentinel.lake.location import lake_overrides, parse_lake
 from crypto_sentinel.lake.lock import LakeLocked
 
@@ -481,6 +482,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except LakeWriteFailed as exc:  # the engine stopped after the writer's retries
+        if debug:
+            traceback.print_exc()
+        print(f"sentinel: {exc} (the next start derives it again from bronze)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -320,6 +320,38 @@ async def test_processor_ended_between_bronze_and_silver_beside_a_busy_one(
     assert assert_candles_match_silver(cluster.lake) > 0
 
 
+async def test_a_lake_that_refuses_writes_stops_the_processor_with_one_line(
+    broker: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The candles table's log turns read-only under a running processor (chattr +i holds even
+    for root): its writes fail past their retries, and the processor stops with exit code 1
+    and one line naming the batch, without a traceback and without hanging in the Kafka
+    consumer's revocation. Once writable, a new processor completes every trade."""
+    sim = await run_simulator(1000, 12_000, seed=16)
+    cluster = Cluster(tmp_path, broker[1], sim)
+    log_dir = T.CANDLES_1M.path(cluster.lake) / "_delta_log"
+    try:
+        first = cluster.process()
+        cluster.ingest()
+        await cluster.wait_rows(1500, 120)
+        subprocess.run(["chattr", "+i", str(log_dir)], check=True)
+        rc = await asyncio.to_thread(first.wait, 60)
+        output = cluster.log_of(first)
+        assert rc == 1, output
+        assert "sentinel: lake write of batch" in output and "Operation not permitted" in output
+        assert "Traceback" not in output, output
+        subprocess.run(["chattr", "-i", str(log_dir)], check=True)
+        cluster.process()
+        await asyncio.wait_for(sim.wait_done(), 90)
+        await cluster.wait_rows(12_000, 120)
+    finally:
+        subprocess.run(["chattr", "-i", str(log_dir)], check=False)
+        cluster.stop_all()
+        await sim.stop()
+    cluster.assert_exact()
+    assert assert_candles_match_silver(cluster.lake) > 0
+
+
 async def test_broker_restart_during_ingest(broker: tuple[Path, str], tmp_path: Path) -> None:
     data, bootstrap = broker
     sim = await run_simulator(500, 8000, seed=14)

@@ -21,6 +21,7 @@ from crypto_sentinel.engine.candles import Candle
 from crypto_sentinel.engine.processor import Engine
 from crypto_sentinel.engine.repair import repair_candles
 from crypto_sentinel.lake import tables as T
+from crypto_sentinel.lake.errors import LakeWriteFailed
 from crypto_sentinel.lake.location import parse_lake
 from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.lake.writer import Batch, LakeWriter
@@ -176,3 +177,68 @@ def test_a_commit_that_lands_after_a_rebalance_leaves_the_relearnt_book_alone(
     assert engine._book == {}  # relearnt from the lake: the next trade of the minute is merged
     assert engine.stats.batches == 1
     assert stored_candle(tmp_path / "lake") == candle_of(t1)
+
+
+def test_a_candle_write_that_keeps_losing_to_a_busy_neighbour_still_lands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processors of one group own different products, whose candles share each date's
+    file: every candle commit of one rewrites the file the other read. A write that loses
+    many times in a row (more than storage errors are retried) keeps retrying while the
+    other keeps committing, and each lost race is counted at /metrics."""
+    from prometheus_client import REGISTRY
+
+    from crypto_sentinel.lake import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "CONFLICT_FIRST_DELAY", 0.001)
+    lake = parse_lake(str(tmp_path / "lake"))
+    eth = [trade_at(i, str(100 + i)) for i in range(1, 15)]
+    btc = Trade("coinbase", "BTC-USD", 1, Decimal("5"), Decimal("1"), "buy", MINUTE, 0)
+    LakeWriter(lake, "seed").commit(
+        Batch(version=1, trades=[eth[0], btc], candles=[candle_of(eth[0]), candle_of(btc)])
+    )  # one file holds both products' rows
+    busy = LakeWriter(lake, "busy")
+    victim = LakeWriter(lake, "victim")
+    upsert = victim._upsert_candles
+    losses = len(writer_module.RETRY_DELAYS) + 5
+    calls = 0
+
+    def neighbour_commits_first(*args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= losses:  # the busy one rewrites the shared file before each attempt
+            done = eth[: calls + 1]
+            busy.commit(Batch(version=calls, trades=[done[-1]], candles=[candle_of(*done)]))
+        upsert(*args)
+
+    monkeypatch.setattr(victim, "_upsert_candles", neighbour_commits_first)
+    before = REGISTRY.get_sample_value("sentinel_commit_retries_total", {"reason": "conflict"})
+    btc2 = Trade("coinbase", "BTC-USD", 2, Decimal("6"), Decimal("2"), "sell", MINUTE, 0)
+    victim.commit(Batch(version=1, trades=[btc2], candles=[candle_of(btc, btc2)]))
+    after = REGISTRY.get_sample_value("sentinel_commit_retries_total", {"reason": "conflict"})
+    assert calls == losses + 1 and after - (before or 0) == losses
+    rows = DeltaTable(str(T.CANDLES_1M.path(tmp_path / "lake"))).to_pyarrow_table().to_pylist()
+    stored = {row["product_id"]: Candle.from_row(row) for row in rows}
+    assert stored == {"ETH-USD": candle_of(*eth[: losses + 1]), "BTC-USD": candle_of(btc, btc2)}
+
+
+def test_a_storage_error_that_persists_fails_the_batch_after_its_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unlike a conflict, a storage error says nothing about progress: it is retried a few
+    times, then the batch fails (the engine stops; the next start derives it from bronze)."""
+    from crypto_sentinel.lake import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "RETRY_DELAYS", (0.0, 0.0, 0.0))
+    writer = LakeWriter(parse_lake(str(tmp_path / "lake")), "group")
+    calls = []
+
+    def disk_full(*args: Any) -> None:
+        calls.append(args)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(writer, "_upsert_candles", disk_full)
+    t1 = trade_at(1, "100")
+    with pytest.raises(LakeWriteFailed, match="No space left"):
+        writer.commit(Batch(version=1, trades=[t1], candles=[candle_of(t1)]))
+    assert len(calls) == 4

@@ -367,8 +367,8 @@ class Engine:
     def flush_now(self) -> None:
         """Commit everything pending before returning (blocking; used when Kafka partitions
         are about to move to another processor, so it never re-reads uncommitted work)."""
-        if self._inflight is not None:
-            self._inflight.result()
+        if self._inflight is not None and self._inflight.exception() is not None:
+            return  # the engine stops on that failure; nothing after it may commit
         batch = self.cut()
         if batch is not None:
             result = self._executor.submit(self.writer.commit, batch).result()

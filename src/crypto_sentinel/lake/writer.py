@@ -15,6 +15,8 @@ import dataclasses
 import functools
 import logging
 import os
+import random
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +32,7 @@ from deltalake.exceptions import CommitFailedError
 from crypto_sentinel import metrics
 from crypto_sentinel.engine.candles import Candle
 from crypto_sentinel.lake import tables as T
+from crypto_sentinel.lake.errors import LakeWriteFailed
 from crypto_sentinel.lake.location import LakeRoot, storage_options
 from crypto_sentinel.lake.maintenance.policy import (
     COMPACT_PROPERTIES,
@@ -59,7 +62,18 @@ APPEND_PROPERTIES = {
     T.BRONZE.name: RAW_PROPERTIES,
     T.QUARANTINE.name: RAW_PROPERTIES,
 }
+#: Pauses before retrying a write that failed on storage; after the last, the batch fails
+#: (the engine stops, and the next start derives it again from bronze).
 RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+#: A commit conflict means another writer committed first: the lake made progress, so it is
+#: retried for as long as that goes on (two processors of one Kafka group meet on every
+#: date's candle file). The pause doubles up to the cap and is jittered, so two writers that
+#: keep meeting fall out of step; a warning every `CONFLICT_WARN_EVERY` conflicts in a row.
+CONFLICT_FIRST_DELAY = 0.02
+CONFLICT_MAX_DELAY = 1.0
+CONFLICT_WARN_EVERY = 10
+#: ... and a write that keeps losing this long is given up like a storage error.
+CONFLICT_GIVE_UP_SECONDS = 600.0
 
 
 @dataclass
@@ -199,7 +213,11 @@ class LakeWriter:
     def commit(self, batch: Batch) -> CommitResult:
         """Write every table; bronze first, so nothing derived exists without its frames."""
         with self.lock:
-            return self._commit(batch)
+            try:
+                return self._commit(batch)
+            except Exception as exc:
+                message = f"lake write of batch {batch.version} failed: {one_line(exc)}"
+                raise LakeWriteFailed(message) from exc
 
     def _commit(self, batch: Batch) -> CommitResult:
         started = time.perf_counter()
@@ -272,26 +290,38 @@ class LakeWriter:
                 dt.update_incremental()
 
     def _with_retry(self, fn: Any, *args: Any) -> Any:
-        """Storage hiccups and commit conflicts are retried; the batch is never dropped.
-        A conflict (another process maintaining the lake) is expected and retried quietly."""
-        for attempt, delay in enumerate((*RETRY_DELAYS, None)):
+        """Storage hiccups are retried a few times, commit conflicts for as long as other
+        writers keep winning (see `CONFLICT_FIRST_DELAY`); each retry is counted at /metrics.
+        `fn` must read what it depends on afresh on every call."""
+        errors = conflicts = 0
+        started = time.monotonic()
+        while True:
             try:
                 return fn(*args)
-            except Exception as exc:
-                if delay is None:
+            except CommitFailedError as exc:
+                conflicts += 1
+                if time.monotonic() - started > CONFLICT_GIVE_UP_SECONDS:
                     raise
-                conflict = isinstance(exc, CommitFailedError)
-                metrics.COMMIT_RETRIES.labels("conflict" if conflict else "error").inc()
+                metrics.COMMIT_RETRIES.labels("conflict").inc()
+                quiet = conflicts % CONFLICT_WARN_EVERY
                 log.log(
-                    logging.INFO if conflict else logging.WARNING,
-                    "lake write failed (attempt %d), retrying: %s",
-                    attempt + 1,
-                    exc,
+                    logging.INFO if quiet else logging.WARNING,
+                    "lake commit lost to another writer (%d in a row), retrying: %s",
+                    conflicts,
+                    one_line(exc),
                 )
-                time.sleep(delay)
-                for dt in self.tables.values():
-                    dt.update_incremental()
-        raise AssertionError("unreachable")
+                ceiling = min(CONFLICT_MAX_DELAY, CONFLICT_FIRST_DELAY * 2 ** min(conflicts, 16))
+                delay = random.uniform(ceiling / 2, ceiling)
+            except Exception as exc:
+                if errors == len(RETRY_DELAYS):
+                    raise
+                delay = RETRY_DELAYS[errors]
+                errors += 1
+                metrics.COMMIT_RETRIES.labels("error").inc()
+                log.warning("lake write failed (attempt %d), retrying: %s", errors, one_line(exc))
+            time.sleep(delay)
+            for dt in self.tables.values():
+                dt.update_incremental()
 
     def _recorded(self, spec: T.TableSpec, txns: Txns) -> dict[str, int]:
         dt = self.tables[spec.name]
@@ -397,6 +427,12 @@ class LakeWriter:
                 candle.merge(existing)
             merged.append(candle)
         return merged
+
+
+def one_line(exc: BaseException) -> str:
+    """delta-rs errors span lines, with colour codes and arrows before each cause."""
+    text = re.sub(r"\x1b\[[0-9;]*m|↳", "", str(exc))
+    return ": ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 def read_candles(
