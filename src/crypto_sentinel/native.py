@@ -13,6 +13,11 @@ second half 244-246 MB against 230-232 MB), with no loss of speed (replay 52-58 
 against 57-59 k). The system pool is the default here; Arrow reads its variable when it makes
 its default pool.
 
+The C library's allocator (glibc) keeps the pages of freed blocks that are not at the top of
+their heap: Arrow's buffers and Python's larger objects, freed in the middle of a thread's
+arena, stayed resident. `trim_heap_forever` hands them back every 10 s (`malloc_trim`), which
+lowered `sentinel up`'s median RSS by 13 MB over 12 minutes (docs/benchmarks.md, session 18).
+
 Both libraries read their variable once, when they load: `configure()` runs from the package's
 `__init__`, before anything imports them. A value already in the environment wins
 (`_RJEM_MALLOC_CONF=` with nothing after it restores jemalloc's own defaults;
@@ -21,8 +26,12 @@ Both libraries read their variable once, when they load: `configure()` runs from
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ctypes
 import os
 import sys
+from collections.abc import Callable
 
 #: The variable deltalake's jemalloc (tikv-jemallocator, symbol prefix `_rjem_`) reads.
 DELTA_JEMALLOC_ENV = "_RJEM_MALLOC_CONF"
@@ -44,3 +53,34 @@ def configure() -> bool:
         return False
     os.environ.setdefault(DELTA_JEMALLOC_ENV, DELTA_JEMALLOC)
     return True
+
+
+#: Seconds between two hand-backs of the C heap's free pages in a long-lived process.
+HEAP_TRIM_SECONDS = 10.0
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's `malloc_trim`, or None where the C library has none (musl, macOS)."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def trim_heap() -> bool:
+    """Return the C heap's free pages to the system; False where that is not possible."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+async def trim_heap_forever(stop: asyncio.Event, seconds: float = HEAP_TRIM_SECONDS) -> None:
+    """`trim_heap` every `seconds` until `stop` (a task of the pipeline). In a worker thread:
+    it walks every arena under its lock, which the event loop should not wait for."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=seconds)
+        if not await asyncio.to_thread(trim_heap):
+            return

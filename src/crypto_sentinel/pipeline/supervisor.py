@@ -28,6 +28,7 @@ from crypto_sentinel.eventloop import settle_heap
 from crypto_sentinel.health import heartbeat_path, heartbeats
 from crypto_sentinel.lake.lock import writer_lock
 from crypto_sentinel.lake.query import LakeReader
+from crypto_sentinel.native import trim_heap_forever
 from crypto_sentinel.pipeline.ingest import IngestRole, source_counters
 from crypto_sentinel.pipeline.process import ProcessRole
 from crypto_sentinel.sources.base import Source
@@ -223,6 +224,8 @@ class Pipeline:
             heartbeat_path(self.settings.data_dir, role), self.ready, self.status, self.stop_event
         )
         tasks.append(asyncio.create_task(beat, name="heartbeat"))
+        trimming = trim_heap_forever(self.stop_event)
+        tasks.append(asyncio.create_task(trimming, name="heap-trim"))
         source_task = await ingesting.start(self.bus) if ingesting is not None else None
         if source_task is not None:
             waiting.add(source_task)
