@@ -50,6 +50,11 @@ def tune_gc() -> None:
 #: Installed by the dev extra (pandas, which brings NumPy) for the analysis notebook; a plain
 #: install has neither, and no pipeline or API code uses them.
 ANALYSIS_LIBRARIES = ("pandas", "numpy")
+#: httpx's command-line client, which its package imports whenever click and rich are
+#: installed (they are, for other tools): rich and pygments (and click, which uvicorn loads
+#: anyway), about 4 MB of code objects
+#: in a process that never runs it. httpx stands in a stub when it cannot be imported.
+UNUSED_MODULES = ("httpx._main",)
 
 
 class _AnalysisLibrariesAbsent:
@@ -59,7 +64,7 @@ class _AnalysisLibrariesAbsent:
 
     @classmethod
     def find_spec(cls, name: str, path: object = None, target: object = None) -> None:
-        if name.partition(".")[0] in cls.kept_out:
+        if name in cls.kept_out or name.partition(".")[0] in cls.kept_out:
             raise ModuleNotFoundError(f"{name} is kept out of this process", name=name)
 
 
@@ -67,9 +72,10 @@ def keep_analysis_libraries_out() -> None:
     """When pandas and NumPy are installed, pyarrow imports NumPy when it loads (10 MB of
     RSS) and pandas at its first conversion of Python values (about 30 MB: `sentinel up`
     measured 305 -> 274 MB). pyarrow and DuckDB treat a library that cannot be imported as
-    not installed, as in a plain install. A library the process has already stays."""
+    not installed, as in a plain install. A library the process has already stays. The
+    same for `UNUSED_MODULES`."""
     _AnalysisLibrariesAbsent.kept_out.update(
-        name for name in ANALYSIS_LIBRARIES if name not in sys.modules
+        name for name in (*ANALYSIS_LIBRARIES, *UNUSED_MODULES) if name not in sys.modules
     )
     if _AnalysisLibrariesAbsent not in sys.meta_path:
         sys.meta_path.insert(0, _AnalysisLibrariesAbsent)

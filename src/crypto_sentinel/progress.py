@@ -2,6 +2,8 @@
 
 A bar on stderr when stderr is a terminal, nothing otherwise (logs, CI and pipes stay clean)
 and nothing with `--quiet`. One small wrapper over `rich.progress` so every verb looks alike.
+rich loads with the first bar: the verbs' modules are all imported to build the CLI, and a
+long-lived process that draws none keeps its ~1 MB of code objects out.
 """
 
 from __future__ import annotations
@@ -9,17 +11,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
 
 
 def wanted(quiet: bool = False) -> bool:
@@ -53,6 +49,17 @@ class Bar:
 def new_progress(quiet: bool = False, console: Console | None = None) -> Progress:
     """A `Progress` with the project's columns (description, bar, count, time left, a note);
     disabled when not `wanted`. `console` is for tests (a forced terminal)."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     enabled = console is not None or wanted(quiet)
     return Progress(
         SpinnerColumn(),

@@ -49,6 +49,8 @@ with tempfile.TemporaryDirectory() as lake:  # the writer's and the readers' con
     read = DeltaTable(lake).to_pyarrow_table()
     assert read.column("price").to_pylist() == [Decimal("1.5")]
     assert duckdb.sql("SELECT sum(price) FROM read").fetchall() == [(Decimal("1.5"),)]
+import httpx  # what the venues' REST clients use: its command-line client stays out
+assert httpx.Client and "httpx._main" not in sys.modules and "rich" not in sys.modules
 for name in ("pandas", "numpy"):
     try:
         __import__(name)
