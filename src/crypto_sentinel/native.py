@@ -15,8 +15,9 @@ its default pool.
 
 The C library's allocator (glibc) keeps the pages of freed blocks that are not at the top of
 their heap: Arrow's buffers and Python's larger objects, freed in the middle of a thread's
-arena, stayed resident. `trim_heap_forever` hands them back every 10 s (`malloc_trim`), which
-lowered `sentinel up`'s median RSS by 13 MB over 12 minutes (docs/benchmarks.md, session 18).
+arena, stayed resident. `trim_heap_forever` hands them back every 10 s (`malloc_trim`, 0.07 ms
+a call). Measured in `sentinel up` (docs/benchmarks.md, session 18): median RSS -13 MB in a
+pair of 12-minute runs probed with gdb, within noise in an unprobed pair of 10-minute runs.
 
 Both libraries read their variable once, when they load: `configure()` runs from the package's
 `__init__`, before anything imports them. A value already in the environment wins
