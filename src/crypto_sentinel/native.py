@@ -4,9 +4,8 @@ deltalake's Rust core allocates through its own jemalloc, which by default keeps
 this 2-core machine, per-thread caches of blocks up to 32 KiB and freed pages for 10 s. Every
 Delta commit and log refresh churns through that memory on ~100 tokio threads, so `sentinel
 up` carried 50-160 MB of freed-but-kept pages (measured: median RSS 316 -> 279 MB, peak
-487 -> 327 MB over 5 minutes at 2,000 trades/s). One arena, no thread caches and a 200 ms
-decay keep only what is in use; without the caches, replay ran 4-6 % slower (two pairs of
-runs, docs/benchmarks.md, session 19).
+487 -> 327 MB over 5 minutes at 2,000 trades/s). One arena, small thread caches and a
+200 ms decay keep only what is in use.
 
 pyarrow allocates through mimalloc by default, which kept 13-15 MB more of `sentinel up`'s
 RSS than the C library's allocator (60 s at 2,500 trades/s, two runs each: mean RSS of the
@@ -37,11 +36,17 @@ from collections.abc import Callable
 
 #: The variable deltalake's jemalloc (tikv-jemallocator, symbol prefix `_rjem_`) reads.
 DELTA_JEMALLOC_ENV = "_RJEM_MALLOC_CONF"
-#: One arena (the writer commits one table at a time), no thread caches, and freed pages
-#: returned after 200 ms (the built-in background thread does it). The caches were per
-#: thread, and deltalake's runtime keeps ~100 threads: even limited to blocks up to 4 KiB
-#: they held ~20 MB (median RSS of `sentinel up` 217.7 MB without them, 5-minute run).
-DELTA_JEMALLOC = "narenas:1,tcache:false,dirty_decay_ms:200,muzzy_decay_ms:0"
+#: One arena (the writer commits one table at a time), thread caches of at most 8 blocks per
+#: size (up to 4 KiB) and 2 larger ones, and freed pages returned after 200 ms (the built-in
+#: background thread does it). The caches are per thread and deltalake's runtime keeps ~100
+#: threads, most of them idle, whose caches jemalloc never flushes: at its default slot
+#: counts (up to 200 blocks a size) they held ~20 MB of `sentinel up` (docs/benchmarks.md,
+#: session 19). Without any cache the commits were slower (live frame -> Delta p99 444-492 ms
+#: against 297 ms).
+DELTA_JEMALLOC = (
+    "narenas:1,tcache_max:4096,tcache_nslots_small_max:8,tcache_nslots_large:2,"
+    "dirty_decay_ms:200,muzzy_decay_ms:0"
+)
 
 
 #: The variable Arrow reads to choose its default memory pool, and our choice.

@@ -59,6 +59,23 @@ def test_up_loads_neither_duckdb_nor_pyarrow_dataset_at_import() -> None:
     assert not duck and not dataset
 
 
+def test_deltalake_jemalloc_understands_every_option(tmp_path: Path) -> None:
+    """jemalloc names an option it does not know on stderr, in every process: a typo in
+    DELTA_JEMALLOC would print to every user's terminal and leave its setting out."""
+    env = {k: v for k, v in os.environ.items() if k != native.DELTA_JEMALLOC_ENV}
+    code = (
+        "import os, crypto_sentinel, pyarrow as pa\n"
+        "from deltalake import write_deltalake\n"
+        f"write_deltalake({str(tmp_path / 'table')!r}, pa.table({{'a': [1]}}))\n"
+        "print(os.environ['_RJEM_MALLOC_CONF'])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == native.DELTA_JEMALLOC
+    assert "jemalloc" not in out.stderr, out.stderr
+
+
 def test_arrow_allocates_with_the_system_pool_unless_set() -> None:
     """A fresh process importing the package uses the C library's allocator for Arrow (it
     kept less memory than mimalloc); a pool named in the environment wins."""
