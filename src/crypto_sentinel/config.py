@@ -344,7 +344,10 @@ class Settings(BaseSettings):
     # --- lake maintenance: compaction, retention, vacuum, checkpoints ---------------------------
     # Run in-process by `sentinel up` and on demand by `sentinel maintain ...`.
     maintenance_enabled: bool = True  # run the scheduler inside the pipeline
-    maintenance_interval_s: float = Field(60.0, ge=1, le=86_400)  # seconds between passes
+    # Seconds between passes. Short, so each pass packs few small files: at 2,000 trades/s a
+    # pass every 15 s held `sentinel up` flat (+0.5 MB/min over 10 minutes) where one every
+    # 60 s grew +2.0-2.3 MB/min (docs/benchmarks.md, session 19).
+    maintenance_interval_s: float = Field(15.0, ge=1, le=86_400)
     maintenance_target_file_mb: int = Field(128, ge=1, le=4096)  # compaction target file size
     maintenance_max_files_per_partition: int = Field(32, ge=2, le=100_000)  # compact above this
     maintenance_zorder: bool = False  # z-order closed (past) partitions by product and time

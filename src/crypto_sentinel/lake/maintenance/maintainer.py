@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from deltalake import DeltaTable, WriterProperties
+from deltalake import DeltaTable, PostCommitHookProperties, WriterProperties
 from deltalake.exceptions import CommitFailedError
 
 from crypto_sentinel.lake import tables as T
@@ -36,6 +36,16 @@ from crypto_sentinel.lake.maintenance.policy import (
 log = logging.getLogger(__name__)
 
 RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+#: Tables writers only append to. Their compaction (data-unchanged) and an append never
+#: conflict, so it runs beside the writer instead of taking its turn: holding the turn, a
+#: pass every 15 s delayed commits by up to a second (live frame -> Delta p99 1.1 s,
+#: docs/benchmarks.md, session 19). Candles, which every batch MERGEs, take the turn.
+APPEND_ONLY = frozenset(spec.name for spec in T.ALL_TABLES if spec != T.CANDLES_1M)
+#: A compaction commit leaves checkpoints and log cleanup to the writers (and to the
+#: `checkpoint` step): a checkpoint or log cleanup beside a writer made its next log read
+#: fail (measured), and compaction no longer waits for the writer's turn.
+WRITERS_CHECKPOINT = PostCommitHookProperties(create_checkpoint=False, cleanup_expired_logs=False)
 
 R = TypeVar("R")
 P = ParamSpec("P")
@@ -80,8 +90,9 @@ class Maintainer:
         lock_wait: float = 0.0,
     ) -> None:
         self.lake = lake
-        #: The lock of the stream writer in this process: each step holds it, so the writer
-        #: and maintenance take turns instead of failing each other's commits.
+        #: The lock of the stream writer in this process: each step holds it (but compacting
+        #: an APPEND_ONLY table), so the writer and maintenance take turns instead of
+        #: failing each other's commits.
         self.writer_lock = writer_lock or contextlib.nullcontext()
         self.policy = policy or Policy()
         self.now = now
@@ -231,6 +242,7 @@ class Maintainer:
                 "target_size": target,
                 "max_concurrent_tasks": 1,  # leave the other core to the stream
                 "writer_properties": properties,
+                "post_commithook_properties": WRITERS_CHECKPOINT,
             }
             if zorder:
                 return dict(dt.optimize.z_order(list(zorder), **options))
@@ -362,8 +374,9 @@ class Maintainer:
             for step in steps:
                 if self.should_stop():
                     return done
+                alone = step == self.compact and spec.name in APPEND_ONLY
                 try:
-                    with self.writer_lock:
+                    with contextlib.nullcontext() if alone else self.writer_lock:
                         done.append(step(spec))
                 except Exception:
                     log.exception("maintenance %s of %s failed", step.__name__, spec.name)
