@@ -29,7 +29,9 @@ from crypto_sentinel.books.registry import BookRegistry
 from crypto_sentinel.engine.processor import CHUNK_FRAMES, Engine
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.maintenance.files import partitions
+from crypto_sentinel.lake.maintenance.maintainer import CLI_LOCK_WAIT_S, Maintainer, MaintenanceBusy
 from crypto_sentinel.lake.maintenance.policy import compact_properties
+from crypto_sentinel.lake.maintenance.stream_compaction import is_compaction
 from crypto_sentinel.lake.writer import LakeWriter
 from crypto_sentinel.model import RawFrame
 
@@ -80,11 +82,12 @@ def rebuild(
     try:
         tick = _frame_counter(bronze, on_frames)
         frames = _stage(bronze, bronze_dates, staging, batch_frames, say, tick, books)
-        _check_unchanged(tables, {T.BRONZE.name: bronze_version, **derived_versions})
         rows = {}
-        for spec in derived:
-            rows[spec.name] = _replace(tables[spec.name], spec, staging, replace_from)
-            say(f"replaced {spec.name}: {rows[spec.name]:,} rows")
+        with _no_maintenance(lake):  # a compaction must not put back the files replaced
+            _check_unchanged(tables, {T.BRONZE.name: bronze_version, **derived_versions})
+            for spec in derived:
+                rows[spec.name] = _replace(tables[spec.name], spec, staging, replace_from)
+                say(f"replaced {spec.name}: {rows[spec.name]:,} rows")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         _remove_if_empty(staging.parent)
@@ -212,14 +215,30 @@ def _frames(bronze: DeltaTable, day: date) -> Iterator[RawFrame]:
         db.close()
 
 
+@contextlib.contextmanager
+def _no_maintenance(lake: Path) -> Iterator[None]:
+    """Hold the lake's maintenance lock (waiting for a running pass, as `sentinel maintain`
+    does): compaction commits its removes unchecked (see
+    `maintenance.stream_compaction`)."""
+    try:
+        with Maintainer(lake, lock_wait=CLI_LOCK_WAIT_S).exclusive():
+            yield
+    except MaintenanceBusy as busy:
+        raise RebuildError(f"{busy}; nothing was replaced, run rebuild again later") from None
+
+
 def _check_unchanged(tables: dict[str, DeltaTable], versions: dict[str, int]) -> None:
     for name, version in versions.items():
         dt = tables[name]
         dt.update_incremental()
         if dt.version() == version:
             continue
-        ops = [h.get("operation") for h in dt.history(dt.version() - version)]
-        changed = [op for op in ops if op not in UNCHANGED_OPS]
+        commits = dt.history(dt.version() - version)
+        changed = [
+            h.get("operation")
+            for h in commits
+            if h.get("operation") not in UNCHANGED_OPS and not is_compaction(h)
+        ]
         if changed:
             raise RebuildError(
                 f"{name} changed while rebuilding ({', '.join(map(str, changed))}); is a"

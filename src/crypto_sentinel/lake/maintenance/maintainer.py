@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from deltalake import DeltaTable, PostCommitHookProperties, WriterProperties
+from deltalake import DeltaTable, PostCommitHookProperties
 from deltalake.exceptions import CommitFailedError
 
 from crypto_sentinel.lake import tables as T
@@ -27,11 +27,13 @@ from crypto_sentinel.lake.maintenance.files import (
 from crypto_sentinel.lake.maintenance.policy import (
     ZORDER_COLUMNS,
     Policy,
+    compact_group_rows,
     compact_properties,
     compaction_target,
     expired_dates,
     utc_now,
 )
+from crypto_sentinel.lake.maintenance.stream_compaction import compact_partition
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +219,7 @@ class Maintainer:
             metrics = self._retry(
                 spec,
                 "compact",
-                self._compactor(part, target, columns if z else (), compact_properties(spec)),
+                self._compactor(spec, part, target, columns if z else ()),
             )
             entry = {
                 "partition": part.label(),
@@ -232,16 +234,27 @@ class Maintainer:
             result["partitions"].append(entry)
         return result
 
-    @staticmethod
     def _compactor(
-        part: Partition, target: int, zorder: Sequence[str], properties: WriterProperties
+        self, spec: T.TableSpec, part: Partition, target: int, zorder: Sequence[str]
     ) -> Callable[[DeltaTable], dict[str, Any]]:
+        """Append-only tables stream their row groups (`stream_compaction`: memory bounded by a
+        row group); z-ordering and the candles, which the writer MERGEs, go through delta-rs."""
+        table = spec.uri(self.lake)
+
         def run(dt: DeltaTable) -> dict[str, Any]:
+            if not zorder and spec.name in APPEND_ONLY:
+                try:
+                    return compact_partition(
+                        dt, table, part.filters(), target, compact_group_rows(spec),
+                        WRITERS_CHECKPOINT,
+                    )  # fmt: skip
+                except ValueError as exc:  # files of other columns (a schema change)
+                    log.info("compacting %s %s through delta-rs: %s", spec.name, part.label(), exc)
             options: dict[str, Any] = {
                 "partition_filters": part.filters(),
                 "target_size": target,
                 "max_concurrent_tasks": 1,  # leave the other core to the stream
-                "writer_properties": properties,
+                "writer_properties": compact_properties(spec),
                 "post_commithook_properties": WRITERS_CHECKPOINT,
             }
             if zorder:

@@ -44,8 +44,17 @@ RAW_GROUP_ROWS = 1_024
 RAW_PROPERTIES = WriterProperties(compression="ZSTD", max_row_group_size=RAW_GROUP_ROWS)
 
 
+def compact_group_rows(spec: T.TableSpec) -> int:
+    """Rows per row group of the files compaction and rebuild write for a table."""
+    if spec == T.BOOK_SNAPSHOTS:
+        return SNAPSHOT_GROUP_ROWS
+    if spec in (T.BRONZE, T.QUARANTINE):
+        return RAW_GROUP_ROWS
+    return ROW_GROUP_ROWS
+
+
 def compact_properties(spec: T.TableSpec) -> WriterProperties:
-    """How compaction and rebuild write a table's files."""
+    """How compaction and rebuild write a table's files (through delta-rs)."""
     if spec == T.BOOK_SNAPSHOTS:
         return SNAPSHOT_PROPERTIES
     if spec in (T.BRONZE, T.QUARANTINE):
