@@ -8,7 +8,9 @@ without blocking it:
 
 - compaction bin-packs the small files of a partition once it holds more than the configured
   number; its commits are data-unchanged (`dataChange=false`), so stream readers skip them,
-  and they never conflict with appends (conflicts with candle MERGEs are retried);
+  and they never conflict with appends (conflicts with candle MERGEs are retried); the
+  append-only tables are compacted by copying row groups (`stream_compaction`), in memory
+  that does not grow with the files made;
 - retention drops whole expired date partitions with a Delta delete (never `rm`, which
   corrupts a table);
 - vacuum deletes unreferenced files only after a safety window, so a reader that still holds
@@ -24,7 +26,8 @@ delta-rs storage options, and the few looks at files (log entries, sizes of file
 vacuumed) go through the Arrow filesystem, which serves a local folder just as well.
 
 The package: `policy` (what is kept true, planning), `files` (the Delta log's file index and
-files below a table), `maintainer` (the operations), `scheduler` (the in-process loop),
+files below a table), `maintainer` (the operations), `stream_compaction` (compaction by row
+groups), `scheduler` (the in-process loop),
 `report` (the storage report) and `cli` (`sentinel maintain` and `sentinel rebuild`).
 """
 
