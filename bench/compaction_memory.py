@@ -156,7 +156,7 @@ def markdown(result: dict[str, Any]) -> str:
     for key, runs in result["runs"].items():
         name, target, engine = key.split("|")
         rises = " / ".join(str(r["rise_mb"]) for r in runs)
-        median = statistics.median(r["rise_mb"] for r in runs)
+        median = round(statistics.median(r["rise_mb"] for r in runs), 1)
         kept = " / ".join(str(r["kept_mb"]) for r in runs)
         secs = " / ".join(str(r["seconds"]) for r in runs)
         rows.append(

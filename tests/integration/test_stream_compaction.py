@@ -190,6 +190,41 @@ def test_files_with_other_columns_stop_the_copy(lake: Path) -> None:
     assert sorted(DeltaTable(str(path)).to_pyarrow_table().column("a").to_pylist()) == [1, 2, 3]
 
 
+def test_another_engines_types_are_cast_to_the_tables_own(lake: Path) -> None:
+    """A file another engine wrote (Spark's default: INT96 timestamps, read as nanoseconds)
+    is copied into the types delta-rs writes, so every reader reads the new file."""
+    from deltalake.transaction import AddAction
+
+    write_batches(lake, 3, 10)
+    dt = table_of(lake)
+    rows = read_table(lake, T.TRADES).slice(0, 5)
+    foreign = rows.drop_columns(["date", "exchange"])
+    foreign = foreign.cast(
+        pa.schema(
+            pa.field(f.name, pa.timestamp("ns", tz="UTC")) if f.type == T.UTC_TS else f
+            for f in foreign.schema
+        )
+    )
+    folder = next(T.TRADES.path(lake).glob("date=*/exchange=*"))
+    name = "part-00000-spark-c000.snappy.parquet"
+    pq.write_table(foreign, folder / name, use_deprecated_int96_timestamps=True)
+    assert pq.ParquetFile(folder / name).schema_arrow.field("time").type.unit == "ns"
+    relative = f"{folder.parent.name}/{folder.name}/{name}"
+    partition = {"date": folder.parent.name.split("=")[1], "exchange": "coinbase"}
+    add = AddAction(
+        relative, (folder / name).stat().st_size, partition, 0, True, '{"numRecords":5}'
+    )
+    dt.create_write_transaction(
+        [add], mode="append", schema=dt.schema(), partition_by=["date", "exchange"]
+    )
+
+    Maintainer(lake, Policy(max_files_per_partition=2)).compact(T.TRADES)
+    [path] = table_of(lake).file_uris()
+    assert pq.ParquetFile(path).schema_arrow == T.TRADES.file_schema
+    ids = sorted(read_table(lake, T.TRADES).column("trade_id").to_pylist())
+    assert ids == sorted([*range(1_000, 1_030), *rows.column("trade_id").to_pylist()])
+
+
 def test_rebuild_waits_for_a_maintenance_pass_then_names_it(
     lake: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

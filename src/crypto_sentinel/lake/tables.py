@@ -37,6 +37,11 @@ class TableSpec:
         """The table's location below a local or remote lake root (`lake.location`)."""
         return join(lake, *self.name.split("."))
 
+    @property
+    def file_schema(self) -> pa.Schema:
+        """The columns of its data files: all but the partition ones (in the folder names)."""
+        return pa.schema([f for f in self.schema if f.name not in self.partition_by])
+
 
 DATE = ("date", pa.date32())  # the partition column every table has
 

@@ -246,7 +246,7 @@ class Maintainer:
                 try:
                     return compact_partition(
                         dt, table, part.filters(), target, compact_group_rows(spec),
-                        WRITERS_CHECKPOINT,
+                        WRITERS_CHECKPOINT, spec.file_schema,
                     )  # fmt: skip
                 except ValueError as exc:  # files of other columns (a schema change)
                     log.info("compacting %s %s through delta-rs: %s", spec.name, part.label(), exc)

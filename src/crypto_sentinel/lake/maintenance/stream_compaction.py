@@ -81,9 +81,15 @@ def compact_partition(
     target: int,
     group_rows: int,
     hooks: PostCommitHookProperties,
+    schema: pa.Schema | None = None,
 ) -> dict[str, Any]:
     """Bin-pack the partition's files smaller than `target` into files of up to `target`
-    bytes, one commit; metrics named as delta-rs's (`numFilesAdded`, `numFilesRemoved`)."""
+    bytes, one commit; metrics named as delta-rs's (`numFilesAdded`, `numFilesRemoved`).
+
+    `schema` is what the new files hold (the table's columns but the partition ones, in the
+    types delta-rs writes); old files in other types (another engine's) are cast to it, and
+    one that cannot be (a schema change) stops the copy with a ValueError. None: the types of
+    each bin's first file."""
     files = live_files(dt, filters)
     bins = plan_bins(files, target)
     if not bins:
@@ -95,7 +101,7 @@ def compact_partition(
         actions: list[AddAction | RemoveAction] = []
         now = int(time.time() * 1000)
         for group in bins:
-            path, size = _copy(fs, root, group, group_rows)
+            path, size = _copy(fs, root, group, group_rows, schema)
             written.append(path)
             stats = merged_stats(group)
             actions.append(AddAction(path, size, group[0].partition, now, False, stats))
@@ -195,14 +201,18 @@ def _partition_text(value: Any) -> str | None:
 
 
 def _copy(
-    fs: pafs.FileSystem, root: str, files: Sequence[LiveFile], group_rows: int
+    fs: pafs.FileSystem,
+    root: str,
+    files: Sequence[LiveFile],
+    group_rows: int,
+    schema: pa.Schema | None,
 ) -> tuple[str, int]:
     """Write `files`' rows, in order, into a new file beside the first; (its path relative to
     the table as the log writes it, its size)."""
     folder = files[0].path.rpartition("/")[0]
     name = f"part-00000-{uuid.uuid4()}-c000.zstd.parquet"
     path = f"{folder}/{name}" if folder else name
-    schema = _file_schema(fs, root, files[0])
+    schema = schema or _file_schema(fs, root, files[0])
     try:
         with fs.open_output_stream(f"{root}/{unquote(path)}") as sink:
             writer = pq.ParquetWriter(sink, schema, compression="zstd", write_statistics=True)
@@ -225,18 +235,19 @@ def _file_schema(fs: pafs.FileSystem, root: str, file: LiveFile) -> pa.Schema:
 def _row_groups(
     fs: pafs.FileSystem, root: str, files: Sequence[LiveFile], schema: pa.Schema, rows: int
 ) -> Iterator[pa.Table]:
-    """The files' rows in tables of `rows` rows (the last one shorter), read `READ_BATCH_ROWS`
-    at a time; a file whose columns differ from the first's stops the copy (ValueError)."""
+    """The files' rows in tables of `rows` rows (the last one shorter) of `schema`, read
+    `READ_BATCH_ROWS` at a time; a file that cannot be cast to it stops the copy
+    (ValueError)."""
     pending: list[pa.Table] = []
     count = 0
     for file in files:
         with fs.open_input_file(f"{root}/{unquote(file.path)}") as source:
             parquet = pq.ParquetFile(source, pre_buffer=False)
-            if not parquet.schema_arrow.equals(schema):
-                raise ValueError(f"{file.path} has other columns than {files[0].path}")
+            same = parquet.schema_arrow.equals(schema)
             for batch in parquet.iter_batches(READ_BATCH_ROWS, use_threads=False):
-                pending.append(pa.Table.from_batches([batch]))
-                count += batch.num_rows
+                table = pa.Table.from_batches([batch])
+                pending.append(table if same else _cast(table, schema, file))
+                count += table.num_rows
                 while count >= rows:
                     merged = pa.concat_tables(pending)
                     yield merged.slice(0, rows)
@@ -244,6 +255,13 @@ def _row_groups(
                     pending, count = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
     if count:
         yield pa.concat_tables(pending)
+
+
+def _cast(table: pa.Table, schema: pa.Schema, file: LiveFile) -> pa.Table:
+    try:
+        return table.cast(schema)
+    except (ValueError, pa.ArrowException) as exc:
+        raise ValueError(f"{file.path} has other columns than the new file: {exc}") from None
 
 
 def _check_live(dt: DeltaTable, paths: Sequence[str]) -> None:
