@@ -8,8 +8,8 @@ without blocking it:
 
 - compaction bin-packs the small files of a partition once it holds more than the configured
   number; its commits are data-unchanged (`dataChange=false`), so stream readers skip them,
-  and they never conflict with appends (conflicts with candle MERGEs are retried); the
-  append-only tables are compacted by copying row groups (`stream_compaction`), in memory
+  and they never conflict with appends (conflicts with candle MERGEs are retried); silver
+  trades and tickers are compacted by copying row groups (`stream_compaction`), in memory
   that does not grow with the files made;
 - retention drops whole expired date partitions with a Delta delete (never `rm`, which
   corrupts a table);

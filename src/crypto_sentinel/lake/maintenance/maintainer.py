@@ -44,6 +44,13 @@ RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 #: pass every 15 s delayed commits by up to a second (live frame -> Delta p99 1.1 s,
 #: docs/benchmarks.md, session 19). Candles, which every batch MERGEs, take the turn.
 APPEND_ONLY = frozenset(spec.name for spec in T.ALL_TABLES if spec != T.CANDLES_1M)
+#: Tables compacted by streaming row groups (`stream_compaction`): measured, each merge in a
+#: fresh process, silver tickers into 64 MB files +27 MB against delta-rs's +124 MB, trades
+#: +22 against +51 MB. Bronze and quarantine, appended and compacted in 1,024-row groups, cost
+#: delta-rs no more (+20-25 MB at 16 or 64 MB); the book tables are not measured yet
+#: (docs/benchmarks.md, session 20).
+STREAMED = frozenset({T.TRADES.name, T.TICKERS.name})
+assert STREAMED <= APPEND_ONLY  # its commit is not checked against a concurrent MERGE
 #: A compaction commit leaves checkpoints and log cleanup to the writers (and to the
 #: `checkpoint` step): a checkpoint or log cleanup beside a writer made its next log read
 #: fail (measured), and compaction no longer waits for the writer's turn.
@@ -237,12 +244,12 @@ class Maintainer:
     def _compactor(
         self, spec: T.TableSpec, part: Partition, target: int, zorder: Sequence[str]
     ) -> Callable[[DeltaTable], dict[str, Any]]:
-        """Append-only tables stream their row groups (`stream_compaction`: memory bounded by a
-        row group); z-ordering and the candles, which the writer MERGEs, go through delta-rs."""
+        """The `STREAMED` tables stream their row groups (`stream_compaction`: memory that does
+        not grow with the file made); z-ordering and the other tables go through delta-rs."""
         table = spec.uri(self.lake)
 
         def run(dt: DeltaTable) -> dict[str, Any]:
-            if not zorder and spec.name in APPEND_ONLY:
+            if not zorder and spec.name in STREAMED:
                 try:
                     return compact_partition(
                         dt, table, part.filters(), target, compact_group_rows(spec),
