@@ -53,13 +53,16 @@ def compact_group_rows(spec: T.TableSpec) -> int:
     return ROW_GROUP_ROWS
 
 
+_PROPERTIES = {
+    ROW_GROUP_ROWS: COMPACT_PROPERTIES,
+    SNAPSHOT_GROUP_ROWS: SNAPSHOT_PROPERTIES,
+    RAW_GROUP_ROWS: RAW_PROPERTIES,
+}
+
+
 def compact_properties(spec: T.TableSpec) -> WriterProperties:
-    """How compaction and rebuild write a table's files (through delta-rs)."""
-    if spec == T.BOOK_SNAPSHOTS:
-        return SNAPSHOT_PROPERTIES
-    if spec in (T.BRONZE, T.QUARANTINE):
-        return RAW_PROPERTIES
-    return COMPACT_PROPERTIES
+    """How compaction and rebuild write a table's files through delta-rs."""
+    return _PROPERTIES[compact_group_rows(spec)]
 
 
 #: Z-order columns per table (tables without an entry are only bin-packed).
