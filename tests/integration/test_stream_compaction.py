@@ -202,7 +202,12 @@ def test_another_engines_types_are_cast_to_the_tables_own(lake: Path) -> None:
         [add], mode="append", schema=dt.schema(), partition_by=["date", "exchange"]
     )
 
-    Maintainer(lake, Policy(max_files_per_partition=2)).compact(T.TRADES)
+    # Called directly, not through the maintainer: a failed cast would fall back to delta-rs.
+    metrics = compact_partition(
+        table_of(lake), str(T.TRADES.path(lake)), [], 1 << 30, ROW_GROUP_ROWS,
+        WRITERS_CHECKPOINT, T.TRADES.file_schema,
+    )  # fmt: skip
+    assert metrics["numFilesRemoved"] == 4 and metrics["numFilesAdded"] == 1
     [path] = table_of(lake).file_uris()
     assert pq.ParquetFile(path).schema_arrow == T.TRADES.file_schema
     ids = sorted(read_table(lake, T.TRADES).column("trade_id").to_pylist())

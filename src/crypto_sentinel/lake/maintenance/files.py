@@ -31,13 +31,14 @@ class Partition:
         return value if isinstance(value, date) else None
 
     def filters(self) -> list[tuple[str, str, str]]:
-        return [(col, "=", _partition_text(v)) for col, v in self.values]
+        return [(col, "=", partition_text(v)) for col, v in self.values]
 
     def label(self) -> str:
-        return "/".join(f"{col}={_partition_text(v)}" for col, v in self.values)
+        return "/".join(f"{col}={partition_text(v)}" for col, v in self.values)
 
 
-def _partition_text(value: Any) -> str:
+def partition_text(value: Any) -> str:
+    """A partition value as the Delta log writes it (dates in ISO form)."""
     return value.isoformat() if isinstance(value, date) else str(value)
 
 
@@ -62,7 +63,7 @@ def partitions(dt: DeltaTable, spec: T.TableSpec) -> list[Partition]:
             part = found[key] = Partition(tuple(zip(spec.partition_by, key, strict=True)))
         part.sizes.append(size)
         part.rows += rows[i] or 0
-    return sorted(found.values(), key=lambda p: tuple(_partition_text(v) for _, v in p.values))
+    return sorted(found.values(), key=lambda p: tuple(partition_text(v) for _, v in p.values))
 
 
 # --- files below a table, through the Arrow filesystem (a local folder or object storage) ----

@@ -40,7 +40,7 @@ from deltalake.exceptions import CommitFailedError
 from deltalake.transaction import AddAction, RemoveAction
 
 from crypto_sentinel.lake.location import LakeRoot, filesystem, join
-from crypto_sentinel.lake.maintenance.files import add_actions
+from crypto_sentinel.lake.maintenance.files import add_actions, partition_text
 
 #: Marks this module's commits in the table's history (`commitInfo`), whose operation reads
 #: WRITE: `sentinel rebuild` counts them as data-unchanged, as it does delta-rs's OPTIMIZE.
@@ -132,7 +132,9 @@ def live_files(dt: DeltaTable, filters: Sequence[tuple[str, str, str]]) -> list[
     out = []
     for row in actions.to_pylist():
         partition = {
-            name.removeprefix("partition."): _partition_text(row[name])
+            name.removeprefix("partition."): None
+            if row[name] is None
+            else partition_text(row[name])
             for name in names
             if name.startswith("partition.")
         }
@@ -192,12 +194,6 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, date):
         return value.isoformat()
     return None
-
-
-def _partition_text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value.isoformat() if isinstance(value, date) else str(value)
 
 
 def _copy(
