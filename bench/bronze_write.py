@@ -59,10 +59,6 @@ def batches(path: Path, rows: int, count: int) -> list[list[RawFrame]]:
     return [frames[i : i + rows] for i in range(0, len(frames), rows)][:count]
 
 
-def cpu_seconds() -> float:
-    return time.process_time()
-
-
 def run(rows: int, count: int, workdir: Path) -> dict[str, Any]:
     path = recording(workdir, max(300_000, rows * count // 2 + 1))  # the replay phase's
     work = batches(path, rows, count)
@@ -72,7 +68,7 @@ def run(rows: int, count: int, workdir: Path) -> dict[str, Any]:
     for batch in work:
         for name, props in VARIANTS.items():
             data = bronze_table(batch)
-            wall, cpu = time.perf_counter(), cpu_seconds()
+            wall, cpu = time.perf_counter(), time.process_time()
             write_deltalake(
                 str(tables[name]),
                 data,
@@ -81,7 +77,7 @@ def run(rows: int, count: int, workdir: Path) -> dict[str, Any]:
                 writer_properties=props,
             )
             walls[name].append(time.perf_counter() - wall)
-            cpus[name].append(cpu_seconds() - cpu)
+            cpus[name].append(time.process_time() - cpu)
     out: dict[str, Any] = {}
     for name, table in tables.items():
         size = sum(f.stat().st_size for f in table.rglob("*.parquet"))

@@ -2,8 +2,8 @@
 `<module>` as `__main__` with pandas and NumPy kept out, as `sentinel up` keeps them out of
 its process (`cli.LONG_LIVED`). They must be kept out before anything imports pyarrow, which
 imports them when they are installed (the dev extra installs pandas): a bench module that
-imports `crypto_sentinel` at its top would otherwise measure ~40 MB that `sentinel up` never
-holds."""
+imports `crypto_sentinel` at its top would otherwise measure ~55 MB that `sentinel up` never
+holds (docs/benchmarks.md, session 21)."""
 
 from __future__ import annotations
 
