@@ -8,10 +8,20 @@ PYTEST_ARGS ?=
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The compiled decoder (native/, Rust) is built when cargo is there (rustup's default place
+# counts too); without it the pipeline runs the Python decoder, which gives the same rows.
+CARGO_PATH := $(PATH):$(HOME)/.cargo/bin
+
+$(VENV)/.installed: pyproject.toml native/Cargo.toml native/pyproject.toml native/src/lib.rs
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev,spark]'
+	@if PATH="$(CARGO_PATH)" command -v cargo >/dev/null; then \
+	  echo "building the compiled decoder (native/)"; \
+	  PATH="$(CARGO_PATH)" $(BIN)/pip install -q ./native; \
+	else \
+	  echo "cargo not found: the compiled decoder is not built (install Rust: https://rustup.rs)"; \
+	fi
 	touch $@
 
 run: install

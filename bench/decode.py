@@ -5,7 +5,8 @@ per trade, heartbeats) cut into batches, and end with the same Arrow tables:
 
 - baseline: `coinbase_codec.decode()` per frame, then `lake.rows`' `trades_table`,
   `tickers_table` and `gaps_table` on the records (what the engine does per batch today);
-- batch: `coinbase_batch.decode_batch()` per batch.
+- batch: `coinbase_batch.decode_batch()` per batch;
+- compiled: `compiled.decode_batch()` per batch (the Rust decoder in `native/`), when installed.
 
 With `--alternatives` it also times the other ways considered for turning a batch's JSON into
 columns (extraction only, no validation), so the choice can be re-checked on another machine.
@@ -49,6 +50,7 @@ from typing import Any
 
 from crypto_sentinel.lake import rows
 from crypto_sentinel.model import GapRecord, RawFrame, Ticker, Trade
+from crypto_sentinel.sources.coinbase import compiled
 from crypto_sentinel.sources.coinbase.codec import FrameError, decode
 from crypto_sentinel.sources.coinbase.columnar import decode_batch
 from crypto_sentinel.sources.replay import parse_line
@@ -182,14 +184,16 @@ def main() -> None:
     # Same rows, same reasons: a benchmark of two different answers would be worthless.
     for batch in batches:
         trades, tickers, _, rejected = per_frame(batch)
-        got = decode_batch(batch)
-        assert trades.equals(got.trades) and tickers.equals(got.tickers)
-        assert rejected == got.rejected
+        for got in (decode_batch(batch), compiled.decode_batch(batch)):
+            assert trades.equals(got.trades) and tickers.equals(got.tickers)
+            assert rejected == got.rejected
 
     runs: dict[str, Callable[[], object]] = {
         "per-frame decode() + writer tables": lambda: [per_frame(b) for b in batches],
         "decode_batch()": lambda: [decode_batch(b) for b in batches],
     }
+    if compiled.AVAILABLE:
+        runs["compiled.decode_batch()"] = lambda: [compiled.decode_batch(b) for b in batches]
     if args.alternatives:
         runs.update(alternatives(frames, args.batch))
     best = best_of(args.repeat, runs)

@@ -1,4 +1,8 @@
-"""Differential test: `decode_batch` (columnar) against `decode` (per frame) + `lake.writer`.
+"""Differential test: the batch decoders against `decode` (per frame) + `lake.writer`.
+
+Every test runs twice: with `columnar.decode_batch` (Python and Arrow) and with
+`compiled.decode_batch` (the compiled decoder in `native/`, which hands what it does not vouch
+for to the columnar one). The compiled decoder must be installed (`make install` builds it).
 
 The per-frame codec is the specification. For every batch the oracle decodes frame by frame
 and builds the tables with `lake.writer`; the columnar decoder must give equal tables, equal
@@ -32,6 +36,7 @@ from crypto_sentinel.model import GapRecord, Heartbeat, RawFrame, Ticker, Trade
 from crypto_sentinel.simulator import Market
 from crypto_sentinel.simulator.faults import CORRUPTIONS, FaultPlan, FaultSpec
 from crypto_sentinel.simulator.market import format_time
+from crypto_sentinel.sources.coinbase import columnar, compiled
 from crypto_sentinel.sources.coinbase.codec import FrameError, decode
 from crypto_sentinel.sources.coinbase.columnar import DecodedBatch, decode_batch
 from crypto_sentinel.sources.replay import parse_line
@@ -44,6 +49,18 @@ INT64_MAX = 2**63 - 1
 
 
 # --- the oracle --------------------------------------------------------------------------------
+
+
+DECODERS = {"columnar": columnar.decode_batch, "compiled": compiled.decode_batch}
+
+
+@pytest.fixture(autouse=True, params=sorted(DECODERS))
+def batch_decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test with each batch decoder (the module's `decode_batch` is replaced)."""
+    if request.param == "compiled" and not compiled.AVAILABLE:
+        pytest.fail("the compiled decoder is not installed: run `make install` with cargo on PATH")
+    monkeypatch.setitem(globals(), "decode_batch", DECODERS[request.param])
+    return str(request.param)
 
 
 @dataclass
@@ -652,6 +669,39 @@ def test_generated_amounts_in_every_field(data: st.DataObject) -> None:
             changed = data.draw(st.lists(st.sampled_from(fields[kind]), max_size=4))
             texts.append(with_(BASES[kind], **{name: data.draw(amount) for name in changed}))
     assert_same(frames_of(texts))
+
+
+@settings(GENERATED, max_examples=300)
+@given(
+    st.tuples(
+        st.integers(1, 9999), st.integers(1, 12), st.integers(1, 31), st.integers(0, 24),
+        st.integers(0, 60), st.integers(0, 60), st.integers(0, 999_999),
+    )
+)  # fmt: skip
+def test_generated_times_in_coinbase_form(parts: tuple[int, ...]) -> None:
+    """Dates and times written as Coinbase writes them, impossible ones included."""
+    year, month, day, hour, minute, second, micros = parts
+    text = f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}.{micros:06d}Z"
+    assert_same(frames_of([with_(MATCH, time=text), with_(TICKER, time=text)], RECV_NS))
+
+
+def test_leap_days_and_month_ends() -> None:
+    days = ["1900-02-29", "2000-02-29", "2020-02-29", "2021-02-29", "2021-04-31", "2021-12-31"]
+    texts = [with_(MATCH, time=f"{day}T12:00:00.000001Z") for day in days]
+    assert_same(frames_of(texts + [with_(TICKER, time=f"{day}T00:00:00.000000Z") for day in days]))
+
+
+def test_the_compiled_decoder_vouches_for_the_common_frames(batch_decoder: str) -> None:
+    """Matches and tickers as Coinbase and the simulator write them are decoded without
+    Python: were they not, the tests above would pass without testing it."""
+    assert compiled._native is not None, "the compiled decoder is not installed"
+    texts, _ = simulator_frames(trades=200)
+    real = (COINBASE_DATA / "session.ndjson").read_text().splitlines()
+    for batch in (texts, real):
+        kinds = compiled._native.decode_coinbase(batch)["kinds"]
+        for text, kind in zip(batch, kinds, strict=True):
+            expected = {"match": 1, "last_match": 1, "ticker": 2}.get(orjson.loads(text)["type"], 0)
+            assert kind == expected, text
 
 
 def test_a_large_random_batch() -> None:

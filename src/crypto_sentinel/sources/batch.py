@@ -94,6 +94,43 @@ def decode_into(
         out.gap_frames = pa.array([i for i, _ in gaps], pa.int32())
 
 
+_TABLES = (("trades", "trade_frames"), ("tickers", "ticker_frames"), ("gaps", "gap_frames"))
+
+
+def merge_into(out: DecodedBatch, parts: Sequence[tuple[DecodedBatch, Sequence[int]]]) -> None:
+    """Merge batches decoded from subsets of `out`'s frames into `out`, in frame order.
+
+    Each part comes with `where`, the index in `out` of each of its frames (ascending). Rows
+    already in `out` stay; rows of one frame keep their order.
+    """
+    tables: dict[str, list[tuple[pa.Table, pa.Int32Array]]] = {t: [] for t, _ in _TABLES}
+    for table, index in _TABLES:
+        if len(getattr(out, index)):
+            tables[table].append((getattr(out, table), getattr(out, index)))
+    for part, where in parts:
+        at = pa.array(where, pa.int32())
+        out.heartbeats.extend((where[i], hb) for i, hb in part.heartbeats)
+        out.rejected.extend((where[i], reason) for i, reason in part.rejected)
+        out.backfill_pages += part.backfill_pages
+        out.control += part.control
+        for table, index in _TABLES:
+            if len(getattr(part, index)):
+                tables[table].append((getattr(part, table), at.take(getattr(part, index))))
+    out.rejected.sort()
+    out.heartbeats.sort(key=lambda item: item[0])
+    for table, index in _TABLES:
+        rows = tables[table]
+        if len(rows) == 1:
+            setattr(out, table, rows[0][0])
+            setattr(out, index, rows[0][1])
+        elif rows:
+            merged = pa.concat_tables([t for t, _ in rows])
+            idx = pa.concat_arrays([i for _, i in rows])
+            order = pc.sort_indices(idx)  # stable: rows of one frame keep their order
+            setattr(out, table, merged.take(order))
+            setattr(out, index, idx.take(order))
+
+
 def _merge(
     table: pa.Table, frame_idx: pa.Int32Array, extra: pa.Table, rows: list[tuple[int, Any]]
 ) -> tuple[pa.Table, pa.Int32Array]:

@@ -19,12 +19,16 @@ from functools import cache, lru_cache
 from typing import TYPE_CHECKING
 
 import httpx
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from crypto_sentinel.books.events import BookEvent, BookSync
 from crypto_sentinel.model import RawFrame
-from crypto_sentinel.sources.batch import DecodedBatch, FrameDecoder, decode_each, storable
+from crypto_sentinel.sources.batch import (
+    DecodedBatch,
+    FrameDecoder,
+    decode_each,
+    merge_into,
+    storable,
+)
 from crypto_sentinel.sources.codec import Decoded, FrameError, Sighting
 
 if TYPE_CHECKING:
@@ -45,7 +49,7 @@ class Codec:
 #: venue -> (codec module, module with a column-wise `decode_batch`, or None: frame by frame),
 #: both under crypto_sentinel.sources (one package per venue).
 _CODECS: dict[str, tuple[str, str | None]] = {
-    "coinbase": ("coinbase.codec", "coinbase.columnar"),
+    "coinbase": ("coinbase.codec", "coinbase.compiled"),
     "binance": ("binance.codec", None),
     "kraken": ("kraken.codec", None),
     "coinbase-advanced": ("coinbase_advanced.codec", None),
@@ -116,9 +120,6 @@ def venue_symbol(exchange: str, product_id: str) -> str | None:
     return None if codec is None else codec.symbol_of(product_id)
 
 
-_TABLES = (("trades", "trade_frames"), ("tickers", "ticker_frames"), ("gaps", "gap_frames"))
-
-
 def decode_frames(frames: Sequence[RawFrame]) -> DecodedBatch:
     """Decode a micro-batch whose frames may come from several exchanges, each with its own
     codec; rows keep frame order. A frame of an exchange no codec speaks is quarantined."""
@@ -137,23 +138,8 @@ def decode_frames(frames: Sequence[RawFrame]) -> DecodedBatch:
         if codec is None:
             out.rejected.extend((i, f"unknown exchange {exchange!r}") for i in where)
             continue
-        part = codec.decode_batch([frames[i] for i in where])
-        parts.append((part, pa.array(where, pa.int32())))
-        out.heartbeats.extend((where[i], hb) for i, hb in part.heartbeats)
-        out.rejected.extend((where[i], reason) for i, reason in part.rejected)
-        out.backfill_pages += part.backfill_pages
-        out.control += part.control
-    out.rejected.sort()
-    out.heartbeats.sort(key=lambda item: item[0])
-    for table, index in _TABLES:
-        rows = [(getattr(p, table), where.take(getattr(p, index))) for p, where in parts]
-        rows = [(t, i) for t, i in rows if len(i)]
-        if rows:
-            merged = pa.concat_tables([t for t, _ in rows])
-            idx = pa.concat_arrays([i for _, i in rows])
-            order = pc.sort_indices(idx)  # stable: rows of one frame keep their order
-            setattr(out, table, merged.take(order))
-            setattr(out, index, idx.take(order))
+        parts.append((codec.decode_batch([frames[i] for i in where]), where))
+    merge_into(out, parts)
     return out
 
 
