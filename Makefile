@@ -52,6 +52,10 @@ lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy src/crypto_sentinel
+	@if PATH="$(CARGO_PATH)" command -v cargo >/dev/null; then \
+	  cd native && PATH="$(CARGO_PATH)" PYO3_PYTHON=$(CURDIR)/$(BIN)/python sh -c \
+	    'cargo fmt --check && cargo clippy -q --release -- -D warnings && cargo test -q --release'; \
+	fi
 
 bench: install
 	$(BIN)/sentinel bench

@@ -6,18 +6,20 @@
 //! arrays without copying them again.
 //!
 //! This decoder only vouches. A frame it is not certain about (another type, an escape in a
-//! string, a missing, null or mistyped field, a duplicate key, an amount that is not a plain
-//! decimal, a time not written `YYYY-MM-DDTHH:MM:SS.ffffffZ`) is marked `OTHER` and left to the
-//! Python decoder, which says exactly what is wrong. It may be stricter than the codec
-//! (`crypto_sentinel.sources.coinbase.codec`), never looser; the differential tests hold it to
-//! that. Two checks stay in Python, where the codec's own rules are: the product id pattern (a
+//! string, nesting, a missing, null or mistyped field, a duplicate key, an amount that is not
+//! a plain decimal, a time not written `YYYY-MM-DDTHH:MM:SS.ffffffZ`) is marked `OTHER` and
+//! left to the Python decoder, which says exactly what is wrong. It may be stricter than the
+//! codec (`crypto_sentinel.sources.coinbase.codec`), never looser; the differential tests hold
+//! it to that. Two checks stay in Python, where the codec's own rules are: the product id pattern (a
 //! batch has a handful of distinct ids) and the time's skew from the frame's receipt.
 
 use std::collections::HashMap;
 
+mod flat_json;
+
+use flat_json::Frame;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
-use serde::Deserialize;
 
 /// Decimal places of the lake's decimal columns (`crypto_sentinel.model.SCALE`).
 const SCALE: usize = 12;
@@ -30,65 +32,18 @@ const MATCH: u8 = 1;
 const TICKER: u8 = 2;
 
 /// Ticker amounts that may be zero or absent, in the codec's order (`_TICKER_AMOUNTS`).
-const TICKER_AMOUNTS: [&str; 10] = [
-    "best_bid", "best_ask", "best_bid_size", "best_ask_size", "last_size",
-    "open_24h", "high_24h", "low_24h", "volume_24h", "volume_30d",
+pub(crate) const TICKER_AMOUNTS: [&str; 10] = [
+    "best_bid",
+    "best_ask",
+    "best_bid_size",
+    "best_ask_size",
+    "last_size",
+    "open_24h",
+    "high_24h",
+    "low_24h",
+    "volume_24h",
+    "volume_30d",
 ];
-
-/// Every field a match or a ticker has. A field the frame's type does not have is parsed but
-/// never read (the codec ignores it; here a non-string value there only sends the frame to
-/// Python). Null and absent are alike: both are None, as the codec's optional fields treat
-/// them, and a required field that is None sends the frame to Python.
-#[derive(Deserialize)]
-struct Frame<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Option<&'a str>,
-    trade_id: Option<i64>,
-    sequence: Option<i64>,
-    #[serde(borrow)]
-    side: Option<&'a str>,
-    #[serde(borrow)]
-    size: Option<&'a str>,
-    #[serde(borrow)]
-    price: Option<&'a str>,
-    #[serde(borrow)]
-    product_id: Option<&'a str>,
-    #[serde(borrow)]
-    time: Option<&'a str>,
-    #[serde(borrow)]
-    maker_order_id: Option<&'a str>,
-    #[serde(borrow)]
-    taker_order_id: Option<&'a str>,
-    #[serde(borrow)]
-    best_bid: Option<&'a str>,
-    #[serde(borrow)]
-    best_ask: Option<&'a str>,
-    #[serde(borrow)]
-    best_bid_size: Option<&'a str>,
-    #[serde(borrow)]
-    best_ask_size: Option<&'a str>,
-    #[serde(borrow)]
-    last_size: Option<&'a str>,
-    #[serde(borrow)]
-    open_24h: Option<&'a str>,
-    #[serde(borrow)]
-    high_24h: Option<&'a str>,
-    #[serde(borrow)]
-    low_24h: Option<&'a str>,
-    #[serde(borrow)]
-    volume_24h: Option<&'a str>,
-    #[serde(borrow)]
-    volume_30d: Option<&'a str>,
-}
-
-impl<'a> Frame<'a> {
-    fn ticker_amounts(&self) -> [Option<&'a str>; 10] {
-        [
-            self.best_bid, self.best_ask, self.best_bid_size, self.best_ask_size, self.last_size,
-            self.open_24h, self.high_24h, self.low_24h, self.volume_24h, self.volume_30d,
-        ]
-    }
-}
 
 /// An Arrow validity bitmap (bit set: the value is there), least significant bit first.
 #[derive(Default)]
@@ -100,7 +55,7 @@ struct Validity {
 
 impl Validity {
     fn push(&mut self, valid: bool) {
-        if self.len % 8 == 0 {
+        if self.len.is_multiple_of(8) {
             self.bits.push(0);
         }
         if valid {
@@ -126,7 +81,11 @@ struct Strings {
 
 impl Default for Strings {
     fn default() -> Self {
-        Strings { offsets: vec![0], data: Vec::new(), validity: Validity::default() }
+        Strings {
+            offsets: vec![0],
+            data: Vec::new(),
+            validity: Validity::default(),
+        }
     }
 }
 
@@ -293,7 +252,7 @@ struct Batch {
 impl Batch {
     /// Append the frame's row if it is vouched for; its kind otherwise OTHER.
     fn add(&mut self, index: i32, text: &str) -> u8 {
-        let Ok(frame) = sonic_rs::from_str::<Frame>(text) else {
+        let Some(frame) = flat_json::parse(text) else {
             return OTHER;
         };
         match frame.kind {
@@ -334,7 +293,7 @@ impl Batch {
         let sequence = f.sequence?;
         let price = plain_decimal(f.price?).filter(|&v| v > 0)?;
         let time = utc_micros(f.time?)?;
-        let texts = f.ticker_amounts();
+        let texts = f.amounts;
         let mut amounts = [None; 10];
         for (slot, text) in amounts.iter_mut().zip(texts) {
             if let Some(text) = text {
@@ -385,7 +344,10 @@ fn column<'py, T: Copy>(
 /// - `matches` and `tickers`: dicts of columns, each `{"data": bytes, "validity": bytes or
 ///   None}` (strings: `offsets`, `data`, `validity`); `frame` is the row's frame index.
 #[pyfunction]
-fn decode_coinbase<'py>(py: Python<'py>, texts: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyDict>> {
+fn decode_coinbase<'py>(
+    py: Python<'py>,
+    texts: &Bound<'py, PyList>,
+) -> PyResult<Bound<'py, PyDict>> {
     let mut batch = Batch {
         kinds: Vec::with_capacity(texts.len()),
         products: Products::default(),
@@ -407,7 +369,10 @@ fn decode_coinbase<'py>(py: Python<'py>, texts: &Bound<'py, PyList>) -> PyResult
     let matches = PyDict::new(py);
     matches.set_item("frame", column(py, &m.frame, None)?)?;
     matches.set_item("trade_id", column(py, &m.trade_id, None)?)?;
-    matches.set_item("sequence", column(py, &m.sequence.values, Some(&m.sequence.validity))?)?;
+    matches.set_item(
+        "sequence",
+        column(py, &m.sequence.values, Some(&m.sequence.validity))?,
+    )?;
     matches.set_item("taker_sell", PyBytes::new(py, &m.taker_sell))?;
     matches.set_item("product", column(py, &m.product, None)?)?;
     matches.set_item("price", column(py, &m.price, None)?)?;
@@ -427,7 +392,10 @@ fn decode_coinbase<'py>(py: Python<'py>, texts: &Bound<'py, PyList>) -> PyResult
         tickers.set_item(*name, column(py, &amount.values, Some(&amount.validity))?)?;
     }
     tickers.set_item("side", t.side.to_py(py)?)?;
-    tickers.set_item("trade_id", column(py, &t.trade_id.values, Some(&t.trade_id.validity))?)?;
+    tickers.set_item(
+        "trade_id",
+        column(py, &t.trade_id.values, Some(&t.trade_id.validity))?,
+    )?;
     tickers.set_item("time", column(py, &t.time, None)?)?;
     out.set_item("tickers", tickers)?;
     Ok(out)
@@ -447,8 +415,21 @@ mod tests {
     fn plain_decimals_are_scaled_exactly() {
         assert_eq!(plain_decimal("0.00001305"), Some(13_050_000));
         assert_eq!(plain_decimal("00042"), Some(42 * 10i128.pow(12)));
-        assert_eq!(plain_decimal("9999999999999999.999999999999"), Some(10i128.pow(28) - 1));
-        for bad in ["", ".5", "5.", "1.2.3", "-1", "+1", "1e5", "１", "1.0000000000001"] {
+        assert_eq!(
+            plain_decimal("9999999999999999.999999999999"),
+            Some(10i128.pow(28) - 1)
+        );
+        for bad in [
+            "",
+            ".5",
+            "5.",
+            "1.2.3",
+            "-1",
+            "+1",
+            "1e5",
+            "１",
+            "1.0000000000001",
+        ] {
             assert_eq!(plain_decimal(bad), None, "{bad}");
         }
         assert_eq!(plain_decimal("10000000000000000"), None); // 17 integer digits
@@ -457,7 +438,10 @@ mod tests {
     #[test]
     fn times_are_exact_microseconds() {
         assert_eq!(utc_micros("1970-01-01T00:00:00.000001Z"), Some(1));
-        assert_eq!(utc_micros("2024-02-29T23:59:59.999999Z"), Some(1_709_251_199_999_999));
+        assert_eq!(
+            utc_micros("2024-02-29T23:59:59.999999Z"),
+            Some(1_709_251_199_999_999)
+        );
         for bad in [
             "2023-02-29T00:00:00.000000Z",
             "2024-01-01T24:00:00.000000Z",
