@@ -3,14 +3,28 @@
 #   spark           - app + a Java runtime, pyspark and the Spark job's jars (Kafka source)
 # Build: docker build -t crypto-sentinel .            (or --target spark -t crypto-sentinel-spark)
 
+# The compiled decoder (native/, Rust): one abi3 wheel for CPython >= 3.11, built in Rust's
+# own image so the app image carries no compiler.
+FROM rust:1-slim-bookworm AS native
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3-venv python3-dev \
+ && rm -rf /var/lib/apt/lists/* \
+ && python3 -m venv /opt/maturin \
+ && /opt/maturin/bin/pip install "maturin>=1.5,<2"
+WORKDIR /native
+COPY native ./
+RUN /opt/maturin/bin/maturin build --release --out /wheels
+
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
 COPY bench ./bench
+COPY --from=native /wheels /wheels
 RUN python -m venv /opt/sentinel \
- && /opt/sentinel/bin/pip install .
+ && /opt/sentinel/bin/pip install . /wheels/*.whl
 
 FROM python:3.11-slim AS app
 ENV PATH=/opt/sentinel/bin:$PATH \

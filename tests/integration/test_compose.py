@@ -91,6 +91,8 @@ def test_dockerfile_is_multi_stage_slim_and_non_root() -> None:
     assert len(stages) >= 3 and all("slim" in s[1] or s[1] in {"build", "app"} for s in stages)
     assert "USER sentinel" in text and "HEALTHCHECK" in text
     assert 'CMD ["sentinel", "up"]' in text
+    # the compiled decoder is built in a stage of its own and installed as a wheel
+    assert "COPY native ./" in text and "maturin build" in text and "/wheels/*.whl" in text
 
 
 #: Optional settings the sentinel services pass through (issue 20: API token, Kafka security).

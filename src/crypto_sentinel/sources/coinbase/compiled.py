@@ -13,9 +13,9 @@ per-frame codec. `SENTINEL_COMPILED_DECODER=off` turns it off (to measure, or to
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
-from itertools import compress
 from types import ModuleType
 from typing import Any
 
@@ -31,12 +31,20 @@ from crypto_sentinel.sources.coinbase import columnar
 __all__ = ["AVAILABLE", "decode_batch"]
 
 
+log = logging.getLogger(__name__)
+
+
 def _load() -> ModuleType | None:
     if os.environ.get("SENTINEL_COMPILED_DECODER", "").lower() in ("off", "0", "false", "no"):
+        log.info("Coinbase frames decode in Python (SENTINEL_COMPILED_DECODER=off)")
         return None
     try:
         import crypto_sentinel_native
     except ImportError:
+        log.warning(
+            "the compiled decoder is not installed: Coinbase frames decode in Python, about "
+            "30 %% slower (install Rust from https://rustup.rs, then run `make install`)"
+        )
         return None
     return crypto_sentinel_native
 
@@ -46,7 +54,7 @@ _native = _load()
 AVAILABLE = _native is not None
 
 _TAKER_SIDES = pa.array(["buy", "sell"])  # by `taker_sell`: 1 when the maker bought
-_MATCH, _TICKER = 1, 2
+_OTHER = 0  # `kinds` of a frame left to Python (1: a match row, 2: a ticker row)
 
 
 def decode_batch(frames: Sequence[RawFrame]) -> DecodedBatch:
@@ -60,13 +68,23 @@ def decode_batch(frames: Sequence[RawFrame]) -> DecodedBatch:
     ctx = columnar._Frames(frames)
     products = pa.array(raw["products"], pa.string())
     known = pa.array([bool(PRODUCT_RE.match(p)) for p in raw["products"]], pa.bool_())
-    others = set(compress(range(n), (k not in (_MATCH, _TICKER) for k in kinds)))
+    others = _left_to_python(kinds)
     out.trades, out.trade_frames = _rows(_trades(raw["matches"], products), known, ctx, others)
     out.tickers, out.ticker_frames = _rows(_tickers(raw["tickers"], products), known, ctx, others)
     if others:
         where = sorted(others)
         merge_into(out, [(columnar.decode_batch([frames[i] for i in where]), where)])
     return out
+
+
+def _left_to_python(kinds: bytes) -> set[int]:
+    """Indexes of the frames the compiled decoder did not vouch for (a few per batch)."""
+    others = set()
+    at = kinds.find(_OTHER)
+    while at >= 0:
+        others.add(at)
+        at = kinds.find(_OTHER, at + 1)
+    return others
 
 
 class _Columns:
