@@ -42,8 +42,8 @@ def _load() -> ModuleType | None:
         import crypto_sentinel_native
     except ImportError:
         log.warning(
-            "the compiled decoder is not installed: Coinbase frames decode in Python, about "
-            "30 %% slower (install Rust from https://rustup.rs, then run `make install`)"
+            "the compiled decoder is not installed: Coinbase frames decode in Python, which is "
+            "slower (install Rust from https://rustup.rs, then run `make install`)"
         )
         return None
     return crypto_sentinel_native
