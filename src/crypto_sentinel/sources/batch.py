@@ -42,11 +42,18 @@ class DecodedBatch:
 
     @classmethod
     def empty(cls, frames: int) -> DecodedBatch:
-        none = pa.array([], pa.int32())
-        return cls(
-            frames, T.TRADES.schema.empty_table(), none, T.TICKERS.schema.empty_table(), none,
-            T.GAPS.schema.empty_table(), none,
-        )  # fmt: skip
+        none, trades, tickers, gaps = _EMPTY
+        return cls(frames, trades, none, tickers, none, gaps, none)
+
+
+#: Arrow arrays and tables are immutable: one set of empty ones serves every batch (making
+#: them costs more than decoding a few frames).
+_EMPTY = (
+    pa.array([], pa.int32()),
+    T.TRADES.schema.empty_table(),
+    T.TICKERS.schema.empty_table(),
+    T.GAPS.schema.empty_table(),
+)
 
 
 def decode_each(frames: Sequence[RawFrame], decode: FrameDecoder) -> DecodedBatch:
