@@ -10,7 +10,7 @@ install: $(VENV)/.installed
 
 # The compiled decoder (native/, Rust) is built when cargo is there (rustup's default place
 # counts too); without it the pipeline runs the Python decoder, which gives the same rows.
-CARGO_PATH := $(PATH):$(HOME)/.cargo/bin
+CARGO_PATH := $(PATH):$(HOME)/.cargo/bin:/usr/local/cargo/bin
 
 $(VENV)/.installed: pyproject.toml native/Cargo.toml native/pyproject.toml native/src/lib.rs
 	$(PYTHON) -m venv $(VENV)
