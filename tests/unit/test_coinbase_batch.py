@@ -32,12 +32,12 @@ from hypothesis import strategies as st
 
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.rows import gaps_table, tickers_table, trades_table
-from crypto_sentinel.model import GapRecord, Heartbeat, RawFrame, Ticker, Trade
+from crypto_sentinel.model import SCALE, GapRecord, Heartbeat, RawFrame, Ticker, Trade
 from crypto_sentinel.simulator import Market
 from crypto_sentinel.simulator.faults import CORRUPTIONS, FaultPlan, FaultSpec
 from crypto_sentinel.simulator.market import format_time
-from crypto_sentinel.sources.coinbase import columnar, compiled
-from crypto_sentinel.sources.coinbase.codec import FrameError, decode
+from crypto_sentinel.sources.coinbase import codec, columnar, compiled
+from crypto_sentinel.sources.coinbase.codec import MAX_INTEGER_DIGITS, FrameError, decode
 from crypto_sentinel.sources.coinbase.columnar import DecodedBatch, decode_batch
 from crypto_sentinel.sources.replay import parse_line
 from tests.conftest import COINBASE_DATA, SHARED
@@ -689,6 +689,13 @@ def test_leap_days_and_month_ends() -> None:
     days = ["1900-02-29", "2000-02-29", "2020-02-29", "2021-02-29", "2021-04-31", "2021-12-31"]
     texts = [with_(MATCH, time=f"{day}T12:00:00.000001Z") for day in days]
     assert_same(frames_of(texts + [with_(TICKER, time=f"{day}T00:00:00.000000Z") for day in days]))
+
+
+def test_the_compiled_decoder_copies_the_codecs_rules() -> None:
+    native = compiled._native
+    assert native is not None, "the compiled decoder is not installed"
+    assert (native.SCALE, native.MAX_INTEGER_DIGITS) == (SCALE, MAX_INTEGER_DIGITS)
+    assert tuple(native.TICKER_AMOUNTS) == codec._TICKER_AMOUNTS
 
 
 def test_the_compiled_decoder_vouches_for_the_common_frames(batch_decoder: str) -> None:
