@@ -16,11 +16,10 @@
 use std::collections::HashMap;
 
 mod flat_json;
-mod recording;
 
 use flat_json::Frame;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 /// Decimal places of the lake's decimal columns (`crypto_sentinel.model.SCALE`).
 const SCALE: usize = 12;
@@ -402,37 +401,9 @@ fn decode_coinbase<'py>(
     Ok(out)
 }
 
-/// `(recv_ts, frame text)` of each line of a `sentinel record` block (bytes, as read), or
-/// None when any line is not exactly `{"recv_ts": <float>, "raw": "<text>"}` (the caller then
-/// decodes the block line by line).
-#[pyfunction]
-fn recording_lines<'py>(
-    py: Python<'py>,
-    lines: &Bound<'py, PyList>,
-) -> PyResult<Option<Bound<'py, PyList>>> {
-    let mut pairs = Vec::with_capacity(lines.len());
-    for item in lines.iter() {
-        let Ok(line) = item.cast::<PyBytes>() else {
-            return Ok(None);
-        };
-        let Some((recv_ts, raw)) = recording::unwrap_line(line.as_bytes()) else {
-            return Ok(None);
-        };
-        pairs.push(PyTuple::new(
-            py,
-            [
-                recv_ts.into_pyobject(py)?.into_any(),
-                PyString::new(py, &raw).into_any(),
-            ],
-        )?);
-    }
-    Ok(Some(PyList::new(py, pairs)?))
-}
-
 #[pymodule]
 fn crypto_sentinel_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_coinbase, m)?)?;
-    m.add_function(wrap_pyfunction!(recording_lines, m)?)?;
     // The rules this decoder copies from Python, so a test can hold them equal.
     m.add("SCALE", SCALE)?;
     m.add("MAX_INTEGER_DIGITS", MAX_INTEGER_DIGITS)?;

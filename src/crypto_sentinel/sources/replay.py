@@ -15,7 +15,6 @@ import orjson
 
 from crypto_sentinel.model import RawFrame
 from crypto_sentinel.sources.base import Publish, SourceStatus, new_conn_id
-from crypto_sentinel.sources.extension import NATIVE
 
 
 def parse_line(line: str) -> tuple[float | None, str]:
@@ -46,12 +45,8 @@ def _frame_texts(lines: list[bytes]) -> list[tuple[float | None, str]]:
 
 
 def _recorded_texts(lines: list[bytes]) -> list[tuple[float | None, str]] | None:
-    """The common block, every line a `sentinel record` wrapper, in one compiled pass (or a
-    few C-level ones); None for any other block (`_frame_texts` then goes line by line)."""
-    if NATIVE is not None:
-        pairs: list[tuple[float | None, str]] | None = NATIVE.recording_lines(lines)
-        if pairs is not None:
-            return pairs
+    """The common block, every line a `sentinel record` wrapper, in a few C-level passes;
+    None for any other block (`_frame_texts` then goes line by line)."""
     try:
         wrappers = list(map(orjson.loads, lines))
         texts = [w["raw"] for w in wrappers]

@@ -8,13 +8,15 @@ It only vouches for frames written the way Coinbase writes them; every other fra
 through `columnar.decode_batch` (and so, where needed, the per-frame codec), as do rows whose
 product id fails the codec's pattern or whose time is near the skew limit. So the rows and the
 quarantine reasons are the same with it as without it; the differential tests hold both to the
-per-frame codec. `SENTINEL_COMPILED_DECODER=off` turns it off (to measure, or to rule it out;
-`sources/extension.py`).
+per-frame codec. `SENTINEL_COMPILED_DECODER=off` turns it off (to measure, or to rule it out).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Sequence
+from types import ModuleType
 from typing import Any
 
 import pyarrow as pa
@@ -25,12 +27,29 @@ from crypto_sentinel.lake import tables as T
 from crypto_sentinel.model import RawFrame
 from crypto_sentinel.sources.batch import DecodedBatch, merge_into
 from crypto_sentinel.sources.coinbase import columnar
-from crypto_sentinel.sources.extension import NATIVE
 
 __all__ = ["AVAILABLE", "decode_batch"]
 
 
-_native = NATIVE
+log = logging.getLogger(__name__)
+
+
+def _load() -> ModuleType | None:
+    if os.environ.get("SENTINEL_COMPILED_DECODER", "").lower() in ("off", "0", "false", "no"):
+        log.info("Coinbase frames decode in Python (SENTINEL_COMPILED_DECODER=off)")
+        return None
+    try:
+        import crypto_sentinel_native
+    except ImportError:
+        log.warning(
+            "the compiled decoder is not installed: Coinbase frames decode in Python, which is "
+            "slower (install Rust from https://rustup.rs, then run `make install`)"
+        )
+        return None
+    return crypto_sentinel_native
+
+
+_native = _load()
 #: Whether batches go through the compiled decoder (else `columnar.decode_batch` alone).
 AVAILABLE = _native is not None
 
