@@ -17,6 +17,8 @@ decoder quarantines that frame instead.
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -722,3 +724,19 @@ def test_a_large_random_batch() -> None:
             else rng.choice(list(CASES.values()))
         )
     assert_same(frames_of(texts, recv_ns))
+
+
+def test_without_the_compiled_decoder_one_line_says_so_and_python_decodes() -> None:
+    """A machine without Rust: the same rows from the Python decoder, and one warning."""
+    script = (
+        "import logging, sys; logging.basicConfig(format='%(levelname)s %(message)s'); "
+        "sys.modules['crypto_sentinel_native'] = None\n"
+        "from crypto_sentinel.model import RawFrame\n"
+        "from crypto_sentinel.sources.coinbase import compiled\n"
+        f"frame = RawFrame('coinbase', 'c', 1, {RECV_NS}, {dumps(MATCH)!r})\n"
+        "print(compiled.AVAILABLE, compiled.decode_batch([frame]).trades.num_rows)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert run.stdout.split() == ["False", "1"]
+    warnings = [line for line in run.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1 and "make install" in warnings[0], run.stderr
