@@ -697,7 +697,7 @@ def test_the_compiled_decoder_copies_the_codecs_rules() -> None:
     native = compiled._native
     assert native is not None, "the compiled decoder is not installed"
     assert (native.SCALE, native.MAX_INTEGER_DIGITS) == (SCALE, MAX_INTEGER_DIGITS)
-    assert tuple(native.TICKER_AMOUNTS) == codec._TICKER_AMOUNTS
+    assert tuple(native.TICKER_AMOUNTS) == codec.TICKER_AMOUNTS
 
 
 def test_the_compiled_decoder_vouches_for_the_common_frames(batch_decoder: str) -> None:

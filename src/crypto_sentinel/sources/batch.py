@@ -68,39 +68,38 @@ def decode_into(
 ) -> None:
     """Decode the frames at `which` one by one and merge their rows into `out` in frame
     order."""
-    trades: list[tuple[int, Trade]] = []
-    tickers: list[tuple[int, Ticker]] = []
-    gaps: list[tuple[int, GapRecord]] = []
-    for i in which:
+    part = DecodedBatch.empty(len(which))
+    rows: dict[type, tuple[list[Any], list[int]]] = {kind: ([], []) for kind, _ in _RECORD_TABLES}
+    for at, i in enumerate(which):
         try:
             record = storable(frames[i], decode)
         except FrameError as exc:
-            out.rejected.append((i, str(exc)))
+            part.rejected.append((at, str(exc)))
             continue
-        if isinstance(record, Trade):
-            trades.append((i, record))
-        elif isinstance(record, list):
-            trades.extend((i, t) for t in record)
-            out.backfill_pages += is_backfill_page(frames[i])
-        elif isinstance(record, Ticker):
-            tickers.append((i, record))
+        if isinstance(record, list):  # several trades (a REST page, or a venue's batch)
+            rows[Trade][0].extend(record)
+            rows[Trade][1].extend([at] * len(record))
+            part.backfill_pages += is_backfill_page(frames[i])
+        elif type(record) in rows:
+            rows[type(record)][0].append(record)
+            rows[type(record)][1].append(at)
         elif isinstance(record, Heartbeat):
-            out.heartbeats.append((i, record))
-        elif isinstance(record, GapRecord):
-            gaps.append((i, record))
+            part.heartbeats.append((at, record))
         else:
-            out.control += 1
-    if trades:
-        extra = trades_table([t for _, t in trades])
-        out.trades, out.trade_frames = _merge(out.trades, out.trade_frames, extra, trades)
-    if tickers:
-        extra = tickers_table([t for _, t in tickers])
-        out.tickers, out.ticker_frames = _merge(out.tickers, out.ticker_frames, extra, tickers)
-    if gaps:
-        out.gaps = gaps_table([g for _, g in gaps])
-        out.gap_frames = pa.array([i for i, _ in gaps], pa.int32())
+            part.control += 1
+    for (kind, to_table), (table, index) in zip(_RECORD_TABLES, _TABLES, strict=True):
+        records, positions = rows[kind]
+        if records:
+            setattr(part, table, to_table(records))
+            setattr(part, index, pa.array(positions, pa.int32()))
+    merge_into(out, [(part, which)])
 
 
+_RECORD_TABLES: tuple[tuple[type, Callable[[list[Any]], pa.Table]], ...] = (
+    (Trade, trades_table),
+    (Ticker, tickers_table),
+    (GapRecord, gaps_table),
+)
 _TABLES = (("trades", "trade_frames"), ("tickers", "ticker_frames"), ("gaps", "gap_frames"))
 
 
@@ -136,17 +135,6 @@ def merge_into(out: DecodedBatch, parts: Sequence[tuple[DecodedBatch, Sequence[i
             order = pc.sort_indices(idx)  # stable: rows of one frame keep their order
             setattr(out, table, merged.take(order))
             setattr(out, index, idx.take(order))
-
-
-def _merge(
-    table: pa.Table, frame_idx: pa.Int32Array, extra: pa.Table, rows: list[tuple[int, Any]]
-) -> tuple[pa.Table, pa.Int32Array]:
-    extra_idx = pa.array([i for i, _ in rows], pa.int32())
-    if not len(frame_idx):
-        return extra, extra_idx
-    idx = pa.concat_arrays([frame_idx, extra_idx])
-    order = pc.sort_indices(idx)  # stable: rows of one frame keep their order
-    return pa.concat_tables([table, extra]).take(order), idx.take(order)
 
 
 _INT_FIELDS: dict[type, tuple[str, ...]] = {

@@ -228,7 +228,7 @@ def _trade(frame: RawFrame, msg: _Match) -> Trade:
 def _ticker(frame: RawFrame, msg: _Ticker) -> Ticker:
     _check_product(msg.product_id)
     _check_amount("price", msg.price)
-    for name in _TICKER_AMOUNTS:
+    for name in TICKER_AMOUNTS:
         value = getattr(msg, name)
         if value is not None and _PLAIN_AMOUNT.fullmatch(value) is None:
             _check_amount(name, value, allow_zero=True)  # raises, saying what is wrong
@@ -256,7 +256,7 @@ def _ticker(frame: RawFrame, msg: _Ticker) -> Ticker:
 
 
 #: Ticker fields that may be zero (an empty book side, no volume yet) but must be plain decimals.
-_TICKER_AMOUNTS = (
+TICKER_AMOUNTS = (
     "best_bid", "best_ask", "best_bid_size", "best_ask_size", "last_size",
     "open_24h", "high_24h", "low_24h", "volume_24h", "volume_30d",
 )  # fmt: skip

@@ -53,12 +53,12 @@ _FAST_KINDS = _MATCH_KINDS | _TICKER_KINDS | _PAGE_KINDS
 #: Ticker amounts by lake type; the codec validates all of them alike.
 _TICKER_PRICES = tuple(
     name
-    for name in ("price", *codec._TICKER_AMOUNTS)
+    for name in ("price", *codec.TICKER_AMOUNTS)
     if T.TICKERS.schema.field(name).type == T.PRICE
 )
 _TICKER_VOLUMES = tuple(
     name
-    for name in ("price", *codec._TICKER_AMOUNTS)
+    for name in ("price", *codec.TICKER_AMOUNTS)
     if T.TICKERS.schema.field(name).type == T.AMOUNT
 )
 _MAKER_SIDES = pa.array(["buy", "sell"])
@@ -79,7 +79,7 @@ def decode_batch(frames: Sequence[RawFrame]) -> DecodedBatch:
     is_match = list(map(_MATCH_KINDS.__contains__, kinds))
     is_ticker = list(map(_TICKER_KINDS.__contains__, kinds))
     is_page = list(map(_PAGE_KINDS.__contains__, kinds))
-    ctx = _Frames(frames)
+    ctx = FrameContext(frames)
     trades = _TradeRows(ctx, msgs, is_match, is_page)
     tickers = _TickerRows(ctx, list(compress(msgs, is_ticker)), list(compress(range(n), is_ticker)))
     out = DecodedBatch(
@@ -117,7 +117,7 @@ def _parse(texts: list[str]) -> list[Any]:
             out.append(None)
 
 
-class _Frames:
+class FrameContext:
     """Per-frame values a row copies from its frame (exchange, conn_id, receive time)."""
 
     def __init__(self, frames: Sequence[RawFrame]) -> None:
@@ -211,7 +211,7 @@ class _Rows:
         if len(values) and not pc.min(values).as_py() > 0:
             self.reject(pc.greater(values, 0))
 
-    def times(self, ctx: _Frames, values: Sequence[datetime]) -> None:
+    def times(self, ctx: FrameContext, values: Sequence[datetime]) -> None:
         """Timestamps as `lake.writer` converts them; no timezone or too late: rejected."""
         times, aware = _utc_timestamps(values)
         self.columns["time"] = times
@@ -222,7 +222,9 @@ class _Rows:
 class _TradeRows(_Rows):
     """Trades of match frames and of backfill pages, in frame order."""
 
-    def __init__(self, ctx: _Frames, msgs: list[Any], is_match: list[bool], is_page: list[bool]):
+    def __init__(
+        self, ctx: FrameContext, msgs: list[Any], is_match: list[bool], is_page: list[bool]
+    ):
         n = len(msgs)
         match_idx = list(compress(range(n), is_match))
         cols = _match_columns(list(compress(msgs, is_match)))
@@ -278,7 +280,7 @@ class _TradeRows(_Rows):
 class _TickerRows(_Rows):
     """Tickers; amounts are checked and cast as text, as `lake.rows.tickers_table` does."""
 
-    def __init__(self, ctx: _Frames, msgs: list[Any], idx: list[int]) -> None:
+    def __init__(self, ctx: FrameContext, msgs: list[Any], idx: list[int]) -> None:
         super().__init__(idx)
         cols = _ticker_columns(msgs)
         self.int64("sequence", cols["sequence"], idx)

@@ -26,7 +26,7 @@ from crypto_sentinel.config import PRODUCT_RE
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.model import RawFrame
 from crypto_sentinel.sources.batch import DecodedBatch, merge_into
-from crypto_sentinel.sources.coinbase import columnar
+from crypto_sentinel.sources.coinbase import codec, columnar
 
 __all__ = ["AVAILABLE", "decode_batch"]
 
@@ -65,7 +65,7 @@ def decode_batch(frames: Sequence[RawFrame]) -> DecodedBatch:
     kinds: bytes = raw["kinds"]
     n = len(frames)
     out = DecodedBatch.empty(n)
-    ctx = columnar._Frames(frames)
+    ctx = columnar.FrameContext(frames)
     products = pa.array(raw["products"], pa.string())
     known = pa.array([bool(PRODUCT_RE.match(p)) for p in raw["products"]], pa.bool_())
     others = _left_to_python(kinds)
@@ -98,7 +98,7 @@ class _Columns:
 
 
 def _rows(
-    rows: _Columns, known: pa.Array, ctx: columnar._Frames, others: set[int]
+    rows: _Columns, known: pa.Array, ctx: columnar.FrameContext, others: set[int]
 ) -> tuple[pa.Table, pa.Int32Array]:
     """The table of the rows whose product and time pass; the frames of the others go to
     `others` (for the Python decoder, which says what is wrong or decides at the margin)."""
@@ -151,7 +151,7 @@ def _tickers(raw: dict[str, Any], products: pa.Array) -> _Columns:
         "trade_id": _array(pa.int64(), n, raw["trade_id"]),
         "time": _array(T.UTC_TS, n, raw["time"]),
     }
-    for name in ("price", *columnar.codec._TICKER_AMOUNTS):
+    for name in ("price", *codec.TICKER_AMOUNTS):
         columns[name] = _array(T.TICKERS.schema.field(name).type, n, raw[name])
     return _Columns(T.TICKERS.schema, columns, code)
 
