@@ -62,8 +62,7 @@ def frames(monkeypatch: pytest.MonkeyPatch) -> KafkaFrames:
 
 
 def taken(reader: KafkaFrames, *messages: Message) -> list[tuple[int, int]]:
-    out = [reader._frame(m) for m in messages]
-    return [(f.partition, f.offset) for f in out if f is not None]
+    return [(f.partition, f.offset) for f in reader._frames(list(messages))]
 
 
 def test_messages_of_partitions_not_assigned_are_left_to_their_owner(frames: KafkaFrames) -> None:
@@ -94,3 +93,16 @@ def test_a_jump_over_offsets_is_counted(
     assert got == [(1, 40), (0, 100), (0, 104), (0, 105)]  # partition 1 starts anywhere
     assert skipped._value.get() - before == 3
     assert "offsets 101..103 skipped" in caplog.text
+
+
+def test_a_frame_keeps_what_the_ingest_process_recorded(frames: KafkaFrames) -> None:
+    frames._on_assign(Assigner(), [TopicPartition(TOPIC, 1)])
+    first, second = frames._frames([Message(1, 7), Message(1, 8)])
+    assert (first.exchange, first.conn_id, first.recv_seq, first.recv_ns) == (
+        "coinbase",
+        "c1",
+        1,
+        1000,
+    )
+    assert (first.text, first.partition, first.offset) == ('{"type":"heartbeat"}', 1, 7)
+    assert second.conn_id is first.conn_id  # decoded once per connection

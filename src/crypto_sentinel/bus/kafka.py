@@ -270,6 +270,7 @@ class KafkaFrames:
     ) -> None:
         self.settings = settings
         self._exchanges: dict[str, str] = {}  # topic -> exchange
+        self._conn_ids: dict[bytes, str] = {}  # conn_id header -> its text
         self.position = position
         self.before_revoke = before_revoke
         self.after_assign = after_assign
@@ -355,7 +356,7 @@ class KafkaFrames:
         deadline = time.monotonic() + timeout
         while True:
             messages = self._consumer.consume(num_messages=min(max_frames, 5000), timeout=0)
-            frames = [f for f in map(self._frame, messages) if f is not None]
+            frames = self._frames(messages)
             if frames:
                 return frames
             # Always yield to the event loop, even with timeout 0, or the caller spins.
@@ -363,33 +364,56 @@ class KafkaFrames:
             if time.monotonic() >= deadline:
                 return []
 
-    def _frame(self, msg: Any) -> RawFrame | None:
-        """The frame a message carries (None for an error event, or a message this consumer
-        must not process); its headers say where and when the ingest process received it."""
-        if msg.error() is not None:
-            if msg.error().code() != KafkaError._PARTITION_EOF:
-                log.warning("kafka consumer: %s", msg.error())
-            return None
-        if not self._in_order(msg.topic(), msg.partition(), msg.offset()):
-            return None
-        headers = dict(msg.headers() or ())
-        recv_ns = headers.get("recv_ns")
-        recv_seq = headers.get("recv_seq")
-        conn_id = headers.get("conn_id")
-        value = msg.value() or b""
-        topic = msg.topic()
-        exchange = self._exchanges.get(topic)
-        if exchange is None:
-            exchange = self._exchanges[topic] = exchange_of(self.settings, topic)
-        return RawFrame(
-            exchange,
-            conn_id.decode() if conn_id else f"kafka-{msg.partition()}",
-            int(recv_seq) if recv_seq else msg.offset(),
-            int(recv_ns) if recv_ns else msg.timestamp()[1] * 1_000_000,
-            value.decode("utf-8", errors="replace"),
-            msg.partition(),
-            msg.offset(),
-        )
+    def _frames(self, messages: list[Any]) -> list[RawFrame]:
+        """The frames the messages carry, in order, leaving out error events and messages this
+        consumer must not process (`_in_order`). The headers say where and when the ingest
+        process received each frame. One loop with its lookups hoisted: draining a backlog,
+        this was a third of the engine thread's time."""
+        frames: list[RawFrame] = []
+        append = frames.append
+        expected = self._next
+        exchanges = self._exchanges
+        conn_ids = self._conn_ids
+        for msg in messages:
+            if msg.error() is not None:
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("kafka consumer: %s", msg.error())
+                continue
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            key = (topic, partition)
+            if expected.get(key) == offset:  # the common case: the next message
+                expected[key] = offset + 1
+            elif not self._in_order(topic, partition, offset):
+                continue
+            headers = dict(msg.headers() or ())
+            recv_ns, recv_seq, conn = (
+                headers.get("recv_ns"),
+                headers.get("recv_seq"),
+                headers.get("conn_id"),
+            )
+            exchange = exchanges.get(topic)
+            if exchange is None:
+                exchange = exchanges[topic] = exchange_of(self.settings, topic)
+            if conn:
+                conn_id = conn_ids.get(conn)
+                if conn_id is None:
+                    if len(conn_ids) >= 1024:  # one per ingest connection; bounded anyway
+                        conn_ids.clear()
+                    conn_id = conn_ids[conn] = conn.decode("utf-8", errors="replace")
+            else:
+                conn_id = f"kafka-{partition}"
+            append(
+                RawFrame(
+                    exchange,
+                    conn_id,
+                    int(recv_seq) if recv_seq else offset,
+                    int(recv_ns) if recv_ns else msg.timestamp()[1] * 1_000_000,
+                    (msg.value() or b"").decode("utf-8", errors="replace"),
+                    partition,
+                    offset,
+                )
+            )
+        return frames
 
     def _in_order(self, topic: str, partition: int, offset: int) -> bool:
         """Whether to process this message: its partition is assigned and it is the next one.
