@@ -40,3 +40,22 @@ async def test_a_waiting_take_wakes_on_publish() -> None:
     await asyncio.sleep(0.01)
     await bus.publish(frame(1))
     assert [f.recv_seq for f in await asyncio.wait_for(waiting, 1.0)] == [1]
+
+
+async def test_publishing_many_keeps_order_and_waits_while_full() -> None:
+    bus = MemoryBus(capacity=100)
+
+    async def produce() -> None:
+        for start in range(0, 1000, 64):
+            await bus.publish_many([frame(i) for i in range(start, min(start + 64, 1000))])
+
+    producer = asyncio.create_task(produce())
+    got: list[int] = []
+    deepest = 0
+    while len(got) < 1000:
+        await asyncio.sleep(0)
+        deepest = max(deepest, bus.depth())
+        got.extend(f.recv_seq for f in await bus.take(37, 1.0))
+    await producer
+    assert got == list(range(1000))
+    assert 0 < deepest < 100 + 64  # a part is handed over whole once there is room

@@ -1,11 +1,16 @@
 """A replay reads its recording a block at a time: every block gives what `parse_line` gives
-line by line, whether all of it is `sentinel record` wrappers (the fast pass) or not."""
+line by line, whether all of it is `sentinel record` wrappers (the fast pass) or not, and
+handing frames over a part at a time gives what handing them over one by one does."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 
-from crypto_sentinel.sources.replay import _frame_texts, parse_line
+from crypto_sentinel.bus.memory import MemoryBus
+from crypto_sentinel.sources.replay import PUBLISH_FRAMES, ReplaySource, _frame_texts, parse_line
 
 WRAPPED = [
     b'{"recv_ts": 1704067200.25, "raw": "{\\"type\\":\\"match\\",\\"trade_id\\":1}"}\n',
@@ -39,3 +44,24 @@ def test_a_block_of_wrappers_keeps_stamps_and_text() -> None:
         (1704067200.25, '{"type":"match","trade_id":1}'),
         (1704067201.5, "caf\u00e9 \U0001f600"),
     ]
+
+
+def test_full_speed_blocks_give_the_frames_one_by_one_does(tmp_path: Path) -> None:
+    """At full speed to the in-process bus, frames go over `PUBLISH_FRAMES` at a time: the
+    same texts in the same order with the same sequence numbers, none left out."""
+    lines = [*WRAPPED, *ODD[:5]] * 400  # several parts, and more than one read block
+    path = tmp_path / "recording.ndjson"
+    path.write_bytes(b"".join(lines))
+
+    async def replay(many: bool) -> list[tuple[str, int, str]]:
+        bus = MemoryBus(capacity=10**6)
+        source = ReplaySource(path, exchange="simulator")
+        if many:
+            source.publish_many = bus.publish_many
+        await source.run(bus.publish)
+        assert source.status.frames == bus.depth()
+        return [(f.exchange, f.recv_seq, f.text) for f in await bus.take(10**6, 0)]
+
+    one_by_one = asyncio.run(replay(many=False))
+    assert len(one_by_one) == len(per_line(lines)) > 2 * PUBLISH_FRAMES
+    assert asyncio.run(replay(many=True)) == one_by_one

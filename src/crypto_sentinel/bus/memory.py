@@ -30,6 +30,15 @@ class MemoryBus:
         self._frames.append(frame)
         self._readable.set()
 
+    async def publish_many(self, frames: list[RawFrame]) -> None:
+        """Hand several frames over at once (a replay's block): one wait for room instead of
+        one per frame. The bus may hold up to `len(frames) - 1` frames beyond its capacity."""
+        while len(self._frames) >= self.capacity:
+            self._writable.clear()
+            await self._writable.wait()
+        self._frames.extend(frames)
+        self._readable.set()
+
     def depth(self) -> int:
         return len(self._frames)
 

@@ -100,6 +100,9 @@ class IngestRole:
                 self.publisher.run_delivery_reports(), name="kafka-delivery"
             )
         self.sources = await self.choose_sources()
+        for source in self.sources:
+            if bus is not None and isinstance(source, ReplaySource):
+                source.publish_many = bus.publish_many
         if bus is None:
             exchanges = [source.status.exchange for source in self.sources]
             await asyncio.to_thread(ensure_topics, self.settings, exchanges)

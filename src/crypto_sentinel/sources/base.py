@@ -14,6 +14,8 @@ from crypto_sentinel.model import RawFrame
 from crypto_sentinel.sources.codec import Sighting
 
 Publish = Callable[[RawFrame], Awaitable[None]]
+#: Several frames at once, in order (the in-process bus's `publish_many`).
+PublishMany = Callable[[list[RawFrame]], Awaitable[None]]
 
 
 def new_conn_id() -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 
 from crypto_sentinel.model import RawFrame
-from crypto_sentinel.sources.base import Publish, SourceStatus, new_conn_id
+from crypto_sentinel.sources.base import Publish, PublishMany, SourceStatus, new_conn_id
 
 
 def parse_line(line: str) -> tuple[float | None, str]:
@@ -64,6 +64,8 @@ def _recorded_texts(lines: list[bytes]) -> list[tuple[float | None, str]] | None
 
 #: Bytes of the recording read and parsed at a time.
 BLOCK_BYTES = 1 << 18
+#: Frames handed over at a time at full speed, between which the engine and the API run.
+PUBLISH_FRAMES = 512
 
 
 class ReplaySource:
@@ -73,6 +75,9 @@ class ReplaySource:
         self.status = SourceStatus(kind="replay", exchange=exchange, url=str(path))
         self.done = asyncio.Event()
         self.bytes_read = 0  # of the recording, for progress bars
+        #: Set when the frames go to the in-process bus: at full speed they are handed over
+        #: `PUBLISH_FRAMES` at a time (a coroutine per frame cost as much as reading it).
+        self.publish_many: PublishMany | None = None
 
     async def run(self, publish: Publish) -> None:
         conn_id = new_conn_id()
@@ -84,7 +89,12 @@ class ReplaySource:
         seq = 0
         with self.path.open("rb") as fh:
             while lines := fh.readlines(BLOCK_BYTES):
-                for ts, text in _frame_texts(lines):
+                texts = _frame_texts(lines)
+                if self.speed is None and self.publish_many is not None:
+                    seq = await self._publish_block(texts, conn_id, seq, self.publish_many)
+                    self.bytes_read = fh.tell()
+                    continue
+                for ts, text in texts:
                     if self.speed is not None and ts is not None:
                         first_ts = ts if first_ts is None else first_ts
                         wait = (ts - first_ts) / self.speed - (time.monotonic() - started)
@@ -93,7 +103,7 @@ class ReplaySource:
                     seq += 1
                     now = time.time_ns()
                     await publish(RawFrame(exchange, conn_id, seq, now, text))
-                    if seq % 512 == 0:
+                    if seq % PUBLISH_FRAMES == 0:
                         self.status.frames = seq
                         self.status.last_frame_ns = now
                         await asyncio.sleep(0)  # let the engine and the API run
@@ -103,3 +113,27 @@ class ReplaySource:
         self.status.connected = False
         self.status.finished = True
         self.done.set()
+
+    async def _publish_block(
+        self,
+        texts: list[tuple[float | None, str]],
+        conn_id: str,
+        seq: int,
+        publish_many: PublishMany,
+    ) -> int:
+        """Hand a block's frames over `PUBLISH_FRAMES` at a time, each part stamped with the
+        time it was handed over; returns the last sequence number used."""
+        exchange = self.status.exchange
+        for at in range(0, len(texts), PUBLISH_FRAMES):
+            part = texts[at : at + PUBLISH_FRAMES]
+            now = time.time_ns()
+            frames = [
+                RawFrame(exchange, conn_id, n, now, text)
+                for n, (_, text) in enumerate(part, seq + 1)
+            ]
+            seq += len(frames)
+            await publish_many(frames)
+            self.status.frames = seq
+            self.status.last_frame_ns = now
+            await asyncio.sleep(0)  # let the engine and the API run
+        return seq
