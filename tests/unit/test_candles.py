@@ -8,7 +8,8 @@ import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from crypto_sentinel.engine.candles import Candle, minute_start
+from crypto_sentinel.engine.candles import Candle, candles_of, minute_start
+from crypto_sentinel.lake.rows import trades_table
 from crypto_sentinel.model import Trade
 
 T0 = datetime(2026, 1, 2, 3, 4, 0, tzinfo=UTC)
@@ -81,3 +82,42 @@ def test_row_round_trip() -> None:
     row = c.to_row()
     assert row["vwap"] == c.vwap and row["date"] == T0.date()
     assert dataclasses.asdict(Candle.from_row(row)) == dataclasses.asdict(c)
+
+
+def test_column_wise_candles_equal_trade_by_trade_ones() -> None:
+    """`candles_of` (a chunk's Arrow rows) gives the candles `Candle.add` builds trade by trade:
+    products and minutes interleaved, trades out of order, times shared by several trades (the
+    trade id then decides open and close)."""
+    rng = random.Random(11)
+    trades = []
+    for i in range(3000):
+        exchange, product = rng.choice(
+            [("coinbase", "BTC-USD"), ("coinbase", "ETH-USD"), ("kraken", "BTC-USD")]
+        )
+        seconds = rng.choice([0, 1, 59.5, 60, 61, 125, 3600]) + rng.randrange(3) / 1000
+        price = Decimal(rng.randrange(1, 10**9)).scaleb(-rng.randrange(0, 8))
+        size = Decimal(rng.randrange(1, 10**12)).scaleb(-12)
+        side = rng.choice(["buy", "sell"])
+        trades.append(
+            Trade(
+                exchange,
+                product,
+                rng.randrange(10**6) * 4096 + i,
+                price,
+                size,
+                side,
+                T0 + timedelta(seconds=seconds),
+                0,
+            )
+        )
+    expected: dict[tuple[str, str, datetime], Candle] = {}
+    for t in trades:
+        start = minute_start(t.time)
+        key = (t.exchange, t.product_id, start)
+        if key in expected:
+            expected[key].add(t)
+        else:
+            expected[key] = Candle.from_trade(t, start)
+    got = candles_of(trades_table(trades))
+    assert {c.key: c for c in got} == expected
+    assert len(got) == len(expected)

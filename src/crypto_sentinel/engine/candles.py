@@ -151,11 +151,9 @@ def candles_of(trades: pa.Table) -> list[Candle]:
     """
     if not trades.num_rows:
         return []
-    order = pc.sort_indices(
-        trades,
-        [("exchange", "ascending"), ("product_id", "ascending"), ("time", "ascending"),
-         ("trade_id", "ascending")],
-    )  # fmt: skip
+    # Rows in (time, trade_id) order: then each group's first and last row are its open and
+    # close, whatever the order of the groups (no need to sort by the string keys too).
+    order = pc.sort_indices(trades, [("time", "ascending"), ("trade_id", "ascending")])
     t = trades.select(["exchange", "product_id", "trade_id", "price", "size", "side", "time"])
     t = t.take(order)
     size, is_buy = t["size"], pc.equal(t["side"], "buy")
@@ -171,7 +169,8 @@ def candles_of(trades: pa.Table) -> list[Candle]:
         [("row", "min"), ("row", "max"), ("price", "max"), ("price", "min"), ("size", "sum"),
          ("buy", "sum"), ("sell", "sum"), ("quote", "sum"), ("row", "count")]
     )  # fmt: skip
-    first, last = t.take(groups["row_min"]), t.take(groups["row_max"])
+    ends = t.select(["price", "trade_id", "time"])  # what a candle takes from its first and last
+    first, last = ends.take(groups["row_min"]), ends.take(groups["row_max"])
     columns = (
         groups["exchange"].to_pylist(),
         groups["product_id"].to_pylist(),
