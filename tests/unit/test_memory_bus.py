@@ -13,6 +13,21 @@ def frame(i: int) -> RawFrame:
     return RawFrame("simulator", "c", i, i, f"{{{i}}}")
 
 
+async def consume(
+    bus: MemoryBus, producer: asyncio.Task[None], count: int
+) -> tuple[list[int], int]:
+    """Take `count` frames in small bites as they come: their sequence numbers, and the
+    deepest the bus got meanwhile."""
+    got: list[int] = []
+    deepest = 0
+    while len(got) < count:
+        await asyncio.sleep(0)
+        deepest = max(deepest, bus.depth())
+        got.extend(f.recv_seq for f in await bus.take(37, 1.0))
+    await producer
+    return got, deepest
+
+
 async def test_order_capacity_and_timeout() -> None:
     bus = MemoryBus(capacity=100)
     assert await bus.take(10, 0.01) == []
@@ -21,14 +36,7 @@ async def test_order_capacity_and_timeout() -> None:
         for i in range(1000):
             await bus.publish(frame(i))
 
-    producer = asyncio.create_task(produce())
-    got: list[int] = []
-    deepest = 0
-    while len(got) < 1000:
-        await asyncio.sleep(0)
-        deepest = max(deepest, bus.depth())
-        got.extend(f.recv_seq for f in await bus.take(37, 1.0))
-    await producer
+    got, deepest = await consume(bus, asyncio.create_task(produce()), 1000)
     assert got == list(range(1000))
     assert 0 < deepest <= 100
     assert bus.depth() == 0
@@ -49,13 +57,6 @@ async def test_publishing_many_keeps_order_and_waits_while_full() -> None:
         for start in range(0, 1000, 64):
             await bus.publish_many([frame(i) for i in range(start, min(start + 64, 1000))])
 
-    producer = asyncio.create_task(produce())
-    got: list[int] = []
-    deepest = 0
-    while len(got) < 1000:
-        await asyncio.sleep(0)
-        deepest = max(deepest, bus.depth())
-        got.extend(f.recv_seq for f in await bus.take(37, 1.0))
-    await producer
+    got, deepest = await consume(bus, asyncio.create_task(produce()), 1000)
     assert got == list(range(1000))
     assert 0 < deepest < 100 + 64  # a part is handed over whole once there is room
