@@ -67,6 +67,12 @@ CHUNK_FRAMES = 2000
 UNSHOWN_CHUNK_FRAMES = 5000
 
 
+def _new_batch() -> Batch:
+    """An empty batch; every frame added goes through `process_frames`, so its first log
+    positions are known."""
+    return Batch(version=0, first_positions={})
+
+
 @dataclass
 class EngineStats:
     frames: int = 0
@@ -120,7 +126,7 @@ class Engine:
         self._dirty: set[CandleKey] = set()
         self._newest_minute: dict[tuple[str, str], datetime] = {}
         self._generation = 0  # `forget` calls so far: a commit's result adopts only its own
-        self._pending = Batch(version=0)
+        self._pending = _new_batch()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-writer")
         self._inflight: Future[CommitResult] | None = None
         self.on_commit: list[Callable[[Batch], None]] = []
@@ -163,7 +169,7 @@ class Engine:
             self._restore_books([f for _, frames in in_doubt for f in frames])
         stats = replace(self.stats)  # counters describe the input, not the recovery
         self._rederiving = True  # ... and so do the metrics
-        pending, self._pending = self._pending, Batch(version=0)
+        pending, self._pending = self._pending, _new_batch()
         try:
             for commit, frames in in_doubt:
                 self.process_frames(frames)
@@ -226,9 +232,14 @@ class Engine:
         pending = self._pending
         pending.frames.extend(frames)
         if frames[0].offset >= 0 or frames[-1].offset >= 0:
+            positions, firsts = pending.positions, pending.first_positions
+            assert firsts is not None  # the engine's batches know them
             for frame in frames:
-                if frame.offset >= 0:
-                    pending.positions[(frame.exchange, frame.partition)] = frame.offset
+                if (offset := frame.offset) >= 0:
+                    key = (frame.exchange, frame.partition)
+                    positions[key] = offset
+                    if offset < firsts.get(key, offset + 1):
+                        firsts[key] = offset
         stats = self.stats
         stats.frames += len(frames)
         accepted = self.acceptor.accept(frames)
@@ -315,7 +326,7 @@ class Engine:
         batch.partial_candles = list(self._partial.values())
         self._dirty = set()
         self._partial = {}
-        self._pending = Batch(version=0)
+        self._pending = _new_batch()
         return batch
 
     def committed(self, batch: Batch, result: CommitResult, adopt: bool = True) -> None:

@@ -47,6 +47,7 @@ from crypto_sentinel.lake.rows import (
     tickers_table,
     trades_table,
 )
+from crypto_sentinel.lake.txns import TxnVersions
 from crypto_sentinel.model import GapRecord, RawFrame, Rejected, Ticker, Trade
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,9 @@ CONFLICT_WARN_EVERY = 10
 CONFLICT_GIVE_UP_SECONDS = 600.0
 
 
+Positions = dict[tuple[str, int], int]  # (exchange, partition) -> a durable-log offset
+
+
 @dataclass
 class Batch:
     """Everything one micro-batch commits, already decoded and deduplicated."""
@@ -97,7 +101,11 @@ class Batch:
     book_update_tables: list[pa.Table] = field(default_factory=list)
     book_snapshot_tables: list[pa.Table] = field(default_factory=list)
     #: Durable-log positions the batch covers: (exchange, partition) -> last offset.
-    positions: dict[tuple[str, int], int] = field(default_factory=dict)
+    positions: Positions = field(default_factory=dict)
+    #: ... and the first offset of each (the lowest), so a batch whose first offsets are all
+    #: past what bronze holds skips the row-by-row check for a replayed log range. None: not
+    #: known, every row is checked.
+    first_positions: Positions | None = None
     #: Delta transactions to record instead of the ones derived from version/positions (a
     #: batch derived again from bronze keeps the transactions of its bronze commit).
     txns: dict[str, int] | None = None
@@ -187,6 +195,7 @@ class LakeWriter:
         self._stale = False  # maintenance committed since: refresh the snapshots first
         self._since_open = 0  # batches committed since the tables were opened
         self._crash = _crash_hook()
+        self._txns = TxnVersions()
 
     @property
     def last_version(self) -> int:
@@ -240,10 +249,12 @@ class LakeWriter:
         def add(spec: T.TableSpec, fn: Any, *args: Any) -> None:
             writes.append(TableWrite(spec.name, functools.partial(self._with_retry, fn, *args)))
 
+        firsts = batch.first_positions
         if batch.frames:
-            add(T.BRONZE, self._append, T.BRONZE, batch.frames, bronze_table, txns)
+            add(T.BRONZE, self._append, T.BRONZE, batch.frames, bronze_table, txns, firsts)
         if batch.rejected:
-            add(T.QUARANTINE, self._append, T.QUARANTINE, batch.rejected, quarantine_table, txns)
+            rejected = batch.rejected
+            add(T.QUARANTINE, self._append, T.QUARANTINE, rejected, quarantine_table, txns, firsts)
         trades = _combined(T.TRADES, batch.trades, trades_table, batch.trade_tables)
         if trades is not None:
             add(T.TRADES, self._append, T.TRADES, trades, _same, txns)
@@ -323,21 +334,29 @@ class LakeWriter:
             for dt in self.tables.values():
                 dt.update_incremental()
 
-    def _recorded(self, spec: T.TableSpec, txns: Txns) -> dict[str, int]:
+    def _append(
+        self,
+        spec: T.TableSpec,
+        rows: list[Any],
+        build: Any,
+        txns: Txns,
+        firsts: Positions | None = None,
+    ) -> None:
+        """Append a batch's rows to a table that does not hold the batch yet. Bronze and
+        quarantine rows carry durable-log positions (`firsts`: the batch's first offset per
+        partition, None if not known); those the table already holds (a replayed log range)
+        are left out."""
         dt = self.tables[spec.name]
-        versions = {app: dt.transaction_version(app) for app in txns}
-        return {app: -1 if v is None else v for app, v in versions.items()}
-
-    def _append(self, spec: T.TableSpec, rows: list[Any], build: Any, txns: Txns) -> None:
-        recorded = self._recorded(spec, txns)
+        before = dt.version()
+        recorded = self._txns.recorded(spec.name, dt, txns)
         if all(recorded[app] >= version for app, version in txns.items()):
             return  # this table already holds the batch
-        if any(recorded[app] >= 0 for app in txns) and spec in (T.BRONZE, T.QUARANTINE):
+        if spec in (T.BRONZE, T.QUARANTINE) and self._may_hold(recorded, firsts):
             rows = [r for r in rows if not self._holds(r, recorded)]  # a replayed log range
             if not rows:
                 return
         write_deltalake(
-            self.tables[spec.name],
+            dt,
             build(rows),
             mode="append",
             partition_by=list(spec.partition_by),
@@ -346,8 +365,18 @@ class LakeWriter:
                 app_transactions=[Transaction(app, v) for app, v in txns.items()]
             ),
         )
+        self._txns.committed(spec.name, dt, before, txns)
         if self._crash is not None:
             self._crash.committed(spec.name)
+
+    def _may_hold(self, recorded: dict[str, int], firsts: Positions | None) -> bool:
+        """Whether some row of the batch may be one the table holds already."""
+        if firsts is None:
+            return any(version >= 0 for version in recorded.values())
+        return any(
+            recorded.get(self.partition_app_id(ex, p), -1) >= first
+            for (ex, p), first in firsts.items()
+        )
 
     def _holds(self, row: RawFrame | Rejected, recorded: dict[str, int]) -> bool:
         frame = row.frame if isinstance(row, Rejected) else row
@@ -373,10 +402,11 @@ class LakeWriter:
         return len(candles)
 
     def _upsert_candles(self, data: pa.Table, txns: Txns) -> None:
-        recorded = self._recorded(T.CANDLES_1M, txns)
+        dt = self.tables[T.CANDLES_1M.name]
+        before = dt.version()
+        recorded = self._txns.recorded(T.CANDLES_1M.name, dt, txns)
         if txns and all(recorded[app] >= version for app, version in txns.items()):
             return
-        dt = self.tables[T.CANDLES_1M.name]
         dates = sorted({d.isoformat() for d in data.column("date").to_pylist()})
         in_dates = ", ".join(f"'{d}'" for d in dates)  # dates come from our own rows
         predicate = (
@@ -399,6 +429,7 @@ class LakeWriter:
             .when_not_matched_insert_all()
             .execute()
         )
+        self._txns.committed(T.CANDLES_1M.name, dt, before, txns)
         if self._crash is not None:
             self._crash.committed(T.CANDLES_1M.name)
 
