@@ -1,7 +1,7 @@
 """The Spark sink's driver side on real Delta lakes (no JVM: the frames a Spark batch collects
 are handed over directly): its rows equal the embedded engine's, a batch Spark runs again
 changes nothing, a kill between bronze and the derived tables is finished at the next start,
-and the parallel commit keeps bronze first and trades before candles."""
+and the writer's parallel commit keeps bronze first and trades before candles."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from crypto_sentinel.lake.writer import Batch, CommitPlan, LakeWriter, TableWrit
 from crypto_sentinel.model import RawFrame
 from crypto_sentinel.simulator.market import Market
 from crypto_sentinel.spark import job
-from crypto_sentinel.spark.commit import ParallelCommit
 from crypto_sentinel.spark.sink import LakeSink, collect_frames
 from tests.lakebuild import rest_page
 
@@ -151,16 +150,21 @@ def test_a_kill_after_bronze_is_finished_at_the_next_start(tmp_path: Path) -> No
     _assert_same(tmp_path / "embedded", lake)
 
 
-def test_parallel_commit_runs_bronze_first_and_trades_before_candles(tmp_path: Path) -> None:
+def test_the_writer_commits_bronze_first_and_trades_before_candles(tmp_path: Path) -> None:
     writer = LakeWriter(tmp_path / "lake", APP)
     spans: dict[str, tuple[float, float]] = {}
     clock = threading.Lock()
     counter = iter(range(1_000_000))
+    tickers_started = threading.Event()
 
     def timed(write: TableWrite) -> TableWrite:
         def run() -> None:
             with clock:
                 begin = next(counter)
+            if write.table == T.TICKERS.name:
+                tickers_started.set()
+            if write.table == T.CANDLES_1M.name:  # one after the other, this would wait 10 s
+                assert tickers_started.wait(10), "tickers did not commit beside candles"
             write.run()
             with clock:
                 spans[write.table] = (begin, next(counter))
@@ -179,9 +183,8 @@ def test_parallel_commit_runs_bronze_first_and_trades_before_candles(tmp_path: P
     batch = engine.cut(version=7)
     assert batch is not None
     batch.txns = {APP: 7}
-    committer = ParallelCommit(writer)
-    committer.commit(batch)
-    committer.close()
+    writer.commit(batch)
+    writer.close()
     assert {T.BRONZE.name, T.TRADES.name, T.CANDLES_1M.name, T.TICKERS.name} <= spans.keys()
     bronze_end = spans.pop(T.BRONZE.name)[1]
     assert all(begin > bronze_end for begin, _ in spans.values()), spans

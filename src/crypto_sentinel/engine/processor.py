@@ -435,3 +435,4 @@ class Engine:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+        self.writer.close()

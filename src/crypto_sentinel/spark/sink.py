@@ -4,7 +4,7 @@ Per batch one Spark job: the batch's frames (the Kafka envelope as bus/kafka.py 
 `decode.frames`) collected to the driver as Arrow. There the embedded engine's own code
 decodes, validates, deduplicates, keeps the newer tickers and folds the candles
 (`engine.processor.Engine`), and its writer commits through delta-rs (lake/writer.py): bronze
-first, then the derived tables in parallel threads (spark/commit.py).
+first, then the derived tables in parallel threads.
 
 Why on the driver (issue 22; docs/benchmarks.md, session 9): planned as Spark work, a batch
 was six Spark jobs and four or more delta-spark commits, about a second each on 2 cores,
@@ -35,7 +35,6 @@ from pyspark.sql import DataFrame
 from crypto_sentinel.engine.processor import Engine
 from crypto_sentinel.model import RawFrame
 from crypto_sentinel.spark import decode
-from crypto_sentinel.spark.commit import ParallelCommit
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,6 @@ class LakeSink:
         self.engine = engine
         self.app_id = app_id
         self.topic_prefix = topic_prefix
-        self.committer = ParallelCommit(engine.writer)
         self.timings: dict[str, float] = {}
 
     def __call__(self, records: DataFrame, batch_id: int) -> None:
@@ -75,8 +73,8 @@ class LakeSink:
         batch.positions = {}
         batch.txns = {self.app_id: batch_id}  # the Spark batch, not the Kafka offsets
         with self._step("commit"):
-            result = self.committer.commit(batch)
-        self.timings.update(self.committer.timings)
+            result = engine.writer.commit(batch)
+        self.timings.update(engine.writer.timings)
         engine.committed(batch, result)
         after = _counts(engine)
         return {k: after[k] - before[k] for k in after if after[k] - before[k]}
@@ -88,7 +86,6 @@ class LakeSink:
         self.timings[name] = round(time.monotonic() - started, 3)
 
     def close(self) -> None:
-        self.committer.close()
         self.engine.close()
 
 
