@@ -100,10 +100,11 @@ class IngestRole:
                 self.publisher.run_delivery_reports(), name="kafka-delivery"
             )
         self.sources = await self.choose_sources()
-        for source in self.sources:
-            if bus is not None and isinstance(source, ReplaySource):
-                source.publish_many = bus.publish_many
-        if bus is None:
+        if bus is not None:
+            for source in self.sources:
+                if isinstance(source, ReplaySource):
+                    source.publish_many = bus.publish_many
+        else:
             exchanges = [source.status.exchange for source in self.sources]
             await asyncio.to_thread(ensure_topics, self.settings, exchanges)
         feeds = [self._run_source(i, publish) for i in range(len(self.sources))]
