@@ -36,13 +36,14 @@ from collections.abc import Callable
 
 #: The variable deltalake's jemalloc (tikv-jemallocator, symbol prefix `_rjem_`) reads.
 DELTA_JEMALLOC_ENV = "_RJEM_MALLOC_CONF"
-#: One arena (the writer commits one table at a time), thread caches of at most 8 blocks per
-#: size (up to 4 KiB) and 2 larger ones, and freed pages returned after 200 ms (the built-in
-#: background thread does it). The caches are per thread and deltalake's runtime keeps ~100
-#: threads, most of them idle, whose caches jemalloc never flushes: at its default slot
-#: counts (up to 200 blocks a size) they held ~20 MB of `sentinel up` (docs/benchmarks.md,
-#: session 19). Without any cache the commits were slower (live frame -> Delta p99 444-492 ms
-#: against 297 ms).
+#: One arena (the writer commits up to four tables at a time; with them side by side the
+#: 10-minute memory run was unchanged, docs/benchmarks.md session 24), thread caches of at
+#: most 8 blocks per size (up to 4 KiB) and 2 larger ones, and freed pages returned after
+#: 200 ms (the built-in background thread does it). The caches are per thread and
+#: deltalake's runtime keeps ~100 threads, most of them idle, whose caches jemalloc never
+#: flushes: at its default slot counts (up to 200 blocks a size) they held ~20 MB of
+#: `sentinel up` (docs/benchmarks.md, session 19). Without any cache the commits were slower
+#: (live frame -> Delta p99 444-492 ms against 297 ms).
 DELTA_JEMALLOC = (
     "narenas:1,tcache_max:4096,tcache_nslots_small_max:8,tcache_nslots_large:2,"
     "dirty_decay_ms:200,muzzy_decay_ms:0"
