@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import httpx
+import orjson
 
 from crypto_sentinel.ops.ports import free_port as free_port
 from crypto_sentinel.ops.ports import free_port_run as free_port_run
@@ -227,29 +228,94 @@ def health(port: int) -> dict[str, Any]:
         return {}
 
 
+#: HTTP clients the `/latest` pollers can use (`sentinel bench ingest --poller`).
+POLLERS = ("lean", "httpx")
+
+
+class LeanHttp:
+    """A keep-alive HTTP/1.1 GET client on asyncio streams, for the `/latest` pollers.
+
+    Why: httpx costs about a millisecond of Python per request. Polling every millisecond it
+    took 43 % of a core on this 2-core machine (docs/benchmarks.md, session 23), from the
+    process it measures, and its own parsing delay counted as latency. This one writes the
+    request line and reads `Content-Length` bytes: what any lean client of the API does."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def get(self, path: str) -> bytes:
+        """The body of a 200 answer; OSError (and reconnect next time) on anything else."""
+        if self._streams is None:
+            self._streams = await asyncio.open_connection("127.0.0.1", self.port)
+        reader, writer = self._streams
+        try:
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            status, *fields = head.split(b"\r\n")
+            length = next(
+                (int(f[15:]) for f in fields if f[:15].lower() == b"content-length:"), None
+            )
+            if length is None:
+                raise OSError(f"no Content-Length in the answer to {path}")
+            body = await reader.readexactly(length)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            self.close()
+            raise OSError(str(exc)) from exc
+        if status.split(b" ", 2)[1:2] != [b"200"]:
+            raise OSError(f"{path}: {status.decode(errors='replace')}")
+        return body
+
+    def close(self) -> None:
+        if self._streams is not None:
+            self._streams[1].close()
+            self._streams = None
+
+
 async def poll_latest(
-    port: int, running: Callable[[], bool], out: list[int], interval: float = 0.005
+    port: int,
+    running: Callable[[], bool],
+    out: list[int],
+    interval: float = 0.005,
+    client: str = "lean",
 ) -> None:
     """An HTTP client polling /latest: when did each trade become visible to it?
 
     A trade's latency is counted up to when the poll that first shows it has been answered,
-    so it includes up to `interval` of sampling delay."""
+    so it includes up to `interval` of sampling delay, and the client's own time per request
+    (`client`: one of POLLERS)."""
     seen: set[tuple[str, int]] = set()
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+
+    def note(body: dict[str, Any]) -> None:
+        now = time.time_ns()
+        for item in body["data"]:
+            key = (item["symbol"], item["trade_id"])
+            if key not in seen:
+                seen.add(key)
+                recv = datetime.fromisoformat(item["recv_time"].replace("Z", "+00:00"))
+                out.append(now - int(recv.timestamp() * 1e9))
+
+    if client == "httpx":
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            while running():
+                try:
+                    note((await http.get("/latest")).json())
+                except httpx.TransportError:
+                    await asyncio.sleep(0.05)
+                    continue
+                await asyncio.sleep(interval)
+        return
+    lean = LeanHttp(port)
+    try:
         while running():
             try:
-                body = (await client.get("/latest")).json()
-            except httpx.TransportError:
+                note(orjson.loads(await lean.get("/latest")))
+            except OSError:
                 await asyncio.sleep(0.05)
                 continue
-            now = time.time_ns()
-            for item in body["data"]:
-                key = (item["symbol"], item["trade_id"])
-                if key not in seen:
-                    seen.add(key)
-                    recv = datetime.fromisoformat(item["recv_time"].replace("Z", "+00:00"))
-                    out.append(now - int(recv.timestamp() * 1e9))
             await asyncio.sleep(interval)
+    finally:
+        lean.close()
 
 
 # --- recordings ----------------------------------------------------------------------------

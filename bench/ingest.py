@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -171,11 +172,16 @@ def main(
     fast_trades: int = 200_000,
     kafka_trades: int = 200_000,
     exchange: str = "coinbase",
+    poller: str = common.POLLERS[0],
 ) -> dict[str, Any]:
     """Run the chosen phases, one after the other (2 cores: side by side they would measure
     their competition), after the decode-floor baseline on the `trades` recording.
     `exchange` other than coinbase: the recording speaks that venue's protocol (replay phase
-    and decode floor only; the live, fast and Kafka phases are Coinbase's)."""
+    and decode floor only; the live, fast and Kafka phases are Coinbase's). `poller`: the
+    HTTP client of the `/latest` pollers (`common.POLLERS`)."""
+    if poller not in common.POLLERS:
+        raise ValueError(f"unknown poller {poller!r}; choose from {', '.join(common.POLLERS)}")
+    os.environ["BENCH_POLLER"] = poller  # the pollers are children of this process's children
     if exchange != "coinbase" and set(phases.split(",")) - {"replay"}:
         phases = "replay"
     chosen = [p.strip() for p in phases.split(",") if p.strip()]
@@ -189,7 +195,9 @@ def main(
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": common.machine(),
         "command": _command(trades, chosen, live_seconds, live_rate, fast_trades, kafka_trades)
-        + ("" if exchange == "coinbase" else f" --exchange {exchange}"),
+        + ("" if exchange == "coinbase" else f" --exchange {exchange}")
+        + ("" if poller == common.POLLERS[0] else f" --poller {poller}"),
+        "poller": poller,
         "trades": trades,
         "phases": chosen,
     }

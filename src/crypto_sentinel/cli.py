@@ -301,7 +301,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     # Options of one benchmark only go, as keyword arguments, to the main() that takes them.
     names = ("phases", "live_seconds", "live_rate", "fast_trades", "kafka_trades", "minutes",
-             "rate", "clients", "exchange")  # fmt: skip
+             "rate", "clients", "exchange", "poller")  # fmt: skip
     options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     wrong = [f"--{k.replace('_', '-')}" for k in options
              if k not in inspect.signature(module.main).parameters]  # fmt: skip
@@ -425,6 +425,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--fast-trades", type=int, help="ingest fast phase: trades (default 200000)")
     p.add_argument("--kafka-trades", type=int, help="ingest kafka phase: trades (default 200000)")
+    p.add_argument(
+        "--poller",
+        choices=("lean", "httpx"),
+        help="ingest: HTTP client of the /latest pollers (default lean: keep-alive HTTP/1.1)",
+    )
     p.add_argument("--minutes", type=float, help="memory: minutes of live feed (default 10)")
     p.add_argument("--rate", type=float, help="memory: simulator trades/s (default 2000)")
     p.add_argument("--clients", type=int, help="memory: API clients polling (default 50)")

@@ -4,11 +4,12 @@ timing is asserted."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from pathlib import Path
 
 import pytest
-from bench import compaction, ingest, memory
+from bench import common, compaction, ingest, memory
 from bench.memory import slope_per_minute, sparkline
 
 from tests.conftest import free_port
@@ -38,6 +39,44 @@ def test_live_and_fast_phases(tmp_path: Path) -> None:
     assert fast["trades_per_s"] > 0 and fast["socket_floor"]["frames"] == fast["frames_sent"]
     text = ingest.markdown(result)
     assert "#### Live" in text and "#### Fast" in text and "2,003 / 2,003 (no loss)" in text
+
+
+def test_lean_http_client_keeps_one_connection_and_rejects_errors() -> None:
+    """The pollers' lean client: bodies of 200 answers over one kept-alive connection; any
+    other status, or a closed connection, is an OSError (and it connects afresh)."""
+
+    async def scenario() -> tuple[list[bytes], list[str], int]:
+        per_connection = [[b"200 OK", b"404 Not Found", b"200 OK"], [b"200 OK"]]
+        connections = 0
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal connections
+            connections += 1
+            for status in per_connection.pop(0):
+                await reader.readuntil(b"\r\n\r\n")
+                body = b'{"call": %d}' % connections
+                head = b"HTTP/1.1 %s\r\nContent-Length: %d\r\n\r\n" % (status, len(body))
+                writer.write(head + body)
+                await writer.drain()
+            writer.close()  # then the client finds the connection closed
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        client = common.LeanHttp(server.sockets[0].getsockname()[1])
+        bodies, errors = [], []
+        for _ in range(5):
+            try:
+                bodies.append(await client.get("/latest"))
+            except OSError as exc:
+                errors.append(str(exc))
+        client.close()
+        server.close()
+        await server.wait_closed()
+        return bodies, errors, connections
+
+    bodies, errors, connections = asyncio.run(scenario())
+    assert bodies == [b'{"call": 1}', b'{"call": 1}', b'{"call": 2}']
+    assert len(errors) == 2 and "404 Not Found" in errors[0]
+    assert connections == 2  # one kept alive for three answers, one after it was closed
 
 
 @pytest.mark.parametrize("exchange", ["binance", "kraken", "coinbase-advanced"])
