@@ -304,24 +304,20 @@ class LakeWriter:
         if batch.rejected:
             rejected = batch.rejected
             add(T.QUARANTINE, self._append, T.QUARANTINE, rejected, quarantine_table, txns, firsts)
-        trades = _combined(T.TRADES, batch.trades, trades_table, batch.trade_tables)
-        if trades is not None:
-            add(T.TRADES, self._append, T.TRADES, trades, _same, txns)
-        tickers = _combined(T.TICKERS, batch.tickers, tickers_table, batch.ticker_tables)
-        if tickers is not None:
-            add(T.TICKERS, self._append, T.TICKERS, tickers, _same, txns)
-        for spec, parts in (
-            (T.BOOK_UPDATES, batch.book_update_tables),
-            (T.BOOK_SNAPSHOTS, batch.book_snapshot_tables),
-        ):
-            books = _combined(spec, [], None, parts)
-            if books is not None:
-                add(spec, self._append, spec, books, _same, txns)
+        derived: list[tuple[T.TableSpec, list[Any], Any, list[pa.Table]]] = [
+            (T.TRADES, batch.trades, trades_table, batch.trade_tables),
+            (T.TICKERS, batch.tickers, tickers_table, batch.ticker_tables),
+            (T.BOOK_UPDATES, [], None, batch.book_update_tables),
+            (T.BOOK_SNAPSHOTS, [], None, batch.book_snapshot_tables),
+        ]
+        for spec, records, build, tables in derived:
+            if records or any(t.num_rows for t in tables):
+                add(spec, self._append, spec, (records, tables), _Combined(spec, build), txns)
         if batch.candles or batch.partial_candles:
             add(T.CANDLES_1M, self._write_candles, batch, plan.merged, txns)
-        gaps = _combined(T.GAPS, batch.gaps, gaps_table, batch.gap_tables)
-        if gaps is not None:
-            add(T.GAPS, self._append, T.GAPS, gaps, _same, txns)
+        if batch.gaps or any(t.num_rows for t in batch.gap_tables):
+            parts = (batch.gaps, batch.gap_tables)
+            add(T.GAPS, self._append, T.GAPS, parts, _Combined(T.GAPS, gaps_table), txns)
         return plan
 
     def done(self, batch: Batch) -> None:
@@ -387,7 +383,7 @@ class LakeWriter:
     def _append(
         self,
         spec: T.TableSpec,
-        rows: list[Any],
+        rows: Any,
         build: Any,
         txns: Txns,
         firsts: Positions | None = None,
@@ -534,16 +530,17 @@ def read_candles(
     return found
 
 
-def _same(table: pa.Table) -> pa.Table:
-    return table
+@dataclass(frozen=True)
+class _Combined:
+    """Builds one table of a batch's records (per-frame path) and its column-wise decoded
+    rows, inside the table's own write: after bronze, beside the other tables, instead of
+    before bronze starts (a live batch's records took ~27 ms to convert, measured)."""
 
+    spec: T.TableSpec
+    build: Any  # records -> table
 
-def _combined(
-    spec: T.TableSpec, records: Sequence[Any], build: Any, tables: list[pa.Table]
-) -> pa.Table | None:
-    """One table of a batch's records and its column-wise decoded rows; None if empty."""
-    parts = [build(records)] if records else []
-    parts.extend(t for t in tables if t.num_rows)
-    if not parts:
-        return None
-    return parts[0] if len(parts) == 1 else pa.concat_tables(parts).cast(spec.schema)
+    def __call__(self, parts: tuple[Sequence[Any], list[pa.Table]]) -> pa.Table:
+        records, tables = parts
+        built = [self.build(records)] if records else []
+        built.extend(t for t in tables if t.num_rows)
+        return built[0] if len(built) == 1 else pa.concat_tables(built).cast(self.spec.schema)
