@@ -282,8 +282,10 @@ def _wait_ready(
             }
             admin = AdminClient(conf)
         if admin is not None:
-            wait = max(0.5, min(3.0, deadline - time.monotonic()))
-            not_ready = _not_ready_reason(admin, {p.node for p in brokers}, wait)
+            left = deadline - time.monotonic()
+            wait = max(0.5, min(3.0, left))
+            patience = max(wait, min(COORDINATOR_PATIENCE_S, left))
+            not_ready = _not_ready_reason(admin, {p.node for p in brokers}, wait, patience)
             if not_ready is None:
                 return
             reason = not_ready
@@ -295,7 +297,20 @@ def _wait_ready(
         time.sleep(0.2)
 
 
-def _not_ready_reason(admin: Any, expected: set[int], timeout: float) -> str | None:
+#: How long a readiness probe's group lookups may wait for a coordinator (seconds, within
+#: the start's own timeout). librdkafka 2.x can abort the whole process when a
+#: DescribeConsumerGroups request times out while it is still looking for the coordinator
+#: (confluentinc/librdkafka#4605, "rd_kafka_enq_once_del_source_return: Assertion
+#: `eonce->refcnt > 0' failed"; seen here once, in a test's three-node start, with 3 s):
+#: waiting for the answer instead keeps the lookups off that path.
+COORDINATOR_PATIENCE_S = 30.0
+
+
+def _not_ready_reason(
+    admin: Any, expected: set[int], timeout: float, patience: float
+) -> str | None:
+    """Why the cluster is not ready yet (None: ready). `timeout` bounds the metadata
+    request, `patience` the group lookups (see COORDINATOR_PATIENCE_S)."""
     from confluent_kafka import KafkaError, KafkaException
 
     try:
@@ -315,7 +330,7 @@ def _not_ready_reason(admin: Any, expected: set[int], timeout: float) -> str | N
         # A fresh cluster creates it on the first coordinator lookup: done here, or the first
         # consumer group's member would wait ~3 s for it (measured) to join.
         for future in admin.describe_consumer_groups(
-            ["sentinel-ready-probe-0"], request_timeout=timeout
+            ["sentinel-ready-probe-0"], request_timeout=patience
         ).values():
             with contextlib.suppress(KafkaException):
                 future.result()
@@ -328,7 +343,7 @@ def _not_ready_reason(admin: Any, expected: set[int], timeout: float) -> str | N
         KafkaError._TRANSPORT,
     }
     futures = admin.describe_consumer_groups(
-        _probe_groups(len(offsets.partitions)), request_timeout=timeout
+        _probe_groups(len(offsets.partitions)), request_timeout=patience
     )
     for future in futures.values():
         try:
