@@ -19,10 +19,17 @@ arena, stayed resident. `trim_heap_forever` hands them back every 10 s (`malloc_
 a call). Measured in `sentinel up` (docs/benchmarks.md, session 18): median RSS -13 MB in a
 pair of 12-minute runs probed with gdb, within noise in an unprobed pair of 10-minute runs.
 
+glibc also gives each thread that allocates while another does a heap (an "arena") of its
+own, up to 8 per core, and freed blocks stay in the heap that made them: the event loop, the
+writer's threads and Arrow's each kept some. `sentinel up` had 14 such heaps after 30 s; with
+one heap for all, its own memory (`RssAnon`) over 10 minutes at 2,000 trades/s with 50 API
+clients was lower at the median and at the peak (docs/benchmarks.md, session 26). The threads
+that allocate most (deltalake's) use jemalloc, so they do not wait for that one heap.
+
 Both libraries read their variable once, when they load: `configure()` runs from the package's
 `__init__`, before anything imports them. A value already in the environment wins
 (`_RJEM_MALLOC_CONF=` with nothing after it restores jemalloc's own defaults;
-`ARROW_DEFAULT_MEMORY_POOL=mimalloc` Arrow's).
+`ARROW_DEFAULT_MEMORY_POOL=mimalloc` Arrow's; `MALLOC_ARENA_MAX` glibc's).
 """
 
 from __future__ import annotations
@@ -55,10 +62,31 @@ ARROW_POOL_ENV = "ARROW_DEFAULT_MEMORY_POOL"
 ARROW_POOL = "system"
 
 
+#: The variable glibc reads at start for the most arenas of its heap, and `mallopt`'s number
+#: for the same limit (malloc.h).
+C_ARENAS_ENV = "MALLOC_ARENA_MAX"
+M_ARENA_MAX = -8
+#: One C heap for every thread (see above).
+C_ARENAS = 1
+
+
+def limit_c_arenas(arenas: int = C_ARENAS) -> bool:
+    """Cap glibc's arenas (before other threads allocate: a thread keeps the arena it got);
+    False where there is no glibc or the environment set its own limit."""
+    if C_ARENAS_ENV in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_ARENA_MAX, arenas))
+
+
 def configure() -> bool:
     """Set the defaults above unless the environment has its own; False if it is too late
     for deltalake's (it was imported before this package)."""
     os.environ.setdefault(ARROW_POOL_ENV, ARROW_POOL)  # child processes too, if too late here
+    limit_c_arenas()
     if "deltalake" in sys.modules:
         return False
     os.environ.setdefault(DELTA_JEMALLOC_ENV, DELTA_JEMALLOC)

@@ -25,8 +25,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from crypto_sentinel.completeness import minute_flags
 from crypto_sentinel.gapflags import NOT_CLOSED, TRADE_GAP, GapFlags, Span
 from crypto_sentinel.lake import tables as T
@@ -190,6 +188,8 @@ async def verify(
     reports = []
     flags = GapFlags(reader, ttl=0.0)
     flags.load()
+    import httpx  # here, not at the top: every verb's module loads when the CLI starts
+
     async with httpx.AsyncClient(base_url=rest_url.rstrip("/"), timeout=30) as client:
         for product in products:
             report = contiguity(reader, exchange, product)

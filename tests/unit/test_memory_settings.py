@@ -59,6 +59,20 @@ def test_up_loads_neither_duckdb_nor_pyarrow_dataset_at_import() -> None:
     assert not duck and not dataset
 
 
+def test_the_cli_and_pipeline_leave_the_feeds_clients_unloaded_until_a_source_runs() -> None:
+    """`sentinel process` (Kafka -> lake) starts without the WebSocket and HTTP clients of the
+    feeds (~0.1 s of imports); `Pipeline` loads them when it has sources to run."""
+    code = (
+        "import json, sys, crypto_sentinel.runtime\n"
+        "from crypto_sentinel import cli\n"
+        "cli.build_parser()\n"
+        "print(json.dumps([m for m in ('httpx', 'picows', 'crypto_sentinel.pipeline.ingest')"
+        " if m in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
 def test_deltalake_jemalloc_understands_every_option(tmp_path: Path) -> None:
     """jemalloc names an option it does not know on stderr, in every process: a typo in
     DELTA_JEMALLOC would print to every user's terminal and leave its setting out."""
@@ -178,3 +192,37 @@ async def test_the_heap_is_trimmed_periodically_until_stop(
     stop.set()
     await asyncio.wait_for(task, 2)
     assert len(calls) >= 3
+
+
+ARENAS_OF_FOUR_THREADS = """
+import contextlib, ctypes, io, os, sys, threading
+import crypto_sentinel
+
+def allocate():
+    kept = [bytearray(4096) for _ in range(5_000)]  # from the C heap, not pymalloc
+    del kept
+
+threads = [threading.Thread(target=allocate) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+sys.stderr.flush()
+ctypes.CDLL(None).malloc_stats()  # one "Arena N:" block per arena, on stderr
+"""
+
+
+@pytest.mark.parametrize(("env_limit", "arenas"), [(None, 1), ("3", 3)])
+def test_threads_share_one_c_heap_unless_the_environment_says(
+    env_limit: str | None, arenas: int
+) -> None:
+    """Importing the package caps glibc at one arena before any other thread allocates (each
+    thread would get its own, holding freed blocks); MALLOC_ARENA_MAX set by the user wins."""
+    env = {k: v for k, v in os.environ.items() if k != native.C_ARENAS_ENV}
+    if env_limit is not None:
+        env[native.C_ARENAS_ENV] = env_limit
+    out = subprocess.run(
+        [sys.executable, "-c", ARENAS_OF_FOUR_THREADS],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert out.stderr.count("Arena ") == arenas, out.stderr

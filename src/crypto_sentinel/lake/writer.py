@@ -249,11 +249,11 @@ class LakeWriter:
         started = time.perf_counter()
         plan = self.plan(batch)
         self.timings = {}
-        self.run(plan.writes)
+        self._run(plan.writes)
         self.done(batch)
         return CommitResult(batch.version, plan.merged, time.perf_counter() - started)
 
-    def run(self, writes: Sequence[TableWrite]) -> None:
+    def _run(self, writes: Sequence[TableWrite]) -> None:
         """Bronze first; then the derived tables side by side, trades before candles. Every
         write has ended before the first error is raised."""
         first = [w for w in writes if w.table == T.BRONZE.name]
@@ -287,7 +287,7 @@ class LakeWriter:
             self._side = None
 
     def plan(self, batch: Batch) -> CommitPlan:
-        """A batch's table writes, bronze first, each retried on its own; `run` runs them.
+        """A batch's table writes, bronze first, each retried on its own; `_run` runs them.
         Call with `lock` held; then `done`."""
         self._refresh_if_stale()
         txns = self.transactions(batch)
@@ -309,15 +309,13 @@ class LakeWriter:
             (T.TICKERS, batch.tickers, tickers_table, batch.ticker_tables),
             (T.BOOK_UPDATES, [], None, batch.book_update_tables),
             (T.BOOK_SNAPSHOTS, [], None, batch.book_snapshot_tables),
+            (T.GAPS, batch.gaps, gaps_table, batch.gap_tables),
         ]
         for spec, records, build, tables in derived:
             if records or any(t.num_rows for t in tables):
                 add(spec, self._append, spec, (records, tables), _Combined(spec, build), txns)
         if batch.candles or batch.partial_candles:
             add(T.CANDLES_1M, self._write_candles, batch, plan.merged, txns)
-        if batch.gaps or any(t.num_rows for t in batch.gap_tables):
-            parts = (batch.gaps, batch.gap_tables)
-            add(T.GAPS, self._append, T.GAPS, parts, _Combined(T.GAPS, gaps_table), txns)
         return plan
 
     def done(self, batch: Batch) -> None:

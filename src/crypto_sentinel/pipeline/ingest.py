@@ -235,18 +235,6 @@ class IngestRole:
         return asyncio.create_task(twin.run(publish), name=f"source-{twin.status.exchange}")
 
 
-def source_counters(sources: list[Source]) -> dict[str, int]:
-    """The sources' reliability counters, summed (zeros without sources)."""
-    statuses = [source.status for source in sources]
-    return {
-        "reconnects": sum(src.reconnects for src in statuses),
-        "gaps": sum(src.gaps for src in statuses),
-        "missing_trades": sum(src.missing_trades for src in statuses),
-        "backfilled_trades": sum(src.backfilled_trades for src in statuses),
-        "unfilled_trades": sum(src.unfilled_trades for src in statuses),
-    }
-
-
 async def _all(coroutines: list[Any]) -> None:
     """Run sources side by side; the first to fail cancels the others and raises its
     error."""

@@ -29,13 +29,13 @@ from crypto_sentinel.health import heartbeat_path, heartbeats
 from crypto_sentinel.lake.lock import writer_lock
 from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.native import trim_heap_forever
-from crypto_sentinel.pipeline.ingest import IngestRole, source_counters
 from crypto_sentinel.pipeline.process import ProcessRole
-from crypto_sentinel.sources.base import Source
+from crypto_sentinel.sources.base import Source, source_counters
 from crypto_sentinel.startup import StartupError, bind_api, check_lake, check_source, lake_problem
 
 if TYPE_CHECKING:  # the API stack (FastAPI, uvicorn) loads only in processes that serve it
     from crypto_sentinel.pipeline.api import ApiRole
+    from crypto_sentinel.pipeline.ingest import IngestRole
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,9 @@ class Pipeline:
             if isinstance(self.lake, str):
                 raise
             raise StartupError(lake_problem(self.lake, exc)) from exc
-        if ingest:
+        if ingest:  # the feeds' clients load only in processes that ingest
+            from crypto_sentinel.pipeline.ingest import IngestRole
+
             known = self.processing.engine.trade_id_ranges if self.processing else None
             self.ingesting = IngestRole(settings, self.reader, known)
         self.api: ApiRole | None = None  # built by `run` when it serves the API

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -60,6 +60,18 @@ class SourceStatus:
             "last_frame_age_seconds": age,
             "backfill_oldest_pending_seconds": round((now - oldest) / 1e9, 3) if oldest else 0.0,
         }
+
+
+def source_counters(sources: Sequence[Source]) -> dict[str, int]:
+    """The sources' reliability counters, summed (zeros without sources)."""
+    statuses = [source.status for source in sources]
+    return {
+        "reconnects": sum(src.reconnects for src in statuses),
+        "gaps": sum(src.gaps for src in statuses),
+        "missing_trades": sum(src.missing_trades for src in statuses),
+        "backfilled_trades": sum(src.backfilled_trades for src in statuses),
+        "unfilled_trades": sum(src.unfilled_trades for src in statuses),
+    }
 
 
 @dataclass(eq=False)

@@ -16,9 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache, lru_cache
-from typing import TYPE_CHECKING
-
-import httpx
+from typing import TYPE_CHECKING, TypeAlias
 
 from crypto_sentinel.books.events import BookEvent, BookSync
 from crypto_sentinel.model import RawFrame
@@ -31,7 +29,9 @@ from crypto_sentinel.sources.batch import (
 )
 from crypto_sentinel.sources.codec import Decoded, FrameError, Sighting
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # httpx loads where a feed or `sentinel verify` runs, not in `process`
+    import httpx
+
     from crypto_sentinel.sources.feed import Connector
 
 SIMULATED_PREFIX = "simulator-"
@@ -203,10 +203,10 @@ def connector_for(venue: str) -> Connector:
 
 #: A venue's REST 1-minute candles: (client, take a rate-limit token, product, first minute,
 #: last minute) -> {minute: [low, high, open, close, volume]} (`sentinel verify`).
-RestCandles = Callable[
-    [httpx.AsyncClient, Callable[[], Awaitable[None]], str, int, int],
-    Awaitable[dict[int, list[Decimal]]],
-]
+RestCandles: TypeAlias = (
+    "Callable[[httpx.AsyncClient, Callable[[], Awaitable[None]], str, int, int],"
+    " Awaitable[dict[int, list[Decimal]]]]"
+)
 
 
 def rest_candles_for(venue: str) -> RestCandles:
