@@ -24,7 +24,9 @@ own, up to 8 per core, and freed blocks stay in the heap that made them: the eve
 writer's threads and Arrow's each kept some. `sentinel up` had 14 such heaps after 30 s; with
 one heap for all, its own memory (`RssAnon`) over 10 minutes at 2,000 trades/s with 50 API
 clients was lower at the median and at the peak (docs/benchmarks.md, session 26). The threads
-that allocate most (deltalake's) use jemalloc, so they do not wait for that one heap.
+that allocate most (deltalake's) use jemalloc and do not share it; the event loop and the
+writer's threads do, and replay at full speed was slower in four of five interleaved pairs
+(about a tenth, within the host's noise).
 
 Both libraries read their variable once, when they load: `configure()` runs from the package's
 `__init__`, before anything imports them. A value already in the environment wins
