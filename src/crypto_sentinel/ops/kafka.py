@@ -22,11 +22,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -260,10 +263,8 @@ def _wait_ready(
     leaders, and (on restarts) every consumer-offsets partition's group coordinator has loaded:
     otherwise the first commit or offset fetch fails with NOT_COORDINATOR.
     """
-    from confluent_kafka.admin import AdminClient
-
     deadline = time.monotonic() + timeout
-    admin: AdminClient | None = None
+    conf: dict[str, Any] | None = None
     reason = "listeners not accepting connections"
     while True:
         dead = [p for p in brokers if not p.alive]
@@ -273,19 +274,17 @@ def _wait_ready(
                 f"Kafka node(s) {sorted(codes)} exited during startup (exit codes {codes})\n"
                 + _node_tails(d, sorted(codes))
             )
-        if admin is None and all(_port_open(p.host, p.port) for p in brokers):
-            conf: dict[str, Any] = {
+        if conf is None and all(_port_open(p.host, p.port) for p in brokers):
+            conf = {
                 "bootstrap.servers": cluster.bootstrap(),
-                "logger": log,  # librdkafka chatter goes to logging, not the user's stderr
                 "log_level": 3,
                 **(security.client_config() if security is not None else {}),
             }
-            admin = AdminClient(conf)
-        if admin is not None:
+        if conf is not None:
             left = deadline - time.monotonic()
             wait = max(0.5, min(3.0, left))
             patience = max(wait, min(COORDINATOR_PATIENCE_S, left))
-            not_ready = _not_ready_reason(admin, {p.node for p in brokers}, wait, patience)
+            not_ready = _not_ready_in_child(conf, {p.node for p in brokers}, wait, patience)
             if not_ready is None:
                 return
             reason = not_ready
@@ -301,9 +300,50 @@ def _wait_ready(
 #: the start's own timeout). librdkafka 2.x can abort the whole process when a
 #: DescribeConsumerGroups request times out while it is still looking for the coordinator
 #: (confluentinc/librdkafka#4605, "rd_kafka_enq_once_del_source_return: Assertion
-#: `eonce->refcnt > 0' failed"; seen here once, in a test's three-node start, with 3 s):
-#: waiting for the answer instead keeps the lookups off that path.
+#: `eonce->refcnt > 0' failed"; seen here in a test's three-node start, with 3 s). Waiting
+#: longer did not prevent every abort (session 26), so the probe runs in a process of its own.
 COORDINATOR_PATIENCE_S = 30.0
+
+
+def _not_ready_in_child(
+    conf: dict[str, Any], expected: set[int], timeout: float, patience: float
+) -> str | None:
+    """`_not_ready_reason` in a process of its own (`python -m crypto_sentinel.ops.kafka`):
+    librdkafka 2.x still aborted a caller once with the lookups' patience above (a test run's
+    three-node start, session 26), and an abort must end the probe, not the process that
+    starts Kafka (a user's shell command, or the whole test run)."""
+    request = {"conf": conf, "expected": sorted(expected), "timeout": timeout, "patience": patience}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "crypto_sentinel.ops.kafka"],
+            input=json.dumps(request),  # not in argv: the conf may hold credentials
+            capture_output=True,
+            text=True,
+            timeout=timeout + patience + PROBE_START_S,
+        )
+    except subprocess.TimeoutExpired:
+        return "readiness probe did not answer"
+    if done.returncode != 0:
+        return f"readiness probe ended with exit code {done.returncode}"
+    answer: str | None = json.loads(done.stdout.strip().splitlines()[-1])
+    return answer
+
+
+#: Seconds a readiness probe's process may take to start, beyond its requests' timeouts.
+PROBE_START_S = 30.0
+
+
+def _probe_main() -> None:
+    """The probe's process: the request on stdin, the reason (or null) as JSON on stdout;
+    librdkafka's own log lines go to stderr, which the caller drops."""
+    from confluent_kafka.admin import AdminClient
+
+    request = json.loads(sys.stdin.read())
+    admin = AdminClient(request["conf"])
+    reason = _not_ready_reason(
+        admin, set(request["expected"]), request["timeout"], request["patience"]
+    )
+    print(json.dumps(reason), flush=True)
 
 
 def _not_ready_reason(
@@ -479,3 +519,7 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     from crypto_sentinel.ops import kafka_cli
 
     kafka_cli.add_cli(subparsers)
+
+
+if __name__ == "__main__":
+    _probe_main()
