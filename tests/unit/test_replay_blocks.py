@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from crypto_sentinel.bus.memory import MemoryBus
+from crypto_sentinel.model import RawFrame
+from crypto_sentinel.sources import replay
 from crypto_sentinel.sources.replay import PUBLISH_FRAMES, ReplaySource, _frame_texts, parse_line
 
 WRAPPED = [
@@ -46,22 +48,38 @@ def test_a_block_of_wrappers_keeps_stamps_and_text() -> None:
     ]
 
 
-def test_full_speed_blocks_give_the_frames_one_by_one_does(tmp_path: Path) -> None:
+def test_full_speed_parts_give_the_frames_one_by_one_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """At full speed to the in-process bus, frames go over `PUBLISH_FRAMES` at a time: the
-    same texts in the same order with the same sequence numbers, none left out."""
-    lines = [*WRAPPED, *ODD[:5]] * 400  # several parts, and more than one read block
+    same texts in the same order with the same sequence numbers, none left out. Every part
+    but the last is whole, though read blocks end anywhere (a short part would be decoded
+    frame by frame)."""
+    monkeypatch.setattr(replay, "BLOCK_BYTES", 4096)  # many blocks, none a part's size
+    lines = [*WRAPPED, *ODD[:5]] * 1000
     path = tmp_path / "recording.ndjson"
     path.write_bytes(b"".join(lines))
 
-    async def replay(many: bool) -> list[tuple[str, int, str]]:
+    async def replayed(many: bool) -> tuple[list[tuple[str, int, str]], list[int]]:
         bus = MemoryBus(capacity=10**6)
         source = ReplaySource(path, exchange="simulator")
+        parts: list[int] = []
         if many:
-            source.publish_many = bus.publish_many
+
+            async def publish_many(frames: list[RawFrame]) -> None:
+                parts.append(len(frames))
+                await bus.publish_many(frames)
+
+            source.publish_many = publish_many
         await source.run(bus.publish)
         assert source.status.frames == bus.depth()
-        return [(f.exchange, f.recv_seq, f.text) for f in await bus.take(10**6, 0)]
+        assert source.status.finished and source.bytes_read == path.stat().st_size
+        frames = await bus.take(10**6, 0)
+        return [(f.exchange, f.recv_seq, f.text) for f in frames], parts
 
-    one_by_one = asyncio.run(replay(many=False))
+    one_by_one, _ = asyncio.run(replayed(many=False))
     assert len(one_by_one) == len(per_line(lines)) > 2 * PUBLISH_FRAMES
-    assert asyncio.run(replay(many=True)) == one_by_one
+    in_parts, parts = asyncio.run(replayed(many=True))
+    assert in_parts == one_by_one
+    assert parts[:-1] == [PUBLISH_FRAMES] * (len(parts) - 1)
+    assert 0 < parts[-1] <= PUBLISH_FRAMES and sum(parts) == len(one_by_one)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 import orjson
 
@@ -64,8 +65,12 @@ def _recorded_texts(lines: list[bytes]) -> list[tuple[float | None, str]] | None
 
 #: Bytes of the recording read and parsed at a time.
 BLOCK_BYTES = 1 << 18
-#: Frames handed over at a time at full speed, between which the engine and the API run.
-PUBLISH_FRAMES = 512
+#: Frames handed over at a time at full speed, between which the engine and the API run: the
+#: engine's chunk (`engine.processor.CHUNK_FRAMES`), so each part is decoded column-wise in
+#: one go. Parts of 512 frames cut a chunk's fixed costs (Arrow calls, the compiled decoder's
+#: set-up) into more pieces: replay 37.5 k against 46.4 k trades/s (docs/benchmarks.md,
+#: session 27).
+PUBLISH_FRAMES = 2000
 
 
 class ReplaySource:
@@ -81,59 +86,67 @@ class ReplaySource:
 
     async def run(self, publish: Publish) -> None:
         conn_id = new_conn_id()
-        exchange = self.status.exchange
         self.status.connected = True
         self.status.connections = 1
-        first_ts: float | None = None
-        started = time.monotonic()
-        seq = 0
         with self.path.open("rb") as fh:
-            while lines := fh.readlines(BLOCK_BYTES):
-                texts = _frame_texts(lines)
-                if self.speed is None and self.publish_many is not None:
-                    seq = await self._publish_block(texts, conn_id, seq, self.publish_many)
-                    self.bytes_read = fh.tell()
-                    continue
-                for ts, text in texts:
-                    if self.speed is not None and ts is not None:
-                        first_ts = ts if first_ts is None else first_ts
-                        wait = (ts - first_ts) / self.speed - (time.monotonic() - started)
-                        if wait > 0:
-                            await asyncio.sleep(wait)
-                    seq += 1
-                    now = time.time_ns()
-                    await publish(RawFrame(exchange, conn_id, seq, now, text))
-                    if seq % PUBLISH_FRAMES == 0:
-                        self.status.frames = seq
-                        self.status.last_frame_ns = now
-                        await asyncio.sleep(0)  # let the engine and the API run
-                self.status.frames = seq
-                self.status.last_frame_ns = time.time_ns()
-                self.bytes_read = fh.tell()
+            if self.speed is None and self.publish_many is not None:
+                await self._publish_parts(fh, conn_id, self.publish_many)
+            else:
+                await self._publish_each(fh, conn_id, publish)
         self.status.connected = False
         self.status.finished = True
         self.done.set()
 
-    async def _publish_block(
-        self,
-        texts: list[tuple[float | None, str]],
-        conn_id: str,
-        seq: int,
-        publish_many: PublishMany,
-    ) -> int:
-        """Hand a block's frames over `PUBLISH_FRAMES` at a time, each part stamped with the
-        time it was handed over; returns the last sequence number used."""
+    async def _publish_each(self, fh: BinaryIO, conn_id: str, publish: Publish) -> None:
+        """Frame by frame, at the recorded pace times `speed` (or as fast as possible)."""
         exchange = self.status.exchange
-        for at in range(0, len(texts), PUBLISH_FRAMES):
-            part = texts[at : at + PUBLISH_FRAMES]
-            now = time.time_ns()
-            frames = [
-                RawFrame(exchange, conn_id, n, now, text)
-                for n, (_, text) in enumerate(part, seq + 1)
-            ]
-            seq += len(frames)
-            await publish_many(frames)
+        first_ts: float | None = None
+        started = time.monotonic()
+        seq = 0
+        while lines := fh.readlines(BLOCK_BYTES):
+            for ts, text in _frame_texts(lines):
+                if self.speed is not None and ts is not None:
+                    first_ts = ts if first_ts is None else first_ts
+                    wait = (ts - first_ts) / self.speed - (time.monotonic() - started)
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                seq += 1
+                now = time.time_ns()
+                await publish(RawFrame(exchange, conn_id, seq, now, text))
+                if seq % PUBLISH_FRAMES == 0:
+                    self.status.frames = seq
+                    self.status.last_frame_ns = now
+                    await asyncio.sleep(0)  # let the engine and the API run
             self.status.frames = seq
-            self.status.last_frame_ns = now
-            await asyncio.sleep(0)  # let the engine and the API run
-        return seq
+            self.status.last_frame_ns = time.time_ns()
+            self.bytes_read = fh.tell()
+
+    async def _publish_parts(self, fh: BinaryIO, conn_id: str, publish_many: PublishMany) -> None:
+        """At full speed: hand the frames over in parts of `PUBLISH_FRAMES` (the last one
+        shorter), whatever the read blocks hold, each part stamped with the time it was handed
+        over. Whole parts let the engine decode every chunk column-wise: a block's short tail
+        went through the per-frame codec and cost as much as a full chunk."""
+        exchange = self.status.exchange
+        seq = 0
+        texts: list[str] = []
+        while True:
+            lines = fh.readlines(BLOCK_BYTES)
+            texts.extend(text for _, text in _frame_texts(lines))
+            self.bytes_read = fh.tell()
+            at = 0
+            while len(texts) - at >= PUBLISH_FRAMES or (not lines and at < len(texts)):
+                part = texts[at : at + PUBLISH_FRAMES]
+                at += len(part)
+                now = time.time_ns()
+                frames = [
+                    RawFrame(exchange, conn_id, n, now, text)
+                    for n, text in enumerate(part, seq + 1)
+                ]
+                seq += len(frames)
+                await publish_many(frames)
+                self.status.frames = seq
+                self.status.last_frame_ns = now
+                await asyncio.sleep(0)  # let the engine and the API run
+            del texts[:at]
+            if not lines:
+                return
