@@ -67,8 +67,17 @@ def source_to_bus(path: Path, many: bool) -> int:
         source = replay.ReplaySource(path, exchange="simulator")
         if many:
             source.publish_many = bus.publish_many
+        taken = 0
+
+        async def drain() -> None:  # a part waits until the one before it was taken
+            nonlocal taken
+            while not source.done.is_set() or bus.depth():
+                taken += len(await bus.take(10**8, 0.01))
+
+        draining = asyncio.create_task(drain())
         await source.run(bus.publish)
-        return bus.depth()
+        await draining
+        return taken
 
     return asyncio.run(run())
 

@@ -60,3 +60,17 @@ async def test_publishing_many_keeps_order_and_waits_while_full() -> None:
     got, deepest = await consume(bus, asyncio.create_task(produce()), 1000)
     assert got == list(range(1000))
     assert 0 < deepest < 100 + 64  # a part is handed over whole once there is room
+
+
+async def test_a_part_waits_while_a_part_as_large_is_still_waiting() -> None:
+    """A replay's parts do not stack up in a bus with room for many: each waits until the
+    engine took what was there (stacked parts only delayed every frame)."""
+    bus = MemoryBus(capacity=10_000)
+    await bus.publish_many([frame(i) for i in range(100)])
+    second = asyncio.create_task(bus.publish_many([frame(i) for i in range(100, 200)]))
+    await asyncio.sleep(0.01)
+    assert not second.done() and bus.depth() == 100
+    assert [f.recv_seq for f in await bus.take(60, 1.0)] == list(range(60))
+    await asyncio.wait_for(second, 1.0)  # 40 frames left: fewer than the part brings
+    assert bus.depth() == 140
+    assert [f.recv_seq for f in await bus.take(1000, 1.0)] == list(range(60, 200))

@@ -31,9 +31,13 @@ class MemoryBus:
         self._readable.set()
 
     async def publish_many(self, frames: list[RawFrame]) -> None:
-        """Hand several frames over at once (a replay's block): one wait for room instead of
-        one per frame. The bus may hold up to `len(frames) - 1` frames beyond its capacity."""
-        while len(self._frames) >= self.capacity:
+        """Hand several frames over at once (a replay's part): one wait for room instead of
+        one per frame, and a wait while as many frames as it brings still wait (or the bus
+        is full). A replay reads faster than the engine decodes: parts stacked up in the bus
+        only delayed each frame (frame -> `/latest` p99 95-103 ms against 58-59 ms,
+        docs/benchmarks.md session 27), and the engine has the next part at hand either way.
+        The bus may hold up to `len(frames) - 1` frames beyond its capacity."""
+        while len(self._frames) >= min(self.capacity, len(frames)):
             self._writable.clear()
             await self._writable.wait()
         self._frames.extend(frames)
