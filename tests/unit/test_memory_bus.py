@@ -74,3 +74,19 @@ async def test_a_part_waits_while_a_part_as_large_is_still_waiting() -> None:
     await asyncio.wait_for(second, 1.0)  # 40 frames left: fewer than the part brings
     assert bus.depth() == 140
     assert [f.recv_seq for f in await bus.take(1000, 1.0)] == list(range(60, 200))
+
+
+async def test_room_for_a_part_is_what_publishing_it_waits_for() -> None:
+    """A replay waits for room before it makes (and stamps) its next part."""
+    bus = MemoryBus(capacity=150)
+    await bus.publish_many([frame(i) for i in range(100)])
+    waiting = asyncio.create_task(bus.room_for(100))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    await bus.take(1, 1.0)  # 99 frames left: fewer than the part brings
+    await asyncio.wait_for(waiting, 1.0)
+    small = asyncio.create_task(bus.room_for(50))  # a smaller part still waits
+    await asyncio.sleep(0.01)
+    assert not small.done()
+    await bus.take(60, 1.0)
+    await asyncio.wait_for(small, 1.0)

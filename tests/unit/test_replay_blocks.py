@@ -71,6 +71,7 @@ def test_full_speed_parts_give_the_frames_one_by_one_does(
                 await bus.publish_many(frames)
 
             source.publish_many = publish_many
+            source.room_for = bus.room_for
         frames: list[RawFrame] = []
 
         async def drain() -> None:  # as the engine does: a part waits for the one before

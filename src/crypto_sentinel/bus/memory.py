@@ -37,11 +37,16 @@ class MemoryBus:
         only delayed each frame (frame -> `/latest` p99 95-103 ms against 58-59 ms,
         docs/benchmarks.md session 27), and the engine has the next part at hand either way.
         The bus may hold up to `len(frames) - 1` frames beyond its capacity."""
-        while len(self._frames) >= min(self.capacity, len(frames)):
-            self._writable.clear()
-            await self._writable.wait()
+        await self.room_for(len(frames))
         self._frames.extend(frames)
         self._readable.set()
+
+    async def room_for(self, count: int) -> None:
+        """Wait until `publish_many` would take `count` frames at once: a replay makes (and
+        stamps) its next part only then, so a frame's receive time is not before its wait."""
+        while len(self._frames) >= min(self.capacity, count):
+            self._writable.clear()
+            await self._writable.wait()
 
     def depth(self) -> int:
         return len(self._frames)

@@ -104,6 +104,7 @@ class IngestRole:
             for source in self.sources:
                 if isinstance(source, ReplaySource):
                     source.publish_many = bus.publish_many
+                    source.room_for = bus.room_for
         else:
             exchanges = [source.status.exchange for source in self.sources]
             await asyncio.to_thread(ensure_topics, self.settings, exchanges)

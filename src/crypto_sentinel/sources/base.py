@@ -16,6 +16,8 @@ from crypto_sentinel.sources.codec import Sighting
 Publish = Callable[[RawFrame], Awaitable[None]]
 #: Several frames at once, in order (the in-process bus's `publish_many`).
 PublishMany = Callable[[list[RawFrame]], Awaitable[None]]
+#: Waits until that many frames can be handed over at once without a wait (`room_for`).
+RoomFor = Callable[[int], Awaitable[None]]
 
 
 def new_conn_id() -> str:

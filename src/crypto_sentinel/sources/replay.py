@@ -15,7 +15,7 @@ from typing import BinaryIO
 import orjson
 
 from crypto_sentinel.model import RawFrame
-from crypto_sentinel.sources.base import Publish, PublishMany, SourceStatus, new_conn_id
+from crypto_sentinel.sources.base import Publish, PublishMany, RoomFor, SourceStatus, new_conn_id
 
 
 def parse_line(line: str) -> tuple[float | None, str]:
@@ -83,6 +83,8 @@ class ReplaySource:
         #: Set when the frames go to the in-process bus: at full speed they are handed over
         #: `PUBLISH_FRAMES` at a time (a coroutine per frame cost as much as reading it).
         self.publish_many: PublishMany | None = None
+        #: Set with `publish_many`: waits until the bus takes a part at once.
+        self.room_for: RoomFor | None = None
 
     async def run(self, publish: Publish) -> None:
         conn_id = new_conn_id()
@@ -137,6 +139,8 @@ class ReplaySource:
             while len(texts) - at >= PUBLISH_FRAMES or (not lines and at < len(texts)):
                 part = texts[at : at + PUBLISH_FRAMES]
                 at += len(part)
+                if self.room_for is not None:  # stamped once the bus takes it, not before
+                    await self.room_for(len(part))
                 now = time.time_ns()
                 frames = [
                     RawFrame(exchange, conn_id, n, now, text)
