@@ -5,6 +5,7 @@ handing frames over a part at a time gives what handing them over one by one doe
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,28 @@ def test_full_speed_parts_give_the_frames_one_by_one_does(
     assert in_parts == one_by_one
     assert parts[:-1] == [PUBLISH_FRAMES] * (len(parts) - 1)
     assert 0 < parts[-1] <= PUBLISH_FRAMES and sum(parts) == len(one_by_one)
+
+
+async def test_a_part_is_stamped_once_the_bus_has_room_for_it(tmp_path: Path) -> None:
+    """A part's receive time is when the bus takes it, not when it was made and then waited:
+    no frame is stamped before the engine took the part ahead of it."""
+    path = tmp_path / "recording.ndjson"
+    path.write_bytes(b"".join(WRAPPED * PUBLISH_FRAMES))  # two lines each: two whole parts
+    bus = MemoryBus(capacity=10**6)
+    source = ReplaySource(path, exchange="simulator")
+    source.publish_many, source.room_for = bus.publish_many, bus.room_for
+    takes: list[tuple[int, list[RawFrame]]] = []
+
+    async def slow_engine() -> None:
+        while not source.done.is_set() or bus.depth():
+            await asyncio.sleep(0.05)  # the part waits while the previous one is decoded
+            frames = await bus.take(10**6, 0.01)
+            if frames:
+                takes.append((time.time_ns(), frames))
+
+    engine = asyncio.create_task(slow_engine())
+    await source.run(bus.publish)
+    await asyncio.wait_for(engine, 10)
+    assert [len(frames) for _, frames in takes] == [PUBLISH_FRAMES, PUBLISH_FRAMES]
+    (first_taken, _), (_, second) = takes
+    assert min(f.recv_ns for f in second) >= first_taken
