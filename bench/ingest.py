@@ -219,6 +219,7 @@ def main(
         result["kafka"] = ingest_kafka.run(workdir, kafka_trades)
         if "skipped" in result["kafka"]:
             print(f"kafka: skipped: {result['kafka']['skipped']}", flush=True)
+    common.discard(lake)
     return result
 
 

@@ -25,6 +25,7 @@ from bench.common import (
     PRODUCTS,
     CommitTail,
     delta_rows,
+    discard,
     finish,
     frames_and_trades,
     free_port,
@@ -118,7 +119,7 @@ def run(workdir: Path, port: int, trades: int) -> dict[str, Any]:
     stored = delta_rows(T.TRADES.path(lake))
     first = silver.first_recv_us or 0
     seconds = (silver.last_commit_ns / 1000 - first) / 1e6
-    return {
+    result = {
         "name": "fast: local feed over WebSocket as fast as read -> sentinel up",
         "trades_sent": expected,
         "frames_sent": frames,
@@ -130,6 +131,8 @@ def run(workdir: Path, port: int, trades: int) -> dict[str, Any]:
         "peak_rss_mb": peak,
         "socket_floor": floor,
     }
+    discard(lake, run_dir / "data")
+    return result
 
 
 def rows(r: dict[str, Any], decode_floor: dict[str, Any]) -> list[str]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from bench.common import (
     CommitTail,
+    discard,
     finish,
     frames_and_trades,
     free_port_run,
@@ -102,7 +103,7 @@ def run(workdir: Path, trades: int) -> dict[str, Any]:
     # From the first commit on: the frames committed after it, over the time after it.
     steady = (done_ns - bronze.first_commit_ns) / 1e9
     after_first = published - bronze.first_commit_rows
-    return {
+    result = {
         "name": "kafka: sentinel process draining a backlog",
         "frames": published,
         "trades": silver.rows,
@@ -114,6 +115,8 @@ def run(workdir: Path, trades: int) -> dict[str, Any]:
         "bronze_commits": bronze.commits,
         "peak_rss_mb": peak,
     }
+    discard(lake, broker, run_dir / "data")
+    return result
 
 
 def rows(r: dict[str, Any], decode_floor: dict[str, Any]) -> list[str]:

@@ -25,6 +25,7 @@ from bench.common import (
     PRODUCTS,
     CommitTail,
     delta_rows,
+    discard,
     finish,
     free_port,
     health,
@@ -90,7 +91,7 @@ def run(workdir: Path, port: int, frames_per_s: float, seconds: float) -> dict[s
         sent = result_of_simulator(sim, logs / "simulator.log")
     finally:
         kill_all(up, sim, *clients)
-    return {
+    result = {
         "name": f"live: simulator over WebSocket at {frames_per_s:,.0f} frames/s -> sentinel up",
         "frames_per_s_target": frames_per_s,
         "seconds": seconds,
@@ -108,6 +109,8 @@ def run(workdir: Path, port: int, frames_per_s: float, seconds: float) -> dict[s
         "reliability": status.get("reliability", {}),
         "slow_consumer_disconnects": sent["slow_disconnects"],
     }
+    discard(lake, run_dir / "data")
+    return result
 
 
 def result_of_simulator(sim: Any, log: Path) -> dict[str, Any]:

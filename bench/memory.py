@@ -24,6 +24,7 @@ from bench import ingest_live
 from bench.api import Connection
 from bench.common import (
     delta_rows,
+    discard,
     finish,
     health,
     kill_all,
@@ -102,7 +103,7 @@ def main(
     anon = [a for a, _ in parts]
     files = [f for _, f in parts]
     steady = [(t, mb) for t, mb in curve if t >= STEADY_FROM * seconds]
-    return {
+    result = {
         "benchmark": "memory",
         "date": stamp,
         "machine": machine(),
@@ -134,6 +135,8 @@ def main(
         "curve_file": str(csv),
         "curve": curve,
     }
+    discard(run_dir / "lake", run_dir / "data")
+    return result
 
 
 async def measure(

@@ -17,6 +17,12 @@ from tests.conftest import free_port
 pytestmark = pytest.mark.e2e
 
 
+def _lakes_discarded(workdir: Path, logs: str) -> None:
+    """A finished run leaves its logs and results, not its lakes (gigabytes over a few runs)."""
+    assert not list(workdir.rglob("_delta_log"))
+    assert list(workdir.glob(logs))
+
+
 def _sane(p: dict[str, float]) -> None:
     assert p["n"] > 0
     assert 0 <= p["p50_ms"] <= p["p99_ms"] <= p["max_ms"] < 60_000
@@ -39,6 +45,8 @@ def test_live_and_fast_phases(tmp_path: Path) -> None:
     assert fast["trades_per_s"] > 0 and fast["socket_floor"]["frames"] == fast["frames_sent"]
     text = ingest.markdown(result)
     assert "#### Live" in text and "#### Fast" in text and "2,003 / 2,003 (no loss)" in text
+    _lakes_discarded(tmp_path, "live-*/logs/up.log")
+    _lakes_discarded(tmp_path, "fast-*/logs/up.log")
 
 
 def test_lean_http_client_keeps_one_connection_and_rejects_errors() -> None:
@@ -89,6 +97,7 @@ def test_replay_phase_per_exchange(tmp_path: Path, exchange: str) -> None:
     assert result["pipeline"]["trades"] == 1500
     assert result["pipeline"]["trades_per_s"] > 0
     assert f"### Ingest ({exchange})" in ingest.markdown(result)
+    _lakes_discarded(tmp_path, "lake-*-poller.log")
 
 
 def test_memory_bench(tmp_path: Path) -> None:
@@ -109,6 +118,7 @@ def test_memory_bench(tmp_path: Path) -> None:
     text = memory.markdown(result)
     assert "| RSS MB (median) |" in text and sparkline([1.0, 2.0]) == "▁█"
     assert "| of it anonymous (own memory)" in text
+    _lakes_discarded(tmp_path, "memory-*/logs/up.log")
 
 
 def test_compaction_bench_small() -> None:
