@@ -96,11 +96,15 @@ def assert_equals_reference(lake: Path, trades: list[SimTrade]) -> None:
 
 
 def overwrite_commits(lake: Path, spec: T.TableSpec) -> int:
+    """Commits that replaced the whole table (a candle upsert replaces the rows a predicate
+    matches)."""
     history = DeltaTable(str(spec.path(lake))).history()
     return sum(
         1
         for h in history
-        if h["operation"] == "WRITE" and h["operationParameters"]["mode"] == "Overwrite"
+        if h["operation"] == "WRITE"
+        and h["operationParameters"]["mode"] == "Overwrite"
+        and "predicate" not in h["operationParameters"]
     )
 
 

@@ -7,9 +7,14 @@ import itertools
 import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
+
+import pytest
 
 from crypto_sentinel.engine.candles import Candle, candles_of, minute_start
-from crypto_sentinel.lake.rows import trades_table
+from crypto_sentinel.lake import tables as TABLES
+from crypto_sentinel.lake.rows import candles_table, trades_table
+from crypto_sentinel.lake.writer import LakeWriter, stored_rows_of
 from crypto_sentinel.model import Trade
 
 T0 = datetime(2026, 1, 2, 3, 4, 0, tzinfo=UTC)
@@ -121,3 +126,50 @@ def test_column_wise_candles_equal_trade_by_trade_ones() -> None:
     got = candles_of(trades_table(trades))
     assert {c.key: c for c in got} == expected
     assert len(got) == len(expected)
+
+
+def _candle(product: str, start: datetime, count: int) -> Candle:
+    one = Trade("kraken", product, count, Decimal("1.5"), Decimal("2"), "buy", start, 0)
+    candle = Candle.from_trade(one, start)
+    candle.trade_count = count
+    return candle
+
+
+def test_a_candle_upsert_replaces_its_keys_and_keeps_every_other_row(tmp_path: Path) -> None:
+    """Replacing what `stored_rows_of` matches is an upsert: the written keys end up once,
+    with the new values, across dates and products (one with a quote in its name)."""
+    writer = LakeWriter(tmp_path / "lake", "test")
+    day2 = T0 + timedelta(days=1)
+    first = [
+        _candle("BTC/USD", T0, 1),
+        _candle("BTC/USD", T0 + timedelta(minutes=1), 2),
+        _candle("it's", T0, 3),
+        _candle("BTC/USD", day2, 4),
+    ]
+    writer.upsert_candles(lambda: first)
+    again = [
+        _candle("BTC/USD", T0 + timedelta(minutes=1), 20),
+        _candle("it's", T0, 30),
+        _candle("it's", day2, 50),  # new
+    ]
+    writer.upsert_candles(lambda: again)
+    rows = writer.tables[TABLES.CANDLES_1M.name].to_pyarrow_table().to_pylist()
+    stored = {(r["product_id"], r["start"]): r["trade_count"] for r in rows}
+    assert len(rows) == len(stored) == 5
+    assert stored == {
+        ("BTC/USD", T0): 1,
+        ("BTC/USD", T0 + timedelta(minutes=1)): 20,
+        ("it's", T0): 30,
+        ("BTC/USD", day2): 4,
+        ("it's", day2): 50,
+    }
+    writer.close()
+
+
+def test_the_upsert_predicate_names_each_key_and_refuses_a_key_twice() -> None:
+    table = candles_table([_candle("it's", T0, 1), _candle("ETH-USD", T0, 2)])
+    predicate = stored_rows_of(table)
+    assert predicate.startswith("date IN ('2026-01-02') AND (")
+    assert "product_id = 'it''s' AND start IN ('2026-01-02T03:04:00+00:00')" in predicate
+    with pytest.raises(ValueError, match="twice"):
+        stored_rows_of(candles_table([_candle("ETH-USD", T0, 1), _candle("ETH-USD", T0, 2)]))

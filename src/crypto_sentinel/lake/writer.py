@@ -451,27 +451,16 @@ class LakeWriter:
         recorded = self._txns.recorded(T.CANDLES_1M.name, dt, txns)
         if txns and all(recorded[app] >= version for app, version in txns.items()):
             return
-        dates = sorted({d.isoformat() for d in data.column("date").to_pylist()})
-        in_dates = ", ".join(f"'{d}'" for d in dates)  # dates come from our own rows
-        predicate = (
-            f"t.date IN ({in_dates}) AND t.exchange = s.exchange"
-            " AND t.product_id = s.product_id AND t.start = s.start"
-        )
-        (
-            dt.merge(
-                data,
-                predicate=predicate,
-                source_alias="s",
-                streamed_exec=False,  # the source is small; streaming it from Python gains nothing
-                target_alias="t",
-                writer_properties=WRITER_PROPERTIES,
-                commit_properties=CommitProperties(
-                    app_transactions=[Transaction(app, v) for app, v in txns.items()] or None
-                ),
-            )
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .execute()
+        write_deltalake(
+            dt,
+            data,
+            mode="overwrite",
+            predicate=stored_rows_of(data),  # those rows are replaced, every other row kept
+            partition_by=list(T.CANDLES_1M.partition_by),
+            writer_properties=WRITER_PROPERTIES,
+            commit_properties=CommitProperties(
+                app_transactions=[Transaction(app, v) for app, v in txns.items()] or None
+            ),
         )
         self._txns.committed(T.CANDLES_1M.name, dt, before, txns)
         if self._crash is not None:
@@ -502,6 +491,42 @@ class LakeWriter:
                 candle.merge(existing)
             merged.append(candle)
         return merged
+
+
+def stored_rows_of(candles: pa.Table) -> str:
+    """A Delta predicate that matches exactly the stored rows of these candles' keys: their
+    dates (the partition: no other date's files are read), then each product's minutes.
+
+    Why not a MERGE: delta-rs plans and runs one through DataFusion, about 30-45 ms of CPU for
+    a handful of rows; replacing the rows a predicate matches took 13-17 ms (measured on
+    this machine), and the live engine upserts candles four times a second. Candle keys are
+    unique in a batch, so replacing what the predicate matches is an upsert.
+    """
+    keys = zip(
+        candles.column("exchange").to_pylist(),
+        candles.column("product_id").to_pylist(),
+        candles.column("start").to_pylist(),
+        strict=True,
+    )
+    minutes: dict[tuple[str, str], set[str]] = {}
+    count = 0
+    for exchange, product_id, start in keys:
+        minutes.setdefault((exchange, product_id), set()).add(start.isoformat())
+        count += 1
+    if count != sum(map(len, minutes.values())):
+        raise ValueError("a candle key appears twice in one upsert")
+    dates = sorted({d.isoformat() for d in candles.column("date").to_pylist()})
+    products = " OR ".join(
+        f"(exchange = {_literal(ex)} AND product_id = {_literal(product)}"
+        f" AND start IN ({', '.join(map(_literal, sorted(starts)))}))"
+        for (ex, product), starts in sorted(minutes.items())
+    )
+    return f"date IN ({', '.join(map(_literal, dates))}) AND ({products})"
+
+
+def _literal(text: str) -> str:
+    """A SQL string literal (a venue's product id is its own text)."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def one_line(exc: BaseException) -> str:
