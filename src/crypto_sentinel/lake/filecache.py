@@ -1,6 +1,6 @@
 """Data files of a Delta table held in memory as Arrow tables, least recently used out first.
 
-A Delta table's Parquet files never change once written (a MERGE or a compaction writes new
+A Delta table's Parquet files never change once written (an upsert or a compaction writes new
 files and retires the old ones in the log), so a file read once can be served from memory for
 as long as the snapshot lists it, with no invalidation. The API's candle history reads the same
 few small files of `gold.candles_1m` for every page; decoding them once instead of per request
