@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from crypto_sentinel import metrics
 from crypto_sentinel.engine.candles import Candle, candles_of, minute_start
 from crypto_sentinel.lake import tables as TABLES
+from crypto_sentinel.lake.errors import LakeWriteFailed
 from crypto_sentinel.lake.rows import candles_table, trades_table
-from crypto_sentinel.lake.writer import LakeWriter, stored_rows_of
+from crypto_sentinel.lake.writer import Batch, LakeWriter, stored_rows_of
 from crypto_sentinel.model import Trade
 
 T0 = datetime(2026, 1, 2, 3, 4, 0, tzinfo=UTC)
@@ -173,3 +175,21 @@ def test_the_upsert_predicate_names_each_key_and_refuses_a_key_twice() -> None:
     assert "product_id = 'it''s' AND start IN ('2026-01-02T03:04:00+00:00')" in predicate
     with pytest.raises(ValueError, match="twice"):
         stored_rows_of(candles_table([_candle("ETH-USD", T0, 1), _candle("ETH-USD", T0, 2)]))
+
+
+def test_a_batch_with_a_candle_key_twice_fails_at_once_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    """A key twice is a bug, not a storage hiccup: the commit fails before any table is
+    written, and is not retried (the retries would take seconds and could not help)."""
+    writer = LakeWriter(tmp_path / "lake", "test")
+    before = {name: dt.version() for name, dt in writer.tables.items()}
+    retries = metrics.COMMIT_RETRIES.labels("error")._value.get()
+    twice = [_candle("BTC-USD", T0, 1)], [_candle("BTC-USD", T0, 2)]
+    with pytest.raises(LakeWriteFailed, match="candle key appears twice"):
+        writer.commit(Batch(version=1, candles=twice[0], partial_candles=twice[1]))
+    assert metrics.COMMIT_RETRIES.labels("error")._value.get() == retries
+    for dt in writer.tables.values():
+        dt.update_incremental()
+    assert {name: dt.version() for name, dt in writer.tables.items()} == before
+    writer.close()

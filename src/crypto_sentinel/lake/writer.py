@@ -315,6 +315,9 @@ class LakeWriter:
             if records or any(t.num_rows for t in tables):
                 add(spec, self._append, spec, (records, tables), _Combined(spec, build), txns)
         if batch.candles or batch.partial_candles:
+            keys = [c.key for c in (*batch.candles, *batch.partial_candles)]
+            if len(set(keys)) != len(keys):  # a bug, not a storage error: retries cannot help
+                raise ValueError("a candle key appears twice in one batch")
             add(T.CANDLES_1M, self._write_candles, batch, plan.merged, txns)
         return plan
 
@@ -502,19 +505,19 @@ def stored_rows_of(candles: pa.Table) -> str:
     this machine), and the live engine upserts candles four times a second. Candle keys are
     unique in a batch, so replacing what the predicate matches is an upsert.
     """
-    keys = zip(
-        candles.column("exchange").to_pylist(),
-        candles.column("product_id").to_pylist(),
-        candles.column("start").to_pylist(),
-        strict=True,
+    keys = list(
+        zip(
+            candles.column("exchange").to_pylist(),
+            candles.column("product_id").to_pylist(),
+            candles.column("start").to_pylist(),
+            strict=True,
+        )
     )
+    if len(set(keys)) != len(keys):
+        raise ValueError("a candle key appears twice in one upsert")
     minutes: dict[tuple[str, str], set[str]] = {}
-    count = 0
     for exchange, product_id, start in keys:
         minutes.setdefault((exchange, product_id), set()).add(start.isoformat())
-        count += 1
-    if count != sum(map(len, minutes.values())):
-        raise ValueError("a candle key appears twice in one upsert")
     dates = sorted({d.isoformat() for d in candles.column("date").to_pylist()})
     products = " OR ".join(
         f"(exchange = {_literal(ex)} AND product_id = {_literal(product)}"
