@@ -28,6 +28,7 @@ from urllib.parse import unquote
 
 import httpx
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from crypto_sentinel.ops.ports import free_port as free_port
 from crypto_sentinel.ops.ports import free_port_run as free_port_run
@@ -227,6 +228,34 @@ def health(port: int) -> dict[str, Any]:
         return dict(httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json())
     except (httpx.HTTPError, ValueError):
         return {}
+
+
+def loop_lag(port: int) -> dict[str, Any]:
+    """The event-loop lag a running pipeline recorded (`sentinel_event_loop_lag_seconds` at
+    /metrics): probes, those later than 5 and 10 ms, and the bucket bound its p99 is under."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return {}
+    buckets: list[tuple[float, float]] = []
+    for family in text_string_to_metric_families(text):
+        if family.name == "sentinel_event_loop_lag_seconds":
+            buckets = sorted(
+                (float(s.labels["le"]), s.value)
+                for s in family.samples
+                if s.name.endswith("_bucket")
+            )
+    if not buckets or not buckets[-1][1]:
+        return {}
+    total = buckets[-1][1]
+    within = dict(buckets)
+    p99 = next(bound for bound, count in buckets if count >= 0.99 * total)
+    return {
+        "probes": int(total),
+        "over_5ms": int(total - within[0.005]),
+        "over_10ms": int(total - within[0.01]),
+        "p99_at_most_ms": p99 * 1000,
+    }
 
 
 #: HTTP clients the `/latest` pollers can use (`sentinel bench ingest --poller`).

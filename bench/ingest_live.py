@@ -30,6 +30,7 @@ from bench.common import (
     free_port,
     health,
     kill_all,
+    loop_lag,
     percentiles,
     poll_latest,
     result_of,
@@ -86,6 +87,7 @@ def run(workdir: Path, port: int, frames_per_s: float, seconds: float) -> dict[s
         status = health(port)
         for client in clients:
             client.wait(timeout=seconds + 60)
+        lag = loop_lag(port)
         peak = finish(up, peak=rss)
         silver.poll(), bronze.poll()
         sent = result_of_simulator(sim, logs / "simulator.log")
@@ -105,12 +107,22 @@ def run(workdir: Path, port: int, frames_per_s: float, seconds: float) -> dict[s
         "frame_to_delta_commit": silver.latencies(),
         "frame_to_bronze_commit": bronze.latencies(),
         "delta_commits": silver.commits,
+        "event_loop_lag": lag,
         "peak_rss_mb": peak,
         "reliability": status.get("reliability", {}),
         "slow_consumer_disconnects": sent["slow_disconnects"],
     }
     discard(lake, run_dir / "data")
     return result
+
+
+def _lag(lag: dict[str, Any]) -> str:
+    if not lag:
+        return "not read"
+    probes = lag["probes"]
+    return (
+        f"{lag['p99_at_most_ms']:g} ms / {lag['over_5ms']:,} / {lag['over_10ms']:,} (of {probes:,})"
+    )
 
 
 def result_of_simulator(sim: Any, log: Path) -> dict[str, Any]:
@@ -143,6 +155,8 @@ def rows(r: dict[str, Any]) -> list[str]:
         f"{pct(r['frame_to_delta_commit'])} | p99 <= 500 ms |",
         f"| frame → bronze commit p50 / p99 / max (frames) | {pct(r['frame_to_bronze_commit'])} "
         "| |",
+        f"| event-loop lag of `sentinel up` (a probe every 50 ms): p99 at most / probes later "
+        f"than 5 ms / 10 ms | {_lag(r.get('event_loop_lag') or {})} | |",
         f"| peak RSS of `sentinel up` | {r['peak_rss_mb']} MB | <= 250 MB |",
         f"| reconnects / gaps / slow-consumer disconnects | {rel.get('reconnects', '?')} / "
         f"{rel.get('gaps', '?')} / {r['slow_consumer_disconnects']} | 0 |",

@@ -79,6 +79,12 @@ FRAME_TO_LAKE_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 BUS_DEPTH = Gauge("sentinel_bus_depth", "Frames waiting in the bus")
+LOOP_LAG = Histogram(
+    "sentinel_event_loop_lag_seconds",
+    "How late the event loop ran a timer that was due (probed every 50 ms): what every request,"
+    " push and chunk waited behind then",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 API_SECONDS = Histogram(
     "sentinel_api_request_seconds",
     "API request duration",

@@ -39,6 +39,9 @@ def test_live_and_fast_phases(tmp_path: Path) -> None:
         _sane(live[name])
     assert live["frame_to_delta_commit"]["n"] == live["trades_stored"]
     assert 0 < live["peak_rss_mb"] < 2000
+    lag = live["event_loop_lag"]  # 3 s of probes every 50 ms, read from /metrics
+    assert lag["probes"] >= 20 and 0 <= lag["over_10ms"] <= lag["over_5ms"] <= lag["probes"]
+    assert lag["p99_at_most_ms"] > 0
     fast = result["fast"]
     assert fast["trades_sent"] == 2003 and fast["trades_stored"] == 2003 and fast["no_loss"]
     assert fast["frames_stored"] == fast["frames_sent"]

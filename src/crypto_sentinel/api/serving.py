@@ -23,6 +23,7 @@ from crypto_sentinel.config import Settings
 from crypto_sentinel.engine.chunks import ChunkNews
 from crypto_sentinel.engine.hotfeed import HotFeed
 from crypto_sentinel.lake.query import LakeReader
+from crypto_sentinel.looplag import watch_loop_lag
 from crypto_sentinel.startup import bind_api, check_lake
 
 log = logging.getLogger(__name__)
@@ -103,10 +104,14 @@ async def serve_lake(settings: Settings, exchange: str | None) -> None:
         own_signals=True,
     )  # fmt: skip
     log.info("API on http://%s:%d", settings.host, sock.getsockname()[1])
+    stopped = asyncio.Event()
+    lag_task = asyncio.create_task(watch_loop_lag(stopped))
     try:
         await server.serve(sockets=[sock])
     finally:
         sock.close()
+        stopped.set()
+        await lag_task
         if feed_task is not None:
             feed_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

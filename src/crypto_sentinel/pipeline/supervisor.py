@@ -28,6 +28,7 @@ from crypto_sentinel.eventloop import settle_heap
 from crypto_sentinel.health import heartbeat_path, heartbeats
 from crypto_sentinel.lake.lock import writer_lock
 from crypto_sentinel.lake.query import LakeReader
+from crypto_sentinel.looplag import watch_loop_lag
 from crypto_sentinel.native import trim_heap_forever
 from crypto_sentinel.pipeline.process import ProcessRole
 from crypto_sentinel.sources.base import Source, source_counters
@@ -228,6 +229,7 @@ class Pipeline:
         tasks.append(asyncio.create_task(beat, name="heartbeat"))
         trimming = trim_heap_forever(self.stop_event)
         tasks.append(asyncio.create_task(trimming, name="heap-trim"))
+        tasks.append(asyncio.create_task(watch_loop_lag(self.stop_event), name="loop-lag"))
         source_task = await ingesting.start(self.bus) if ingesting is not None else None
         if source_task is not None:
             waiting.add(source_task)
