@@ -153,6 +153,13 @@ def watch(proc: subprocess.Popen[bytes]) -> RssPeak:
     return peak
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a running process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rpartition(")")[2].split()  # after the command's name
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def finish(
     proc: subprocess.Popen[bytes],
     sig: int = signal.SIGINT,

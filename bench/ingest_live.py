@@ -24,6 +24,7 @@ from bench.common import (
     POLLERS,
     PRODUCTS,
     CommitTail,
+    cpu_seconds,
     delta_rows,
     discard,
     finish,
@@ -70,6 +71,7 @@ def run(workdir: Path, port: int, frames_per_s: float, seconds: float) -> dict[s
         up = spawn(["-m", "crypto_sentinel.cli", "up"], logs / "up.log", env)
         rss = watch(up)
         wait_ready(port, up)
+        cpu_start, ready_at = cpu_seconds(up.pid), time.monotonic()
         stream = f"ws://127.0.0.1:{port}/v1/stream"
         clients = [
             spawn(["-m", "bench.api", "wsprobe", stream, str(seconds)], logs / "ws-client.log"),
@@ -88,6 +90,8 @@ def run(workdir: Path, port: int, frames_per_s: float, seconds: float) -> dict[s
         for client in clients:
             client.wait(timeout=seconds + 60)
         lag = loop_lag(port)
+        cpu = cpu_seconds(up.pid) - cpu_start
+        cores = cpu / (time.monotonic() - ready_at)
         peak = finish(up, peak=rss)
         silver.poll(), bronze.poll()
         sent = result_of_simulator(sim, logs / "simulator.log")
@@ -108,6 +112,8 @@ def run(workdir: Path, port: int, frames_per_s: float, seconds: float) -> dict[s
         "frame_to_bronze_commit": bronze.latencies(),
         "delta_commits": silver.commits,
         "event_loop_lag": lag,
+        "up_cpu_seconds": round(cpu, 2),  # from ready to the end of the run
+        "up_cores": round(cores, 2),
         "peak_rss_mb": peak,
         "reliability": status.get("reliability", {}),
         "slow_consumer_disconnects": sent["slow_disconnects"],
@@ -157,6 +163,8 @@ def rows(r: dict[str, Any]) -> list[str]:
         "| |",
         f"| event-loop lag of `sentinel up` (a probe every 50 ms): p99 at most / probes later "
         f"than 5 ms / 10 ms | {_lag(r.get('event_loop_lag') or {})} | |",
+        f"| CPU of `sentinel up` from ready to the end of the run | {r['up_cpu_seconds']} s "
+        f"({r['up_cores']} cores) | |",
         f"| peak RSS of `sentinel up` | {r['peak_rss_mb']} MB | <= 250 MB |",
         f"| reconnects / gaps / slow-consumer disconnects | {rel.get('reconnects', '?')} / "
         f"{rel.get('gaps', '?')} / {r['slow_consumer_disconnects']} | 0 |",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,7 @@ def test_live_and_fast_phases(tmp_path: Path) -> None:
     lag = live["event_loop_lag"]  # 3 s of probes every 50 ms, read from /metrics
     assert lag["probes"] >= 20 and 0 <= lag["over_10ms"] <= lag["over_5ms"] <= lag["probes"]
     assert lag["p99_at_most_ms"] > 0
+    assert live["up_cpu_seconds"] > 0 and 0 < live["up_cores"] <= os.cpu_count()
     fast = result["fast"]
     assert fast["trades_sent"] == 2003 and fast["trades_stored"] == 2003 and fast["no_loss"]
     assert fast["frames_stored"] == fast["frames_sent"]
