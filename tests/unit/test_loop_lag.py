@@ -11,14 +11,14 @@ from crypto_sentinel import metrics
 from crypto_sentinel.looplag import watch_loop_lag
 
 
-def _probes(later_than: str = "0") -> float:
-    """Probes so far (that found the loop later than `later_than` seconds, a bucket bound)."""
+def _probes(later_than: str | None = None) -> float:
+    """Probes so far: all, or those that found the loop later than `later_than` (a bucket bound)."""
     buckets = {
         s.labels["le"]: s.value
         for s in metrics.LOOP_LAG.collect()[0].samples
         if s.name.endswith("_bucket")
     }
-    return buckets["+Inf"] - buckets.get(later_than, 0.0)
+    return buckets["+Inf"] - (buckets[later_than] if later_than else 0.0)
 
 
 def test_a_callback_that_holds_the_loop_is_recorded_as_lag_and_the_probe_stops() -> None:
