@@ -153,11 +153,45 @@ def watch(proc: subprocess.Popen[bytes]) -> RssPeak:
     return peak
 
 
+def _stat_cpu(path: str) -> tuple[str, float]:
+    """(command name, user + system CPU seconds) of a /proc stat file."""
+    with open(path) as fh:
+        head, _, tail = fh.read().rpartition(")")  # the name may hold spaces and brackets
+    fields = tail.split()
+    return head.partition("(")[2], (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a running process has used so far (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rpartition(")")[2].split()  # after the command's name
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return _stat_cpu(f"/proc/{pid}/stat")[1]
+
+
+#: How `thread_cpu` groups a process's threads: its first thread runs the event loop,
+#: deltalake's Rust runtime names its threads `tokio-rt-worker`.
+THREAD_GROUPS = ("event loop", "deltalake runtime", "other threads")
+
+
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """CPU seconds each live thread of a process has used so far, by thread id, with its
+    group (`THREAD_GROUPS`)."""
+    out = {}
+    for tid in map(int, os.listdir(f"/proc/{pid}/task")):
+        try:
+            name, seconds = _stat_cpu(f"/proc/{pid}/task/{tid}/stat")
+        except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
+            continue
+        group = THREAD_GROUPS[0 if tid == pid else 1 if name.startswith("tokio") else 2]
+        out[tid] = (group, seconds)
+    return out
+
+
+def thread_cpu_since(pid: int, before: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds per thread group since `before` (a `thread_cpu`); threads that ended in
+    between are not counted (the process's own total has them)."""
+    groups = dict.fromkeys(THREAD_GROUPS, 0.0)
+    for tid, (group, seconds) in thread_cpu(pid).items():
+        groups[group] += seconds - before.get(tid, (group, 0.0))[1]
+    return {group: round(seconds, 2) for group, seconds in groups.items()}
 
 
 def finish(

@@ -37,6 +37,8 @@ from bench.common import (
     result_of,
     sentinel_env,
     spawn,
+    thread_cpu,
+    thread_cpu_since,
     wait_port,
     wait_ready,
     watch,
@@ -72,6 +74,7 @@ def run(workdir: Path, port: int, frames_per_s: float, seconds: float) -> dict[s
         rss = watch(up)
         wait_ready(port, up)
         cpu_start, ready_at = cpu_seconds(up.pid), time.monotonic()
+        threads_start = thread_cpu(up.pid)
         stream = f"ws://127.0.0.1:{port}/v1/stream"
         clients = [
             spawn(["-m", "bench.api", "wsprobe", stream, str(seconds)], logs / "ws-client.log"),
@@ -91,6 +94,7 @@ def run(workdir: Path, port: int, frames_per_s: float, seconds: float) -> dict[s
             client.wait(timeout=seconds + 60)
         lag = loop_lag(port)
         cpu = cpu_seconds(up.pid) - cpu_start
+        by_thread = thread_cpu_since(up.pid, threads_start)
         cores = cpu / (time.monotonic() - ready_at)
         peak = finish(up, peak=rss)
         silver.poll(), bronze.poll()
@@ -114,6 +118,7 @@ def run(workdir: Path, port: int, frames_per_s: float, seconds: float) -> dict[s
         "event_loop_lag": lag,
         "up_cpu_seconds": round(cpu, 2),  # from ready to the end of the run
         "up_cores": round(cores, 2),
+        "up_cpu_by_thread": by_thread,  # the same span, the threads alive at its end
         "peak_rss_mb": peak,
         "reliability": status.get("reliability", {}),
         "slow_consumer_disconnects": sent["slow_disconnects"],
@@ -129,6 +134,10 @@ def _lag(lag: dict[str, Any]) -> str:
     return (
         f"{lag['p99_at_most_ms']:g} ms / {lag['over_5ms']:,} / {lag['over_10ms']:,} (of {probes:,})"
     )
+
+
+def _by_thread(groups: dict[str, float]) -> str:
+    return "".join(f"; {group} {seconds:g} s" for group, seconds in groups.items())
 
 
 def result_of_simulator(sim: Any, log: Path) -> dict[str, Any]:
@@ -164,7 +173,7 @@ def rows(r: dict[str, Any]) -> list[str]:
         f"| event-loop lag of `sentinel up` (a probe every 50 ms): p99 at most / probes later "
         f"than 5 ms / 10 ms | {_lag(r.get('event_loop_lag') or {})} | |",
         f"| CPU of `sentinel up` from ready to the end of the run | {r['up_cpu_seconds']} s "
-        f"({r['up_cores']} cores) | |",
+        f"({r['up_cores']} cores){_by_thread(r.get('up_cpu_by_thread') or {})} | |",
         f"| peak RSS of `sentinel up` | {r['peak_rss_mb']} MB | <= 250 MB |",
         f"| reconnects / gaps / slow-consumer disconnects | {rel.get('reconnects', '?')} / "
         f"{rel.get('gaps', '?')} / {r['slow_consumer_disconnects']} | 0 |",

@@ -44,6 +44,10 @@ def test_live_and_fast_phases(tmp_path: Path) -> None:
     assert lag["probes"] >= 20 and 0 <= lag["over_10ms"] <= lag["over_5ms"] <= lag["probes"]
     assert lag["p99_at_most_ms"] > 0
     assert live["up_cpu_seconds"] > 0 and 0 < live["up_cores"] <= os.cpu_count()
+    by_thread = live["up_cpu_by_thread"]
+    assert list(by_thread) == ["event loop", "deltalake runtime", "other threads"]
+    assert by_thread["event loop"] > 0 and by_thread["deltalake runtime"] > 0  # it commits
+    assert sum(by_thread.values()) <= live["up_cpu_seconds"] + 0.1  # within the total
     fast = result["fast"]
     assert fast["trades_sent"] == 2003 and fast["trades_stored"] == 2003 and fast["no_loss"]
     assert fast["frames_stored"] == fast["frames_sent"]
