@@ -14,6 +14,7 @@ from typing import Any
 import uvicorn
 
 from crypto_sentinel.api.app import create_app
+from crypto_sentinel.api.coalesce import coalesce_writes
 from crypto_sentinel.api.security import ApiSecurity
 from crypto_sentinel.api.state import HotState
 from crypto_sentinel.api.stream import Hub
@@ -65,6 +66,7 @@ def api_server(
     )
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                             lifespan="off", ws_max_size=64 * 1024)  # fmt: skip
+    coalesce_writes(config)
     return uvicorn.Server(config) if own_signals else _Server(config)
 
 
