@@ -42,7 +42,8 @@ from crypto_sentinel import metrics
 from crypto_sentinel.engine.candles import Candle
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.errors import LakeWriteFailed
-from crypto_sentinel.lake.location import LakeRoot, storage_options
+from crypto_sentinel.lake.handles import NO_POST_COMMIT, TableHandles
+from crypto_sentinel.lake.location import LakeRoot
 from crypto_sentinel.lake.maintenance.policy import (
     COMPACT_PROPERTIES,
     RAW_PROPERTIES,
@@ -182,7 +183,7 @@ class _MaintenanceTurn:
         self.writer.lock.acquire()
 
     def __exit__(self, *exc: object) -> None:
-        self.writer._stale = True
+        self.writer.handles.mark_stale()
         self.writer.lock.release()
 
 
@@ -199,6 +200,8 @@ class LakeWriter:
         self.lake = lake
         self.app_id = app_id
         self.tables: dict[str, DeltaTable] = T.ensure_tables(lake)
+        #: Refreshes and reopens `tables` off the commit path (see `lake/handles.py`).
+        self.handles = TableHandles(lake, self.tables)
         self.versions = {
             name: (dt.transaction_version(app_id) or 0) for name, dt in self.tables.items()
         }
@@ -206,8 +209,6 @@ class LakeWriter:
         #: `maintenance_turn`, so the two never race for the same table version.
         self.lock = threading.Lock()
         self.maintenance_turn = _MaintenanceTurn(self)
-        self._stale = False  # maintenance committed since: refresh the snapshots first
-        self._since_open = 0  # batches committed since the tables were opened
         self._crash = _crash_hook()
         self._txns = TxnVersions()
         self._side: ThreadPoolExecutor | None = None  # made on the first parallel commit
@@ -285,11 +286,11 @@ class LakeWriter:
         if self._side is not None:
             self._side.shutdown(wait=True)
             self._side = None
+        self.handles.close()
 
     def plan(self, batch: Batch) -> CommitPlan:
         """A batch's table writes, bronze first, each retried on its own; `_run` runs them.
         Call with `lock` held; then `done`."""
-        self._refresh_if_stale()
         txns = self.transactions(batch)
         writes: list[TableWrite] = []
         plan = CommitPlan([], writes)
@@ -325,26 +326,6 @@ class LakeWriter:
         """Every table holds the batch now."""
         for name in self.versions:
             self.versions[name] = max(self.versions[name], batch.version)
-        self._since_open += 1
-        if self._since_open >= T.REOPEN_AFTER_VERSIONS:
-            self._reopen()
-
-    def _reopen(self) -> None:
-        """Open every table afresh, from its newest checkpoint.
-
-        Why: see `tables.REOPEN_AFTER_VERSIONS`."""
-        self._since_open = 0
-        options = storage_options(self.lake)
-        self.tables = {
-            name: DeltaTable(dt.table_uri, storage_options=options)
-            for name, dt in self.tables.items()
-        }
-
-    def _refresh_if_stale(self) -> None:
-        if self._stale:
-            self._stale = False
-            for dt in self.tables.values():
-                dt.update_incremental()
 
     def _with_retry(self, table: str, fn: Any, *args: Any) -> Any:
         """Storage hiccups are retried a few times, commit conflicts for as long as other
@@ -354,6 +335,7 @@ class LakeWriter:
         it depends on afresh on every call."""
         errors = conflicts = 0
         started = time.monotonic()
+        self.handles.fresh(table)
         while True:
             try:
                 return fn(*args)
@@ -411,8 +393,10 @@ class LakeWriter:
             commit_properties=CommitProperties(
                 app_transactions=[Transaction(app, v) for app, v in txns.items()]
             ),
+            post_commithook_properties=NO_POST_COMMIT,
         )
         self._txns.committed(spec.name, dt, before, txns)
+        self.handles.committed(spec.name)
         if self._crash is not None:
             self._crash.committed(spec.name)
 
@@ -439,7 +423,6 @@ class LakeWriter:
         conflict, candles computed before the winning commit could undo its update.
         """
         with self.lock:
-            self._refresh_if_stale()
             return int(self._with_retry(T.CANDLES_1M.name, self._compute_and_upsert, compute))
 
     def _compute_and_upsert(self, compute: Callable[[], Sequence[Candle]]) -> int:
@@ -464,8 +447,10 @@ class LakeWriter:
             commit_properties=CommitProperties(
                 app_transactions=[Transaction(app, v) for app, v in txns.items()] or None
             ),
+            post_commithook_properties=NO_POST_COMMIT,
         )
         self._txns.committed(T.CANDLES_1M.name, dt, before, txns)
+        self.handles.committed(T.CANDLES_1M.name)
         if self._crash is not None:
             self._crash.committed(T.CANDLES_1M.name)
 
