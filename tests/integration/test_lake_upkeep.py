@@ -43,9 +43,7 @@ def test_a_checkpoint_is_made_beside_the_commits_not_inside_them(tmp_path: Path)
     assert trade_ids(lake) == [1000, 1001, 1002, 1003, 1009]
 
 
-def test_a_failed_upkeep_keeps_the_handle(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_failed_upkeep_keeps_the_handle(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     lake = tmp_path / "lake"
     writer = LakeWriter(lake, "stream")
     handle = writer.tables[T.TRADES.name]
