@@ -42,7 +42,7 @@ from crypto_sentinel import metrics
 from crypto_sentinel.engine.candles import Candle
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.errors import LakeWriteFailed
-from crypto_sentinel.lake.handles import NO_POST_COMMIT, TableHandles
+from crypto_sentinel.lake.handles import TableHandles
 from crypto_sentinel.lake.location import LakeRoot
 from crypto_sentinel.lake.maintenance.policy import (
     COMPACT_PROPERTIES,
@@ -393,7 +393,6 @@ class LakeWriter:
             commit_properties=CommitProperties(
                 app_transactions=[Transaction(app, v) for app, v in txns.items()]
             ),
-            post_commithook_properties=NO_POST_COMMIT,
         )
         self._txns.committed(spec.name, dt, before, txns)
         self.handles.committed(spec.name)
@@ -447,7 +446,6 @@ class LakeWriter:
             commit_properties=CommitProperties(
                 app_transactions=[Transaction(app, v) for app, v in txns.items()] or None
             ),
-            post_commithook_properties=NO_POST_COMMIT,
         )
         self._txns.committed(T.CANDLES_1M.name, dt, before, txns)
         self.handles.committed(T.CANDLES_1M.name)

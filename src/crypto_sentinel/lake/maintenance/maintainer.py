@@ -338,12 +338,11 @@ class Maintainer:
     def checkpoint(self, spec: T.TableSpec, *, force: bool = False) -> dict[str, Any]:
         """Checkpoint a table nobody else checkpoints, and drop its expired log files.
 
-        Writers checkpoint by themselves every `checkpoint_interval` versions and trim the
-        log as they do (the table carries both settings; delta-rs's post-commit hook, or the
-        stream writer's background upkeep, `lake/handles.py`). A second party doing the same
-        beside them makes their next log read fail (measured), so maintenance only steps in
-        when the log is twice the interval past the last checkpoint - a writer that does not
-        checkpoint - or when forced (`sentinel maintain checkpoint`).
+        delta-rs writers checkpoint by themselves every `checkpoint_interval` commits and
+        trim the log as they do (the table carries both settings). A second party doing the
+        same beside them makes their next log read fail (measured), so maintenance only steps
+        in when the log is twice the interval past the last checkpoint - a writer without
+        post-commit hooks - or when forced (`sentinel maintain checkpoint`).
         """
         result: dict[str, Any] = {"table": spec.name, "action": "checkpoint"}
         dt = self.table(spec)
