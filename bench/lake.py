@@ -95,6 +95,7 @@ def synth_trades(first_id: int, n: int, start: datetime, span: timedelta) -> pa.
             "taker_order_id": pc.take(pool, pick2),
             "conn_id": pa.array(["bench"] * n, pa.string()),
             "date": pc.cast(times, pa.date32()),
+            "venue_symbol": pa.nulls(n, pa.string()),  # the venue's own name, where it differs
         },
         schema=T.TRADES.schema,
     )

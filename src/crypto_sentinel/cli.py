@@ -271,7 +271,7 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 #: Benchmarks live in the repo's bench/ folder; each module has main(trades, workdir, port)
 #: returning a JSON-able dict and markdown(result) rendering rows for docs/benchmarks.md.
-BENCHMARKS = ("ingest", "api", "lake", "spark", "memory", "history", "books")
+BENCHMARKS = ("ingest", "api", "lake", "spark", "memory", "history", "books", "commits")
 
 #: Optional dependencies -> the extra that installs them (pyproject's optional-dependencies).
 EXTRAS = {"pyspark": "spark", "delta": "spark", "py4j": "spark"}
@@ -413,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--phases",
         help="ingest: comma-separated phases of replay,live,fast,kafka; books: lake,route"
-        " (default all of them)",
+        " (default all of them); commits: the log lengths to compare, e.g. 10,130,500",
     )
     p.add_argument(
         "--live-seconds",

@@ -355,7 +355,8 @@ class Settings(BaseSettings):
     # Commits per checkpoint. Reading the log past a checkpoint fetches each commit file on a
     # tokio thread of its own: at 100 the process kept ~110 threads and ~14 MB more resident.
     maintenance_checkpoint_interval: int = Field(25, ge=1, le=100_000)
-    maintenance_log_retention_minutes: int = Field(2, ge=1, le=525_600)  # short: commits list it
+    # Commit files older than this go at each checkpoint. Short: every commit lists the log.
+    maintenance_log_retention_minutes: float = Field(0.5, ge=0.1, le=525_600)
     retention_bronze_days: int = Field(7, ge=0, le=36_500)  # 0 = keep forever
     retention_quarantine_days: int = Field(0, ge=0, le=36_500)
     retention_silver_days: int = Field(0, ge=0, le=36_500)

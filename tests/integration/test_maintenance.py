@@ -297,7 +297,7 @@ async def test_scheduler_compacts_in_the_background_and_stops(lake: Path) -> Non
     stop.set()
     await asyncio.wait_for(task, 10)
     dt = DeltaTable(str(T.TRADES.path(lake)))
-    assert dt.metadata().configuration["delta.logRetentionDuration"] == "interval 120 seconds"
+    assert dt.metadata().configuration["delta.logRetentionDuration"] == "interval 30 seconds"
     assert read_table(lake, T.TRADES).num_rows == 12
 
 

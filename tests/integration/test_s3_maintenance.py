@@ -309,7 +309,7 @@ async def test_running_pipeline_maintains_an_s3_lake(lake: str, s3: S3) -> None:
         emitted = {t.trade_id for t in sim.market.emitted()}
 
     dt = open_table(lake, T.TRADES)
-    assert dt.metadata().configuration["delta.logRetentionDuration"] == "interval 120 seconds"
+    assert dt.metadata().configuration["delta.logRetentionDuration"] == "interval 30 seconds"
     rows: pa.Table = dt.to_pyarrow_table()
     ids = rows.column("trade_id").to_pylist()
     assert len(ids) == len(set(ids)) == len(emitted) == 1_500

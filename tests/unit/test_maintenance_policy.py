@@ -7,8 +7,9 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pyarrow as pa
+import pytest
 
-from crypto_sentinel.config import load_settings
+from crypto_sentinel.config import ConfigError, load_settings
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.maintenance import (
     MiB,
@@ -73,6 +74,17 @@ def test_policy_from_settings_and_table_properties() -> None:
     assert props["delta.logRetentionDuration"] == "interval 5400 seconds"
     assert props["delta.deletedFileRetentionDuration"] == "interval 2 hours"
     assert props["delta.checkpointInterval"] == "25"
+
+
+def test_the_log_is_kept_for_half_a_minute_by_default() -> None:
+    """Every commit lists `_delta_log`, so its length is paid at every write: the default keeps
+    about 30 s of commit files (docs/benchmarks.md, session 32); fractions of a minute work."""
+    default = Policy.from_settings(load_settings())
+    assert default.table_properties()["delta.logRetentionDuration"] == "interval 30 seconds"
+    quarter = Policy.from_settings(load_settings(maintenance_log_retention_minutes=0.25))
+    assert quarter.log_retention_seconds == 15
+    with pytest.raises(ConfigError):
+        load_settings(maintenance_log_retention_minutes=0.05)
 
 
 def test_rows_are_sized_as_an_exchange_would_write_them() -> None:

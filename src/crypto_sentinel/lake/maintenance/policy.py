@@ -95,7 +95,7 @@ class Policy:
     retention_days: Mapping[str, int] = field(default_factory=lambda: {T.BRONZE.name: 7})
     vacuum_safety_hours: int = 1
     checkpoint_interval: int = 25  # see Settings.maintenance_checkpoint_interval
-    log_retention_seconds: int = 120
+    log_retention_seconds: int = 30
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -116,7 +116,7 @@ class Policy:
             },
             vacuum_safety_hours=s.maintenance_vacuum_safety_hours,
             checkpoint_interval=s.maintenance_checkpoint_interval,
-            log_retention_seconds=s.maintenance_log_retention_minutes * 60,
+            log_retention_seconds=round(s.maintenance_log_retention_minutes * 60),
         )
 
     def table_properties(self) -> dict[str, str]:
