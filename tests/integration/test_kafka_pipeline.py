@@ -20,6 +20,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from deltalake import DeltaTable
 
+from crypto_sentinel.bus.kafka import unwrap
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.writer import CRASH_AT_ENV
 from crypto_sentinel.ops import kafka
@@ -108,7 +109,7 @@ class Cluster:
         held = set(zip(*(bronze[c].to_pylist() for c in ("conn_id", "recv_seq")), strict=True))
         lines = [f"bronze: {bronze.num_rows} rows, {len(held)} distinct frames"]
         topic = self.env["SENTINEL_KAFKA_TOPIC_PREFIX"] + "simulator"
-        for partition, offset, headers, text in topic_messages(self.env, topic):
+        for partition, offset, where, text in topic_messages(self.env, topic):
             try:
                 frame = json.loads(text)
             except ValueError:
@@ -116,7 +117,6 @@ class Cluster:
             key = (frame.get("product_id"), frame.get("trade_id"))
             if frame.get("type") == "match" and key in missing:
                 missing.discard(key)
-                where = (headers.get("conn_id", b"").decode(), int(headers.get("recv_seq", -1)))
                 lines.append(f"{key}: Kafka {partition}@{offset}, in bronze: {where in held}")
         lines += [f"{key}: in no Kafka match frame" for key in sorted(missing)]
         return "\n".join(lines)
@@ -157,8 +157,11 @@ class Cluster:
         assert stored == emitted
 
 
-def topic_messages(env: dict[str, str], topic: str) -> Iterator[tuple[int, int, dict, str]]:
-    """Every message of a topic: partition, offset, headers, text (read by assignment)."""
+def topic_messages(
+    env: dict[str, str], topic: str
+) -> Iterator[tuple[int, int, tuple[str, int], str]]:
+    """Every message of a topic: partition, offset, (connection, position), frame text (read by
+    assignment)."""
     consumer = Consumer(
         {"bootstrap.servers": env["SENTINEL_KAFKA_BOOTSTRAP"], "group.id": "test-reader"}
     )
@@ -173,8 +176,10 @@ def topic_messages(env: dict[str, str], topic: str) -> Iterator[tuple[int, int, 
                     break  # bounded: a partition that stops answering ends the listing
                 for msg in messages:
                     offset = msg.offset() + 1
-                    text = (msg.value() or b"").decode()
-                    yield partition, msg.offset(), dict(msg.headers() or ()), text
+                    opened = unwrap(msg.value() or b"")
+                    assert opened is not None, f"no receipt line at {partition}@{msg.offset()}"
+                    conn, seq, _, text = opened
+                    yield partition, msg.offset(), (conn.decode(), seq), text.decode()
     finally:
         consumer.close()
 

@@ -1,5 +1,7 @@
 """Which Kafka messages the processor takes: only those of partitions it is assigned, in
-offset order from where the lake is; a jump over offsets is counted, never silent."""
+offset order from where the lake is; a jump over offsets is counted, never silent. And what
+a frame keeps of its record: the receipt line the publisher writes, the headers older
+versions wrote, or what Kafka says of a record another producer wrote."""
 
 from __future__ import annotations
 
@@ -10,17 +12,30 @@ from confluent_kafka import TopicPartition
 
 from crypto_sentinel import metrics
 from crypto_sentinel.bus import kafka
-from crypto_sentinel.bus.kafka import KafkaFrames
+from crypto_sentinel.bus.kafka import KafkaFrames, envelope, unwrap
 from crypto_sentinel.config import load_settings
+from crypto_sentinel.model import RawFrame
+from tests.kafka_records import HEARTBEAT, OFFSET, PARTITION, RECORDS, TIMESTAMP_MS
 
 TOPIC = "sentinel.raw.coinbase"
 
 
-class Message:
-    """The parts of a confluent-kafka message the reader uses."""
+RECEIVED = RawFrame("coinbase", "c1", 1, 1000, HEARTBEAT)
 
-    def __init__(self, partition: int, offset: int) -> None:
+
+class Message:
+    """The parts of a confluent-kafka message the reader uses: by default a record as the
+    publisher writes it."""
+
+    def __init__(
+        self,
+        partition: int,
+        offset: int,
+        value: bytes | None = envelope(RECEIVED),
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         self._partition, self._offset = partition, offset
+        self._value, self._headers = value, headers
 
     def error(self) -> None:
         return None
@@ -34,11 +49,14 @@ class Message:
     def offset(self) -> int:
         return self._offset
 
-    def value(self) -> bytes:
-        return b'{"type":"heartbeat"}'
+    def value(self) -> bytes | None:
+        return self._value
 
-    def headers(self) -> list[tuple[str, bytes]]:
-        return [("conn_id", b"c1"), ("recv_seq", b"1"), ("recv_ns", b"1000")]
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return self._headers
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, TIMESTAMP_MS)  # TIMESTAMP_CREATE_TIME
 
 
 class Assigner:
@@ -106,3 +124,30 @@ def test_a_frame_keeps_what_the_ingest_process_recorded(frames: KafkaFrames) -> 
     )
     assert (first.text, first.partition, first.offset) == ('{"type":"heartbeat"}', 1, 7)
     assert second.conn_id is first.conn_id  # decoded once per connection
+
+
+def receipt(frame: RawFrame) -> tuple[str, int, int, str]:
+    return frame.conn_id, frame.recv_seq, frame.recv_ns, frame.text
+
+
+def test_the_receipt_line_round_trips_any_frame_text() -> None:
+    text = 'line one\n{"price":"1.5","note":"\u00e9 \x1e"}\n'  # newlines, non-ASCII
+    frame = RawFrame("coinbase", "0a1b2c3d4e5f6a7b", 42, 1_796_000_000_123_456_789, text)
+    value = envelope(frame)
+    assert value.startswith(b"\x1e1796000000123456789 42 0a1b2c3d4e5f6a7b\n")
+    assert unwrap(value) == (b"0a1b2c3d4e5f6a7b", 42, 1_796_000_000_123_456_789, text.encode())
+
+
+@pytest.mark.parametrize(
+    ("value", "headers", "expected"), [r[1:] for r in RECORDS], ids=[r[0] for r in RECORDS]
+)
+def test_a_frame_keeps_its_receipt(
+    frames: KafkaFrames,
+    value: bytes | None,
+    headers: list[tuple[str, bytes]] | None,
+    expected: tuple[str, int, int, str],
+) -> None:
+    frames._on_assign(Assigner(), [TopicPartition(TOPIC, PARTITION)])
+    (frame,) = frames._frames([Message(PARTITION, OFFSET, value, headers)])
+    assert receipt(frame) == expected
+    assert (frame.exchange, frame.partition, frame.offset) == ("coinbase", PARTITION, OFFSET)

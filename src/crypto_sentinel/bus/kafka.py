@@ -2,9 +2,11 @@
 
 Topic layout: one raw-frames topic per exchange, `<prefix><exchange>` (default
 `sentinel.raw.coinbase`), 6 partitions by default, key = product id so every product's frames
-stay in order in one partition, value = the frame text exactly as received, headers =
-conn_id, recv_seq and recv_ns. Retention defaults to 7 days: the lake's bronze table is the
-long-term copy, Kafka is the buffer that lets processing restart and catch up.
+stay in order in one partition, value = a receipt line (`envelope`: receive time, position in
+the connection, connection id) and then the frame text exactly as received. Records of older
+versions carried the receipt in headers instead; they are read as before. Retention defaults
+to 7 days: the lake's bronze table is the long-term copy, Kafka is the buffer that lets
+processing restart and catch up.
 
 Offsets are not trusted to Kafka: the processor seeks to the offsets recorded in Delta
 (see `crypto_sentinel.distributed`) and commits to Kafka only so lag is visible to tools.
@@ -36,6 +38,9 @@ log = logging.getLogger(__name__)
 STATS_INTERVAL_MS = 2_000
 CONTROL_KEY = b"_control"  # frames without a product: subscriptions acks, errors
 _PRODUCT = re.compile(r'"product_id":\s*"([^"]{1,40})"')
+#: The first byte of a value that starts with a receipt line. Exchange frames are JSON text,
+#: which never starts with it (ASCII "record separator").
+ENVELOPE = b"\x1e"
 
 
 def topic_name(settings: Settings, exchange: str) -> str:
@@ -50,6 +55,30 @@ def frame_key(text: str) -> bytes:
     """The product id, found without parsing the whole frame."""
     match = _PRODUCT.search(text)
     return match.group(1).encode() if match else CONTROL_KEY
+
+
+def envelope(frame: RawFrame) -> bytes:
+    """The raw topic's value: `\\x1e<recv_ns> <recv_seq> <conn_id>\\n`, then the frame text.
+
+    Why not Kafka headers: confluent-kafka makes a list of tuples of each message's headers,
+    and that cost the consumer more than all its other per-message work together
+    (docs/benchmarks.md, session 33). Connection ids are ours and hold no newline."""
+    return b"\x1e%d %d %b\n" % (frame.recv_ns, frame.recv_seq, frame.conn_id.encode()) + (
+        frame.text.encode()
+    )
+
+
+def unwrap(value: bytes) -> tuple[bytes, int, int, bytes] | None:
+    """(connection id, position, receive ns, frame text) of an `envelope`, or None for a value
+    without a receipt line."""
+    end = value.find(b"\n")
+    if end < 0 or not value.startswith(ENVELOPE):
+        return None
+    try:
+        ns, seq, conn = value[1:end].split(b" ", 2)
+        return conn, int(seq), int(ns), value[end + 1 :]
+    except ValueError:
+        return None
 
 
 def client_config(settings: Settings) -> dict[str, Any]:
@@ -167,7 +196,10 @@ def tail_texts(
                     continue
                 partition, offset = msg.partition(), msg.offset()
                 if partition in ends and offset is not None and offset < ends[partition]:
-                    texts.append((msg.value() or b"").decode("utf-8", errors="replace"))
+                    value = msg.value() or b""
+                    opened = unwrap(value)
+                    text = value if opened is None else opened[3]
+                    texts.append(text.decode("utf-8", errors="replace"))
                     if offset + 1 >= ends[partition]:
                         del ends[partition]
         if ends:
@@ -217,18 +249,13 @@ class KafkaPublisher:
             log.error("kafka delivery failed: %s", err)
 
     async def publish(self, frame: RawFrame) -> None:
-        headers: list[tuple[str, str | bytes | None]] = [
-            ("conn_id", frame.conn_id.encode()),
-            ("recv_seq", str(frame.recv_seq).encode()),
-            ("recv_ns", str(frame.recv_ns).encode()),
-        ]
+        value = envelope(frame)
         while True:
             try:
                 self._producer.produce(
                     topic_name(self.settings, frame.exchange),
                     key=frame_key(frame.text),
-                    value=frame.text.encode(),
-                    headers=headers,
+                    value=value,
                     timestamp=frame.recv_ns // 1_000_000,
                     on_delivery=self._on_delivery,
                 )
@@ -366,9 +393,9 @@ class KafkaFrames:
 
     def _frames(self, messages: list[Any]) -> list[RawFrame]:
         """The frames the messages carry, in order, leaving out error events and messages this
-        consumer must not process (`_in_order`). The headers say where and when the ingest
-        process received each frame. One loop with its lookups hoisted: draining a backlog,
-        this was a third of the engine thread's time."""
+        consumer must not process (`_in_order`). The receipt line (`envelope`) says where and
+        when the ingest process received each frame. One loop with its lookups hoisted:
+        draining a backlog, this was a third of the engine thread's time."""
         frames: list[RawFrame] = []
         append = frames.append
         expected = self._next
@@ -385,12 +412,12 @@ class KafkaFrames:
                 expected[key] = offset + 1
             elif not self._in_order(topic, partition, offset):
                 continue
-            headers = dict(msg.headers() or ())
-            recv_ns, recv_seq, conn = (
-                headers.get("recv_ns"),
-                headers.get("recv_seq"),
-                headers.get("conn_id"),
-            )
+            text = msg.value() or b""
+            opened = unwrap(text)
+            if opened is None:  # an older version's record (headers), or another producer's
+                conn, recv_seq, recv_ns = _receipt_of_headers(msg, offset)
+            else:
+                conn, recv_seq, recv_ns, text = opened
             exchange = exchanges.get(topic)
             if exchange is None:
                 exchange = exchanges[topic] = exchange_of(self.settings, topic)
@@ -406,9 +433,9 @@ class KafkaFrames:
                 RawFrame(
                     exchange,
                     conn_id,
-                    int(recv_seq) if recv_seq else offset,
-                    int(recv_ns) if recv_ns else msg.timestamp()[1] * 1_000_000,
-                    (msg.value() or b"").decode("utf-8", errors="replace"),
+                    recv_seq,
+                    recv_ns,
+                    text.decode("utf-8", errors="replace"),
                     partition,
                     offset,
                 )
@@ -456,3 +483,21 @@ class KafkaFrames:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def _receipt_of_headers(msg: Any, offset: int) -> tuple[bytes | None, int, int]:
+    """(connection id, position, receive ns) from the headers older versions wrote; the
+    offset and the record's timestamp stand in where they are missing."""
+    headers = dict(msg.headers() or ())
+    return (
+        headers.get("conn_id"),
+        _int_or(headers.get("recv_seq"), offset),
+        _int_or(headers.get("recv_ns"), msg.timestamp()[1] * 1_000_000),
+    )
+
+
+def _int_or(text: bytes | None, default: int) -> int:
+    try:
+        return int(text) if text else default
+    except ValueError:
+        return default

@@ -1,6 +1,6 @@
 """Kafka records -> the frame columns the embedded engine's Kafka consumer builds.
 
-Only the Kafka envelope (topic -> exchange, headers -> connection, sequence and receive
+Only the Kafka envelope (topic -> exchange, receipt line -> connection, sequence and receive
 time) is Spark work: it runs where the records are read, in the batch's one Spark job. What a
 frame holds is decoded on the driver by the venues' codecs, through the embedded engine
 (spark/sink.py), so both paths give the same rows and quarantine reasons by construction.
@@ -23,19 +23,41 @@ def _header(name: str) -> Column:
 
 def frames(records: DataFrame, topic_prefix: str) -> DataFrame:
     """Kafka rows -> the RawFrame columns the embedded consumer builds (bus/kafka.py); a
-    record without a value is an empty frame there too (quarantined, never dropped)."""
-    recv_seq = _header("recv_seq")
-    recv_ns = _header("recv_ns")
+    record without a value is an empty frame there too (quarantined, never dropped).
+
+    A value that starts with a receipt line (`bus.kafka.envelope`) gives the connection,
+    position and receive time; a record of an older version gives them in its headers."""
+    value = F.col("value").cast("string")
+    receipt = F.substring_index(value, "\n", 1)
+    fields = F.split(receipt.substr(F.lit(2), F.length(receipt)), " ", 3)
+    ns, seq = fields[0].try_cast("long"), fields[1].try_cast("long")
+    enveloped = (
+        value.startswith("\x1e")
+        & (F.length(receipt) < F.length(value))  # a newline ends the receipt line
+        & (F.size(fields) == 3)
+        & ns.isNotNull()
+        & seq.isNotNull()
+    )
+    conn_id = F.when(enveloped, fields[2]).otherwise(_header("conn_id"))
     return records.select(
         F.expr(f"substring(topic, {len(topic_prefix) + 1})").alias("exchange"),
+        F.when(conn_id != "", conn_id)
+        .otherwise(F.concat(F.lit("kafka-"), F.col("partition").cast("string")))
+        .alias("conn_id"),
         F.coalesce(
-            _header("conn_id"), F.concat(F.lit("kafka-"), F.col("partition").cast("string"))
-        ).alias("conn_id"),
-        F.coalesce(recv_seq.try_cast("long"), F.col("offset")).alias("recv_seq"),
-        F.coalesce(recv_ns.try_cast("long"), F.unix_millis(F.col("timestamp")) * 1_000_000).alias(
-            "recv_ns"
-        ),
-        F.coalesce(F.col("value").cast("string"), F.lit("")).alias("text"),
+            F.when(enveloped, seq).otherwise(_header("recv_seq").try_cast("long")),
+            F.col("offset"),
+        ).alias("recv_seq"),
+        F.coalesce(
+            F.when(enveloped, ns).otherwise(_header("recv_ns").try_cast("long")),
+            F.unix_millis(F.col("timestamp")) * 1_000_000,
+        ).alias("recv_ns"),
+        F.coalesce(
+            F.when(enveloped, value.substr(F.length(receipt) + 2, F.length(value))).otherwise(
+                value
+            ),
+            F.lit(""),
+        ).alias("text"),
         F.col("partition").cast("int").alias("partition"),
         F.col("offset"),
     )
