@@ -32,7 +32,13 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from deltalake import DeltaTable
 
-from crypto_sentinel.bus.kafka import KafkaPublisher, ensure_topics, exchange_of, topic_name
+from crypto_sentinel.bus.kafka import (
+    KafkaPublisher,
+    ensure_topics,
+    exchange_of,
+    topic_name,
+    unwrap,
+)
 from crypto_sentinel.config import Settings, load_settings
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.location import LakeRoot, storage_options
@@ -277,7 +283,8 @@ def _decode(exchange: str, text: str) -> Decoded | FrameError:
 
 
 def _topic_frames(settings: Settings, expected: int) -> list[tuple[str, str]]:
-    """Every frame the topics hold, read back from the broker (not what we think we sent)."""
+    """Every frame the topics hold, read back from the broker (not what we think we sent),
+    each after its receipt line."""
     consumer = Consumer(
         {"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"check-{uuid.uuid4().hex}"}
     )
@@ -292,7 +299,9 @@ def _topic_frames(settings: Settings, expected: int) -> list[tuple[str, str]]:
         while len(texts) < expected and time.monotonic() < deadline:
             for msg in consumer.consume(1000, timeout=1):
                 assert msg.error() is None, msg.error()
-                texts.append((exchange_of(settings, msg.topic()), msg.value().decode()))
+                opened = unwrap(msg.value())
+                assert opened is not None, f"no receipt line: {msg.value()[:80]!r}"
+                texts.append((exchange_of(settings, msg.topic()), opened[3].decode()))
         return texts
     finally:
         consumer.close()
