@@ -2,7 +2,7 @@
 
 A local broker (one KRaft node on free ports, in a folder of its own) gets N trades of a
 recording published into the raw topic the way `sentinel ingest` publishes them (the same
-publisher: topic per exchange, product id as key, receive time in the headers). Then
+publisher: topic per exchange, product id as key, receipt line before the frame). Then
 `sentinel process` starts in a child on an empty lake and is timed until every frame is in
 bronze and every trade in silver: frames/s from its start, and from its first to its last
 commit (start-up, consumer-group join and the first poll left out).

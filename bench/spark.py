@@ -7,7 +7,7 @@ machine has 2 cores; running both at once would measure the competition):
   empty lake (wall time from process start, and from its first to its last bronze commit);
 * latency: the engine runs and is warmed up, then frames arrive live at a fixed rate; frame ->
   Delta latency of each frame = commit time of the bronze commit holding it (from the Delta
-  log) - its receive time (the Kafka header the source set);
+  log) - its receive time (the receipt line the source wrote before the frame);
 * peak RSS of the engine's whole process group (Python and, for Spark, the JVM);
 * Spark scaling (issue 22): the same drain with `local[1]`, `local[2]`, and a standalone
   cluster of one and of two one-core workers; frames/s between the first and the last bronze

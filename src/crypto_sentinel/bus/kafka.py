@@ -297,7 +297,7 @@ class KafkaFrames:
     ) -> None:
         self.settings = settings
         self._exchanges: dict[str, str] = {}  # topic -> exchange
-        self._conn_ids: dict[bytes, str] = {}  # conn_id header -> its text
+        self._conn_ids: dict[bytes, str] = {}  # connection id as received -> its text
         self.position = position
         self.before_revoke = before_revoke
         self.after_assign = after_assign
