@@ -41,6 +41,7 @@ _PRODUCT = re.compile(r'"product_id":\s*"([^"]{1,40})"')
 #: The first byte of a value that starts with a receipt line. Exchange frames are JSON text,
 #: which never starts with it (ASCII "record separator").
 ENVELOPE = b"\x1e"
+INT64_MAX = 2**63 - 1  # the lake's receive columns are 64-bit
 
 
 def topic_name(settings: Settings, exchange: str) -> str:
@@ -70,15 +71,20 @@ def envelope(frame: RawFrame) -> bytes:
 
 def unwrap(value: bytes) -> tuple[bytes, int, int, bytes] | None:
     """(connection id, position, receive ns, frame text) of an `envelope`, or None for a value
-    without a receipt line."""
+    without a receipt line (its numbers plain digits that fit a 64-bit integer)."""
     end = value.find(b"\n")
     if end < 0 or not value.startswith(ENVELOPE):
         return None
     try:
         ns, seq, conn = value[1:end].split(b" ", 2)
-        return conn, int(seq), int(ns), value[end + 1 :]
     except ValueError:
         return None
+    if not (ns.isdigit() and seq.isdigit()):
+        return None
+    recv_ns, recv_seq = int(ns), int(seq)
+    if recv_ns > INT64_MAX or recv_seq > INT64_MAX:
+        return None
+    return conn, recv_seq, recv_ns, value[end + 1 :]
 
 
 def client_config(settings: Settings) -> dict[str, Any]:
@@ -498,6 +504,7 @@ def _receipt_of_headers(msg: Any, offset: int) -> tuple[bytes | None, int, int]:
 
 def _int_or(text: bytes | None, default: int) -> int:
     try:
-        return int(text) if text else default
+        number = int(text) if text else default
     except ValueError:
         return default
+    return number if -INT64_MAX <= number <= INT64_MAX else default

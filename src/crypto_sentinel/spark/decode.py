@@ -30,15 +30,18 @@ def frames(records: DataFrame, topic_prefix: str) -> DataFrame:
     value = F.col("value").cast("string")
     receipt = F.substring_index(value, "\n", 1)
     fields = F.split(receipt.substr(F.lit(2), F.length(receipt)), " ", 3)
-    ns, seq = fields[0].try_cast("long"), fields[1].try_cast("long")
+    ns_text, seq_text, conn = (F.get(fields, i) for i in range(3))  # null when not there
+    ns, seq = ns_text.try_cast("long"), seq_text.try_cast("long")
     enveloped = (
         value.startswith("\x1e")
         & (F.length(receipt) < F.length(value))  # a newline ends the receipt line
         & (F.size(fields) == 3)
-        & ns.isNotNull()
+        & ns_text.rlike("^[0-9]+$")
+        & seq_text.rlike("^[0-9]+$")
+        & ns.isNotNull()  # fits 64 bits
         & seq.isNotNull()
     )
-    conn_id = F.when(enveloped, fields[2]).otherwise(_header("conn_id"))
+    conn_id = F.when(enveloped, conn).otherwise(_header("conn_id"))
     return records.select(
         F.expr(f"substring(topic, {len(topic_prefix) + 1})").alias("exchange"),
         F.when(conn_id != "", conn_id)
