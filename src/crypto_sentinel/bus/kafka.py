@@ -64,9 +64,8 @@ def envelope(frame: RawFrame) -> bytes:
     Why not Kafka headers: confluent-kafka makes a list of tuples of each message's headers,
     and that cost the consumer more than all its other per-message work together
     (docs/benchmarks.md, session 33). Connection ids are ours and hold no newline."""
-    return b"\x1e%d %d %b\n" % (frame.recv_ns, frame.recv_seq, frame.conn_id.encode()) + (
-        frame.text.encode()
-    )
+    receipt = b"%d %d %b\n" % (frame.recv_ns, frame.recv_seq, frame.conn_id.encode())
+    return ENVELOPE + receipt + frame.text.encode()
 
 
 def unwrap(value: bytes) -> tuple[bytes, int, int, bytes] | None:
