@@ -12,7 +12,7 @@ install: $(VENV)/.installed
 # counts too); without it the pipeline runs the Python decoder, which gives the same rows.
 CARGO_PATH := $(PATH):$(HOME)/.cargo/bin:/usr/local/cargo/bin
 
-$(VENV)/.installed: pyproject.toml native/Cargo.toml native/pyproject.toml native/src/lib.rs
+$(VENV)/.installed: pyproject.toml native/Cargo.toml native/pyproject.toml $(wildcard native/src/*.rs)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev,spark]'

@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import time
+from array import array
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -82,10 +83,12 @@ async def _run_pipeline(
         log_level="WARNING",
     )
     pipeline = Pipeline(settings)
-    shown: list[tuple[int, list[int]]] = []  # (when shown, receive times): work after the run
+    # (when shown, receive times), compact: a list of Python ints per chunk was ~40 bytes a
+    # trade of the peak RSS measured (12 MB for 300,000 trades), not the pipeline's memory.
+    shown: list[tuple[int, array[int]]] = []
 
     def on_chunk(news: ChunkNews) -> None:  # runs after the hot state's: shown by now
-        shown.append((time.time_ns(), news.trades.recv_times()))
+        shown.append((time.time_ns(), array("q", news.trades.recv_times())))
 
     pipeline.engine.listeners.append(on_chunk)
     pipeline.engine.commit_log = []
@@ -107,6 +110,7 @@ async def _run_pipeline(
                 pipeline.stop_event.set()
         await run
         seconds = time.perf_counter() - started
+        peak = peak_rss_mb()  # before the lists of latencies below are made
     finally:
         stop_file.touch()
         poller.wait(timeout=60)
@@ -134,7 +138,7 @@ async def _run_pipeline(
         "frame_to_visible": percentiles(visible_ns),
         "frame_to_http_client": http,
         "frame_to_delta_commit": percentiles(commit_ns),
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak,
     }
 
 

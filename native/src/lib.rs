@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 
 mod flat_json;
+mod kafka;
 
 use flat_json::Frame;
 use pyo3::prelude::*;
@@ -404,6 +405,7 @@ fn decode_coinbase<'py>(
 #[pymodule]
 fn crypto_sentinel_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_coinbase, m)?)?;
+    m.add_function(wrap_pyfunction!(kafka::kafka_frames, m)?)?;
     // The rules this decoder copies from Python, so a test can hold them equal.
     m.add("SCALE", SCALE)?;
     m.add("MAX_INTEGER_DIGITS", MAX_INTEGER_DIGITS)?;

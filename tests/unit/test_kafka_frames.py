@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 from confluent_kafka import TopicPartition
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crypto_sentinel import metrics
 from crypto_sentinel.bus import kafka
@@ -72,8 +74,13 @@ class Assigner:
         self.partitions = partitions
 
 
-@pytest.fixture
-def frames(monkeypatch: pytest.MonkeyPatch) -> KafkaFrames:
+@pytest.fixture(params=["compiled", "python"])
+def frames(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> KafkaFrames:
+    """A reader; each test runs with the compiled extension's common path and without it."""
+    if request.param == "compiled" and kafka.NATIVE is None:
+        pytest.fail("the compiled extension is not installed: run `make install` with cargo")
+    if request.param == "python":
+        monkeypatch.setattr(kafka, "NATIVE", None)
     monkeypatch.setattr(kafka, "Consumer", Assigner)
     lake_done = {0: 99, 1: None}  # partition 0: the lake holds up to offset 99
     return KafkaFrames(load_settings(), position=lambda _ex, p: lake_done.get(p))
@@ -151,3 +158,83 @@ def test_a_frame_keeps_its_receipt(
     (frame,) = frames._frames([Message(PARTITION, OFFSET, value, headers)])
     assert receipt(frame) == expected
     assert (frame.exchange, frame.partition, frame.offset) == ("coinbase", PARTITION, OFFSET)
+
+
+def left_to_python(message: Message) -> str:
+    return "left to Python"
+
+
+def test_the_compiled_path_takes_the_published_record_itself() -> None:
+    """Records as `sentinel ingest` writes them never reach Python's per-message code: were
+    they to, the tests above would pass without testing the compiled path."""
+    assert kafka.NATIVE is not None, "the compiled extension is not installed"
+    expected, conn_ids = {(TOPIC, 1): 7}, {b"c1": "c1"}
+    got = kafka.NATIVE.kafka_frames(
+        [Message(1, 7), Message(1, 8)], expected, {TOPIC: "coinbase"}, conn_ids, RawFrame,
+        left_to_python,
+    )  # fmt: skip
+    assert got == [
+        RawFrame("coinbase", "c1", 1, 1000, HEARTBEAT, 1, 7),
+        RawFrame("coinbase", "c1", 1, 1000, HEARTBEAT, 1, 8),
+    ]
+    assert expected == {(TOPIC, 1): 9} and got[0].conn_id is conn_ids[b"c1"]
+
+
+#: The shapes of RECORDS the compiled path takes itself: a receipt line of a known connection.
+COMPILED_SHAPES = {"published", "text with newlines"}
+
+
+@pytest.mark.parametrize(
+    ("value", "headers", "expected"), [r[1:] for r in RECORDS], ids=[r[0] for r in RECORDS]
+)
+def test_the_compiled_path_leaves_every_other_shape_to_python(
+    value: bytes | None,
+    headers: list[tuple[str, bytes]] | None,
+    expected: tuple[str, int, int, str],
+    request: pytest.FixtureRequest,
+) -> None:
+    assert kafka.NATIVE is not None, "the compiled extension is not installed"
+    offsets = {(TOPIC, PARTITION): OFFSET}
+    (got,) = kafka.NATIVE.kafka_frames(
+        [Message(PARTITION, OFFSET, value, headers)], offsets, {TOPIC: "coinbase"},
+        {b"c1": "c1"}, RawFrame, left_to_python,
+    )  # fmt: skip
+    if request.node.callspec.id in COMPILED_SHAPES:
+        assert receipt(got) == expected and offsets == {(TOPIC, PARTITION): OFFSET + 1}
+    else:
+        assert got == "left to Python" and offsets == {(TOPIC, PARTITION): OFFSET}
+
+
+SETTINGS = load_settings()
+_DIGITS = st.one_of(
+    st.integers(0, 2**64).map(lambda n: str(n).encode()),
+    st.sampled_from([b"", b"+1", b"-1", b" 1", b"1 ", b"\xd9\xa3", b"00012", b"1e3"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=40),
+        st.builds(
+            lambda ns, seq, conn, text: b"\x1e" + ns + b" " + seq + b" " + conn + b"\n" + text,
+            _DIGITS,
+            _DIGITS,
+            st.one_of(st.sampled_from([b"", b"c1", b"a b", b"\xff"]), st.binary(max_size=6)),
+            st.one_of(st.text(max_size=12).map(str.encode), st.binary(max_size=12)),
+        ),
+    )
+)
+def test_the_compiled_path_reads_any_value_as_python_does(value: bytes) -> None:
+    """Random values, many of them near a receipt line: the same frame from both paths."""
+    assert kafka.NATIVE is not None, "the compiled extension is not installed"
+    both = []
+    for native in (kafka.NATIVE, None):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(kafka, "Consumer", Assigner)
+            patch.setattr(kafka, "NATIVE", native)
+            reader = KafkaFrames(SETTINGS, position=lambda _ex, _p: None)
+            reader._on_assign(Assigner(), [TopicPartition(TOPIC, PARTITION)])
+            reader._conn_ids[b"c1"] = "c1"  # a connection seen before
+            both.append(reader._frames([Message(PARTITION, OFFSET, value), Message(0, 1)]))
+    assert both[0] == both[1]

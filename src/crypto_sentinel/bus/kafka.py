@@ -29,6 +29,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from crypto_sentinel import metrics
 from crypto_sentinel.config import Settings
+from crypto_sentinel.extension import NATIVE
 from crypto_sentinel.model import RawFrame
 from crypto_sentinel.startup import StartupError
 
@@ -398,54 +399,50 @@ class KafkaFrames:
 
     def _frames(self, messages: list[Any]) -> list[RawFrame]:
         """The frames the messages carry, in order, leaving out error events and messages this
-        consumer must not process (`_in_order`). The receipt line (`envelope`) says where and
-        when the ingest process received each frame. One loop with its lookups hoisted:
-        draining a backlog, this was a third of the engine thread's time."""
-        frames: list[RawFrame] = []
-        append = frames.append
-        expected = self._next
-        exchanges = self._exchanges
-        conn_ids = self._conn_ids
-        for msg in messages:
-            if msg.error() is not None:
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("kafka consumer: %s", msg.error())
-                continue
-            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-            key = (topic, partition)
-            if expected.get(key) == offset:  # the common case: the next message
-                expected[key] = offset + 1
-            elif not self._in_order(topic, partition, offset):
-                continue
-            text = msg.value() or b""
-            opened = unwrap(text)
-            if opened is None:  # an older version's record (headers), or another producer's
-                conn, recv_seq, recv_ns = _receipt_of_headers(msg, offset)
-            else:
-                conn, recv_seq, recv_ns, text = opened
-            exchange = exchanges.get(topic)
-            if exchange is None:
-                exchange = exchanges[topic] = exchange_of(self.settings, topic)
-            if conn:
-                conn_id = conn_ids.get(conn)
-                if conn_id is None:
-                    if len(conn_ids) >= 1024:  # one per ingest connection; bounded anyway
-                        conn_ids.clear()
-                    conn_id = conn_ids[conn] = conn.decode("utf-8", errors="replace")
-            else:
-                conn_id = f"kafka-{partition}"
-            append(
-                RawFrame(
-                    exchange,
-                    conn_id,
-                    recv_seq,
-                    recv_ns,
-                    text.decode("utf-8", errors="replace"),
-                    partition,
-                    offset,
-                )
+        consumer must not process (`_in_order`). The compiled extension takes the common
+        record (the next offset, a receipt line, a known topic and connection) and hands
+        every other message to `_frame_of`: draining a backlog, this turning was a third of
+        the engine thread's time in Python (docs/benchmarks.md, session 34)."""
+        if NATIVE is not None:
+            frames: list[RawFrame] = NATIVE.kafka_frames(
+                messages, self._next, self._exchanges, self._conn_ids, RawFrame, self._frame_of
             )
-        return frames
+            return frames
+        return [frame for msg in messages if (frame := self._frame_of(msg)) is not None]
+
+    def _frame_of(self, msg: Any) -> RawFrame | None:
+        """The frame of one message, None to leave it out. The receipt line (`envelope`) says
+        where and when the ingest process received the frame."""
+        if msg.error() is not None:
+            if msg.error().code() != KafkaError._PARTITION_EOF:
+                log.warning("kafka consumer: %s", msg.error())
+            return None
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        key = (topic, partition)
+        if self._next.get(key) == offset:  # the common case: the next message
+            self._next[key] = offset + 1
+        elif not self._in_order(topic, partition, offset):
+            return None
+        text = msg.value() or b""
+        opened = unwrap(text)
+        if opened is None:  # an older version's record (headers), or another producer's
+            conn, recv_seq, recv_ns = _receipt_of_headers(msg, offset)
+        else:
+            conn, recv_seq, recv_ns, text = opened
+        exchange = self._exchanges.get(topic)
+        if exchange is None:
+            exchange = self._exchanges[topic] = exchange_of(self.settings, topic)
+        if conn:
+            conn_ids = self._conn_ids
+            conn_id = conn_ids.get(conn)
+            if conn_id is None:
+                if len(conn_ids) >= 1024:  # one per ingest connection; bounded anyway
+                    conn_ids.clear()
+                conn_id = conn_ids[conn] = conn.decode("utf-8", errors="replace")
+        else:
+            conn_id = f"kafka-{partition}"
+        text = text.decode("utf-8", errors="replace")
+        return RawFrame(exchange, conn_id, recv_seq, recv_ns, text, partition, offset)
 
     def _in_order(self, topic: str, partition: int, offset: int) -> bool:
         """Whether to process this message: its partition is assigned and it is the next one.

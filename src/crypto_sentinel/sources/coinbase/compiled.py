@@ -8,21 +8,19 @@ It only vouches for frames written the way Coinbase writes them; every other fra
 through `columnar.decode_batch` (and so, where needed, the per-frame codec), as do rows whose
 product id fails the codec's pattern or whose time is near the skew limit. So the rows and the
 quarantine reasons are the same with it as without it; the differential tests hold both to the
-per-frame codec. `SENTINEL_COMPILED_DECODER=off` turns it off (to measure, or to rule it out).
+per-frame codec. `SENTINEL_COMPILED_DECODER=off` turns it off (`crypto_sentinel/extension.py`).
 """
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Sequence
-from types import ModuleType
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from crypto_sentinel.config import PRODUCT_RE
+from crypto_sentinel.extension import NATIVE
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.model import RawFrame
 from crypto_sentinel.sources.batch import DecodedBatch, merge_into
@@ -31,25 +29,7 @@ from crypto_sentinel.sources.coinbase import codec, columnar
 __all__ = ["AVAILABLE", "decode_batch"]
 
 
-log = logging.getLogger(__name__)
-
-
-def _load() -> ModuleType | None:
-    if os.environ.get("SENTINEL_COMPILED_DECODER", "").lower() in ("off", "0", "false", "no"):
-        log.info("Coinbase frames decode in Python (SENTINEL_COMPILED_DECODER=off)")
-        return None
-    try:
-        import crypto_sentinel_native
-    except ImportError:
-        log.warning(
-            "the compiled decoder is not installed: Coinbase frames decode in Python, which is "
-            "slower (install Rust from https://rustup.rs, then run `make install`)"
-        )
-        return None
-    return crypto_sentinel_native
-
-
-_native = _load()
+_native = NATIVE
 #: Whether batches go through the compiled decoder (else `columnar.decode_batch` alone).
 AVAILABLE = _native is not None
 
