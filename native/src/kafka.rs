@@ -59,9 +59,15 @@ pub(crate) fn kafka_frames<'py>(
     frame: &Bound<'py, PyAny>,
     other: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyList>> {
+    let reader = Reader {
+        expected,
+        exchanges,
+        conn_ids,
+        frame,
+    };
     let out = PyList::empty(py);
     for message in messages.iter() {
-        match common(py, &message, expected, exchanges, conn_ids, frame)? {
+        match reader.common(py, &message)? {
             Some(made) => out.append(made)?,
             None => {
                 let made = other.call1((message,))?;
@@ -74,61 +80,63 @@ pub(crate) fn kafka_frames<'py>(
     Ok(out)
 }
 
-/// The frame of a message on the common path, or None (nothing changed) for `other`.
-fn common<'py>(
-    py: Python<'py>,
-    message: &Bound<'py, PyAny>,
-    expected: &Bound<'py, PyDict>,
-    exchanges: &Bound<'py, PyDict>,
-    conn_ids: &Bound<'py, PyDict>,
-    frame: &Bound<'py, PyAny>,
-) -> PyResult<Option<Bound<'py, PyAny>>> {
-    if !message.call_method0(pyo3::intern!(py, "error"))?.is_none() {
-        return Ok(None);
+/// The caller's state `kafka_frames` reads and moves on, and how it makes a frame.
+struct Reader<'a, 'py> {
+    expected: &'a Bound<'py, PyDict>,
+    exchanges: &'a Bound<'py, PyDict>,
+    conn_ids: &'a Bound<'py, PyDict>,
+    frame: &'a Bound<'py, PyAny>,
+}
+
+impl<'py> Reader<'_, 'py> {
+    /// The frame of a message on the common path, or None (nothing changed) for `other`.
+    fn common(
+        &self,
+        py: Python<'py>,
+        message: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        if !message.call_method0(pyo3::intern!(py, "error"))?.is_none() {
+            return Ok(None);
+        }
+        let topic = message.call_method0(pyo3::intern!(py, "topic"))?;
+        let partition = message.call_method0(pyo3::intern!(py, "partition"))?;
+        let offset = message.call_method0(pyo3::intern!(py, "offset"))?;
+        let key = PyTuple::new(py, [&topic, &partition])?;
+        let Some(next) = self.expected.get_item(&key)? else {
+            return Ok(None);
+        };
+        let (Ok(next), Ok(at)) = (next.extract::<i64>(), offset.extract::<i64>()) else {
+            return Ok(None);
+        };
+        if next != at {
+            return Ok(None);
+        }
+        let Some(exchange) = self.exchanges.get_item(&topic)? else {
+            return Ok(None);
+        };
+        let value = message.call_method0(pyo3::intern!(py, "value"))?;
+        let Ok(value) = value.cast::<PyBytes>() else {
+            return Ok(None);
+        };
+        let Some((conn, recv_seq, recv_ns, text)) = unwrap(value.as_bytes()) else {
+            return Ok(None);
+        };
+        if conn.is_empty() {
+            return Ok(None);
+        }
+        let Some(conn_id) = self.conn_ids.get_item(PyBytes::new(py, conn))? else {
+            return Ok(None);
+        };
+        let Ok(text) = std::str::from_utf8(text) else {
+            return Ok(None);
+        };
+        self.expected.set_item(&key, at + 1)?;
+        let text = PyString::new(py, text);
+        let args = (
+            exchange, conn_id, recv_seq, recv_ns, text, partition, offset,
+        );
+        Ok(Some(self.frame.call1(args)?))
     }
-    let topic = message.call_method0(pyo3::intern!(py, "topic"))?;
-    let partition = message.call_method0(pyo3::intern!(py, "partition"))?;
-    let offset = message.call_method0(pyo3::intern!(py, "offset"))?;
-    let key = PyTuple::new(py, [&topic, &partition])?;
-    let Some(next) = expected.get_item(&key)? else {
-        return Ok(None);
-    };
-    let (Ok(next), Ok(at)) = (next.extract::<i64>(), offset.extract::<i64>()) else {
-        return Ok(None);
-    };
-    if next != at {
-        return Ok(None);
-    }
-    let Some(exchange) = exchanges.get_item(&topic)? else {
-        return Ok(None);
-    };
-    let value = message.call_method0(pyo3::intern!(py, "value"))?;
-    let Ok(value) = value.cast::<PyBytes>() else {
-        return Ok(None);
-    };
-    let Some((conn, recv_seq, recv_ns, text)) = unwrap(value.as_bytes()) else {
-        return Ok(None);
-    };
-    if conn.is_empty() {
-        return Ok(None);
-    }
-    let Some(conn_id) = conn_ids.get_item(PyBytes::new(py, conn))? else {
-        return Ok(None);
-    };
-    let Ok(text) = std::str::from_utf8(text) else {
-        return Ok(None);
-    };
-    expected.set_item(&key, at + 1)?;
-    let args = (
-        exchange,
-        conn_id,
-        recv_seq,
-        recv_ns,
-        PyString::new(py, text),
-        partition,
-        offset,
-    );
-    Ok(Some(frame.call1(args)?))
 }
 
 #[cfg(test)]
