@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 
+mod bronze;
 mod flat_json;
 mod kafka;
 
@@ -74,9 +75,9 @@ impl Validity {
 }
 
 /// A nullable string column: int32 offsets and UTF-8 data.
-struct Strings {
+pub(crate) struct Strings {
     offsets: Vec<i32>,
-    data: Vec<u8>,
+    pub(crate) data: Vec<u8>,
     validity: Validity,
 }
 
@@ -91,7 +92,7 @@ impl Default for Strings {
 }
 
 impl Strings {
-    fn push(&mut self, value: Option<&str>) {
+    pub(crate) fn push(&mut self, value: Option<&str>) {
         if let Some(text) = value {
             self.data.extend_from_slice(text.as_bytes());
         }
@@ -99,7 +100,7 @@ impl Strings {
         self.validity.push(value.is_some());
     }
 
-    fn to_py<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    pub(crate) fn to_py<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let out = PyDict::new(py);
         out.set_item("offsets", bytes_of(py, &self.offsets))?;
         out.set_item("data", PyBytes::new(py, &self.data))?;
@@ -320,7 +321,7 @@ impl Batch {
 }
 
 /// A slice of plain numbers as the bytes Arrow reads them (little-endian, as this machine).
-fn bytes_of<'py, T: Copy>(py: Python<'py>, values: &[T]) -> Bound<'py, PyBytes> {
+pub(crate) fn bytes_of<'py, T: Copy>(py: Python<'py>, values: &[T]) -> Bound<'py, PyBytes> {
     let size = std::mem::size_of_val(values);
     // SAFETY: T is a plain integer type here (i32, i64, i128); its bytes are initialised.
     let raw = unsafe { std::slice::from_raw_parts(values.as_ptr() as *const u8, size) };
@@ -406,6 +407,7 @@ fn decode_coinbase<'py>(
 fn crypto_sentinel_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_coinbase, m)?)?;
     m.add_function(wrap_pyfunction!(kafka::kafka_frames, m)?)?;
+    m.add_function(wrap_pyfunction!(bronze::bronze_columns, m)?)?;
     // The rules this decoder copies from Python, so a test can hold them equal.
     m.add("SCALE", SCALE)?;
     m.add("MAX_INTEGER_DIGITS", MAX_INTEGER_DIGITS)?;

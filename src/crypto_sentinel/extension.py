@@ -1,7 +1,8 @@
 """The compiled extension (`native/`, Rust), when it is installed: the Coinbase batch decoder
-(`sources/coinbase/compiled.py`) and the Kafka reader's common path (`bus/kafka.py`).
+(`sources/coinbase/compiled.py`), the Kafka reader's common path (`bus/kafka.py`) and the
+bronze table's columns (`lake/rows.py`).
 
-Both only speed up what Python does as well, with the same results (differential tests hold
+Each only speeds up what Python does as well, with the same results (differential tests hold
 them to it), so a machine without Rust runs the same pipeline, slower, after one warning.
 `SENTINEL_COMPILED_DECODER=off` turns the extension off (to measure, or to rule it out).
 """

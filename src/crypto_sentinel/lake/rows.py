@@ -11,7 +11,9 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from crypto_sentinel import extension_arrow as buffers
 from crypto_sentinel.engine.candles import Candle
+from crypto_sentinel.extension import NATIVE
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.model import GapRecord, RawFrame, Rejected, Ticker, Trade
 
@@ -32,8 +34,29 @@ def _dates(ts: pa.Array) -> pa.Array:
 
 
 def bronze_table(frames: Sequence[RawFrame]) -> pa.Table:
-    """Column by column (a list per field is several times faster than transposing structs;
-    bronze is the widest batch: every frame)."""
+    """Every frame's row; through the compiled extension when it is installed (the same
+    values, without a Python list per column: this is the widest batch)."""
+    if NATIVE is not None and frames:
+        columns = NATIVE.bronze_columns(frames if isinstance(frames, list) else list(frames))
+        if columns is not None:
+            n = len(frames)
+            return pa.table(
+                {
+                    "source": buffers.strings(n, columns["source"]),
+                    "conn_id": buffers.strings(n, columns["conn_id"]),
+                    "recv_seq": buffers.plain(pa.int64(), columns["recv_seq"]),
+                    "recv_time": buffers.plain(T.UTC_TS, columns["recv_us"]),
+                    "frame": buffers.strings(n, columns["frame"]),
+                    "date": buffers.plain(pa.date32(), columns["date"]),
+                },
+                schema=T.BRONZE.schema,
+            )
+    return python_bronze_table(frames)
+
+
+def python_bronze_table(frames: Sequence[RawFrame]) -> pa.Table:
+    """`bronze_table` in Python: a list per field (several times faster than transposing
+    structs)."""
     recv = _timestamps_us([f.recv_ns for f in frames])
     return pa.table(
         {

@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from crypto_sentinel import extension_arrow as buffers
 from crypto_sentinel.config import PRODUCT_RE
 from crypto_sentinel.extension import NATIVE
 from crypto_sentinel.lake import tables as T
@@ -104,53 +105,33 @@ def _rows(
 
 def _trades(raw: dict[str, Any], products: pa.Array) -> _Columns:
     n = len(raw["frame"]["data"]) // 4
-    code = _array(pa.int32(), n, raw["product"])
+    code = buffers.values(pa.int32(), n, raw["product"])
     columns = {
-        "frame": _array(pa.int32(), n, raw["frame"]),
-        "trade_id": _array(pa.int64(), n, raw["trade_id"]),
-        "sequence": _array(pa.int64(), n, raw["sequence"]),
-        "side": _TAKER_SIDES.take(_uint8(raw["taker_sell"])),
+        "frame": buffers.values(pa.int32(), n, raw["frame"]),
+        "trade_id": buffers.values(pa.int64(), n, raw["trade_id"]),
+        "sequence": buffers.values(pa.int64(), n, raw["sequence"]),
+        "side": _TAKER_SIDES.take(buffers.plain(pa.uint8(), raw["taker_sell"])),
         "product_id": products.take(code),
-        "price": _array(T.PRICE, n, raw["price"]),
-        "size": _array(T.PRICE, n, raw["size"]),
-        "time": _array(T.UTC_TS, n, raw["time"]),
-        "maker_order_id": _strings(n, raw["maker_order_id"]),
-        "taker_order_id": _strings(n, raw["taker_order_id"]),
+        "price": buffers.values(T.PRICE, n, raw["price"]),
+        "size": buffers.values(T.PRICE, n, raw["size"]),
+        "time": buffers.values(T.UTC_TS, n, raw["time"]),
+        "maker_order_id": buffers.strings(n, raw["maker_order_id"]),
+        "taker_order_id": buffers.strings(n, raw["taker_order_id"]),
     }
     return _Columns(T.TRADES.schema, columns, code)
 
 
 def _tickers(raw: dict[str, Any], products: pa.Array) -> _Columns:
     n = len(raw["frame"]["data"]) // 4
-    code = _array(pa.int32(), n, raw["product"])
+    code = buffers.values(pa.int32(), n, raw["product"])
     columns = {
-        "frame": _array(pa.int32(), n, raw["frame"]),
+        "frame": buffers.values(pa.int32(), n, raw["frame"]),
         "product_id": products.take(code),
-        "sequence": _array(pa.int64(), n, raw["sequence"]),
-        "side": _strings(n, raw["side"]),
-        "trade_id": _array(pa.int64(), n, raw["trade_id"]),
-        "time": _array(T.UTC_TS, n, raw["time"]),
+        "sequence": buffers.values(pa.int64(), n, raw["sequence"]),
+        "side": buffers.strings(n, raw["side"]),
+        "trade_id": buffers.values(pa.int64(), n, raw["trade_id"]),
+        "time": buffers.values(T.UTC_TS, n, raw["time"]),
     }
     for name in ("price", *codec.TICKER_AMOUNTS):
-        columns[name] = _array(T.TICKERS.schema.field(name).type, n, raw[name])
+        columns[name] = buffers.values(T.TICKERS.schema.field(name).type, n, raw[name])
     return _Columns(T.TICKERS.schema, columns, code)
-
-
-def _array(typ: pa.DataType, n: int, column: dict[str, bytes | None]) -> pa.Array:
-    validity = column["validity"]
-    return pa.Array.from_buffers(
-        typ, n, [None if validity is None else pa.py_buffer(validity), pa.py_buffer(column["data"])]
-    )
-
-
-def _strings(n: int, column: dict[str, bytes | None]) -> pa.Array:
-    validity, offsets, data = column["validity"], column["offsets"], column["data"]
-    assert offsets is not None and data is not None
-    buffers = [None if validity is None else pa.py_buffer(validity)]
-    return pa.Array.from_buffers(
-        pa.string(), n, [*buffers, pa.py_buffer(offsets), pa.py_buffer(data)]
-    )
-
-
-def _uint8(data: bytes) -> pa.Array:
-    return pa.Array.from_buffers(pa.uint8(), len(data), [None, pa.py_buffer(data)])
