@@ -57,7 +57,7 @@ def test_full_speed_parts_give_the_frames_one_by_one_does(
     but the last is whole, though read blocks end anywhere (a short part would be decoded
     frame by frame)."""
     monkeypatch.setattr(replay, "BLOCK_BYTES", 4096)  # many blocks, none a part's size
-    lines = [*WRAPPED, *ODD[:5]] * 1000
+    lines = [*WRAPPED, *ODD[:5]] * 2000
     path = tmp_path / "recording.ndjson"
     path.write_bytes(b"".join(lines))
 

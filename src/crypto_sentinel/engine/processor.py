@@ -59,12 +59,12 @@ class FrameSource(Protocol):
 #: trade for them is merged with the stored row instead.
 CANDLE_HORIZON = timedelta(hours=2)
 
-#: Frames decoded together: large enough that column-wise work pays, small enough that the
-#: first trade of a chunk reaches the API within a few milliseconds.
-CHUNK_FRAMES = 2000
-#: With no listener (nothing shows trades at once: `sentinel process`), larger chunks spread the
-#: fixed cost of a chunk's column-wise work over more frames.
-UNSHOWN_CHUNK_FRAMES = 5000
+#: Frames decoded together at most. A live feed's chunk is the few frames waiting; only a
+#: backlog fills one, and then its frames are late already: 5,000 spread a chunk's fixed
+#: column-wise cost over more of them than 2,000 did (a replay drained 6-7 % faster, a
+#: WebSocket feed sending as fast as read 11-21 %; the live phase's latencies unchanged:
+#: docs/benchmarks.md, session 35).
+CHUNK_FRAMES = 5000
 
 
 def _new_batch() -> Batch:
@@ -406,8 +406,7 @@ class Engine:
         deadline = time.monotonic() + self.batch_interval
         while True:
             timeout = max(0.0, deadline - time.monotonic())
-            chunk = CHUNK_FRAMES if self.listeners else UNSHOWN_CHUNK_FRAMES
-            frames = await bus.take(chunk, min(timeout, 0.05))
+            frames = await bus.take(CHUNK_FRAMES, min(timeout, 0.05))
             self.process_frames(frames)
             metrics.BUS_DEPTH.set(bus.depth())
             if writing is not None and writing.done():

@@ -67,10 +67,10 @@ def _recorded_texts(lines: list[bytes]) -> list[tuple[float | None, str]] | None
 BLOCK_BYTES = 1 << 18
 #: Frames handed over at a time at full speed, between which the engine and the API run: the
 #: engine's chunk (`engine.processor.CHUNK_FRAMES`), so each part is decoded column-wise in
-#: one go. Parts of 512 frames cut a chunk's fixed costs (Arrow calls, the compiled decoder's
-#: set-up) into more pieces: replay 37.5 k against 46.4 k trades/s (docs/benchmarks.md,
-#: session 27).
-PUBLISH_FRAMES = 2000
+#: one go. Smaller parts cut a chunk's fixed costs (Arrow calls, the compiled decoder's set-up)
+#: into more pieces: 512 frames replayed 37.5 k against 46.4 k trades/s with 2,000 (session
+#: 27), and 2,000 about 7 % slower than 5,000 (docs/benchmarks.md, session 35).
+PUBLISH_FRAMES = 5000
 
 
 class ReplaySource:
