@@ -18,6 +18,7 @@ use std::collections::HashMap;
 mod bronze;
 mod flat_json;
 mod kafka;
+mod recording;
 
 use flat_json::Frame;
 use pyo3::prelude::*;
@@ -408,6 +409,7 @@ fn crypto_sentinel_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_coinbase, m)?)?;
     m.add_function(wrap_pyfunction!(kafka::kafka_frames, m)?)?;
     m.add_function(wrap_pyfunction!(bronze::bronze_columns, m)?)?;
+    m.add_function(wrap_pyfunction!(recording::recording_texts, m)?)?;
     // The rules this decoder copies from Python, so a test can hold them equal.
     m.add("SCALE", SCALE)?;
     m.add("MAX_INTEGER_DIGITS", MAX_INTEGER_DIGITS)?;

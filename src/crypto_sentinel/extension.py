@@ -1,6 +1,6 @@
 """The compiled extension (`native/`, Rust), when it is installed: the Coinbase batch decoder
-(`sources/coinbase/compiled.py`), the Kafka reader's common path (`bus/kafka.py`) and the
-bronze table's columns (`lake/rows.py`).
+(`sources/coinbase/compiled.py`), the Kafka reader's common path (`bus/kafka.py`), the
+bronze table's columns (`lake/rows.py`) and a recording's lines (`sources/replay.py`).
 
 Each only speeds up what Python does as well, with the same results (differential tests hold
 them to it), so a machine without Rust runs the same pipeline, slower, after one warning.

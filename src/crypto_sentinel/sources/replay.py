@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import orjson
 
+from crypto_sentinel.extension import NATIVE
 from crypto_sentinel.model import RawFrame
 from crypto_sentinel.sources.base import Publish, PublishMany, RoomFor, SourceStatus, new_conn_id
 
@@ -61,6 +63,32 @@ def _recorded_texts(lines: list[bytes]) -> list[tuple[float | None, str]] | None
     ):
         return None
     return list(zip(stamps, texts, strict=True))
+
+
+def _line_text(line: bytes) -> str:
+    """The frame text of one line (`parse_line` after decoding it as `_frame_texts` does)."""
+    return parse_line(line.decode("utf-8", errors="replace").rstrip("\r\n"))[1]
+
+
+def frame_texts(fh: BinaryIO) -> Iterator[list[str]]:
+    """The frame texts of a recording, a block at a time (blank lines left out): through the
+    compiled extension when it is installed (it reads the common lines without the
+    interpreter, which the writer's thread can use meanwhile), else `_frame_texts`."""
+    if NATIVE is None:
+        while lines := fh.readlines(BLOCK_BYTES):
+            yield [text for _, text in _frame_texts(lines)]
+        return
+    rest = b""
+    while True:
+        data = fh.read(BLOCK_BYTES)
+        block = rest + data if rest else data
+        if not block:
+            return
+        texts, others, used = NATIVE.recording_texts(block, not data)
+        for index, line in others:
+            texts[index] = _line_text(line)
+        rest = block[used:]
+        yield texts
 
 
 #: Bytes of the recording read and parsed at a time.
@@ -131,12 +159,14 @@ class ReplaySource:
         exchange = self.status.exchange
         seq = 0
         texts: list[str] = []
+        blocks = frame_texts(fh)
         while True:
-            lines = fh.readlines(BLOCK_BYTES)
-            texts.extend(text for _, text in _frame_texts(lines))
+            block = next(blocks, None)
+            if block is not None:
+                texts.extend(block)
             self.bytes_read = fh.tell()
             at = 0
-            while len(texts) - at >= PUBLISH_FRAMES or (not lines and at < len(texts)):
+            while len(texts) - at >= PUBLISH_FRAMES or (block is None and at < len(texts)):
                 part = texts[at : at + PUBLISH_FRAMES]
                 at += len(part)
                 if self.room_for is not None:  # stamped once the bus takes it, not before
@@ -152,5 +182,5 @@ class ReplaySource:
                 self.status.last_frame_ns = now
                 await asyncio.sleep(0)  # let the engine and the API run
             del texts[:at]
-            if not lines:
+            if block is None:
                 return
