@@ -130,9 +130,9 @@ impl<'a> Scanner<'a> {
         self.byte(b'"')?;
         let start = self.at;
         let rest = &self.text.as_bytes()[start..];
-        let end = memchr::memchr2(b'"', b'\\', rest)?;
-        if rest[end] != b'"' || rest[..end].iter().fold(false, |any, &b| any | (b < 0x20)) {
-            return None;
+        let end = crate::scan::next_special(rest, 0)?;
+        if rest[end] != b'"' {
+            return None; // an escape or a control character
         }
         self.at = start + end + 1;
         self.text.get(start..start + end)

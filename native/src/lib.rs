@@ -19,6 +19,7 @@ mod bronze;
 mod flat_json;
 mod kafka;
 mod recording;
+mod scan;
 
 use flat_json::Frame;
 use pyo3::prelude::*;
@@ -172,29 +173,56 @@ struct Tickers {
 /// Plain decimal text as the codec's `PLAIN_AMOUNT` accepts it (`0*[0-9]{1,16}(\.[0-9]{1,12})?`),
 /// scaled to an integer of 10**-SCALE units; None for anything else.
 fn plain_decimal(text: &str) -> Option<i128> {
-    let (whole, frac) = match text.split_once('.') {
-        Some((whole, frac)) => (whole, Some(frac)),
-        None => (text, None),
+    let bytes = text.as_bytes();
+    let (whole, frac) = match bytes.iter().position(|&b| b == b'.') {
+        Some(dot) => (&bytes[..dot], Some(&bytes[dot + 1..])),
+        None => (bytes, None),
     };
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(whole) || whole.trim_start_matches('0').len() > MAX_INTEGER_DIGITS {
-        return None;
-    }
-    let mut value: i128 = 0;
-    for b in whole.bytes() {
-        value = value * 10 + i128::from(b - b'0');
-    }
-    let mut places = 0;
+    let whole = digits(whole, MAX_INTEGER_DIGITS)?;
+    let mut value = i128::from(whole) * POWERS_OF_TEN[SCALE] as i128;
     if let Some(frac) = frac {
-        if !digits(frac) || frac.len() > SCALE {
+        let places = frac.len();
+        if places > SCALE {
             return None;
         }
-        for b in frac.bytes() {
-            value = value * 10 + i128::from(b - b'0');
-        }
-        places = frac.len();
+        value += i128::from(digits(frac, SCALE)? * POWERS_OF_TEN[SCALE - places]);
     }
-    Some(value * 10i128.pow((SCALE - places) as u32))
+    Some(value)
+}
+
+/// 10**0 ..= 10**SCALE.
+const POWERS_OF_TEN: [u64; SCALE + 1] = {
+    let mut powers = [1u64; SCALE + 1];
+    let mut i = 1;
+    while i <= SCALE {
+        powers[i] = powers[i - 1] * 10;
+        i += 1;
+    }
+    powers
+};
+
+/// The value of plain ASCII digits (at least one, at most `significant` after leading
+/// zeros): it fits 64 bits, so no step needs 128-bit arithmetic.
+fn digits(text: &[u8], significant: usize) -> Option<u64> {
+    if text.is_empty() {
+        return None;
+    }
+    let mut value = 0u64;
+    let mut counted = 0;
+    for &b in text {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        if value != 0 || digit != 0 {
+            counted += 1;
+            if counted > significant {
+                return None;
+            }
+        }
+        value = value * 10 + u64::from(digit);
+    }
+    Some(value)
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` as microseconds since the Unix epoch; None for any other form

@@ -13,6 +13,8 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString};
 
+use crate::scan;
+
 const WRAPPER: &[u8] = b"{\"recv_ts\"";
 
 /// A line's frame text: a range of the line itself, a range of the unescaped buffer, or the
@@ -191,31 +193,14 @@ fn string(line: &[u8], mut at: usize, out: &mut Vec<u8>) -> Option<usize> {
     }
 }
 
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
-
-/// Bytes of `word` that are zero: the lowest marked one is exact (a borrow may mark bytes
-/// above it).
-fn zero_bytes(word: u64) -> u64 {
-    word.wrapping_sub(ONES) & !word & HIGHS
-}
-
 /// Copies the plain string bytes from `at` to `out`, up to the next quote, backslash or
 /// control character (or the line's end): its position. Eight bytes at a time, each word
-/// copied whole before its end is known (escapes come every few bytes in a frame, too often
-/// for a vector search or a copy call per run to pay).
+/// copied whole before its end is known (a copy call per short run cost more).
 fn plain_run(line: &[u8], mut at: usize, out: &mut Vec<u8>) -> usize {
     out.reserve(line.len() - at + 8); // a run is never longer than the rest of the line
     while let Some(chunk) = line.get(at..at + 8) {
         let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-        let marks = zero_bytes(word ^ (ONES * u64::from(b'"')))
-            | zero_bytes(word ^ (ONES * u64::from(b'\\')))
-            | (word.wrapping_sub(ONES * 0x20) & !word & HIGHS);
-        let plain = if marks == 0 {
-            8
-        } else {
-            (marks.trailing_zeros() / 8) as usize
-        };
+        let plain = scan::plain_bytes(scan::specials(word));
         let len = out.len();
         // SAFETY: `reserve` above left room for the rest of the line and eight bytes more,
         // and only the `plain` bytes written are counted as initialised.
@@ -232,7 +217,7 @@ fn plain_run(line: &[u8], mut at: usize, out: &mut Vec<u8>) -> usize {
         }
     }
     while let Some(&b) = line.get(at) {
-        if b == b'"' || b == b'\\' || b < 0x20 {
+        if scan::is_special(b) {
             break;
         }
         out.push(b);
