@@ -66,8 +66,12 @@ class ProcessRole:
     # --- lifecycle -----------------------------------------------------------------------
 
     def load_state(self) -> None:
-        """What the lake holds already (trade ids, open candles, books), before any frame."""
-        self.engine.load_state(self.reader)
+        """What the lake holds already (trade ids, open candles, books), before any frame.
+        Over Kafka nothing yet: the engine learns it when partitions are assigned (`forget`),
+        as only then is it known whose unfinished commits are this process's to finish, and a
+        load here would be thrown away unused."""
+        if self.settings.bus != "kafka":
+            self.engine.load_state(self.reader)
 
     def maintenance(self, stop: asyncio.Event) -> Coroutine[Any, Any, None]:
         """The lake maintains itself, in a folder or on object storage, until `stop`."""
