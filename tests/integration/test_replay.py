@@ -11,11 +11,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from deltalake import write_deltalake
+from deltalake import DeltaTable, write_deltalake
 
 from crypto_sentinel.config import load_settings
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.runtime import Pipeline
+from crypto_sentinel.simulator import write_recording
 from tests.conftest import COINBASE_DATA, SHARED, free_port, read_table
 
 SESSION = COINBASE_DATA / "session.recv_ts.ndjson"
@@ -207,3 +208,25 @@ OLD_ROW = {
     "recv_time": datetime(2024, 1, 2, tzinfo=UTC), "sequence": None, "maker_order_id": None,
     "taker_order_id": None, "conn_id": "c", "date": date(2024, 1, 2),
 }  # fmt: skip
+
+
+async def test_no_batch_holds_more_frames_than_the_limit(lake: Path, tmp_path: Path) -> None:
+    """A backlog is taken in chunks no larger than the room left in the batch, so
+    `batch_max_frames` bounds every commit (crash tests rely on many small batches)."""
+    recording = tmp_path / "sim.ndjson"
+    write_recording(recording, ["BTC-USD", "ETH-USD"], 1_500, seed=3, rate=50.0)
+    settings = load_settings(
+        source=f"replay:{recording}",
+        lake_dir=lake,
+        port=free_port(),
+        batch_interval_ms=10_000,  # only the limit cuts batches
+        batch_max_frames=400,
+    )
+    await Pipeline(settings).run(with_api=False, install_signals=False)
+    history = DeltaTable(str(T.BRONZE.path(lake))).history()
+    rows = [
+        int(h["operationMetrics"]["num_added_rows"]) for h in history if h["operation"] == "WRITE"
+    ]
+    frames = len(recording.read_text().splitlines())
+    assert sum(rows) == frames == read_table(lake, T.BRONZE).num_rows
+    assert max(rows) <= 400 and len(rows) >= frames // 400, rows

@@ -406,7 +406,8 @@ class Engine:
         deadline = time.monotonic() + self.batch_interval
         while True:
             timeout = max(0.0, deadline - time.monotonic())
-            frames = await bus.take(CHUNK_FRAMES, min(timeout, 0.05))
+            room = self.batch_max_frames - len(self._pending.frames)  # a batch stays in bounds
+            frames = await bus.take(max(1, min(CHUNK_FRAMES, room)), min(timeout, 0.05))
             self.process_frames(frames)
             metrics.BUS_DEPTH.set(bus.depth())
             if writing is not None and writing.done():
