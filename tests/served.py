@@ -35,7 +35,7 @@ async def served_pipeline(
     committed = [0]  # frames in committed batches
 
     def count(batch: Batch) -> None:
-        committed[0] += len(batch.frames)
+        committed[0] += batch.frame_count
 
     pipeline.engine.on_commit.append(count)
     task = asyncio.create_task(pipeline.run(with_api=True, install_signals=False))

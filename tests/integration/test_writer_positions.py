@@ -11,6 +11,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.location import parse_lake
+from crypto_sentinel.lake.rows import bronze_table
 from crypto_sentinel.lake.txns import TxnVersions
 from crypto_sentinel.lake.writer import Batch, LakeWriter, Positions
 from crypto_sentinel.model import RawFrame, Rejected
@@ -130,3 +131,17 @@ def test_a_batch_past_what_bronze_holds_is_not_checked_row_by_row(tmp_path: Path
     assert checked == []
     writer.commit(kafka_batch({0: range(15, 25)}, True))  # a replayed range is
     assert len(checked) == 10 + 2  # its frames, and its quarantined ones
+
+
+def test_rows_built_per_chunk_are_stored_beside_a_replayed_range(tmp_path: Path) -> None:
+    """The engine's bronze tables (frames without log positions) are never left out by the
+    replayed-range check, which applies to the batch's frames alone."""
+    lake = parse_lake(str(tmp_path / "lake"))
+    writer = LakeWriter(lake, "group")
+    writer.commit(kafka_batch({0: range(0, 10)}, True))
+    local = [RawFrame("coinbase", "local", n, 1_764_800_000_000_000_000, "{}") for n in (1, 2)]
+    partly = kafka_batch({0: range(8, 12)}, True)  # bronze holds offsets 8 and 9
+    partly.bronze_tables = [bronze_table(local)]
+    writer.commit(partly)
+    kafka = [("kafka-0", o) for o in range(12)]
+    assert stored(T.BRONZE.path(tmp_path / "lake")) == sorted([*kafka, ("local", 1), ("local", 2)])

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from crypto_sentinel import metrics
 from crypto_sentinel.books.history import BookHistory
@@ -31,6 +32,7 @@ from crypto_sentinel.engine.records import unix_us
 from crypto_sentinel.engine.repair import lacks_candles, minutes_of, repair_candles
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.lake.query import LakeReader
+from crypto_sentinel.lake.rows import bronze_table
 from crypto_sentinel.lake.writer import Batch, CommitResult, LakeWriter
 from crypto_sentinel.model import GapRecord, RawFrame, Rejected
 
@@ -65,6 +67,23 @@ CANDLE_HORIZON = timedelta(hours=2)
 #: WebSocket feed sending as fast as read 11-21 %; the live phase's latencies unchanged:
 #: docs/benchmarks.md, session 35).
 CHUNK_FRAMES = 5000
+
+
+def _receipts(batch: Batch) -> array[int]:
+    """Receive times of a batch's bronze rows, unix ns (those of its tables to the
+    microsecond, as bronze stores them)."""
+    recv = array("q", [f.recv_ns for f in batch.frames])
+    for table in batch.bronze_tables:
+        recv.extend(pc.multiply(table["recv_time"].cast(pa.int64()), 1000).to_pylist())
+    return recv
+
+
+def _first_receipt(batch: Batch) -> int | None:
+    if batch.frames:
+        return batch.frames[0].recv_ns
+    if batch.bronze_tables:
+        return int(batch.bronze_tables[0]["recv_time"][0].value) * 1000
+    return None
 
 
 def _new_batch() -> Batch:
@@ -134,6 +153,9 @@ class Engine:
         #: for the book afresh (`Pipeline.request_book_resync`).
         self.on_book_break: list[Callable[[GapRecord], None]] = []
         self._rederiving = False  # feeding bronze through again at start (not new input)
+        #: Whether batches carry their frames' bronze rows (False where bronze is the input:
+        #: `sentinel rebuild`).
+        self.keeps_bronze = True
 
     def load_state(self, reader: LakeReader, owns: Collection[str] | None = None) -> None:
         """Learn what the lake already holds so replays and reconnects never duplicate rows,
@@ -230,8 +252,13 @@ class Engine:
         if not frames:
             return
         pending = self._pending
-        pending.frames.extend(frames)
-        if frames[0].offset >= 0 or frames[-1].offset >= 0:
+        pending.frame_count += len(frames)
+        logged = frames[0].offset >= 0 or frames[-1].offset >= 0
+        if logged:  # the writer checks each one's offset against what bronze holds
+            pending.frames.extend(frames)
+        elif self.keeps_bronze and not self._rederiving:
+            pending.bronze_tables.append(bronze_table(frames))
+        if logged:
             positions, firsts = pending.positions, pending.first_positions
             assert firsts is not None  # the engine's batches know them
             for frame in frames:
@@ -316,7 +343,7 @@ class Engine:
         """Close the current batch (None if there is nothing to write); `version` re-uses
         the version of a batch derived again from bronze."""
         batch = self._pending
-        if not (batch.frames or self._dirty or self._partial):
+        if not (batch.frame_count or self._dirty or self._partial):
             return None
         if version is None:
             version = self.next_version
@@ -344,11 +371,11 @@ class Engine:
         self.stats.last_commit_seconds = result.seconds
         metrics.BATCHES.inc()
         metrics.COMMIT_SECONDS.observe(result.seconds)
-        if batch.frames:
-            metrics.FRAME_TO_LAKE_SECONDS.observe((now - batch.frames[0].recv_ns) / 1e9)
+        first = _first_receipt(batch)
+        if first is not None:
+            metrics.FRAME_TO_LAKE_SECONDS.observe((now - first) / 1e9)
             if self.commit_log is not None:
-                recv = array("q", [f.recv_ns for f in batch.frames])
-                self.commit_log.append(CommitRecord(now, recv))
+                self.commit_log.append(CommitRecord(now, _receipts(batch)))
 
     def _evict(self) -> None:
         stale = [
@@ -406,7 +433,7 @@ class Engine:
         deadline = time.monotonic() + self.batch_interval
         while True:
             timeout = max(0.0, deadline - time.monotonic())
-            room = self.batch_max_frames - len(self._pending.frames)  # a batch stays in bounds
+            room = self.batch_max_frames - self._pending.frame_count  # a batch stays in bounds
             frames = await bus.take(max(1, min(CHUNK_FRAMES, room)), min(timeout, 0.05))
             self.process_frames(frames)
             metrics.BUS_DEPTH.set(bus.depth())
@@ -414,7 +441,7 @@ class Engine:
                 writing.result()  # surface writer errors
                 writing = None
             draining = stop.is_set() and bus.depth() == 0 and not frames
-            full = len(self._pending.frames) >= self.batch_max_frames
+            full = self._pending.frame_count >= self.batch_max_frames
             if time.monotonic() >= deadline or full or draining:
                 if writing is not None and (full or draining):
                     await writing
@@ -431,7 +458,7 @@ class Engine:
                 writing = None
 
     def cut_is_empty(self) -> bool:
-        return not (self._pending.frames or self._dirty or self._partial)
+        return not (self._pending.frame_count or self._dirty or self._partial)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

@@ -139,13 +139,13 @@ def _stage(
     writer = LakeWriter(staging, STAGING_APP_ID)
     processor = None if books is None else BookProcessor(BookRegistry(), books)
     engine = Engine(writer, batch_interval=1.0, batch_max_frames=batch_frames, books=processor)
+    engine.keeps_bronze = False  # the staging lake keeps no second copy of bronze
     total = pending = 0
 
     def flush() -> None:
         batch = engine.cut()
         if batch is None:
             return
-        batch.frames = []  # the staging lake keeps no second copy of bronze
         engine.committed(batch, writer.commit(batch))
 
     try:
