@@ -28,6 +28,11 @@ that allocate most (deltalake's) use jemalloc and do not share it; the event loo
 writer's threads do, and replay at full speed was slower in four of five interleaved pairs
 (about a tenth, within the host's noise).
 
+glibc serves a block from a mapping of its own only above a threshold, which it raises to
+the size of every such block freed, up to 32 MiB: a batch's multi-megabyte Arrow buffers
+then come from the heap and leave holes there when freed (a replay held 12-30 MB of free
+heap). A fixed 1 MiB threshold hands them back as they are freed.
+
 Both libraries read their variable once, when they load: `configure()` runs from the package's
 `__init__`, before anything imports them. A value already in the environment wins
 (`_RJEM_MALLOC_CONF=` with nothing after it restores jemalloc's own defaults;
@@ -72,16 +77,37 @@ M_ARENA_MAX = -8
 C_ARENAS = 1
 
 
-def limit_c_arenas(arenas: int = C_ARENAS) -> bool:
-    """Cap glibc's arenas (before other threads allocate: a thread keeps the arena it got);
-    False where there is no glibc or the environment set its own limit."""
-    if C_ARENAS_ENV in os.environ:
+#: The variable glibc reads at start for the size from which a block gets a mapping of its
+#: own, and `mallopt`'s number for it.
+C_MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"
+M_MMAP_THRESHOLD = -3
+#: Blocks of 1 MiB and more (a chunk's columns, a batch's bronze rows) in mappings of their
+#: own (see above).
+C_MMAP_THRESHOLD = 1 << 20
+
+
+def _mallopt(env: str, param: int, value: int) -> bool:
+    """Set a glibc allocator parameter; False where there is no glibc or the environment set
+    its own value."""
+    if env in os.environ:
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(M_ARENA_MAX, arenas))
+    return bool(mallopt(param, value))
+
+
+def limit_c_arenas(arenas: int = C_ARENAS) -> bool:
+    """Cap glibc's arenas (before other threads allocate: a thread keeps the arena it got);
+    False where there is no glibc or the environment set its own limit."""
+    return _mallopt(C_ARENAS_ENV, M_ARENA_MAX, arenas)
+
+
+def fix_c_mmap_threshold(size: int = C_MMAP_THRESHOLD) -> bool:
+    """Keep glibc's large blocks in their own mappings (see above); False where there is no
+    glibc or the environment set its own threshold."""
+    return _mallopt(C_MMAP_THRESHOLD_ENV, M_MMAP_THRESHOLD, size)
 
 
 def configure() -> bool:
@@ -89,6 +115,7 @@ def configure() -> bool:
     for deltalake's (it was imported before this package)."""
     os.environ.setdefault(ARROW_POOL_ENV, ARROW_POOL)  # child processes too, if too late here
     limit_c_arenas()
+    fix_c_mmap_threshold()
     if "deltalake" in sys.modules:
         return False
     os.environ.setdefault(DELTA_JEMALLOC_ENV, DELTA_JEMALLOC)

@@ -226,3 +226,39 @@ def test_threads_share_one_c_heap_unless_the_environment_says(
         env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert out.stderr.count("Arena ") == arenas, out.stderr
+
+
+LARGE_BLOCK_AFTER_A_LARGER_ONE = """
+import ctypes
+import crypto_sentinel
+
+FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in FIELDS.split()]
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.mallinfo2.restype = ctypes.c_void_p, Info
+libc.free.argtypes = [ctypes.c_void_p]
+libc.free(libc.malloc(3 << 20))  # glibc raises a moving threshold past this size
+mapped = libc.mallinfo2().hblkhd
+block = libc.malloc(3 << 19)  # 1.5 MiB
+print(libc.mallinfo2().hblkhd - mapped >= 3 << 19)
+"""
+
+
+@pytest.mark.parametrize(("env_threshold", "mapped"), [(None, "True"), ("4194304", "False")])
+def test_large_blocks_keep_mappings_of_their_own_unless_the_environment_says(
+    env_threshold: str | None, mapped: str
+) -> None:
+    """After a 3 MiB block is freed, a 1.5 MiB one still gets its own mapping (glibc's moving
+    threshold would serve it from the heap, where it leaves a hole when freed);
+    MALLOC_MMAP_THRESHOLD_ set by the user wins."""
+    env = {k: v for k, v in os.environ.items() if k != native.C_MMAP_THRESHOLD_ENV}
+    if env_threshold is not None:
+        env[native.C_MMAP_THRESHOLD_ENV] = env_threshold
+    out = subprocess.run(
+        [sys.executable, "-c", LARGE_BLOCK_AFTER_A_LARGER_ONE],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert out.stdout.strip() == mapped, out.stderr

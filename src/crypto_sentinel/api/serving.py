@@ -19,7 +19,6 @@ from crypto_sentinel.api.security import ApiSecurity
 from crypto_sentinel.api.state import HotState
 from crypto_sentinel.api.stream import Hub
 from crypto_sentinel.books.registry import BookRegistry
-from crypto_sentinel.bus.kafka import KafkaFrames
 from crypto_sentinel.config import Settings
 from crypto_sentinel.engine.chunks import ChunkNews
 from crypto_sentinel.engine.hotfeed import HotFeed
@@ -92,6 +91,8 @@ async def serve_lake(settings: Settings, exchange: str | None) -> None:
 
     feed_task = None
     if settings.bus == "kafka":  # live data from the log's tail, history from the lake
+        from crypto_sentinel.bus.kafka import KafkaFrames
+
         consumer = KafkaFrames(
             settings,
             position=lambda _exchange, _partition: None,

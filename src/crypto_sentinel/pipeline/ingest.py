@@ -8,9 +8,8 @@ import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from crypto_sentinel.bus.kafka import KafkaPublisher, ensure_topics
 from crypto_sentinel.bus.memory import MemoryBus
 from crypto_sentinel.config import LIVE_VENUES, Settings
 from crypto_sentinel.lake.query import LakeReader
@@ -26,6 +25,9 @@ from crypto_sentinel.sources.venues import (
     simulated_name,
     venue_of,
 )
+
+if TYPE_CHECKING:  # Kafka's client library loads only where the log is used
+    from crypto_sentinel.bus.kafka import KafkaPublisher
 
 #: (exchange) -> product -> trade id ranges the lake holds, where start-up backfill begins.
 KnownTradeIds = Callable[[str], dict[str, list[tuple[int, int]]]]
@@ -94,6 +96,8 @@ class IngestRole:
         if bus is not None:
             publish: Publish = bus.publish
         else:
+            from crypto_sentinel.bus.kafka import KafkaPublisher
+
             self.publisher = KafkaPublisher(self.settings)
             publish = self.publisher.publish
             self.delivery = asyncio.create_task(
@@ -107,7 +111,7 @@ class IngestRole:
                     source.room_for = bus.room_for
         else:
             exchanges = [source.status.exchange for source in self.sources]
-            await asyncio.to_thread(ensure_topics, self.settings, exchanges)
+            await asyncio.to_thread(_ensure_topics, self.settings, exchanges)
         feeds = [self._run_source(i, publish) for i in range(len(self.sources))]
         return asyncio.create_task(_all(feeds), name="source")
 
@@ -232,8 +236,14 @@ class IngestRole:
         )
         twin = self.sources[index] = await self._simulated(venue)
         if self.settings.bus == "kafka":
-            await asyncio.to_thread(ensure_topics, self.settings, [twin.status.exchange])
+            await asyncio.to_thread(_ensure_topics, self.settings, [twin.status.exchange])
         return asyncio.create_task(twin.run(publish), name=f"source-{twin.status.exchange}")
+
+
+def _ensure_topics(settings: Settings, exchanges: list[str]) -> None:
+    from crypto_sentinel.bus.kafka import ensure_topics
+
+    ensure_topics(settings, exchanges)
 
 
 async def _all(coroutines: list[Any]) -> None:

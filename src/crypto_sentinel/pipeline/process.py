@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crypto_sentinel.books.processor import BookProcessor, BookSettings
 from crypto_sentinel.books.registry import BookRegistry
 from crypto_sentinel.books.sync import ENGINE_ONLY_BREAKS
-from crypto_sentinel.bus.kafka import KafkaFrames, exchange_of
 from crypto_sentinel.bus.memory import MemoryBus
 from crypto_sentinel.config import Settings
 from crypto_sentinel.engine.processor import Engine, FrameSource
@@ -19,6 +18,9 @@ from crypto_sentinel.lake.maintenance import run_maintenance_forever
 from crypto_sentinel.lake.query import LakeReader
 from crypto_sentinel.lake.writer import LakeWriter
 from crypto_sentinel.model import GapRecord
+
+if TYPE_CHECKING:  # Kafka's client library loads only where the log is used
+    from crypto_sentinel.bus.kafka import KafkaFrames
 
 #: (exchange, product_id) -> whether a live feed took the request to resync that book.
 ResyncBook = Callable[[str, str], bool]
@@ -91,6 +93,8 @@ class ProcessRole:
         self.engine.close()
 
     def _kafka_input(self) -> FrameSource:
+        from crypto_sentinel.bus.kafka import KafkaFrames
+
         self.consumer = consumer = KafkaFrames(
             self.settings,
             position=self.writer.log_position,
@@ -102,6 +106,8 @@ class ProcessRole:
 
     def _assigned_app_ids(self) -> set[str]:
         """The partition app ids of what the Kafka consumer was just assigned."""
+        from crypto_sentinel.bus.kafka import exchange_of
+
         consumer = self.consumer
         assigned = set()
         if consumer is not None:
