@@ -14,6 +14,7 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from crypto_sentinel.config import load_settings
+from crypto_sentinel.engine.processor import BRONZE_BUILD_FRAMES
 from crypto_sentinel.lake import tables as T
 from crypto_sentinel.runtime import Pipeline
 from crypto_sentinel.simulator import write_recording
@@ -233,17 +234,20 @@ async def test_no_batch_holds_more_frames_than_the_limit(lake: Path, tmp_path: P
 
 
 async def test_a_batch_keeps_bronze_rows_not_frames(lake: Path, tmp_path: Path) -> None:
-    """In-process frames leave the batch as bronze rows once their chunk is processed (the
-    frame objects cost ~600 bytes each on top of the row); bronze still gets every one."""
+    """Frames leave the batch as bronze rows once a thousand wait (the frame objects cost
+    ~600 bytes each on top of the row); bronze still gets every one."""
     recording = tmp_path / "sim.ndjson"
-    write_recording(recording, ["BTC-USD"], 300, seed=5, rate=50.0)
+    write_recording(recording, ["BTC-USD"], 4_000, seed=5, rate=50.0)
     settings = load_settings(source=f"replay:{recording}", lake_dir=lake, port=free_port())
     pipeline = Pipeline(settings)
-    batches: list[tuple[int, int, int]] = []
+    batches: list[tuple[int, int, int]] = []  # frames kept, rows built, frames taken
     pipeline.engine.on_commit.append(
-        lambda b: batches.append((len(b.frames), len(b.bronze_tables), b.frame_count))
+        lambda b: batches.append(
+            (len(b.frames), sum(t.num_rows for t in b.bronze_tables), b.frame_count)
+        )
     )
     await pipeline.run(with_api=False, install_signals=False)
     frames = len(recording.read_text().splitlines())
-    assert batches and all(kept == 0 and tables > 0 for kept, tables, _ in batches), batches
-    assert sum(count for *_, count in batches) == frames == read_table(lake, T.BRONZE).num_rows
+    assert all(kept < BRONZE_BUILD_FRAMES and kept + built == n for kept, built, n in batches)
+    assert sum(built for _, built, _ in batches) > frames - BRONZE_BUILD_FRAMES, batches
+    assert sum(taken for *_, taken in batches) == frames == read_table(lake, T.BRONZE).num_rows

@@ -101,10 +101,10 @@ class Batch:
 
     version: int
     #: Bronze rows as records: frames with durable-log positions (the replayed-range check
-    #: reads each one's offset), and batches made by tools and tests.
+    #: reads each one's offset), a live batch's few frames, and batches of tools and tests.
     frames: list[RawFrame] = field(default_factory=list)
-    #: ... and as the engine builds them, a table per chunk, so the batch does not keep the
-    #: chunk's frame objects (about 600 bytes each besides the row) until it commits.
+    #: ... and as tables the engine built once enough frames waited, so that the batch does
+    #: not keep their objects until it commits (`engine.processor.BRONZE_BUILD_FRAMES`).
     bronze_tables: list[pa.Table] = field(default_factory=list)
     #: Frames the engine took into the batch (whether or not their bronze rows are kept).
     frame_count: int = 0
