@@ -212,19 +212,23 @@ ctypes.CDLL(None).malloc_stats()  # one "Arena N:" block per arena, on stderr
 """
 
 
+def run_with(variable: str, value: str | None, script: str) -> subprocess.CompletedProcess[str]:
+    """`script` in a fresh interpreter, with `variable` set to `value` (None: unset)."""
+    env = {k: v for k, v in os.environ.items() if k != variable}
+    if value is not None:
+        env[variable] = value
+    return subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+
+
 @pytest.mark.parametrize(("env_limit", "arenas"), [(None, 1), ("3", 3)])
 def test_threads_share_one_c_heap_unless_the_environment_says(
     env_limit: str | None, arenas: int
 ) -> None:
     """Importing the package caps glibc at one arena before any other thread allocates (each
     thread would get its own, holding freed blocks); MALLOC_ARENA_MAX set by the user wins."""
-    env = {k: v for k, v in os.environ.items() if k != native.C_ARENAS_ENV}
-    if env_limit is not None:
-        env[native.C_ARENAS_ENV] = env_limit
-    out = subprocess.run(
-        [sys.executable, "-c", ARENAS_OF_FOUR_THREADS],
-        env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+    out = run_with(native.C_ARENAS_ENV, env_limit, ARENAS_OF_FOUR_THREADS)
     assert out.stderr.count("Arena ") == arenas, out.stderr
 
 
@@ -254,11 +258,5 @@ def test_large_blocks_keep_mappings_of_their_own_unless_the_environment_says(
     """After a 3 MiB block is freed, a 1.5 MiB one still gets its own mapping (glibc's moving
     threshold would serve it from the heap, where it leaves a hole when freed);
     MALLOC_MMAP_THRESHOLD_ set by the user wins."""
-    env = {k: v for k, v in os.environ.items() if k != native.C_MMAP_THRESHOLD_ENV}
-    if env_threshold is not None:
-        env[native.C_MMAP_THRESHOLD_ENV] = env_threshold
-    out = subprocess.run(
-        [sys.executable, "-c", LARGE_BLOCK_AFTER_A_LARGER_ONE],
-        env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+    out = run_with(native.C_MMAP_THRESHOLD_ENV, env_threshold, LARGE_BLOCK_AFTER_A_LARGER_ONE)
     assert out.stdout.strip() == mapped, out.stderr
