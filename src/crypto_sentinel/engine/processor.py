@@ -78,20 +78,19 @@ BRONZE_BUILD_FRAMES = 1000
 
 
 def _receipts(batch: Batch) -> array[int]:
-    """Receive times of a batch's bronze rows, unix ns (those of its tables to the
-    microsecond, as bronze stores them)."""
-    recv = array("q", [f.recv_ns for f in batch.frames])
+    """Receive times of a batch's bronze rows in arrival order, unix ns (those of its tables
+    to the microsecond, as bronze stores them): the tables hold the frames that came first."""
+    recv = array("q")
     for table in batch.bronze_tables:
         recv.extend(pc.multiply(table["recv_time"].cast(pa.int64()), 1000).to_pylist())
+    recv.extend(f.recv_ns for f in batch.frames)
     return recv
 
 
 def _first_receipt(batch: Batch) -> int | None:
-    if batch.frames:
-        return batch.frames[0].recv_ns
     if batch.bronze_tables:
         return int(batch.bronze_tables[0]["recv_time"][0].value) * 1000
-    return None
+    return batch.frames[0].recv_ns if batch.frames else None
 
 
 def _new_batch() -> Batch:
