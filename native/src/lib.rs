@@ -79,7 +79,7 @@ impl Validity {
 /// A nullable string column: int32 offsets and UTF-8 data.
 pub(crate) struct Strings {
     offsets: Vec<i32>,
-    pub(crate) data: Vec<u8>,
+    data: Vec<u8>,
     validity: Validity,
 }
 

@@ -197,7 +197,7 @@ class Engine:
         if self.books is not None:
             self._restore_books([f for _, frames in in_doubt for f in frames])
         stats = replace(self.stats)  # counters describe the input, not the recovery
-        self._rederiving = True  # ... and so do the metrics
+        self._rederiving = True  # ... and so do the metrics; no bronze rows: they came from it
         pending, self._pending = self._pending, _new_batch()
         try:
             for commit, frames in in_doubt:
@@ -205,8 +205,6 @@ class Engine:
                 batch = self.cut(version=max(commit.txns.values()))
                 if batch is None:
                     continue
-                batch.frames = []  # bronze holds them: that is where they came from
-                batch.positions = {}
                 batch.txns = {app: v for app, v in commit.txns.items() if app in owns}
                 result = self.writer.commit(batch)
                 self.committed(batch, result)
